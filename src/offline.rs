@@ -1,0 +1,107 @@
+//! Offline rating: JSON lines of events in, JSON lines of debits, rejections and (optionally)
+//! priced lines out, through the very same rollup the pipeline runs. At end of input every
+//! open execution closes, as if idle.
+
+use std::io::{BufRead, Write};
+
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::debit::{Debit, PricedLine};
+use crate::rejection::RejectReason;
+use crate::rollup::{Output, PartitionRollup, RollupConfig};
+
+#[derive(Serialize)]
+struct RejectedRecord<'a> {
+    line: i64,
+    reason: RejectReason,
+    message: &'a str,
+    payload: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Record<'a> {
+    Debit(&'a Debit),
+    Rejected(RejectedRecord<'a>),
+    Line(&'a PricedLine),
+}
+
+/// Totals of one offline run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RateSummary {
+    pub events: u64,
+    pub debits: u64,
+    pub rejected: u64,
+}
+
+/// Rates every line of `input` (line number = offset, partition 0) and writes records.
+pub fn rate<R: BufRead, W: Write>(
+    cfg: RollupConfig,
+    catalog: &Catalog,
+    input: R,
+    mut output: W,
+    with_lines: bool,
+) -> std::io::Result<RateSummary> {
+    let mut rollup = PartitionRollup::new(cfg, 0);
+    let mut out = Vec::new();
+    let mut summary = RateSummary::default();
+    let mut offset = 0i64;
+    for line in input.split(b'\n') {
+        let mut line = line?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            offset += 1;
+            continue;
+        }
+        summary.events += 1;
+        rollup.process(offset, &line, catalog, 0, &mut out);
+        write_outputs(
+            &mut output,
+            &mut out,
+            offset,
+            &line,
+            with_lines,
+            &mut summary,
+        )?;
+        offset += 1;
+    }
+    rollup.close_all(&mut out);
+    write_outputs(&mut output, &mut out, offset, b"", with_lines, &mut summary)?;
+    output.flush()?;
+    Ok(summary)
+}
+
+fn write_outputs<W: Write>(
+    w: &mut W,
+    out: &mut Vec<Output>,
+    offset: i64,
+    payload: &[u8],
+    with_lines: bool,
+    summary: &mut RateSummary,
+) -> std::io::Result<()> {
+    for o in out.drain(..) {
+        let rec = match &o {
+            Output::Debit(d) => {
+                summary.debits += 1;
+                Record::Debit(d)
+            }
+            Output::Line(l) if with_lines => Record::Line(l),
+            Output::Line(_) => continue,
+            Output::Rejected(r) => {
+                summary.rejected += 1;
+                Record::Rejected(RejectedRecord {
+                    line: offset + 1,
+                    reason: r.reason,
+                    message: &r.message,
+                    payload: String::from_utf8_lossy(payload).into_owned(),
+                })
+            }
+        };
+        serde_json::to_writer(&mut *w, &rec)?;
+        w.write_all(b"\n")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Pricing one call: a validated call event and the catalog in, a [`PricedLine`] or a
+//! rejection out. Point-in-time: the version in force at the event's own `occurred_at`.
+
+use rust_decimal::Decimal;
+
+use crate::catalog::{AssetType, Catalog, LookupError};
+use crate::debit::{LineKind, PricedLine, PricedUnit};
+use crate::event::{EventKind, UsageEvent};
+use crate::money;
+use crate::rejection::{RejectReason, Rejection, excerpt};
+
+/// Prices a call event. Never bills an unknown asset, time or unit as 0.
+pub fn price_call(
+    event: &UsageEvent,
+    catalog: &Catalog,
+    partition: i32,
+    offset: i64,
+) -> Result<PricedLine, Rejection> {
+    let asset_id = event.asset_id.as_deref().unwrap_or_default();
+    let version = catalog
+        .lookup(asset_id, event.occurred_at)
+        .map_err(|e| match e {
+            LookupError::UnknownAsset => Rejection::new(
+                RejectReason::UnknownAsset,
+                format!(
+                    "asset_id {} is not in the price catalog; publish a price version and replay",
+                    excerpt(asset_id)
+                ),
+            ),
+            LookupError::BeforeFirstVersion(first) => Rejection::new(
+                RejectReason::NoPriceAtTime,
+                format!(
+                    "asset_id {} has no price at occurred_at {}; its first version is effective from {}",
+                    excerpt(asset_id),
+                    event.occurred_at.to_rfc3339(),
+                    first.to_rfc3339()
+                ),
+            ),
+        })?;
+    let mut units = Vec::with_capacity(event.quantities.len());
+    let mut exact = Decimal::ZERO;
+    for (unit, quantity) in &event.quantities {
+        let (credits, per) = if version.asset_type == AssetType::Integration {
+            (Decimal::ZERO, 1)
+        } else {
+            let p = version.price_of(unit).ok_or_else(|| {
+                Rejection::new(
+                    RejectReason::UnknownUnit,
+                    format!(
+                        "quantities.{} has no price for asset_id {} (version {}); priced units: {}",
+                        excerpt(unit),
+                        excerpt(asset_id),
+                        version.label,
+                        version
+                            .prices
+                            .iter()
+                            .map(|(u, _)| u.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+            (p.credits, p.per)
+        };
+        let c = money::unit_cost(*quantity, credits, per)
+            .and_then(|c| money::add(exact, c))
+            .map_err(|e| {
+                Rejection::new(
+                    RejectReason::InvalidQuantity,
+                    format!("quantities.{} cannot be priced: {e}", excerpt(unit)),
+                )
+            })?;
+        exact = c;
+        units.push(PricedUnit {
+            unit: unit.clone(),
+            quantity: *quantity,
+            credits,
+            per,
+        });
+    }
+    Ok(PricedLine {
+        event_id: event.event_id.clone(),
+        kind: if event.kind == EventKind::ModelCall {
+            LineKind::ModelCall
+        } else {
+            LineKind::ToolCall
+        },
+        occurred_at: event.occurred_at,
+        account_id: event.account_id.clone(),
+        execution_id: event.execution_id.clone(),
+        agent_id: event.agent_id.clone(),
+        component: event.component.clone(),
+        asset_id: asset_id.to_string(),
+        asset_type: version.asset_type,
+        vendor: version.vendor.to_string(),
+        price_version: version.label.to_string(),
+        units,
+        cost: money::round_line_cost(exact),
+        event_partition: partition,
+        event_offset: offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{DEFAULT_MAX_EVENT_BYTES, decode};
+
+    const CATALOG: &str = r#"[
+      {"asset_id":"m","asset_type":"model","vendor":"openai","effective_from":"2024-01-01T00:00:00Z",
+       "prices":{"input_tokens":{"credits":"0.15","per":1000000},"output_tokens":{"credits":"0.6","per":1000000}}},
+      {"asset_id":"m","asset_type":"model","vendor":"openai","effective_from":"2026-06-01T00:00:00Z",
+       "prices":{"input_tokens":{"credits":"0.12","per":1000000},"output_tokens":{"credits":"0.48","per":1000000}}},
+      {"asset_id":"i","asset_type":"integration","vendor":"slack","effective_from":"2024-01-01T00:00:00Z","prices":{}}
+    ]"#;
+
+    fn ev(asset: &str, at: &str, q: &str) -> UsageEvent {
+        let s = format!(
+            r#"{{"type":"model_call","event_id":"e","occurred_at":"{at}","account_id":"a","asset_id":"{asset}","quantities":{q}}}"#
+        );
+        decode(s.as_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap()
+    }
+
+    #[test]
+    fn prices_tokens_at_the_version_in_force() {
+        let c = Catalog::from_json(CATALOG.as_bytes()).unwrap();
+        let q = r#"{"input_tokens":1200,"output_tokens":350}"#;
+        let old = price_call(&ev("m", "2026-05-01T00:00:00Z", q), &c, 0, 1).unwrap();
+        // 1200 * 0.15/1M + 350 * 0.6/1M = 0.00018 + 0.00021
+        assert_eq!(old.cost.to_string(), "0.00039");
+        assert_eq!(old.price_version, "2024-01-01T00:00:00Z");
+        let new = price_call(&ev("m", "2026-06-02T00:00:00Z", q), &c, 0, 1).unwrap();
+        assert_eq!(new.cost.to_string(), "0.000312");
+        assert_eq!(new.vendor, "openai");
+    }
+
+    #[test]
+    fn never_bills_unknown_things_at_zero() {
+        let c = Catalog::from_json(CATALOG.as_bytes()).unwrap();
+        let q = r#"{"input_tokens":1}"#;
+        let r = price_call(&ev("x", "2026-05-01T00:00:00Z", q), &c, 0, 1).unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownAsset);
+        let r = price_call(&ev("m", "2023-05-01T00:00:00Z", q), &c, 0, 1).unwrap_err();
+        assert_eq!(r.reason, RejectReason::NoPriceAtTime);
+        let r = price_call(
+            &ev("m", "2026-05-01T00:00:00Z", r#"{"images":1}"#),
+            &c,
+            0,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownUnit);
+        assert!(r.message.contains("images") && r.message.contains("input_tokens"));
+    }
+
+    #[test]
+    fn integrations_have_no_direct_cost() {
+        let c = Catalog::from_json(CATALOG.as_bytes()).unwrap();
+        let l = price_call(
+            &ev("i", "2026-05-01T00:00:00Z", r#"{"requests":3}"#),
+            &c,
+            0,
+            1,
+        )
+        .unwrap();
+        assert!(l.cost.is_zero());
+    }
+}

@@ -1,0 +1,627 @@
+//! Per-partition rollup: (offset, payload) in, priced lines, debits and rejections out.
+//!
+//! Every decision is a function of the partition's log (and the catalog), never of wall
+//! time: idle closes happen only when the aggregator's own close marker is read back from
+//! the same partition. So replaying the same log from a snapshot yields the same outputs,
+//! byte for byte. Wall time is kept only to decide when to write a marker.
+
+pub mod dedupe;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{AssetType, Catalog};
+use crate::debit::{self, BreakdownLine, Debit, DebitKind, PricedLine};
+use crate::event::{self, EventKind, UsageEvent, id_hash};
+use crate::money;
+use crate::rating::price_call;
+use crate::rejection::{RejectReason, Rejection, excerpt};
+use dedupe::{DedupeWindow, HashKeyed, Seen};
+
+/// Rules of the rollup; part of the determinism contract (changing them changes replays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupConfig {
+    pub markup_rate: Decimal,
+    pub max_open_executions: usize,
+    pub dedupe_horizon: u64,
+    pub closed_horizon: u64,
+    pub closed_capacity: usize,
+    pub max_event_bytes: usize,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        RollupConfig {
+            markup_rate: Decimal::new(20, 2),
+            max_open_executions: 50_000,
+            dedupe_horizon: 200_000,
+            closed_horizon: 200_000,
+            closed_capacity: 100_000,
+            max_event_bytes: event::DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
+}
+
+/// One output of processing an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Line(PricedLine),
+    Debit(Debit),
+    /// The event just processed was rejected.
+    Rejected(Rejection),
+}
+
+/// What happened to an event, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Priced(AssetType),
+    Duplicate,
+    Rejected(RejectReason),
+    Finished,
+    Marker,
+    /// A finish or marker that had nothing left to do (stale marker, late finish).
+    Ignored,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AssetAcc {
+    asset_type: AssetType,
+    calls: u32,
+    quantities: BTreeMap<String, Decimal>,
+    cost: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OpenExecution {
+    account_id: String,
+    first_event_id: String,
+    first_offset: i64,
+    last_offset: i64,
+    first_event_at: DateTime<Utc>,
+    last_event_at: DateTime<Utc>,
+    calls_seen: u32,
+    calls_priced: u32,
+    finished: bool,
+    expected_calls: Option<u32>,
+    subtotal: Decimal,
+    breakdown: BTreeMap<String, AssetAcc>,
+    #[serde(skip)]
+    last_seen_ms: u64,
+    #[serde(skip)]
+    marker_sent_after: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ClosedExecution {
+    account_hash: u64,
+    closed_at: i64,
+}
+
+/// An execution idle long enough to ask for a close marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleExecution {
+    pub execution_id: String,
+    pub account_id: String,
+    pub after_offset: i64,
+}
+
+/// Serializable state of one partition (all but the duplicate memory, which is rebuilt
+/// from the log window).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    pub next_offset: i64,
+    open: Vec<(String, OpenExecution)>,
+    closed: Vec<(u64, ClosedExecution)>,
+}
+
+/// Rollup state of one input partition.
+#[derive(Debug)]
+pub struct PartitionRollup {
+    cfg: RollupConfig,
+    partition: i32,
+    open: HashMap<String, OpenExecution>,
+    open_by_first_offset: BTreeMap<i64, String>,
+    closed: HashKeyed<ClosedExecution>,
+    closed_order: VecDeque<(i64, u64)>,
+    dedupe: DedupeWindow,
+    next_offset: i64,
+}
+
+impl PartitionRollup {
+    pub fn new(cfg: RollupConfig, partition: i32) -> Self {
+        let dedupe = DedupeWindow::new(cfg.dedupe_horizon);
+        PartitionRollup {
+            cfg,
+            partition,
+            open: HashMap::new(),
+            open_by_first_offset: BTreeMap::new(),
+            closed: HashKeyed::default(),
+            closed_order: VecDeque::new(),
+            dedupe,
+            next_offset: 0,
+        }
+    }
+
+    /// The offset of the next event this state expects.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn open_executions(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn dedupe_entries(&self) -> usize {
+        self.dedupe.len()
+    }
+
+    pub fn config(&self) -> &RollupConfig {
+        &self.cfg
+    }
+
+    /// Feeds the duplicate memory with an event already processed before `next_offset`
+    /// (rebuilding after a restart). Produces nothing.
+    pub fn remember(&mut self, offset: i64, payload: &[u8]) {
+        if let Ok(ev) = event::decode(payload, self.cfg.max_event_bytes) {
+            self.dedupe
+                .observe(offset, id_hash(&ev.event_id), ev.content_hash());
+        }
+    }
+
+    /// Processes the event at `offset`. `now_ms` is wall time, used only for idle markers.
+    pub fn process(
+        &mut self,
+        offset: i64,
+        payload: &[u8],
+        catalog: &Catalog,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Outcome {
+        self.next_offset = offset + 1;
+        self.evict_closed(offset);
+        let ev = match event::decode(payload, self.cfg.max_event_bytes) {
+            Ok(ev) => ev,
+            Err(r) => return self.rejected(r, out),
+        };
+        match self
+            .dedupe
+            .observe(offset, id_hash(&ev.event_id), ev.content_hash())
+        {
+            Seen::New => {}
+            Seen::Duplicate => return Outcome::Duplicate,
+            Seen::Conflict => {
+                let r = Rejection::new(
+                    RejectReason::ConflictingDuplicate,
+                    format!(
+                        "event_id {} was already seen with different content",
+                        excerpt(&ev.event_id)
+                    ),
+                );
+                return self.rejected(r, out);
+            }
+        }
+        match ev.kind {
+            EventKind::ModelCall | EventKind::ToolCall => {
+                self.call(offset, &ev, catalog, now_ms, out)
+            }
+            EventKind::ExecutionFinished => self.finish(offset, &ev, now_ms, out),
+            EventKind::ExecutionTimeout => self.timeout(&ev, out),
+        }
+    }
+
+    fn rejected(&self, r: Rejection, out: &mut Vec<Output>) -> Outcome {
+        let reason = r.reason;
+        out.push(Output::Rejected(r));
+        Outcome::Rejected(reason)
+    }
+
+    fn call(
+        &mut self,
+        offset: i64,
+        ev: &UsageEvent,
+        catalog: &Catalog,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Outcome {
+        let Some(exec_id) = ev.execution_id.as_deref() else {
+            return match price_call(ev, catalog, self.partition, offset) {
+                Ok(line) => {
+                    let asset_type = line.asset_type;
+                    let kind = if ev.kind == EventKind::ModelCall {
+                        DebitKind::ModelCall
+                    } else {
+                        DebitKind::ToolCall
+                    };
+                    let id = debit::direct_debit_id(&ev.account_id, &ev.event_id);
+                    let d = single_line_debit(id, kind, None, &line, Decimal::ZERO);
+                    out.push(Output::Line(line));
+                    out.push(Output::Debit(d));
+                    Outcome::Priced(asset_type)
+                }
+                Err(r) => self.rejected(r, out),
+            };
+        };
+        if let Some(open) = self.open.get(exec_id) {
+            if open.account_id != ev.account_id {
+                return self.rejected(account_mismatch(exec_id, &ev.account_id), out);
+            }
+        } else if let Some(closed) = self.closed.get(&id_hash(exec_id)) {
+            if closed.account_hash != id_hash(&ev.account_id) {
+                return self.rejected(account_mismatch(exec_id, &ev.account_id), out);
+            }
+            return match price_call(ev, catalog, self.partition, offset) {
+                Ok(line) => {
+                    let id = debit::adjustment_debit_id(&ev.account_id, exec_id, &ev.event_id);
+                    let d = single_line_debit(
+                        id,
+                        DebitKind::AgentExecutionAdjustment,
+                        Some(exec_id),
+                        &line,
+                        self.cfg.markup_rate,
+                    );
+                    let asset_type = line.asset_type;
+                    out.push(Output::Line(line));
+                    out.push(Output::Debit(d));
+                    Outcome::Priced(asset_type)
+                }
+                Err(r) => self.rejected(r, out),
+            };
+        }
+        let priced = price_call(ev, catalog, self.partition, offset);
+        if !self.open.contains_key(exec_id) {
+            self.make_room(out);
+            self.open_by_first_offset
+                .insert(offset, exec_id.to_string());
+            self.open.insert(
+                exec_id.to_string(),
+                OpenExecution {
+                    account_id: ev.account_id.clone(),
+                    first_event_id: ev.event_id.clone(),
+                    first_offset: offset,
+                    last_offset: offset,
+                    first_event_at: ev.occurred_at,
+                    last_event_at: ev.occurred_at,
+                    calls_seen: 0,
+                    calls_priced: 0,
+                    finished: false,
+                    expected_calls: None,
+                    subtotal: Decimal::ZERO,
+                    breakdown: BTreeMap::new(),
+                    last_seen_ms: now_ms,
+                    marker_sent_after: None,
+                },
+            );
+        }
+        let open = self.open.get_mut(exec_id).expect("inserted above");
+        open.calls_seen += 1;
+        open.last_offset = offset;
+        open.last_seen_ms = now_ms;
+        let outcome = match priced {
+            Ok(line) => match money::add(open.subtotal, line.cost) {
+                Ok(subtotal) => {
+                    open.subtotal = subtotal;
+                    open.calls_priced += 1;
+                    open.first_event_at = open.first_event_at.min(ev.occurred_at);
+                    open.last_event_at = open.last_event_at.max(ev.occurred_at);
+                    let acc = open
+                        .breakdown
+                        .entry(line.asset_id.clone())
+                        .or_insert_with(|| AssetAcc {
+                            asset_type: line.asset_type,
+                            calls: 0,
+                            quantities: BTreeMap::new(),
+                            cost: Decimal::ZERO,
+                        });
+                    acc.calls += 1;
+                    acc.cost += line.cost;
+                    for u in &line.units {
+                        *acc.quantities.entry(u.unit.clone()).or_default() += u.quantity;
+                    }
+                    let asset_type = line.asset_type;
+                    out.push(Output::Line(line));
+                    Outcome::Priced(asset_type)
+                }
+                Err(e) => self.rejected(
+                    Rejection::new(
+                        RejectReason::InvalidQuantity,
+                        format!("execution_id {} subtotal overflows: {e}", excerpt(exec_id)),
+                    ),
+                    out,
+                ),
+            },
+            Err(r) => self.rejected(r, out),
+        };
+        let ready = self
+            .open
+            .get(exec_id)
+            .is_some_and(|o| o.finished && o.expected_calls.is_none_or(|n| o.calls_seen >= n));
+        if ready {
+            self.close(exec_id, offset, out);
+        }
+        outcome
+    }
+
+    fn finish(
+        &mut self,
+        offset: i64,
+        ev: &UsageEvent,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Outcome {
+        let exec_id = ev.execution_id.as_deref().unwrap_or_default();
+        let Some(open) = self.open.get_mut(exec_id) else {
+            let h = id_hash(exec_id);
+            return match self.closed.get(&h) {
+                Some(c) if c.account_hash != id_hash(&ev.account_id) => {
+                    self.rejected(account_mismatch(exec_id, &ev.account_id), out)
+                }
+                Some(_) => Outcome::Ignored,
+                None => {
+                    // An execution with no calls: nothing to bill, but later calls adjust.
+                    self.remember_closed(h, id_hash(&ev.account_id), offset);
+                    Outcome::Finished
+                }
+            };
+        };
+        if open.account_id != ev.account_id {
+            return self.rejected(account_mismatch(exec_id, &ev.account_id), out);
+        }
+        open.finished = true;
+        open.expected_calls = ev.expected_calls;
+        open.last_offset = offset;
+        open.last_seen_ms = now_ms;
+        if ev.expected_calls.is_none_or(|n| open.calls_seen >= n) {
+            self.close(exec_id, offset, out);
+        }
+        Outcome::Finished
+    }
+
+    fn timeout(&mut self, ev: &UsageEvent, out: &mut Vec<Output>) -> Outcome {
+        let exec_id = ev.execution_id.as_deref().unwrap_or_default();
+        match self.open.get(exec_id) {
+            Some(open) if Some(open.last_offset) == ev.after_offset => {
+                let at = open.last_offset;
+                self.close(exec_id, at, out);
+                Outcome::Marker
+            }
+            _ => Outcome::Ignored,
+        }
+    }
+
+    /// Closes the oldest open executions while the partition is at its bound.
+    fn make_room(&mut self, out: &mut Vec<Output>) {
+        while self.open.len() >= self.cfg.max_open_executions.max(1) {
+            let Some((&first, id)) = self.open_by_first_offset.iter().next() else {
+                break;
+            };
+            let id = id.clone();
+            let at = self.open.get(&id).map_or(first, |o| o.last_offset);
+            self.close(&id, at, out);
+        }
+    }
+
+    fn close(&mut self, exec_id: &str, offset: i64, out: &mut Vec<Output>) {
+        let Some(open) = self.open.remove(exec_id) else {
+            return;
+        };
+        self.open_by_first_offset.remove(&open.first_offset);
+        self.remember_closed(id_hash(exec_id), id_hash(&open.account_id), offset);
+        if open.calls_priced == 0 {
+            return;
+        }
+        let markup = money::debit_markup(open.subtotal, self.cfg.markup_rate);
+        let breakdown = open
+            .breakdown
+            .into_iter()
+            .map(|(asset_id, a)| BreakdownLine {
+                asset_id,
+                asset_type: a.asset_type,
+                calls: a.calls,
+                quantities: a
+                    .quantities
+                    .into_iter()
+                    .map(|(u, q)| (u, q.normalize()))
+                    .collect(),
+                cost: a.cost.normalize(),
+            })
+            .collect();
+        out.push(Output::Debit(Debit {
+            debit_id: debit::execution_debit_id(&open.account_id, exec_id, &open.first_event_id),
+            kind: DebitKind::AgentExecution,
+            account_id: open.account_id,
+            execution_id: Some(exec_id.to_string()),
+            subtotal: open.subtotal.normalize(),
+            markup_rate: self.cfg.markup_rate.normalize(),
+            markup,
+            total: (open.subtotal + markup).normalize(),
+            calls: open.calls_priced,
+            first_event_at: open.first_event_at,
+            last_event_at: open.last_event_at,
+            breakdown,
+        }));
+    }
+
+    fn remember_closed(&mut self, exec_hash: u64, account_hash: u64, offset: i64) {
+        self.closed.insert(
+            exec_hash,
+            ClosedExecution {
+                account_hash,
+                closed_at: offset,
+            },
+        );
+        self.closed_order.push_back((offset, exec_hash));
+        while self.closed_order.len() > self.cfg.closed_capacity {
+            self.pop_closed();
+        }
+    }
+
+    fn evict_closed(&mut self, offset: i64) {
+        let limit = offset.saturating_sub(self.cfg.closed_horizon as i64);
+        while self.closed_order.front().is_some_and(|(o, _)| *o <= limit) {
+            self.pop_closed();
+        }
+    }
+
+    fn pop_closed(&mut self) {
+        if let Some((o, h)) = self.closed_order.pop_front() {
+            if self.closed.get(&h).is_some_and(|c| c.closed_at == o) {
+                self.closed.remove(&h);
+            }
+        }
+    }
+
+    /// Closes every open execution (end of input in offline rating).
+    pub fn close_all(&mut self, out: &mut Vec<Output>) {
+        let ids: Vec<String> = self.open_by_first_offset.values().cloned().collect();
+        for id in ids {
+            let at = self.open[&id].last_offset;
+            self.close(&id, at, out);
+        }
+    }
+
+    /// Open executions idle for `timeout_ms` whose close marker is not yet written.
+    pub fn idle_executions(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<IdleExecution> {
+        let mut idle = Vec::new();
+        for (id, o) in self.open.iter_mut() {
+            if now_ms.saturating_sub(o.last_seen_ms) >= timeout_ms
+                && o.marker_sent_after != Some(o.last_offset)
+            {
+                o.marker_sent_after = Some(o.last_offset);
+                idle.push(IdleExecution {
+                    execution_id: id.clone(),
+                    account_id: o.account_id.clone(),
+                    after_offset: o.last_offset,
+                });
+            }
+        }
+        idle.sort_by_key(|i| i.after_offset);
+        idle
+    }
+
+    /// The running cost of an open execution, for the real-time API.
+    pub fn running_cost(&self, execution_id: &str) -> Option<Debit> {
+        let o = self.open.get(execution_id)?;
+        let markup = money::debit_markup(o.subtotal, self.cfg.markup_rate);
+        Some(Debit {
+            debit_id: String::new(),
+            kind: DebitKind::AgentExecution,
+            account_id: o.account_id.clone(),
+            execution_id: Some(execution_id.to_string()),
+            subtotal: o.subtotal.normalize(),
+            markup_rate: self.cfg.markup_rate.normalize(),
+            markup,
+            total: (o.subtotal + markup).normalize(),
+            calls: o.calls_priced,
+            first_event_at: o.first_event_at,
+            last_event_at: o.last_event_at,
+            breakdown: o
+                .breakdown
+                .iter()
+                .map(|(asset_id, a)| BreakdownLine {
+                    asset_id: asset_id.clone(),
+                    asset_type: a.asset_type,
+                    calls: a.calls,
+                    quantities: a.quantities.clone(),
+                    cost: a.cost.normalize(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The state to persist with `next_offset` (open executions and closed memory).
+    pub fn snapshot(&self) -> PartitionSnapshot {
+        let mut open: Vec<(String, OpenExecution)> = self
+            .open_by_first_offset
+            .values()
+            .map(|id| (id.clone(), self.open[id].clone()))
+            .collect();
+        open.sort_by_key(|(_, o)| o.first_offset);
+        PartitionSnapshot {
+            next_offset: self.next_offset,
+            open,
+            closed: self
+                .closed_order
+                .iter()
+                .filter_map(|(o, h)| {
+                    self.closed
+                        .get(h)
+                        .filter(|c| c.closed_at == *o)
+                        .map(|c| (*h, *c))
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds state from a snapshot; the duplicate memory must then be fed with
+    /// [`Self::remember`] for the `dedupe_horizon` offsets before `next_offset`.
+    pub fn restore(
+        cfg: RollupConfig,
+        partition: i32,
+        snap: PartitionSnapshot,
+        now_ms: u64,
+    ) -> Self {
+        let mut r = PartitionRollup::new(cfg, partition);
+        r.next_offset = snap.next_offset;
+        for (id, mut o) in snap.open {
+            o.last_seen_ms = now_ms;
+            r.open_by_first_offset.insert(o.first_offset, id.clone());
+            r.open.insert(id, o);
+        }
+        for (h, c) in snap.closed {
+            r.closed.insert(h, c);
+            r.closed_order.push_back((c.closed_at, h));
+        }
+        r
+    }
+}
+
+fn account_mismatch(exec_id: &str, account_id: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::AccountMismatch,
+        format!(
+            "execution_id {} belongs to another account than account_id {}; an execution cannot mix accounts",
+            excerpt(exec_id),
+            excerpt(account_id)
+        ),
+    )
+}
+
+fn single_line_debit(
+    debit_id: String,
+    kind: DebitKind,
+    execution_id: Option<&str>,
+    line: &PricedLine,
+    markup_rate: Decimal,
+) -> Debit {
+    let markup = money::debit_markup(line.cost, markup_rate);
+    Debit {
+        debit_id,
+        kind,
+        account_id: line.account_id.clone(),
+        execution_id: execution_id.map(str::to_string),
+        subtotal: line.cost,
+        markup_rate: markup_rate.normalize(),
+        markup,
+        total: (line.cost + markup).normalize(),
+        calls: 1,
+        first_event_at: line.occurred_at,
+        last_event_at: line.occurred_at,
+        breakdown: vec![BreakdownLine {
+            asset_id: line.asset_id.clone(),
+            asset_type: line.asset_type,
+            calls: 1,
+            quantities: line
+                .units
+                .iter()
+                .map(|u| (u.unit.clone(), u.quantity))
+                .collect(),
+            cost: line.cost,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests;

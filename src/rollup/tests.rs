@@ -1,0 +1,557 @@
+//! Rollup rules, and property tests against an independent oracle.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+
+use super::*;
+
+const CATALOG: &str = r#"[
+  {"asset_id":"llm","asset_type":"model","vendor":"openai","effective_from":"2024-01-01T00:00:00Z",
+   "prices":{"input_tokens":{"credits":"0.5","per":1000},"output_tokens":{"credits":"1.5","per":1000}}},
+  {"asset_id":"search","asset_type":"tool","vendor":"tavily","effective_from":"2024-01-01T00:00:00Z",
+   "prices":{"requests":{"credits":"0.1","per":1}}},
+  {"asset_id":"db","asset_type":"tool","vendor":"platform","effective_from":"2024-01-01T00:00:00Z",
+   "prices":{"queries":{"credits":"0.2","per":1}}},
+  {"asset_id":"audio","asset_type":"model","vendor":"openai","effective_from":"2024-01-01T00:00:00Z",
+   "prices":{"audio_minutes":{"credits":"0.006","per":1}}}
+]"#;
+
+fn catalog() -> Catalog {
+    Catalog::from_json(CATALOG.as_bytes()).unwrap()
+}
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn call(id: &str, exec: Option<&str>, account: &str, asset: &str, q: &str) -> String {
+    let exec = exec.map_or("null".to_string(), |e| format!("\"{e}\""));
+    let kind = if asset == "llm" || asset == "audio" {
+        "model_call"
+    } else {
+        "tool_call"
+    };
+    format!(
+        r#"{{"type":"{kind}","event_id":"{id}","occurred_at":"2026-03-01T10:00:00Z","account_id":"{account}","execution_id":{exec},"asset_id":"{asset}","quantities":{q}}}"#
+    )
+}
+
+fn finish(id: &str, exec: &str, account: &str, expected: Option<u32>) -> String {
+    let exp = expected.map_or(String::new(), |n| format!(",\"expected_calls\":{n}"));
+    format!(
+        r#"{{"type":"execution_finished","event_id":"{id}","occurred_at":"2026-03-01T10:05:00Z","account_id":"{account}","execution_id":"{exec}"{exp}}}"#
+    )
+}
+
+struct Run {
+    rollup: PartitionRollup,
+    catalog: Catalog,
+    offset: i64,
+    out: Vec<Output>,
+}
+
+impl Run {
+    fn new(cfg: RollupConfig) -> Self {
+        Run {
+            rollup: PartitionRollup::new(cfg, 0),
+            catalog: catalog(),
+            offset: 0,
+            out: vec![],
+        }
+    }
+    fn feed(&mut self, payload: &str) -> Outcome {
+        let o = self.rollup.process(
+            self.offset,
+            payload.as_bytes(),
+            &self.catalog,
+            0,
+            &mut self.out,
+        );
+        self.offset += 1;
+        o
+    }
+    fn debits(&self) -> Vec<&Debit> {
+        self.out
+            .iter()
+            .filter_map(|o| {
+                if let Output::Debit(d) = o {
+                    Some(d)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+    fn rejections(&self) -> Vec<RejectReason> {
+        self.out
+            .iter()
+            .filter_map(|o| {
+                if let Output::Rejected(r) = o {
+                    Some(r.reason)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn worked_example_llm_search_database() {
+    let mut r = Run::new(RollupConfig::default());
+    // 1000 input tokens at 0.5 per 1000 = 0.5; one search 0.1; one query 0.2.
+    r.feed(&call(
+        "c1",
+        Some("x"),
+        "acct",
+        "llm",
+        r#"{"input_tokens":1000}"#,
+    ));
+    r.feed(&call(
+        "c2",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    r.feed(&call("c3", Some("x"), "acct", "db", r#"{"queries":1}"#));
+    assert!(
+        r.debits().is_empty(),
+        "nothing is billed before the execution finishes"
+    );
+    assert_eq!(r.feed(&finish("f", "x", "acct", None)), Outcome::Finished);
+    let debits = r.debits();
+    assert_eq!(debits.len(), 1);
+    let x = debits[0];
+    assert_eq!(x.kind, DebitKind::AgentExecution);
+    assert_eq!(x.subtotal.to_string(), "0.8");
+    assert_eq!(x.markup_rate.to_string(), "0.2");
+    assert_eq!(x.markup.to_string(), "0.16");
+    assert_eq!(x.total.to_string(), "0.96");
+    assert_eq!(x.calls, 3);
+    let costs: Vec<String> = x
+        .breakdown
+        .iter()
+        .map(|b| format!("{}={}", b.asset_id, b.cost))
+        .collect();
+    assert_eq!(costs, ["db=0.2", "llm=0.5", "search=0.1"]);
+    let json = String::from_utf8(x.encode()).unwrap();
+    assert!(json.contains("\"total\":\"0.96\""), "{json}");
+}
+
+#[test]
+fn direct_calls_are_billed_at_vendor_price_at_once() {
+    let mut r = Run::new(RollupConfig::default());
+    assert_eq!(
+        r.feed(&call("c1", None, "acct", "search", r#"{"requests":3}"#)),
+        Outcome::Priced(AssetType::Tool)
+    );
+    let d0 = r.debits()[0].clone();
+    assert_eq!(d0.kind, DebitKind::ToolCall);
+    assert_eq!(d0.total, d("0.3"));
+    assert!(d0.markup.is_zero());
+    r.feed(&call(
+        "c2",
+        None,
+        "acct",
+        "audio",
+        r#"{"audio_minutes":"1.5"}"#,
+    ));
+    assert_eq!(r.debits()[1].kind, DebitKind::ModelCall);
+    assert_eq!(r.debits()[1].total, d("0.009"));
+}
+
+#[test]
+fn expected_calls_hold_the_close_until_all_calls_arrived() {
+    let mut r = Run::new(RollupConfig::default());
+    r.feed(&call(
+        "c1",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    r.feed(&finish("f", "x", "acct", Some(2)));
+    assert!(r.debits().is_empty());
+    r.feed(&call(
+        "c2",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    assert_eq!(r.debits().len(), 1);
+    assert_eq!(r.debits()[0].total, d("0.24"));
+}
+
+#[test]
+fn late_call_becomes_an_adjustment_with_markup() {
+    let mut r = Run::new(RollupConfig::default());
+    r.feed(&call(
+        "c1",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    r.feed(&finish("f", "x", "acct", None));
+    r.feed(&call("c2", Some("x"), "acct", "db", r#"{"queries":1}"#));
+    let debits = r.debits();
+    assert_eq!(debits.len(), 2);
+    assert_eq!(debits[1].kind, DebitKind::AgentExecutionAdjustment);
+    assert_eq!(debits[1].total, d("0.24"));
+    assert_ne!(debits[0].debit_id, debits[1].debit_id);
+    // A second finish of a closed execution changes nothing.
+    assert_eq!(r.feed(&finish("f2", "x", "acct", None)), Outcome::Ignored);
+}
+
+#[test]
+fn duplicates_are_dropped_and_conflicts_rejected() {
+    let mut r = Run::new(RollupConfig::default());
+    let c = call("c1", None, "acct", "search", r#"{"requests":1}"#);
+    r.feed(&c);
+    assert_eq!(r.feed(&c), Outcome::Duplicate);
+    let conflicting = call("c1", None, "acct", "search", r#"{"requests":2}"#);
+    assert_eq!(
+        r.feed(&conflicting),
+        Outcome::Rejected(RejectReason::ConflictingDuplicate)
+    );
+    assert_eq!(r.debits().len(), 1);
+}
+
+#[test]
+fn an_execution_cannot_mix_accounts() {
+    let mut r = Run::new(RollupConfig::default());
+    r.feed(&call(
+        "c1",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    r.feed(&call(
+        "c2",
+        Some("x"),
+        "intruder",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    r.feed(&finish("f", "x", "acct", None));
+    r.feed(&call(
+        "c3",
+        Some("x"),
+        "intruder",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    assert_eq!(
+        r.rejections(),
+        [RejectReason::AccountMismatch, RejectReason::AccountMismatch]
+    );
+    let debits = r.debits();
+    assert_eq!(debits.len(), 1);
+    assert_eq!(debits[0].account_id, "acct");
+    assert_eq!(debits[0].calls, 1);
+}
+
+#[test]
+fn timeout_marker_closes_only_if_nothing_came_after_it() {
+    let mut r = Run::new(RollupConfig::default());
+    r.feed(&call(
+        "c1",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    let stale = String::from_utf8(crate::event::encode_timeout_marker(
+        "x",
+        "acct",
+        0,
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    r.feed(&call(
+        "c2",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    assert_eq!(r.feed(&stale), Outcome::Ignored);
+    let fresh = String::from_utf8(crate::event::encode_timeout_marker(
+        "x",
+        "acct",
+        1,
+        chrono::Utc::now(),
+    ))
+    .unwrap();
+    assert_eq!(r.feed(&fresh), Outcome::Marker);
+    assert_eq!(r.debits().len(), 1);
+    assert_eq!(r.debits()[0].calls, 2);
+}
+
+#[test]
+fn idle_executions_are_reported_once_per_last_offset() {
+    let mut r = Run::new(RollupConfig::default());
+    r.rollup.process(
+        0,
+        call("c1", Some("x"), "a", "db", r#"{"queries":1}"#).as_bytes(),
+        &r.catalog,
+        1_000,
+        &mut r.out,
+    );
+    assert!(r.rollup.idle_executions(1_500, 1_000).is_empty());
+    let idle = r.rollup.idle_executions(2_000, 1_000);
+    assert_eq!(
+        idle,
+        [IdleExecution {
+            execution_id: "x".into(),
+            account_id: "a".into(),
+            after_offset: 0
+        }]
+    );
+    assert!(
+        r.rollup.idle_executions(9_000, 1_000).is_empty(),
+        "marker already requested"
+    );
+}
+
+#[test]
+fn open_execution_bound_closes_the_oldest() {
+    let cfg = RollupConfig {
+        max_open_executions: 2,
+        ..Default::default()
+    };
+    let mut r = Run::new(cfg);
+    for x in ["x1", "x2", "x3"] {
+        r.feed(&call(
+            &format!("c-{x}"),
+            Some(x),
+            "acct",
+            "db",
+            r#"{"queries":1}"#,
+        ));
+    }
+    assert_eq!(r.rollup.open_executions(), 2);
+    assert_eq!(r.debits().len(), 1);
+    assert_eq!(r.debits()[0].execution_id.as_deref(), Some("x1"));
+}
+
+#[test]
+fn snapshot_restore_continues_identically() {
+    let events: Vec<String> = (0..60)
+        .map(|i| match i % 6 {
+            5 => finish(&format!("f{i}"), &format!("x{}", i / 12), "acct", None),
+            _ => call(
+                &format!("c{i}"),
+                Some(&format!("x{}", i / 12)),
+                "acct",
+                "llm",
+                r#"{"input_tokens":7,"output_tokens":3}"#,
+            ),
+        })
+        .collect();
+    let cfg = RollupConfig::default();
+    let mut whole = Run::new(cfg.clone());
+    for e in &events {
+        whole.feed(e);
+    }
+    whole.rollup.close_all(&mut whole.out);
+
+    let mut first = Run::new(cfg.clone());
+    for e in &events[..31] {
+        first.feed(e);
+    }
+    let snap = first.rollup.snapshot();
+    let bytes = bincode::serialize(&snap).unwrap();
+    let snap: PartitionSnapshot = bincode::deserialize(&bytes).unwrap();
+    let mut second = Run {
+        rollup: PartitionRollup::restore(cfg, 0, snap, 0),
+        catalog: catalog(),
+        offset: 31,
+        out: vec![],
+    };
+    for (o, e) in events
+        .iter()
+        .enumerate()
+        .skip(31 - cfg_horizon())
+        .take(cfg_horizon())
+    {
+        second.rollup.remember(o as i64, e.as_bytes());
+    }
+    for e in &events[31..] {
+        second.feed(e);
+    }
+    second.rollup.close_all(&mut second.out);
+    let mut combined = first.out.clone();
+    combined.extend(second.out);
+    assert_eq!(combined, whole.out);
+}
+
+fn cfg_horizon() -> usize {
+    31
+}
+
+// ---- property tests against an independent oracle ----
+
+#[derive(Debug, Clone)]
+struct GenCall {
+    exec: Option<u8>,
+    account: u8,
+    asset: u8,
+    qty: u32,
+}
+
+fn payload(i: usize, c: &GenCall) -> String {
+    let (asset, unit) = [
+        ("llm", "input_tokens"),
+        ("search", "requests"),
+        ("db", "queries"),
+        ("audio", "audio_minutes"),
+    ][c.asset as usize % 4];
+    let q = if unit == "audio_minutes" {
+        format!("\"{}.25\"", c.qty)
+    } else {
+        c.qty.to_string()
+    };
+    // Executions are owned by account (exec % 3) so that no call mismatches.
+    let account = c.exec.map_or(c.account % 3, |e| e % 3);
+    call(
+        &format!("e{i}"),
+        c.exec.map(|e| format!("x{e}")).as_deref(),
+        &format!("a{account}"),
+        asset,
+        &format!("{{\"{unit}\":{q}}}"),
+    )
+}
+
+/// The straightforward computation: per account, sum of vendor cost, plus 20% of the part
+/// that ran inside executions.
+fn oracle(calls: &[GenCall]) -> BTreeMap<String, Decimal> {
+    let price = |c: &GenCall| -> Decimal {
+        let q = Decimal::from(c.qty);
+        match c.asset % 4 {
+            0 => q * d("0.5") / d("1000"),
+            1 => q * d("0.1"),
+            2 => q * d("0.2"),
+            _ => (q + d("0.25")) * d("0.006"),
+        }
+    };
+    let mut totals = BTreeMap::new();
+    for c in calls {
+        let account = c.exec.map_or(c.account % 3, |e| e % 3);
+        let cost = crate::money::round_line_cost(price(c));
+        let total = if c.exec.is_some() {
+            cost * d("1.2")
+        } else {
+            cost
+        };
+        *totals.entry(format!("a{account}")).or_insert(Decimal::ZERO) += total;
+    }
+    totals
+        .into_iter()
+        .map(|(k, v)| (k, v.normalize()))
+        .collect()
+}
+
+fn totals(out: &[Output]) -> BTreeMap<String, Decimal> {
+    let mut t = BTreeMap::new();
+    for o in out {
+        if let Output::Debit(d) = o {
+            assert_eq!(d.total, d.subtotal + d.markup);
+            let lines: Decimal = d.breakdown.iter().map(|b| b.cost).sum();
+            assert_eq!(lines, d.subtotal, "breakdown sums to the subtotal");
+            *t.entry(d.account_id.clone()).or_insert(Decimal::ZERO) += d.total;
+        }
+    }
+    t.into_iter().map(|(k, v)| (k, v.normalize())).collect()
+}
+
+fn gen_call() -> impl Strategy<Value = GenCall> {
+    (proptest::option::of(0u8..6), 0u8..3, 0u8..4, 0u32..5000).prop_map(
+        |(exec, account, asset, qty)| GenCall {
+            exec,
+            account,
+            asset,
+            qty,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Totals per account do not depend on event order, duplicates, or where finish
+    /// events (flush points) fall, and equal the oracle.
+    #[test]
+    fn totals_match_the_oracle_whatever_the_order(
+        calls in proptest::collection::vec(gen_call(), 1..60),
+        order_seed in any::<u64>(),
+        dup_every in 2usize..10,
+        finish_points in proptest::collection::vec(0usize..60, 0..8),
+    ) {
+        let mut payloads: Vec<String> = calls.iter().enumerate().map(|(i, c)| payload(i, c)).collect();
+        // Shuffle deterministically from the seed.
+        let mut s = order_seed | 1;
+        for i in (1..payloads.len()).rev() {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            payloads.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        let mut stream = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            stream.push(p.clone());
+            if i % dup_every == 0 {
+                stream.push(p.clone());
+            }
+            for (k, fp) in finish_points.iter().enumerate() {
+                if *fp == i {
+                    let x = (k % 6) as u8;
+                    stream.push(finish(&format!("f{k}"), &format!("x{x}"), &format!("a{}", x % 3), None));
+                }
+            }
+        }
+        let mut r = Run::new(RollupConfig::default());
+        for p in &stream {
+            r.feed(p);
+        }
+        r.rollup.close_all(&mut r.out);
+        prop_assert!(r.rejections().is_empty(), "{:?}", r.rejections());
+        prop_assert_eq!(totals(&r.out), oracle(&calls));
+        // Debit ids are unique.
+        let mut ids: Vec<&str> = r.debits().iter().map(|d| d.debit_id.as_str()).collect();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        prop_assert_eq!(ids.len(), n);
+    }
+
+    /// Processing the same log twice gives byte-identical outputs.
+    #[test]
+    fn processing_is_deterministic(calls in proptest::collection::vec(gen_call(), 1..40)) {
+        let stream: Vec<String> = calls.iter().enumerate().map(|(i, c)| payload(i, c)).collect();
+        let run = || {
+            let mut r = Run::new(RollupConfig::default());
+            for p in &stream { r.feed(p); }
+            r.rollup.close_all(&mut r.out);
+            r.out.iter().map(|o| match o {
+                Output::Debit(d) => d.encode(),
+                Output::Line(l) => l.encode(),
+                Output::Rejected(r) => r.message.clone().into_bytes(),
+            }).collect::<Vec<_>>()
+        };
+        prop_assert_eq!(run(), run());
+    }
+
+    /// Any bytes: no panic, and a rejection names a reason.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut r = Run::new(RollupConfig::default());
+        let mut out = Vec::new();
+        let o = r.rollup.process(0, &bytes, &r.catalog, 0, &mut out);
+        prop_assert!(matches!(o, Outcome::Rejected(_) | Outcome::Priced(_) | Outcome::Finished | Outcome::Ignored | Outcome::Marker));
+    }
+}

@@ -3,10 +3,17 @@
 //! sink and HTTP modules wrap it.
 
 pub mod catalog;
+pub mod catalog_feed;
+pub mod config;
 pub mod debit;
 pub mod event;
+pub mod health;
+pub mod kafka;
+pub mod metrics;
 pub mod money;
 pub mod offline;
+pub mod pipeline;
 pub mod rating;
 pub mod rejection;
 pub mod rollup;
+pub mod sink;

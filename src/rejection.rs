@@ -21,10 +21,12 @@ pub enum RejectReason {
     UnknownUnit,
     AccountMismatch,
     ConflictingDuplicate,
+    /// The ClickHouse sink could not store an output row (data refused by the server).
+    SinkRejected,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::Oversized,
         RejectReason::InvalidEncoding,
         RejectReason::InvalidJson,
@@ -40,6 +42,7 @@ impl RejectReason {
         RejectReason::UnknownUnit,
         RejectReason::AccountMismatch,
         RejectReason::ConflictingDuplicate,
+        RejectReason::SinkRejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl RejectReason {
             RejectReason::UnknownUnit => "unknown_unit",
             RejectReason::AccountMismatch => "account_mismatch",
             RejectReason::ConflictingDuplicate => "conflicting_duplicate",
+            RejectReason::SinkRejected => "sink_rejected",
         }
     }
 }

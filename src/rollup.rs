@@ -150,6 +150,10 @@ impl PartitionRollup {
         self.next_offset
     }
 
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
     pub fn open_executions(&self) -> usize {
         self.open.len()
     }

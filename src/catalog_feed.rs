@@ -1,0 +1,132 @@
+//! Catalog feed: price versions from the compacted catalog topic in (read fully at start,
+//! then followed live), a whole new [`Catalog`] swapped into the shared handle out.
+//! Also publishes catalog files to the topic (`catalog publish`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::catalog::{Catalog, CatalogHandle, PriceVersion};
+use crate::config::Config;
+use crate::kafka;
+use crate::metrics::METRICS;
+
+/// Publishes every version of a catalog file; returns how many were sent.
+pub async fn publish(cfg: &Config, versions: &[PriceVersion]) -> anyhow::Result<usize> {
+    let producer: FutureProducer = kafka::producer_config(cfg).create()?;
+    for v in versions {
+        v.validate()?;
+        let key = v.topic_key();
+        let payload = serde_json::to_vec(v)?;
+        producer
+            .send(
+                FutureRecord::to(&cfg.topics.price_catalog).key(&key).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("cannot publish price version {key}: {e}"))?;
+    }
+    Ok(versions.len())
+}
+
+/// Follows the catalog topic in a thread, applying versions to `handle`.
+pub struct CatalogFeed {
+    consumer: BaseConsumer,
+    handle: CatalogHandle,
+    topic: String,
+}
+
+impl CatalogFeed {
+    pub fn new(cfg: &Config) -> anyhow::Result<(CatalogFeed, CatalogHandle)> {
+        let mut c = kafka::reader_config(cfg);
+        c.set("group.id", format!("{}-catalog", cfg.kafka.group_id));
+        let consumer: BaseConsumer = c.create()?;
+        let handle: CatalogHandle = Arc::new(ArcSwap::from_pointee(Catalog::default()));
+        Ok((
+            CatalogFeed {
+                consumer,
+                handle: handle.clone(),
+                topic: cfg.topics.price_catalog.clone(),
+            },
+            handle,
+        ))
+    }
+
+    /// Assigns every partition from the beginning and reads up to the current end.
+    /// Returns the number of versions loaded.
+    pub fn load_initial(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), timeout)?;
+        let parts: Vec<i32> = md
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for p in &parts {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
+            let (_, high) = self.consumer.fetch_watermarks(&self.topic, *p, timeout)?;
+            ends.push((*p, high));
+        }
+        self.consumer.assign(&tpl)?;
+        let deadline = Instant::now() + timeout;
+        let mut pos: std::collections::HashMap<i32, i64> = parts.iter().map(|p| (*p, 0)).collect();
+        while ends.iter().any(|(p, h)| pos[p] < *h) && Instant::now() < deadline {
+            self.poll_once(Duration::from_millis(200), &mut pos);
+        }
+        Ok(self.handle.load().version_count())
+    }
+
+    fn poll_once(&self, wait: Duration, pos: &mut std::collections::HashMap<i32, i64>) {
+        match self.consumer.poll(wait) {
+            Some(Ok(m)) => {
+                pos.insert(m.partition(), m.offset() + 1);
+                let Some(payload) = m.payload() else { return };
+                match Catalog::parse_version(payload) {
+                    Ok(v) => {
+                        let mut next = Catalog::clone(&self.handle.load());
+                        match next.insert(v) {
+                            Ok(true) => {
+                                next.updated_at = Some(chrono::Utc::now());
+                                METRICS.catalog_versions.set(next.version_count() as i64);
+                                METRICS.catalog_updates.inc();
+                                self.handle.store(Arc::new(next));
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                METRICS.catalog_rejected.inc();
+                                tracing::error!(error = %e, offset = m.offset(), "price version refused");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        METRICS.catalog_rejected.inc();
+                        tracing::error!(error = %e, offset = m.offset(), "catalog message is not a valid price version");
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "catalog read error"),
+            None => {}
+        }
+    }
+
+    /// Follows the topic until `stop` is set.
+    pub fn follow(self, stop: Arc<AtomicBool>) {
+        let mut pos = std::collections::HashMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            self.poll_once(Duration::from_millis(250), &mut pos);
+            if let Some(t) = self.handle.load().updated_at {
+                let age = (chrono::Utc::now() - t).num_milliseconds() as f64 / 1000.0;
+                METRICS.catalog_age.set(age);
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! Configuration: built-in defaults < TOML file < environment (`USAGE_AGG__SECTION__KEY`).
+//! `validate()` checks cross-field rules before any connection opens and names the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::money::MAX_MARKUP_RATE_SCALE;
+use crate::rollup::RollupConfig;
+
+/// Configuration errors name the key and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {key} = {value}: {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub pricing: PricingConfig,
+    pub rollup: RollupSection,
+    pub pipeline: PipelineConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub sink: SinkConfig,
+    pub http: HttpConfig,
+    pub alerts: AlertsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub sink_group_id: String,
+    pub alerts_group_id: String,
+    /// librdkafka properties passed through as they are (SASL, TLS, timeouts).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:19092".into(),
+            group_id: "usage-aggregator".into(),
+            sink_group_id: "usage-aggregator-sink".into(),
+            alerts_group_id: "usage-aggregator-alerts".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    pub usage_events: String,
+    pub price_catalog: String,
+    pub debits: String,
+    pub priced_usage: String,
+    pub dead_letter: String,
+    pub alerts: String,
+    /// Compacted changelog of per-partition rollup snapshots.
+    pub state: String,
+    /// Partitions `setup` gives the usage topic (and the state topic, which must match).
+    pub partitions: i32,
+    pub output_partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            usage_events: "usage_events".into(),
+            price_catalog: "price_catalog".into(),
+            debits: "debits".into(),
+            priced_usage: "priced_usage".into(),
+            dead_letter: "dead_letter".into(),
+            alerts: "alerts".into(),
+            state: "usage_aggregator_state".into(),
+            partitions: 4,
+            output_partitions: 4,
+            replication_factor: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// Catalog file published to an empty catalog topic at start; empty for none.
+    pub catalog_file: PathBuf,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            catalog_file: PathBuf::from("config/catalog.json"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupSection {
+    /// Markup on agent executions, a decimal string.
+    pub markup_rate: String,
+    #[serde(with = "humantime_serde")]
+    pub execution_idle_timeout: Duration,
+    pub max_open_executions: usize,
+    pub dedupe_horizon: u64,
+    pub closed_horizon: u64,
+    pub closed_capacity: usize,
+    pub max_event_bytes: usize,
+}
+
+impl Default for RollupSection {
+    fn default() -> Self {
+        let d = RollupConfig::default();
+        RollupSection {
+            markup_rate: "0.20".into(),
+            execution_idle_timeout: Duration::from_secs(30),
+            max_open_executions: d.max_open_executions,
+            dedupe_horizon: d.dedupe_horizon,
+            closed_horizon: d.closed_horizon,
+            closed_capacity: d.closed_capacity,
+            max_event_bytes: d.max_event_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Produced messages not yet acknowledged before consumption pauses.
+    pub max_in_flight: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            checkpoint_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(15),
+            max_in_flight: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    /// Only from the environment (`USAGE_AGG__CLICKHOUSE__PASSWORD`) or `password_file`.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Schema validation of the clickhouse crate; off for the 18.16 test server.
+    pub validation: bool,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:18123".into(),
+            database: "usage".into(),
+            user: "default".into(),
+            password: None,
+            password_file: None,
+            validation: false,
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    /// The password from the environment or its file; never logged.
+    pub fn resolved_password(&self) -> std::io::Result<Option<String>> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        match &self.password_file {
+            Some(f) => Ok(Some(std::fs::read_to_string(f)?.trim_end().to_string())),
+            None => Ok(None),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub batch_age: Duration,
+    /// Ids remembered per output partition to drop repeated rows.
+    pub dedupe_window_rows: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            batch_rows: 100_000,
+            batch_bytes: 32 << 20,
+            batch_age: Duration::from_secs(1),
+            dedupe_window_rows: 500_000,
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Seconds without progress while lag is positive before /readyz fails.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+            stall_after: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Credits per account per clock hour (of event time) that raise an alert; "" disables.
+    pub account_hourly_credits: String,
+    /// Credits of one execution debit that raise an alert; "" disables.
+    pub execution_credits: String,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            account_hourly_credits: "100".into(),
+            execution_credits: "25".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "human" or "json".
+    pub format: String,
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "human".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("USAGE_AGG__").split("__"));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks; each error names the key and value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, value: String, why| Err(ConfigError::Invalid { key, value, why });
+        let rate = self.markup_rate().map_err(|_| ConfigError::Invalid {
+            key: "rollup.markup_rate",
+            value: self.rollup.markup_rate.clone(),
+            why: "must be a decimal string such as \"0.20\"",
+        })?;
+        if rate.is_sign_negative() || rate > Decimal::from(10) {
+            return invalid(
+                "rollup.markup_rate",
+                self.rollup.markup_rate.clone(),
+                "must be between 0 and 10",
+            );
+        }
+        if rate.normalize().scale() > MAX_MARKUP_RATE_SCALE {
+            return invalid(
+                "rollup.markup_rate",
+                self.rollup.markup_rate.clone(),
+                "may have at most 6 decimals",
+            );
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers", String::new(), "must name at least one broker");
+        }
+        if self.rollup.max_open_executions == 0 {
+            return invalid("rollup.max_open_executions", "0".into(), "must be at least 1");
+        }
+        if self.rollup.execution_idle_timeout < Duration::from_millis(100) {
+            return invalid(
+                "rollup.execution_idle_timeout",
+                format!("{:?}", self.rollup.execution_idle_timeout),
+                "must be at least 100ms",
+            );
+        }
+        if self.topics.partitions < 1 || self.topics.output_partitions < 1 {
+            return invalid(
+                "topics.partitions",
+                self.topics.partitions.to_string(),
+                "must be at least 1",
+            );
+        }
+        if self.sink.batch_rows == 0 {
+            return invalid("sink.batch_rows", "0".into(), "must be at least 1");
+        }
+        for (key, v) in [
+            ("alerts.account_hourly_credits", &self.alerts.account_hourly_credits),
+            ("alerts.execution_credits", &self.alerts.execution_credits),
+        ] {
+            if !v.is_empty() && v.parse::<Decimal>().is_err() {
+                return invalid(key, v.clone(), "must be a decimal string or empty");
+            }
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return invalid("log.format", self.log.format.clone(), "must be human or json");
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("http.listen", self.http.listen.clone(), "must be host:port");
+        }
+        for t in [
+            &self.topics.usage_events,
+            &self.topics.price_catalog,
+            &self.topics.debits,
+            &self.topics.priced_usage,
+            &self.topics.dead_letter,
+            &self.topics.alerts,
+            &self.topics.state,
+        ] {
+            if t.is_empty() {
+                return invalid("topics", String::new(), "topic names must not be empty");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn markup_rate(&self) -> Result<Decimal, rust_decimal::Error> {
+        Decimal::from_str_exact(self.rollup.markup_rate.trim())
+    }
+
+    /// The rollup rules this configuration implies.
+    pub fn rollup_config(&self) -> RollupConfig {
+        RollupConfig {
+            markup_rate: self.markup_rate().unwrap_or(Decimal::new(20, 2)),
+            max_open_executions: self.rollup.max_open_executions,
+            dedupe_horizon: self.rollup.dedupe_horizon,
+            closed_horizon: self.rollup.closed_horizon,
+            closed_capacity: self.rollup.closed_capacity,
+            max_event_bytes: self.rollup.max_event_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_file_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let file: Config = Figment::new()
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .unwrap();
+        file.validate().unwrap();
+        assert_eq!(file.rollup.markup_rate, "0.20");
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let mut c = Config::default();
+        c.rollup.markup_rate = "0.1234567".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("rollup.markup_rate") && e.contains("0.1234567"), "{e}");
+        c.rollup.markup_rate = "abc".into();
+        assert!(c.validate().unwrap_err().to_string().contains("abc"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let r: Result<Config, _> = Figment::new()
+            .merge(Toml::string("[rollup]\nmarkup = \"0.1\"\n"))
+            .extract();
+        assert!(r.unwrap_err().to_string().contains("markup"));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[kafka]\nbrokers = \"file:1\"\n")?;
+            jail.set_env("USAGE_AGG__KAFKA__BROKERS", "env:2");
+            jail.set_env("USAGE_AGG__ROLLUP__EXECUTION_IDLE_TIMEOUT", "2s");
+            let c = Config::load(Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(c.kafka.brokers, "env:2");
+            assert_eq!(c.rollup.execution_idle_timeout, Duration::from_secs(2));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,91 @@
+//! Schema migrations: the SQL files in deploy/clickhouse (embedded at build time) in, applied
+//! once each and recorded in `{db}.schema_migrations` out. Idempotent.
+
+use crate::config::ClickHouseConfig;
+
+/// Migrations in order: (version, name, sql with `{db}` placeholders).
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "tables", include_str!("../../deploy/clickhouse/0001_tables.sql")),
+    (2, "rollups", include_str!("../../deploy/clickhouse/0002_rollups.sql")),
+];
+
+/// Splits a migration file into statements: a statement ends at a line ending with `;`.
+pub fn statements(sql: &str, db: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in sql.lines() {
+        cur.push_str(line);
+        cur.push('\n');
+        if line.trim_end().ends_with(';') {
+            let s = cur.trim().trim_end_matches(';').replace("{db}", db);
+            let has_code = s
+                .lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"));
+            if has_code {
+                out.push(s);
+            }
+            cur.clear();
+        }
+    }
+    out
+}
+
+/// Creates the database and applies missing migrations; returns the versions applied now.
+pub async fn migrate(client: &clickhouse::Client, cfg: &ClickHouseConfig) -> anyhow::Result<Vec<u32>> {
+    let db = &cfg.database;
+    anyhow::ensure!(
+        !db.is_empty() && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "clickhouse.database {db:?} must be letters, digits and underscores"
+    );
+    client
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .execute()
+        .await?;
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version"
+        ))
+        .execute()
+        .await?;
+    let applied: Vec<u32> = client
+        .query(&format!("SELECT version FROM {db}.schema_migrations"))
+        .fetch_all()
+        .await?;
+    let mut now = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        for stmt in statements(sql, db) {
+            client
+                .query(&stmt)
+                .execute()
+                .await
+                .map_err(|e| anyhow::anyhow!("migration {version} ({name}) failed: {e}"))?;
+        }
+        client
+            .query(&format!(
+                "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES (?, ?, now())"
+            ))
+            .bind(*version)
+            .bind(*name)
+            .execute()
+            .await?;
+        now.push(*version);
+    }
+    Ok(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_and_substitutes_the_database() {
+        let s = statements("-- c\nCREATE TABLE {db}.a (x UInt8)\nENGINE = Log;\n\nSELECT 1;\n-- end\n", "usage");
+        assert_eq!(s, ["-- c\nCREATE TABLE usage.a (x UInt8)\nENGINE = Log", "SELECT 1"]);
+        for (_, _, sql) in MIGRATIONS {
+            assert!(!statements(sql, "usage").is_empty());
+        }
+    }
+}

@@ -2,18 +2,24 @@
 //! debits. The rating core (event, catalog, rating, rollup, money) has no I/O; the pipeline,
 //! sink and HTTP modules wrap it.
 
+pub mod alerts;
+pub mod app;
+pub mod bench;
 pub mod catalog;
 pub mod catalog_feed;
 pub mod config;
 pub mod debit;
 pub mod event;
 pub mod health;
+pub mod http;
 pub mod kafka;
+pub mod loadgen;
 pub mod metrics;
 pub mod money;
 pub mod offline;
 pub mod pipeline;
 pub mod rating;
 pub mod rejection;
+pub mod report;
 pub mod rollup;
 pub mod sink;

@@ -1,1 +1,263 @@
-fn main() {}
+//! The `usage-aggregator` command line: run the service, set up topics and schema, publish a
+//! catalog, rate a file offline, generate load, print a spend report, benchmark.
+
+use std::io::{BufReader, BufWriter, IsTerminal};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use usage_aggregator::app::{self, Role};
+use usage_aggregator::catalog::Catalog;
+use usage_aggregator::config::Config;
+use usage_aggregator::loadgen::{Workload, WorkloadSpec};
+use usage_aggregator::{bench, catalog_feed, kafka, offline, report, sink};
+
+#[derive(Parser)]
+#[command(name = "usage-aggregator", version, about = "Prices AI-agent usage events from Kafka, rolls them up per execution (+markup), emits debits and writes analytics to ClickHouse.")]
+struct Cli {
+    /// Configuration file (TOML). Environment USAGE_AGG__SECTION__KEY overrides it.
+    #[arg(long, global = true, env = "USAGE_AGG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: rating pipeline, ClickHouse sink, spend alerts, HTTP endpoints.
+    Run {
+        /// Which stages to run in this process.
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
+    /// Create the Kafka topics and apply ClickHouse migrations (idempotent).
+    Setup {
+        /// Only Kafka topics.
+        #[arg(long)]
+        kafka_only: bool,
+        /// Only ClickHouse migrations.
+        #[arg(long)]
+        clickhouse_only: bool,
+    },
+    /// Price catalog operations.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Rate a JSON-lines file of events offline with the same core (stdin -> stdout).
+    Rate {
+        /// Catalog file (JSON array of price versions).
+        #[arg(long)]
+        catalog: PathBuf,
+        /// Markup rate for agent executions (decimal string).
+        #[arg(long)]
+        markup_rate: Option<String>,
+        /// Also write every priced usage line.
+        #[arg(long)]
+        lines: bool,
+    },
+    /// Generate a realistic workload into the usage topic (or a file).
+    Loadgen(LoadgenArgs),
+    /// Print a spend summary from ClickHouse.
+    Report {
+        /// Only what was ingested in this recent period (e.g. 1h, 2d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// Rows in the top lists.
+        #[arg(long, default_value_t = 10)]
+        top: u32,
+        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+        format: String,
+    },
+    /// End-to-end benchmark against the running services; prints figures and writes JSON.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Publish every price version of a catalog file to the catalog topic.
+    Publish { file: PathBuf },
+    /// Validate a catalog file and list its versions.
+    Check { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct LoadgenArgs {
+    #[arg(long, default_value_t = 1000)]
+    executions: u64,
+    #[arg(long, default_value_t = 1000)]
+    direct_calls: u64,
+    /// Fraction of events repeated (producer retries).
+    #[arg(long, default_value_t = 0.01)]
+    duplicates: f64,
+    /// Fraction of malformed or unpriceable events.
+    #[arg(long, default_value_t = 0.005)]
+    bad: f64,
+    /// Fraction of calls arriving after their execution finished.
+    #[arg(long, default_value_t = 0.002)]
+    late: f64,
+    #[arg(long, default_value_t = 50)]
+    accounts: u32,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Events per second; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Prefix of ids (keeps runs apart).
+    #[arg(long, default_value = "demo")]
+    run_id: String,
+    /// Write JSON lines here instead of producing to Kafka.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+fn init_logging(cfg: &Config, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json || cfg.log.format == "json" {
+        b.json().flatten_event(true).init();
+    } else {
+        b.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref())?;
+    init_logging(&cfg, cli.log_json);
+    match cli.command {
+        Command::Run { role } => app::run(cfg, role).await,
+        Command::Setup { kafka_only, clickhouse_only } => {
+            if !clickhouse_only {
+                let created = kafka::create_topics(&cfg).await?;
+                println!("kafka topics created: {}", if created.is_empty() { "none (all exist)".into() } else { created.join(", ") });
+            }
+            if !kafka_only {
+                let ch = sink::client(&cfg.clickhouse)?;
+                let applied = sink::migrate::migrate(&ch, &cfg.clickhouse).await?;
+                println!("clickhouse migrations applied: {applied:?} (database {})", cfg.clickhouse.database);
+            }
+            Ok(())
+        }
+        Command::Catalog { command: CatalogCommand::Publish { file } } => {
+            let c = read_catalog(&file)?;
+            let versions: Vec<_> = c.versions().cloned().collect();
+            let now = chrono::Utc::now();
+            for v in versions.iter().filter(|v| v.effective_from < now) {
+                tracing::debug!(asset = %v.asset_id, "version takes effect in the past: replays of older events may price differently");
+            }
+            let n = catalog_feed::publish(&cfg, &versions).await?;
+            println!("published {n} price versions to {}", cfg.topics.price_catalog);
+            Ok(())
+        }
+        Command::Catalog { command: CatalogCommand::Check { file } } => {
+            let c = read_catalog(&file)?;
+            for v in c.versions() {
+                println!("{:<32} {:<12} {}  {}", v.asset_id, v.asset_type.as_str(), v.version_label(), v.prices.keys().cloned().collect::<Vec<_>>().join(","));
+            }
+            println!("{} versions ok", c.version_count());
+            Ok(())
+        }
+        Command::Rate { catalog, markup_rate, lines } => {
+            let c = read_catalog(&catalog)?;
+            let mut cfg = cfg;
+            if let Some(r) = markup_rate {
+                cfg.rollup.markup_rate = r;
+                cfg.validate()?;
+            }
+            let summary = offline::rate(
+                cfg.rollup_config(),
+                &c,
+                BufReader::new(std::io::stdin().lock()),
+                BufWriter::new(std::io::stdout().lock()),
+                lines,
+            )?;
+            eprintln!("rated {} events: {} debits, {} rejected", summary.events, summary.debits, summary.rejected);
+            Ok(())
+        }
+        Command::Loadgen(a) => loadgen(&cfg, a).await,
+        Command::Report { since, account, top, format } => {
+            let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
+            let f = report::ReportFilter {
+                since: since.map(|d| chrono::Utc::now().timestamp() - d.as_secs() as i64),
+                account,
+                top,
+            };
+            let r = report::build(&ch, &f).await?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", report::render_text(&r));
+            }
+            Ok(())
+        }
+        Command::Bench(a) => bench::run(&cfg, a).await,
+    }
+}
+
+fn read_catalog(path: &std::path::Path) -> anyhow::Result<Catalog> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read catalog file {}", path.display()))?;
+    Catalog::from_json(&bytes).with_context(|| format!("catalog file {}", path.display()))
+}
+
+async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
+    let catalog = read_catalog(&cfg.pricing.catalog_file)?;
+    let spec = WorkloadSpec {
+        executions: a.executions,
+        direct_calls: a.direct_calls,
+        duplicates: a.duplicates,
+        bad: a.bad,
+        late: a.late,
+        accounts: a.accounts,
+        seed: a.seed,
+        run_id: a.run_id,
+        ..Default::default()
+    };
+    let estimate = a.executions * 26 + a.direct_calls;
+    let bar = indicatif::ProgressBar::new(estimate);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}").expect("valid template"));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let mut n = 0u64;
+    if let Some(path) = a.output {
+        use std::io::Write;
+        let mut w = BufWriter::new(std::fs::File::create(&path)?);
+        for g in Workload::new(spec, &catalog) {
+            w.write_all(&g.payload)?;
+            w.write_all(b"\n")?;
+            n += 1;
+            bar.inc(1);
+        }
+        w.flush()?;
+    } else {
+        let producer = bench::Loader::new(cfg)?;
+        for g in Workload::new(spec, &catalog) {
+            producer.send(&cfg.topics.usage_events, &g.key, &g.payload)?;
+            n += 1;
+            bar.inc(1);
+            if a.rate > 0 {
+                let due = Duration::from_secs_f64(n as f64 / a.rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        producer.flush()?;
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!("generated {n} events in {secs:.1} s ({:.0} events/s)", n as f64 / secs.max(1e-9));
+    Ok(())
+}

@@ -118,6 +118,34 @@ impl Metrics {
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+/// Creates the labelled series of every known label value, so dashboards and alert rules
+/// see zeros instead of missing series.
+pub fn init_labels() {
+    let m = &*METRICS;
+    for t in ["model", "tool", "integration"] {
+        m.events_priced.with_label_values(&[t]);
+    }
+    for r in crate::rejection::RejectReason::ALL {
+        m.events_rejected.with_label_values(&[r.as_str()]);
+    }
+    for k in crate::debit::DebitKind::ALL {
+        m.debits.with_label_values(&[k.as_str()]);
+        m.credits_debited.with_label_values(&[k.as_str()]);
+    }
+    for t in ["usage_transactions", "debits", "dead_letters"] {
+        m.sink_rows.with_label_values(&[t]);
+        m.sink_retries.with_label_values(&[t]);
+        m.sink_duplicates.with_label_values(&[t]);
+        m.sink_insert_latency.with_label_values(&[t]);
+        m.sink_batch_rows.with_label_values(&[t]);
+    }
+    for r in ["account_hourly_credits", "execution_credits"] {
+        m.alerts_fired.with_label_values(&[r]);
+    }
+    m.consumer_lag.with_label_values(&["0"]);
+    m.sink_lag.with_label_values(&["debits", "0"]);
+}
+
 /// Names of all metric families (for the dashboard/rule check).
 pub fn metric_names() -> Vec<String> {
     METRICS

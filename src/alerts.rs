@@ -1,0 +1,218 @@
+//! Spend alerts: debits in (read from the debits topic, where all of an account's debits
+//! share a partition), alert events out, once per threshold crossing.
+//! Rules: credits per account per clock hour of event time, and credits of one execution.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Timelike, Utc};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::debit::{Debit, DebitKind};
+use crate::kafka;
+use crate::metrics::METRICS;
+
+/// An alert event on the alerts topic. Its id is deterministic: a replay repeats it exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendAlert {
+    pub alert_id: String,
+    pub rule: String,
+    pub account_id: String,
+    pub execution_id: Option<String>,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub threshold: Decimal,
+}
+
+/// Thresholds; `None` disables a rule.
+#[derive(Debug, Clone, Default)]
+pub struct Thresholds {
+    pub account_hourly: Option<Decimal>,
+    pub execution: Option<Decimal>,
+}
+
+impl Thresholds {
+    pub fn from_config(cfg: &Config) -> Thresholds {
+        let parse = |s: &str| (!s.is_empty()).then(|| Decimal::from_str(s).ok()).flatten();
+        Thresholds {
+            account_hourly: parse(&cfg.alerts.account_hourly_credits),
+            execution: parse(&cfg.alerts.execution_credits),
+        }
+    }
+}
+
+/// The alert rules' state: hourly sums per account, and debit ids already counted.
+#[derive(Debug, Default)]
+pub struct SpendAlerts {
+    thresholds: Thresholds,
+    hourly: HashMap<(String, i64), (Decimal, bool)>,
+    seen: HashSet<String>,
+    seen_order: VecDeque<String>,
+    newest_hour: i64,
+}
+
+const SEEN_CAPACITY: usize = 200_000;
+
+impl SpendAlerts {
+    pub fn new(thresholds: Thresholds) -> Self {
+        SpendAlerts { thresholds, ..Default::default() }
+    }
+
+    /// Counts one debit; returns the alerts it raises.
+    pub fn record(&mut self, d: &Debit) -> Vec<SpendAlert> {
+        if !self.seen.insert(d.debit_id.clone()) {
+            return Vec::new();
+        }
+        self.seen_order.push_back(d.debit_id.clone());
+        if self.seen_order.len() > SEEN_CAPACITY {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        let mut alerts = Vec::new();
+        if let (Some(t), DebitKind::AgentExecution) = (self.thresholds.execution, d.kind) {
+            if d.total >= t {
+                alerts.push(SpendAlert {
+                    alert_id: format!("execution:{}", d.debit_id),
+                    rule: "execution_credits".into(),
+                    account_id: d.account_id.clone(),
+                    execution_id: d.execution_id.clone(),
+                    window_start: d.first_event_at,
+                    window_end: d.last_event_at,
+                    amount: d.total,
+                    threshold: t,
+                });
+            }
+        }
+        if let Some(t) = self.thresholds.account_hourly {
+            let at = d.first_event_at;
+            let hour = at.timestamp() - i64::from(at.minute()) * 60 - i64::from(at.second());
+            self.newest_hour = self.newest_hour.max(hour);
+            let e = self.hourly.entry((d.account_id.clone(), hour)).or_insert((Decimal::ZERO, false));
+            e.0 += d.total;
+            if !e.1 && e.0 >= t {
+                e.1 = true;
+                let start = Utc.timestamp_opt(hour, 0).single().unwrap_or(at);
+                alerts.push(SpendAlert {
+                    alert_id: format!("account_hour:{}:{}", d.account_id, hour),
+                    rule: "account_hourly_credits".into(),
+                    account_id: d.account_id.clone(),
+                    execution_id: None,
+                    window_start: start,
+                    window_end: start + chrono::Duration::hours(1),
+                    amount: e.0,
+                    threshold: t,
+                });
+            }
+            // Forget hours far behind the newest one seen (late debits beyond that are rare).
+            let horizon = self.newest_hour - 6 * 3600;
+            if self.hourly.len() > 100_000 {
+                self.hourly.retain(|(_, h), _| *h >= horizon);
+            }
+        }
+        alerts
+    }
+}
+
+/// Runs the alert rules over the debits topic until `stop` is set.
+pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let mut c = kafka::client_config(cfg);
+    c.set("group.id", &cfg.kafka.alerts_group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer = c.create()?;
+    consumer.subscribe(&[&cfg.topics.debits])?;
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka::producer_config(cfg).create()?;
+    let mut rules = SpendAlerts::new(Thresholds::from_config(cfg));
+    let mut since_commit = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(r) = consumer.poll(Duration::from_millis(200)) else {
+            if since_commit > 0 {
+                producer.flush(Duration::from_secs(10))?;
+                let _ = consumer.commit_consumer_state(CommitMode::Async);
+                since_commit = 0;
+            }
+            continue;
+        };
+        let m = match r {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "alerts consumer error");
+                continue;
+            }
+        };
+        let Some(Ok(d)) = m.payload().map(serde_json::from_slice::<Debit>) else { continue };
+        for a in rules.record(&d) {
+            METRICS.alerts_fired.with_label_values(&[&a.rule]).inc();
+            tracing::info!(rule = %a.rule, amount = %a.amount, threshold = %a.threshold, "spend alert");
+            let payload = serde_json::to_vec(&a)?;
+            producer
+                .send(BaseRecord::to(&cfg.topics.alerts).key(&a.account_id).payload(&payload))
+                .map_err(|(e, _)| e)?;
+        }
+        since_commit += 1;
+        consumer.store_offset_from_message(&m).ok();
+    }
+    producer.flush(Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn debit(id: &str, account: &str, total: &str, at: &str, kind: DebitKind) -> Debit {
+        let t = DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc);
+        let total = Decimal::from_str(total).unwrap();
+        Debit {
+            debit_id: id.into(),
+            kind,
+            account_id: account.into(),
+            execution_id: Some("x".into()),
+            subtotal: total,
+            markup_rate: Decimal::ZERO,
+            markup: Decimal::ZERO,
+            total,
+            calls: 1,
+            first_event_at: t,
+            last_event_at: t,
+            breakdown: vec![],
+        }
+    }
+
+    #[test]
+    fn hourly_threshold_fires_once_per_crossing() {
+        let mut a = SpendAlerts::new(Thresholds { account_hourly: Some(Decimal::from(10)), execution: None });
+        assert!(a.record(&debit("1", "acct", "6", "2026-03-01T10:05:00Z", DebitKind::ModelCall)).is_empty());
+        let fired = a.record(&debit("2", "acct", "5", "2026-03-01T10:55:00Z", DebitKind::ModelCall));
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].amount, Decimal::from(11));
+        assert_eq!(fired[0].window_start.to_rfc3339(), "2026-03-01T10:00:00+00:00");
+        assert!(a.record(&debit("3", "acct", "5", "2026-03-01T10:56:00Z", DebitKind::ModelCall)).is_empty());
+        // The same debit again (a replay) is not counted twice.
+        assert!(a.record(&debit("1", "acct", "60", "2026-03-01T11:05:00Z", DebitKind::ModelCall)).is_empty());
+        // Another hour, another account: separate windows.
+        assert!(a.record(&debit("4", "acct", "9", "2026-03-01T11:05:00Z", DebitKind::ModelCall)).is_empty());
+        assert!(a.record(&debit("5", "other", "9", "2026-03-01T10:05:00Z", DebitKind::ModelCall)).is_empty());
+    }
+
+    #[test]
+    fn execution_threshold() {
+        let mut a = SpendAlerts::new(Thresholds { account_hourly: None, execution: Some(Decimal::from(2)) });
+        assert!(a.record(&debit("1", "acct", "1.99", "2026-03-01T10:05:00Z", DebitKind::AgentExecution)).is_empty());
+        let f = a.record(&debit("2", "acct", "2", "2026-03-01T10:05:00Z", DebitKind::AgentExecution));
+        assert_eq!(f[0].rule, "execution_credits");
+        assert!(a.record(&debit("3", "acct", "9", "2026-03-01T10:05:00Z", DebitKind::ToolCall)).is_empty());
+    }
+}

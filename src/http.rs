@@ -1,0 +1,161 @@
+//! HTTP endpoints: /metrics (Prometheus text), /healthz (alive), /readyz (progress and
+//! reachability), GET /v1/executions/{id} (running cost, or the debits from ClickHouse).
+//! No payloads or secrets are exposed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use crate::health::Health;
+use crate::metrics::METRICS;
+use crate::pipeline::EngineHandle;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub health: Arc<Health>,
+    pub engine: Arc<std::sync::OnceLock<EngineHandle>>,
+    pub clickhouse: Option<clickhouse::Client>,
+    pub stall_after: Duration,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/executions/{execution_id}", get(execution))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    let ready = s.health.not_ready_reason(s.stall_after).is_none();
+    METRICS.ready.set(i64::from(ready));
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        METRICS.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<HttpState>) -> Response {
+    match s.health.not_ready_reason(s.stall_after) {
+        None => {
+            METRICS.ready.set(1);
+            (StatusCode::OK, "ready\n".to_string()).into_response()
+        }
+        Some(why) => {
+            METRICS.ready.set(0);
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response()
+        }
+    }
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct DebitRecord {
+    debit_id: String,
+    kind: String,
+    account_id: String,
+    subtotal: i128,
+    markup_rate: i128,
+    markup: i128,
+    total: i128,
+    calls: u32,
+    breakdown_assets: Vec<String>,
+    breakdown_costs: Vec<i128>,
+}
+
+fn dec(v: i128, scale: u32) -> String {
+    Decimal::try_from_i128_with_scale(v, scale)
+        .map(|d| d.normalize().to_string())
+        .unwrap_or_else(|_| "overflow".into())
+}
+
+async fn execution(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    if let Some(open) = s.engine.get().and_then(|e| e.running_cost(&id)) {
+        return Json(json!({
+            "execution_id": id,
+            "status": "running",
+            "account_id": open.account_id,
+            "calls": open.calls,
+            "subtotal": open.subtotal.to_string(),
+            "markup_rate": open.markup_rate.to_string(),
+            "markup": open.markup.to_string(),
+            "total": open.total.to_string(),
+            "first_event_at": open.first_event_at,
+            "last_event_at": open.last_event_at,
+            "breakdown": open.breakdown,
+        }))
+        .into_response();
+    }
+    let Some(ch) = &s.clickhouse else {
+        return not_found(&id);
+    };
+    let rows: Result<Vec<DebitRecord>, _> = ch
+        .query("SELECT debit_id, kind, account_id, subtotal, markup_rate, markup, total, calls, breakdown_assets, breakdown_costs FROM debits WHERE execution_id = ? ORDER BY first_event_at, debit_id")
+        .bind(&id)
+        .fetch_all()
+        .await;
+    match rows {
+        Ok(rows) if rows.is_empty() => not_found(&id),
+        Ok(rows) => {
+            let mut seen = std::collections::HashSet::new();
+            let debits: Vec<_> = rows
+                .into_iter()
+                .filter(|r| seen.insert(r.debit_id.clone()))
+                .map(|r| {
+                    json!({
+                        "debit_id": r.debit_id,
+                        "kind": r.kind,
+                        "account_id": r.account_id,
+                        "calls": r.calls,
+                        "subtotal": dec(r.subtotal, 18),
+                        "markup_rate": dec(r.markup_rate, 18),
+                        "markup": dec(r.markup, 18),
+                        "total": dec(r.total, 18),
+                        "breakdown": r.breakdown_assets.iter().zip(&r.breakdown_costs)
+                            .map(|(a, c)| json!({"asset_id": a, "cost": dec(*c, 12)}))
+                            .collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            Json(json!({"execution_id": id, "status": "closed", "debits": debits})).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "execution lookup in clickhouse failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "closed executions are unavailable: clickhouse cannot be reached"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn not_found(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({
+            "error": format!("execution {} is neither open on this instance nor billed yet; it may run on another instance (route by the partition of its execution_id) or its debit may not have reached clickhouse", crate::rejection::excerpt(id))
+        })),
+    )
+        .into_response()
+}
+
+/// Serves until the token is cancelled.
+pub async fn serve(listen: &str, state: HttpState, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {listen}: {e}"))?;
+    tracing::info!(listen, "http server listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    Ok(())
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Timelike, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +66,10 @@ const SEEN_CAPACITY: usize = 200_000;
 
 impl SpendAlerts {
     pub fn new(thresholds: Thresholds) -> Self {
-        SpendAlerts { thresholds, ..Default::default() }
+        SpendAlerts {
+            thresholds,
+            ..Default::default()
+        }
     }
 
     /// Counts one debit; returns the alerts it raises.
@@ -99,7 +102,10 @@ impl SpendAlerts {
             let at = d.first_event_at;
             let hour = at.timestamp() - i64::from(at.minute()) * 60 - i64::from(at.second());
             self.newest_hour = self.newest_hour.max(hour);
-            let e = self.hourly.entry((d.account_id.clone(), hour)).or_insert((Decimal::ZERO, false));
+            let e = self
+                .hourly
+                .entry((d.account_id.clone(), hour))
+                .or_insert((Decimal::ZERO, false));
             e.0 += d.total;
             if !e.1 && e.0 >= t {
                 e.1 = true;
@@ -127,13 +133,19 @@ impl SpendAlerts {
 
 /// Runs the alert rules over the debits topic until `stop` is set.
 pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let mut c = kafka::client_config(cfg);
-    c.set("group.id", &cfg.kafka.alerts_group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest");
+    let c = kafka::group_config(
+        cfg,
+        &cfg.kafka.alerts_group_id,
+        "alerts",
+        &[
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    );
     let consumer: BaseConsumer = c.create()?;
     consumer.subscribe(&[&cfg.topics.debits])?;
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka::producer_config(cfg).create()?;
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        kafka::producer_config(cfg).create()?;
     let mut rules = SpendAlerts::new(Thresholds::from_config(cfg));
     let mut since_commit = 0u32;
     while !stop.load(Ordering::Relaxed) {
@@ -152,13 +164,19 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let Some(Ok(d)) = m.payload().map(serde_json::from_slice::<Debit>) else { continue };
+        let Some(Ok(d)) = m.payload().map(serde_json::from_slice::<Debit>) else {
+            continue;
+        };
         for a in rules.record(&d) {
             METRICS.alerts_fired.with_label_values(&[&a.rule]).inc();
             tracing::info!(rule = %a.rule, amount = %a.amount, threshold = %a.threshold, "spend alert");
             let payload = serde_json::to_vec(&a)?;
             producer
-                .send(BaseRecord::to(&cfg.topics.alerts).key(&a.account_id).payload(&payload))
+                .send(
+                    BaseRecord::to(&cfg.topics.alerts)
+                        .key(&a.account_id)
+                        .payload(&payload),
+                )
                 .map_err(|(e, _)| e)?;
         }
         since_commit += 1;
@@ -173,7 +191,9 @@ mod tests {
     use super::*;
 
     fn debit(id: &str, account: &str, total: &str, at: &str, kind: DebitKind) -> Debit {
-        let t = DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .with_timezone(&Utc);
         let total = Decimal::from_str(total).unwrap();
         Debit {
             debit_id: id.into(),
@@ -193,26 +213,110 @@ mod tests {
 
     #[test]
     fn hourly_threshold_fires_once_per_crossing() {
-        let mut a = SpendAlerts::new(Thresholds { account_hourly: Some(Decimal::from(10)), execution: None });
-        assert!(a.record(&debit("1", "acct", "6", "2026-03-01T10:05:00Z", DebitKind::ModelCall)).is_empty());
-        let fired = a.record(&debit("2", "acct", "5", "2026-03-01T10:55:00Z", DebitKind::ModelCall));
+        let mut a = SpendAlerts::new(Thresholds {
+            account_hourly: Some(Decimal::from(10)),
+            execution: None,
+        });
+        assert!(
+            a.record(&debit(
+                "1",
+                "acct",
+                "6",
+                "2026-03-01T10:05:00Z",
+                DebitKind::ModelCall
+            ))
+            .is_empty()
+        );
+        let fired = a.record(&debit(
+            "2",
+            "acct",
+            "5",
+            "2026-03-01T10:55:00Z",
+            DebitKind::ModelCall,
+        ));
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].amount, Decimal::from(11));
-        assert_eq!(fired[0].window_start.to_rfc3339(), "2026-03-01T10:00:00+00:00");
-        assert!(a.record(&debit("3", "acct", "5", "2026-03-01T10:56:00Z", DebitKind::ModelCall)).is_empty());
+        assert_eq!(
+            fired[0].window_start.to_rfc3339(),
+            "2026-03-01T10:00:00+00:00"
+        );
+        assert!(
+            a.record(&debit(
+                "3",
+                "acct",
+                "5",
+                "2026-03-01T10:56:00Z",
+                DebitKind::ModelCall
+            ))
+            .is_empty()
+        );
         // The same debit again (a replay) is not counted twice.
-        assert!(a.record(&debit("1", "acct", "60", "2026-03-01T11:05:00Z", DebitKind::ModelCall)).is_empty());
+        assert!(
+            a.record(&debit(
+                "1",
+                "acct",
+                "60",
+                "2026-03-01T11:05:00Z",
+                DebitKind::ModelCall
+            ))
+            .is_empty()
+        );
         // Another hour, another account: separate windows.
-        assert!(a.record(&debit("4", "acct", "9", "2026-03-01T11:05:00Z", DebitKind::ModelCall)).is_empty());
-        assert!(a.record(&debit("5", "other", "9", "2026-03-01T10:05:00Z", DebitKind::ModelCall)).is_empty());
+        assert!(
+            a.record(&debit(
+                "4",
+                "acct",
+                "9",
+                "2026-03-01T11:05:00Z",
+                DebitKind::ModelCall
+            ))
+            .is_empty()
+        );
+        assert!(
+            a.record(&debit(
+                "5",
+                "other",
+                "9",
+                "2026-03-01T10:05:00Z",
+                DebitKind::ModelCall
+            ))
+            .is_empty()
+        );
     }
 
     #[test]
     fn execution_threshold() {
-        let mut a = SpendAlerts::new(Thresholds { account_hourly: None, execution: Some(Decimal::from(2)) });
-        assert!(a.record(&debit("1", "acct", "1.99", "2026-03-01T10:05:00Z", DebitKind::AgentExecution)).is_empty());
-        let f = a.record(&debit("2", "acct", "2", "2026-03-01T10:05:00Z", DebitKind::AgentExecution));
+        let mut a = SpendAlerts::new(Thresholds {
+            account_hourly: None,
+            execution: Some(Decimal::from(2)),
+        });
+        assert!(
+            a.record(&debit(
+                "1",
+                "acct",
+                "1.99",
+                "2026-03-01T10:05:00Z",
+                DebitKind::AgentExecution
+            ))
+            .is_empty()
+        );
+        let f = a.record(&debit(
+            "2",
+            "acct",
+            "2",
+            "2026-03-01T10:05:00Z",
+            DebitKind::AgentExecution,
+        ));
         assert_eq!(f[0].rule, "execution_credits");
-        assert!(a.record(&debit("3", "acct", "9", "2026-03-01T10:05:00Z", DebitKind::ToolCall)).is_empty());
+        assert!(
+            a.record(&debit(
+                "3",
+                "acct",
+                "9",
+                "2026-03-01T10:05:00Z",
+                DebitKind::ToolCall
+            ))
+            .is_empty()
+        );
     }
 }

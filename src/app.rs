@@ -82,7 +82,12 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
             r.map_err(anyhow::Error::from)
         })?));
         let (c, s) = (cfg.clone(), stop.clone());
-        threads.push(("alerts", std::thread::Builder::new().name("alerts".into()).spawn(move || crate::alerts::run(&c, s))?));
+        threads.push((
+            "alerts",
+            std::thread::Builder::new()
+                .name("alerts".into())
+                .spawn(move || crate::alerts::run(&c, s))?,
+        ));
     }
     let sink_task = if with_sink {
         let sink = Sink::new(&cfg, health.clone())?;
@@ -114,7 +119,9 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => result = Err(e.context("sink failed")),
             Ok(Err(e)) => result = Err(anyhow::anyhow!("sink panicked: {e}")),
-            Err(_) => tracing::warn!("sink did not drain in time; unflushed rows are re-read on restart"),
+            Err(_) => {
+                tracing::warn!("sink did not drain in time; unflushed rows are re-read on restart")
+            }
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
@@ -131,12 +138,21 @@ async fn start_catalog(
 ) -> anyhow::Result<crate::catalog::CatalogHandle> {
     let (feed, handle) = CatalogFeed::new(cfg)?;
     let feed = Arc::new(feed);
-    let load = |f: Arc<CatalogFeed>| tokio::task::spawn_blocking(move || f.load_initial(Duration::from_secs(15)));
+    let load = |f: Arc<CatalogFeed>| {
+        tokio::task::spawn_blocking(move || f.load_initial(Duration::from_secs(15)))
+    };
     let mut n = load(feed.clone()).await??;
-    if n == 0 && !cfg.pricing.catalog_file.as_os_str().is_empty() && cfg.pricing.catalog_file.exists() {
+    if n == 0
+        && !cfg.pricing.catalog_file.as_os_str().is_empty()
+        && cfg.pricing.catalog_file.exists()
+    {
         let bytes = std::fs::read(&cfg.pricing.catalog_file)?;
-        let file = Catalog::from_json(&bytes)
-            .with_context(|| format!("pricing.catalog_file {}", cfg.pricing.catalog_file.display()))?;
+        let file = Catalog::from_json(&bytes).with_context(|| {
+            format!(
+                "pricing.catalog_file {}",
+                cfg.pricing.catalog_file.display()
+            )
+        })?;
         let versions: Vec<_> = file.versions().cloned().collect();
         let sent = catalog_feed::publish(cfg, &versions).await?;
         tracing::info!(versions = sent, file = %cfg.pricing.catalog_file.display(), "catalog topic was empty; published the bootstrap file");
@@ -155,10 +171,15 @@ async fn start_catalog(
     tracing::info!(versions = n, "price catalog loaded");
     let s = stop.clone();
     let feed = Arc::into_inner(feed).expect("no other catalog feed users");
-    threads.push(("catalog", std::thread::Builder::new().name("catalog".into()).spawn(move || {
-        feed.follow(s);
-        Ok(())
-    })?));
+    threads.push((
+        "catalog",
+        std::thread::Builder::new()
+            .name("catalog".into())
+            .spawn(move || {
+                feed.follow(s);
+                Ok(())
+            })?,
+    ));
     Ok(handle)
 }
 

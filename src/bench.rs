@@ -20,7 +20,9 @@ impl Loader {
     pub fn new(cfg: &Config) -> anyhow::Result<Loader> {
         let mut c = kafka::producer_config(cfg);
         c.set("linger.ms", "20").set("batch.num.messages", "10000");
-        Ok(Loader { producer: c.create()? })
+        Ok(Loader {
+            producer: c.create()?,
+        })
     }
 
     pub fn send(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
@@ -37,8 +39,17 @@ impl Loader {
         }
     }
 
-    pub fn send_to(&self, topic: &str, partition: i32, key: &str, payload: &[u8]) -> anyhow::Result<()> {
-        let mut rec = BaseRecord::to(topic).key(key).payload(payload).partition(partition);
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        let mut rec = BaseRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .partition(partition);
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),

@@ -26,7 +26,9 @@ pub async fn publish(cfg: &Config, versions: &[PriceVersion]) -> anyhow::Result<
         let payload = serde_json::to_vec(v)?;
         producer
             .send(
-                FutureRecord::to(&cfg.topics.price_catalog).key(&key).payload(&payload),
+                FutureRecord::to(&cfg.topics.price_catalog)
+                    .key(&key)
+                    .payload(&payload),
                 Duration::from_secs(30),
             )
             .await
@@ -61,9 +63,7 @@ impl CatalogFeed {
     /// Assigns every partition from the beginning and reads up to the current end.
     /// Returns the number of versions loaded.
     pub fn load_initial(&self, timeout: Duration) -> anyhow::Result<usize> {
-        let md = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), timeout)?;
+        let md = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
         let parts: Vec<i32> = md
             .topics()
             .iter()

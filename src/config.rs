@@ -317,10 +317,18 @@ impl Config {
             );
         }
         if self.kafka.brokers.trim().is_empty() {
-            return invalid("kafka.brokers", String::new(), "must name at least one broker");
+            return invalid(
+                "kafka.brokers",
+                String::new(),
+                "must name at least one broker",
+            );
         }
         if self.rollup.max_open_executions == 0 {
-            return invalid("rollup.max_open_executions", "0".into(), "must be at least 1");
+            return invalid(
+                "rollup.max_open_executions",
+                "0".into(),
+                "must be at least 1",
+            );
         }
         if self.rollup.execution_idle_timeout < Duration::from_millis(100) {
             return invalid(
@@ -340,7 +348,10 @@ impl Config {
             return invalid("sink.batch_rows", "0".into(), "must be at least 1");
         }
         for (key, v) in [
-            ("alerts.account_hourly_credits", &self.alerts.account_hourly_credits),
+            (
+                "alerts.account_hourly_credits",
+                &self.alerts.account_hourly_credits,
+            ),
             ("alerts.execution_credits", &self.alerts.execution_credits),
         ] {
             if !v.is_empty() && v.parse::<Decimal>().is_err() {
@@ -348,7 +359,11 @@ impl Config {
             }
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
-            return invalid("log.format", self.log.format.clone(), "must be human or json");
+            return invalid(
+                "log.format",
+                self.log.format.clone(),
+                "must be human or json",
+            );
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("http.listen", self.http.listen.clone(), "must be host:port");
@@ -406,7 +421,10 @@ mod tests {
         let mut c = Config::default();
         c.rollup.markup_rate = "0.1234567".into();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("rollup.markup_rate") && e.contains("0.1234567"), "{e}");
+        assert!(
+            e.contains("rollup.markup_rate") && e.contains("0.1234567"),
+            "{e}"
+        );
         c.rollup.markup_rate = "abc".into();
         assert!(c.validate().unwrap_err().to_string().contains("abc"));
     }

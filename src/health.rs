@@ -84,7 +84,8 @@ mod tests {
         h.progressed();
         assert_eq!(h.not_ready_reason(Duration::from_secs(30)), None);
         h.pipeline_lag.store(10, Ordering::Relaxed);
-        h.last_progress_ms.store(now_ms() - 60_000, Ordering::Relaxed);
+        h.last_progress_ms
+            .store(now_ms() - 60_000, Ordering::Relaxed);
         let r = h.not_ready_reason(Duration::from_secs(30)).unwrap();
         assert!(r.contains("no progress"), "{r}");
         // Idle without lag is healthy.

@@ -52,7 +52,11 @@ async fn readyz(State(s): State<HttpState>) -> Response {
         }
         Some(why) => {
             METRICS.ready.set(0);
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            )
+                .into_response()
         }
     }
 }
@@ -149,7 +153,11 @@ fn not_found(id: &str) -> Response {
 }
 
 /// Serves until the token is cancelled.
-pub async fn serve(listen: &str, state: HttpState, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listen: &str,
+    state: HttpState,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {listen}: {e}"))?;

@@ -129,7 +129,12 @@ impl Workload {
             let v: serde_json::Value = match u.as_str() {
                 "input_tokens" => self.rng.random_range(50..8000).into(),
                 "output_tokens" => self.rng.random_range(10..2000).into(),
-                "audio_minutes" => format!("{}.{}", self.rng.random_range(0..10), self.rng.random_range(0..100)).into(),
+                "audio_minutes" => format!(
+                    "{}.{}",
+                    self.rng.random_range(0..10),
+                    self.rng.random_range(0..100)
+                )
+                .into(),
                 "characters" => self.rng.random_range(100..5000).into(),
                 _ => self.rng.random_range(1..4).into(),
             };
@@ -139,7 +144,8 @@ impl Workload {
     }
 
     fn call(&mut self, exec: Option<(String, String, String)>, account: &str) -> Generated {
-        let model = self.tools.is_empty() || (!self.models.is_empty() && self.rng.random_bool(0.74));
+        let model =
+            self.tools.is_empty() || (!self.models.is_empty() && self.rng.random_bool(0.74));
         let pool = if model { &self.models } else { &self.tools };
         let a = pool[self.rng.random_range(0..pool.len())].clone();
         let q = self.quantities(&a);
@@ -162,7 +168,11 @@ impl Workload {
             }
             None => account.to_string(),
         };
-        Generated { key, payload: ev.to_string().into_bytes(), finish_of: None }
+        Generated {
+            key,
+            payload: ev.to_string().into_bytes(),
+            finish_of: None,
+        }
     }
 
     fn bad_event(&mut self) -> Generated {
@@ -177,7 +187,11 @@ impl Workload {
             4 => json!({"type":"model_call","event_id":id,"occurred_at":now,"account_id":"acct-bad","quantities":{"input_tokens":5}}).to_string(),
             _ => json!({"type":"gpu_call","event_id":id,"occurred_at":now,"account_id":"acct-bad"}).to_string(),
         };
-        Generated { key: "acct-bad".into(), payload: payload.into_bytes(), finish_of: None }
+        Generated {
+            key: "acct-bad".into(),
+            payload: payload.into_bytes(),
+            finish_of: None,
+        }
     }
 
     fn step(&mut self) -> Option<Generated> {
@@ -201,7 +215,10 @@ impl Workload {
         }
         while self.active.len() < self.spec.concurrency && self.started < self.spec.executions {
             self.started += 1;
-            let account = format!("acct-{}", self.rng.random_range(0..self.spec.accounts.max(1)));
+            let account = format!(
+                "acct-{}",
+                self.rng.random_range(0..self.spec.accounts.max(1))
+            );
             let max = self.spec.max_calls.max(1);
             self.active.push(Exec {
                 id: format!("{}-x{}", self.spec.run_id, self.started),
@@ -217,7 +234,10 @@ impl Workload {
         }
         if self.rng.random_range(0..total_left) < self.direct_left {
             self.direct_left -= 1;
-            let account = format!("acct-{}", self.rng.random_range(0..self.spec.accounts.max(1)));
+            let account = format!(
+                "acct-{}",
+                self.rng.random_range(0..self.spec.accounts.max(1))
+            );
             return Some(self.call(None, &account));
         }
         let i = self.rng.random_range(0..self.active.len());
@@ -238,12 +258,20 @@ impl Workload {
             if self.closed.len() > 10_000 {
                 self.closed.swap_remove(0);
             }
-            return Some(Generated { key: e.id.clone(), payload: ev.to_string().into_bytes(), finish_of: Some(e.id) });
+            return Some(Generated {
+                key: e.id.clone(),
+                payload: ev.to_string().into_bytes(),
+                finish_of: Some(e.id),
+            });
         }
         self.active[i].remaining -= 1;
         self.active[i].calls += 1;
         let component = COMPONENTS[self.rng.random_range(0..COMPONENTS.len())].to_string();
-        let (x, agent, account) = (self.active[i].id.clone(), self.active[i].agent.clone(), self.active[i].account.clone());
+        let (x, agent, account) = (
+            self.active[i].id.clone(),
+            self.active[i].agent.clone(),
+            self.active[i].account.clone(),
+        );
         Some(self.call(Some((x, agent, component)), &account))
     }
 }
@@ -268,16 +296,31 @@ mod tests {
     use crate::rollup::{Output, PartitionRollup, RollupConfig};
 
     fn catalog() -> Catalog {
-        Catalog::from_json(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.json")).unwrap()).unwrap()
+        Catalog::from_json(
+            &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.json")).unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn workload_is_deterministic_and_realistic() {
-        let spec = WorkloadSpec { executions: 200, direct_calls: 300, start: DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z").unwrap().with_timezone(&Utc), ..Default::default() };
-        let a: Vec<Vec<u8>> = Workload::new(spec.clone(), &catalog()).map(|g| g.payload).collect();
+        let spec = WorkloadSpec {
+            executions: 200,
+            direct_calls: 300,
+            start: DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            ..Default::default()
+        };
+        let a: Vec<Vec<u8>> = Workload::new(spec.clone(), &catalog())
+            .map(|g| g.payload)
+            .collect();
         let b: Vec<Vec<u8>> = Workload::new(spec, &catalog()).map(|g| g.payload).collect();
         assert_eq!(a, b);
-        let finishes = a.iter().filter(|p| p.windows(18).any(|w| w == b"execution_finished")).count();
+        let finishes = a
+            .iter()
+            .filter(|p| p.windows(18).any(|w| w == b"execution_finished"))
+            .count();
         assert_eq!(finishes, 200);
         // Everything but the bad events prices against the shipped catalog.
         let mut r = PartitionRollup::new(RollupConfig::default(), 0);
@@ -287,8 +330,15 @@ mod tests {
             r.process(i as i64, p, &c, 0, &mut out);
         }
         r.close_all(&mut out);
-        let rejected = out.iter().filter(|o| matches!(o, Output::Rejected(_))).count();
-        assert!(rejected > 0 && rejected < a.len() / 50, "{rejected} of {}", a.len());
+        let rejected = out
+            .iter()
+            .filter(|o| matches!(o, Output::Rejected(_)))
+            .count();
+        assert!(
+            rejected > 0 && rejected < a.len() / 50,
+            "{rejected} of {}",
+            a.len()
+        );
         let debits = out.iter().filter(|o| matches!(o, Output::Debit(_))).count();
         assert!(debits >= 500, "{debits}");
     }

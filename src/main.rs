@@ -14,7 +14,11 @@ use usage_aggregator::loadgen::{Workload, WorkloadSpec};
 use usage_aggregator::{bench, catalog_feed, kafka, offline, report, sink};
 
 #[derive(Parser)]
-#[command(name = "usage-aggregator", version, about = "Prices AI-agent usage events from Kafka, rolls them up per execution (+markup), emits debits and writes analytics to ClickHouse.")]
+#[command(
+    name = "usage-aggregator",
+    version,
+    about = "Prices AI-agent usage events from Kafka, rolls them up per execution (+markup), emits debits and writes analytics to ClickHouse."
+)]
 struct Cli {
     /// Configuration file (TOML). Environment USAGE_AGG__SECTION__KEY overrides it.
     #[arg(long, global = true, env = "USAGE_AGG_CONFIG")]
@@ -120,8 +124,11 @@ struct LoadgenArgs {
 
 fn init_logging(cfg: &Config, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json || cfg.log.format == "json" {
         b.json().flatten_event(true).init();
     } else {
@@ -136,19 +143,34 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&cfg, cli.log_json);
     match cli.command {
         Command::Run { role } => app::run(cfg, role).await,
-        Command::Setup { kafka_only, clickhouse_only } => {
+        Command::Setup {
+            kafka_only,
+            clickhouse_only,
+        } => {
             if !clickhouse_only {
                 let created = kafka::create_topics(&cfg).await?;
-                println!("kafka topics created: {}", if created.is_empty() { "none (all exist)".into() } else { created.join(", ") });
+                println!(
+                    "kafka topics created: {}",
+                    if created.is_empty() {
+                        "none (all exist)".into()
+                    } else {
+                        created.join(", ")
+                    }
+                );
             }
             if !kafka_only {
                 let ch = sink::client(&cfg.clickhouse)?;
                 let applied = sink::migrate::migrate(&ch, &cfg.clickhouse).await?;
-                println!("clickhouse migrations applied: {applied:?} (database {})", cfg.clickhouse.database);
+                println!(
+                    "clickhouse migrations applied: {applied:?} (database {})",
+                    cfg.clickhouse.database
+                );
             }
             Ok(())
         }
-        Command::Catalog { command: CatalogCommand::Publish { file } } => {
+        Command::Catalog {
+            command: CatalogCommand::Publish { file },
+        } => {
             let c = read_catalog(&file)?;
             let versions: Vec<_> = c.versions().cloned().collect();
             let now = chrono::Utc::now();
@@ -156,18 +178,33 @@ async fn main() -> anyhow::Result<()> {
                 tracing::debug!(asset = %v.asset_id, "version takes effect in the past: replays of older events may price differently");
             }
             let n = catalog_feed::publish(&cfg, &versions).await?;
-            println!("published {n} price versions to {}", cfg.topics.price_catalog);
+            println!(
+                "published {n} price versions to {}",
+                cfg.topics.price_catalog
+            );
             Ok(())
         }
-        Command::Catalog { command: CatalogCommand::Check { file } } => {
+        Command::Catalog {
+            command: CatalogCommand::Check { file },
+        } => {
             let c = read_catalog(&file)?;
             for v in c.versions() {
-                println!("{:<32} {:<12} {}  {}", v.asset_id, v.asset_type.as_str(), v.version_label(), v.prices.keys().cloned().collect::<Vec<_>>().join(","));
+                println!(
+                    "{:<32} {:<12} {}  {}",
+                    v.asset_id,
+                    v.asset_type.as_str(),
+                    v.version_label(),
+                    v.prices.keys().cloned().collect::<Vec<_>>().join(",")
+                );
             }
             println!("{} versions ok", c.version_count());
             Ok(())
         }
-        Command::Rate { catalog, markup_rate, lines } => {
+        Command::Rate {
+            catalog,
+            markup_rate,
+            lines,
+        } => {
             let c = read_catalog(&catalog)?;
             let mut cfg = cfg;
             if let Some(r) = markup_rate {
@@ -181,11 +218,19 @@ async fn main() -> anyhow::Result<()> {
                 BufWriter::new(std::io::stdout().lock()),
                 lines,
             )?;
-            eprintln!("rated {} events: {} debits, {} rejected", summary.events, summary.debits, summary.rejected);
+            eprintln!(
+                "rated {} events: {} debits, {} rejected",
+                summary.events, summary.debits, summary.rejected
+            );
             Ok(())
         }
         Command::Loadgen(a) => loadgen(&cfg, a).await,
-        Command::Report { since, account, top, format } => {
+        Command::Report {
+            since,
+            account,
+            top,
+            format,
+        } => {
             let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
             let f = report::ReportFilter {
                 since: since.map(|d| chrono::Utc::now().timestamp() - d.as_secs() as i64),
@@ -205,7 +250,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn read_catalog(path: &std::path::Path) -> anyhow::Result<Catalog> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read catalog file {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read catalog file {}", path.display()))?;
     Catalog::from_json(&bytes).with_context(|| format!("catalog file {}", path.display()))
 }
 
@@ -225,7 +271,12 @@ async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
     let estimate = a.executions * 26 + a.direct_calls;
     let bar = indicatif::ProgressBar::new(estimate);
     if std::io::stderr().is_terminal() {
-        bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}").expect("valid template"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}",
+            )
+            .expect("valid template"),
+        );
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -258,6 +309,9 @@ async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    println!("generated {n} events in {secs:.1} s ({:.0} events/s)", n as f64 / secs.max(1e-9));
+    println!(
+        "generated {n} events in {secs:.1} s ({:.0} events/s)",
+        n as f64 / secs.max(1e-9)
+    );
     Ok(())
 }

@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, CounterVec, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -44,7 +44,8 @@ pub struct Metrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -57,11 +58,17 @@ impl Metrics {
         let r = Registry::new();
         let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).unwrap());
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+            )
         };
         let gauge = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).unwrap());
         let hist = |name: &str, help: &str, buckets: Vec<f64>| {
-            reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap())
+            reg(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap(),
+            )
         };
         let hist_vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             reg(
@@ -69,37 +76,171 @@ impl Metrics {
                 HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).unwrap(),
             )
         };
-        let row_buckets = vec![1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0, 500_000.0];
+        let row_buckets = vec![
+            1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0, 500_000.0,
+        ];
         Metrics {
-            events_consumed: counter("usage_agg_pipeline_events_consumed_total", "Usage events read from the input topic."),
-            events_priced: counter_vec("usage_agg_rating_events_priced_total", "Calls priced.", &["asset_type"]),
-            events_rejected: counter_vec("usage_agg_rating_events_rejected_total", "Events rejected and dead-lettered.", &["reason"]),
-            events_duplicate: counter("usage_agg_rating_events_duplicate_total", "Repeated events dropped (same event_id, same content)."),
-            debits: counter_vec("usage_agg_rating_debits_total", "Debits emitted.", &["kind"]),
-            credits_debited: reg(&r, CounterVec::new(Opts::new("usage_agg_rating_credits_debited_total", "Credits debited (telemetry float; the ledger is exact)."), &["kind"]).unwrap()),
-            open_executions: gauge("usage_agg_rollup_open_executions", "Executions open in memory."),
-            dedupe_entries: gauge("usage_agg_rollup_dedupe_entries", "Event ids held in duplicate memory."),
-            consumer_lag: reg(&r, IntGaugeVec::new(Opts::new("usage_agg_pipeline_consumer_lag_messages", "Messages behind the high watermark, per input partition."), &["partition"]).unwrap()),
-            produce_latency: hist("usage_agg_pipeline_produce_latency_seconds", "Time from produce to broker acknowledgement.", LATENCY_BUCKETS.to_vec()),
-            checkpoint_duration: hist("usage_agg_pipeline_checkpoint_duration_seconds", "Flush + snapshot + commit time.", LATENCY_BUCKETS.to_vec()),
-            batch_events: hist("usage_agg_pipeline_batch_events", "Events per processed batch.", row_buckets.clone()),
-            last_progress: reg(&r, Gauge::new("usage_agg_pipeline_last_progress_timestamp_seconds", "Unix time the pipeline last advanced an input offset.").unwrap()),
-            produce_errors: counter("usage_agg_pipeline_produce_errors_total", "Output messages that failed delivery."),
-            backpressure_paused: gauge("usage_agg_pipeline_backpressure_paused", "1 while consumption waits for the producer."),
-            markers_written: counter("usage_agg_pipeline_close_markers_total", "Idle-timeout close markers written to the input topic."),
-            state_restore_seconds: hist("usage_agg_pipeline_state_restore_seconds", "Time to restore a partition's state.", LATENCY_BUCKETS.to_vec()),
-            sink_rows: counter_vec("usage_agg_sink_rows_inserted_total", "Rows inserted into ClickHouse.", &["table"]),
-            sink_insert_latency: hist_vec("usage_agg_sink_insert_latency_seconds", "ClickHouse insert time per batch.", &["table"], LATENCY_BUCKETS.to_vec()),
-            sink_batch_rows: hist_vec("usage_agg_sink_batch_rows", "Rows per insert batch.", &["table"], row_buckets),
-            sink_retries: counter_vec("usage_agg_sink_retries_total", "Insert attempts retried.", &["table"]),
-            sink_duplicates: counter_vec("usage_agg_sink_duplicates_skipped_total", "Repeated rows not inserted again.", &["table"]),
-            sink_lag: reg(&r, IntGaugeVec::new(Opts::new("usage_agg_sink_lag_messages", "Sink messages behind the high watermark."), &["topic", "partition"]).unwrap()),
-            sink_last_insert: reg(&r, Gauge::new("usage_agg_sink_last_insert_timestamp_seconds", "Unix time of the last successful insert.").unwrap()),
+            events_consumed: counter(
+                "usage_agg_pipeline_events_consumed_total",
+                "Usage events read from the input topic.",
+            ),
+            events_priced: counter_vec(
+                "usage_agg_rating_events_priced_total",
+                "Calls priced.",
+                &["asset_type"],
+            ),
+            events_rejected: counter_vec(
+                "usage_agg_rating_events_rejected_total",
+                "Events rejected and dead-lettered.",
+                &["reason"],
+            ),
+            events_duplicate: counter(
+                "usage_agg_rating_events_duplicate_total",
+                "Repeated events dropped (same event_id, same content).",
+            ),
+            debits: counter_vec(
+                "usage_agg_rating_debits_total",
+                "Debits emitted.",
+                &["kind"],
+            ),
+            credits_debited: reg(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "usage_agg_rating_credits_debited_total",
+                        "Credits debited (telemetry float; the ledger is exact).",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            open_executions: gauge(
+                "usage_agg_rollup_open_executions",
+                "Executions open in memory.",
+            ),
+            dedupe_entries: gauge(
+                "usage_agg_rollup_dedupe_entries",
+                "Event ids held in duplicate memory.",
+            ),
+            consumer_lag: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "usage_agg_pipeline_consumer_lag_messages",
+                        "Messages behind the high watermark, per input partition.",
+                    ),
+                    &["partition"],
+                )
+                .unwrap(),
+            ),
+            produce_latency: hist(
+                "usage_agg_pipeline_produce_latency_seconds",
+                "Time from produce to broker acknowledgement.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            checkpoint_duration: hist(
+                "usage_agg_pipeline_checkpoint_duration_seconds",
+                "Flush + snapshot + commit time.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            batch_events: hist(
+                "usage_agg_pipeline_batch_events",
+                "Events per processed batch.",
+                row_buckets.clone(),
+            ),
+            last_progress: reg(
+                &r,
+                Gauge::new(
+                    "usage_agg_pipeline_last_progress_timestamp_seconds",
+                    "Unix time the pipeline last advanced an input offset.",
+                )
+                .unwrap(),
+            ),
+            produce_errors: counter(
+                "usage_agg_pipeline_produce_errors_total",
+                "Output messages that failed delivery.",
+            ),
+            backpressure_paused: gauge(
+                "usage_agg_pipeline_backpressure_paused",
+                "1 while consumption waits for the producer.",
+            ),
+            markers_written: counter(
+                "usage_agg_pipeline_close_markers_total",
+                "Idle-timeout close markers written to the input topic.",
+            ),
+            state_restore_seconds: hist(
+                "usage_agg_pipeline_state_restore_seconds",
+                "Time to restore a partition's state.",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            sink_rows: counter_vec(
+                "usage_agg_sink_rows_inserted_total",
+                "Rows inserted into ClickHouse.",
+                &["table"],
+            ),
+            sink_insert_latency: hist_vec(
+                "usage_agg_sink_insert_latency_seconds",
+                "ClickHouse insert time per batch.",
+                &["table"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            sink_batch_rows: hist_vec(
+                "usage_agg_sink_batch_rows",
+                "Rows per insert batch.",
+                &["table"],
+                row_buckets,
+            ),
+            sink_retries: counter_vec(
+                "usage_agg_sink_retries_total",
+                "Insert attempts retried.",
+                &["table"],
+            ),
+            sink_duplicates: counter_vec(
+                "usage_agg_sink_duplicates_skipped_total",
+                "Repeated rows not inserted again.",
+                &["table"],
+            ),
+            sink_lag: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "usage_agg_sink_lag_messages",
+                        "Sink messages behind the high watermark.",
+                    ),
+                    &["topic", "partition"],
+                )
+                .unwrap(),
+            ),
+            sink_last_insert: reg(
+                &r,
+                Gauge::new(
+                    "usage_agg_sink_last_insert_timestamp_seconds",
+                    "Unix time of the last successful insert.",
+                )
+                .unwrap(),
+            ),
             catalog_versions: gauge("usage_agg_catalog_versions", "Price versions loaded."),
-            catalog_age: reg(&r, Gauge::new("usage_agg_catalog_age_seconds", "Seconds since the catalog last changed.").unwrap()),
-            catalog_updates: counter("usage_agg_catalog_updates_total", "Price versions applied from the catalog topic."),
-            catalog_rejected: counter("usage_agg_catalog_rejected_total", "Catalog messages refused (invalid or conflicting)."),
-            alerts_fired: counter_vec("usage_agg_alerts_fired_total", "Spend alerts emitted.", &["rule"]),
+            catalog_age: reg(
+                &r,
+                Gauge::new(
+                    "usage_agg_catalog_age_seconds",
+                    "Seconds since the catalog last changed.",
+                )
+                .unwrap(),
+            ),
+            catalog_updates: counter(
+                "usage_agg_catalog_updates_total",
+                "Price versions applied from the catalog topic.",
+            ),
+            catalog_rejected: counter(
+                "usage_agg_catalog_rejected_total",
+                "Catalog messages refused (invalid or conflicting).",
+            ),
+            alerts_fired: counter_vec(
+                "usage_agg_alerts_fired_total",
+                "Spend alerts emitted.",
+                &["rule"],
+            ),
             ready: gauge("usage_agg_ready", "1 when /readyz passes."),
             registry: r,
         }

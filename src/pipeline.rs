@@ -97,7 +97,10 @@ impl BatchCounts {
         METRICS.events_consumed.inc_by(self.consumed);
         for (i, t) in ["model", "tool", "integration"].iter().enumerate() {
             if self.priced[i] > 0 {
-                METRICS.events_priced.with_label_values(&[t]).inc_by(self.priced[i]);
+                METRICS
+                    .events_priced
+                    .with_label_values(&[t])
+                    .inc_by(self.priced[i]);
             }
         }
         METRICS.events_duplicate.inc_by(self.duplicates);
@@ -106,7 +109,10 @@ impl BatchCounts {
         }
         for (k, (n, credits)) in self.debits.drain() {
             METRICS.debits.with_label_values(&[k]).inc_by(n);
-            METRICS.credits_debited.with_label_values(&[k]).inc_by(credits);
+            METRICS
+                .credits_debited
+                .with_label_values(&[k])
+                .inc_by(credits);
         }
         self.consumed = 0;
         self.priced = [0; 3];
@@ -195,12 +201,28 @@ impl Engine {
         )?;
         let state = match restored {
             Some(rollup) => {
-                tracing::info!(partition, next_offset = rollup.next_offset(), open = rollup.open_executions(), dedupe = rollup.dedupe_entries(), ms = started.elapsed().as_millis() as u64, "partition state restored");
-                PartitionState { rollup, from_snapshot: true, seeking: false, dirty: false }
+                tracing::info!(
+                    partition,
+                    next_offset = rollup.next_offset(),
+                    open = rollup.open_executions(),
+                    dedupe = rollup.dedupe_entries(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "partition state restored"
+                );
+                PartitionState {
+                    rollup,
+                    from_snapshot: true,
+                    seeking: false,
+                    dirty: false,
+                }
             }
             None => {
                 if first_offset > 0 {
-                    tracing::warn!(partition, first_offset, "no state snapshot for partition; starting with empty state");
+                    tracing::warn!(
+                        partition,
+                        first_offset,
+                        "no state snapshot for partition; starting with empty state"
+                    );
                 }
                 PartitionState {
                     rollup: PartitionRollup::new(self.rules.clone(), partition),
@@ -210,7 +232,9 @@ impl Engine {
                 }
             }
         };
-        METRICS.state_restore_seconds.observe(started.elapsed().as_secs_f64());
+        METRICS
+            .state_restore_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.parts.insert(partition, state);
         Ok(())
     }
@@ -230,7 +254,12 @@ impl Engine {
                 return Ok(()); // already processed before the snapshot
             }
             if !st.seeking {
-                tracing::info!(partition = p, from = o, to = next, "rewinding to the snapshot offset");
+                tracing::info!(
+                    partition = p,
+                    from = o,
+                    to = next,
+                    "rewinding to the snapshot offset"
+                );
                 consumer.seek(m.topic(), p, Offset::Offset(next), Duration::from_secs(5))?;
                 st.seeking = true;
             }
@@ -240,7 +269,9 @@ impl Engine {
         st.dirty = true;
         let payload = m.payload().unwrap_or_default();
         let catalog = self.catalog.load();
-        let outcome = st.rollup.process(o, payload, &catalog, now_ms(), &mut self.out);
+        let outcome = st
+            .rollup
+            .process(o, payload, &catalog, now_ms(), &mut self.out);
         self.counts.consumed += 1;
         match outcome {
             Outcome::Priced(t) => self.counts.priced[t as usize] += 1,
@@ -257,19 +288,37 @@ impl Engine {
         Ok(())
     }
 
-    fn emit(&mut self, output: &Output, payload: &[u8], p: i32, o: i64) -> Result<(), PipelineError> {
+    fn emit(
+        &mut self,
+        output: &Output,
+        payload: &[u8],
+        p: i32,
+        o: i64,
+    ) -> Result<(), PipelineError> {
         let topics = &self.cfg.topics;
         match output {
             Output::Line(l) => {
                 let bytes = l.encode();
-                send(&self.producer, &topics.priced_usage, l.account_id.as_bytes(), &bytes, None)
+                send(
+                    &self.producer,
+                    &topics.priced_usage,
+                    l.account_id.as_bytes(),
+                    &bytes,
+                    None,
+                )
             }
             Output::Debit(d) => {
                 let e = self.counts.debits.entry(d.kind.as_str()).or_default();
                 e.0 += 1;
                 e.1 += decimal_f64(d);
                 let bytes = d.encode();
-                send(&self.producer, &topics.debits, d.account_id.as_bytes(), &bytes, None)
+                send(
+                    &self.producer,
+                    &topics.debits,
+                    d.account_id.as_bytes(),
+                    &bytes,
+                    None,
+                )
             }
             Output::Rejected(r) => {
                 self.warned_rejects += 1;
@@ -278,7 +327,13 @@ impl Engine {
                 }
                 let dl = DeadLetter::new(r, payload, &topics.usage_events, p, o);
                 let bytes = serde_json::to_vec(&dl).expect("dead letter serializes");
-                send(&self.producer, &topics.dead_letter, dl.id().as_bytes(), &bytes, None)
+                send(
+                    &self.producer,
+                    &topics.dead_letter,
+                    dl.id().as_bytes(),
+                    &bytes,
+                    None,
+                )
             }
         }
     }
@@ -306,10 +361,20 @@ impl Engine {
             let st = &self.parts[&p];
             if st.dirty {
                 let snap = st.rollup.snapshot();
-                write_snapshot(&self.producer, &self.location(p), &snap, &self.rules_fingerprint, self.producer.context().stamp())?;
+                write_snapshot(
+                    &self.producer,
+                    &self.location(p),
+                    &snap,
+                    &self.rules_fingerprint,
+                    self.producer.context().stamp(),
+                )?;
                 wrote = true;
             }
-            tpl.add_partition_offset(&self.cfg.topics.usage_events, p, Offset::Offset(st.rollup.next_offset()))?;
+            tpl.add_partition_offset(
+                &self.cfg.topics.usage_events,
+                p,
+                Offset::Offset(st.rollup.next_offset()),
+            )?;
         }
         if wrote {
             self.producer.flush(timeout)?;
@@ -324,7 +389,9 @@ impl Engine {
             }
         }
         self.update_gauges();
-        METRICS.checkpoint_duration.observe(started.elapsed().as_secs_f64());
+        METRICS
+            .checkpoint_duration
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -337,7 +404,11 @@ impl Engine {
     }
 
     fn update_gauges(&self) {
-        let open: usize = self.parts.values().map(|s| s.rollup.open_executions()).sum();
+        let open: usize = self
+            .parts
+            .values()
+            .map(|s| s.rollup.open_executions())
+            .sum();
         let dedupe: usize = self.parts.values().map(|s| s.rollup.dedupe_entries()).sum();
         METRICS.open_executions.set(open as i64);
         METRICS.dedupe_entries.set(dedupe as i64);
@@ -348,7 +419,10 @@ impl Engine {
             if let Some(pos) = pos {
                 let lag = (h - pos).max(0);
                 total += lag;
-                METRICS.consumer_lag.with_label_values(&[&p.to_string()]).set(lag);
+                METRICS
+                    .consumer_lag
+                    .with_label_values(&[&p.to_string()])
+                    .set(lag);
             }
         }
         self.health.pipeline_lag.store(total, Ordering::Relaxed);
@@ -361,8 +435,19 @@ impl Engine {
         let at = chrono::Utc::now();
         for (p, st) in self.parts.iter_mut() {
             for idle in st.rollup.idle_executions(now, timeout) {
-                let bytes = encode_timeout_marker(&idle.execution_id, &idle.account_id, idle.after_offset, at);
-                send(&self.producer, &self.cfg.topics.usage_events, idle.execution_id.as_bytes(), &bytes, Some(*p))?;
+                let bytes = encode_timeout_marker(
+                    &idle.execution_id,
+                    &idle.account_id,
+                    idle.after_offset,
+                    at,
+                );
+                send(
+                    &self.producer,
+                    &self.cfg.topics.usage_events,
+                    idle.execution_id.as_bytes(),
+                    &bytes,
+                    Some(*p),
+                )?;
                 METRICS.markers_written.inc();
             }
         }
@@ -371,13 +456,18 @@ impl Engine {
 
     /// The running cost of an execution open on this instance.
     pub fn running_cost(&self, execution_id: &str) -> Option<Debit> {
-        self.parts.values().find_map(|s| s.rollup.running_cost(execution_id))
+        self.parts
+            .values()
+            .find_map(|s| s.rollup.running_cost(execution_id))
     }
 
     fn drop_partitions(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.parts.remove(p);
-            METRICS.consumer_lag.with_label_values(&[&p.to_string()]).set(0);
+            METRICS
+                .consumer_lag
+                .with_label_values(&[&p.to_string()])
+                .set(0);
         }
     }
 }
@@ -492,20 +582,34 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(cfg: &Config, catalog: CatalogHandle, health: Arc<Health>) -> Result<Pipeline, PipelineError> {
+    pub fn new(
+        cfg: &Config,
+        catalog: CatalogHandle,
+        health: Arc<Health>,
+    ) -> Result<Pipeline, PipelineError> {
         let hi = Arc::new(Mutex::new(HashMap::new()));
-        let engine = Arc::new(Mutex::new(Engine::new(cfg, catalog, health.clone(), hi.clone())?));
-        let mut c = kafka::client_config(cfg);
-        c.set("group.id", &cfg.kafka.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("max.poll.interval.ms", "300000")
-            .set("statistics.interval.ms", "1000")
-            .set("queued.max.messages.kbytes", "32768")
-            .set("fetch.max.bytes", "16777216");
+        let engine = Arc::new(Mutex::new(Engine::new(
+            cfg,
+            catalog,
+            health.clone(),
+            hi.clone(),
+        )?));
+        let c = kafka::group_config(
+            cfg,
+            &cfg.kafka.group_id,
+            "pipeline",
+            &[
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("max.poll.interval.ms", "300000"),
+                ("statistics.interval.ms", "1000"),
+                ("queued.max.messages.kbytes", "32768"),
+                ("fetch.max.bytes", "16777216"),
+            ],
+        );
         let consumer: BaseConsumer<InputContext> = c.create_with_context(InputContext {
             engine: engine.clone(),
             hi_offsets: hi,
@@ -515,7 +619,12 @@ impl Pipeline {
         })?;
         consumer.subscribe(&[&cfg.topics.usage_events])?;
         health.pipeline_enabled.store(true, Ordering::Relaxed);
-        Ok(Pipeline { engine, consumer, cfg: cfg.clone(), health })
+        Ok(Pipeline {
+            engine,
+            consumer,
+            cfg: cfg.clone(),
+            health,
+        })
     }
 
     pub fn handle(&self) -> EngineHandle {
@@ -531,7 +640,14 @@ impl Pipeline {
             if stop.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            if let Some(e) = self.consumer.context().fatal.lock().expect("fatal lock").take() {
+            if let Some(e) = self
+                .consumer
+                .context()
+                .fatal
+                .lock()
+                .expect("fatal lock")
+                .take()
+            {
                 break Err(e);
             }
             let mut n = 0u32;

@@ -5,7 +5,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 fn dec(v: i128, scale: u32) -> Decimal {
-    Decimal::try_from_i128_with_scale(v, scale).unwrap_or_default().normalize()
+    Decimal::try_from_i128_with_scale(v, scale)
+        .unwrap_or_default()
+        .normalize()
 }
 
 #[derive(Debug, Clone, Default)]
@@ -94,9 +96,12 @@ pub async fn build(ch: &clickhouse::Client, f: &ReportFilter) -> anyhow::Result<
         ))
         .fetch_all()
         .await?;
-    let (n, total): (u64, i128) = bind(ch.query(&format!("SELECT count(), sum(total) FROM debits WHERE {w}")), f)
-        .fetch_one()
-        .await?;
+    let (n, total): (u64, i128) = bind(
+        ch.query(&format!("SELECT count(), sum(total) FROM debits WHERE {w}")),
+        f,
+    )
+    .fetch_one()
+    .await?;
     Ok(Report {
         accounts: accounts.iter().map(|a| serde_json::json!({
             "account_id": a.account_id, "debits": a.debits,
@@ -122,17 +127,42 @@ pub fn render_text(r: &Report) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "Spend by account (credits)");
-    let _ = writeln!(o, "{:<28} {:>8} {:>22} {:>22} {:>22}", "account", "debits", "subtotal", "markup", "total");
+    let _ = writeln!(
+        o,
+        "{:<28} {:>8} {:>22} {:>22} {:>22}",
+        "account", "debits", "subtotal", "markup", "total"
+    );
     for a in &r.accounts {
-        let _ = writeln!(o, "{:<28} {:>8} {:>22} {:>22} {:>22}", s(a, "account_id"), s(a, "debits"), s(a, "subtotal"), s(a, "markup"), s(a, "total"));
+        let _ = writeln!(
+            o,
+            "{:<28} {:>8} {:>22} {:>22} {:>22}",
+            s(a, "account_id"),
+            s(a, "debits"),
+            s(a, "subtotal"),
+            s(a, "markup"),
+            s(a, "total")
+        );
     }
     let _ = writeln!(o, "\nSpend by asset type (vendor cost)");
     for t in &r.asset_types {
-        let _ = writeln!(o, "{:<14} {:>10} calls {:>22}", s(t, "asset_type"), s(t, "calls"), s(t, "cost"));
+        let _ = writeln!(
+            o,
+            "{:<14} {:>10} calls {:>22}",
+            s(t, "asset_type"),
+            s(t, "calls"),
+            s(t, "cost")
+        );
     }
     let _ = writeln!(o, "\nTop executions");
     for e in &r.top_executions {
-        let _ = writeln!(o, "{:<30} {:<20} {:>5} calls  total {:>20}", s(e, "execution_id"), s(e, "account_id"), s(e, "calls"), s(e, "total"));
+        let _ = writeln!(
+            o,
+            "{:<30} {:<20} {:>5} calls  total {:>20}",
+            s(e, "execution_id"),
+            s(e, "account_id"),
+            s(e, "calls"),
+            s(e, "total")
+        );
         if let Some(b) = e["breakdown"].as_array() {
             for x in b {
                 let _ = writeln!(o, "    {:<40} {:>20}", s(x, "asset_id"), s(x, "cost"));
@@ -143,6 +173,11 @@ pub fn render_text(r: &Report) -> String {
     for x in &r.rejects {
         let _ = writeln!(o, "{:<24} {:>8}", s(x, "reason"), s(x, "events"));
     }
-    let _ = writeln!(o, "\nTotal: {} debits, {} credits", s(&r.totals, "debits"), s(&r.totals, "total"));
+    let _ = writeln!(
+        o,
+        "\nTotal: {} debits, {} credits",
+        s(&r.totals, "debits"),
+        s(&r.totals, "total")
+    );
     o
 }

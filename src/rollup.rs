@@ -117,6 +117,12 @@ pub struct PartitionSnapshot {
     closed: Vec<(u64, ClosedExecution)>,
 }
 
+impl PartitionSnapshot {
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+}
+
 /// Rollup state of one input partition.
 #[derive(Debug)]
 pub struct PartitionRollup {

@@ -105,7 +105,11 @@ struct RecentIds {
 
 impl RecentIds {
     fn new(cap: usize) -> Self {
-        RecentIds { cap, set: HashSet::new(), order: VecDeque::new() }
+        RecentIds {
+            cap,
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
     }
     /// True if new (and remembers it).
     fn insert(&mut self, id: &str) -> bool {
@@ -139,7 +143,12 @@ struct Pending<R> {
 
 impl<R> Default for Pending<R> {
     fn default() -> Self {
-        Pending { rows: Vec::new(), sources: Vec::new(), bytes: 0, since: None }
+        Pending {
+            rows: Vec::new(),
+            sources: Vec::new(),
+            bytes: 0,
+            since: None,
+        }
     }
 }
 
@@ -189,14 +198,19 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(cfg: &Config, health: Arc<Health>) -> anyhow::Result<Sink> {
-        let mut c = kafka::client_config(cfg);
-        c.set("group.id", &cfg.kafka.sink_group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("statistics.interval.ms", "1000")
-            .set("queued.max.messages.kbytes", "65536");
+        let c = kafka::group_config(
+            cfg,
+            &cfg.kafka.sink_group_id,
+            "sink",
+            &[
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "10000"),
+                ("statistics.interval.ms", "1000"),
+                ("queued.max.messages.kbytes", "65536"),
+            ],
+        );
         let consumer: StreamConsumer<SinkContext> = c.create_with_context(SinkContext {
             revoked: Mutex::new(Vec::new()),
             hi: Mutex::new(HashMap::new()),
@@ -275,7 +289,14 @@ impl Sink {
     }
 
     fn apply_revokes(&mut self) {
-        let revoked: Vec<(String, i32)> = std::mem::take(&mut *self.consumer.context().revoked.lock().expect("revoked lock"));
+        let revoked: Vec<(String, i32)> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .expect("revoked lock"),
+        );
         for (topic, p) in revoked {
             if let Some(t) = self.table_of(&topic) {
                 self.cursors.remove(&(t, p));
@@ -294,11 +315,16 @@ impl Sink {
         let hi = self.consumer.context().hi.lock().expect("hi lock").clone();
         let mut total = 0;
         for ((topic, p), h) in hi {
-            let Some(t) = self.table_of(&topic) else { continue };
+            let Some(t) = self.table_of(&topic) else {
+                continue;
+            };
             if let Some(c) = self.cursors.get(&(t, p)) {
                 let lag = (h - c.next).max(0);
                 total += lag;
-                METRICS.sink_lag.with_label_values(&[&topic, &p.to_string()]).set(lag);
+                METRICS
+                    .sink_lag
+                    .with_label_values(&[&topic, &p.to_string()])
+                    .set(lag);
             }
         }
         self.health.sink_lag.store(total, Ordering::Relaxed);
@@ -318,7 +344,13 @@ impl Sink {
                     }
                 }
             };
-            tracing::info!(table = table.name(), partition = p, held_up_to = cursor.held_up_to, recent = cursor.recent.order.len(), "sink partition resumed from clickhouse");
+            tracing::info!(
+                table = table.name(),
+                partition = p,
+                held_up_to = cursor.held_up_to,
+                recent = cursor.recent.order.len(),
+                "sink partition resumed from clickhouse"
+            );
             self.cursors.insert((table, p), cursor);
         }
         self.cursors.get_mut(&(table, p)).expect("inserted")
@@ -327,7 +359,10 @@ impl Sink {
     async fn load_cursor(&self, table: Table, p: i32) -> Result<Cursor, clickhouse::error::Error> {
         let (max, n): (i64, u64) = self
             .ch
-            .query(&format!("SELECT max(src_offset), count() FROM {} WHERE src_partition = ?", table.name()))
+            .query(&format!(
+                "SELECT max(src_offset), count() FROM {} WHERE src_partition = ?",
+                table.name()
+            ))
             .bind(p)
             .fetch_one()
             .await?;
@@ -351,22 +386,36 @@ impl Sink {
         for id in &ids {
             recent.insert(id);
         }
-        Ok(Cursor { held_up_to, recent, next: held_up_to + 1 })
+        Ok(Cursor {
+            held_up_to,
+            recent,
+            next: held_up_to + 1,
+        })
     }
 
     async fn accept(&mut self, m: &BorrowedMessage<'_>, topic: &str, p: i32, o: i64) {
-        let Some(table) = self.table_of(topic) else { return };
+        let Some(table) = self.table_of(topic) else {
+            return;
+        };
         let cursor = self.cursor(table, p).await;
         cursor.next = cursor.next.max(o + 1);
         if o <= cursor.held_up_to {
             return;
         }
         let bytes = m.payload().unwrap_or_default();
-        let src = Source { partition: p, offset: o, ingested_at: (now_ms() / 1000) as u32 };
+        let src = Source {
+            partition: p,
+            offset: o,
+            ingested_at: (now_ms() / 1000) as u32,
+        };
         let parsed = match table {
-            Table::Transactions => rows::transaction_row(bytes, src).map(|(id, r)| (id, Some(r), None, None)),
+            Table::Transactions => {
+                rows::transaction_row(bytes, src).map(|(id, r)| (id, Some(r), None, None))
+            }
             Table::Debits => rows::debit_row(bytes, src).map(|(id, r)| (id, None, Some(r), None)),
-            Table::DeadLetters => rows::dead_letter_row(bytes, src).map(|(id, r)| (id, None, None, Some(r))),
+            Table::DeadLetters => {
+                rows::dead_letter_row(bytes, src).map(|(id, r)| (id, None, None, Some(r)))
+            }
         };
         let (id, t, d, dl) = match parsed {
             Ok(x) => x,
@@ -377,7 +426,10 @@ impl Sink {
         };
         let cursor = self.cursors.get_mut(&(table, p)).expect("cursor loaded");
         if !cursor.recent.insert(&id) {
-            METRICS.sink_duplicates.with_label_values(&[table.name()]).inc();
+            METRICS
+                .sink_duplicates
+                .with_label_values(&[table.name()])
+                .inc();
             return;
         }
         let n = bytes.len();
@@ -394,17 +446,37 @@ impl Sink {
 
     /// Sends an output message the sink cannot store to the dead-letter topic.
     async fn reject(&self, table: Table, p: i32, o: i64, bytes: &[u8], why: &str) {
-        METRICS.events_rejected.with_label_values(&["sink_rejected"]).inc();
-        tracing::error!(table = table.name(), partition = p, offset = o, error = why, "row refused by the sink; dead-lettered");
+        METRICS
+            .events_rejected
+            .with_label_values(&["sink_rejected"])
+            .inc();
+        tracing::error!(
+            table = table.name(),
+            partition = p,
+            offset = o,
+            error = why,
+            "row refused by the sink; dead-lettered"
+        );
         if table == Table::DeadLetters {
             return; // never loop a dead letter back onto its own topic
         }
-        let dl = DeadLetter::new(&Rejection::new(RejectReason::SinkRejected, why), bytes, self.topic_of(table), p, o);
+        let dl = DeadLetter::new(
+            &Rejection::new(RejectReason::SinkRejected, why),
+            bytes,
+            self.topic_of(table),
+            p,
+            o,
+        );
         let payload = serde_json::to_vec(&dl).expect("dead letter serializes");
         let key = dl.id();
         if let Err((e, _)) = self
             .producer
-            .send(FutureRecord::to(&self.cfg.topics.dead_letter).key(&key).payload(&payload), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(&self.cfg.topics.dead_letter)
+                    .key(&key)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
             .await
         {
             tracing::error!(error = %e, "cannot dead-letter a refused row");
@@ -414,7 +486,11 @@ impl Sink {
     async fn flush_due(&mut self, force: bool) -> anyhow::Result<()> {
         let s = self.cfg.sink.clone();
         let due = |since: Option<Instant>, rows: usize, bytes: usize| {
-            rows > 0 && (force || rows >= s.batch_rows || bytes >= s.batch_bytes || since.is_some_and(|t| t.elapsed() >= s.batch_age))
+            rows > 0
+                && (force
+                    || rows >= s.batch_rows
+                    || bytes >= s.batch_bytes
+                    || since.is_some_and(|t| t.elapsed() >= s.batch_age))
                 || (rows == 0 && since.is_some_and(|t| t.elapsed() >= s.batch_age))
         };
         if due(self.tx.since, self.tx.rows.len(), self.tx.bytes) {
@@ -443,11 +519,22 @@ impl Sink {
         if !batch.rows.is_empty() {
             let started = Instant::now();
             self.insert_all(table, &batch.rows, &batch.sources).await;
-            METRICS.sink_insert_latency.with_label_values(&[table.name()]).observe(started.elapsed().as_secs_f64());
-            METRICS.sink_batch_rows.with_label_values(&[table.name()]).observe(batch.rows.len() as f64);
-            METRICS.sink_rows.with_label_values(&[table.name()]).inc_by(batch.rows.len() as u64);
+            METRICS
+                .sink_insert_latency
+                .with_label_values(&[table.name()])
+                .observe(started.elapsed().as_secs_f64());
+            METRICS
+                .sink_batch_rows
+                .with_label_values(&[table.name()])
+                .observe(batch.rows.len() as f64);
+            METRICS
+                .sink_rows
+                .with_label_values(&[table.name()])
+                .inc_by(batch.rows.len() as u64);
             METRICS.sink_last_insert.set(now_ms() as f64 / 1000.0);
-            self.health.sink_last_progress_ms.store(now_ms(), Ordering::Relaxed);
+            self.health
+                .sink_last_progress_ms
+                .store(now_ms(), Ordering::Relaxed);
         }
         // Commit everything read from this topic so far (inserted or skipped).
         let topic = self.topic_of(table).to_string();
@@ -463,7 +550,9 @@ impl Sink {
             }
         }
         if batch.rows.is_empty() {
-            self.health.sink_last_progress_ms.store(now_ms(), Ordering::Relaxed);
+            self.health
+                .sink_last_progress_ms
+                .store(now_ms(), Ordering::Relaxed);
         }
         Ok(())
     }
@@ -498,7 +587,10 @@ impl Sink {
                     }
                     Err(e) => {
                         self.health.clickhouse_ok.store(false, Ordering::Relaxed);
-                        METRICS.sink_retries.with_label_values(&[table.name()]).inc();
+                        METRICS
+                            .sink_retries
+                            .with_label_values(&[table.name()])
+                            .inc();
                         tracing::warn!(error = %e, table = table.name(), rows = b - a, backoff_ms = backoff.as_millis() as u64, "clickhouse insert failed; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(self.cfg.sink.max_backoff);
@@ -509,7 +601,11 @@ impl Sink {
     }
 }
 
-async fn insert_rows<R>(ch: &clickhouse::Client, table: &str, rows: &[R]) -> Result<(), clickhouse::error::Error>
+async fn insert_rows<R>(
+    ch: &clickhouse::Client,
+    table: &str,
+    rows: &[R],
+) -> Result<(), clickhouse::error::Error>
 where
     R: clickhouse::Row + Serialize + Send + Sync + 'static,
     for<'a> R: clickhouse::Row<Value<'a> = R>,

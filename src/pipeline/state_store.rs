@@ -104,9 +104,12 @@ pub fn write_snapshot(
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     rec = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -150,7 +153,9 @@ pub fn read_range(
                 }
                 next = next.max(m.offset() + 1);
             }
-            Some(Err(e)) => tracing::warn!(error = %e, topic, partition, "state read error, retrying"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, topic, partition, "state read error, retrying")
+            }
             None => {}
         }
     }
@@ -174,29 +179,37 @@ pub fn load_snapshot(
         let mut partial: HashMap<u64, Vec<Option<Vec<u8>>>> = HashMap::new();
         let mut latest: Option<(Vec<u8>, u64)> = None;
         let mut rules_seen = String::new();
-        read_range(reader, loc.state_topic, sp, from, high, timeout, |_, k, v| {
-            if k != Some(key.as_bytes()) {
-                return;
-            }
-            let Some(Ok(c)) = v.map(bincode::deserialize::<Chunk>) else {
-                return;
-            };
-            if c.format != FORMAT_VERSION || c.count == 0 || c.index >= c.count {
-                return;
-            }
-            let slots = partial
-                .entry(c.snapshot_id)
-                .or_insert_with(|| vec![None; c.count as usize]);
-            if slots.len() != c.count as usize {
-                return;
-            }
-            slots[c.index as usize] = Some(c.data);
-            if c.index + 1 == c.count && slots.iter().all(Option::is_some) {
-                let bytes: Vec<u8> = slots.iter().flatten().flatten().copied().collect();
-                latest = Some((bytes, c.snapshot_id));
-                rules_seen = c.rules;
-            }
-        })?;
+        read_range(
+            reader,
+            loc.state_topic,
+            sp,
+            from,
+            high,
+            timeout,
+            |_, k, v| {
+                if k != Some(key.as_bytes()) {
+                    return;
+                }
+                let Some(Ok(c)) = v.map(bincode::deserialize::<Chunk>) else {
+                    return;
+                };
+                if c.format != FORMAT_VERSION || c.count == 0 || c.index >= c.count {
+                    return;
+                }
+                let slots = partial
+                    .entry(c.snapshot_id)
+                    .or_insert_with(|| vec![None; c.count as usize]);
+                if slots.len() != c.count as usize {
+                    return;
+                }
+                slots[c.index as usize] = Some(c.data);
+                if c.index + 1 == c.count && slots.iter().all(Option::is_some) {
+                    let bytes: Vec<u8> = slots.iter().flatten().flatten().copied().collect();
+                    latest = Some((bytes, c.snapshot_id));
+                    rules_seen = c.rules;
+                }
+            },
+        )?;
         if let Some((bytes, _)) = latest {
             if rules_seen != rules {
                 tracing::warn!(
@@ -234,8 +247,16 @@ pub fn restore_partition(
     let mut rollup = PartitionRollup::restore(cfg.clone(), loc.partition, snap, now_ms);
     let (low, _) = reader.fetch_watermarks(loc.input_topic, loc.partition, timeout)?;
     let from = (next - cfg.dedupe_horizon as i64).max(low);
-    read_range(reader, loc.input_topic, loc.partition, from, next, timeout, |o, _, v| {
-        rollup.remember(o, v.unwrap_or_default());
-    })?;
+    read_range(
+        reader,
+        loc.input_topic,
+        loc.partition,
+        from,
+        next,
+        timeout,
+        |o, _, v| {
+            rollup.remember(o, v.unwrap_or_default());
+        },
+    )?;
     Ok(Some(rollup))
 }

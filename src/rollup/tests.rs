@@ -363,27 +363,27 @@ fn snapshot_restore_continues_identically() {
     whole.rollup.close_all(&mut whole.out);
 
     let mut first = Run::new(cfg.clone());
-    for e in &events[..31] {
+    for e in &events[..cut()] {
         first.feed(e);
     }
     let snap = first.rollup.snapshot();
+    assert_eq!(
+        snap.open_count(),
+        1,
+        "the cut falls inside an open execution"
+    );
     let bytes = bincode::serialize(&snap).unwrap();
     let snap: PartitionSnapshot = bincode::deserialize(&bytes).unwrap();
     let mut second = Run {
         rollup: PartitionRollup::restore(cfg, 0, snap, 0),
         catalog: catalog(),
-        offset: 31,
+        offset: cut() as i64,
         out: vec![],
     };
-    for (o, e) in events
-        .iter()
-        .enumerate()
-        .skip(31 - cfg_horizon())
-        .take(cfg_horizon())
-    {
+    for (o, e) in events.iter().enumerate().take(cut()) {
         second.rollup.remember(o as i64, e.as_bytes());
     }
-    for e in &events[31..] {
+    for e in &events[cut()..] {
         second.feed(e);
     }
     second.rollup.close_all(&mut second.out);
@@ -392,8 +392,8 @@ fn snapshot_restore_continues_identically() {
     assert_eq!(combined, whole.out);
 }
 
-fn cfg_horizon() -> usize {
-    31
+fn cut() -> usize {
+    27
 }
 
 // ---- property tests against an independent oracle ----

@@ -5,8 +5,16 @@ use crate::config::ClickHouseConfig;
 
 /// Migrations in order: (version, name, sql with `{db}` placeholders).
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
-    (1, "tables", include_str!("../../deploy/clickhouse/0001_tables.sql")),
-    (2, "rollups", include_str!("../../deploy/clickhouse/0002_rollups.sql")),
+    (
+        1,
+        "tables",
+        include_str!("../../deploy/clickhouse/0001_tables.sql"),
+    ),
+    (
+        2,
+        "rollups",
+        include_str!("../../deploy/clickhouse/0002_rollups.sql"),
+    ),
 ];
 
 /// Splits a migration file into statements: a statement ends at a line ending with `;`.
@@ -31,7 +39,10 @@ pub fn statements(sql: &str, db: &str) -> Vec<String> {
 }
 
 /// Creates the database and applies missing migrations; returns the versions applied now.
-pub async fn migrate(client: &clickhouse::Client, cfg: &ClickHouseConfig) -> anyhow::Result<Vec<u32>> {
+pub async fn migrate(
+    client: &clickhouse::Client,
+    cfg: &ClickHouseConfig,
+) -> anyhow::Result<Vec<u32>> {
     let db = &cfg.database;
     anyhow::ensure!(
         !db.is_empty() && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
@@ -82,8 +93,17 @@ mod tests {
 
     #[test]
     fn splits_statements_and_substitutes_the_database() {
-        let s = statements("-- c\nCREATE TABLE {db}.a (x UInt8)\nENGINE = Log;\n\nSELECT 1;\n-- end\n", "usage");
-        assert_eq!(s, ["-- c\nCREATE TABLE usage.a (x UInt8)\nENGINE = Log", "SELECT 1"]);
+        let s = statements(
+            "-- c\nCREATE TABLE {db}.a (x UInt8)\nENGINE = Log;\n\nSELECT 1;\n-- end\n",
+            "usage",
+        );
+        assert_eq!(
+            s,
+            [
+                "-- c\nCREATE TABLE usage.a (x UInt8)\nENGINE = Log",
+                "SELECT 1"
+            ]
+        );
         for (_, _, sql) in MIGRATIONS {
             assert!(!statements(sql, "usage").is_empty());
         }

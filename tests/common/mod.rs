@@ -1,0 +1,477 @@
+//! Test harness: talks to the real broker and ClickHouse that scripts/services started
+//! (USAGE_AGG_TEST_KAFKA, USAGE_AGG_TEST_CLICKHOUSE), gives each test its own topics, groups
+//! and database, runs the real binary, and computes the oracle with the rating core.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use usage_aggregator::bench::Loader;
+use usage_aggregator::catalog::Catalog;
+use usage_aggregator::config::Config;
+use usage_aggregator::debit::Debit;
+use usage_aggregator::rollup::{Output, PartitionRollup};
+
+pub fn kafka_addr() -> String {
+    std::env::var("USAGE_AGG_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+pub fn clickhouse_url() -> String {
+    std::env::var("USAGE_AGG_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn unique(name: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        % 1_000_000_000;
+    format!("{name}_{}_{n}", std::process::id())
+}
+
+/// One isolated test environment.
+pub struct TestEnv {
+    pub name: String,
+    pub cfg: Config,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub children: Vec<Child>,
+    /// Extra environment for spawned aggregators.
+    pub env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    pub fn new(name: &str) -> TestEnv {
+        let name = unique(name);
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = kafka_addr();
+        cfg.kafka.group_id = format!("{name}-pipeline");
+        cfg.kafka.sink_group_id = format!("{name}-sink");
+        cfg.kafka.alerts_group_id = format!("{name}-alerts");
+        let t = &mut cfg.topics;
+        for (field, base) in [
+            (&mut t.usage_events, "usage"),
+            (&mut t.price_catalog, "catalog"),
+            (&mut t.debits, "debits"),
+            (&mut t.priced_usage, "priced"),
+            (&mut t.dead_letter, "dead"),
+            (&mut t.alerts, "alerts"),
+            (&mut t.state, "state"),
+        ] {
+            *field = format!("{name}.{base}");
+        }
+        cfg.clickhouse.url = clickhouse_url();
+        cfg.clickhouse.database = name.replace(['-', '.'], "_");
+        cfg.pricing.catalog_file = root().join("config/catalog.json");
+        cfg.rollup.execution_idle_timeout = Duration::from_secs(2);
+        cfg.pipeline.checkpoint_interval = Duration::from_millis(500);
+        cfg.pipeline.drain_timeout = Duration::from_secs(10);
+        cfg.sink.batch_age = Duration::from_millis(300);
+        cfg.http.listen = format!("127.0.0.1:{}", free_port());
+        cfg.http.stall_after = Duration::from_secs(5);
+        cfg.log.filter = "info".into();
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.toml");
+        let env = TestEnv {
+            name,
+            cfg,
+            dir,
+            config_path,
+            children: Vec::new(),
+            env: Vec::new(),
+        };
+        env.write_config();
+        env
+    }
+
+    pub fn write_config(&self) {
+        std::fs::write(&self.config_path, toml::to_string(&self.cfg).unwrap()).unwrap();
+    }
+
+    pub fn bin() -> &'static str {
+        env!("CARGO_BIN_EXE_usage-aggregator")
+    }
+
+    /// Runs a CLI command to completion and returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(Self::bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn setup(&self) {
+        self.cli(&["setup"]);
+    }
+
+    /// Starts `run --role ROLE`; logs go to the temp dir.
+    pub fn spawn(&mut self, role: &str, log_name: &str) -> usize {
+        self.spawn_with(role, log_name, &self.cfg.http.listen.clone(), &[])
+    }
+
+    pub fn spawn_with(
+        &mut self,
+        role: &str,
+        log_name: &str,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> usize {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log_name))
+            .unwrap();
+        let mut cmd = Command::new(Self::bin());
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .args(["run", "--role", role])
+            .env("USAGE_AGG__HTTP__LISTEN", listen)
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.children.push(cmd.spawn().unwrap());
+        self.children.len() - 1
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        let c = &mut self.children[i];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = self.children[i].id();
+        Command::new("kill")
+            .args(["-s", sig, &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    pub fn terminate(&mut self, i: usize, within: Duration) -> bool {
+        self.signal(i, "TERM");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.children[i].try_wait() {
+                return s.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9(i);
+        false
+    }
+
+    pub fn catalog(&self) -> Catalog {
+        Catalog::from_json(&std::fs::read(&self.cfg.pricing.catalog_file).unwrap()).unwrap()
+    }
+
+    pub fn loader(&self) -> Loader {
+        Loader::new(&self.cfg).unwrap()
+    }
+
+    fn consumer(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.cfg.kafka.brokers)
+            .set("group.id", format!("{}-reader", self.name))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap()
+    }
+
+    /// Every message of a topic, per partition in offset order.
+    pub fn read_topic(&self, topic: &str) -> BTreeMap<i32, Vec<(i64, Vec<u8>, Vec<u8>)>> {
+        let c = self.consumer();
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for p in md.topics()[0].partitions() {
+            let p = p.id();
+            let (low, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            let mut msgs = Vec::new();
+            if high > low {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                    .unwrap();
+                c.assign(&tpl).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut next = low;
+                while next < high {
+                    assert!(Instant::now() < deadline, "timed out reading {topic}/{p}");
+                    if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                        if m.offset() >= next {
+                            msgs.push((
+                                m.offset(),
+                                m.key().unwrap_or_default().to_vec(),
+                                m.payload().unwrap_or_default().to_vec(),
+                            ));
+                            next = m.offset() + 1;
+                        }
+                    }
+                }
+            }
+            out.insert(p, msgs);
+        }
+        out
+    }
+
+    /// The debits topic deduplicated by id; panics if a repeated id has different bytes.
+    pub fn debits_by_id(&self) -> (BTreeMap<String, Vec<u8>>, usize) {
+        let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut n = 0;
+        for (_, msgs) in self.read_topic(&self.cfg.topics.debits) {
+            for (_, _, payload) in msgs {
+                n += 1;
+                let d: Debit = serde_json::from_slice(&payload).unwrap();
+                if let Some(prev) = by_id.insert(d.debit_id.clone(), payload.clone()) {
+                    assert_eq!(
+                        prev, payload,
+                        "debit {} repeated with different bytes",
+                        d.debit_id
+                    );
+                }
+            }
+        }
+        (by_id, n)
+    }
+
+    /// The rating core's result on exactly what is in the usage topic (markers included).
+    pub fn oracle(&self) -> Oracle {
+        let catalog = self.catalog();
+        let mut o = Oracle::default();
+        for (p, msgs) in self.read_topic(&self.cfg.topics.usage_events) {
+            let mut r = PartitionRollup::new(self.cfg.rollup_config(), p);
+            let mut out = Vec::new();
+            for (offset, _, payload) in &msgs {
+                r.process(*offset, payload, &catalog, 0, &mut out);
+                o.events += 1;
+            }
+            o.open += r.open_executions();
+            for x in out {
+                match x {
+                    Output::Debit(d) => {
+                        o.debits.insert(d.debit_id.clone(), d.encode());
+                    }
+                    Output::Line(l) => {
+                        o.lines.insert(l.event_id.clone());
+                    }
+                    Output::Rejected(_) => o.rejected += 1,
+                }
+            }
+        }
+        o
+    }
+
+    /// Waits until the debits topic (deduplicated) holds exactly the oracle's debits and no
+    /// execution is left open; returns the final oracle.
+    pub fn wait_for_oracle(&self, timeout: Duration) -> Oracle {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let oracle = self.oracle();
+            let (topic, _) = self.debits_by_id();
+            if oracle.open == 0
+                && topic.len() == oracle.debits.len()
+                && topic.keys().eq(oracle.debits.keys())
+            {
+                return oracle;
+            }
+            if Instant::now() > deadline {
+                let missing = oracle
+                    .debits
+                    .keys()
+                    .filter(|k| !topic.contains_key(*k))
+                    .count();
+                let extra = topic
+                    .keys()
+                    .filter(|k| !oracle.debits.contains_key(*k))
+                    .count();
+                panic!(
+                    "debits never matched the oracle: {missing} missing, {extra} extra, {} executions open",
+                    oracle.open
+                );
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Number of times the aggregator log says partitions were assigned.
+    pub fn assignments(&self, log: &str) -> usize {
+        self.log(log).matches("partitions assigned").count()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.cfg.http.listen, "/metrics").1
+    }
+
+    /// Waits until `f` holds, polling.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn ch(&self, sql: &str) -> String {
+        ch_query(
+            &self.cfg.clickhouse.url,
+            &format!("{sql}").replace("{db}", &self.cfg.clickhouse.database),
+        )
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let keep = self.dir.path().to_path_buf();
+            eprintln!("test logs kept in {}", keep.display());
+            for e in std::fs::read_dir(&keep).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    eprintln!("---- {} (last lines) ----", p.display());
+                    for l in tail.into_iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap(),
+            ));
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Oracle {
+    pub events: usize,
+    pub debits: BTreeMap<String, Vec<u8>>,
+    pub lines: std::collections::BTreeSet<String>,
+    pub rejected: usize,
+    pub open: usize,
+}
+
+impl Oracle {
+    pub fn totals_per_account(&self) -> BTreeMap<String, rust_decimal::Decimal> {
+        totals_per_account(self.debits.values())
+    }
+}
+
+pub fn totals_per_account<'a>(
+    debits: impl Iterator<Item = &'a Vec<u8>>,
+) -> BTreeMap<String, rust_decimal::Decimal> {
+    let mut t = BTreeMap::new();
+    for d in debits {
+        let d: Debit = serde_json::from_slice(d).unwrap();
+        *t.entry(d.account_id).or_insert(rust_decimal::Decimal::ZERO) += d.total;
+    }
+    t.into_iter().map(|(k, v)| (k, v.normalize())).collect()
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs a ClickHouse query over HTTP; panics on error. Returns the TSV body.
+pub fn ch_query(url: &str, sql: &str) -> String {
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{sql}",
+        sql.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap_or("0").to_string();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    assert_eq!(status, "200", "clickhouse query failed: {sql}\n{body}");
+    body
+}
+
+/// The value of a metric line (first series whose name and labels start with `prefix`).
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn parse_tsv_map(tsv: &str) -> HashMap<String, String> {
+    tsv.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+pub fn wait_path(p: &Path) -> bool {
+    p.exists()
+}

@@ -65,6 +65,9 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
 
     let mut threads: Vec<(&'static str, std::thread::JoinHandle<anyhow::Result<()>>)> = Vec::new();
     if with_pipeline {
+        health.pipeline_enabled.store(true, Ordering::Relaxed);
+        let (c, s, h) = (cfg.clone(), stop.clone(), health.clone());
+        threads.push(("kafka-probe", std::thread::Builder::new().name("kafka-probe".into()).spawn(move || kafka_probe(&c, &s, &h))?));
         let catalog = start_catalog(&cfg, &health, &stop, &mut threads).await?;
         let pipeline = {
             let (cfg, h) = (cfg.clone(), health.clone());
@@ -181,6 +184,33 @@ async fn start_catalog(
             })?,
     ));
     Ok(handle)
+}
+
+/// Asks the brokers for metadata every 2 s; readiness fails when they do not answer.
+fn kafka_probe(cfg: &Config, stop: &AtomicBool, health: &Health) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut c = crate::kafka::reader_config(cfg);
+    c.set("socket.timeout.ms", "3000");
+    let probe: BaseConsumer = c.create()?;
+    while !stop.load(Ordering::Relaxed) {
+        let ok = probe
+            .fetch_metadata(Some(&cfg.topics.usage_events), Duration::from_secs(3))
+            .is_ok();
+        if ok != health.kafka_ok.swap(ok, Ordering::Relaxed) {
+            if ok {
+                tracing::info!("kafka reachable");
+            } else {
+                tracing::warn!("kafka does not answer metadata requests");
+            }
+        }
+        for _ in 0..20 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

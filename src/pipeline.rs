@@ -517,14 +517,11 @@ pub struct InputContext {
     engine: Arc<Mutex<Engine>>,
     hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     topic: String,
-    health: Arc<Health>,
     fatal: Mutex<Option<PipelineError>>,
 }
 
 impl ClientContext for InputContext {
     fn stats(&self, stats: Statistics) {
-        let up = stats.brokers.values().any(|b| b.state == "UP");
-        self.health.kafka_ok.store(up, Ordering::Relaxed);
         if let Some(t) = stats.topics.get(&self.topic) {
             let mut hi = self.hi_offsets.lock().expect("hi offsets lock");
             for (p, s) in &t.partitions {
@@ -614,7 +611,6 @@ impl Pipeline {
             engine: engine.clone(),
             hi_offsets: hi,
             topic: cfg.topics.usage_events.clone(),
-            health: health.clone(),
             fatal: Mutex::new(None),
         })?;
         consumer.subscribe(&[&cfg.topics.usage_events])?;

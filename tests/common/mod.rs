@@ -475,3 +475,132 @@ pub fn parse_tsv_map(tsv: &str) -> HashMap<String, String> {
 pub fn wait_path(p: &Path) -> bool {
     p.exists()
 }
+
+/// A private ClickHouse server (for outage tests), configured like scripts/services does.
+pub struct PrivateClickHouse {
+    pub url: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateClickHouse {
+    pub fn start(dir: &Path) -> PrivateClickHouse {
+        let run = root().join(".run/clickhouse");
+        let http = free_port();
+        let tcp = free_port();
+        let dir = dir.join("clickhouse");
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        for f in ["config.xml", "users.xml"] {
+            let text = std::fs::read_to_string(run.join(f)).expect("scripts/services up writes the clickhouse config");
+            let text = text
+                .replace(run.to_str().unwrap(), dir.to_str().unwrap())
+                .replace(">18123<", &format!(">{http}<"))
+                .replace(">19000<", &format!(">{tcp}<"));
+            std::fs::write(dir.join(f), text).unwrap();
+        }
+        let mut ch = PrivateClickHouse { url: format!("http://127.0.0.1:{http}"), dir, child: None };
+        ch.resume();
+        ch
+    }
+
+    pub fn resume(&mut self) {
+        let log = std::fs::File::create(self.dir.join("log/stdout.log")).unwrap();
+        let child = Command::new("/usr/sbin/clickhouse-server")
+            .arg(format!("--config-file={}", self.dir.join("config.xml").display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(&addr, "/ping").0 != 200 {
+            assert!(Instant::now() < deadline, "private clickhouse did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private broker (nisshi from the tools cache), for broker restart and freeze tests.
+pub struct PrivateBroker {
+    pub addr: String,
+    dir: PathBuf,
+    storage: String,
+    pub child: Option<Child>,
+}
+
+impl PrivateBroker {
+    pub fn binary() -> PathBuf {
+        let tools = std::env::var("USAGE_AGG_TOOLS").map(PathBuf::from).unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/usage-aggregator/tools")
+        });
+        tools.join("bin/nisshi")
+    }
+
+    pub fn start(dir: &Path, storage: &str) -> PrivateBroker {
+        let dir = dir.join("broker");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = PrivateBroker { addr: format!("127.0.0.1:{}", free_port()), dir, storage: storage.into(), child: None };
+        b.resume();
+        b
+    }
+
+    pub fn resume(&mut self) {
+        let url = format!("tcp://{}", self.addr);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        let child = Command::new(Self::binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage, "--group-initial-rebalance-delay", "0s"])
+            .current_dir(&self.dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(Instant::now() < deadline, "private broker did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-s", "TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            Command::new("kill").args(["-s", sig, &c.id().to_string()]).status().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.stop();
+    }
+}

@@ -67,7 +67,12 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     if with_pipeline {
         health.pipeline_enabled.store(true, Ordering::Relaxed);
         let (c, s, h) = (cfg.clone(), stop.clone(), health.clone());
-        threads.push(("kafka-probe", std::thread::Builder::new().name("kafka-probe".into()).spawn(move || kafka_probe(&c, &s, &h))?));
+        threads.push((
+            "kafka-probe",
+            std::thread::Builder::new()
+                .name("kafka-probe".into())
+                .spawn(move || kafka_probe(&c, &s, &h))?,
+        ));
         let catalog = start_catalog(&cfg, &health, &stop, &mut threads).await?;
         let pipeline = {
             let (cfg, h) = (cfg.clone(), health.clone());

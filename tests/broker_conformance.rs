@@ -7,12 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
 
 fn base() -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -30,7 +30,13 @@ fn produce(topic: &str, n: usize, compression: &str) {
         .unwrap();
     for i in 0..n {
         let payload = format!("m{i}");
-        p.send(BaseRecord::to(topic).key("k").payload(&payload).partition(0)).unwrap();
+        p.send(
+            BaseRecord::to(topic)
+                .key("k")
+                .payload(&payload)
+                .partition(0),
+        )
+        .unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
 }
@@ -51,7 +57,10 @@ fn take(c: &BaseConsumer, n: usize) -> Vec<(i64, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while out.len() < n && Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push((m.offset(), String::from_utf8_lossy(m.payload().unwrap()).into_owned()));
+            out.push((
+                m.offset(),
+                String::from_utf8_lossy(m.payload().unwrap()).into_owned(),
+            ));
         }
     }
     out
@@ -62,7 +71,10 @@ async fn create(admin: &AdminClient<DefaultClientContext>, name: &str, parts: i3
     if compact {
         t = t.set("cleanup.policy", "compact");
     }
-    let r = admin.create_topics(&[t], &AdminOptions::new()).await.unwrap();
+    let r = admin
+        .create_topics(&[t], &AdminOptions::new())
+        .await
+        .unwrap();
     assert!(r[0].is_ok(), "{r:?}");
 }
 
@@ -87,7 +99,9 @@ async fn broker_conformance_for_what_the_pipeline_relies_on() {
     produce(&topic, 500, "lz4");
     produce(&topic, 500, "none");
     let c = group_consumer(&format!("{topic}-g"), &topic);
-    let (low, high) = c.fetch_watermarks(&topic, 0, Duration::from_secs(10)).unwrap();
+    let (low, high) = c
+        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        .unwrap();
     assert_eq!((low, high), (0, 1000));
 
     // Consume part of the first (compressed) batch, commit mid-batch, drop the consumer.
@@ -95,7 +109,8 @@ async fn broker_conformance_for_what_the_pipeline_relies_on() {
     assert_eq!(first.len(), 137);
     assert_eq!(first.last().unwrap().0, 136);
     let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(137)).unwrap();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(137))
+        .unwrap();
     c.commit(&tpl, CommitMode::Sync).unwrap();
     drop(c);
 
@@ -106,7 +121,10 @@ async fn broker_conformance_for_what_the_pipeline_relies_on() {
     assert_eq!(rest[0], (137, "m137".to_string()));
     assert_eq!(rest.last().unwrap().0, 999);
     let offsets: Vec<i64> = rest.iter().map(|r| r.0).collect();
-    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "no gap, no repeat");
+    assert!(
+        offsets.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap, no repeat"
+    );
 
     // Committed offsets are readable (lag monitoring).
     let committed = c.committed(Duration::from_secs(10)).unwrap();
@@ -115,14 +133,29 @@ async fn broker_conformance_for_what_the_pipeline_relies_on() {
 
     // Explicit partition produce (close markers, state chunks) lands where asked.
     let p: ThreadedProducer<DefaultProducerContext> = base().create().unwrap();
-    p.send(BaseRecord::to(&compact).key("x").payload("v").partition(1)).unwrap();
+    p.send(BaseRecord::to(&compact).key("x").payload("v").partition(1))
+        .unwrap();
     p.flush(Duration::from_secs(10)).unwrap();
-    let (_, h1) = c.fetch_watermarks(&compact, 1, Duration::from_secs(10)).unwrap();
-    let (_, h0) = c.fetch_watermarks(&compact, 0, Duration::from_secs(10)).unwrap();
+    let (_, h1) = c
+        .fetch_watermarks(&compact, 1, Duration::from_secs(10))
+        .unwrap();
+    let (_, h0) = c
+        .fetch_watermarks(&compact, 0, Duration::from_secs(10))
+        .unwrap();
     assert_eq!((h0, h1), (0, 1));
 
     // Transactions are not supported by the test broker: the pipeline never relies on them.
-    let tx: Result<rdkafka::producer::BaseProducer, _> = base().set("transactional.id", unique("tx")).create();
-    let refused = tx.map(|p| p.init_transactions(Duration::from_secs(10)).is_err()).unwrap_or(true);
-    eprintln!("broker conformance: transactions {}", if refused { "refused (as documented)" } else { "accepted" });
+    let tx: Result<rdkafka::producer::BaseProducer, _> =
+        base().set("transactional.id", unique("tx")).create();
+    let refused = tx
+        .map(|p| p.init_transactions(Duration::from_secs(10)).is_err())
+        .unwrap_or(true);
+    eprintln!(
+        "broker conformance: transactions {}",
+        if refused {
+            "refused (as documented)"
+        } else {
+            "accepted"
+        }
+    );
 }

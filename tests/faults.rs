@@ -15,7 +15,9 @@ fn workload(env: &TestEnv, executions: u64, direct: u64, seed: u64) -> Vec<Gener
         direct_calls: direct,
         accounts: 25,
         seed,
-        start: chrono::DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc),
+        start: chrono::DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc),
         run_id: env.name.clone(),
         ..Default::default()
     };
@@ -23,18 +25,42 @@ fn workload(env: &TestEnv, executions: u64, direct: u64, seed: u64) -> Vec<Gener
 }
 
 fn ch_count(env: &TestEnv, table: &str) -> usize {
-    env.ch(&format!("SELECT count() FROM {{db}}.{table}")).trim().parse().unwrap()
+    env.ch(&format!("SELECT count() FROM {{db}}.{table}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn assert_clickhouse_exact(env: &TestEnv, oracle: &Oracle) {
     let db = &env.cfg.clickhouse.database;
     let n = oracle.debits.len();
-    assert_eq!(env.ch(&format!("SELECT count(), uniqExact(debit_id) FROM {db}.debits")).trim(), format!("{n}\t{n}"));
+    assert_eq!(
+        env.ch(&format!(
+            "SELECT count(), uniqExact(debit_id) FROM {db}.debits"
+        ))
+        .trim(),
+        format!("{n}\t{n}")
+    );
     let l = oracle.lines.len();
-    assert_eq!(env.ch(&format!("SELECT count(), uniqExact(event_id) FROM {db}.usage_transactions")).trim(), format!("{l}\t{l}"));
-    let sums = parse_tsv_map(&env.ch(&format!("SELECT account_id, toString(sum(total)) FROM {db}.debits GROUP BY account_id")));
+    assert_eq!(
+        env.ch(&format!(
+            "SELECT count(), uniqExact(event_id) FROM {db}.usage_transactions"
+        ))
+        .trim(),
+        format!("{l}\t{l}")
+    );
+    let sums = parse_tsv_map(&env.ch(&format!(
+        "SELECT account_id, toString(sum(total)) FROM {db}.debits GROUP BY account_id"
+    )));
     for (account, total) in oracle.totals_per_account() {
-        assert_eq!(sums[&account].parse::<rust_decimal::Decimal>().unwrap().normalize(), total, "{account}");
+        assert_eq!(
+            sums[&account]
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+                .normalize(),
+            total,
+            "{account}"
+        );
     }
 }
 
@@ -62,7 +88,9 @@ fn fault_clickhouse_outage_and_refused_inserts_lose_no_row() {
         loader.flush().unwrap();
         loader
     });
-    env.wait_for("rows in clickhouse", Duration::from_secs(60), || ch_count(&env, "debits") > 0);
+    env.wait_for("rows in clickhouse", Duration::from_secs(60), || {
+        ch_count(&env, "debits") > 0
+    });
 
     // Outage: ClickHouse is gone for 30 s while events flow.
     ch.stop();
@@ -77,13 +105,24 @@ fn fault_clickhouse_outage_and_refused_inserts_lose_no_row() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let (during, _) = env.debits_by_id();
-    assert!(saw_not_ready, "/readyz reports clickhouse unreachable during the outage");
-    assert!(during.len() > before.len() + 100, "debits kept flowing during the outage: {} -> {}", before.len(), during.len());
+    assert!(
+        saw_not_ready,
+        "/readyz reports clickhouse unreachable during the outage"
+    );
+    assert!(
+        during.len() > before.len() + 100,
+        "debits kept flowing during the outage: {} -> {}",
+        before.len(),
+        during.len()
+    );
     ch.resume();
     let loader = producer.join().unwrap();
 
     // Refused inserts: a column is missing; rows wait and are retried, never dropped.
-    let retries_before = metric(&env.metrics(), "usage_agg_sink_retries_total{table=\"debits\"}");
+    let retries_before = metric(
+        &env.metrics(),
+        "usage_agg_sink_retries_total{table=\"debits\"}",
+    );
     env.ch("ALTER TABLE {db}.debits DROP COLUMN calls");
     let topic = env.cfg.topics.usage_events.clone();
     for g in &second {
@@ -91,15 +130,24 @@ fn fault_clickhouse_outage_and_refused_inserts_lose_no_row() {
     }
     loader.flush().unwrap();
     env.wait_for("insert retries", Duration::from_secs(60), || {
-        metric(&env.metrics(), "usage_agg_sink_retries_total{table=\"debits\"}") > retries_before + 1.0
+        metric(
+            &env.metrics(),
+            "usage_agg_sink_retries_total{table=\"debits\"}",
+        ) > retries_before + 1.0
     });
     env.ch("ALTER TABLE {db}.debits ADD COLUMN calls UInt32 AFTER total");
 
     let oracle = env.wait_for_oracle(Duration::from_secs(180));
-    env.wait_for("clickhouse to catch up", Duration::from_secs(120), || ch_count(&env, "debits") >= oracle.debits.len());
+    env.wait_for("clickhouse to catch up", Duration::from_secs(120), || {
+        ch_count(&env, "debits") >= oracle.debits.len()
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_clickhouse_exact(&env, &oracle);
-    eprintln!("outage: {} debits, {} lines, all once in clickhouse after a 30 s outage and refused inserts", oracle.debits.len(), oracle.lines.len());
+    eprintln!(
+        "outage: {} debits, {} lines, all once in clickhouse after a 30 s outage and refused inserts",
+        oracle.debits.len(),
+        oracle.lines.len()
+    );
 }
 
 #[test]
@@ -108,7 +156,10 @@ fn fault_broker_frozen_then_restarted_mid_stream() {
     let mut broker = PrivateBroker::start(env.dir.path(), "sqlite://kafka.db");
     env.cfg.kafka.brokers = broker.addr.clone();
     env.write_config();
-    env.env.push(("USAGE_AGG_KAFKA_PROP_SOCKET_TIMEOUT_MS".into(), "3000".into()));
+    env.env.push((
+        "USAGE_AGG_KAFKA_PROP_SOCKET_TIMEOUT_MS".into(),
+        "3000".into(),
+    ));
     env.setup();
     env.cli(&["catalog", "publish", "config/catalog.json"]);
     env.spawn("all", "agg.log");
@@ -120,7 +171,9 @@ fn fault_broker_frozen_then_restarted_mid_stream() {
         loader.send(&topic, &g.key, &g.payload).unwrap();
     }
     loader.flush().unwrap();
-    env.wait_for("the service to be ready", Duration::from_secs(60), || http_get(&env.cfg.http.listen, "/readyz").0 == 200);
+    env.wait_for("the service to be ready", Duration::from_secs(60), || {
+        http_get(&env.cfg.http.listen, "/readyz").0 == 200
+    });
 
     // Frozen broker: the service must stop claiming readiness.
     broker.signal("STOP");
@@ -142,10 +195,15 @@ fn fault_broker_frozen_then_restarted_mid_stream() {
     }
     loader.flush().unwrap();
     let oracle = env.wait_for_oracle(Duration::from_secs(240));
-    env.wait_for("clickhouse to catch up", Duration::from_secs(120), || ch_count(&env, "debits") >= oracle.debits.len());
+    env.wait_for("clickhouse to catch up", Duration::from_secs(120), || {
+        ch_count(&env, "debits") >= oracle.debits.len()
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_clickhouse_exact(&env, &oracle);
-    eprintln!("broker restart: {} debits equal the oracle", oracle.debits.len());
+    eprintln!(
+        "broker restart: {} debits equal the oracle",
+        oracle.debits.len()
+    );
 }
 
 #[test]
@@ -160,16 +218,33 @@ fn fault_empty_catalog_at_start_bills_nothing_and_says_so() {
         .send(&env.cfg.topics.usage_events, "a", br#"{"type":"tool_call","event_id":"e1","occurred_at":"2026-03-01T10:00:00Z","account_id":"a","asset_id":"tavily/web-search","quantities":{"requests":1}}"#)
         .unwrap();
     loader.flush().unwrap();
-    env.wait_for("the service to say the catalog is empty", Duration::from_secs(30), || env.log("agg.log").contains("price catalog is empty"));
+    env.wait_for(
+        "the service to say the catalog is empty",
+        Duration::from_secs(30),
+        || env.log("agg.log").contains("price catalog is empty"),
+    );
     let (status, body) = http_get(&env.cfg.http.listen, "/readyz");
     assert_eq!(status, 503);
     assert!(body.contains("catalog"), "{body}");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(env.debits_by_id().0.is_empty(), "nothing billed without a catalog");
-    assert!(env.read_topic(&env.cfg.topics.dead_letter).values().all(Vec::is_empty), "nothing rejected either: events wait");
+    assert!(
+        env.debits_by_id().0.is_empty(),
+        "nothing billed without a catalog"
+    );
+    assert!(
+        env.read_topic(&env.cfg.topics.dead_letter)
+            .values()
+            .all(Vec::is_empty),
+        "nothing rejected either: events wait"
+    );
     // Publishing a catalog releases the waiting events, priced correctly.
     env.cli(&["catalog", "publish", "config/catalog.json"]);
-    env.wait_for("the waiting event to be billed", Duration::from_secs(60), || env.debits_by_id().0.len() == 1);
-    let d: usage_aggregator::debit::Debit = serde_json::from_slice(env.debits_by_id().0.values().next().unwrap()).unwrap();
+    env.wait_for(
+        "the waiting event to be billed",
+        Duration::from_secs(60),
+        || env.debits_by_id().0.len() == 1,
+    );
+    let d: usage_aggregator::debit::Debit =
+        serde_json::from_slice(env.debits_by_id().0.values().next().unwrap()).unwrap();
     assert_eq!(d.total.to_string(), "0.008");
 }

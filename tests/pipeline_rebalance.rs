@@ -15,14 +15,20 @@ fn workload(env: &TestEnv, executions: u64, direct: u64) -> Vec<Generated> {
         direct_calls: direct,
         accounts: 20,
         seed: 3,
-        start: chrono::DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc),
+        start: chrono::DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc),
         run_id: env.name.clone(),
         ..Default::default()
     };
     Workload::new(spec, &env.catalog()).collect()
 }
 
-fn produce_paced(env: &TestEnv, events: Vec<Generated>, per_100ms: usize) -> std::thread::JoinHandle<()> {
+fn produce_paced(
+    env: &TestEnv,
+    events: Vec<Generated>,
+    per_100ms: usize,
+) -> std::thread::JoinHandle<()> {
     let loader = env.loader();
     let topic = env.cfg.topics.usage_events.clone();
     std::thread::spawn(move || {
@@ -41,19 +47,37 @@ fn rebalance_one_instance_stops_mid_stream() {
     let mut env = TestEnv::new("rebalance");
     env.setup();
     env.cli(&["catalog", "publish", "config/catalog.json"]);
-    let a = env.spawn_with("pipeline", "a.log", &format!("127.0.0.1:{}", free_port()), &[]);
-    let b = env.spawn_with("pipeline", "b.log", &format!("127.0.0.1:{}", free_port()), &[]);
+    let a = env.spawn_with(
+        "pipeline",
+        "a.log",
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    );
+    let b = env.spawn_with(
+        "pipeline",
+        "b.log",
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    );
     let events = workload(&env, 1200, 3000);
     let producer = produce_paced(&env, events, 400);
     // Both members must own partitions before one of them leaves.
-    env.wait_for("both instances to own partitions", Duration::from_secs(60), || {
-        env.assignments("a.log") > 0 && env.assignments("b.log") > 0
-    });
+    env.wait_for(
+        "both instances to own partitions",
+        Duration::from_secs(60),
+        || env.assignments("a.log") > 0 && env.assignments("b.log") > 0,
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert!(env.terminate(b, Duration::from_secs(20)), "b drains and exits cleanly on SIGTERM");
+    assert!(
+        env.terminate(b, Duration::from_secs(20)),
+        "b drains and exits cleanly on SIGTERM"
+    );
     producer.join().unwrap();
     let oracle = env.wait_for_oracle(Duration::from_secs(180));
-    assert!(env.log("b.log").contains("partitions revoked; checkpointing them"));
+    assert!(
+        env.log("b.log")
+            .contains("partitions revoked; checkpointing them")
+    );
     assert!(env.assignments("a.log") >= 2, "a took over b's partitions");
     let _ = a;
     eprintln!("rebalance: {} debits equal the oracle", oracle.debits.len());
@@ -64,22 +88,41 @@ fn rebalance_frozen_member_past_session_timeout_then_resumed() {
     let mut env = TestEnv::new("rebalance_frozen");
     env.setup();
     env.cli(&["catalog", "publish", "config/catalog.json"]);
-    let _a = env.spawn_with("pipeline", "a.log", &format!("127.0.0.1:{}", free_port()), &[]);
-    let b = env.spawn_with("pipeline", "b.log", &format!("127.0.0.1:{}", free_port()), &[]);
+    let _a = env.spawn_with(
+        "pipeline",
+        "a.log",
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    );
+    let b = env.spawn_with(
+        "pipeline",
+        "b.log",
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    );
     let events = workload(&env, 1000, 2000);
     let producer = produce_paced(&env, events, 300);
-    env.wait_for("both instances to own partitions", Duration::from_secs(60), || {
-        env.assignments("a.log") > 0 && env.assignments("b.log") > 0
-    });
+    env.wait_for(
+        "both instances to own partitions",
+        Duration::from_secs(60),
+        || env.assignments("a.log") > 0 && env.assignments("b.log") > 0,
+    );
     std::thread::sleep(Duration::from_secs(2));
     env.signal(b, "STOP");
     let frozen = Instant::now();
     // Session timeout is 10 s: a takes b's partitions while b is frozen.
-    env.wait_for("a to take over the frozen member's partitions", Duration::from_secs(40), || env.assignments("a.log") >= 2);
+    env.wait_for(
+        "a to take over the frozen member's partitions",
+        Duration::from_secs(40),
+        || env.assignments("a.log") >= 2,
+    );
     std::thread::sleep(Duration::from_secs(3));
     env.signal(b, "CONT");
     eprintln!("frozen for {:.1}s", frozen.elapsed().as_secs_f64());
     producer.join().unwrap();
     let oracle = env.wait_for_oracle(Duration::from_secs(180));
-    eprintln!("frozen member: {} debits equal the oracle", oracle.debits.len());
+    eprintln!(
+        "frozen member: {} debits equal the oracle",
+        oracle.debits.len()
+    );
 }

@@ -491,14 +491,19 @@ impl PrivateClickHouse {
         let dir = dir.join("clickhouse");
         std::fs::create_dir_all(dir.join("log")).unwrap();
         for f in ["config.xml", "users.xml"] {
-            let text = std::fs::read_to_string(run.join(f)).expect("scripts/services up writes the clickhouse config");
+            let text = std::fs::read_to_string(run.join(f))
+                .expect("scripts/services up writes the clickhouse config");
             let text = text
                 .replace(run.to_str().unwrap(), dir.to_str().unwrap())
                 .replace(">18123<", &format!(">{http}<"))
                 .replace(">19000<", &format!(">{tcp}<"));
             std::fs::write(dir.join(f), text).unwrap();
         }
-        let mut ch = PrivateClickHouse { url: format!("http://127.0.0.1:{http}"), dir, child: None };
+        let mut ch = PrivateClickHouse {
+            url: format!("http://127.0.0.1:{http}"),
+            dir,
+            child: None,
+        };
         ch.resume();
         ch
     }
@@ -506,7 +511,10 @@ impl PrivateClickHouse {
     pub fn resume(&mut self) {
         let log = std::fs::File::create(self.dir.join("log/stdout.log")).unwrap();
         let child = Command::new("/usr/sbin/clickhouse-server")
-            .arg(format!("--config-file={}", self.dir.join("config.xml").display()))
+            .arg(format!(
+                "--config-file={}",
+                self.dir.join("config.xml").display()
+            ))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -515,7 +523,10 @@ impl PrivateClickHouse {
         let addr = self.url.trim_start_matches("http://").to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(&addr, "/ping").0 != 200 {
-            assert!(Instant::now() < deadline, "private clickhouse did not start");
+            assert!(
+                Instant::now() < deadline,
+                "private clickhouse did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -544,25 +555,46 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn binary() -> PathBuf {
-        let tools = std::env::var("USAGE_AGG_TOOLS").map(PathBuf::from).unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/usage-aggregator/tools")
-        });
+        let tools = std::env::var("USAGE_AGG_TOOLS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/usage-aggregator/tools")
+            });
         tools.join("bin/nisshi")
     }
 
     pub fn start(dir: &Path, storage: &str) -> PrivateBroker {
         let dir = dir.join("broker");
         std::fs::create_dir_all(&dir).unwrap();
-        let mut b = PrivateBroker { addr: format!("127.0.0.1:{}", free_port()), dir, storage: storage.into(), child: None };
+        let mut b = PrivateBroker {
+            addr: format!("127.0.0.1:{}", free_port()),
+            dir,
+            storage: storage.into(),
+            child: None,
+        };
         b.resume();
         b
     }
 
     pub fn resume(&mut self) {
         let url = format!("tcp://{}", self.addr);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .unwrap();
         let child = Command::new(Self::binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage, "--group-initial-rebalance-delay", "0s"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &self.storage,
+                "--group-initial-rebalance-delay",
+                "0s",
+            ])
             .current_dir(&self.dir)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -578,7 +610,9 @@ impl PrivateBroker {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-s", "TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -593,7 +627,10 @@ impl PrivateBroker {
 
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            Command::new("kill").args(["-s", sig, &c.id().to_string()]).status().unwrap();
+            Command::new("kill")
+                .args(["-s", sig, &c.id().to_string()])
+                .status()
+                .unwrap();
         }
     }
 }

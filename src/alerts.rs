@@ -78,25 +78,25 @@ impl SpendAlerts {
             return Vec::new();
         }
         self.seen_order.push_back(d.debit_id.clone());
-        if self.seen_order.len() > SEEN_CAPACITY {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
-            }
+        if self.seen_order.len() > SEEN_CAPACITY
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&old);
         }
         let mut alerts = Vec::new();
-        if let (Some(t), DebitKind::AgentExecution) = (self.thresholds.execution, d.kind) {
-            if d.total >= t {
-                alerts.push(SpendAlert {
-                    alert_id: format!("execution:{}", d.debit_id),
-                    rule: "execution_credits".into(),
-                    account_id: d.account_id.clone(),
-                    execution_id: d.execution_id.clone(),
-                    window_start: d.first_event_at,
-                    window_end: d.last_event_at,
-                    amount: d.total,
-                    threshold: t,
-                });
-            }
+        if let (Some(t), DebitKind::AgentExecution) = (self.thresholds.execution, d.kind)
+            && d.total >= t
+        {
+            alerts.push(SpendAlert {
+                alert_id: format!("execution:{}", d.debit_id),
+                rule: "execution_credits".into(),
+                account_id: d.account_id.clone(),
+                execution_id: d.execution_id.clone(),
+                window_start: d.first_event_at,
+                window_end: d.last_event_at,
+                amount: d.total,
+                threshold: t,
+            });
         }
         if let Some(t) = self.thresholds.account_hourly {
             let at = d.first_event_at;

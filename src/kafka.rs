@@ -101,7 +101,10 @@ pub fn group_config(
 }
 
 /// Topics `setup` creates, with partitions and configs.
-pub fn planned_topics(cfg: &Config) -> Vec<(String, i32, Vec<(&'static str, &'static str)>)> {
+/// A topic to create: name, partitions, configs.
+pub type TopicPlan = (String, i32, Vec<(&'static str, &'static str)>);
+
+pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
     let t = &cfg.topics;
     let p = t.partitions;
     let o = t.output_partitions;

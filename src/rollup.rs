@@ -476,10 +476,10 @@ impl PartitionRollup {
     }
 
     fn pop_closed(&mut self) {
-        if let Some((o, h)) = self.closed_order.pop_front() {
-            if self.closed.get(&h).is_some_and(|c| c.closed_at == o) {
-                self.closed.remove(&h);
-            }
+        if let Some((o, h)) = self.closed_order.pop_front()
+            && self.closed.get(&h).is_some_and(|c| c.closed_at == o)
+        {
+            self.closed.remove(&h);
         }
     }
 

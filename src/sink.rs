@@ -508,12 +508,9 @@ impl Sink {
         Ok(())
     }
 
-    async fn write<R: clickhouse::Row + Serialize + Clone + Send + Sync + 'static>(
-        &mut self,
-        table: Table,
-        batch: Pending<R>,
-    ) -> anyhow::Result<()>
+    async fn write<R>(&mut self, table: Table, batch: Pending<R>) -> anyhow::Result<()>
     where
+        R: Serialize + Clone + Send + Sync + 'static,
         for<'a> R: clickhouse::Row<Value<'a> = R>,
     {
         if !batch.rows.is_empty() {
@@ -544,10 +541,10 @@ impl Sink {
                 tpl.add_partition_offset(&topic, *p, Offset::Offset(c.next))?;
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-                tracing::warn!(error = %e, "sink offset commit failed; resume uses clickhouse offsets");
-            }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "sink offset commit failed; resume uses clickhouse offsets");
         }
         if batch.rows.is_empty() {
             self.health
@@ -561,7 +558,7 @@ impl Sink {
     /// ClickHouse refuses.
     async fn insert_all<R>(&self, table: Table, rows: &[R], sources: &[(i32, i64)])
     where
-        R: clickhouse::Row + Serialize + Clone + Send + Sync + 'static,
+        R: Serialize + Clone + Send + Sync + 'static,
         for<'a> R: clickhouse::Row<Value<'a> = R>,
     {
         let mut stack: Vec<(usize, usize)> = vec![(0, rows.len())];
@@ -607,7 +604,7 @@ async fn insert_rows<R>(
     rows: &[R],
 ) -> Result<(), clickhouse::error::Error>
 where
-    R: clickhouse::Row + Serialize + Send + Sync + 'static,
+    R: Serialize + Send + Sync + 'static,
     for<'a> R: clickhouse::Row<Value<'a> = R>,
 {
     let mut ins = ch.insert::<R>(table).await?;

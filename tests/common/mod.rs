@@ -48,6 +48,9 @@ pub fn unique(name: &str) -> String {
     format!("{name}_{}_{n}", std::process::id())
 }
 
+/// One message read back: offset, key, payload.
+pub type Record = (i64, Vec<u8>, Vec<u8>);
+
 /// One isolated test environment.
 pub struct TestEnv {
     pub name: String,
@@ -217,7 +220,7 @@ impl TestEnv {
     }
 
     /// Every message of a topic, per partition in offset order.
-    pub fn read_topic(&self, topic: &str) -> BTreeMap<i32, Vec<(i64, Vec<u8>, Vec<u8>)>> {
+    pub fn read_topic(&self, topic: &str) -> BTreeMap<i32, Vec<Record>> {
         let c = self.consumer();
         let md = c
             .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -238,15 +241,15 @@ impl TestEnv {
                 let mut next = low;
                 while next < high {
                     assert!(Instant::now() < deadline, "timed out reading {topic}/{p}");
-                    if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-                        if m.offset() >= next {
-                            msgs.push((
-                                m.offset(),
-                                m.key().unwrap_or_default().to_vec(),
-                                m.payload().unwrap_or_default().to_vec(),
-                            ));
-                            next = m.offset() + 1;
-                        }
+                    if let Some(Ok(m)) = c.poll(Duration::from_millis(200))
+                        && m.offset() >= next
+                    {
+                        msgs.push((
+                            m.offset(),
+                            m.key().unwrap_or_default().to_vec(),
+                            m.payload().unwrap_or_default().to_vec(),
+                        ));
+                        next = m.offset() + 1;
                     }
                 }
             }
@@ -355,7 +358,7 @@ impl TestEnv {
     pub fn ch(&self, sql: &str) -> String {
         ch_query(
             &self.cfg.clickhouse.url,
-            &format!("{sql}").replace("{db}", &self.cfg.clickhouse.database),
+            &sql.replace("{db}", &self.cfg.clickhouse.database),
         )
     }
 }

@@ -83,14 +83,14 @@ impl UsageEvent {
     /// Hash of the event's meaning (not its bytes): equal for the same content written with
     /// other key order or number spelling. Used to tell a retry from a conflicting duplicate.
     pub fn content_hash(&self) -> u64 {
-        let mut h = Xxh3::new();
-        let mut put = |s: &str| {
-            h.update(&(s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
+        let h = std::cell::RefCell::new(Xxh3::new());
+        let put_bytes = |b: &[u8]| h.borrow_mut().update(b);
+        let put = |s: &str| {
+            put_bytes(&(s.len() as u64).to_le_bytes());
+            put_bytes(s.as_bytes());
         };
         put(self.kind.as_str());
         put(&self.event_id);
-        put(&self.occurred_at.timestamp_micros().to_string());
         put(&self.account_id);
         for f in [
             &self.asset_id,
@@ -108,13 +108,12 @@ impl UsageEvent {
         q.sort_by(|a, b| a.0.cmp(b.0));
         for (u, v) in q {
             put(u);
-            put(&v.to_string());
+            put_bytes(&v.serialize());
         }
-        put(&format!(
-            "{:?}/{:?}",
-            self.expected_calls, self.after_offset
-        ));
-        h.digest()
+        put_bytes(&self.occurred_at.timestamp_micros().to_le_bytes());
+        put_bytes(&self.expected_calls.map_or(-1, i64::from).to_le_bytes());
+        put_bytes(&self.after_offset.unwrap_or(-1).to_le_bytes());
+        h.borrow().digest()
     }
 }
 
@@ -165,25 +164,34 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<UsageEvent, Rejection>
             ),
         ));
     }
-    let text = std::str::from_utf8(payload).map_err(|e| {
-        reject(
-            RejectReason::InvalidEncoding,
-            format!(
-                "payload is not utf-8 (invalid byte at position {})",
-                e.valid_up_to()
-            ),
-        )
-    })?;
-    if !text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
-        return Err(reject(
-            RejectReason::InvalidJson,
-            format!("payload must be a json object, got {}", excerpt(text)),
-        ));
+    let encoding = |payload: &[u8]| {
+        std::str::from_utf8(payload).err().map(|e| {
+            reject(
+                RejectReason::InvalidEncoding,
+                format!(
+                    "payload is not utf-8 (invalid byte at position {})",
+                    e.valid_up_to()
+                ),
+            )
+        })
+    };
+    let first = payload
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(encoding(payload).unwrap_or_else(|| {
+            reject(
+                RejectReason::InvalidJson,
+                format!(
+                    "payload must be a json object, got {}",
+                    excerpt(&String::from_utf8_lossy(payload))
+                ),
+            )
+        }));
     }
-    let wire: Wire<'_> = serde_json::from_str(text).map_err(classify_json_error)?;
+    // serde_json checks utf-8 inside strings; everything outside them is ascii by grammar.
+    let wire: Wire<'_> = serde_json::from_slice(payload)
+        .map_err(|e| encoding(payload).unwrap_or_else(|| classify_json_error(e)))?;
     validate(&wire)
 }
 

@@ -13,6 +13,9 @@ use usage_aggregator::config::Config;
 use usage_aggregator::loadgen::{Workload, WorkloadSpec};
 use usage_aggregator::{bench, catalog_feed, kafka, offline, report, sink};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "usage-aggregator",

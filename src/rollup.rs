@@ -7,7 +7,7 @@
 
 pub mod dedupe;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -20,6 +20,10 @@ use crate::money;
 use crate::rating::price_call;
 use crate::rejection::{RejectReason, Rejection, excerpt};
 use dedupe::{DedupeWindow, HashKeyed, Seen};
+
+/// Map keyed by execution id with a fast, non-cryptographic hash (keys come from our own
+/// producers' ids; flooding them only costs the flooder's partition).
+type FastMap<V> = std::collections::HashMap<String, V, xxhash_rust::xxh3::Xxh3Builder>;
 
 /// Rules of the rollup; part of the determinism contract (changing them changes replays).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +132,7 @@ impl PartitionSnapshot {
 pub struct PartitionRollup {
     cfg: RollupConfig,
     partition: i32,
-    open: HashMap<String, OpenExecution>,
+    open: FastMap<OpenExecution>,
     open_by_first_offset: BTreeMap<i64, String>,
     closed: HashKeyed<ClosedExecution>,
     closed_order: VecDeque<(i64, u64)>,
@@ -142,7 +146,7 @@ impl PartitionRollup {
         PartitionRollup {
             cfg,
             partition,
-            open: HashMap::new(),
+            open: FastMap::default(),
             open_by_first_offset: BTreeMap::new(),
             closed: HashKeyed::default(),
             closed_order: VecDeque::new(),

@@ -222,7 +222,7 @@ impl Default for SinkConfig {
             batch_rows: 100_000,
             batch_bytes: 32 << 20,
             batch_age: Duration::from_secs(1),
-            dedupe_window_rows: 500_000,
+            dedupe_window_rows: 100_000,
             max_backoff: Duration::from_secs(10),
         }
     }

@@ -44,6 +44,7 @@ pub fn reader_config(cfg: &Config) -> ClientConfig {
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
+            ("fetch.wait.max.ms", "10"),
         ],
     );
     // Readers assign partitions; they never join a group, so no instance id either.
@@ -63,7 +64,7 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
             ("linger.ms", "5"),
             ("compression.type", "lz4"),
             ("queue.buffering.max.messages", &max),
-            ("queue.buffering.max.kbytes", "1048576"),
+            ("queue.buffering.max.kbytes", "262144"),
             ("message.timeout.ms", "120000"),
         ],
     );

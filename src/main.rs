@@ -131,7 +131,8 @@ fn init_logging(cfg: &Config, json: bool) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json || cfg.log.format == "json" {
         b.json().flatten_event(true).init();
     } else {

@@ -43,23 +43,34 @@ pub enum PipelineError {
     DeliveryFailed(u64),
 }
 
-/// Producer context: counts failed deliveries, records acknowledgement latency.
+/// Epoch slots tracked at once; an epoch lasts one checkpoint interval.
+const EPOCH_SLOTS: usize = 256;
+/// Low bits of a delivery opaque: send time in microseconds (wraps after ~12 days).
+const STAMP_BITS: u32 = 40;
+const STAMP_MASK: usize = (1 << STAMP_BITS) - 1;
+
+/// Producer context: counts unacknowledged messages per checkpoint epoch and failed
+/// deliveries, records acknowledgement latency. A checkpoint waits for its epochs to drain
+/// instead of blocking the consumer loop on a flush.
 pub struct OutputContext {
     started: Instant,
     failed: AtomicU64,
+    outstanding: [AtomicU64; EPOCH_SLOTS],
 }
 
 impl ClientContext for OutputContext {}
 
 impl ProducerContext for OutputContext {
     type DeliveryOpaque = usize;
-    fn delivery(&self, result: &DeliveryResult<'_>, sent_at_us: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        self.outstanding[opaque >> STAMP_BITS].fetch_sub(1, Ordering::AcqRel);
         match result {
             Ok(_) => {
                 let now = self.started.elapsed().as_micros() as usize;
+                let sent = opaque & STAMP_MASK;
                 METRICS
                     .produce_latency
-                    .observe(now.saturating_sub(sent_at_us) as f64 / 1e6);
+                    .observe((now.wrapping_sub(sent) & STAMP_MASK) as f64 / 1e6);
             }
             Err((e, m)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -71,9 +82,40 @@ impl ProducerContext for OutputContext {
 }
 
 impl OutputContext {
-    fn stamp(&self) -> usize {
-        self.started.elapsed().as_micros() as usize
+    fn new() -> Self {
+        OutputContext {
+            started: Instant::now(),
+            failed: AtomicU64::new(0),
+            outstanding: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
+
+    /// Counts one message of `epoch` as in flight; returns its delivery opaque.
+    pub fn sending(&self, epoch: u64) -> usize {
+        let slot = (epoch % EPOCH_SLOTS as u64) as usize;
+        self.outstanding[slot].fetch_add(1, Ordering::AcqRel);
+        (slot << STAMP_BITS) | (self.started.elapsed().as_micros() as usize & STAMP_MASK)
+    }
+
+    /// A message counted by [`Self::sending`] was never queued.
+    pub fn not_sent(&self, opaque: usize) {
+        self.outstanding[opaque >> STAMP_BITS].fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn in_flight(&self, epoch: u64) -> u64 {
+        self.outstanding[(epoch % EPOCH_SLOTS as u64) as usize].load(Ordering::Acquire)
+    }
+}
+
+/// A checkpoint in progress: outputs before `next_offset`s are waited for (epoch
+/// `outputs_epoch`), then snapshots are written (epoch `snapshot_epoch`) and waited for,
+/// then the offsets are committed.
+struct PendingCheckpoint {
+    started: Instant,
+    outputs_epoch: u64,
+    snapshots: Vec<(i32, crate::rollup::PartitionSnapshot)>,
+    offsets: Vec<(i32, i64)>,
+    snapshot_epoch: Option<u64>,
 }
 
 struct PartitionState {
@@ -136,6 +178,11 @@ pub struct Engine {
     health: Arc<Health>,
     hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     warned_rejects: u64,
+    /// Current output epoch; every output is counted in it until acknowledged.
+    epoch: u64,
+    /// Every epoch below this one is known to be fully acknowledged.
+    acked_below: u64,
+    pending: std::collections::VecDeque<PendingCheckpoint>,
 }
 
 impl Engine {
@@ -145,11 +192,8 @@ impl Engine {
         health: Arc<Health>,
         hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     ) -> Result<Engine, PipelineError> {
-        let producer: ThreadedProducer<OutputContext> = kafka::producer_config(cfg)
-            .create_with_context(OutputContext {
-                started: Instant::now(),
-                failed: AtomicU64::new(0),
-            })?;
+        let producer: ThreadedProducer<OutputContext> =
+            kafka::producer_config(cfg).create_with_context(OutputContext::new())?;
         let reader: BaseConsumer = kafka::reader_config(cfg).create()?;
         let md = reader.fetch_metadata(Some(&cfg.topics.state), Duration::from_secs(10))?;
         let state_partitions = md
@@ -175,6 +219,9 @@ impl Engine {
             health,
             hi_offsets,
             warned_rejects: 0,
+            epoch: 0,
+            acked_below: 0,
+            pending: std::collections::VecDeque::new(),
         })
     }
 
@@ -187,7 +234,7 @@ impl Engine {
         }
     }
 
-    fn ensure_partition(&mut self, partition: i32, first_offset: i64) -> Result<(), PipelineError> {
+    fn ensure_partition(&mut self, partition: i32) -> Result<(), PipelineError> {
         if self.parts.contains_key(&partition) {
             return Ok(());
         }
@@ -217,13 +264,10 @@ impl Engine {
                 }
             }
             None => {
-                if first_offset > 0 {
-                    tracing::warn!(
-                        partition,
-                        first_offset,
-                        "no state snapshot for partition; starting with empty state"
-                    );
-                }
+                tracing::info!(
+                    partition,
+                    "no state snapshot for partition; starting with empty state"
+                );
                 PartitionState {
                     rollup: PartitionRollup::new(self.rules.clone(), partition),
                     from_snapshot: false,
@@ -246,7 +290,7 @@ impl Engine {
         m: &BorrowedMessage<'_>,
     ) -> Result<(), PipelineError> {
         let (p, o) = (m.partition(), m.offset());
-        self.ensure_partition(p, o)?;
+        self.ensure_partition(p)?;
         let st = self.parts.get_mut(&p).expect("ensured");
         let next = st.rollup.next_offset();
         if st.from_snapshot && o != next {
@@ -301,6 +345,7 @@ impl Engine {
                 let bytes = l.encode();
                 send(
                     &self.producer,
+                    self.epoch,
                     &topics.priced_usage,
                     l.account_id.as_bytes(),
                     &bytes,
@@ -314,6 +359,7 @@ impl Engine {
                 let bytes = d.encode();
                 send(
                     &self.producer,
+                    self.epoch,
                     &topics.debits,
                     d.account_id.as_bytes(),
                     &bytes,
@@ -329,6 +375,7 @@ impl Engine {
                 let bytes = serde_json::to_vec(&dl).expect("dead letter serializes");
                 send(
                     &self.producer,
+                    self.epoch,
                     &topics.dead_letter,
                     dl.id().as_bytes(),
                     &bytes,
@@ -338,60 +385,126 @@ impl Engine {
         }
     }
 
-    /// Makes everything processed so far durable: outputs acknowledged, snapshots written,
-    /// offsets committed. `only` limits it to some partitions (revoke).
-    fn checkpoint<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-        only: Option<&[i32]>,
-    ) -> Result<(), PipelineError> {
-        let started = Instant::now();
+    /// Starts a checkpoint at the current offsets without blocking: captures the snapshots
+    /// of changed partitions and closes the current output epoch.
+    fn checkpoint_begin(&mut self) {
         self.counts.flush();
-        let timeout = self.cfg.pipeline.drain_timeout;
-        self.producer.flush(timeout)?;
-        self.check_deliveries()?;
-        let mut tpl = TopicPartitionList::new();
-        let mut wrote = false;
         let mut parts: Vec<i32> = self.parts.keys().copied().collect();
         parts.sort_unstable();
+        let mut cp = PendingCheckpoint {
+            started: Instant::now(),
+            outputs_epoch: self.epoch,
+            snapshots: Vec::new(),
+            offsets: Vec::new(),
+            snapshot_epoch: None,
+        };
         for p in parts {
-            if only.is_some_and(|o| !o.contains(&p)) {
-                continue;
-            }
-            let st = &self.parts[&p];
+            let st = self.parts.get_mut(&p).expect("listed");
             if st.dirty {
-                let snap = st.rollup.snapshot();
-                write_snapshot(
-                    &self.producer,
-                    &self.location(p),
-                    &snap,
-                    &self.rules_fingerprint,
-                    self.producer.context().stamp(),
-                )?;
-                wrote = true;
-            }
-            tpl.add_partition_offset(
-                &self.cfg.topics.usage_events,
-                p,
-                Offset::Offset(st.rollup.next_offset()),
-            )?;
-        }
-        if wrote {
-            self.producer.flush(timeout)?;
-            self.check_deliveries()?;
-        }
-        if tpl.count() > 0 {
-            consumer.commit(&tpl, CommitMode::Sync)?;
-        }
-        for st in self.parts.values_mut() {
-            if only.is_none_or(|o| o.contains(&st.rollup.partition())) {
+                cp.snapshots.push((p, st.rollup.snapshot()));
                 st.dirty = false;
+            }
+            cp.offsets.push((p, st.rollup.next_offset()));
+        }
+        self.next_epoch();
+        self.pending.push_back(cp);
+    }
+
+    fn next_epoch(&mut self) {
+        self.epoch += 1;
+        // The slot of the new epoch must be free (its previous user acknowledged).
+        if self.producer.context().in_flight(self.epoch) > 0 {
+            let _ = self.producer.flush(self.cfg.pipeline.drain_timeout);
+        }
+    }
+
+    fn acked_through(&mut self, epoch: u64) -> bool {
+        while self.acked_below <= epoch {
+            if self.acked_below >= self.epoch
+                || self.producer.context().in_flight(self.acked_below) > 0
+            {
+                return false;
+            }
+            self.acked_below += 1;
+        }
+        true
+    }
+
+    /// Moves pending checkpoints forward: writes snapshots once the outputs before them are
+    /// acknowledged, commits offsets once the snapshots are.
+    fn checkpoint_advance<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        mode: CommitMode,
+    ) -> Result<(), PipelineError> {
+        self.check_deliveries()?;
+        while let Some(cp) = self.pending.front() {
+            match cp.snapshot_epoch {
+                None => {
+                    let e = cp.outputs_epoch;
+                    if !self.acked_through(e) {
+                        break;
+                    }
+                    let epoch = self.epoch;
+                    let cp = self.pending.front_mut().expect("front");
+                    for (p, snap) in &cp.snapshots {
+                        let loc = StateLocation {
+                            state_topic: &self.cfg.topics.state,
+                            state_partitions: self.state_partitions,
+                            input_topic: &self.cfg.topics.usage_events,
+                            partition: *p,
+                        };
+                        write_snapshot(&self.producer, &loc, snap, &self.rules_fingerprint, epoch)?;
+                    }
+                    cp.snapshot_epoch = Some(epoch);
+                    self.next_epoch();
+                }
+                Some(e) => {
+                    if !self.acked_through(e) {
+                        break;
+                    }
+                    let cp = self.pending.pop_front().expect("front");
+                    let mut tpl = TopicPartitionList::new();
+                    for (p, o) in &cp.offsets {
+                        if self.parts.contains_key(p) {
+                            tpl.add_partition_offset(
+                                &self.cfg.topics.usage_events,
+                                *p,
+                                Offset::Offset(*o),
+                            )?;
+                        }
+                    }
+                    if tpl.count() > 0 {
+                        consumer.commit(&tpl, mode)?;
+                    }
+                    METRICS
+                        .checkpoint_duration
+                        .observe(cp.started.elapsed().as_secs_f64());
+                }
             }
         }
         self.update_gauges();
-        METRICS
-            .checkpoint_duration
-            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Makes everything processed so far durable before returning (revoke, shutdown):
+    /// outputs acknowledged, snapshots written, offsets committed synchronously.
+    fn checkpoint_now<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
+        self.checkpoint_begin();
+        let deadline = Instant::now() + self.cfg.pipeline.drain_timeout;
+        while !self.pending.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PipelineError::Kafka(KafkaError::Flush(
+                    RDKafkaErrorCode::OperationTimedOut,
+                )));
+            }
+            self.producer.flush(left)?;
+            self.checkpoint_advance(consumer, CommitMode::Sync)?;
+        }
         Ok(())
     }
 
@@ -443,6 +556,7 @@ impl Engine {
                 );
                 send(
                     &self.producer,
+                    self.epoch,
                     &self.cfg.topics.usage_events,
                     idle.execution_id.as_bytes(),
                     &bytes,
@@ -480,12 +594,14 @@ fn decimal_f64(d: &Debit) -> f64 {
 /// Sends one message, waiting (backpressure) while the producer queue is full.
 fn send(
     producer: &ThreadedProducer<OutputContext>,
+    epoch: u64,
     topic: &str,
     key: &[u8],
     payload: &[u8],
     partition: Option<i32>,
 ) -> Result<(), PipelineError> {
-    let mut rec = BaseRecord::with_opaque_to(topic, producer.context().stamp())
+    let opaque = producer.context().sending(epoch);
+    let mut rec = BaseRecord::with_opaque_to(topic, opaque)
         .key(key)
         .payload(payload);
     if let Some(p) = partition {
@@ -503,7 +619,10 @@ fn send(
                 rec = r;
                 std::thread::sleep(Duration::from_millis(2));
             }
-            Err((e, _)) => return Err(e.into()),
+            Err((e, _)) => {
+                producer.context().not_sent(opaque);
+                return Err(e.into());
+            }
         }
     }
     if paused {
@@ -539,7 +658,7 @@ impl ConsumerContext for InputContext {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             let mut engine = lock(&self.engine);
             tracing::info!(partitions = ?parts, "partitions revoked; checkpointing them");
-            if let Err(e) = engine.checkpoint(consumer, Some(&parts)) {
+            if let Err(e) = engine.checkpoint_now(consumer) {
                 tracing::error!(error = %e, "checkpoint on revoke failed; the next owner replays from the last snapshot");
                 *self.fatal.lock().expect("fatal lock") = Some(e);
             }
@@ -552,6 +671,16 @@ impl ConsumerContext for InputContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(partitions = ?parts, "partitions assigned");
+            // Restore now, not on the first message: open executions of an idle partition
+            // must still time out, and the running-cost API must see them.
+            let mut engine = lock(&self.engine);
+            for p in parts {
+                if let Err(e) = engine.ensure_partition(p) {
+                    tracing::error!(error = %e, partition = p, "cannot restore partition state");
+                    *self.fatal.lock().expect("fatal lock") = Some(e);
+                    break;
+                }
+            }
         }
     }
 }
@@ -605,6 +734,8 @@ impl Pipeline {
                 ("statistics.interval.ms", "1000"),
                 ("queued.max.messages.kbytes", "32768"),
                 ("fetch.max.bytes", "16777216"),
+                // Low fetch wait: a debit follows its execution_finished within milliseconds.
+                ("fetch.wait.max.ms", "20"),
             ],
         );
         let consumer: BaseConsumer<InputContext> = c.create_with_context(InputContext {
@@ -680,16 +811,20 @@ impl Pipeline {
                 }
                 last_markers = Instant::now();
             }
-            if last_checkpoint.elapsed() >= interval {
-                if let Err(e) = lock(&self.engine).checkpoint(&self.consumer, None) {
+            {
+                let mut engine = lock(&self.engine);
+                if last_checkpoint.elapsed() >= interval {
+                    engine.checkpoint_begin();
+                    last_checkpoint = Instant::now();
+                }
+                if let Err(e) = engine.checkpoint_advance(&self.consumer, CommitMode::Async) {
                     break Err(e);
                 }
-                last_checkpoint = Instant::now();
             }
         };
         if result.is_ok() {
             tracing::info!("draining: final checkpoint");
-            lock(&self.engine).checkpoint(&self.consumer, None)?;
+            lock(&self.engine).checkpoint_now(&self.consumer)?;
         }
         self.consumer.unsubscribe();
         result

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +72,7 @@ pub fn write_snapshot(
     loc: &StateLocation<'_>,
     snap: &PartitionSnapshot,
     rules: &str,
-    stamp: usize,
+    epoch: u64,
 ) -> Result<usize, StateError> {
     let data = bincode::serialize(snap).map_err(|e| StateError::Corrupt {
         partition: loc.partition,
@@ -97,7 +97,8 @@ pub fn write_snapshot(
             data: c.to_vec(),
         };
         let bytes = bincode::serialize(&chunk).expect("chunk serializes");
-        let mut rec = BaseRecord::with_opaque_to(loc.state_topic, stamp)
+        let opaque = producer.context().sending(epoch);
+        let mut rec = BaseRecord::with_opaque_to(loc.state_topic, opaque)
             .key(&key)
             .payload(&bytes)
             .partition(loc.state_partition());
@@ -113,7 +114,10 @@ pub fn write_snapshot(
                     rec = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((e, _)) => return Err(e.into()),
+                Err((e, _)) => {
+                    producer.context().not_sent(opaque);
+                    return Err(e.into());
+                }
             }
         }
     }

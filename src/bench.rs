@@ -76,6 +76,12 @@ pub struct BenchArgs {
     /// Seconds of the live phase at half the measured rate (debit latency, steady RSS).
     #[arg(long, default_value_t = 20)]
     pub live_seconds: u64,
+    /// Events/s of the live phase; default: half the measured drain rate.
+    #[arg(long)]
+    pub live_rate: Option<f64>,
+    /// Stages the measured aggregator runs (pipeline alone isolates the sink's share).
+    #[arg(long, default_value = "all")]
+    pub role: String,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench-results.json")]
     pub output: std::path::PathBuf,
@@ -292,7 +298,7 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     ];
     let log = std::fs::File::create(std::env::temp_dir().join(format!("{tag}.log")))?;
     let mut child = cmd
-        .arg("run")
+        .args(["run", "--role", &args.role])
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -318,6 +324,9 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
         let sink_lag = metric(&m, "usage_agg_sink_lag_messages");
         if drained_at.is_some() && sink_done_at.is_none() && rows > 0.0 && sink_lag == 0.0 {
             sink_done_at = Some(t0.elapsed());
+        }
+        if drained_at.is_some() && args.role == "pipeline" {
+            sink_done_at = drained_at;
         }
         if drained_at.is_some() && sink_done_at.is_some() {
             break;
@@ -351,7 +360,9 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     );
 
     // 4. Live phase at half the max rate: debit latency after execution_finished.
-    r.live_rate_events_per_s = (r.aggregator_events_per_s / 2.0).min(r.preload_events_per_s / 2.0);
+    r.live_rate_events_per_s = args
+        .live_rate
+        .unwrap_or((r.aggregator_events_per_s / 2.0).min(r.preload_events_per_s / 2.0));
     r.rss_at_live_start_mib = rss_now;
     let spec = crate::loadgen::WorkloadSpec {
         executions: u64::MAX / 4,

@@ -53,13 +53,16 @@ pub fn reader_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// A producer configuration: idempotent, ordered, acks from all replicas.
+/// A producer configuration: acks from all replicas. Not idempotent by default: the
+/// delivery guarantee does not need it (outputs are deterministic and deduplicated by id,
+/// and no consumer relies on their order), and the test broker answers idempotent produce
+/// requests ~15x slower (~150 ms vs ~10 ms). Turn it on with kafka.properties if wanted.
 pub fn producer_config(cfg: &Config) -> ClientConfig {
     let max = cfg.pipeline.max_in_flight.to_string();
     let mut c = client_config(
         cfg,
         &[
-            ("enable.idempotence", "true"),
+            ("enable.idempotence", "false"),
             ("acks", "all"),
             ("linger.ms", "5"),
             ("compression.type", "lz4"),

@@ -181,7 +181,7 @@ pub fn load_snapshot(
     loop {
         let from = (high - window).max(low);
         let mut partial: HashMap<u64, Vec<Option<Vec<u8>>>> = HashMap::new();
-        let mut latest: Option<(Vec<u8>, u64)> = None;
+        let mut latest: Option<(Vec<u8>, i64)> = None;
         let mut rules_seen = String::new();
         read_range(
             reader,
@@ -207,9 +207,12 @@ pub fn load_snapshot(
                     return;
                 }
                 slots[c.index as usize] = Some(c.data);
-                if c.index + 1 == c.count && slots.iter().all(Option::is_some) {
+                // Chunks may arrive in any order (producer retries); every complete snapshot
+                // is valid at its own offset, and the furthest one replays the least.
+                let furthest = latest.as_ref().is_none_or(|(_, at)| c.next_offset >= *at);
+                if furthest && slots.iter().all(Option::is_some) {
                     let bytes: Vec<u8> = slots.iter().flatten().flatten().copied().collect();
-                    latest = Some((bytes, c.snapshot_id));
+                    latest = Some((bytes, c.next_offset));
                     rules_seen = c.rules;
                 }
             },

@@ -348,3 +348,55 @@ fn metrics_match_what_was_sent_and_alerts_fire_once_per_crossing() {
     let (status, body) = http_get(&env.cfg.http.listen, "/readyz");
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn open_execution_bound_closes_oldest_and_shows_in_metrics() {
+    let mut env = TestEnv::new("bounds");
+    env.cfg.rollup.max_open_executions = 5;
+    env.cfg.rollup.execution_idle_timeout = Duration::from_secs(120);
+    env.write_config();
+    env.setup();
+    env.cli(&["catalog", "publish", "config/catalog.json"]);
+    env.spawn("pipeline", "agg.log");
+    let loader = env.loader();
+    let topic = env.cfg.topics.usage_events.clone();
+    // 30 executions that never finish, all on partition 0: the bound is 5 per partition.
+    for i in 0..30 {
+        let exec = format!("x{i:02}");
+        loader
+            .send_to(
+                &topic,
+                0,
+                &exec,
+                call(
+                    &format!("b{i}"),
+                    "2026-05-01T10:00:00Z",
+                    "acct",
+                    "tavily/web-search",
+                    Some(&exec),
+                    r#"{"requests":1}"#,
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+    }
+    loader.flush().unwrap();
+    env.wait_for("30 events consumed", Duration::from_secs(60), || {
+        metric(&env.metrics(), "usage_agg_pipeline_events_consumed_total") >= 30.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        metric(&env.metrics(), "usage_agg_rollup_open_executions"),
+        5.0
+    );
+    // The 25 oldest were closed and billed (with markup), in order; nothing crashed.
+    let d = debits(&env);
+    assert_eq!(d.len(), 25);
+    let mut execs: Vec<String> = d.iter().map(|d| d.execution_id.clone().unwrap()).collect();
+    execs.sort();
+    assert_eq!(execs.first().map(String::as_str), Some("x00"));
+    assert_eq!(execs.last().map(String::as_str), Some("x24"));
+    assert!(d.iter().all(|d| d.total.to_string() == "0.0096"));
+    let (status, _) = http_get(&env.cfg.http.listen, "/healthz");
+    assert_eq!(status, 200);
+}

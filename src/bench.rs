@@ -26,17 +26,7 @@ impl Loader {
     }
 
     pub fn send(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
-        let mut rec = BaseRecord::to(topic).key(key).payload(payload);
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        self.send_record(BaseRecord::to(topic).key(key).payload(payload))
     }
 
     pub fn send_to(
@@ -46,10 +36,15 @@ impl Loader {
         key: &str,
         payload: &[u8],
     ) -> anyhow::Result<()> {
-        let mut rec = BaseRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .partition(partition);
+        self.send_record(
+            BaseRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .partition(partition),
+        )
+    }
+
+    fn send_record(&self, mut rec: BaseRecord<'_, str, [u8]>) -> anyhow::Result<()> {
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),

@@ -426,36 +426,41 @@ impl PartitionRollup {
         if open.calls_priced == 0 {
             return;
         }
-        let markup = money::debit_markup(open.subtotal, self.cfg.markup_rate);
-        let breakdown = open
-            .breakdown
-            .into_iter()
-            .map(|(asset_id, a)| BreakdownLine {
-                asset_id,
-                asset_type: a.asset_type,
-                calls: a.calls,
-                quantities: a
-                    .quantities
-                    .into_iter()
-                    .map(|(u, q)| (u, q.normalize()))
-                    .collect(),
-                cost: a.cost.normalize(),
-            })
-            .collect();
-        out.push(Output::Debit(Debit {
-            debit_id: debit::execution_debit_id(&open.account_id, exec_id, &open.first_event_id),
+        let id = debit::execution_debit_id(&open.account_id, exec_id, &open.first_event_id);
+        out.push(Output::Debit(self.execution_debit(exec_id, &open, id)));
+    }
+
+    /// The debit of an execution's state (also its running cost, with an empty id).
+    fn execution_debit(&self, exec_id: &str, o: &OpenExecution, debit_id: String) -> Debit {
+        let markup = money::debit_markup(o.subtotal, self.cfg.markup_rate);
+        Debit {
+            debit_id,
             kind: DebitKind::AgentExecution,
-            account_id: open.account_id,
+            account_id: o.account_id.clone(),
             execution_id: Some(exec_id.to_string()),
-            subtotal: open.subtotal.normalize(),
+            subtotal: o.subtotal.normalize(),
             markup_rate: self.cfg.markup_rate.normalize(),
             markup,
-            total: (open.subtotal + markup).normalize(),
-            calls: open.calls_priced,
-            first_event_at: open.first_event_at,
-            last_event_at: open.last_event_at,
-            breakdown,
-        }));
+            total: (o.subtotal + markup).normalize(),
+            calls: o.calls_priced,
+            first_event_at: o.first_event_at,
+            last_event_at: o.last_event_at,
+            breakdown: o
+                .breakdown
+                .iter()
+                .map(|(asset_id, a)| BreakdownLine {
+                    asset_id: asset_id.clone(),
+                    asset_type: a.asset_type,
+                    calls: a.calls,
+                    quantities: a
+                        .quantities
+                        .iter()
+                        .map(|(u, q)| (u.clone(), q.normalize()))
+                        .collect(),
+                    cost: a.cost.normalize(),
+                })
+                .collect(),
+        }
     }
 
     fn remember_closed(&mut self, exec_hash: u64, account_hash: u64, offset: i64) {
@@ -518,31 +523,7 @@ impl PartitionRollup {
     /// The running cost of an open execution, for the real-time API.
     pub fn running_cost(&self, execution_id: &str) -> Option<Debit> {
         let o = self.open.get(execution_id)?;
-        let markup = money::debit_markup(o.subtotal, self.cfg.markup_rate);
-        Some(Debit {
-            debit_id: String::new(),
-            kind: DebitKind::AgentExecution,
-            account_id: o.account_id.clone(),
-            execution_id: Some(execution_id.to_string()),
-            subtotal: o.subtotal.normalize(),
-            markup_rate: self.cfg.markup_rate.normalize(),
-            markup,
-            total: (o.subtotal + markup).normalize(),
-            calls: o.calls_priced,
-            first_event_at: o.first_event_at,
-            last_event_at: o.last_event_at,
-            breakdown: o
-                .breakdown
-                .iter()
-                .map(|(asset_id, a)| BreakdownLine {
-                    asset_id: asset_id.clone(),
-                    asset_type: a.asset_type,
-                    calls: a.calls,
-                    quantities: a.quantities.clone(),
-                    cost: a.cost.normalize(),
-                })
-                .collect(),
-        })
+        Some(self.execution_debit(execution_id, o, String::new()))
     }
 
     /// The state to persist with `next_offset` (open executions and closed memory).

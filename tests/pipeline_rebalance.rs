@@ -42,12 +42,17 @@ fn produce_paced(
     })
 }
 
-#[test]
-fn rebalance_one_instance_stops_mid_stream() {
-    let mut env = TestEnv::new("rebalance");
+/// Two pipeline instances in one group, a paced workload flowing, both owning partitions.
+fn two_instances(
+    name: &str,
+    executions: u64,
+    direct: u64,
+    per_100ms: usize,
+) -> (TestEnv, usize, std::thread::JoinHandle<()>) {
+    let mut env = TestEnv::new(name);
     env.setup();
     env.cli(&["catalog", "publish", "config/catalog.json"]);
-    let a = env.spawn_with(
+    env.spawn_with(
         "pipeline",
         "a.log",
         &format!("127.0.0.1:{}", free_port()),
@@ -59,14 +64,19 @@ fn rebalance_one_instance_stops_mid_stream() {
         &format!("127.0.0.1:{}", free_port()),
         &[],
     );
-    let events = workload(&env, 1200, 3000);
-    let producer = produce_paced(&env, events, 400);
-    // Both members must own partitions before one of them leaves.
+    let events = workload(&env, executions, direct);
+    let producer = produce_paced(&env, events, per_100ms);
     env.wait_for(
         "both instances to own partitions",
         Duration::from_secs(60),
         || env.assignments("a.log") > 0 && env.assignments("b.log") > 0,
     );
+    (env, b, producer)
+}
+
+#[test]
+fn rebalance_one_instance_stops_mid_stream() {
+    let (mut env, b, producer) = two_instances("rebalance", 1200, 3000, 400);
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         env.terminate(b, Duration::from_secs(20)),
@@ -79,34 +89,12 @@ fn rebalance_one_instance_stops_mid_stream() {
             .contains("partitions revoked; checkpointing them")
     );
     assert!(env.assignments("a.log") >= 2, "a took over b's partitions");
-    let _ = a;
     eprintln!("rebalance: {} debits equal the oracle", oracle.debits.len());
 }
 
 #[test]
 fn rebalance_frozen_member_past_session_timeout_then_resumed() {
-    let mut env = TestEnv::new("rebalance_frozen");
-    env.setup();
-    env.cli(&["catalog", "publish", "config/catalog.json"]);
-    let _a = env.spawn_with(
-        "pipeline",
-        "a.log",
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    );
-    let b = env.spawn_with(
-        "pipeline",
-        "b.log",
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    );
-    let events = workload(&env, 1000, 2000);
-    let producer = produce_paced(&env, events, 300);
-    env.wait_for(
-        "both instances to own partitions",
-        Duration::from_secs(60),
-        || env.assignments("a.log") > 0 && env.assignments("b.log") > 0,
-    );
+    let (env, b, producer) = two_instances("rebalance_frozen", 1000, 2000, 300);
     std::thread::sleep(Duration::from_secs(2));
     env.signal(b, "STOP");
     let frozen = Instant::now();

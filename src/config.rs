@@ -158,7 +158,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             checkpoint_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(15),
-            max_in_flight: 200_000,
+            max_in_flight: 100_000,
         }
     }
 }

@@ -386,6 +386,29 @@ impl Sink {
         for id in &ids {
             recent.insert(id);
         }
+        // Offsets never go backwards: a high watermark below what ClickHouse holds means the
+        // topic was deleted and recreated. Resume from its start (the recent ids still
+        // catch rows that were already stored).
+        let topic = self.topic_of(table).to_string();
+        let consumer = self.consumer.clone();
+        let high = tokio::task::block_in_place(|| {
+            consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .map(|(_, h)| h)
+        });
+        let held_up_to = match high {
+            Ok(h) if h <= held_up_to => {
+                tracing::error!(
+                    topic,
+                    partition = p,
+                    high_watermark = h,
+                    clickhouse_offset = held_up_to,
+                    "output topic was recreated (its offsets restarted); resuming from its start"
+                );
+                -1
+            }
+            _ => held_up_to,
+        };
         Ok(Cursor {
             held_up_to,
             recent,

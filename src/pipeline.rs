@@ -813,7 +813,9 @@ impl Pipeline {
             }
             {
                 let mut engine = lock(&self.engine);
-                if last_checkpoint.elapsed() >= interval {
+                // At most two checkpoints in flight: when the broker acknowledges slowly,
+                // checkpoints space out instead of piling up snapshot copies in memory.
+                if last_checkpoint.elapsed() >= interval && engine.pending.len() < 2 {
                     engine.checkpoint_begin();
                     last_checkpoint = Instant::now();
                 }

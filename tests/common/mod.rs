@@ -475,10 +475,6 @@ pub fn parse_tsv_map(tsv: &str) -> HashMap<String, String> {
         .collect()
 }
 
-pub fn wait_path(p: &Path) -> bool {
-    p.exists()
-}
-
 /// A private ClickHouse server (for outage tests), configured like scripts/services does.
 pub struct PrivateClickHouse {
     pub url: String,

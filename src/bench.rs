@@ -74,6 +74,9 @@ pub struct BenchArgs {
     /// Events/s of the live phase; default: half the measured drain rate.
     #[arg(long)]
     pub live_rate: Option<f64>,
+    /// Aggregator processes sharing the consumer groups (scale-out run).
+    #[arg(long, default_value_t = 1)]
+    pub instances: u32,
     /// Stages the measured aggregator runs (pipeline alone isolates the sink's share).
     #[arg(long, default_value = "all")]
     pub role: String,
@@ -86,6 +89,7 @@ pub struct BenchArgs {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct BenchReport {
     pub events: u64,
+    pub instances: u32,
     pub partitions: i32,
     pub preload_events_per_s: f64,
     pub baseline_consumer_events_per_s: f64,
@@ -292,13 +296,31 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
         ("USAGE_AGG__LOG__FILTER", "warn".into()),
     ];
     let log = std::fs::File::create(std::env::temp_dir().join(format!("{tag}.log")))?;
-    let mut child = cmd
-        .args(["run", "--role", &args.role])
+    cmd.args(["run", "--role", &args.role])
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let pid = child.id();
+        .stderr(log);
+    let mut children = Vec::new();
+    let mut listens = Vec::new();
+    for i in 0..args.instances.max(1) {
+        let listen = format!("127.0.0.1:{}", 19464 + i);
+        children.push(cmd.env("USAGE_AGG__HTTP__LISTEN", &listen).spawn()?);
+        listens.push(listen);
+    }
+    r.instances = args.instances.max(1);
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let scrape_all = || {
+        listens
+            .iter()
+            .map(|l| scrape(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let stats_all = || {
+        pids.iter()
+            .map(|p| proc_stats(*p))
+            .fold((0.0, 0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1, a.2 + s.2))
+    };
     let t0 = Instant::now();
     let mut drained_at = None;
     let mut sink_done_at = None;
@@ -307,7 +329,7 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let deadline = Duration::from_secs(900);
     while t0.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let m = scrape(&b.http.listen);
+        let m = scrape_all();
         let consumed = metric(&m, "usage_agg_pipeline_events_consumed_total");
         if consumed > 0.0 && first_event_at.is_none() {
             first_event_at = Some(t0.elapsed());
@@ -327,7 +349,7 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let (rss_now, peak, cpu) = proc_stats(pid);
+    let (rss_now, peak, cpu) = stats_all();
     let drained = drained_at
         .ok_or_else(|| anyhow::anyhow!("the aggregator did not drain within {deadline:?}"))?;
     let start = first_event_at.unwrap_or_default();
@@ -344,7 +366,8 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
             .as_secs_f64()
             .max(1e-3);
     println!(
-        "aggregator: drained {events} events in {:.1} s ({:.0} events/s sustained, {:.0}% of the plain consumer), peak RSS {:.0} MiB, {:.1} CPU s per 1M events; clickhouse {} rows at {:.0} rows/s",
+        "aggregator ({} instance(s)): drained {events} events in {:.1} s ({:.0} events/s sustained, {:.0}% of the plain consumer), peak RSS {:.0} MiB, {:.1} CPU s per 1M events; clickhouse {} rows at {:.0} rows/s",
+        r.instances,
         r.time_to_drain_s,
         r.aggregator_events_per_s,
         r.ratio_to_baseline * 100.0,
@@ -428,7 +451,7 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     r.live_events = sent;
-    let (rss_end, _, _) = proc_stats(pid);
+    let (rss_end, _, _) = stats_all();
     r.rss_at_live_end_mib = rss_end;
     latencies.sort_by(|a: &f64, b| a.total_cmp(b));
     r.debit_latency_samples = latencies.len();
@@ -445,10 +468,17 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
         rss_now,
         rss_end
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-s", "TERM", &pid.to_string()])
-        .status();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    for pid in &pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "TERM", &pid.to_string()])
+            .status();
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for mut c in children {
+            let _ = c.wait();
+        }
+    })
+    .await;
     std::fs::write(&args.output, serde_json::to_vec_pretty(&r)?)?;
     println!("figures written to {}", args.output.display());
     fn observe(

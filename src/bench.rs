@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 use crate::kafka;
@@ -26,7 +24,7 @@ impl Loader {
     }
 
     pub fn send(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
-        self.send_record(BaseRecord::to(topic).key(key).payload(payload))
+        self.send_record(BaseRecord::to(topic).key(key.as_bytes()).payload(payload))
     }
 
     pub fn send_to(
@@ -38,23 +36,14 @@ impl Loader {
     ) -> anyhow::Result<()> {
         self.send_record(
             BaseRecord::to(topic)
-                .key(key)
+                .key(key.as_bytes())
                 .payload(payload)
                 .partition(partition),
         )
     }
 
-    fn send_record(&self, mut rec: BaseRecord<'_, str, [u8]>) -> anyhow::Result<()> {
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+    fn send_record(&self, rec: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+        kafka::send_with_backpressure(&self.producer, rec).map_err(|(e, _)| e.into())
     }
 
     pub fn flush(&self) -> anyhow::Result<()> {

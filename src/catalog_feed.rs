@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -60,8 +61,9 @@ impl CatalogFeed {
         ))
     }
 
-    /// Assigns every partition from the beginning and reads up to the current end.
-    /// Returns the number of versions loaded.
+    /// Assigns every partition from the beginning and reads up to the current end (the
+    /// end-of-partition event: a compacted topic has offset gaps). Returns the number of
+    /// versions loaded.
     pub fn load_initial(&self, timeout: Duration) -> anyhow::Result<usize> {
         let md = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
         let parts: Vec<i32> = md
@@ -70,26 +72,29 @@ impl CatalogFeed {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         let mut tpl = TopicPartitionList::new();
-        let mut ends = Vec::new();
+        let mut pending = std::collections::HashSet::new();
         for p in &parts {
             tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
-            let (_, high) = self.consumer.fetch_watermarks(&self.topic, *p, timeout)?;
-            ends.push((*p, high));
+            let (low, high) = self.consumer.fetch_watermarks(&self.topic, *p, timeout)?;
+            if high > low {
+                pending.insert(*p);
+            }
         }
         self.consumer.assign(&tpl)?;
         let deadline = Instant::now() + timeout;
-        let mut pos: std::collections::HashMap<i32, i64> = parts.iter().map(|p| (*p, 0)).collect();
-        while ends.iter().any(|(p, h)| pos[p] < *h) && Instant::now() < deadline {
-            self.poll_once(Duration::from_millis(200), &mut pos);
+        while !pending.is_empty() && Instant::now() < deadline {
+            if let Some(p) = self.poll_once(Duration::from_millis(200)) {
+                pending.remove(&p);
+            }
         }
         Ok(self.handle.load().version_count())
     }
 
-    fn poll_once(&self, wait: Duration, pos: &mut std::collections::HashMap<i32, i64>) {
+    /// Applies at most one message; returns the partition that reached its end, if any.
+    fn poll_once(&self, wait: Duration) -> Option<i32> {
         match self.consumer.poll(wait) {
             Some(Ok(m)) => {
-                pos.insert(m.partition(), m.offset() + 1);
-                let Some(payload) = m.payload() else { return };
+                let payload = m.payload()?;
                 match Catalog::parse_version(payload) {
                     Ok(v) => {
                         let mut next = Catalog::clone(&self.handle.load());
@@ -112,17 +117,21 @@ impl CatalogFeed {
                         tracing::error!(error = %e, offset = m.offset(), "catalog message is not a valid price version");
                     }
                 }
+                None
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "catalog read error"),
-            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => Some(p),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "catalog read error");
+                None
+            }
+            None => None,
         }
     }
 
     /// Follows the topic until `stop` is set.
     pub fn follow(self, stop: Arc<AtomicBool>) {
-        let mut pos = std::collections::HashMap::new();
         while !stop.load(Ordering::Relaxed) {
-            self.poll_once(Duration::from_millis(250), &mut pos);
+            self.poll_once(Duration::from_millis(250));
             if let Some(t) = self.handle.load().updated_at {
                 let age = (chrono::Utc::now() - t).num_milliseconds() as f64 / 1000.0;
                 METRICS.catalog_age.set(age);

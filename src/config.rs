@@ -48,6 +48,15 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub sink_group_id: String,
     pub alerts_group_id: String,
+    /// This instance's stable name (e.g. the pod name of a StatefulSet), unique among the
+    /// instances of one deployment. It becomes the static group membership id
+    /// (`group.instance.id` = `<instance_id>-<stage>`), so a restarted instance takes its
+    /// partitions back without waiting for a session timeout, and the pipeline's
+    /// `transactional.id` (`<group_id>-pipeline-<instance_id>`), so a restart fences and aborts
+    /// the crashed instance's open transaction at once. Unset: a random transactional id and
+    /// dynamic membership (correct, but a crashed transaction holds back `read_committed`
+    /// readers until `pipeline.transaction_timeout`).
+    pub instance_id: Option<String>,
     /// librdkafka properties passed through as they are (SASL, TLS, timeouts).
     pub properties: BTreeMap<String, String>,
 }
@@ -59,6 +68,7 @@ impl Default for KafkaConfig {
             group_id: "usage-aggregator".into(),
             sink_group_id: "usage-aggregator-sink".into(),
             alerts_group_id: "usage-aggregator-alerts".into(),
+            instance_id: None,
             properties: BTreeMap::new(),
         }
     }
@@ -151,6 +161,27 @@ pub struct PipelineConfig {
     pub drain_timeout: Duration,
     /// Produced messages not yet acknowledged before consumption pauses.
     pub max_in_flight: usize,
+    /// How outputs, state snapshots and input offsets are made durable together.
+    pub delivery: Delivery,
+    /// `exactly_once`: the Kafka transaction timeout (`transaction.timeout.ms`). A transaction
+    /// left open by a crashed instance without `kafka.instance_id` is aborted by the broker
+    /// after this long; must stay below the broker's `transaction.max.timeout.ms`.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+}
+
+/// The pipeline's delivery guarantee (see docs/design.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Each checkpoint's outputs, snapshots and input offsets commit in one Kafka transaction
+    /// (KIP-447); `read_committed` consumers see every output exactly once. Needs a broker
+    /// with transactions (Apache Kafka >= 2.5).
+    #[default]
+    ExactlyOnce,
+    /// Deterministic replay without transactions: after a crash, outputs since the last
+    /// checkpoint are written again byte for byte; consumers deduplicate by id.
+    AtLeastOnce,
 }
 
 impl Default for PipelineConfig {
@@ -159,6 +190,8 @@ impl Default for PipelineConfig {
             checkpoint_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(15),
             max_in_flight: 100_000,
+            delivery: Delivery::ExactlyOnce,
+            transaction_timeout: Duration::from_secs(10),
         }
     }
 }

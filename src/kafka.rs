@@ -6,7 +6,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 
 use crate::config::Config;
 
@@ -43,8 +44,12 @@ pub fn reader_config(cfg: &Config) -> ClientConfig {
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
-            ("enable.partition.eof", "false"),
+            // Reads end at the partition end, not at "offset high - 1": offsets have gaps.
+            ("enable.partition.eof", "true"),
             ("fetch.wait.max.ms", "10"),
+            // Only committed transactions (librdkafka's default, said out loud): outputs of
+            // an aborted or still-open transaction are never read back.
+            ("isolation.level", "read_committed"),
         ],
     );
     // Readers assign partitions; they never join a group, so no instance id either.
@@ -53,10 +58,10 @@ pub fn reader_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// A producer configuration: acks from all replicas. Not idempotent by default: the
-/// delivery guarantee does not need it (outputs are deterministic and deduplicated by id,
-/// and no consumer relies on their order), and the test broker answers idempotent produce
-/// requests ~15x slower (~150 ms vs ~10 ms). Turn it on with kafka.properties if wanted.
+/// A producer configuration for `at_least_once` outputs and one-shot tools: acks from all
+/// replicas. Not idempotent by default: that guarantee does not need it (outputs are
+/// deterministic and deduplicated by id, and no consumer relies on their order). Turn it on
+/// with kafka.properties if wanted.
 pub fn producer_config(cfg: &Config) -> ClientConfig {
     let max = cfg.pipeline.max_in_flight.to_string();
     let mut c = client_config(
@@ -77,6 +82,74 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
     c
 }
 
+/// The `transactional.id` of one stage of this instance: stable per instance slot
+/// (`kafka.instance_id`), so a restarted instance fences its crashed predecessor and aborts
+/// its open transaction at `init_transactions`; random when no instance id is configured.
+pub fn transactional_id(cfg: &Config, stage: &str) -> String {
+    match instance_id(cfg) {
+        Some(id) => format!("{}-{stage}-{id}", cfg.kafka.group_id),
+        None => format!(
+            "{}-{stage}-{:016x}",
+            cfg.kafka.group_id,
+            rand::random::<u64>()
+        ),
+    }
+}
+
+/// A transactional producer's configuration (`exactly_once`): idempotent (required by
+/// librdkafka for transactions), message timeout within the transaction timeout.
+pub fn transactional_producer_config(cfg: &Config, stage: &str) -> ClientConfig {
+    let mut c = producer_config(cfg);
+    let txn_ms = cfg.pipeline.transaction_timeout.as_millis().max(1000);
+    c.set("enable.idempotence", "true")
+        .set("transactional.id", transactional_id(cfg, stage))
+        .set("transaction.timeout.ms", txn_ms.to_string())
+        .set("message.timeout.ms", txn_ms.to_string());
+    // A pass-through `enable.idempotence=false` would be refused with transactions.
+    if c.get("enable.idempotence") != Some("true") {
+        c.set("enable.idempotence", "true");
+    }
+    c
+}
+
+/// This instance's stable id: `kafka.instance_id`, else a `group.instance.id` given as a
+/// pass-through property (older configurations).
+pub fn instance_id(cfg: &Config) -> Option<String> {
+    cfg.kafka
+        .instance_id
+        .clone()
+        .or_else(|| client_config(cfg, &[]).get("group.instance.id").map(str::to_string))
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// Sends one record, waiting while the producer queue is full (backpressure: the caller's
+/// loop, and so consumption, pauses). Any other error is returned with the record, so the
+/// caller can release what it counted for it.
+pub fn send_with_backpressure<'a, C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut rec: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<(), (KafkaError, BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>)> {
+    let mut paused = false;
+    let result = loop {
+        match producer.send(rec) {
+            Ok(()) => break Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                if !paused {
+                    crate::metrics::METRICS.backpressure_paused.set(1);
+                    paused = true;
+                }
+                rec = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if paused {
+        crate::metrics::METRICS.backpressure_paused.set(0);
+    }
+    result
+}
+
 /// Properties a producer rejects with a warning when they come from shared pass-through.
 const CONSUMER_ONLY: [&str; 7] = [
     "group.instance.id",
@@ -88,8 +161,9 @@ const CONSUMER_ONLY: [&str; 7] = [
     "partition.assignment.strategy",
 ];
 
-/// A consumer-group member's configuration; `group.instance.id` from the properties gets a
-/// per-stage suffix so the pipeline, sink and alerts members stay distinct.
+/// A consumer-group member's configuration, reading only committed transactions; the
+/// instance id ([`instance_id`]) becomes a static `group.instance.id` with a per-stage suffix
+/// so the pipeline, sink and alerts members stay distinct.
 pub fn group_config(
     cfg: &Config,
     group: &str,
@@ -98,7 +172,10 @@ pub fn group_config(
 ) -> ClientConfig {
     let mut c = client_config(cfg, defaults);
     c.set("group.id", group);
-    if let Some(id) = c.get("group.instance.id").map(str::to_string) {
+    if c.get("isolation.level").is_none() {
+        c.set("isolation.level", "read_committed");
+    }
+    if let Some(id) = instance_id(cfg) {
         c.set("group.instance.id", format!("{id}-{stage}"));
     }
     c

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub backpressure_paused: IntGauge,
     pub markers_written: IntCounter,
     pub state_restore_seconds: Histogram,
+    pub transactions: IntCounterVec,
     pub sink_rows: IntCounterVec,
     pub sink_insert_latency: HistogramVec,
     pub sink_batch_rows: HistogramVec,
@@ -156,6 +157,11 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            transactions: counter_vec(
+                "usage_agg_pipeline_transactions_total",
+                "Kafka transactions of the exactly_once pipeline by outcome (committed, aborted).",
+                &["outcome"],
+            ),
             produce_errors: counter(
                 "usage_agg_pipeline_produce_errors_total",
                 "Output messages that failed delivery.",
@@ -265,6 +271,9 @@ pub fn init_labels() {
     let m = &*METRICS;
     for t in ["model", "tool", "integration"] {
         m.events_priced.with_label_values(&[t]);
+    }
+    for o in ["committed", "aborted"] {
+        m.transactions.with_label_values(&[o]);
     }
     for r in crate::rejection::RejectReason::ALL {
         m.events_rejected.with_label_values(&[r.as_str()]);

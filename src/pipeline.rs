@@ -1,38 +1,50 @@
-//! The rating pipeline: usage events from the consumer group in; priced lines, debits and
-//! dead letters produced out; per-partition rollup snapshots written to the state topic and
-//! input offsets committed only after everything before them is durable.
+//! The rating pipeline: usage events from the consumer group in; priced lines, debits, dead
+//! letters and close markers produced out; per-partition rollup snapshots on the state topic
+//! and input offsets made durable together with the outputs, by one of two delivery modes
+//! (`pipeline.delivery`, see docs/design.md):
+//! - `exactly_once`: each checkpoint is one Kafka transaction holding the outputs, the
+//!   snapshots and the input offsets (KIP-447);
+//! - `at_least_once`: outputs acknowledged, then snapshots, then offsets committed
+//!   ([`checkpoint::Coordinator`]); a replay repeats outputs byte for byte.
 //!
 //! Sync core, thin shell: one thread polls the consumer and drives [`Engine`], which owns the
-//! per-partition [`PartitionRollup`]s. See docs/design.md for the delivery guarantee.
+//! per-partition [`PartitionRollup`]s. State is restored when partitions are assigned, and
+//! consumption starts at the snapshot's offset.
 
+pub mod checkpoint;
+pub mod output;
 pub mod state_store;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::Producer;
 use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::catalog::CatalogHandle;
-use crate::config::Config;
+use crate::config::{Config, Delivery};
 use crate::debit::Debit;
 use crate::event::encode_timeout_marker;
 use crate::health::{Health, now_ms};
 use crate::kafka;
 use crate::metrics::METRICS;
 use crate::rejection::DeadLetter;
-use crate::rollup::{Outcome, Output, PartitionRollup, RollupConfig};
+use crate::rollup::{Outcome, Output, PartitionRollup, PartitionSnapshot, RollupConfig};
+use checkpoint::{Action, Coordinator};
+use output::{Destination, OutputContext, OutputProducer, send};
 use state_store::{StateLocation, restore_partition, rules_fingerprint, write_snapshot};
 
-/// Errors that stop the pipeline (a restart resumes from the last snapshot).
+/// Errors that stop the pipeline (a restart resumes from the last checkpoint).
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("kafka: {0}")]
@@ -41,88 +53,64 @@ pub enum PipelineError {
     State(#[from] state_store::StateError),
     #[error("{0} output messages failed delivery; stopping so a restart replays them")]
     DeliveryFailed(u64),
+    #[error(
+        "kafka transaction failed for good ({0}); stopping so a restart resumes from the last committed transaction (if another instance uses the same kafka.instance_id, give each a unique one)"
+    )]
+    TransactionFatal(KafkaError),
 }
 
-/// Epoch slots tracked at once; an epoch lasts one checkpoint interval.
-const EPOCH_SLOTS: usize = 256;
-/// Low bits of a delivery opaque: send time in microseconds (wraps after ~12 days).
-const STAMP_BITS: u32 = 40;
-const STAMP_MASK: usize = (1 << STAMP_BITS) - 1;
-
-/// Producer context: counts unacknowledged messages per checkpoint epoch and failed
-/// deliveries, records acknowledgement latency. A checkpoint waits for its epochs to drain
-/// instead of blocking the consumer loop on a flush.
-pub struct OutputContext {
-    started: Instant,
-    failed: AtomicU64,
-    outstanding: [AtomicU64; EPOCH_SLOTS],
+/// How a Kafka transaction call failed.
+enum TxnFailure {
+    /// Abort the transaction and resume from the last committed one.
+    Abort(KafkaError),
+    /// The producer cannot go on (fenced, or an unexpected error).
+    Fatal(KafkaError),
 }
 
-impl ClientContext for OutputContext {}
-
-impl ProducerContext for OutputContext {
-    type DeliveryOpaque = usize;
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        self.outstanding[opaque >> STAMP_BITS].fetch_sub(1, Ordering::AcqRel);
-        match result {
-            Ok(_) => {
-                let now = self.started.elapsed().as_micros() as usize;
-                let sent = opaque & STAMP_MASK;
-                METRICS
-                    .produce_latency
-                    .observe((now.wrapping_sub(sent) & STAMP_MASK) as f64 / 1e6);
+/// Retries a transaction call while librdkafka says it is retriable (or a flush timed out,
+/// e.g. while the broker restarts); classifies anything else (rdkafka's txn error classes).
+fn txn_call(
+    what: &str,
+    deadline: Instant,
+    mut f: impl FnMut() -> KafkaResult<()>,
+) -> Result<(), TxnFailure> {
+    loop {
+        let e = match f() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let retriable = match &e {
+            KafkaError::Transaction(t) if t.txn_requires_abort() => {
+                return Err(TxnFailure::Abort(e));
             }
-            Err((e, m)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                METRICS.produce_errors.inc();
-                tracing::error!(error = %e, topic = m.topic(), "output message lost in delivery; the pipeline will stop and replay");
-            }
+            KafkaError::Transaction(t) => t.is_retriable() && !t.is_fatal(),
+            KafkaError::Flush(_) => true,
+            _ => false,
+        };
+        if !retriable {
+            return Err(TxnFailure::Fatal(e));
         }
-    }
-}
-
-impl OutputContext {
-    fn new() -> Self {
-        OutputContext {
-            started: Instant::now(),
-            failed: AtomicU64::new(0),
-            outstanding: std::array::from_fn(|_| AtomicU64::new(0)),
+        if Instant::now() >= deadline {
+            return Err(TxnFailure::Abort(e));
         }
+        tracing::warn!(error = %e, call = what, "kafka transaction call failed; retrying");
+        std::thread::sleep(Duration::from_millis(200));
     }
-
-    /// Counts one message of `epoch` as in flight; returns its delivery opaque.
-    pub fn sending(&self, epoch: u64) -> usize {
-        let slot = (epoch % EPOCH_SLOTS as u64) as usize;
-        self.outstanding[slot].fetch_add(1, Ordering::AcqRel);
-        (slot << STAMP_BITS) | (self.started.elapsed().as_micros() as usize & STAMP_MASK)
-    }
-
-    /// A message counted by [`Self::sending`] was never queued.
-    pub fn not_sent(&self, opaque: usize) {
-        self.outstanding[opaque >> STAMP_BITS].fetch_sub(1, Ordering::AcqRel);
-    }
-
-    fn in_flight(&self, epoch: u64) -> u64 {
-        self.outstanding[(epoch % EPOCH_SLOTS as u64) as usize].load(Ordering::Acquire)
-    }
-}
-
-/// A checkpoint in progress: outputs before `next_offset`s are waited for (epoch
-/// `outputs_epoch`), then snapshots are written (epoch `snapshot_epoch`) and waited for,
-/// then the offsets are committed.
-struct PendingCheckpoint {
-    started: Instant,
-    outputs_epoch: u64,
-    snapshots: Vec<(i32, crate::rollup::PartitionSnapshot)>,
-    offsets: Vec<(i32, i64)>,
-    snapshot_epoch: Option<u64>,
 }
 
 struct PartitionState {
     rollup: PartitionRollup,
-    from_snapshot: bool,
-    seeking: bool,
+    /// Changed since the last checkpoint.
     dirty: bool,
+}
+
+/// How checkpoints are made durable.
+enum Mode {
+    AtLeastOnce(Coordinator<PartitionSnapshot>),
+    ExactlyOnce {
+        /// A transaction is open (begun lazily with the first output after a commit).
+        open: bool,
+    },
 }
 
 #[derive(Default)]
@@ -168,7 +156,7 @@ pub struct Engine {
     rules: RollupConfig,
     rules_fingerprint: String,
     catalog: CatalogHandle,
-    producer: ThreadedProducer<OutputContext>,
+    producer: OutputProducer,
     reader: BaseConsumer,
     parts: HashMap<i32, PartitionState>,
     state_partitions: i32,
@@ -178,11 +166,7 @@ pub struct Engine {
     health: Arc<Health>,
     hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     warned_rejects: u64,
-    /// Current output epoch; every output is counted in it until acknowledged.
-    epoch: u64,
-    /// Every epoch below this one is known to be fully acknowledged.
-    acked_below: u64,
-    pending: std::collections::VecDeque<PendingCheckpoint>,
+    mode: Mode,
 }
 
 impl Engine {
@@ -192,8 +176,28 @@ impl Engine {
         health: Arc<Health>,
         hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     ) -> Result<Engine, PipelineError> {
-        let producer: ThreadedProducer<OutputContext> =
-            kafka::producer_config(cfg).create_with_context(OutputContext::new())?;
+        let (producer, mode) = match cfg.pipeline.delivery {
+            Delivery::AtLeastOnce => (
+                kafka::producer_config(cfg).create_with_context(OutputContext::default())?,
+                Mode::AtLeastOnce(Coordinator::default()),
+            ),
+            Delivery::ExactlyOnce => {
+                let c = kafka::transactional_producer_config(cfg, "pipeline");
+                let id = c.get("transactional.id").unwrap_or_default().to_string();
+                let p: OutputProducer = c.create_with_context(OutputContext::default())?;
+                // Fences a previous incarnation with the same id and aborts its open
+                // transaction, so read_committed readers move on at once.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                txn_call("init_transactions", deadline, || {
+                    p.init_transactions(Duration::from_secs(30))
+                })
+                .map_err(|f| match f {
+                    TxnFailure::Abort(e) | TxnFailure::Fatal(e) => PipelineError::Kafka(e),
+                })?;
+                tracing::info!(transactional_id = %id, "transactional producer ready");
+                (p, Mode::ExactlyOnce { open: false })
+            }
+        };
         let reader: BaseConsumer = kafka::reader_config(cfg).create()?;
         let md = reader.fetch_metadata(Some(&cfg.topics.state), Duration::from_secs(10))?;
         let state_partitions = md
@@ -219,9 +223,7 @@ impl Engine {
             health,
             hi_offsets,
             warned_rejects: 0,
-            epoch: 0,
-            acked_below: 0,
-            pending: std::collections::VecDeque::new(),
+            mode,
         })
     }
 
@@ -234,10 +236,9 @@ impl Engine {
         }
     }
 
-    fn ensure_partition(&mut self, partition: i32) -> Result<(), PipelineError> {
-        if self.parts.contains_key(&partition) {
-            return Ok(());
-        }
+    /// Restores a partition's state from its latest committed snapshot (or starts empty);
+    /// returns the offset consumption must start at, if a snapshot names one.
+    fn restore(&mut self, partition: i32) -> Result<Option<i64>, PipelineError> {
         let started = Instant::now();
         let restored = restore_partition(
             &self.reader,
@@ -246,7 +247,7 @@ impl Engine {
             now_ms(),
             self.cfg.pipeline.drain_timeout.max(Duration::from_secs(30)),
         )?;
-        let state = match restored {
+        let (rollup, start) = match restored {
             Some(rollup) => {
                 tracing::info!(
                     partition,
@@ -256,60 +257,61 @@ impl Engine {
                     ms = started.elapsed().as_millis() as u64,
                     "partition state restored"
                 );
-                PartitionState {
-                    rollup,
-                    from_snapshot: true,
-                    seeking: false,
-                    dirty: false,
-                }
+                let next = rollup.next_offset();
+                (rollup, Some(next))
             }
             None => {
                 tracing::info!(
                     partition,
                     "no state snapshot for partition; starting with empty state"
                 );
-                PartitionState {
-                    rollup: PartitionRollup::new(self.rules.clone(), partition),
-                    from_snapshot: false,
-                    seeking: false,
-                    dirty: false,
-                }
+                (PartitionRollup::new(self.rules.clone(), partition), None)
             }
         };
         METRICS
             .state_restore_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.parts.insert(partition, state);
+        self.parts.insert(
+            partition,
+            PartitionState {
+                rollup,
+                dirty: false,
+            },
+        );
+        Ok(start)
+    }
+
+    /// The epoch outputs are counted in (`at_least_once`; 0 otherwise).
+    fn epoch(&self) -> u64 {
+        match &self.mode {
+            Mode::AtLeastOnce(c) => c.epoch(),
+            Mode::ExactlyOnce { .. } => 0,
+        }
+    }
+
+    /// `exactly_once`: opens a transaction if none is open.
+    fn ensure_transaction(&mut self) -> Result<(), PipelineError> {
+        if let Mode::ExactlyOnce { open } = &mut self.mode
+            && !*open
+        {
+            self.producer.begin_transaction()?;
+            *open = true;
+        }
         Ok(())
     }
 
     /// Handles one input message.
-    fn handle<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-        m: &BorrowedMessage<'_>,
-    ) -> Result<(), PipelineError> {
+    fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
         let (p, o) = (m.partition(), m.offset());
-        self.ensure_partition(p)?;
-        let st = self.parts.get_mut(&p).expect("ensured");
-        let next = st.rollup.next_offset();
-        if st.from_snapshot && o != next {
-            if o < next {
-                return Ok(()); // already processed before the snapshot
-            }
-            if !st.seeking {
-                tracing::info!(
-                    partition = p,
-                    from = o,
-                    to = next,
-                    "rewinding to the snapshot offset"
-                );
-                consumer.seek(m.topic(), p, Offset::Offset(next), Duration::from_secs(5))?;
-                st.seeking = true;
-            }
+        let Some(st) = self.parts.get(&p) else {
+            tracing::warn!(partition = p, offset = o, "message of a partition not assigned here; skipped");
             return Ok(());
+        };
+        if o < st.rollup.next_offset() {
+            return Ok(()); // already processed before the snapshot
         }
-        st.seeking = false;
+        self.ensure_transaction()?;
+        let st = self.parts.get_mut(&p).expect("checked");
         st.dirty = true;
         let payload = m.payload().unwrap_or_default();
         let catalog = self.catalog.load();
@@ -339,32 +341,19 @@ impl Engine {
         p: i32,
         o: i64,
     ) -> Result<(), PipelineError> {
+        let epoch = self.epoch();
         let topics = &self.cfg.topics;
-        match output {
-            Output::Line(l) => {
-                let bytes = l.encode();
-                send(
-                    &self.producer,
-                    self.epoch,
-                    &topics.priced_usage,
-                    l.account_id.as_bytes(),
-                    &bytes,
-                    None,
-                )
-            }
+        let (topic, key, bytes) = match output {
+            Output::Line(l) => (
+                &topics.priced_usage,
+                l.account_id.as_bytes().to_vec(),
+                l.encode(),
+            ),
             Output::Debit(d) => {
                 let e = self.counts.debits.entry(d.kind.as_str()).or_default();
                 e.0 += 1;
                 e.1 += decimal_f64(d);
-                let bytes = d.encode();
-                send(
-                    &self.producer,
-                    self.epoch,
-                    &topics.debits,
-                    d.account_id.as_bytes(),
-                    &bytes,
-                    None,
-                )
+                (&topics.debits, d.account_id.as_bytes().to_vec(), d.encode())
             }
             Output::Rejected(r) => {
                 self.warned_rejects += 1;
@@ -373,113 +362,126 @@ impl Engine {
                 }
                 let dl = DeadLetter::new(r, payload, &topics.usage_events, p, o);
                 let bytes = serde_json::to_vec(&dl).expect("dead letter serializes");
-                send(
-                    &self.producer,
-                    self.epoch,
-                    &topics.dead_letter,
-                    dl.id().as_bytes(),
-                    &bytes,
-                    None,
-                )
+                (&topics.dead_letter, dl.id().into_bytes(), bytes)
             }
-        }
+        };
+        let to = Destination {
+            topic,
+            key: &key,
+            partition: None,
+        };
+        send(&self.producer, epoch, to, &bytes)?;
+        Ok(())
     }
 
-    /// Starts a checkpoint at the current offsets without blocking: captures the snapshots
-    /// of changed partitions and closes the current output epoch.
-    fn checkpoint_begin(&mut self) {
+    /// Snapshots of the partitions changed since the last checkpoint, and their offsets.
+    fn take_snapshots(&mut self) -> (Vec<(i32, PartitionSnapshot)>, Vec<(i32, i64)>) {
         self.counts.flush();
         let mut parts: Vec<i32> = self.parts.keys().copied().collect();
         parts.sort_unstable();
-        let mut cp = PendingCheckpoint {
-            started: Instant::now(),
-            outputs_epoch: self.epoch,
-            snapshots: Vec::new(),
-            offsets: Vec::new(),
-            snapshot_epoch: None,
-        };
+        let mut snapshots = Vec::new();
+        let mut offsets = Vec::new();
         for p in parts {
             let st = self.parts.get_mut(&p).expect("listed");
             if st.dirty {
-                cp.snapshots.push((p, st.rollup.snapshot()));
+                snapshots.push((p, st.rollup.snapshot()));
+                offsets.push((p, st.rollup.next_offset()));
                 st.dirty = false;
             }
-            cp.offsets.push((p, st.rollup.next_offset()));
         }
-        self.next_epoch();
-        self.pending.push_back(cp);
+        (snapshots, offsets)
     }
 
-    fn next_epoch(&mut self) {
-        self.epoch += 1;
-        // The slot of the new epoch must be free (its previous user acknowledged).
-        if self.producer.context().in_flight(self.epoch) > 0 {
+    fn write_snapshots(
+        &self,
+        snapshots: &[(i32, PartitionSnapshot)],
+        epoch: u64,
+    ) -> Result<(), PipelineError> {
+        for (p, snap) in snapshots {
+            write_snapshot(
+                &self.producer,
+                &self.location(*p),
+                snap,
+                &self.rules_fingerprint,
+                epoch,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn offsets_list(&self, offsets: &[(i32, i64)]) -> KafkaResult<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            if self.parts.contains_key(p) {
+                tpl.add_partition_offset(&self.cfg.topics.usage_events, *p, Offset::Offset(*o))?;
+            }
+        }
+        Ok(tpl)
+    }
+
+    /// A periodic checkpoint that does not block the loop on acknowledgements
+    /// (`at_least_once`), or the commit of the open transaction (`exactly_once`).
+    fn checkpoint<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
+        if let Mode::AtLeastOnce(c) = &self.mode {
+            // At most two checkpoints in flight: when the broker acknowledges slowly,
+            // checkpoints space out instead of piling up snapshot copies in memory.
+            if c.in_progress() < 2 {
+                let (snapshots, offsets) = self.take_snapshots();
+                let Mode::AtLeastOnce(c) = &mut self.mode else {
+                    unreachable!()
+                };
+                let epoch = c.begin(snapshots, offsets);
+                self.free_epoch_slot(epoch);
+            }
+            self.advance(consumer, CommitMode::Async)
+        } else {
+            self.commit_transaction(consumer)
+        }
+    }
+
+    /// `at_least_once`: the counter slot of a new epoch must be free (its previous user
+    /// acknowledged) before messages are counted in it.
+    fn free_epoch_slot(&self, epoch: u64) {
+        if self.producer.context().in_flight(epoch) > 0 {
             let _ = self.producer.flush(self.cfg.pipeline.drain_timeout);
         }
     }
 
-    fn acked_through(&mut self, epoch: u64) -> bool {
-        while self.acked_below <= epoch {
-            if self.acked_below >= self.epoch
-                || self.producer.context().in_flight(self.acked_below) > 0
-            {
-                return false;
-            }
-            self.acked_below += 1;
-        }
-        true
-    }
-
-    /// Moves pending checkpoints forward: writes snapshots once the outputs before them are
-    /// acknowledged, commits offsets once the snapshots are.
-    fn checkpoint_advance<C: ConsumerContext>(
+    /// `at_least_once`: carries out what the coordinator allows now.
+    fn advance<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         mode: CommitMode,
     ) -> Result<(), PipelineError> {
-        self.check_deliveries()?;
-        while let Some(cp) = self.pending.front() {
-            match cp.snapshot_epoch {
-                None => {
-                    let e = cp.outputs_epoch;
-                    if !self.acked_through(e) {
-                        break;
-                    }
-                    let epoch = self.epoch;
-                    let cp = self.pending.front_mut().expect("front");
-                    for (p, snap) in &cp.snapshots {
-                        let loc = StateLocation {
-                            state_topic: &self.cfg.topics.state,
-                            state_partitions: self.state_partitions,
-                            input_topic: &self.cfg.topics.usage_events,
-                            partition: *p,
-                        };
-                        write_snapshot(&self.producer, &loc, snap, &self.rules_fingerprint, epoch)?;
-                    }
-                    cp.snapshot_epoch = Some(epoch);
-                    self.next_epoch();
+        let failed = self.producer.context().failed();
+        if failed > self.failures_seen {
+            return Err(PipelineError::DeliveryFailed(failed - self.failures_seen));
+        }
+        loop {
+            let Mode::AtLeastOnce(c) = &mut self.mode else {
+                return Ok(());
+            };
+            let ctx = self.producer.context();
+            match c.next_action(|e| ctx.in_flight(e)) {
+                None => break,
+                Some(Action::WriteSnapshots { snapshots, epoch }) => {
+                    self.write_snapshots(&snapshots, epoch)?;
+                    let Mode::AtLeastOnce(c) = &self.mode else {
+                        unreachable!()
+                    };
+                    self.free_epoch_slot(c.epoch());
                 }
-                Some(e) => {
-                    if !self.acked_through(e) {
-                        break;
-                    }
-                    let cp = self.pending.pop_front().expect("front");
-                    let mut tpl = TopicPartitionList::new();
-                    for (p, o) in &cp.offsets {
-                        if self.parts.contains_key(p) {
-                            tpl.add_partition_offset(
-                                &self.cfg.topics.usage_events,
-                                *p,
-                                Offset::Offset(*o),
-                            )?;
-                        }
-                    }
+                Some(Action::Commit { offsets, started }) => {
+                    let tpl = self.offsets_list(&offsets)?;
                     if tpl.count() > 0 {
                         consumer.commit(&tpl, mode)?;
                     }
                     METRICS
                         .checkpoint_duration
-                        .observe(cp.started.elapsed().as_secs_f64());
+                        .observe(started.elapsed().as_secs_f64());
                 }
             }
         }
@@ -487,15 +489,105 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes everything processed so far durable before returning (revoke, shutdown):
-    /// outputs acknowledged, snapshots written, offsets committed synchronously.
+    /// `exactly_once`: commits the open transaction with the changed partitions' snapshots
+    /// and input offsets. An abortable failure aborts it and rewinds every partition to its
+    /// last committed snapshot; a fatal one stops the pipeline.
+    fn commit_transaction<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
+        let Mode::ExactlyOnce { open: true } = self.mode else {
+            self.update_gauges();
+            return Ok(());
+        };
+        let started = Instant::now();
+        let (snapshots, offsets) = self.take_snapshots();
+        self.write_snapshots(&snapshots, 0)?;
+        let tpl = self.offsets_list(&offsets)?;
+        let deadline = started + self.cfg.pipeline.transaction_timeout;
+        let timeout = self.cfg.pipeline.transaction_timeout;
+        let producer = &self.producer;
+        let result = (|| {
+            if tpl.count() > 0 {
+                let cgm = consumer.group_metadata().ok_or(TxnFailure::Abort(
+                    KafkaError::Global(RDKafkaErrorCode::State),
+                ))?;
+                txn_call("send_offsets_to_transaction", deadline, || {
+                    producer.send_offsets_to_transaction(&tpl, &cgm, timeout)
+                })?;
+            }
+            txn_call("commit_transaction", deadline, || {
+                producer.commit_transaction(timeout)
+            })
+        })();
+        self.mode = Mode::ExactlyOnce { open: false };
+        match result {
+            Ok(()) => {
+                METRICS.transactions.with_label_values(&["committed"]).inc();
+                METRICS
+                    .checkpoint_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.update_gauges();
+                Ok(())
+            }
+            Err(TxnFailure::Abort(e)) => {
+                tracing::warn!(error = %e, "kafka transaction aborted; resuming from the last committed checkpoint");
+                self.abort_and_rewind(consumer)
+            }
+            Err(TxnFailure::Fatal(e)) => Err(PipelineError::TransactionFatal(e)),
+        }
+    }
+
+    /// `exactly_once`: aborts the open transaction (its outputs never become visible) and
+    /// rewinds every owned partition to its last committed snapshot.
+    fn abort_and_rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
+        let deadline = Instant::now() + self.cfg.pipeline.transaction_timeout;
+        let producer = &self.producer;
+        let timeout = self.cfg.pipeline.transaction_timeout;
+        if let Err(TxnFailure::Abort(e) | TxnFailure::Fatal(e)) =
+            txn_call("abort_transaction", deadline, || {
+                producer.abort_transaction(timeout)
+            })
+        {
+            return Err(PipelineError::TransactionFatal(e));
+        }
+        METRICS.transactions.with_label_values(&["aborted"]).inc();
+        self.mode = Mode::ExactlyOnce { open: false };
+        self.failures_seen = self.producer.context().failed();
+        self.counts = BatchCounts::default();
+        let parts: Vec<i32> = self.parts.keys().copied().collect();
+        for p in parts {
+            let start = self.restore(p)?.map_or(Offset::Beginning, Offset::Offset);
+            consumer.seek(&self.cfg.topics.usage_events, p, start, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything processed so far durable before returning (revoke, shutdown).
     fn checkpoint_now<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), PipelineError> {
-        self.checkpoint_begin();
+        if let Mode::ExactlyOnce { .. } = self.mode {
+            return self.commit_transaction(consumer);
+        }
+        let (snapshots, offsets) = self.take_snapshots();
+        let Mode::AtLeastOnce(c) = &mut self.mode else {
+            unreachable!()
+        };
+        let epoch = c.begin(snapshots, offsets);
+        self.free_epoch_slot(epoch);
         let deadline = Instant::now() + self.cfg.pipeline.drain_timeout;
-        while !self.pending.is_empty() {
+        loop {
+            let Mode::AtLeastOnce(c) = &self.mode else {
+                unreachable!()
+            };
+            if c.in_progress() == 0 {
+                return Ok(());
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(PipelineError::Kafka(KafkaError::Flush(
@@ -503,17 +595,35 @@ impl Engine {
                 )));
             }
             self.producer.flush(left)?;
-            self.checkpoint_advance(consumer, CommitMode::Sync)?;
+            self.advance(consumer, CommitMode::Sync)?;
         }
-        Ok(())
     }
 
-    fn check_deliveries(&mut self) -> Result<(), PipelineError> {
-        let failed = self.producer.context().failed.load(Ordering::Relaxed);
-        if failed > self.failures_seen {
-            return Err(PipelineError::DeliveryFailed(failed - self.failures_seen));
+    /// Partitions are being taken away: make their work durable, or, when the assignment
+    /// was lost (this member was evicted, e.g. frozen past its session timeout), discard
+    /// it: its transaction is aborted and the new owner resumes from the last commit.
+    fn on_revoke<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partitions: &[i32],
+        lost: bool,
+    ) -> Result<(), PipelineError> {
+        let result = match (&self.mode, lost) {
+            (Mode::ExactlyOnce { open: true }, true) => {
+                tracing::warn!(partitions = ?partitions, "assignment lost; aborting the open transaction");
+                self.abort_and_rewind(consumer)
+            }
+            _ => self.checkpoint_now(consumer),
+        };
+        for p in partitions {
+            self.parts.remove(p);
+            METRICS
+                .consumer_lag
+                .with_label_values(&[&p.to_string()])
+                .set(0);
         }
-        Ok(())
+        self.hi_offsets.lock().expect("hi offsets lock").clear();
+        result
     }
 
     fn update_gauges(&self) {
@@ -541,29 +651,35 @@ impl Engine {
         self.health.pipeline_lag.store(total, Ordering::Relaxed);
     }
 
-    /// Writes close markers for executions idle past the timeout.
+    /// Writes close markers for executions idle past the timeout (in the open transaction).
     fn write_markers(&mut self) -> Result<(), PipelineError> {
         let timeout = self.cfg.rollup.execution_idle_timeout.as_millis() as u64;
         let now = now_ms();
         let at = chrono::Utc::now();
+        let mut idle = Vec::new();
         for (p, st) in self.parts.iter_mut() {
-            for idle in st.rollup.idle_executions(now, timeout) {
-                let bytes = encode_timeout_marker(
-                    &idle.execution_id,
-                    &idle.account_id,
-                    idle.after_offset,
-                    at,
-                );
-                send(
-                    &self.producer,
-                    self.epoch,
-                    &self.cfg.topics.usage_events,
-                    idle.execution_id.as_bytes(),
-                    &bytes,
-                    Some(*p),
-                )?;
-                METRICS.markers_written.inc();
-            }
+            idle.extend(
+                st.rollup
+                    .idle_executions(now, timeout)
+                    .into_iter()
+                    .map(|i| (*p, i)),
+            );
+        }
+        if idle.is_empty() {
+            return Ok(());
+        }
+        self.ensure_transaction()?;
+        let epoch = self.epoch();
+        for (p, idle) in idle {
+            let bytes =
+                encode_timeout_marker(&idle.execution_id, &idle.account_id, idle.after_offset, at);
+            let to = Destination {
+                topic: &self.cfg.topics.usage_events,
+                key: idle.execution_id.as_bytes(),
+                partition: Some(p),
+            };
+            send(&self.producer, epoch, to, &bytes)?;
+            METRICS.markers_written.inc();
         }
         Ok(())
     }
@@ -574,16 +690,6 @@ impl Engine {
             .values()
             .find_map(|s| s.rollup.running_cost(execution_id))
     }
-
-    fn drop_partitions(&mut self, partitions: &[i32]) {
-        for p in partitions {
-            self.parts.remove(p);
-            METRICS
-                .consumer_lag
-                .with_label_values(&[&p.to_string()])
-                .set(0);
-        }
-    }
 }
 
 fn decimal_f64(d: &Debit) -> f64 {
@@ -591,52 +697,20 @@ fn decimal_f64(d: &Debit) -> f64 {
     d.total.to_f64().unwrap_or(0.0)
 }
 
-/// Sends one message, waiting (backpressure) while the producer queue is full.
-fn send(
-    producer: &ThreadedProducer<OutputContext>,
-    epoch: u64,
-    topic: &str,
-    key: &[u8],
-    payload: &[u8],
-    partition: Option<i32>,
-) -> Result<(), PipelineError> {
-    let opaque = producer.context().sending(epoch);
-    let mut rec = BaseRecord::with_opaque_to(topic, opaque)
-        .key(key)
-        .payload(payload);
-    if let Some(p) = partition {
-        rec = rec.partition(p);
-    }
-    let mut paused = false;
-    loop {
-        match producer.send(rec) {
-            Ok(()) => break,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                if !paused {
-                    METRICS.backpressure_paused.set(1);
-                    paused = true;
-                }
-                rec = r;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err((e, _)) => {
-                producer.context().not_sent(opaque);
-                return Err(e.into());
-            }
-        }
-    }
-    if paused {
-        METRICS.backpressure_paused.set(0);
-    }
-    Ok(())
-}
-
-/// Consumer context: checkpoints revoked partitions, records high watermarks.
+/// Consumer context: restores state on assignment (consumption starts at the snapshot's
+/// offset), checkpoints or discards on revoke, records high watermarks.
 pub struct InputContext {
     engine: Arc<Mutex<Engine>>,
     hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     topic: String,
     fatal: Mutex<Option<PipelineError>>,
+}
+
+impl InputContext {
+    fn fail(&self, e: PipelineError) {
+        tracing::error!(error = %e, "pipeline cannot go on");
+        *self.fatal.lock().expect("fatal lock") = Some(e);
+    }
 }
 
 impl ClientContext for InputContext {
@@ -653,34 +727,63 @@ impl ClientContext for InputContext {
 }
 
 impl ConsumerContext for InputContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let mut engine = lock(&self.engine);
-            tracing::info!(partitions = ?parts, "partitions revoked; checkpointing them");
-            if let Err(e) = engine.checkpoint_now(consumer) {
-                tracing::error!(error = %e, "checkpoint on revoke failed; the next owner replays from the last snapshot");
-                *self.fatal.lock().expect("fatal lock") = Some(e);
-            }
-            engine.drop_partitions(&parts);
-            self.hi_offsets.lock().expect("hi offsets lock").clear();
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            tracing::info!(partitions = ?parts, "partitions assigned");
-            // Restore now, not on the first message: open executions of an idle partition
-            // must still time out, and the running-cost API must see them.
-            let mut engine = lock(&self.engine);
-            for p in parts {
-                if let Err(e) = engine.ensure_partition(p) {
-                    tracing::error!(error = %e, partition = p, "cannot restore partition state");
-                    *self.fatal.lock().expect("fatal lock") = Some(e);
-                    break;
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                tracing::info!(partitions = ?parts, "partitions assigned");
+                // Restore before consuming (open executions of an idle partition must still
+                // time out, and the running-cost API must see them), and start each
+                // partition at its snapshot's offset rather than seeking later.
+                let mut engine = lock(&self.engine);
+                for p in &parts {
+                    match engine.restore(*p) {
+                        Ok(Some(next)) => {
+                            if let Err(e) =
+                                tpl.set_partition_offset(&self.topic, *p, Offset::Offset(next))
+                            {
+                                self.fail(e.into());
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.fail(e);
+                            break;
+                        }
+                    }
+                }
+                drop(engine);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
                 }
             }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                tracing::info!(partitions = ?parts, lost, "partitions revoked");
+                if let Err(e) = lock(&self.engine).on_revoke(consumer, &parts, lost) {
+                    self.fail(e);
+                }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            self.fail(e.into());
         }
     }
 }
@@ -758,7 +861,7 @@ impl Pipeline {
         EngineHandle(self.engine.clone())
     }
 
-    /// Runs until `stop` is set, then drains: final checkpoint within the drain timeout.
+    /// Runs until `stop` is set, then drains: a final checkpoint within the drain timeout.
     pub fn run(self, stop: Arc<AtomicBool>) -> Result<(), PipelineError> {
         let interval = self.cfg.pipeline.checkpoint_interval;
         let mut last_checkpoint = Instant::now();
@@ -782,12 +885,12 @@ impl Pipeline {
             let step: Result<(), PipelineError> = loop {
                 match self.consumer.poll(wait) {
                     Some(Ok(m)) => {
-                        if let Err(e) = lock(&self.engine).handle(&self.consumer, &m) {
+                        if let Err(e) = lock(&self.engine).handle(&m) {
                             break Err(e);
                         }
                         n += 1;
                         wait = Duration::ZERO;
-                        if n >= 2048 {
+                        if n >= 2048 || last_checkpoint.elapsed() >= interval {
                             break Ok(());
                         }
                     }
@@ -811,17 +914,18 @@ impl Pipeline {
                 }
                 last_markers = Instant::now();
             }
-            {
-                let mut engine = lock(&self.engine);
-                // At most two checkpoints in flight: when the broker acknowledges slowly,
-                // checkpoints space out instead of piling up snapshot copies in memory.
-                if last_checkpoint.elapsed() >= interval && engine.pending.len() < 2 {
-                    engine.checkpoint_begin();
-                    last_checkpoint = Instant::now();
-                }
-                if let Err(e) = engine.checkpoint_advance(&self.consumer, CommitMode::Async) {
-                    break Err(e);
-                }
+            let mut engine = lock(&self.engine);
+            let due = last_checkpoint.elapsed() >= interval;
+            let r = if due {
+                last_checkpoint = Instant::now();
+                engine.checkpoint(&self.consumer)
+            } else if let Mode::AtLeastOnce(_) = engine.mode {
+                engine.advance(&self.consumer, CommitMode::Async)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                break Err(e);
             }
         };
         if result.is_ok() {

@@ -1,6 +1,9 @@
 //! Broker conformance: exactly the Kafka features this project relies on, checked against
-//! the test broker (nisshi) before anything else. Transactions are not relied on (the test
-//! broker refuses them); see README.
+//! the test broker (Apache Kafka, started by scripts/services) before anything else:
+//! consumer groups and mid-batch resume, exact watermarks, compacted topics, explicit
+//! partitions, CreatePartitions, static membership, and the transactions the `exactly_once`
+//! pipeline is built on (commit visible, abort invisible to `read_committed`, offsets
+//! committed with the outputs, a crashed producer's transaction aborted by its successor).
 
 mod common;
 
@@ -144,18 +147,194 @@ async fn broker_conformance_for_what_the_pipeline_relies_on() {
         .unwrap();
     assert_eq!((h0, h1), (0, 1));
 
-    // Transactions are not supported by the test broker: the pipeline never relies on them.
-    let tx: Result<rdkafka::producer::BaseProducer, _> =
-        base().set("transactional.id", unique("tx")).create();
-    let refused = tx
-        .map(|p| p.init_transactions(Duration::from_secs(10)).is_err())
-        .unwrap_or(true);
-    eprintln!(
-        "broker conformance: transactions {}",
-        if refused {
-            "refused (as documented)"
-        } else {
-            "accepted"
+    // CreatePartitions: a topic grows (scaling out the usage topic).
+    let grown = admin
+        .create_partitions(
+            &[rdkafka::admin::NewPartitions::new(&topic, 3)],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(grown[0].is_ok(), "{grown:?}");
+    let md = c
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(md.topics()[0].partitions().len(), 3);
+}
+
+fn txn_producer(id: &str) -> ThreadedProducer<DefaultProducerContext> {
+    let p: ThreadedProducer<DefaultProducerContext> = base()
+        .set("transactional.id", id)
+        .set("transaction.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    p.init_transactions(Duration::from_secs(30)).unwrap();
+    p
+}
+
+/// Every message of partition 0 that a reader with `isolation` sees, read to the end.
+fn read_all(topic: &str, isolation: &str) -> Vec<String> {
+    let c: BaseConsumer = base()
+        .set("group.id", unique("reader"))
+        .set("isolation.level", isolation)
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(String::from_utf8_lossy(m.payload().unwrap()).into_owned()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
+            _ => {}
         }
+    }
+    panic!("no end of partition reading {topic}");
+}
+
+#[tokio::test]
+async fn broker_conformance_transactions_for_exactly_once() {
+    let admin: AdminClient<DefaultClientContext> = base().create().unwrap();
+    let input = unique("txn_in");
+    let output = format!("{input}.out");
+    create(&admin, &input, 1, false).await;
+    create(&admin, &output, 1, false).await;
+    produce(&input, 10, "lz4");
+
+    // A committed transaction is visible to read_committed; an aborted one is not (its
+    // records are in the log: read_uncommitted sees them).
+    let id = unique("tx");
+    let p = txn_producer(&id);
+    p.begin_transaction().unwrap();
+    p.send(BaseRecord::to(&output).key("k").payload("committed").partition(0))
+        .unwrap();
+    p.commit_transaction(Duration::from_secs(30)).unwrap();
+    p.begin_transaction().unwrap();
+    p.send(BaseRecord::to(&output).key("k").payload("aborted").partition(0))
+        .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    p.abort_transaction(Duration::from_secs(30)).unwrap();
+    assert_eq!(read_all(&output, "read_committed"), vec!["committed"]);
+    assert_eq!(
+        read_all(&output, "read_uncommitted"),
+        vec!["committed", "aborted"]
     );
+
+    // send_offsets_to_transaction: the group's offsets move with the outputs, and not at all
+    // when the transaction aborts.
+    let group = format!("{input}-g");
+    let c = group_consumer(&group, &input);
+    let got = take(&c, 4);
+    assert_eq!(got.len(), 4);
+    let cgm = c.group_metadata().unwrap();
+    let offsets_at = |o: i64| {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&input, 0, rdkafka::Offset::Offset(o))
+            .unwrap();
+        tpl
+    };
+    p.begin_transaction().unwrap();
+    p.send(BaseRecord::to(&output).key("k").payload("with-offsets").partition(0))
+        .unwrap();
+    p.send_offsets_to_transaction(&offsets_at(4), &cgm, Duration::from_secs(30))
+        .unwrap();
+    p.commit_transaction(Duration::from_secs(30)).unwrap();
+    let committed = |c: &BaseConsumer| {
+        c.committed(Duration::from_secs(10))
+            .unwrap()
+            .find_partition(&input, 0)
+            .unwrap()
+            .offset()
+    };
+    assert_eq!(committed(&c), rdkafka::Offset::Offset(4));
+    p.begin_transaction().unwrap();
+    p.send(BaseRecord::to(&output).key("k").payload("aborted-2").partition(0))
+        .unwrap();
+    p.send_offsets_to_transaction(&offsets_at(8), &cgm, Duration::from_secs(30))
+        .unwrap();
+    p.abort_transaction(Duration::from_secs(30)).unwrap();
+    assert_eq!(committed(&c), rdkafka::Offset::Offset(4));
+    assert_eq!(
+        read_all(&output, "read_committed"),
+        vec!["committed", "with-offsets"]
+    );
+    drop(c);
+
+    // A crashed producer (never commits, never aborts) leaves its transaction open, which
+    // holds read_committed readers back; its successor with the same transactional.id
+    // aborts it at init_transactions, long before the transaction timeout (60 s).
+    p.begin_transaction().unwrap();
+    p.send(BaseRecord::to(&output).key("k").payload("crashed").partition(0))
+        .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    std::mem::forget(p); // as if killed: no abort, no commit
+    let started = Instant::now();
+    let successor = txn_producer(&id);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "the successor's init_transactions aborted the open transaction ({took:?})"
+    );
+    successor.begin_transaction().unwrap();
+    successor
+        .send(BaseRecord::to(&output).key("k").payload("after").partition(0))
+        .unwrap();
+    successor.commit_transaction(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        read_all(&output, "read_committed"),
+        vec!["committed", "with-offsets", "after"]
+    );
+    eprintln!("broker conformance: successor fenced and aborted a crashed transaction in {took:?}");
+}
+
+#[test]
+fn broker_conformance_static_membership() {
+    let topic = unique("static");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin: AdminClient<DefaultClientContext> = base().create().unwrap();
+    rt.block_on(create(&admin, &topic, 2, false));
+    produce(&topic, 10, "none");
+    let group = format!("{topic}-g");
+    let member = |instance: &str| -> BaseConsumer {
+        let c: BaseConsumer = base()
+            .set("group.id", &group)
+            .set("group.instance.id", instance)
+            .set("session.timeout.ms", "45000")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        c.subscribe(&[&topic]).unwrap();
+        c
+    };
+    let assigned = |c: &BaseConsumer| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            let _ = c.poll(Duration::from_millis(100));
+            let a = c.assignment().unwrap();
+            if a.count() > 0 {
+                return a.count();
+            }
+        }
+        0
+    };
+    let first = member("inst-1");
+    assert_eq!(assigned(&first), 2);
+    // A static member that goes away (killed, or closed) does not leave the group; its
+    // successor with the same group.instance.id gets the partitions back at once instead
+    // of waiting for the 45 s session timeout.
+    drop(first);
+    let started = Instant::now();
+    let second = member("inst-1");
+    assert_eq!(assigned(&second), 2);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "static member rejoined without a session timeout ({took:?})"
+    );
+    eprintln!("broker conformance: static member took its partitions back in {took:?}");
 }

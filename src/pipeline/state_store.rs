@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::output::{Destination, OutputProducer, send};
 use crate::rollup::{PartitionRollup, PartitionSnapshot, RollupConfig};
 
 /// Largest chunk of snapshot bytes in one message.
@@ -66,9 +67,10 @@ impl StateLocation<'_> {
     }
 }
 
-/// Queues a snapshot's chunks on the producer (the caller flushes).
+/// Queues a snapshot's chunks on the producer, counted in `epoch` (in the open transaction
+/// in `exactly_once`); the caller waits for them.
 pub fn write_snapshot(
-    producer: &ThreadedProducer<super::OutputContext>,
+    producer: &OutputProducer,
     loc: &StateLocation<'_>,
     snap: &PartitionSnapshot,
     rules: &str,
@@ -97,34 +99,24 @@ pub fn write_snapshot(
             data: c.to_vec(),
         };
         let bytes = bincode::serialize(&chunk).expect("chunk serializes");
-        let opaque = producer.context().sending(epoch);
-        let mut rec = BaseRecord::with_opaque_to(loc.state_topic, opaque)
-            .key(&key)
-            .payload(&bytes)
-            .partition(loc.state_partition());
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    producer.context().not_sent(opaque);
-                    return Err(e.into());
-                }
-            }
-        }
+        send(
+            producer,
+            epoch,
+            Destination {
+                topic: loc.state_topic,
+                key: key.as_bytes(),
+                partition: Some(loc.state_partition()),
+            },
+            &bytes,
+        )?;
     }
     Ok(data.len())
 }
 
-/// Reads messages of one partition in `[from, to)` and calls `f` for each.
+/// Reads messages of one partition in `[from, to)` and calls `f` for each. `reader` must
+/// have `enable.partition.eof` on: offsets have gaps (transaction markers, compaction), so
+/// the read ends at the first offset at or past `to`, or at the end of the partition (for a
+/// `read_committed` reader: the last stable offset), never by waiting for offset `to - 1`.
 pub fn read_range(
     reader: &BaseConsumer,
     topic: &str,
@@ -144,6 +136,7 @@ pub fn read_range(
     let mut next = from;
     while next < to {
         if Instant::now() > deadline {
+            let _ = reader.unassign();
             return Err(StateError::Timeout {
                 topic: topic.to_string(),
                 partition,
@@ -157,6 +150,7 @@ pub fn read_range(
                 }
                 next = next.max(m.offset() + 1);
             }
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, topic, partition, "state read error, retrying")
             }

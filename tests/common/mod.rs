@@ -171,6 +171,20 @@ impl TestEnv {
         self.children.len() - 1
     }
 
+    /// Restarts child `i` (with `role`, logging to `log_name`) if it has exited, as a
+    /// supervisor would; returns how many restarts were needed (0 or 1).
+    pub fn respawn_if_exited(&mut self, i: usize, role: &str, log_name: &str) -> usize {
+        if let Ok(Some(status)) = self.children[i].try_wait() {
+            eprintln!("aggregator {i} exited ({status}); restarting it");
+            let listen = self.cfg.http.listen.clone();
+            self.spawn_with(role, log_name, &listen, &[]);
+            let new = self.children.pop().unwrap();
+            self.children[i] = new;
+            return 1;
+        }
+        0
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
@@ -215,11 +229,15 @@ impl TestEnv {
             .set("bootstrap.servers", &self.cfg.kafka.brokers)
             .set("group.id", format!("{}-reader", self.name))
             .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
             .create()
             .unwrap()
     }
 
-    /// Every message of a topic, per partition in offset order.
+    /// Every committed message of a topic (what a `read_committed` consumer sees), per
+    /// partition in offset order. Reads each partition to its end-of-partition event:
+    /// transaction markers leave offset gaps, so "until offset high - 1" would hang.
     pub fn read_topic(&self, topic: &str) -> BTreeMap<i32, Vec<Record>> {
         let c = self.consumer();
         let md = c
@@ -238,20 +256,19 @@ impl TestEnv {
                     .unwrap();
                 c.assign(&tpl).unwrap();
                 let deadline = Instant::now() + Duration::from_secs(60);
-                let mut next = low;
-                while next < high {
+                loop {
                     assert!(Instant::now() < deadline, "timed out reading {topic}/{p}");
-                    if let Some(Ok(m)) = c.poll(Duration::from_millis(200))
-                        && m.offset() >= next
-                    {
-                        msgs.push((
+                    match c.poll(Duration::from_millis(200)) {
+                        Some(Ok(m)) => msgs.push((
                             m.offset(),
                             m.key().unwrap_or_default().to_vec(),
                             m.payload().unwrap_or_default().to_vec(),
-                        ));
-                        next = m.offset() + 1;
+                        )),
+                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(q))) if q == p => break,
+                        _ => {}
                     }
                 }
+                c.unassign().unwrap();
             }
             out.insert(p, msgs);
         }
@@ -544,31 +561,31 @@ impl Drop for PrivateClickHouse {
     }
 }
 
-/// A private broker (nisshi from the tools cache), for broker restart and freeze tests.
+/// A private Apache Kafka broker (for broker restart, freeze and full-disk tests), started
+/// by `scripts/services kafka-run DIR PORT`, configured like the shared one. Its log dir
+/// survives `stop`/`kill` and `resume`.
 pub struct PrivateBroker {
     pub addr: String,
-    dir: PathBuf,
-    storage: String,
+    pub dir: PathBuf,
+    port: u16,
     pub child: Option<Child>,
 }
 
 impl PrivateBroker {
-    pub fn binary() -> PathBuf {
-        let tools = std::env::var("USAGE_AGG_TOOLS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/usage-aggregator/tools")
-            });
-        tools.join("bin/nisshi")
-    }
-
-    pub fn start(dir: &Path, storage: &str) -> PrivateBroker {
+    pub fn start(dir: &Path) -> PrivateBroker {
         let dir = dir.join("broker");
         std::fs::create_dir_all(&dir).unwrap();
+        // Two consecutive free ports: the broker's and its KRaft controller's.
+        let port = loop {
+            let p = free_port();
+            if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
         let mut b = PrivateBroker {
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr: format!("127.0.0.1:{port}"),
             dir,
-            storage: storage.into(),
+            port,
             child: None,
         };
         b.resume();
@@ -576,49 +593,62 @@ impl PrivateBroker {
     }
 
     pub fn resume(&mut self) {
-        let url = format!("tcp://{}", self.addr);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("broker.log"))
             .unwrap();
-        let child = Command::new(Self::binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                &self.storage,
-                "--group-initial-rebalance-delay",
-                "0s",
-            ])
-            .current_dir(&self.dir)
+        let child = Command::new(root().join("scripts/services"))
+            .args(["kafka-run", self.dir.to_str().unwrap(), &self.port.to_string()])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&self.addr).is_err() {
-            assert!(Instant::now() < deadline, "private broker did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let server_log = self.dir.join("logs/server.log");
+        let started_before = std::fs::read_to_string(&server_log)
+            .unwrap_or_default()
+            .matches("Kafka Server started")
+            .count();
+        loop {
+            let started = std::fs::read_to_string(&server_log)
+                .unwrap_or_default()
+                .matches("Kafka Server started")
+                .count();
+            if started > started_before && TcpStream::connect(&self.addr).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private broker did not start; see {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
+    /// Graceful stop (SIGTERM), SIGKILL after 30 s.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-s", "TERM", &c.id().to_string()])
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL, as a crash: the log dir is recovered on `resume`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -637,6 +667,6 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.signal("CONT");
-        self.stop();
+        self.kill();
     }
 }

@@ -1,7 +1,10 @@
-//! Crash test (pipeline + sink): a realistic workload of 100k+ events flows while the
-//! aggregator is killed with SIGKILL at random instants 20+ times and restarted. Afterwards
-//! the debits topic, deduplicated by debit_id, equals the rating core's result on the same
-//! input, and ClickHouse holds every row exactly once with equal sums.
+//! Crash tests (pipeline + sink): a realistic workload of 100k+ events flows while the
+//! aggregator is killed with SIGKILL at random instants and restarted. Afterwards:
+//! - `exactly_once` (50 kills): a `read_committed` reader sees every debit, priced line and
+//!   dead letter exactly once (zero repeats), equal to the rating core's result byte for byte;
+//!   the time from each restart to its first new debit is measured;
+//! - `at_least_once` (12 kills): the debits topic deduplicated by debit_id equals the oracle;
+//! - both: ClickHouse holds every row exactly once with equal sums.
 
 mod common;
 
@@ -12,12 +15,37 @@ use rand::{Rng, SeedableRng};
 use usage_aggregator::loadgen::{Workload, WorkloadSpec};
 
 #[test]
-fn crash_kill9_twenty_times_loses_nothing_and_counts_nothing_twice() {
-    let mut env = TestEnv::new("crash");
+fn crash_kill9_fifty_times_exactly_once_no_repeats_on_any_topic() {
+    crash_run("crash_eos", "exactly_once", 50);
+}
+
+#[test]
+fn crash_kill9_at_least_once_deduplicated_equals_oracle() {
+    crash_run("crash_alo", "at_least_once", 12);
+}
+
+/// Committed debits on the topic now (sum of the partitions' last stable offsets).
+fn debits_end(env: &TestEnv, c: &rdkafka::consumer::BaseConsumer) -> i64 {
+    use rdkafka::consumer::Consumer;
+    (0..env.cfg.topics.output_partitions)
+        .map(|p| {
+            c.fetch_watermarks(&env.cfg.topics.debits, p, Duration::from_secs(10))
+                .map_or(0, |(_, h)| h)
+        })
+        .sum()
+}
+
+fn crash_run(name: &str, delivery: &str, kill_count: usize) {
+    let mut env = TestEnv::new(name);
+    env.env.push((
+        "USAGE_AGG__PIPELINE__DELIVERY".into(),
+        delivery.to_string(),
+    ));
+    let exactly_once = delivery == "exactly_once";
     // Static membership: a restarted member takes its partitions back without waiting for
     // the dead one's session to expire.
     env.env.push((
-        "USAGE_AGG_KAFKA_PROP_GROUP_INSTANCE_ID".into(),
+        "USAGE_AGG__KAFKA__INSTANCE_ID".into(),
         env.name.clone(),
     ));
     env.env.push((
@@ -48,11 +76,12 @@ fn crash_kill9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     let topic = env.cfg.topics.usage_events.clone();
     let loader = env.loader();
     let started = Instant::now();
+    // Paced so that the kills land while events flow (~2.5 s per kill).
+    let per_100ms = (total / (kill_count * 25)).max(50);
     let producer = std::thread::spawn(move || {
-        // ~8k events/s so that kills land while events flow.
         for (i, g) in events.iter().enumerate() {
             loader.send(&topic, &g.key, &g.payload).unwrap();
-            if i % 800 == 799 {
+            if i % per_100ms == per_100ms - 1 {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -62,7 +91,15 @@ fn crash_kill9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut kills = 0;
     let mut assigned_before = 0;
-    while kills < 22 {
+    let watermarks: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.cfg.kafka.brokers)
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    // Seconds from each restart to the first debit it commits (while input still flows).
+    let mut recoveries: Vec<f64> = Vec::new();
+    let mut restarted_at = (Instant::now(), debits_end(&env, &watermarks));
+    while kills < kill_count {
         // Kill only once the new process is consuming, at a random instant after that.
         let wait = Instant::now();
         while env.assignments("aggregator.log") <= assigned_before
@@ -70,10 +107,20 @@ fn crash_kill9_twenty_times_loses_nothing_and_counts_nothing_twice() {
         {
             std::thread::sleep(Duration::from_millis(50));
         }
+        if !producer.is_finished() {
+            while restarted_at.0.elapsed() < Duration::from_secs(30) {
+                if debits_end(&env, &watermarks) > restarted_at.1 {
+                    recoveries.push(restarted_at.0.elapsed().as_secs_f64());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
         std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
         env.kill9(child);
         kills += 1;
         assigned_before = env.assignments("aggregator.log");
+        restarted_at = (Instant::now(), debits_end(&env, &watermarks));
         child = env.spawn("all", "aggregator.log");
     }
     producer.join().unwrap();
@@ -130,6 +177,29 @@ fn crash_kill9_twenty_times_loses_nothing_and_counts_nothing_twice() {
         );
     }
     assert!(extra.is_empty(), "extra {extra:?}");
+    let repeats = raw - oracle.debits.len();
+    let line_msgs: usize = env
+        .read_topic(&env.cfg.topics.priced_usage)
+        .values()
+        .map(Vec::len)
+        .sum();
+    let dead_msgs: usize = env
+        .read_topic(&env.cfg.topics.dead_letter)
+        .values()
+        .map(Vec::len)
+        .sum();
+    if exactly_once {
+        assert_eq!(repeats, 0, "read_committed sees each debit exactly once");
+        assert_eq!(
+            line_msgs,
+            oracle.lines.len(),
+            "read_committed sees each priced line exactly once"
+        );
+        assert_eq!(
+            dead_msgs, oracle.rejected,
+            "read_committed sees each dead letter exactly once"
+        );
+    }
     for (id, bytes) in &oracle.debits {
         assert_eq!(
             &topic_debits[id], bytes,
@@ -197,10 +267,25 @@ fn crash_kill9_twenty_times_loses_nothing_and_counts_nothing_twice() {
         })
         .collect();
     let mean_restore = restores.iter().sum::<f64>() / restores.len().max(1) as f64;
+    recoveries.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        recoveries
+            .get(((recoveries.len() as f64 * q) as usize).min(recoveries.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     eprintln!(
-        "crash test: {total} events, {kills} SIGKILLs, {} debits ({raw} messages on the topic, {} repeats), produced in {:.1}s, settled in {:.1}s, {:.0} events/s overall, {} partition restores averaging {mean_restore:.0} ms",
+        "crash test ({delivery}): restart -> first new debit over {} restarts: p50 {:.2}s, p90 {:.2}s, max {:.2}s",
+        recoveries.len(),
+        pct(0.5),
+        pct(0.9),
+        recoveries.last().copied().unwrap_or(f64::NAN)
+    );
+    eprintln!(
+        "crash test ({delivery}): {total} events, {kills} SIGKILLs, {} debits ({raw} messages on the topic, {repeats} repeats; priced_usage {line_msgs} messages for {} lines; dead_letter {dead_msgs} for {}), produced in {:.1}s, settled in {:.1}s, {:.0} events/s overall, {} partition restores averaging {mean_restore:.0} ms",
         oracle.debits.len(),
-        raw - oracle.debits.len(),
+        oracle.lines.len(),
+        oracle.rejected,
         produced_in.as_secs_f64(),
         settled_in.as_secs_f64(),
         total as f64 / settled_in.as_secs_f64(),

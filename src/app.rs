@@ -193,10 +193,10 @@ async fn start_catalog(
 
 /// Asks the brokers for metadata every 2 s; readiness fails when they do not answer.
 fn kafka_probe(cfg: &Config, stop: &AtomicBool, health: &Health) -> anyhow::Result<()> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     let mut c = crate::kafka::reader_config(cfg);
     c.set("socket.timeout.ms", "3000");
-    let probe: BaseConsumer = c.create()?;
+    let probe: crate::kafka::Reader = c.create_with_context(crate::kafka::ReaderContext)?;
     while !stop.load(Ordering::Relaxed) {
         let ok = probe
             .fetch_metadata(Some(&cfg.topics.usage_events), Duration::from_secs(3))

@@ -43,7 +43,7 @@ impl Loader {
     }
 
     fn send_record(&self, rec: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
-        kafka::send_with_backpressure(&self.producer, rec).map_err(|(e, _)| e.into())
+        kafka::send_with_backpressure(&self.producer, rec).map_err(Into::into)
     }
 
     pub fn flush(&self) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -40,7 +40,7 @@ pub async fn publish(cfg: &Config, versions: &[PriceVersion]) -> anyhow::Result<
 
 /// Follows the catalog topic in a thread, applying versions to `handle`.
 pub struct CatalogFeed {
-    consumer: BaseConsumer,
+    consumer: kafka::Reader,
     handle: CatalogHandle,
     topic: String,
 }
@@ -49,7 +49,7 @@ impl CatalogFeed {
     pub fn new(cfg: &Config) -> anyhow::Result<(CatalogFeed, CatalogHandle)> {
         let mut c = kafka::reader_config(cfg);
         c.set("group.id", format!("{}-catalog", cfg.kafka.group_id));
-        let consumer: BaseConsumer = c.create()?;
+        let consumer: kafka::Reader = c.create_with_context(kafka::ReaderContext)?;
         let handle: CatalogHandle = Arc::new(ArcSwap::from_pointee(Catalog::default()));
         Ok((
             CatalogFeed {

@@ -35,7 +35,25 @@ pub fn client_config(cfg: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
     c
 }
 
-/// A plain consumer configuration (no group semantics used), for readers that assign.
+/// Context of the readers that assign partitions and read to the partition end: the end of
+/// partition is how their reads finish, not an error worth a log line.
+pub struct ReaderContext;
+
+impl rdkafka::client::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
+/// A reader: assigns partitions, never joins a group, ends reads at partition EOF.
+pub type Reader = rdkafka::consumer::BaseConsumer<ReaderContext>;
+
+/// A plain consumer configuration (no group semantics used), for readers that assign;
+/// create it with `create_with_context(ReaderContext)`.
 pub fn reader_config(cfg: &Config) -> ClientConfig {
     let group = format!("{}-reader", cfg.kafka.group_id);
     let mut c = client_config(
@@ -118,17 +136,20 @@ pub fn instance_id(cfg: &Config) -> Option<String> {
     cfg.kafka
         .instance_id
         .clone()
-        .or_else(|| client_config(cfg, &[]).get("group.instance.id").map(str::to_string))
+        .or_else(|| {
+            client_config(cfg, &[])
+                .get("group.instance.id")
+                .map(str::to_string)
+        })
         .filter(|s| !s.trim().is_empty())
 }
 
 /// Sends one record, waiting while the producer queue is full (backpressure: the caller's
-/// loop, and so consumption, pauses). Any other error is returned with the record, so the
-/// caller can release what it counted for it.
-pub fn send_with_backpressure<'a, C: ProducerContext>(
+/// loop, and so consumption, pauses). Any other error is returned (the record was not queued).
+pub fn send_with_backpressure<C: ProducerContext>(
     producer: &ThreadedProducer<C>,
-    mut rec: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
-) -> Result<(), (KafkaError, BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>)> {
+    mut rec: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<(), KafkaError> {
     let mut paused = false;
     let result = loop {
         match producer.send(rec) {
@@ -141,7 +162,7 @@ pub fn send_with_backpressure<'a, C: ProducerContext>(
                 rec = r;
                 std::thread::sleep(Duration::from_millis(1));
             }
-            Err(e) => break Err(e),
+            Err((e, _)) => break Err(e),
         }
     };
     if paused {

@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
@@ -104,6 +102,9 @@ struct PartitionState {
     dirty: bool,
 }
 
+/// Partition snapshots of one checkpoint.
+type Snapshots = Vec<(i32, PartitionSnapshot)>;
+
 /// How checkpoints are made durable.
 enum Mode {
     AtLeastOnce(Coordinator<PartitionSnapshot>),
@@ -157,7 +158,7 @@ pub struct Engine {
     rules_fingerprint: String,
     catalog: CatalogHandle,
     producer: OutputProducer,
-    reader: BaseConsumer,
+    reader: kafka::Reader,
     parts: HashMap<i32, PartitionState>,
     state_partitions: i32,
     failures_seen: u64,
@@ -198,7 +199,8 @@ impl Engine {
                 (p, Mode::ExactlyOnce { open: false })
             }
         };
-        let reader: BaseConsumer = kafka::reader_config(cfg).create()?;
+        let reader: kafka::Reader =
+            kafka::reader_config(cfg).create_with_context(kafka::ReaderContext)?;
         let md = reader.fetch_metadata(Some(&cfg.topics.state), Duration::from_secs(10))?;
         let state_partitions = md
             .topics()
@@ -237,15 +239,26 @@ impl Engine {
     }
 
     /// Restores a partition's state from its latest committed snapshot (or starts empty);
-    /// returns the offset consumption must start at, if a snapshot names one.
-    fn restore(&mut self, partition: i32) -> Result<Option<i64>, PipelineError> {
+    /// returns the offset consumption must start at, if a snapshot names one. `committed`
+    /// is the group's stable committed offset, which an `exactly_once` snapshot must reach.
+    fn restore(
+        &mut self,
+        partition: i32,
+        committed: Option<i64>,
+    ) -> Result<Option<i64>, PipelineError> {
         let started = Instant::now();
+        let committed = match self.mode {
+            Mode::ExactlyOnce { .. } => committed,
+            // Snapshots are acknowledged before offsets are committed: never behind.
+            Mode::AtLeastOnce(_) => None,
+        };
         let restored = restore_partition(
             &self.reader,
             &self.location(partition),
             &self.rules,
             now_ms(),
             self.cfg.pipeline.drain_timeout.max(Duration::from_secs(30)),
+            committed,
         )?;
         let (rollup, start) = match restored {
             Some(rollup) => {
@@ -304,7 +317,11 @@ impl Engine {
     fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
         let (p, o) = (m.partition(), m.offset());
         let Some(st) = self.parts.get(&p) else {
-            tracing::warn!(partition = p, offset = o, "message of a partition not assigned here; skipped");
+            tracing::warn!(
+                partition = p,
+                offset = o,
+                "message of a partition not assigned here; skipped"
+            );
             return Ok(());
         };
         if o < st.rollup.next_offset() {
@@ -375,7 +392,7 @@ impl Engine {
     }
 
     /// Snapshots of the partitions changed since the last checkpoint, and their offsets.
-    fn take_snapshots(&mut self) -> (Vec<(i32, PartitionSnapshot)>, Vec<(i32, i64)>) {
+    fn take_snapshots(&mut self) -> (Snapshots, Vec<(i32, i64)>) {
         self.counts.flush();
         let mut parts: Vec<i32> = self.parts.keys().copied().collect();
         parts.sort_unstable();
@@ -509,9 +526,12 @@ impl Engine {
         let producer = &self.producer;
         let result = (|| {
             if tpl.count() > 0 {
-                let cgm = consumer.group_metadata().ok_or(TxnFailure::Abort(
-                    KafkaError::Global(RDKafkaErrorCode::State),
-                ))?;
+                let cgm =
+                    consumer
+                        .group_metadata()
+                        .ok_or(TxnFailure::Abort(KafkaError::Global(
+                            RDKafkaErrorCode::State,
+                        )))?;
                 txn_call("send_offsets_to_transaction", deadline, || {
                     producer.send_offsets_to_transaction(&tpl, &cgm, timeout)
                 })?;
@@ -559,11 +579,41 @@ impl Engine {
         self.failures_seen = self.producer.context().failed();
         self.counts = BatchCounts::default();
         let parts: Vec<i32> = self.parts.keys().copied().collect();
+        let committed = self.committed(consumer, &parts)?;
         for p in parts {
-            let start = self.restore(p)?.map_or(Offset::Beginning, Offset::Offset);
-            consumer.seek(&self.cfg.topics.usage_events, p, start, Duration::from_secs(10))?;
+            let start = self
+                .restore(p, committed.get(&p).copied())?
+                .map_or(Offset::Beginning, Offset::Offset);
+            consumer.seek(
+                &self.cfg.topics.usage_events,
+                p,
+                start,
+                Duration::from_secs(10),
+            )?;
         }
         Ok(())
+    }
+
+    /// The group's committed input offsets of `partitions`, fetched stable: a
+    /// `read_committed` consumer's offset fetch waits for pending transactions to finish.
+    fn committed<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, i64>, PipelineError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.cfg.topics.usage_events, *p);
+        }
+        let got = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Makes everything processed so far durable before returning (revoke, shutdown).
@@ -733,7 +783,10 @@ impl ConsumerContext for InputContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -742,8 +795,15 @@ impl ConsumerContext for InputContext {
                 // time out, and the running-cost API must see them), and start each
                 // partition at its snapshot's offset rather than seeking later.
                 let mut engine = lock(&self.engine);
+                let committed = match engine.committed(consumer, &parts) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.fail(e);
+                        HashMap::new()
+                    }
+                };
                 for p in &parts {
-                    match engine.restore(*p) {
+                    match engine.restore(*p, committed.get(p).copied()) {
                         Ok(Some(next)) => {
                             if let Err(e) =
                                 tpl.set_partition_offset(&self.topic, *p, Offset::Offset(next))

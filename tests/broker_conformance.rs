@@ -210,12 +210,22 @@ async fn broker_conformance_transactions_for_exactly_once() {
     let id = unique("tx");
     let p = txn_producer(&id);
     p.begin_transaction().unwrap();
-    p.send(BaseRecord::to(&output).key("k").payload("committed").partition(0))
-        .unwrap();
+    p.send(
+        BaseRecord::to(&output)
+            .key("k")
+            .payload("committed")
+            .partition(0),
+    )
+    .unwrap();
     p.commit_transaction(Duration::from_secs(30)).unwrap();
     p.begin_transaction().unwrap();
-    p.send(BaseRecord::to(&output).key("k").payload("aborted").partition(0))
-        .unwrap();
+    p.send(
+        BaseRecord::to(&output)
+            .key("k")
+            .payload("aborted")
+            .partition(0),
+    )
+    .unwrap();
     p.flush(Duration::from_secs(30)).unwrap();
     p.abort_transaction(Duration::from_secs(30)).unwrap();
     assert_eq!(read_all(&output, "read_committed"), vec!["committed"]);
@@ -238,8 +248,13 @@ async fn broker_conformance_transactions_for_exactly_once() {
         tpl
     };
     p.begin_transaction().unwrap();
-    p.send(BaseRecord::to(&output).key("k").payload("with-offsets").partition(0))
-        .unwrap();
+    p.send(
+        BaseRecord::to(&output)
+            .key("k")
+            .payload("with-offsets")
+            .partition(0),
+    )
+    .unwrap();
     p.send_offsets_to_transaction(&offsets_at(4), &cgm, Duration::from_secs(30))
         .unwrap();
     p.commit_transaction(Duration::from_secs(30)).unwrap();
@@ -252,8 +267,13 @@ async fn broker_conformance_transactions_for_exactly_once() {
     };
     assert_eq!(committed(&c), rdkafka::Offset::Offset(4));
     p.begin_transaction().unwrap();
-    p.send(BaseRecord::to(&output).key("k").payload("aborted-2").partition(0))
-        .unwrap();
+    p.send(
+        BaseRecord::to(&output)
+            .key("k")
+            .payload("aborted-2")
+            .partition(0),
+    )
+    .unwrap();
     p.send_offsets_to_transaction(&offsets_at(8), &cgm, Duration::from_secs(30))
         .unwrap();
     p.abort_transaction(Duration::from_secs(30)).unwrap();
@@ -268,8 +288,13 @@ async fn broker_conformance_transactions_for_exactly_once() {
     // holds read_committed readers back; its successor with the same transactional.id
     // aborts it at init_transactions, long before the transaction timeout (60 s).
     p.begin_transaction().unwrap();
-    p.send(BaseRecord::to(&output).key("k").payload("crashed").partition(0))
-        .unwrap();
+    p.send(
+        BaseRecord::to(&output)
+            .key("k")
+            .payload("crashed")
+            .partition(0),
+    )
+    .unwrap();
     p.flush(Duration::from_secs(30)).unwrap();
     std::mem::forget(p); // as if killed: no abort, no commit
     let started = Instant::now();
@@ -281,9 +306,16 @@ async fn broker_conformance_transactions_for_exactly_once() {
     );
     successor.begin_transaction().unwrap();
     successor
-        .send(BaseRecord::to(&output).key("k").payload("after").partition(0))
+        .send(
+            BaseRecord::to(&output)
+                .key("k")
+                .payload("after")
+                .partition(0),
+        )
         .unwrap();
-    successor.commit_transaction(Duration::from_secs(30)).unwrap();
+    successor
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
     assert_eq!(
         read_all(&output, "read_committed"),
         vec!["committed", "with-offsets", "after"]

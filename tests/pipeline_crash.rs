@@ -37,17 +37,13 @@ fn debits_end(env: &TestEnv, c: &rdkafka::consumer::BaseConsumer) -> i64 {
 
 fn crash_run(name: &str, delivery: &str, kill_count: usize) {
     let mut env = TestEnv::new(name);
-    env.env.push((
-        "USAGE_AGG__PIPELINE__DELIVERY".into(),
-        delivery.to_string(),
-    ));
+    env.env
+        .push(("USAGE_AGG__PIPELINE__DELIVERY".into(), delivery.to_string()));
     let exactly_once = delivery == "exactly_once";
     // Static membership: a restarted member takes its partitions back without waiting for
     // the dead one's session to expire.
-    env.env.push((
-        "USAGE_AGG__KAFKA__INSTANCE_ID".into(),
-        env.name.clone(),
-    ));
+    env.env
+        .push(("USAGE_AGG__KAFKA__INSTANCE_ID".into(), env.name.clone()));
     env.env.push((
         "USAGE_AGG_KAFKA_PROP_SESSION_TIMEOUT_MS".into(),
         "6000".into(),

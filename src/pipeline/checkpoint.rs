@@ -15,7 +15,10 @@ use std::time::Instant;
 #[derive(Debug, PartialEq)]
 pub enum Action<S> {
     /// Write these partition snapshots, counting them in `epoch`.
-    WriteSnapshots { snapshots: Vec<(i32, S)>, epoch: u64 },
+    WriteSnapshots {
+        snapshots: Vec<(i32, S)>,
+        epoch: u64,
+    },
     /// Commit these input offsets (partition, next offset); `started` is when the
     /// checkpoint began (for its duration metric).
     Commit {
@@ -187,7 +190,10 @@ mod tests {
             Some(Action::WriteSnapshots { epoch: 1, .. })
         ));
         // The snapshot epoch (1) became current + 1 = 2 after the write; commit allowed.
-        assert!(matches!(c.next_action(all_acked), Some(Action::Commit { .. })));
+        assert!(matches!(
+            c.next_action(all_acked),
+            Some(Action::Commit { .. })
+        ));
         // A new checkpoint began in epoch 2: its outputs epoch is 2, acknowledged once 3 opens.
         c.begin(vec![], vec![(0, 2)]);
         assert!(matches!(

@@ -110,8 +110,5 @@ pub fn send(
     if let Some(p) = to.partition {
         rec = rec.partition(p);
     }
-    send_with_backpressure(producer, rec).map_err(|(e, _)| {
-        producer.context().not_sent(opaque);
-        e
-    })
+    send_with_backpressure(producer, rec).inspect_err(|_| producer.context().not_sent(opaque))
 }

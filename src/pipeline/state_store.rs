@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::output::{Destination, OutputProducer, send};
+use crate::kafka::Reader;
 use crate::rollup::{PartitionRollup, PartitionSnapshot, RollupConfig};
 
 /// Largest chunk of snapshot bytes in one message.
@@ -24,6 +25,14 @@ pub enum StateError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("state snapshot of partition {partition} is corrupt: {why}")]
     Corrupt { partition: i32, why: String },
+    #[error(
+        "state of partition {partition} is behind its committed input offset {committed} (latest snapshot visible: {visible:?}) after waiting; the state topic may have been deleted or compacted away"
+    )]
+    Behind {
+        partition: i32,
+        committed: i64,
+        visible: Option<i64>,
+    },
     #[error("timed out reading {topic} partition {partition} up to offset {target}")]
     Timeout {
         topic: String,
@@ -118,7 +127,7 @@ pub fn write_snapshot(
 /// the read ends at the first offset at or past `to`, or at the end of the partition (for a
 /// `read_committed` reader: the last stable offset), never by waiting for offset `to - 1`.
 pub fn read_range(
-    reader: &BaseConsumer,
+    reader: &Reader,
     topic: &str,
     partition: i32,
     from: i64,
@@ -163,7 +172,7 @@ pub fn read_range(
 
 /// The latest complete snapshot of a partition, if any.
 pub fn load_snapshot(
-    reader: &BaseConsumer,
+    reader: &Reader,
     loc: &StateLocation<'_>,
     rules: &str,
     timeout: Duration,
@@ -233,15 +242,40 @@ pub fn load_snapshot(
 }
 
 /// Restores a partition: snapshot (or empty) plus duplicate memory from the input window.
+///
+/// `committed` is the group's committed input offset, fetched stable (after any pending
+/// transaction completed). The snapshot must reach it: a transaction's commit returns before
+/// its markers are written everywhere, so right after a rebalance the state partition can
+/// still show an older snapshot (or none); starting from it would process events twice or
+/// lose open executions. The read is retried until the snapshot catches up, up to `timeout`.
 pub fn restore_partition(
-    reader: &BaseConsumer,
+    reader: &Reader,
     loc: &StateLocation<'_>,
     cfg: &RollupConfig,
     now_ms: u64,
     timeout: Duration,
+    committed: Option<i64>,
 ) -> Result<Option<PartitionRollup>, StateError> {
     let rules = rules_fingerprint(cfg);
-    let Some(snap) = load_snapshot(reader, loc, &rules, timeout)? else {
+    let deadline = Instant::now() + timeout;
+    let snap = loop {
+        let snap = load_snapshot(reader, loc, &rules, timeout)?;
+        let visible = snap.as_ref().map(|s| s.next_offset);
+        match committed {
+            Some(c) if visible.is_none_or(|v| v < c) => {
+                if Instant::now() >= deadline {
+                    return Err(StateError::Behind {
+                        partition: loc.partition,
+                        committed: c,
+                        visible,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => break snap,
+        }
+    };
+    let Some(snap) = snap else {
         return Ok(None);
     };
     let next = snap.next_offset;

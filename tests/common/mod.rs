@@ -599,7 +599,11 @@ impl PrivateBroker {
             .open(self.dir.join("broker.log"))
             .unwrap();
         let child = Command::new(root().join("scripts/services"))
-            .args(["kafka-run", self.dir.to_str().unwrap(), &self.port.to_string()])
+            .args([
+                "kafka-run",
+                self.dir.to_str().unwrap(),
+                &self.port.to_string(),
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

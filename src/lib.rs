@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod loadgen;
+pub mod marker;
 pub mod metrics;
 pub mod money;
 pub mod offline;

@@ -21,6 +21,7 @@ pub mod offline;
 pub mod pipeline;
 pub mod rating;
 pub mod rejection;
+pub mod replay;
 pub mod report;
 pub mod rollup;
 pub mod sink;

@@ -215,6 +215,17 @@ fn the_service_gives_every_issue_input_its_value() {
     );
     loader.send_to(&usage, 0, "acct-a", a2.as_bytes()).unwrap();
     loader.send_to(&usage, 1, "acct-b", b2.as_bytes()).unwrap();
+    // ... and the same execution_id in two accounts: two executions.
+    for (account, n) in [("acct-a", 1), ("acct-b", 2)] {
+        let c = format!(
+            r#"{{"type":"tool_call","event_id":"s1","occurred_at":"2026-03-01T10:00:00Z","account_id":"{account}","execution_id":"exec-shared","asset_id":"tavily/web-search","quantities":{{"requests":{n}}}}}"#
+        );
+        let f = format!(
+            r#"{{"type":"execution_finished","event_id":"s2","occurred_at":"2026-03-01T10:00:09Z","account_id":"{account}","execution_id":"exec-shared"}}"#
+        );
+        loader.send(&usage, "exec-shared", c.as_bytes()).unwrap();
+        loader.send(&usage, "exec-shared", f.as_bytes()).unwrap();
+    }
     // 2. An asset the catalog does not have yet.
     loader
         .send(&usage, "acct-replay", NEW_ASSET.as_bytes())
@@ -253,19 +264,27 @@ fn the_service_gives_every_issue_input_its_value() {
     loader.flush().unwrap();
 
     env.wait_for(
-        "7 debits and 7 dead letters",
+        "9 debits and 7 dead letters",
         Duration::from_secs(90),
-        || env.debits_by_id().0.len() == 7 && dead_letters(&env).len() == 7,
+        || env.debits_by_id().0.len() == 9 && dead_letters(&env).len() == 7,
     );
     let debits = all_debits(&env);
     assert_eq!(totals(&debits, "acct-ts"), ["tool_call 0.008"]);
     assert_eq!(
         totals(&debits, "acct-a"),
-        ["model_call 0.00015", "model_call 0.00015"]
+        [
+            "agent_execution 0.0096",
+            "model_call 0.00015",
+            "model_call 0.00015"
+        ]
     );
     assert_eq!(
         totals(&debits, "acct-b"),
-        ["model_call 0.0003", "model_call 0.0003"]
+        [
+            "agent_execution 0.0192",
+            "model_call 0.0003",
+            "model_call 0.0003"
+        ]
     );
     assert_eq!(totals(&debits, "acct-f"), ["agent_execution 0.0192"]);
     assert_eq!(totals(&debits, "acct-i"), ["agent_execution 0.0096"]);
@@ -291,6 +310,25 @@ fn the_service_gives_every_issue_input_its_value() {
         env.ch("SELECT account_id FROM {db}.usage_transactions WHERE event_id = 'req-1' ORDER BY account_id")
             == "acct-a\nacct-b\n"
     });
+
+    // The execution API answers per account.
+    let listen = env.cfg.http.listen.clone();
+    env.wait_for(
+        "exec-shared debits in clickhouse",
+        Duration::from_secs(60),
+        || env.ch("SELECT count() FROM {db}.debits WHERE execution_id = 'exec-shared'") == "2\n",
+    );
+    let (status, body) = http_get(&listen, "/v1/executions/exec-shared?account_id=acct-b");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["debits"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(v["debits"][0]["account_id"], "acct-b");
+    assert_eq!(v["debits"][0]["total"], "0.0192");
+    let (_, body) = http_get(&listen, "/v1/executions/exec-shared");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["debits"].as_array().unwrap().len(), 2, "{body}");
+    let (status, _) = http_get(&listen, "/v1/executions/exec-shared?account_id=acct-x");
+    assert_eq!(status, 404);
 
     // 2. Publish the price, restart (the rejection must survive in the snapshot), replay.
     let fixed = env.dir.path().join("fixed.json");

@@ -168,6 +168,10 @@ pub struct PipelineConfig {
     /// after this long; must stay below the broker's `transaction.max.timeout.ms`.
     #[serde(with = "humantime_serde")]
     pub transaction_timeout: Duration,
+    /// File holding the secret that authenticates close markers (at least 32 bytes);
+    /// `USAGE_AGG_MARKER_KEY` takes precedence. Neither: a public development key, with a
+    /// warning. Every instance must share the key.
+    pub marker_key_file: Option<PathBuf>,
 }
 
 /// The pipeline's delivery guarantee (see docs/design.md).
@@ -192,6 +196,7 @@ impl Default for PipelineConfig {
             max_in_flight: 100_000,
             delivery: Delivery::ExactlyOnce,
             transaction_timeout: Duration::from_secs(10),
+            marker_key_file: None,
         }
     }
 }

@@ -117,6 +117,22 @@ impl PricedLine {
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a priced line always serializes")
     }
+
+    /// The line's identity for consumers that deduplicate: its event's idempotency key
+    /// (account_id, execution_id or empty, event_id) joined by `\n` (ids hold no control
+    /// characters). `event_id` alone is not unique: it is scoped by account and execution.
+    pub fn line_id(&self) -> String {
+        line_id(
+            &self.account_id,
+            self.execution_id.as_deref().unwrap_or_default(),
+            &self.event_id,
+        )
+    }
+}
+
+/// See [`PricedLine::line_id`]; the ClickHouse sink computes the same from its columns.
+pub fn line_id(account_id: &str, execution_id: &str, event_id: &str) -> String {
+    format!("{account_id}\n{execution_id}\n{event_id}")
 }
 
 fn hashed_id(prefix: &str, parts: &[&str]) -> String {

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
@@ -15,6 +15,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::money::LINE_COST_SCALE;
 use crate::rejection::{RejectReason, Rejection, excerpt};
+
+pub mod timestamp;
 
 /// Default largest accepted payload, in bytes.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
@@ -117,6 +119,16 @@ impl UsageEvent {
     }
 }
 
+/// Who wrote a message on the usage topic, as established outside the core (the pipeline
+/// verifies the marker authentication header, see `crate::marker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Anyone with write access to the usage topic. May not send `execution_timeout`.
+    Producer,
+    /// The aggregator itself: a message whose marker authentication verified.
+    Aggregator,
+}
+
 /// Hash of an id, for compact id memory.
 pub fn id_hash(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
@@ -153,8 +165,19 @@ fn reject(reason: RejectReason, message: String) -> Rejection {
     Rejection::new(reason, message)
 }
 
-/// Decodes and validates one payload.
+/// Decodes and validates one payload written by a producer: the reserved type
+/// `execution_timeout` is refused as `unknown_event_type`.
 pub fn decode(payload: &[u8], max_bytes: usize) -> Result<UsageEvent, Rejection> {
+    decode_from(payload, max_bytes, Origin::Producer)
+}
+
+/// Decodes and validates one payload; `execution_timeout` is accepted only from
+/// [`Origin::Aggregator`].
+pub fn decode_from(
+    payload: &[u8],
+    max_bytes: usize,
+    origin: Origin,
+) -> Result<UsageEvent, Rejection> {
     if payload.len() > max_bytes {
         return Err(reject(
             RejectReason::Oversized,
@@ -192,7 +215,7 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Result<UsageEvent, Rejection>
     // serde_json checks utf-8 inside strings; everything outside them is ascii by grammar.
     let wire: Wire<'_> = serde_json::from_slice(payload)
         .map_err(|e| encoding(payload).unwrap_or_else(|| classify_json_error(e)))?;
-    validate(&wire)
+    validate(&wire, origin)
 }
 
 fn classify_json_error(e: serde_json::Error) -> Rejection {
@@ -301,7 +324,7 @@ fn optional_id(field: &str, raw: Option<&RawValue>) -> Result<Option<String>, Re
     raw.map(|r| id_field(field, r)).transpose()
 }
 
-fn parse_kind(raw: &RawValue) -> Result<EventKind, Rejection> {
+fn parse_kind(raw: &RawValue, origin: Origin) -> Result<EventKind, Rejection> {
     let s = json_string("type", raw).map_err(|_| {
         reject(
             RejectReason::UnknownEventType,
@@ -315,7 +338,11 @@ fn parse_kind(raw: &RawValue) -> Result<EventKind, Rejection> {
         "model_call" => Ok(EventKind::ModelCall),
         "tool_call" => Ok(EventKind::ToolCall),
         "execution_finished" => Ok(EventKind::ExecutionFinished),
-        "execution_timeout" => Ok(EventKind::ExecutionTimeout),
+        "execution_timeout" if origin == Origin::Aggregator => Ok(EventKind::ExecutionTimeout),
+        "execution_timeout" => Err(reject(
+            RejectReason::UnknownEventType,
+            "field type execution_timeout is reserved for the aggregator's own close markers (this message carries no valid marker authentication); send execution_finished".to_string(),
+        )),
         other => Err(reject(
             RejectReason::UnknownEventType,
             format!(
@@ -326,7 +353,7 @@ fn parse_kind(raw: &RawValue) -> Result<EventKind, Rejection> {
     }
 }
 
-/// Parses an RFC 3339 timestamp with offset, years 2000 to 2099.
+/// Parses `occurred_at` by the contract's strict grammar ([`timestamp::parse_strict`]).
 pub fn parse_timestamp(field: &str, raw: &RawValue) -> Result<DateTime<Utc>, Rejection> {
     let s = json_string(field, raw).map_err(|_| {
         reject(
@@ -337,26 +364,15 @@ pub fn parse_timestamp(field: &str, raw: &RawValue) -> Result<DateTime<Utc>, Rej
             ),
         )
     })?;
-    let t = DateTime::parse_from_rfc3339(&s).map_err(|e| {
+    timestamp::parse_strict(&s).map_err(|e| {
         reject(
             RejectReason::InvalidTimestamp,
             format!(
-                "field {field} is not an RFC 3339 timestamp with offset ({e}): {}",
+                "field {field} is not a contract timestamp such as 2026-03-01T10:00:00Z ({e}): {}",
                 excerpt(&s)
             ),
         )
-    })?;
-    let t = t.with_timezone(&Utc);
-    if !(2000..2100).contains(&t.year()) {
-        return Err(reject(
-            RejectReason::InvalidTimestamp,
-            format!(
-                "field {field} is out of range (years 2000 to 2099): {}",
-                excerpt(&s)
-            ),
-        ));
-    }
-    Ok(t)
+    })
 }
 
 /// Parses one quantity: a JSON number or a decimal string, non-negative, exact.
@@ -512,8 +528,8 @@ fn parse_uint(field: &str, raw: &RawValue, max: u64) -> Result<u64, Rejection> {
         })
 }
 
-fn validate(w: &Wire<'_>) -> Result<UsageEvent, Rejection> {
-    let kind = parse_kind(required("type", w.kind)?)?;
+fn validate(w: &Wire<'_>, origin: Origin) -> Result<UsageEvent, Rejection> {
+    let kind = parse_kind(required("type", w.kind)?, origin)?;
     let event_id = id_field("event_id", required("event_id", w.event_id)?)?;
     let occurred_at = parse_timestamp("occurred_at", required("occurred_at", w.occurred_at)?)?;
     let account_id = id_field("account_id", required("account_id", w.account_id)?)?;
@@ -681,7 +697,7 @@ mod tests {
             (
                 &CALL.replace("2026-03-01T10:00:00+02:00", "2100-01-01T00:00:00Z"),
                 RejectReason::InvalidTimestamp,
-                "out of range",
+                "2000 to 2099",
             ),
             (
                 &CALL.replace("1200", "-3"),
@@ -778,10 +794,20 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let m = encode_timeout_marker("x\"1", "a", 42, at);
-        let e = decode(&m, DEFAULT_MAX_EVENT_BYTES).unwrap();
+        let e = decode_from(&m, DEFAULT_MAX_EVENT_BYTES, Origin::Aggregator).unwrap();
         assert_eq!(e.kind, EventKind::ExecutionTimeout);
         assert_eq!(e.execution_id.as_deref(), Some("x\"1"));
         assert_eq!(e.after_offset, Some(42));
+        // The same bytes from a producer are refused: the type is reserved.
+        let r = decode(&m, DEFAULT_MAX_EVENT_BYTES).unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownEventType);
+        assert!(r.message.contains("reserved"), "{}", r.message);
+        // Type is checked first: a forged marker with other defects still names the type.
+        let bad = String::from_utf8(m)
+            .unwrap()
+            .replace("2026-03-01T10:00:00.000Z", "soon");
+        let r = decode(bad.as_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownEventType);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! HTTP endpoints: /metrics (Prometheus text), /healthz (alive), /readyz (progress and
-//! reachability), GET /v1/executions/{id} (running cost, or the debits from ClickHouse).
+//! reachability), GET /v1/executions/{id}[?account_id=A] (running cost, or the debits from
+//! ClickHouse; execution ids are scoped by account, so the account narrows the answer).
 //! No payloads or secrets are exposed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -81,8 +82,19 @@ fn dec(v: i128, scale: u32) -> String {
         .unwrap_or_else(|_| "overflow".into())
 }
 
-async fn execution(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
-    if let Some(open) = s.engine.get().and_then(|e| e.running_cost(&id)) {
+/// Query of `GET /v1/executions/{id}`.
+#[derive(serde::Deserialize)]
+struct ExecutionQuery {
+    account_id: Option<String>,
+}
+
+async fn execution(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    Query(q): Query<ExecutionQuery>,
+) -> Response {
+    let account = q.account_id.as_deref();
+    if let Some(open) = s.engine.get().and_then(|e| e.running_cost(&id, account)) {
         return Json(json!({
             "execution_id": id,
             "status": "running",
@@ -102,8 +114,10 @@ async fn execution(State(s): State<HttpState>, Path(id): Path<String>) -> Respon
         return not_found(&id);
     };
     let rows: Result<Vec<DebitRecord>, _> = ch
-        .query("SELECT debit_id, kind, account_id, subtotal, markup_rate, markup, total, calls, breakdown_assets, breakdown_costs FROM debits WHERE execution_id = ? ORDER BY first_event_at, debit_id")
+        .query("SELECT debit_id, kind, account_id, subtotal, markup_rate, markup, total, calls, breakdown_assets, breakdown_costs FROM debits WHERE execution_id = ? AND (? = '' OR account_id = ?) ORDER BY first_event_at, debit_id")
         .bind(&id)
+        .bind(account.unwrap_or_default())
+        .bind(account.unwrap_or_default())
         .fetch_all()
         .await;
     match rows {

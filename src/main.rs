@@ -1,5 +1,6 @@
 //! The `usage-aggregator` command line: run the service, set up topics and schema, publish a
-//! catalog, rate a file offline, generate load, print a spend report, benchmark.
+//! catalog, rate a file offline, replay dead letters, generate load, print a spend report,
+//! benchmark.
 
 use std::io::{BufReader, BufWriter, IsTerminal};
 use std::path::PathBuf;
@@ -11,7 +12,8 @@ use usage_aggregator::app::{self, Role};
 use usage_aggregator::catalog::Catalog;
 use usage_aggregator::config::Config;
 use usage_aggregator::loadgen::{Workload, WorkloadSpec};
-use usage_aggregator::{bench, catalog_feed, kafka, offline, report, sink};
+use usage_aggregator::rejection::RejectReason;
+use usage_aggregator::{bench, catalog_feed, kafka, offline, replay, report, sink};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -67,6 +69,11 @@ enum Command {
         #[arg(long)]
         lines: bool,
     },
+    /// Dead-letter operations.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// Generate a realistic workload into the usage topic (or a file).
     Loadgen(LoadgenArgs),
     /// Print a spend summary from ClickHouse.
@@ -93,6 +100,35 @@ enum CatalogCommand {
     Publish { file: PathBuf },
     /// Validate a catalog file and list its versions.
     Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// Re-publish rejected events' original payloads to the usage topic (e.g. after adding
+    /// a missing price). Safe to repeat: what was billed once is a duplicate.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Only this reason (repeatable). Default: unknown_asset, no_price_at_time, unknown_unit.
+    #[arg(long = "reason", value_parser = replay::parse_reason)]
+    reasons: Vec<RejectReason>,
+    /// Only dead letters written at or after this time (RFC 3339, or an age such as 2h).
+    #[arg(long, value_parser = replay::parse_time)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only dead letters written before this time (RFC 3339, or an age such as 30m).
+    #[arg(long, value_parser = replay::parse_time)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events of this account_id.
+    #[arg(long)]
+    account: Option<String>,
+    /// Print what would be re-sent (one JSON line each) and send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Longest wait to read the dead-letter topic to its end.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -228,6 +264,9 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::DeadLetters {
+            command: DeadLettersCommand::Replay(a),
+        } => replay_dead_letters(&cfg, a),
         Command::Loadgen(a) => loadgen(&cfg, a).await,
         Command::Report {
             since,
@@ -251,6 +290,38 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(a) => bench::run(&cfg, a).await,
     }
+}
+
+fn replay_dead_letters(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
+    let filter = replay::ReplayFilter {
+        reasons: a.reasons,
+        from: a.from,
+        to: a.to,
+        account: a.account,
+    };
+    let letters = tokio::task::block_in_place(|| replay::read_dead_letters(cfg, a.timeout))?;
+    let chosen = replay::select(&letters, &filter, &cfg.topics.usage_events)?;
+    if a.dry_run {
+        for r in &chosen {
+            let mut v = serde_json::to_value(r)?;
+            v["payload"] = String::from_utf8_lossy(&r.payload).into_owned().into();
+            println!("{v}");
+        }
+        eprintln!(
+            "dry run: would re-send {} of {} dead letters to {}",
+            chosen.len(),
+            letters.len(),
+            cfg.topics.usage_events
+        );
+        return Ok(());
+    }
+    let n = tokio::task::block_in_place(|| replay::publish(cfg, &chosen))?;
+    println!(
+        "re-sent {n} of {} dead letters to {}",
+        letters.len(),
+        cfg.topics.usage_events
+    );
+    Ok(())
 }
 
 fn read_catalog(path: &std::path::Path) -> anyhow::Result<Catalog> {

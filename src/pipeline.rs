@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::Producer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
@@ -35,11 +35,12 @@ use crate::debit::Debit;
 use crate::event::encode_timeout_marker;
 use crate::health::{Health, now_ms};
 use crate::kafka;
+use crate::marker::{self, MarkerKey, MarkerKeyError};
 use crate::metrics::METRICS;
 use crate::rejection::DeadLetter;
 use crate::rollup::{Outcome, Output, PartitionRollup, PartitionSnapshot, RollupConfig};
 use checkpoint::{Action, Coordinator};
-use output::{Destination, OutputContext, OutputProducer, send};
+use output::{Destination, OutputContext, OutputProducer, send, send_with_headers};
 use state_store::{StateLocation, restore_partition, rules_fingerprint, write_snapshot};
 
 /// Errors that stop the pipeline (a restart resumes from the last checkpoint).
@@ -51,6 +52,8 @@ pub enum PipelineError {
     State(#[from] state_store::StateError),
     #[error("{0} output messages failed delivery; stopping so a restart replays them")]
     DeliveryFailed(u64),
+    #[error("marker key: {0}")]
+    MarkerKey(#[from] MarkerKeyError),
     #[error(
         "kafka transaction failed for good ({0}); stopping so a restart resumes from the last committed transaction (if another instance uses the same kafka.instance_id, give each a unique one)"
     )]
@@ -168,6 +171,8 @@ pub struct Engine {
     hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     warned_rejects: u64,
     mode: Mode,
+    /// Authenticates the close markers this pipeline writes and reads back.
+    marker_key: MarkerKey,
 }
 
 impl Engine {
@@ -177,6 +182,7 @@ impl Engine {
         health: Arc<Health>,
         hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     ) -> Result<Engine, PipelineError> {
+        let marker_key = MarkerKey::load(&cfg.pipeline)?;
         let (producer, mode) = match cfg.pipeline.delivery {
             Delivery::AtLeastOnce => (
                 kafka::producer_config(cfg).create_with_context(OutputContext::default())?,
@@ -226,6 +232,7 @@ impl Engine {
             hi_offsets,
             warned_rejects: 0,
             mode,
+            marker_key,
         })
     }
 
@@ -332,9 +339,10 @@ impl Engine {
         st.dirty = true;
         let payload = m.payload().unwrap_or_default();
         let catalog = self.catalog.load();
+        let origin = self.marker_key.origin(m.topic(), p, payload, m.headers());
         let outcome = st
             .rollup
-            .process(o, payload, &catalog, now_ms(), &mut self.out);
+            .process_from(origin, o, payload, &catalog, now_ms(), &mut self.out);
         self.counts.consumed += 1;
         match outcome {
             Outcome::Priced(t) => self.counts.priced[t as usize] += 1,
@@ -723,22 +731,28 @@ impl Engine {
         for (p, idle) in idle {
             let bytes =
                 encode_timeout_marker(&idle.execution_id, &idle.account_id, idle.after_offset, at);
+            let topic = &self.cfg.topics.usage_events;
+            let mac = self.marker_key.sign(topic, p, &bytes);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: marker::HEADER,
+                value: Some(&mac),
+            });
             let to = Destination {
-                topic: &self.cfg.topics.usage_events,
+                topic,
                 key: idle.execution_id.as_bytes(),
                 partition: Some(p),
             };
-            send(&self.producer, epoch, to, &bytes)?;
+            send_with_headers(&self.producer, epoch, to, &bytes, Some(headers))?;
             METRICS.markers_written.inc();
         }
         Ok(())
     }
 
     /// The running cost of an execution open on this instance.
-    pub fn running_cost(&self, execution_id: &str) -> Option<Debit> {
+    pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
         self.parts
             .values()
-            .find_map(|s| s.rollup.running_cost(execution_id))
+            .find_map(|s| s.rollup.running_cost(execution_id, account_id))
     }
 }
 
@@ -857,8 +871,8 @@ fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
 pub struct EngineHandle(Arc<Mutex<Engine>>);
 
 impl EngineHandle {
-    pub fn running_cost(&self, execution_id: &str) -> Option<Debit> {
-        lock(&self.0).running_cost(execution_id)
+    pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
+        lock(&self.0).running_cost(execution_id, account_id)
     }
 }
 

@@ -4,8 +4,13 @@
 //! time: idle closes happen only when the aggregator's own close marker is read back from
 //! the same partition. So replaying the same log from a snapshot yields the same outputs,
 //! byte for byte. Wall time is kept only to decide when to write a marker.
+//!
+//! Ids are scoped by tenant: an execution is (account_id, execution_id), and the
+//! idempotency key of an event is (account_id, execution_id or none, event_id), the scope of
+//! its Kafka key, so the outcome never depends on which partitions the events land on.
 
 pub mod dedupe;
+mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,13 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{AssetType, Catalog};
 use crate::debit::{self, BreakdownLine, Debit, DebitKind, PricedLine};
-use crate::event::{self, EventKind, UsageEvent, id_hash};
+use crate::event::{self, EventKind, Origin, UsageEvent, id_hash};
 use crate::money;
 use crate::rating::price_call;
 use crate::rejection::{RejectReason, Rejection, excerpt};
 use dedupe::{DedupeWindow, HashKeyed, Seen};
+pub use snapshot::PartitionSnapshot;
 
-/// Map keyed by execution id with a fast, non-cryptographic hash (keys come from our own
+/// Map keyed by execution key ([`exec_key`]) with a fast, non-cryptographic hash (keys come from our own
 /// producers' ids; flooding them only costs the flooder's partition).
 type FastMap<V> = std::collections::HashMap<String, V, xxhash_rust::xxh3::Xxh3Builder>;
 
@@ -112,21 +118,6 @@ pub struct IdleExecution {
     pub after_offset: i64,
 }
 
-/// Serializable state of one partition (all but the duplicate memory, which is rebuilt
-/// from the log window).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PartitionSnapshot {
-    pub next_offset: i64,
-    open: Vec<(String, OpenExecution)>,
-    closed: Vec<(u64, ClosedExecution)>,
-}
-
-impl PartitionSnapshot {
-    pub fn open_count(&self) -> usize {
-        self.open.len()
-    }
-}
-
 /// Rollup state of one input partition.
 #[derive(Debug)]
 pub struct PartitionRollup {
@@ -177,15 +168,20 @@ impl PartitionRollup {
     }
 
     /// Feeds the duplicate memory with an event already processed before `next_offset`
-    /// (rebuilding after a restart). Produces nothing.
+    /// (rebuilding after a restart from the snapshot's refused offsets and the log window).
+    /// Produces nothing. Leaves out what processing left out: rejected events and markers.
     pub fn remember(&mut self, offset: i64, payload: &[u8]) {
+        if self.dedupe.is_refused(offset) {
+            return;
+        }
         if let Ok(ev) = event::decode(payload, self.cfg.max_event_bytes) {
             self.dedupe
-                .observe(offset, id_hash(&ev.event_id), ev.content_hash());
+                .remember(offset, dedupe_key(&ev), ev.content_hash());
         }
     }
 
-    /// Processes the event at `offset`. `now_ms` is wall time, used only for idle markers.
+    /// Processes the event at `offset` written by a producer (no close markers accepted).
+    /// `now_ms` is wall time, used only for idle markers.
     pub fn process(
         &mut self,
         offset: i64,
@@ -194,36 +190,64 @@ impl PartitionRollup {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
+        self.process_from(Origin::Producer, offset, payload, catalog, now_ms, out)
+    }
+
+    /// Processes the event at `offset`; `origin` says whether the pipeline authenticated it
+    /// as the aggregator's own close marker ([`Origin::Aggregator`]). Only accepted events
+    /// enter the duplicate memory: a rejected event can be billed when re-sent.
+    pub fn process_from(
+        &mut self,
+        origin: Origin,
+        offset: i64,
+        payload: &[u8],
+        catalog: &Catalog,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Outcome {
         self.next_offset = offset + 1;
         self.evict_closed(offset);
-        let ev = match event::decode(payload, self.cfg.max_event_bytes) {
+        let ev = match event::decode_from(payload, self.cfg.max_event_bytes, origin) {
             Ok(ev) => ev,
             Err(r) => return self.rejected(r, out),
         };
-        match self
-            .dedupe
-            .observe(offset, id_hash(&ev.event_id), ev.content_hash())
-        {
+        if ev.kind == EventKind::ExecutionTimeout {
+            // A marker is idempotent by itself (a stale one is ignored): no duplicate memory.
+            return self.timeout(&ev, out);
+        }
+        let key = dedupe_key(&ev);
+        let content = ev.content_hash();
+        match self.dedupe.check(offset, key, content) {
             Seen::New => {}
-            Seen::Duplicate => return Outcome::Duplicate,
+            Seen::Duplicate => {
+                self.dedupe.remember(offset, key, content);
+                return Outcome::Duplicate;
+            }
             Seen::Conflict => {
+                self.dedupe.refuse(offset);
                 let r = Rejection::new(
                     RejectReason::ConflictingDuplicate,
                     format!(
-                        "event_id {} was already seen with different content",
-                        excerpt(&ev.event_id)
+                        "event_id {} of account_id {} was already billed with different content",
+                        excerpt(&ev.event_id),
+                        excerpt(&ev.account_id)
                     ),
                 );
                 return self.rejected(r, out);
             }
         }
-        match ev.kind {
+        let outcome = match ev.kind {
             EventKind::ModelCall | EventKind::ToolCall => {
                 self.call(offset, &ev, catalog, now_ms, out)
             }
-            EventKind::ExecutionFinished => self.finish(offset, &ev, now_ms, out),
-            EventKind::ExecutionTimeout => self.timeout(&ev, out),
+            _ => self.finish(offset, &ev, now_ms, out),
+        };
+        if matches!(outcome, Outcome::Rejected(_)) {
+            self.dedupe.refuse(offset);
+        } else {
+            self.dedupe.remember(offset, key, content);
         }
+        outcome
     }
 
     fn rejected(&self, r: Rejection, out: &mut Vec<Output>) -> Outcome {
@@ -258,14 +282,8 @@ impl PartitionRollup {
                 Err(r) => self.rejected(r, out),
             };
         };
-        if let Some(open) = self.open.get(exec_id) {
-            if open.account_id != ev.account_id {
-                return self.rejected(account_mismatch(exec_id, &ev.account_id), out);
-            }
-        } else if let Some(closed) = self.closed.get(&id_hash(exec_id)) {
-            if closed.account_hash != id_hash(&ev.account_id) {
-                return self.rejected(account_mismatch(exec_id, &ev.account_id), out);
-            }
+        let key = exec_key(&ev.account_id, exec_id);
+        if !self.open.contains_key(&key) && self.is_closed(&key, &ev.account_id) {
             return match price_call(ev, catalog, self.partition, offset) {
                 Ok(line) => {
                     let id = debit::adjustment_debit_id(&ev.account_id, exec_id, &ev.event_id);
@@ -285,12 +303,11 @@ impl PartitionRollup {
             };
         }
         let priced = price_call(ev, catalog, self.partition, offset);
-        if !self.open.contains_key(exec_id) {
+        if !self.open.contains_key(&key) {
             self.make_room(out);
-            self.open_by_first_offset
-                .insert(offset, exec_id.to_string());
+            self.open_by_first_offset.insert(offset, key.clone());
             self.open.insert(
-                exec_id.to_string(),
+                key.clone(),
                 OpenExecution {
                     account_id: ev.account_id.clone(),
                     first_event_id: ev.event_id.clone(),
@@ -309,7 +326,7 @@ impl PartitionRollup {
                 },
             );
         }
-        let open = self.open.get_mut(exec_id).expect("inserted above");
+        let open = self.open.get_mut(&key).expect("inserted above");
         open.calls_seen += 1;
         open.last_offset = offset;
         open.last_seen_ms = now_ms;
@@ -350,10 +367,10 @@ impl PartitionRollup {
         };
         let ready = self
             .open
-            .get(exec_id)
+            .get(&key)
             .is_some_and(|o| o.finished && o.expected_calls.is_none_or(|n| o.calls_seen >= n));
         if ready {
-            self.close(exec_id, offset, out);
+            self.close(&key, offset, out);
         }
         outcome
     }
@@ -366,39 +383,34 @@ impl PartitionRollup {
         out: &mut Vec<Output>,
     ) -> Outcome {
         let exec_id = ev.execution_id.as_deref().unwrap_or_default();
-        let Some(open) = self.open.get_mut(exec_id) else {
-            let h = id_hash(exec_id);
-            return match self.closed.get(&h) {
-                Some(c) if c.account_hash != id_hash(&ev.account_id) => {
-                    self.rejected(account_mismatch(exec_id, &ev.account_id), out)
-                }
-                Some(_) => Outcome::Ignored,
-                None => {
-                    // An execution with no calls: nothing to bill, but later calls adjust.
-                    self.remember_closed(h, id_hash(&ev.account_id), offset);
-                    Outcome::Finished
-                }
-            };
+        let key = exec_key(&ev.account_id, exec_id);
+        let Some(open) = self.open.get_mut(&key) else {
+            if self.is_closed(&key, &ev.account_id) {
+                return Outcome::Ignored;
+            }
+            // An execution with no calls: nothing to bill, but later calls adjust.
+            self.remember_closed(id_hash(&key), id_hash(&ev.account_id), offset);
+            return Outcome::Finished;
         };
-        if open.account_id != ev.account_id {
-            return self.rejected(account_mismatch(exec_id, &ev.account_id), out);
-        }
         open.finished = true;
         open.expected_calls = ev.expected_calls;
         open.last_offset = offset;
         open.last_seen_ms = now_ms;
         if ev.expected_calls.is_none_or(|n| open.calls_seen >= n) {
-            self.close(exec_id, offset, out);
+            self.close(&key, offset, out);
         }
         Outcome::Finished
     }
 
     fn timeout(&mut self, ev: &UsageEvent, out: &mut Vec<Output>) -> Outcome {
-        let exec_id = ev.execution_id.as_deref().unwrap_or_default();
-        match self.open.get(exec_id) {
+        let key = exec_key(
+            &ev.account_id,
+            ev.execution_id.as_deref().unwrap_or_default(),
+        );
+        match self.open.get(&key) {
             Some(open) if Some(open.last_offset) == ev.after_offset => {
                 let at = open.last_offset;
-                self.close(exec_id, at, out);
+                self.close(&key, at, out);
                 Outcome::Marker
             }
             _ => Outcome::Ignored,
@@ -417,15 +429,23 @@ impl PartitionRollup {
         }
     }
 
-    fn close(&mut self, exec_id: &str, offset: i64, out: &mut Vec<Output>) {
-        let Some(open) = self.open.remove(exec_id) else {
+    /// True if the execution `key` of `account_id` closed within the closed horizon.
+    fn is_closed(&self, key: &str, account_id: &str) -> bool {
+        self.closed
+            .get(&id_hash(key))
+            .is_some_and(|c| c.account_hash == id_hash(account_id))
+    }
+
+    fn close(&mut self, key: &str, offset: i64, out: &mut Vec<Output>) {
+        let Some(open) = self.open.remove(key) else {
             return;
         };
         self.open_by_first_offset.remove(&open.first_offset);
-        self.remember_closed(id_hash(exec_id), id_hash(&open.account_id), offset);
+        self.remember_closed(id_hash(key), id_hash(&open.account_id), offset);
         if open.calls_priced == 0 {
             return;
         }
+        let (_, exec_id) = split_key(key);
         let id = debit::execution_debit_id(&open.account_id, exec_id, &open.first_event_id);
         out.push(Output::Debit(self.execution_debit(exec_id, &open, id)));
     }
@@ -504,13 +524,13 @@ impl PartitionRollup {
     /// Open executions idle for `timeout_ms` whose close marker is not yet written.
     pub fn idle_executions(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<IdleExecution> {
         let mut idle = Vec::new();
-        for (id, o) in self.open.iter_mut() {
+        for (key, o) in self.open.iter_mut() {
             if now_ms.saturating_sub(o.last_seen_ms) >= timeout_ms
                 && o.marker_sent_after != Some(o.last_offset)
             {
                 o.marker_sent_after = Some(o.last_offset);
                 idle.push(IdleExecution {
-                    execution_id: id.clone(),
+                    execution_id: split_key(key).1.to_string(),
                     account_id: o.account_id.clone(),
                     after_offset: o.last_offset,
                 });
@@ -520,68 +540,50 @@ impl PartitionRollup {
         idle
     }
 
-    /// The running cost of an open execution, for the real-time API.
-    pub fn running_cost(&self, execution_id: &str) -> Option<Debit> {
-        let o = self.open.get(execution_id)?;
+    /// The running cost of an open execution, for the real-time API: of `account_id`'s
+    /// execution if given, else of the earliest-opened execution with that id.
+    pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
+        let o = match account_id {
+            Some(a) => self.open.get(&exec_key(a, execution_id))?,
+            None => self
+                .open_by_first_offset
+                .values()
+                .find(|k| split_key(k).1 == execution_id)
+                .and_then(|k| self.open.get(k))?,
+        };
         Some(self.execution_debit(execution_id, o, String::new()))
-    }
-
-    /// The state to persist with `next_offset` (open executions and closed memory).
-    pub fn snapshot(&self) -> PartitionSnapshot {
-        let mut open: Vec<(String, OpenExecution)> = self
-            .open_by_first_offset
-            .values()
-            .map(|id| (id.clone(), self.open[id].clone()))
-            .collect();
-        open.sort_by_key(|(_, o)| o.first_offset);
-        PartitionSnapshot {
-            next_offset: self.next_offset,
-            open,
-            closed: self
-                .closed_order
-                .iter()
-                .filter_map(|(o, h)| {
-                    self.closed
-                        .get(h)
-                        .filter(|c| c.closed_at == *o)
-                        .map(|c| (*h, *c))
-                })
-                .collect(),
-        }
-    }
-
-    /// Rebuilds state from a snapshot; the duplicate memory must then be fed with
-    /// [`Self::remember`] for the `dedupe_horizon` offsets before `next_offset`.
-    pub fn restore(
-        cfg: RollupConfig,
-        partition: i32,
-        snap: PartitionSnapshot,
-        now_ms: u64,
-    ) -> Self {
-        let mut r = PartitionRollup::new(cfg, partition);
-        r.next_offset = snap.next_offset;
-        for (id, mut o) in snap.open {
-            o.last_seen_ms = now_ms;
-            r.open_by_first_offset.insert(o.first_offset, id.clone());
-            r.open.insert(id, o);
-        }
-        for (h, c) in snap.closed {
-            r.closed.insert(h, c);
-            r.closed_order.push_back((c.closed_at, h));
-        }
-        r
     }
 }
 
-fn account_mismatch(exec_id: &str, account_id: &str) -> Rejection {
-    Rejection::new(
-        RejectReason::AccountMismatch,
-        format!(
-            "execution_id {} belongs to another account than account_id {}; an execution cannot mix accounts",
-            excerpt(exec_id),
-            excerpt(account_id)
-        ),
-    )
+/// Key of an execution: (account_id, execution_id). Ids hold no control character (the
+/// decoder refuses them), so U+0000 separates the two unambiguously.
+fn exec_key(account_id: &str, execution_id: &str) -> String {
+    let mut k = String::with_capacity(account_id.len() + 1 + execution_id.len());
+    k.push_str(account_id);
+    k.push('\0');
+    k.push_str(execution_id);
+    k
+}
+
+/// (account_id, execution_id) of an [`exec_key`].
+fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('\0').unwrap_or(("", key))
+}
+
+/// Hash of an event's idempotency key: (account_id, execution_id or none, event_id), the
+/// scope of its Kafka key. A producer retry repeats all three; the same event_id in another
+/// account or another execution is another event.
+fn dedupe_key(ev: &UsageEvent) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [
+        ev.account_id.as_str(),
+        ev.execution_id.as_deref().unwrap_or("\0"),
+        ev.event_id.as_str(),
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.digest()
 }
 
 fn single_line_debit(
@@ -620,3 +622,5 @@ fn single_line_debit(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_field_faults;

@@ -89,7 +89,8 @@ impl Table {
     }
     fn id_column(self) -> &'static str {
         match self {
-            Table::Transactions => "event_id",
+            // PricedLine::line_id: event ids are scoped by account and execution.
+            Table::Transactions => "concat(account_id, '\\n', execution_id, '\\n', event_id)",
             Table::Debits => "debit_id",
             Table::DeadLetters => "dead_letter_id",
         }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::kafka::send_with_backpressure;
@@ -103,12 +103,26 @@ pub fn send(
     to: Destination<'_>,
     payload: &[u8],
 ) -> Result<(), KafkaError> {
+    send_with_headers(producer, epoch, to, payload, None)
+}
+
+/// [`send`] with Kafka headers (the close markers' authentication).
+pub fn send_with_headers(
+    producer: &OutputProducer,
+    epoch: u64,
+    to: Destination<'_>,
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<(), KafkaError> {
     let opaque = producer.context().sending(epoch);
     let mut rec = BaseRecord::with_opaque_to(to.topic, opaque)
         .key(to.key)
         .payload(payload);
     if let Some(p) = to.partition {
         rec = rec.partition(p);
+    }
+    if let Some(h) = headers {
+        rec = rec.headers(h);
     }
     send_with_backpressure(producer, rec).inspect_err(|_| producer.context().not_sent(opaque))
 }

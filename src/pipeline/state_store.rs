@@ -227,11 +227,10 @@ pub fn load_snapshot(
                     "state snapshot was written under other rollup rules; outputs replayed from it may differ"
                 );
             }
-            let snap: PartitionSnapshot =
-                bincode::deserialize(&bytes).map_err(|e| StateError::Corrupt {
-                    partition: loc.partition,
-                    why: e.to_string(),
-                })?;
+            let snap = PartitionSnapshot::from_bytes(&bytes).map_err(|e| StateError::Corrupt {
+                partition: loc.partition,
+                why: e.to_string(),
+            })?;
             return Ok(Some(snap));
         }
         if from <= low {

@@ -1,6 +1,8 @@
-//! Duplicate memory of one input partition: every decodable event seen in the last
-//! `horizon` offsets, as (id hash, content hash). It is a pure function of the log window,
-//! so a restart rebuilds it exactly by re-reading that window.
+//! Duplicate memory of one input partition: every event *accepted* in the last `horizon`
+//! offsets, as (idempotency-key hash, content hash), plus the offsets of decodable events
+//! that were refused (a rejected event is not "seen": a replay after the cause is fixed is
+//! billed). Given the refused offsets (kept in the partition snapshot) the memory is a pure
+//! function of the log window, so a restart rebuilds it exactly by re-reading that window.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -35,12 +37,14 @@ pub enum Seen {
     Conflict,
 }
 
-/// Bounded duplicate memory; about 70 bytes per remembered event.
+/// Bounded duplicate memory; about 70 bytes per remembered event, 8 per refused one.
 #[derive(Debug, Default)]
 pub struct DedupeWindow {
     horizon: u64,
     by_id: HashKeyed<SmallVec<[(u64, i64); 1]>>,
     order: VecDeque<(i64, u64, u64)>,
+    /// Offsets (ascending) of decodable events that were rejected, within the horizon.
+    refused: VecDeque<i64>,
 }
 
 impl DedupeWindow {
@@ -54,6 +58,9 @@ impl DedupeWindow {
     /// Forgets events older than `offset - horizon`.
     pub fn evict_before(&mut self, offset: i64) {
         let limit = offset.saturating_sub(self.horizon as i64);
+        while self.refused.front().is_some_and(|o| *o <= limit) {
+            self.refused.pop_front();
+        }
         while let Some(&(o, id, content)) = self.order.front() {
             if o > limit {
                 break;
@@ -68,23 +75,57 @@ impl DedupeWindow {
         }
     }
 
-    /// Classifies an event and remembers this occurrence.
-    pub fn observe(&mut self, offset: i64, id: u64, content: u64) -> Seen {
+    /// Classifies an event at `offset` without remembering it.
+    pub fn check(&mut self, offset: i64, id: u64, content: u64) -> Seen {
+        self.evict_before(offset);
+        match self.by_id.get(&id) {
+            None => Seen::New,
+            Some(list) if list.iter().any(|(c, _)| *c == content) => Seen::Duplicate,
+            Some(_) => Seen::Conflict,
+        }
+    }
+
+    /// Remembers an accepted event (or refreshes a duplicate's last occurrence).
+    pub fn remember(&mut self, offset: i64, id: u64, content: u64) {
         self.evict_before(offset);
         let list = self.by_id.entry(id).or_default();
-        let seen = if list.is_empty() {
-            Seen::New
-        } else if list.iter().any(|(c, _)| *c == content) {
-            Seen::Duplicate
-        } else {
-            Seen::Conflict
-        };
         match list.iter_mut().find(|(c, _)| *c == content) {
             Some(entry) => entry.1 = offset,
             None => list.push((content, offset)),
         }
         self.order.push_back((offset, id, content));
+    }
+
+    /// Classifies an event and remembers this occurrence (check, then remember).
+    pub fn observe(&mut self, offset: i64, id: u64, content: u64) -> Seen {
+        let seen = self.check(offset, id, content);
+        self.remember(offset, id, content);
         seen
+    }
+
+    /// Records that the decodable event at `offset` was rejected, so that rebuilding from
+    /// the log window leaves it out. Offsets must ascend.
+    pub fn refuse(&mut self, offset: i64) {
+        if self.refused.back().is_none_or(|o| *o < offset) {
+            self.refused.push_back(offset);
+        }
+    }
+
+    /// True if the event at `offset` was rejected (and so is not in the memory).
+    pub fn is_refused(&self, offset: i64) -> bool {
+        self.refused.binary_search(&offset).is_ok()
+    }
+
+    /// The refused offsets still within the horizon, ascending (for the snapshot).
+    pub fn refused(&self) -> Vec<i64> {
+        self.refused.iter().copied().collect()
+    }
+
+    /// Restores the refused offsets of a snapshot.
+    pub fn set_refused(&mut self, mut offsets: Vec<i64>) {
+        offsets.sort_unstable();
+        offsets.dedup();
+        self.refused = offsets.into();
     }
 
     pub fn len(&self) -> usize {
@@ -115,6 +156,24 @@ mod tests {
         assert_eq!(w.observe(14, 1, 100), Seen::Duplicate);
         assert_eq!(w.observe(40, 1, 100), Seen::New);
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn refused_events_are_not_seen_and_expire_with_the_horizon() {
+        let mut w = DedupeWindow::new(10);
+        assert_eq!(w.check(0, 1, 100), Seen::New);
+        w.refuse(0);
+        assert!(w.is_refused(0));
+        // Not remembered: the same event again is new, and is remembered once accepted.
+        assert_eq!(w.check(1, 1, 100), Seen::New);
+        w.remember(1, 1, 100);
+        assert_eq!(w.check(2, 1, 100), Seen::Duplicate);
+        assert_eq!(w.check(3, 1, 200), Seen::Conflict);
+        w.refuse(3);
+        assert_eq!(w.refused(), [0, 3]);
+        w.evict_before(12);
+        assert_eq!(w.refused(), [3]);
+        assert!(!w.is_refused(0));
     }
 
     #[test]

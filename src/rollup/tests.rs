@@ -63,7 +63,11 @@ impl Run {
         }
     }
     fn feed(&mut self, payload: &str) -> Outcome {
-        let o = self.rollup.process(
+        self.feed_from(Origin::Producer, payload)
+    }
+    fn feed_from(&mut self, origin: Origin, payload: &str) -> Outcome {
+        let o = self.rollup.process_from(
+            origin,
             self.offset,
             payload.as_bytes(),
             &self.catalog,
@@ -223,7 +227,8 @@ fn duplicates_are_dropped_and_conflicts_rejected() {
 }
 
 #[test]
-fn an_execution_cannot_mix_accounts() {
+fn an_execution_id_is_scoped_by_account() {
+    // The same execution id in two accounts is two executions: each billed to its account.
     let mut r = Run::new(RollupConfig::default());
     r.feed(&call(
         "c1",
@@ -235,26 +240,29 @@ fn an_execution_cannot_mix_accounts() {
     r.feed(&call(
         "c2",
         Some("x"),
-        "intruder",
+        "other",
         "search",
-        r#"{"requests":1}"#,
+        r#"{"requests":2}"#,
     ));
     r.feed(&finish("f", "x", "acct", None));
-    r.feed(&call(
-        "c3",
-        Some("x"),
-        "intruder",
-        "search",
-        r#"{"requests":1}"#,
-    ));
+    // A late call of acct's execution is an adjustment; other's execution is still open.
+    r.feed(&call("c3", Some("x"), "acct", "db", r#"{"queries":1}"#));
+    assert!(r.rejections().is_empty(), "{:?}", r.rejections());
+    assert_eq!(r.rollup.open_executions(), 1);
+    r.feed(&finish("f", "x", "other", None));
+    let got: Vec<(DebitKind, &str, Decimal)> = r
+        .debits()
+        .iter()
+        .map(|d| (d.kind, d.account_id.as_str(), d.total))
+        .collect();
     assert_eq!(
-        r.rejections(),
-        [RejectReason::AccountMismatch, RejectReason::AccountMismatch]
+        got,
+        [
+            (DebitKind::AgentExecution, "acct", d("0.12")),
+            (DebitKind::AgentExecutionAdjustment, "acct", d("0.24")),
+            (DebitKind::AgentExecution, "other", d("0.24")),
+        ]
     );
-    let debits = r.debits();
-    assert_eq!(debits.len(), 1);
-    assert_eq!(debits[0].account_id, "acct");
-    assert_eq!(debits[0].calls, 1);
 }
 
 #[test]
@@ -281,7 +289,7 @@ fn timeout_marker_closes_only_if_nothing_came_after_it() {
         "search",
         r#"{"requests":1}"#,
     ));
-    assert_eq!(r.feed(&stale), Outcome::Ignored);
+    assert_eq!(r.feed_from(Origin::Aggregator, &stale), Outcome::Ignored);
     let fresh = String::from_utf8(crate::event::encode_timeout_marker(
         "x",
         "acct",
@@ -289,7 +297,13 @@ fn timeout_marker_closes_only_if_nothing_came_after_it() {
         chrono::Utc::now(),
     ))
     .unwrap();
-    assert_eq!(r.feed(&fresh), Outcome::Marker);
+    // From a producer (not authenticated) the same bytes are refused and close nothing.
+    assert_eq!(
+        r.feed(&fresh),
+        Outcome::Rejected(RejectReason::UnknownEventType)
+    );
+    assert!(r.debits().is_empty());
+    assert_eq!(r.feed_from(Origin::Aggregator, &fresh), Outcome::Marker);
     assert_eq!(r.debits().len(), 1);
     assert_eq!(r.debits()[0].calls, 2);
 }

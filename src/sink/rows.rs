@@ -101,6 +101,7 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         quantities.push(to_scaled_i128(u.quantity, LINE_COST_SCALE)?);
         credits.push(to_scaled_i128(u.credits, LINE_COST_SCALE)?);
     }
+    let id = l.line_id();
     let row = TransactionRow {
         occurred_at: ts(l.occurred_at),
         account_id: l.account_id,
@@ -123,7 +124,7 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         asset_id: l.asset_id,
         event_id: l.event_id.clone(),
     };
-    Ok((l.event_id, row))
+    Ok((id, row))
 }
 
 pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowError> {

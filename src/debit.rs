@@ -94,7 +94,11 @@ pub struct PricedLine {
     pub execution_id: Option<String>,
     pub agent_id: Option<String>,
     pub component: Option<String>,
+    /// The canonical asset priced (never an alias).
     pub asset_id: String,
+    /// The name the event was sent with, when it was an alias of `asset_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_name_sent: Option<String>,
     pub asset_type: crate::catalog::AssetType,
     pub vendor: String,
     pub price_version: String,

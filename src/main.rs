@@ -191,16 +191,35 @@ async fn main() -> anyhow::Result<()> {
         Command::Catalog {
             command: CatalogCommand::Check { file },
         } => {
-            let c = read_catalog(&file)?;
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("cannot read catalog file {}", file.display()))?;
+            let (c, errors) = Catalog::from_json_all_errors(&bytes)
+                .with_context(|| format!("catalog file {}", file.display()))?;
             for v in c.versions() {
+                let mut aliases = v.aliases.clone();
+                aliases.extend(v.alias_patterns.iter().map(|p| format!("/{p}/")));
                 println!(
-                    "{:<32} {:<12} {}  {}",
+                    "{:<32} {:<12} {}  {}{}",
                     v.asset_id,
                     v.asset_type.as_str(),
                     v.version_label(),
-                    v.prices.keys().cloned().collect::<Vec<_>>().join(",")
+                    v.prices.keys().cloned().collect::<Vec<_>>().join(","),
+                    if aliases.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  aliases: {}", aliases.join(" "))
+                    }
                 );
             }
+            for e in &errors {
+                eprintln!("refused: {e}");
+            }
+            anyhow::ensure!(
+                errors.is_empty(),
+                "{} of the versions in {} are refused (listed above)",
+                errors.len(),
+                file.display()
+            );
             println!("{} versions ok", c.version_count());
             Ok(())
         }

@@ -16,22 +16,25 @@ pub fn price_call(
     partition: i32,
     offset: i64,
 ) -> Result<PricedLine, Rejection> {
-    let asset_id = event.asset_id.as_deref().unwrap_or_default();
+    let sent = event.asset_id.as_deref().unwrap_or_default();
+    // An alias only names an asset; the price is that asset's, or a rejection, never 0.
+    let asset_id = catalog.resolve(sent).unwrap_or(sent);
     let version = catalog
         .lookup(asset_id, event.occurred_at)
         .map_err(|e| match e {
             LookupError::UnknownAsset => Rejection::new(
                 RejectReason::UnknownAsset,
                 format!(
-                    "asset_id {} is not in the price catalog; publish a price version and replay",
+                    "asset_id {} is not in the price catalog (nor an alias of an asset in it); publish a price version or an alias and replay",
                     excerpt(asset_id)
                 ),
             ),
             LookupError::BeforeFirstVersion(first) => Rejection::new(
                 RejectReason::NoPriceAtTime,
                 format!(
-                    "asset_id {} has no price at occurred_at {}; its first version is effective from {}",
-                    excerpt(asset_id),
+                    "asset_id {}{} has no price at occurred_at {}; its first version is effective from {}",
+                    excerpt(sent),
+                    alias_note(sent, asset_id),
                     event.occurred_at.to_rfc3339(),
                     first.to_rfc3339()
                 ),
@@ -47,9 +50,10 @@ pub fn price_call(
                 Rejection::new(
                     RejectReason::UnknownUnit,
                     format!(
-                        "quantities.{} has no price for asset_id {} (version {}); priced units: {}",
+                        "quantities.{} has no price for asset_id {}{} (version {}); priced units: {}",
                         excerpt(unit),
-                        excerpt(asset_id),
+                        excerpt(sent),
+                        alias_note(sent, asset_id),
                         version.label,
                         version
                             .prices
@@ -91,6 +95,7 @@ pub fn price_call(
         agent_id: event.agent_id.clone(),
         component: event.component.clone(),
         asset_id: asset_id.to_string(),
+        asset_name_sent: (sent != asset_id).then(|| sent.to_string()),
         asset_type: version.asset_type,
         vendor: version.vendor.to_string(),
         price_version: version.label.to_string(),
@@ -99,6 +104,14 @@ pub fn price_call(
         event_partition: partition,
         event_offset: offset,
     })
+}
+
+fn alias_note(sent: &str, asset_id: &str) -> String {
+    if sent == asset_id {
+        String::new()
+    } else {
+        format!(" (alias of {})", excerpt(asset_id))
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +164,105 @@ mod tests {
         .unwrap_err();
         assert_eq!(r.reason, RejectReason::UnknownUnit);
         assert!(r.message.contains("images") && r.message.contains("input_tokens"));
+    }
+
+    #[test]
+    fn aliases_price_under_the_canonical_asset_and_keep_the_name_sent() {
+        let c = Catalog::from_json(
+            &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.json")).unwrap(),
+        )
+        .unwrap();
+        let q = r#"{"input_tokens":1000000,"output_tokens":1000000}"#;
+        for (sent, canonical, cost) in [
+            ("gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini", "0.75"),
+            (
+                "openai/gpt-4o-mini-2024-07-18",
+                "openai/gpt-4o-mini",
+                "0.75",
+            ),
+            (
+                "claude-3-5-sonnet-20241022",
+                "anthropic/claude-3-5-sonnet",
+                "18",
+            ),
+            (
+                "models/gemini-1.5-flash-002",
+                "google/gemini-1.5-flash",
+                "0.375",
+            ),
+        ] {
+            let l = price_call(&ev(sent, "2026-05-01T00:00:00Z", q), &c, 0, 1).unwrap();
+            assert_eq!(l.asset_id, canonical);
+            assert_eq!(l.asset_name_sent.as_deref(), Some(sent));
+            assert_eq!(l.cost.normalize().to_string(), cost, "{sent}");
+            assert_eq!(l.vendor, canonical.split('/').next().unwrap());
+        }
+        // The alias follows the canonical asset's point-in-time versions.
+        let l = price_call(
+            &ev("gpt-4o-mini-2024-07-18", "2026-06-01T00:00:00Z", q),
+            &c,
+            0,
+            1,
+        )
+        .unwrap();
+        assert_eq!(l.cost.normalize().to_string(), "0.6");
+        assert_eq!(l.price_version, "2026-06-01T00:00:00Z");
+        // The canonical name keeps no extra field (priced_usage bytes as before).
+        let l = price_call(
+            &ev("openai/gpt-4o-mini", "2026-05-01T00:00:00Z", q),
+            &c,
+            0,
+            1,
+        )
+        .unwrap();
+        assert_eq!(l.asset_name_sent, None);
+        assert!(
+            !String::from_utf8(l.encode())
+                .unwrap()
+                .contains("asset_name_sent")
+        );
+    }
+
+    #[test]
+    fn an_alias_never_makes_a_name_cost_zero() {
+        let c = Catalog::from_json(
+            &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.json")).unwrap(),
+        )
+        .unwrap();
+        let q = r#"{"input_tokens":1}"#;
+        let r = price_call(
+            &ev("gpt-4o-mini-2024-07", "2026-05-01T00:00:00Z", q),
+            &c,
+            0,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownAsset);
+        let r = price_call(
+            &ev("claude-3-5-sonnet-20241022", "2023-05-01T00:00:00Z", q),
+            &c,
+            0,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::NoPriceAtTime);
+        assert!(
+            r.message.contains("alias of anthropic/claude-3-5-sonnet"),
+            "{}",
+            r.message
+        );
+        let r = price_call(
+            &ev(
+                "models/gemini-1.5-flash-002",
+                "2026-05-01T00:00:00Z",
+                r#"{"images":1}"#,
+            ),
+            &c,
+            0,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownUnit);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! ClickHouse rows: output-topic JSON (priced lines, debits, dead letters) in, RowBinary rows
-//! with checked scaled decimals out. Column order matches deploy/clickhouse/0001_tables.sql.
+//! with checked scaled decimals out. Column order matches deploy/clickhouse/0001_tables.sql
+//! with the columns of later migrations where they put them (`ALTER ... AFTER`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -33,6 +34,8 @@ pub struct TransactionRow {
     pub agent_id: String,
     pub component: String,
     pub asset_id: String,
+    /// The name sent: `asset_id` itself, or the alias the event used (migration 3).
+    pub asset_name_sent: String,
     pub asset_type: String,
     pub vendor: String,
     pub units: Vec<String>,
@@ -120,6 +123,7 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         src_partition: src.partition,
         src_offset: src.offset,
         ingested_at: src.ingested_at,
+        asset_name_sent: l.asset_name_sent.unwrap_or_else(|| l.asset_id.clone()),
         asset_id: l.asset_id,
         event_id: l.event_id.clone(),
     };

@@ -3,6 +3,7 @@
 //! Names sent by producers resolve to a canonical asset through aliases (`catalog/aliases.rs`).
 
 pub mod aliases;
+pub mod litellm;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -105,6 +105,9 @@ pub struct PricedLine {
     pub units: Vec<PricedUnit>,
     #[serde(with = "rust_decimal::serde::str")]
     pub cost: Decimal,
+    /// Contract v1.1 dimensions of the call, sorted by key; absent from the JSON when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dimensions: BTreeMap<String, String>,
     pub event_partition: i32,
     pub event_offset: i64,
 }

@@ -82,6 +82,9 @@ enum Command {
         top: u32,
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         format: String,
+        /// Also spend per value of a dimension: dimension:KEY (repeatable).
+        #[arg(long = "group-by", value_parser = report::dimension::parse_group_by)]
+        group_by: Vec<String>,
     },
     /// End-to-end benchmark against the running services; prints figures and writes JSON.
     Bench(bench::BenchArgs),
@@ -283,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
             account,
             top,
             format,
+            group_by,
         } => {
             let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
             let f = report::ReportFilter {
@@ -290,7 +294,10 @@ async fn main() -> anyhow::Result<()> {
                 account,
                 top,
             };
-            let r = report::build(&ch, &f).await?;
+            let mut r = report::build(&ch, &f).await?;
+            for key in &group_by {
+                r.groups.push(report::dimension::build(&ch, &f, key).await?);
+            }
             if format == "json" {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -101,6 +101,7 @@ pub fn price_call(
         price_version: version.label.to_string(),
         units,
         cost: money::round_line_cost(exact),
+        dimensions: event.dimensions.clone(),
         event_partition: partition,
         event_offset: offset,
     })
@@ -263,6 +264,71 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(r.reason, RejectReason::UnknownUnit);
+    }
+
+    proptest::proptest! {
+        /// Dimensions label a call; whatever they are, the price is the one without them.
+        #[test]
+        fn dimensions_never_change_the_price(
+            dims in proptest::collection::btree_map("[a-z][a-z0-9_]{0,10}", "[^\\p{Cc}\"\\\\]{1,20}", 0..=16),
+            input in 0u64..10_000_000,
+            output in 0u64..10_000_000,
+        ) {
+            let c = Catalog::from_json(CATALOG.as_bytes()).unwrap();
+            let q = format!(r#"{{"input_tokens":{input},"output_tokens":{output}}}"#);
+            let plain = price_call(&ev("m", "2026-05-01T00:00:00Z", &q), &c, 0, 1).unwrap();
+            let mut labelled = ev("m", "2026-05-01T00:00:00Z", &q);
+            labelled.dimensions = dims.clone();
+            let l = price_call(&labelled, &c, 0, 1).unwrap();
+            proptest::prop_assert_eq!(l.cost, plain.cost);
+            proptest::prop_assert_eq!(&l.units, &plain.units);
+            proptest::prop_assert_eq!(&l.dimensions, &dims);
+        }
+    }
+
+    #[test]
+    fn dimensions_reach_the_line_and_a_retry_with_others_conflicts() {
+        use crate::rollup::{Outcome, Output, PartitionRollup, RollupConfig};
+        let c = Catalog::from_json(CATALOG.as_bytes()).unwrap();
+        let e = |dims: &str| {
+            format!(
+                r#"{{"type":"model_call","event_id":"e1","occurred_at":"2026-05-01T00:00:00Z","account_id":"a","asset_id":"m","dimensions":{dims},"quantities":{{"input_tokens":10}}}}"#
+            )
+        };
+        let mut r = PartitionRollup::new(RollupConfig::default(), 0);
+        let mut out = Vec::new();
+        let first = e(r#"{"project":"apollo","end_user":"u1"}"#);
+        assert!(matches!(
+            r.process(0, first.as_bytes(), &c, 0, &mut out),
+            Outcome::Priced(_)
+        ));
+        let Some(Output::Line(line)) = out.first() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(line.dimensions["project"], "apollo");
+        let json = String::from_utf8(line.encode()).unwrap();
+        assert!(
+            json.contains(r#""dimensions":{"end_user":"u1","project":"apollo"}"#),
+            "{json}"
+        );
+        // The same dimensions in another order: a retry, billed once.
+        let retry = e(r#"{"end_user":"u1","project":"apollo"}"#);
+        assert_eq!(
+            r.process(1, retry.as_bytes(), &c, 0, &mut out),
+            Outcome::Duplicate
+        );
+        // Other dimensions: a conflicting duplicate, rejected and not billed.
+        let other = e(r#"{"project":"zeus","end_user":"u1"}"#);
+        assert_eq!(
+            r.process(2, other.as_bytes(), &c, 0, &mut out),
+            Outcome::Rejected(RejectReason::ConflictingDuplicate)
+        );
+        // No dimensions at all is other content too.
+        let none = e("{}");
+        assert_eq!(
+            r.process(3, none.as_bytes(), &c, 0, &mut out),
+            Outcome::Rejected(RejectReason::ConflictingDuplicate)
+        );
     }
 
     #[test]

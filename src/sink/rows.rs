@@ -33,6 +33,9 @@ pub struct TransactionRow {
     pub execution_id: String,
     pub agent_id: String,
     pub component: String,
+    /// Contract v1.1 dimensions as parallel arrays sorted by key (migration 3).
+    pub dimension_keys: Vec<String>,
+    pub dimension_values: Vec<String>,
     pub asset_id: String,
     /// The name sent: `asset_id` itself, or the alias the event used (migration 3).
     pub asset_name_sent: String,
@@ -110,6 +113,8 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         execution_id: l.execution_id.unwrap_or_default(),
         agent_id: l.agent_id.unwrap_or_default(),
         component: l.component.unwrap_or_default(),
+        dimension_keys: l.dimensions.keys().cloned().collect(),
+        dimension_values: l.dimensions.values().cloned().collect(),
         asset_type: l.asset_type.as_str().to_string(),
         vendor: l.vendor,
         units: l.units.iter().map(|u| u.unit.clone()).collect(),

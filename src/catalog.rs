@@ -304,6 +304,7 @@ impl Catalog {
                 &spec.aliases,
                 &patterns,
                 ids,
+                |n| self.assets.contains_key(n),
             )
             .map_err(|a| CatalogError::Ambiguous {
                 asset: spec.asset_id.clone(),

@@ -4,7 +4,7 @@
 //! known name through them, and pattern against pattern by a product construction over their
 //! DFAs (`regex-automata`), which finds a name both accept whenever one exists.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use regex::{Regex, RegexSet};
@@ -84,10 +84,13 @@ fn intersect(a: &DFA<Vec<u32>>, b: &DFA<Vec<u32>>) -> Result<Option<Vec<u8>>, St
     let sa = a.start_state(&cfg).map_err(|e| e.to_string())?;
     let sb = b.start_state(&cfg).map_err(|e| e.to_string())?;
     // One representative byte per pair of equivalence classes: same transitions in both.
+    let (ca, cb) = (a.byte_classes(), b.byte_classes());
+    let mut seen_classes = vec![false; ca.alphabet_len() * cb.alphabet_len()];
     let mut reps = Vec::new();
-    let mut seen_classes = HashSet::new();
     for byte in 0..=255u8 {
-        if seen_classes.insert((a.byte_classes().get(byte), b.byte_classes().get(byte))) {
+        let i = usize::from(ca.get(byte)) * cb.alphabet_len() + usize::from(cb.get(byte));
+        if !seen_classes[i] {
+            seen_classes[i] = true;
             reps.push(byte);
         }
     }
@@ -185,8 +188,9 @@ impl AliasIndex {
     }
 
     /// Checks a version of `asset` that declares `names` and `patterns` against everything
-    /// else: `asset_ids` are all canonical ids (the new one included or not), `is_new_asset`
-    /// says whether `asset` has no version yet. Returns the first ambiguity found.
+    /// else: `asset_ids` are all canonical ids (the new one included or not) and `is_asset`
+    /// looks one up; `is_new_asset` says whether `asset` has no version yet. Returns the
+    /// first ambiguity found.
     pub fn check<'a>(
         &self,
         asset: &str,
@@ -194,6 +198,7 @@ impl AliasIndex {
         names: &[String],
         patterns: &[AliasPattern],
         asset_ids: impl Iterator<Item = &'a str> + Clone,
+        is_asset: impl Fn(&str) -> bool,
     ) -> Result<(), Box<Ambiguity>> {
         let amb = |name: &str, other: (String, String), claim: String| {
             Box::new(Ambiguity {
@@ -207,7 +212,7 @@ impl AliasIndex {
             return Err(amb(asset, other, "its asset_id".into()));
         }
         for n in names.iter().filter(|n| !self.has_name(asset, n)) {
-            if n != asset && asset_ids.clone().any(|id| id == n) {
+            if n != asset && is_asset(n) {
                 return Err(amb(
                     n,
                     (n.clone(), "its asset_id".into()),
@@ -337,8 +342,10 @@ mod tests {
         let mini: Arc<str> = "openai/gpt-4o-mini".into();
         let names = vec!["gpt-4o-mini".to_string()];
         let pats = vec![p(r"(openai/)?gpt-4o-mini-\d{4}-\d{2}-\d{2}")];
-        ix.check(&mini, true, &names, &pats, ids.iter().copied())
-            .unwrap();
+        ix.check(&mini, true, &names, &pats, ids.iter().copied(), |n| {
+            ids.contains(&n)
+        })
+        .unwrap();
         ix.add(&mini, &names, pats);
         assert_eq!(ix.resolve("gpt-4o-mini").map(|a| &**a), Some(&*mini));
         assert_eq!(
@@ -354,6 +361,7 @@ mod tests {
                 &["gpt-4o-mini-2024-07-18".into()],
                 &[],
                 ids.iter().copied(),
+                |n| ids.contains(&n),
             )
             .unwrap_err();
         assert_eq!(e.other_asset, "openai/gpt-4o-mini");
@@ -366,6 +374,7 @@ mod tests {
                 &[],
                 &[p(r"openai/gpt-4o.*")],
                 ids.iter().copied(),
+                |n| ids.contains(&n),
             )
             .unwrap_err();
         assert_eq!(e.name, "openai/gpt-4o-mini");
@@ -377,6 +386,7 @@ mod tests {
                 &[],
                 &[p(r"gpt-4o.*-\d{4}-\d{2}-\d{2}")],
                 ids.iter().copied(),
+                |n| ids.contains(&n),
             )
             .unwrap_err();
         assert!(e.name.starts_with("gpt-4o-mini-"), "{e:?}");
@@ -387,13 +397,18 @@ mod tests {
             &["gpt-4o".into()],
             &[p(r"gpt-4o-\d{4}-\d{2}-\d{2}")],
             ids.iter().copied(),
+            |n| ids.contains(&n),
         )
         .unwrap();
-        ix.check(&mini, false, &names, &[], ids.iter().copied())
-            .unwrap();
+        ix.check(&mini, false, &names, &[], ids.iter().copied(), |n| {
+            ids.contains(&n)
+        })
+        .unwrap();
         // A new asset whose id is someone's alias is refused.
         let e = ix
-            .check("gpt-4o-mini", true, &[], &[], ids.iter().copied())
+            .check("gpt-4o-mini", true, &[], &[], ids.iter().copied(), |n| {
+                ids.contains(&n)
+            })
             .unwrap_err();
         assert_eq!(e.other_asset, "openai/gpt-4o-mini");
     }

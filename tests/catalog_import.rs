@@ -325,6 +325,10 @@ fn imported_catalog_rates_to_the_exact_amounts() {
             "e1",
             "gpt-4o-mini",
             r#"{"input_tokens":1000000,"cached_input_tokens":1000000,"output_tokens":1000000}"#,
+        )
+        .replace(
+            "}}",
+            r#"},"dimensions":{"project":"apollo","end_user":"u1"}}"#,
         ),
         ev("e2", "whisper-1", r#"{"input_seconds":"90.5"}"#),
         ev(
@@ -352,6 +356,11 @@ fn imported_catalog_rates_to_the_exact_amounts() {
     assert_eq!(cost("e1"), "0.825");
     assert_eq!(lines["e1"]["asset_id"], "openai/gpt-4o-mini");
     assert_eq!(lines["e1"]["asset_name_sent"], "gpt-4o-mini");
+    assert_eq!(
+        lines["e1"]["dimensions"],
+        serde_json::json!({"end_user": "u1", "project": "apollo"})
+    );
+    assert!(lines["e2"].get("dimensions").is_none());
     assert_eq!(cost("e2"), "0.00905");
     assert_eq!(cost("e3"), "0.0000000123");
     assert_eq!(cost("e4"), "0.015");

@@ -1,5 +1,9 @@
 //! Price catalog: JSON price versions in, a point-in-time lookup (asset, time) -> version out.
 //! The catalog is immutable once built; updates build a new one that is swapped in whole.
+//! Names sent by producers resolve to a canonical asset through aliases (`catalog/aliases.rs`).
+
+pub mod aliases;
+pub mod litellm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +52,13 @@ pub struct PriceVersion {
     pub vendor: String,
     pub effective_from: DateTime<Utc>,
     pub prices: std::collections::BTreeMap<String, UnitPrice>,
+    /// Other names producers send for this asset (exact, case-sensitive). They belong to the
+    /// asset, whatever the time: see docs/price-catalog.md#aliases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Regex patterns (regex crate syntax) matched against the whole name sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alias_patterns: Vec<String>,
 }
 
 impl PriceVersion {
@@ -84,6 +95,27 @@ impl PriceVersion {
                 "a model or tool needs at least one unit price".into(),
             ));
         }
+        if self.aliases.len() + self.alias_patterns.len() > aliases::MAX_ALIASES_PER_VERSION {
+            return Err(bad(
+                "aliases",
+                format!(
+                    "declares more than {} aliases and patterns",
+                    aliases::MAX_ALIASES_PER_VERSION
+                ),
+            ));
+        }
+        for (i, a) in self.aliases.iter().enumerate() {
+            if a.is_empty()
+                || a.len() > crate::event::MAX_ID_BYTES
+                || a.chars().any(char::is_control)
+            {
+                return Err(bad(
+                    &format!("aliases[{i}]"),
+                    format!("must be 1 to 256 bytes without control characters, got {a:?}"),
+                ));
+            }
+        }
+        self.compiled_patterns()?;
         for (unit, p) in &self.prices {
             if p.per == 0 {
                 return Err(bad(
@@ -106,6 +138,21 @@ impl PriceVersion {
         }
         Ok(())
     }
+
+    /// The alias patterns, compiled; names the pattern on failure.
+    pub fn compiled_patterns(&self) -> Result<Vec<aliases::AliasPattern>, CatalogError> {
+        self.alias_patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                aliases::AliasPattern::compile(p).map_err(|why| CatalogError::Invalid {
+                    asset: self.asset_id.clone(),
+                    field: format!("alias_patterns[{i}]"),
+                    why: format!("{p:?} {why}"),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Errors reading or building a catalog.
@@ -119,10 +166,22 @@ pub enum CatalogError {
         field: String,
         why: String,
     },
-    #[error("asset {asset} has two different versions effective from {effective_from}")]
+    #[error(
+        "asset {asset} has two different versions effective from {effective_from} (a published version may only gain aliases)"
+    )]
     Conflict {
         asset: String,
         effective_from: String,
+    },
+    #[error(
+        "ambiguous alias: {name:?} would resolve to {asset} ({claim}) and to {other_asset} ({other_claim}); remove one of them"
+    )]
+    Ambiguous {
+        asset: String,
+        name: String,
+        claim: String,
+        other_asset: String,
+        other_claim: String,
     },
 }
 
@@ -171,6 +230,7 @@ impl PreparedVersion {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     assets: HashMap<String, Vec<Arc<PreparedVersion>>>,
+    aliases: aliases::AliasIndex,
     versions: usize,
     /// When the newest version was added (wall time of the update, for the age metric).
     pub updated_at: Option<DateTime<Utc>>,
@@ -187,6 +247,22 @@ impl Catalog {
         Ok(c)
     }
 
+    /// Parses a catalog file and keeps going past refused versions: the catalog of every
+    /// version that could be added, and one error per refused version (for `catalog check`).
+    pub fn from_json_all_errors(
+        bytes: &[u8],
+    ) -> Result<(Catalog, Vec<CatalogError>), CatalogError> {
+        let specs: Vec<PriceVersion> = serde_json::from_slice(bytes)?;
+        let mut c = Catalog::default();
+        let mut errors = Vec::new();
+        for s in specs {
+            if let Err(e) = c.insert(s) {
+                errors.push(e);
+            }
+        }
+        Ok((c, errors))
+    }
+
     /// Parses one price version (one catalog-topic message).
     pub fn parse_version(bytes: &[u8]) -> Result<PriceVersion, CatalogError> {
         let v: PriceVersion = serde_json::from_slice(bytes)?;
@@ -196,21 +272,70 @@ impl Catalog {
 
     /// Adds a version. The same version again is a no-op; a different one at the same
     /// effective time is a conflict. Returns whether the catalog changed.
+    /// A version whose aliases could resolve a name that another asset's id or aliases
+    /// resolve is refused ([`CatalogError::Ambiguous`]), and so is a new asset whose id
+    /// another asset's alias claims.
     pub fn insert(&mut self, spec: PriceVersion) -> Result<bool, CatalogError> {
         spec.validate()?;
-        let list = self.assets.entry(spec.asset_id.clone()).or_default();
-        match list.binary_search_by(|v| v.effective_from.cmp(&spec.effective_from)) {
-            Ok(i) if list[i].spec == spec => Ok(false),
-            Ok(_) => Err(CatalogError::Conflict {
-                asset: spec.asset_id.clone(),
-                effective_from: spec.version_label(),
-            }),
-            Err(i) => {
-                list.insert(i, Arc::new(PreparedVersion::new(spec)));
-                self.versions += 1;
-                Ok(true)
+        let existing = self.assets.get(&spec.asset_id);
+        // (position, whether it replaces the version there: the same one with aliases added)
+        let (at, replace) = match existing {
+            None => (0, false),
+            Some(list) => {
+                match list.binary_search_by(|v| v.effective_from.cmp(&spec.effective_from)) {
+                    Ok(i) if list[i].spec == spec => return Ok(false),
+                    Ok(i) if adds_aliases_only(&list[i].spec, &spec) => (i, true),
+                    Ok(_) => {
+                        return Err(CatalogError::Conflict {
+                            asset: spec.asset_id.clone(),
+                            effective_from: spec.version_label(),
+                        });
+                    }
+                    Err(i) => (i, false),
+                }
             }
+        };
+        let patterns = spec.compiled_patterns()?;
+        let ids = self.assets.keys().map(String::as_str);
+        self.aliases
+            .check(
+                &spec.asset_id,
+                existing.is_none(),
+                &spec.aliases,
+                &patterns,
+                ids,
+                |n| self.assets.contains_key(n),
+            )
+            .map_err(|a| CatalogError::Ambiguous {
+                asset: spec.asset_id.clone(),
+                name: a.name,
+                claim: a.claim,
+                other_asset: a.other_asset,
+                other_claim: a.other_claim,
+            })?;
+        let prepared = Arc::new(PreparedVersion::new(spec));
+        self.aliases
+            .add(&prepared.asset_id, &prepared.spec.aliases, patterns);
+        let list = self
+            .assets
+            .entry(prepared.spec.asset_id.clone())
+            .or_default();
+        if replace {
+            list[at] = prepared;
+        } else {
+            list.insert(at, prepared);
+            self.versions += 1;
         }
+        Ok(true)
+    }
+
+    /// The canonical asset id of a name sent by a producer: the name itself when it is an
+    /// asset id, else the asset whose alias claims it. `None`: unknown (never priced).
+    pub fn resolve<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        if self.assets.contains_key(name) {
+            return Some(name);
+        }
+        self.aliases.resolve(name).map(|a| &**a)
     }
 
     /// The version in force at `at`: the greatest effective_from <= at.
@@ -242,6 +367,23 @@ impl Catalog {
         keys.into_iter()
             .flat_map(move |k| self.assets[k].iter().map(|v| &v.spec))
     }
+}
+
+/// True when `new` is `old` with aliases or patterns added (none removed, nothing else
+/// changed): the one edit of a published version the catalog accepts, as it never changes a
+/// price and a name that resolved keeps resolving.
+fn adds_aliases_only(old: &PriceVersion, new: &PriceVersion) -> bool {
+    let strip = |v: &PriceVersion| PriceVersion {
+        aliases: Vec::new(),
+        alias_patterns: Vec::new(),
+        ..v.clone()
+    };
+    strip(old) == strip(new)
+        && old.aliases.iter().all(|a| new.aliases.contains(a))
+        && old
+            .alias_patterns
+            .iter()
+            .all(|p| new.alias_patterns.contains(p))
 }
 
 /// The shared, swappable catalog: one writer, lock-free readers.
@@ -314,6 +456,231 @@ mod tests {
             Catalog::from_json(bad.as_bytes()).is_err(),
             "float prices are refused"
         );
+    }
+
+    fn shipped() -> Catalog {
+        let bytes =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.json")).unwrap();
+        Catalog::from_json(&bytes).unwrap()
+    }
+
+    #[test]
+    fn sdk_names_resolve_to_the_canonical_asset() {
+        let c = shipped();
+        for (sent, canonical) in [
+            ("gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini"),
+            ("openai/gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini"),
+            ("gpt-4o-mini", "openai/gpt-4o-mini"),
+            ("gpt-4o-2024-08-06", "openai/gpt-4o"),
+            ("claude-3-5-sonnet-20241022", "anthropic/claude-3-5-sonnet"),
+            (
+                "anthropic/claude-3-5-sonnet-20240620",
+                "anthropic/claude-3-5-sonnet",
+            ),
+            ("models/gemini-1.5-flash-002", "google/gemini-1.5-flash"),
+            ("gemini-1.5-flash-001", "google/gemini-1.5-flash"),
+            ("openai/gpt-4o-mini", "openai/gpt-4o-mini"),
+        ] {
+            assert_eq!(c.resolve(sent), Some(canonical), "{sent}");
+        }
+        for unknown in [
+            "gpt-4o-mini-2024-07",
+            "GPT-4o-mini-2024-07-18",
+            "azure/gpt-4o-mini-2024-07-18",
+            "claude-3-5-sonnet-2024102",
+            "models/gemini-1.5-flash-8b",
+            "gpt-4o-mini-2024-07-18 ",
+        ] {
+            assert_eq!(c.resolve(unknown), None, "{unknown}");
+        }
+    }
+
+    fn version(asset: &str, from: &str, aliases: &[&str], patterns: &[&str]) -> PriceVersion {
+        PriceVersion {
+            asset_id: asset.into(),
+            asset_type: AssetType::Model,
+            vendor: "v".into(),
+            effective_from: t(from),
+            prices: [(
+                "input_tokens".to_string(),
+                UnitPrice {
+                    credits: Decimal::new(15, 2),
+                    per: 1_000_000,
+                },
+            )]
+            .into(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            alias_patterns: patterns.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn ambiguous_aliases_are_refused_and_named() {
+        let mut c = shipped();
+        let cases = [
+            // exact vs exact alias
+            (
+                version("x/a", "2024-01-01T00:00:00Z", &["gpt-4o-mini"], &[]),
+                "gpt-4o-mini",
+                "openai/gpt-4o-mini",
+            ),
+            // exact vs pattern
+            (
+                version(
+                    "x/b",
+                    "2024-01-01T00:00:00Z",
+                    &["claude-3-5-sonnet-20250101"],
+                    &[],
+                ),
+                "claude-3-5-sonnet-20250101",
+                "anthropic/claude-3-5-sonnet",
+            ),
+            // exact alias vs another asset's id
+            (
+                version("x/c", "2024-01-01T00:00:00Z", &["openai/gpt-4o"], &[]),
+                "openai/gpt-4o",
+                "openai/gpt-4o",
+            ),
+            // pattern vs another asset's id
+            (
+                version("x/d", "2024-01-01T00:00:00Z", &[], &["openai/.*"]),
+                "openai/",
+                "openai/",
+            ),
+            // pattern vs pattern: a witness both accept
+            (
+                version("x/e", "2024-01-01T00:00:00Z", &[], &["(models/)?gemini-.*"]),
+                "gemini-1.5-flash",
+                "google/gemini-1.5-flash",
+            ),
+            // a new asset whose id is already an alias
+            (
+                version(
+                    "models/gemini-1.5-flash-002",
+                    "2024-01-01T00:00:00Z",
+                    &[],
+                    &[],
+                ),
+                "models/gemini-1.5-flash-002",
+                "google/gemini-1.5-flash",
+            ),
+        ];
+        for (v, name, other) in cases {
+            let asset = v.asset_id.clone();
+            match c.insert(v) {
+                Err(CatalogError::Ambiguous {
+                    name: n,
+                    other_asset,
+                    ..
+                }) => {
+                    assert!(n.starts_with(name), "{asset}: {n}");
+                    assert!(other_asset.starts_with(other), "{asset}: {other_asset}");
+                }
+                other => panic!("{asset}: {other:?}"),
+            }
+            assert_eq!(
+                c.lookup(&asset, t("2025-01-01T00:00:00Z")).err(),
+                Some(LookupError::UnknownAsset),
+                "a refused version leaves no trace"
+            );
+        }
+        // A disjoint alias is fine and the message of a refusal names both sides.
+        assert!(
+            c.insert(version(
+                "x/f",
+                "2024-01-01T00:00:00Z",
+                &["gpt-4o-mini-fast"],
+                &["x-[0-9]+"]
+            ))
+            .unwrap()
+        );
+        let bad = r#"[{"asset_id":"x/g","asset_type":"model","vendor":"v","effective_from":"2024-01-01T00:00:00Z",
+            "prices":{"input_tokens":{"credits":"1","per":1}},"alias_patterns":["gpt-4o-mini-.*"]}]"#;
+        let shipped_bytes =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.json")).unwrap();
+        let mut all: Vec<serde_json::Value> = serde_json::from_slice(&shipped_bytes).unwrap();
+        all.extend(serde_json::from_str::<Vec<serde_json::Value>>(bad).unwrap());
+        let (_, errors) =
+            Catalog::from_json_all_errors(&serde_json::to_vec(&all).unwrap()).unwrap();
+        let msg = errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            msg.contains("x/g")
+                && msg.contains("openai/gpt-4o-mini")
+                && msg.contains("gpt-4o-mini-"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_published_version_may_gain_aliases_but_never_lose_them() {
+        let mut c = Catalog::default();
+        assert!(
+            c.insert(version("m", "2024-01-01T00:00:00Z", &["m-1"], &[]))
+                .unwrap()
+        );
+        assert!(
+            c.insert(version(
+                "m",
+                "2024-01-01T00:00:00Z",
+                &["m-1", "m-2"],
+                &["m-[0-9]{4}"]
+            ))
+            .unwrap()
+        );
+        assert_eq!(c.version_count(), 1);
+        assert_eq!(c.resolve("m-2"), Some("m"));
+        assert_eq!(c.resolve("m-2024"), Some("m"));
+        assert!(
+            !c.insert(version(
+                "m",
+                "2024-01-01T00:00:00Z",
+                &["m-1", "m-2"],
+                &["m-[0-9]{4}"]
+            ))
+            .unwrap()
+        );
+        assert!(matches!(
+            c.insert(version(
+                "m",
+                "2024-01-01T00:00:00Z",
+                &["m-2"],
+                &["m-[0-9]{4}"]
+            )),
+            Err(CatalogError::Conflict { .. })
+        ));
+        // Aliases belong to the asset: one declared on a later version resolves for all times.
+        assert!(
+            c.insert(version("m", "2026-01-01T00:00:00Z", &["m-3"], &[]))
+                .unwrap()
+        );
+        assert_eq!(c.resolve("m-1"), Some("m"));
+        assert_eq!(c.resolve("m-3"), Some("m"));
+        assert_eq!(
+            &*c.lookup("m", t("2025-01-01T00:00:00Z")).unwrap().label,
+            "2024-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn bad_alias_declarations_name_the_field() {
+        let mut v = version("m", "2024-01-01T00:00:00Z", &[""], &[]);
+        assert!(v.validate().unwrap_err().to_string().contains("aliases[0]"));
+        v.aliases = vec!["a\nb".into()];
+        assert!(v.validate().unwrap_err().to_string().contains("aliases[0]"));
+        v.aliases.clear();
+        v.alias_patterns = vec!["ok".into(), "(".into()];
+        assert!(
+            v.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("alias_patterns[1]")
+        );
+        v.alias_patterns = (0..65).map(|i| format!("m{i}")).collect();
+        assert!(v.validate().unwrap_err().to_string().contains("aliases"));
     }
 
     #[test]

@@ -94,13 +94,20 @@ pub struct PricedLine {
     pub execution_id: Option<String>,
     pub agent_id: Option<String>,
     pub component: Option<String>,
+    /// The canonical asset priced (never an alias).
     pub asset_id: String,
+    /// The name the event was sent with, when it was an alias of `asset_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_name_sent: Option<String>,
     pub asset_type: crate::catalog::AssetType,
     pub vendor: String,
     pub price_version: String,
     pub units: Vec<PricedUnit>,
     #[serde(with = "rust_decimal::serde::str")]
     pub cost: Decimal,
+    /// Contract v1.1 dimensions of the call, sorted by key; absent from the JSON when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dimensions: BTreeMap<String, String>,
     pub event_partition: i32,
     pub event_offset: i64,
 }

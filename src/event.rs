@@ -62,6 +62,9 @@ impl EventKind {
     }
 }
 
+pub mod dimensions;
+pub use dimensions::Dimensions;
+
 /// Quantities of one event, in the order they were written.
 pub type Quantities = SmallVec<[(String, Decimal); 2]>;
 
@@ -79,6 +82,8 @@ pub struct UsageEvent {
     pub quantities: Quantities,
     pub expected_calls: Option<u32>,
     pub after_offset: Option<i64>,
+    /// Contract v1.1: analytics labels of a call, sorted by key; empty when not given.
+    pub dimensions: Dimensions,
 }
 
 impl UsageEvent {
@@ -115,6 +120,15 @@ impl UsageEvent {
         put_bytes(&self.occurred_at.timestamp_micros().to_le_bytes());
         put_bytes(&self.expected_calls.map_or(-1, i64::from).to_le_bytes());
         put_bytes(&self.after_offset.unwrap_or(-1).to_le_bytes());
+        // Dimensions are content: a retry with other dimensions is a conflicting duplicate.
+        // Absent and `{}` hash alike, and as before v1.1.
+        if !self.dimensions.is_empty() {
+            put("dimensions");
+            for (k, v) in &self.dimensions {
+                put(k);
+                put(v);
+            }
+        }
         h.borrow().digest()
     }
 }
@@ -159,6 +173,8 @@ struct Wire<'a> {
     expected_calls: Option<&'a RawValue>,
     #[serde(borrow, default)]
     after_offset: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dimensions: Option<&'a RawValue>,
 }
 
 fn reject(reason: RejectReason, message: String) -> Rejection {
@@ -225,7 +241,7 @@ fn classify_json_error(e: serde_json::Error) -> Rejection {
             let field = rest.split(',').next().unwrap_or(rest);
             return reject(
                 RejectReason::UnknownField,
-                format!("unknown field {field}; contract v1 accepts only its documented fields"),
+                format!("unknown field {field}; contract v1.1 accepts only its documented fields"),
             );
         }
         if msg.starts_with("duplicate field") {
@@ -554,6 +570,15 @@ fn validate(w: &Wire<'_>, origin: Origin) -> Result<UsageEvent, Rejection> {
         forbidden("quantities", w.quantities, kind)?;
         Quantities::new()
     };
+    let dimensions = if kind.is_call() {
+        w.dimensions
+            .map(dimensions::parse)
+            .transpose()?
+            .unwrap_or_default()
+    } else {
+        forbidden("dimensions", w.dimensions, kind)?;
+        Dimensions::new()
+    };
     let expected_calls = if kind == EventKind::ExecutionFinished {
         w.expected_calls
             .map(|r| parse_uint("expected_calls", r, MAX_EXPECTED_CALLS))
@@ -585,6 +610,7 @@ fn validate(w: &Wire<'_>, origin: Origin) -> Result<UsageEvent, Rejection> {
         quantities,
         expected_calls,
         after_offset,
+        dimensions,
     })
 }
 
@@ -750,6 +776,41 @@ mod tests {
             assert_eq!(r.reason, *reason, "{input}: {}", r.message);
             assert!(r.message.contains(needle), "{input}: {}", r.message);
         }
+    }
+
+    #[test]
+    fn dimensions_are_optional_bounded_and_part_of_the_content() {
+        let plain = ok(CALL);
+        assert!(plain.dimensions.is_empty());
+        let with = |d: &str| {
+            CALL.replace(
+                "\"quantities\"",
+                &format!("\"dimensions\":{d},\"quantities\""),
+            )
+        };
+        let a = ok(&with(r#"{"project":"apollo","end_user":"u1"}"#));
+        assert_eq!(a.dimensions.len(), 2);
+        assert_eq!(a.dimensions["project"], "apollo");
+        // Key order does not matter; `{}` and null are no dimensions, hashed as in v1.
+        let b = ok(&with(r#"{"end_user":"u1","project":"apollo"}"#));
+        assert_eq!(a.content_hash(), b.content_hash());
+        assert_eq!(ok(&with("{}")).content_hash(), plain.content_hash());
+        assert_eq!(ok(&with("null")).content_hash(), plain.content_hash());
+        // Other dimensions are other content (a retry with them conflicts).
+        let c = ok(&with(r#"{"end_user":"u1","project":"zeus"}"#));
+        assert_ne!(a.content_hash(), c.content_hash());
+        assert_ne!(a.content_hash(), plain.content_hash());
+        // Moving a value between keys changes the hash too (length-prefixed parts).
+        let d = ok(&with(r#"{"a":"bc"}"#));
+        let e = ok(&with(r#"{"ab":"c"}"#));
+        assert_ne!(d.content_hash(), e.content_hash());
+        let r = err(with(r#"{"Project":"x"}"#).as_bytes());
+        assert_eq!(r.reason, RejectReason::InvalidDimension);
+        // Not allowed on execution_finished.
+        let f = r#"{"type":"execution_finished","event_id":"f","occurred_at":"2026-03-01T10:00:00Z","account_id":"a","execution_id":"x","dimensions":{"project":"p"}}"#;
+        let r = err(f.as_bytes());
+        assert_eq!(r.reason, RejectReason::InvalidField);
+        assert!(r.message.contains("dimensions"), "{}", r.message);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! HTTP endpoints: /metrics (Prometheus text), /healthz (alive), /readyz (progress and
 //! reachability), GET /v1/executions/{id}[?account_id=A] (running cost, or the debits from
-//! ClickHouse; execution ids are scoped by account, so the account narrows the answer).
+//! ClickHouse; execution ids are scoped by account, so the account narrows the answer; with
+//! the spend per dimension of its calls, contract v1.1, from ClickHouse).
 //! No payloads or secrets are exposed.
 
 use std::sync::Arc;
@@ -82,6 +83,52 @@ fn dec(v: i128, scale: u32) -> String {
         .unwrap_or_else(|_| "overflow".into())
 }
 
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct DimensionRecord {
+    dimension_key: String,
+    dimension_value: String,
+    calls: u64,
+    cost: i128,
+}
+
+/// Spend per dimension key and value of the execution's calls already in ClickHouse:
+/// `{"project": [{"value", "calls", "cost"}], ...}`, cost before markup. `None` when
+/// ClickHouse is not configured or cannot answer (the rest of the response still holds).
+async fn dimensions_of(
+    ch: Option<&clickhouse::Client>,
+    account_id: &str,
+    execution_id: &str,
+) -> Option<serde_json::Value> {
+    let rows: Vec<DimensionRecord> = ch?
+        .query("SELECT dimension_key, dimension_value, count() AS calls, sum(cost) AS cost FROM usage_transactions ARRAY JOIN dimension_keys AS dimension_key, dimension_values AS dimension_value WHERE account_id = ? AND execution_id = ? GROUP BY dimension_key, dimension_value ORDER BY dimension_key, cost DESC, dimension_value")
+        .bind(account_id)
+        .bind(execution_id)
+        .fetch_all()
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "execution dimensions lookup in clickhouse failed"))
+        .ok()?;
+    let mut by_key = serde_json::Map::new();
+    for r in rows {
+        let list = by_key
+            .entry(r.dimension_key)
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(list) = list {
+            list.push(
+                json!({"value": r.dimension_value, "calls": r.calls, "cost": dec(r.cost, 12)}),
+            );
+        }
+    }
+    Some(serde_json::Value::Object(by_key))
+}
+
+/// Adds `dimensions` to a response object when ClickHouse answered.
+fn with_dimensions(mut body: serde_json::Value, dims: Option<serde_json::Value>) -> Response {
+    if let (Some(d), Some(obj)) = (dims, body.as_object_mut()) {
+        obj.insert("dimensions".into(), d);
+    }
+    Json(body).into_response()
+}
+
 /// Query of `GET /v1/executions/{id}`.
 #[derive(serde::Deserialize)]
 struct ExecutionQuery {
@@ -95,20 +142,23 @@ async fn execution(
 ) -> Response {
     let account = q.account_id.as_deref();
     if let Some(open) = s.engine.get().and_then(|e| e.running_cost(&id, account)) {
-        return Json(json!({
-            "execution_id": id,
-            "status": "running",
-            "account_id": open.account_id,
-            "calls": open.calls,
-            "subtotal": open.subtotal.to_string(),
-            "markup_rate": open.markup_rate.to_string(),
-            "markup": open.markup.to_string(),
-            "total": open.total.to_string(),
-            "first_event_at": open.first_event_at,
-            "last_event_at": open.last_event_at,
-            "breakdown": open.breakdown,
-        }))
-        .into_response();
+        let dims = dimensions_of(s.clickhouse.as_ref(), &open.account_id, &id).await;
+        return with_dimensions(
+            json!({
+                "execution_id": id,
+                "status": "running",
+                "account_id": open.account_id,
+                "calls": open.calls,
+                "subtotal": open.subtotal.to_string(),
+                "markup_rate": open.markup_rate.to_string(),
+                "markup": open.markup.to_string(),
+                "total": open.total.to_string(),
+                "first_event_at": open.first_event_at,
+                "last_event_at": open.last_event_at,
+                "breakdown": open.breakdown,
+            }),
+            dims,
+        );
     }
     let Some(ch) = &s.clickhouse else {
         return not_found(&id);
@@ -123,6 +173,7 @@ async fn execution(
     match rows {
         Ok(rows) if rows.is_empty() => not_found(&id),
         Ok(rows) => {
+            let dims = dimensions_of(Some(ch), &rows[0].account_id, &id).await;
             let mut seen = std::collections::HashSet::new();
             let debits: Vec<_> = rows
                 .into_iter()
@@ -143,7 +194,10 @@ async fn execution(
                     })
                 })
                 .collect();
-            Json(json!({"execution_id": id, "status": "closed", "debits": debits})).into_response()
+            with_dimensions(
+                json!({"execution_id": id, "status": "closed", "debits": debits}),
+                dims,
+            )
         }
         Err(e) => {
             tracing::warn!(error = %e, "execution lookup in clickhouse failed");

@@ -89,6 +89,9 @@ enum Command {
         top: u32,
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         format: String,
+        /// Also spend per value of a dimension: dimension:KEY (repeatable).
+        #[arg(long = "group-by", value_parser = report::dimension::parse_group_by)]
+        group_by: Vec<String>,
     },
     /// End-to-end benchmark against the running services; prints figures and writes JSON.
     Bench(bench::BenchArgs),
@@ -100,6 +103,33 @@ enum CatalogCommand {
     Publish { file: PathBuf },
     /// Validate a catalog file and list its versions.
     Check { file: PathBuf },
+    /// Convert a price list kept in another tool's format into price versions.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// Format of FILE: `litellm` (model_prices_and_context_window.json).
+    #[arg(long, value_parser = ["litellm"])]
+    format: String,
+    /// The price list to convert.
+    file: PathBuf,
+    /// When the imported versions take effect (RFC 3339, e.g. 2026-07-01T00:00:00Z).
+    #[arg(long)]
+    effective_from: String,
+    /// Write the catalog (JSON array of price versions) here; stdout when absent.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Only models of this litellm_provider (repeatable).
+    #[arg(long = "provider")]
+    providers: Vec<String>,
+    /// Check the import together with this catalog (e.g. the one already published):
+    /// versions it would refuse (alias ambiguity, conflicting version) are reported and left out.
+    #[arg(long)]
+    with_catalog: Option<PathBuf>,
+    /// Also publish the imported versions to the catalog topic.
+    #[arg(long)]
+    publish: bool,
 }
 
 #[derive(Subcommand)]
@@ -225,18 +255,40 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Catalog {
+            command: CatalogCommand::Import(a),
+        } => import_catalog(&cfg, a).await,
+        Command::Catalog {
             command: CatalogCommand::Check { file },
         } => {
-            let c = read_catalog(&file)?;
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("cannot read catalog file {}", file.display()))?;
+            let (c, errors) = Catalog::from_json_all_errors(&bytes)
+                .with_context(|| format!("catalog file {}", file.display()))?;
             for v in c.versions() {
+                let mut aliases = v.aliases.clone();
+                aliases.extend(v.alias_patterns.iter().map(|p| format!("/{p}/")));
                 println!(
-                    "{:<32} {:<12} {}  {}",
+                    "{:<32} {:<12} {}  {}{}",
                     v.asset_id,
                     v.asset_type.as_str(),
                     v.version_label(),
-                    v.prices.keys().cloned().collect::<Vec<_>>().join(",")
+                    v.prices.keys().cloned().collect::<Vec<_>>().join(","),
+                    if aliases.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  aliases: {}", aliases.join(" "))
+                    }
                 );
             }
+            for e in &errors {
+                eprintln!("refused: {e}");
+            }
+            anyhow::ensure!(
+                errors.is_empty(),
+                "{} of the versions in {} are refused (listed above)",
+                errors.len(),
+                file.display()
+            );
             println!("{} versions ok", c.version_count());
             Ok(())
         }
@@ -273,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
             account,
             top,
             format,
+            group_by,
         } => {
             let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
             let f = report::ReportFilter {
@@ -280,7 +333,10 @@ async fn main() -> anyhow::Result<()> {
                 account,
                 top,
             };
-            let r = report::build(&ch, &f).await?;
+            let mut r = report::build(&ch, &f).await?;
+            for key in &group_by {
+                r.groups.push(report::dimension::build(&ch, &f, key).await?);
+            }
             if format == "json" {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -321,6 +377,71 @@ fn replay_dead_letters(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         letters.len(),
         cfg.topics.usage_events
     );
+    Ok(())
+}
+
+/// `catalog import`: converts, reports every skipped model on stderr, writes, publishes.
+async fn import_catalog(cfg: &Config, a: ImportArgs) -> anyhow::Result<()> {
+    use usage_aggregator::catalog::litellm;
+    let effective_from = chrono::DateTime::parse_from_rfc3339(&a.effective_from)
+        .with_context(|| format!("--effective-from {} is not RFC 3339", a.effective_from))?
+        .with_timezone(&chrono::Utc);
+    let bytes =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let opts = litellm::ImportOptions {
+        effective_from,
+        providers: a.providers.iter().cloned().collect(),
+    };
+    let (mut versions, mut report) =
+        litellm::import(&bytes, &opts).with_context(|| format!("{}", a.file.display()))?;
+    if let Some(path) = &a.with_catalog {
+        let mut base = read_catalog(path)?;
+        versions.retain(|v| match base.insert(v.clone()) {
+            Ok(_) => true,
+            Err(e) => {
+                report.imported.retain(|_, asset| *asset != v.asset_id);
+                report.skipped.insert(
+                    v.asset_id.clone(),
+                    format!("refused next to {}: {e}", path.display()),
+                );
+                false
+            }
+        });
+    }
+    for (key, why) in &report.skipped {
+        eprintln!("skipped {key}: {why}");
+    }
+    for (key, n) in &report.not_imported_rates {
+        eprintln!("not imported: {key} on {n} models (the standard rate is imported)");
+    }
+    if !report.zero_priced.is_empty() {
+        eprintln!(
+            "priced 0 as written in the file: {}",
+            report.zero_priced.join(", ")
+        );
+    }
+    eprintln!(
+        "imported {} models as {} price versions effective from {}; skipped {}",
+        report.imported.len(),
+        versions.len(),
+        a.effective_from,
+        report.skipped.len()
+    );
+    let json = serde_json::to_string_pretty(&versions)? + "\n";
+    // The written file must load as a catalog on its own.
+    Catalog::from_json(json.as_bytes()).context("imported catalog does not load")?;
+    match &a.output {
+        Some(path) => std::fs::write(path, &json)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{json}"),
+    }
+    if a.publish {
+        let n = catalog_feed::publish(cfg, &versions).await?;
+        eprintln!(
+            "published {n} price versions to {}",
+            cfg.topics.price_catalog
+        );
+    }
     Ok(())
 }
 

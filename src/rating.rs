@@ -16,22 +16,25 @@ pub fn price_call(
     partition: i32,
     offset: i64,
 ) -> Result<PricedLine, Rejection> {
-    let asset_id = event.asset_id.as_deref().unwrap_or_default();
+    let sent = event.asset_id.as_deref().unwrap_or_default();
+    // An alias only names an asset; the price is that asset's, or a rejection, never 0.
+    let asset_id = catalog.resolve(sent).unwrap_or(sent);
     let version = catalog
         .lookup(asset_id, event.occurred_at)
         .map_err(|e| match e {
             LookupError::UnknownAsset => Rejection::new(
                 RejectReason::UnknownAsset,
                 format!(
-                    "asset_id {} is not in the price catalog; publish a price version and replay",
+                    "asset_id {} is not in the price catalog (nor an alias of an asset in it); publish a price version or an alias and replay",
                     excerpt(asset_id)
                 ),
             ),
             LookupError::BeforeFirstVersion(first) => Rejection::new(
                 RejectReason::NoPriceAtTime,
                 format!(
-                    "asset_id {} has no price at occurred_at {}; its first version is effective from {}",
-                    excerpt(asset_id),
+                    "asset_id {}{} has no price at occurred_at {}; its first version is effective from {}",
+                    excerpt(sent),
+                    alias_note(sent, asset_id),
                     event.occurred_at.to_rfc3339(),
                     first.to_rfc3339()
                 ),
@@ -47,9 +50,10 @@ pub fn price_call(
                 Rejection::new(
                     RejectReason::UnknownUnit,
                     format!(
-                        "quantities.{} has no price for asset_id {} (version {}); priced units: {}",
+                        "quantities.{} has no price for asset_id {}{} (version {}); priced units: {}",
                         excerpt(unit),
-                        excerpt(asset_id),
+                        excerpt(sent),
+                        alias_note(sent, asset_id),
                         version.label,
                         version
                             .prices
@@ -91,14 +95,24 @@ pub fn price_call(
         agent_id: event.agent_id.clone(),
         component: event.component.clone(),
         asset_id: asset_id.to_string(),
+        asset_name_sent: (sent != asset_id).then(|| sent.to_string()),
         asset_type: version.asset_type,
         vendor: version.vendor.to_string(),
         price_version: version.label.to_string(),
         units,
         cost: money::round_line_cost(exact),
+        dimensions: event.dimensions.clone(),
         event_partition: partition,
         event_offset: offset,
     })
+}
+
+fn alias_note(sent: &str, asset_id: &str) -> String {
+    if sent == asset_id {
+        String::new()
+    } else {
+        format!(" (alias of {})", excerpt(asset_id))
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +165,170 @@ mod tests {
         .unwrap_err();
         assert_eq!(r.reason, RejectReason::UnknownUnit);
         assert!(r.message.contains("images") && r.message.contains("input_tokens"));
+    }
+
+    #[test]
+    fn aliases_price_under_the_canonical_asset_and_keep_the_name_sent() {
+        let c = Catalog::from_json(
+            &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.json")).unwrap(),
+        )
+        .unwrap();
+        let q = r#"{"input_tokens":1000000,"output_tokens":1000000}"#;
+        for (sent, canonical, cost) in [
+            ("gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini", "0.75"),
+            (
+                "openai/gpt-4o-mini-2024-07-18",
+                "openai/gpt-4o-mini",
+                "0.75",
+            ),
+            (
+                "claude-3-5-sonnet-20241022",
+                "anthropic/claude-3-5-sonnet",
+                "18",
+            ),
+            (
+                "models/gemini-1.5-flash-002",
+                "google/gemini-1.5-flash",
+                "0.375",
+            ),
+        ] {
+            let l = price_call(&ev(sent, "2026-05-01T00:00:00Z", q), &c, 0, 1).unwrap();
+            assert_eq!(l.asset_id, canonical);
+            assert_eq!(l.asset_name_sent.as_deref(), Some(sent));
+            assert_eq!(l.cost.normalize().to_string(), cost, "{sent}");
+            assert_eq!(l.vendor, canonical.split('/').next().unwrap());
+        }
+        // The alias follows the canonical asset's point-in-time versions.
+        let l = price_call(
+            &ev("gpt-4o-mini-2024-07-18", "2026-06-01T00:00:00Z", q),
+            &c,
+            0,
+            1,
+        )
+        .unwrap();
+        assert_eq!(l.cost.normalize().to_string(), "0.6");
+        assert_eq!(l.price_version, "2026-06-01T00:00:00Z");
+        // The canonical name keeps no extra field (priced_usage bytes as before).
+        let l = price_call(
+            &ev("openai/gpt-4o-mini", "2026-05-01T00:00:00Z", q),
+            &c,
+            0,
+            1,
+        )
+        .unwrap();
+        assert_eq!(l.asset_name_sent, None);
+        assert!(
+            !String::from_utf8(l.encode())
+                .unwrap()
+                .contains("asset_name_sent")
+        );
+    }
+
+    #[test]
+    fn an_alias_never_makes_a_name_cost_zero() {
+        let c = Catalog::from_json(
+            &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/config/catalog.json")).unwrap(),
+        )
+        .unwrap();
+        let q = r#"{"input_tokens":1}"#;
+        let r = price_call(
+            &ev("gpt-4o-mini-2024-07", "2026-05-01T00:00:00Z", q),
+            &c,
+            0,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownAsset);
+        let r = price_call(
+            &ev("claude-3-5-sonnet-20241022", "2023-05-01T00:00:00Z", q),
+            &c,
+            0,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::NoPriceAtTime);
+        assert!(
+            r.message.contains("alias of anthropic/claude-3-5-sonnet"),
+            "{}",
+            r.message
+        );
+        let r = price_call(
+            &ev(
+                "models/gemini-1.5-flash-002",
+                "2026-05-01T00:00:00Z",
+                r#"{"images":1}"#,
+            ),
+            &c,
+            0,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownUnit);
+    }
+
+    proptest::proptest! {
+        /// Dimensions label a call; whatever they are, the price is the one without them.
+        #[test]
+        fn dimensions_never_change_the_price(
+            dims in proptest::collection::btree_map("[a-z][a-z0-9_]{0,10}", "[^\\p{Cc}\"\\\\]{1,20}", 0..=16),
+            input in 0u64..10_000_000,
+            output in 0u64..10_000_000,
+        ) {
+            let c = Catalog::from_json(CATALOG.as_bytes()).unwrap();
+            let q = format!(r#"{{"input_tokens":{input},"output_tokens":{output}}}"#);
+            let plain = price_call(&ev("m", "2026-05-01T00:00:00Z", &q), &c, 0, 1).unwrap();
+            let mut labelled = ev("m", "2026-05-01T00:00:00Z", &q);
+            labelled.dimensions = dims.clone();
+            let l = price_call(&labelled, &c, 0, 1).unwrap();
+            proptest::prop_assert_eq!(l.cost, plain.cost);
+            proptest::prop_assert_eq!(&l.units, &plain.units);
+            proptest::prop_assert_eq!(&l.dimensions, &dims);
+        }
+    }
+
+    #[test]
+    fn dimensions_reach_the_line_and_a_retry_with_others_conflicts() {
+        use crate::rollup::{Outcome, Output, PartitionRollup, RollupConfig};
+        let c = Catalog::from_json(CATALOG.as_bytes()).unwrap();
+        let e = |dims: &str| {
+            format!(
+                r#"{{"type":"model_call","event_id":"e1","occurred_at":"2026-05-01T00:00:00Z","account_id":"a","asset_id":"m","dimensions":{dims},"quantities":{{"input_tokens":10}}}}"#
+            )
+        };
+        let mut r = PartitionRollup::new(RollupConfig::default(), 0);
+        let mut out = Vec::new();
+        let first = e(r#"{"project":"apollo","end_user":"u1"}"#);
+        assert!(matches!(
+            r.process(0, first.as_bytes(), &c, 0, &mut out),
+            Outcome::Priced(_)
+        ));
+        let Some(Output::Line(line)) = out.first() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(line.dimensions["project"], "apollo");
+        let json = String::from_utf8(line.encode()).unwrap();
+        assert!(
+            json.contains(r#""dimensions":{"end_user":"u1","project":"apollo"}"#),
+            "{json}"
+        );
+        // The same dimensions in another order: a retry, billed once.
+        let retry = e(r#"{"end_user":"u1","project":"apollo"}"#);
+        assert_eq!(
+            r.process(1, retry.as_bytes(), &c, 0, &mut out),
+            Outcome::Duplicate
+        );
+        // Other dimensions: a conflicting duplicate, rejected and not billed.
+        let other = e(r#"{"project":"zeus","end_user":"u1"}"#);
+        assert_eq!(
+            r.process(2, other.as_bytes(), &c, 0, &mut out),
+            Outcome::Rejected(RejectReason::ConflictingDuplicate)
+        );
+        // No dimensions at all is other content too.
+        let none = e("{}");
+        assert_eq!(
+            r.process(3, none.as_bytes(), &c, 0, &mut out),
+            Outcome::Rejected(RejectReason::ConflictingDuplicate)
+        );
     }
 
     #[test]

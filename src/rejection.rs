@@ -16,6 +16,8 @@ pub enum RejectReason {
     UnknownEventType,
     InvalidTimestamp,
     InvalidQuantity,
+    /// Contract v1.1: the `dimensions` object breaks its rules.
+    InvalidDimension,
     UnknownAsset,
     NoPriceAtTime,
     UnknownUnit,
@@ -26,7 +28,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 17] = [
         RejectReason::Oversized,
         RejectReason::InvalidEncoding,
         RejectReason::InvalidJson,
@@ -37,6 +39,7 @@ impl RejectReason {
         RejectReason::UnknownEventType,
         RejectReason::InvalidTimestamp,
         RejectReason::InvalidQuantity,
+        RejectReason::InvalidDimension,
         RejectReason::UnknownAsset,
         RejectReason::NoPriceAtTime,
         RejectReason::UnknownUnit,
@@ -57,6 +60,7 @@ impl RejectReason {
             RejectReason::UnknownEventType => "unknown_event_type",
             RejectReason::InvalidTimestamp => "invalid_timestamp",
             RejectReason::InvalidQuantity => "invalid_quantity",
+            RejectReason::InvalidDimension => "invalid_dimension",
             RejectReason::UnknownAsset => "unknown_asset",
             RejectReason::NoPriceAtTime => "no_price_at_time",
             RejectReason::UnknownUnit => "unknown_unit",

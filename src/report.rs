@@ -4,6 +4,8 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+pub mod dimension;
+
 fn dec(v: i128, scale: u32) -> Decimal {
     Decimal::try_from_i128_with_scale(v, scale)
         .unwrap_or_default()
@@ -57,6 +59,9 @@ pub struct Report {
     pub top_executions: Vec<serde_json::Value>,
     pub rejects: Vec<serde_json::Value>,
     pub totals: serde_json::Value,
+    /// `--group-by dimension:KEY` sections ([`dimension::build`]), in the order asked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<serde_json::Value>,
 }
 
 fn filter_sql(f: &ReportFilter, time_col: &str) -> String {
@@ -112,6 +117,7 @@ pub async fn build(ch: &clickhouse::Client, f: &ReportFilter) -> anyhow::Result<
             "breakdown": e.breakdown_assets.iter().zip(&e.breakdown_costs).map(|(a, c)| serde_json::json!({"asset_id": a, "cost": dec(*c, 12).to_string()})).collect::<Vec<_>>()})).collect(),
         rejects: rejects.iter().map(|r| serde_json::json!({"reason": r.reason, "events": r.events})).collect(),
         totals: serde_json::json!({"debits": n, "total": dec(total, 18).to_string()}),
+        groups: Vec::new(),
     })
 }
 
@@ -172,6 +178,9 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o, "\nRejected events (not billed) by reason");
     for x in &r.rejects {
         let _ = writeln!(o, "{:<24} {:>8}", s(x, "reason"), s(x, "events"));
+    }
+    for g in &r.groups {
+        o.push_str(&dimension::render(g));
     }
     let _ = writeln!(
         o,

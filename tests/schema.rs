@@ -1,4 +1,4 @@
-//! The JSON Schema (schema/usage-event.v1.json) and the decoder agree on `occurred_at`: a
+//! The JSON Schemas (schema/usage-event.v1.json and v1.1) and the decoder agree on `occurred_at`: a
 //! corpus of timestamps, each inside an otherwise valid event, is accepted by both or
 //! refused by both (the decoder with `invalid_timestamp`). The one rule the schema cannot
 //! state (the UTC range of an instant written with an offset) is listed as a known
@@ -8,8 +8,13 @@ use serde_json::{Value, json};
 use usage_aggregator::event::{DEFAULT_MAX_EVENT_BYTES, decode};
 use usage_aggregator::rejection::RejectReason;
 
+/// The current contract's schema (v1.1: v1 plus optional dimensions).
 fn schema() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/usage-event.v1.json");
+    load("usage-event.v1.1.json")
+}
+
+fn load(name: &str) -> Value {
+    let path = format!("{}/schema/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -200,8 +205,13 @@ fn check(validator: &jsonschema::Validator, mode: &str) -> (usize, usize) {
 
 #[test]
 fn schema_and_decoder_accept_the_same_timestamps() {
-    let schema = schema();
-    let (n, accepted) = check(&jsonschema::validator_for(&schema).unwrap(), "pattern");
+    for name in ["usage-event.v1.json", "usage-event.v1.1.json"] {
+        timestamps_agree(&load(name));
+    }
+}
+
+fn timestamps_agree(schema: &Value) {
+    let (n, accepted) = check(&jsonschema::validator_for(schema).unwrap(), "pattern");
     assert!(
         n > 400 && accepted > 100 && n - accepted > 250,
         "{n} {accepted}"
@@ -210,7 +220,7 @@ fn schema_and_decoder_accept_the_same_timestamps() {
     // pattern is at least as strict as the format.
     let with_formats = jsonschema::options()
         .should_validate_formats(true)
-        .build(&schema)
+        .build(schema)
         .unwrap();
     check(&with_formats, "pattern and format");
 }

@@ -15,7 +15,25 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "rollups",
         include_str!("../../deploy/clickhouse/0002_rollups.sql"),
     ),
+    (
+        3,
+        "aliases_dimensions",
+        include_str!("../../deploy/clickhouse/0003_aliases_dimensions.sql"),
+    ),
 ];
+
+/// True when re-running `stmt` failed only because an earlier, interrupted run of the same
+/// migration already added the column (18.16 has no `ADD COLUMN IF NOT EXISTS`).
+fn already_applied(stmt: &str, error: &str) -> bool {
+    let s = stmt
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    s.trim_start().starts_with("ALTER TABLE")
+        && s.contains("ADD COLUMN")
+        && error.contains("already exists")
+}
 
 /// Splits a migration file into statements: a statement ends at a line ending with `;`.
 pub fn statements(sql: &str, db: &str) -> Vec<String> {
@@ -68,11 +86,13 @@ pub async fn migrate(
             continue;
         }
         for stmt in statements(sql, db) {
-            client
-                .query(&stmt)
-                .execute()
-                .await
-                .map_err(|e| anyhow::anyhow!("migration {version} ({name}) failed: {e}"))?;
+            match client.query(&stmt).execute().await {
+                Ok(()) => {}
+                Err(e) if already_applied(&stmt, &e.to_string()) => {
+                    tracing::info!(version, "column already added by an interrupted run");
+                }
+                Err(e) => anyhow::bail!("migration {version} ({name}) failed: {e}"),
+            }
         }
         client
             .query(&format!(
@@ -107,5 +127,20 @@ mod tests {
         for (_, _, sql) in MIGRATIONS {
             assert!(!statements(sql, "usage").is_empty());
         }
+    }
+
+    #[test]
+    fn only_a_repeated_add_column_counts_as_applied() {
+        let add = "-- c\nALTER TABLE usage.t\n    ADD COLUMN x String";
+        let dup = "Code: 44, e.displayText() = DB::Exception: Cannot add column x: column with this name already exists";
+        assert!(already_applied(add, dup));
+        assert!(!already_applied(
+            add,
+            "Code: 60. Table usage.t doesn't exist"
+        ));
+        assert!(!already_applied(
+            "CREATE TABLE usage.t (x String) ENGINE = Log",
+            dup
+        ));
     }
 }

@@ -1,5 +1,6 @@
 //! ClickHouse rows: output-topic JSON (priced lines, debits, dead letters) in, RowBinary rows
-//! with checked scaled decimals out. Column order matches deploy/clickhouse/0001_tables.sql.
+//! with checked scaled decimals out. Column order matches deploy/clickhouse/0001_tables.sql
+//! with the columns of later migrations where they put them (`ALTER ... AFTER`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -32,7 +33,12 @@ pub struct TransactionRow {
     pub execution_id: String,
     pub agent_id: String,
     pub component: String,
+    /// Contract v1.1 dimensions as parallel arrays sorted by key (migration 3).
+    pub dimension_keys: Vec<String>,
+    pub dimension_values: Vec<String>,
     pub asset_id: String,
+    /// The name sent: `asset_id` itself, or the alias the event used (migration 3).
+    pub asset_name_sent: String,
     pub asset_type: String,
     pub vendor: String,
     pub units: Vec<String>,
@@ -108,6 +114,8 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         execution_id: l.execution_id.unwrap_or_default(),
         agent_id: l.agent_id.unwrap_or_default(),
         component: l.component.unwrap_or_default(),
+        dimension_keys: l.dimensions.keys().cloned().collect(),
+        dimension_values: l.dimensions.values().cloned().collect(),
         asset_type: l.asset_type.as_str().to_string(),
         vendor: l.vendor,
         units: l.units.iter().map(|u| u.unit.clone()).collect(),
@@ -121,6 +129,7 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         src_partition: src.partition,
         src_offset: src.offset,
         ingested_at: src.ingested_at,
+        asset_name_sent: l.asset_name_sent.unwrap_or_else(|| l.asset_id.clone()),
         asset_id: l.asset_id,
         event_id: l.event_id.clone(),
     };

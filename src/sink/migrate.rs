@@ -15,6 +15,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "rollups",
         include_str!("../../deploy/clickhouse/0002_rollups.sql"),
     ),
+    (
+        3,
+        "ledger",
+        include_str!("../../deploy/clickhouse/0003_ledger.sql"),
+    ),
 ];
 
 /// Splits a migration file into statements: a statement ends at a line ending with `;`.

@@ -34,14 +34,14 @@ pub const TOKEN_ENV: &str = "USAGE_AGG_API_TOKEN";
 pub struct LedgerApi {
     cfg: Config,
     producer: FutureProducer,
-    follower: Option<ResultFollower>,
+    /// Started on the first redemption (it waits for the results topic to be readable).
+    follower: tokio::sync::OnceCell<ResultFollower>,
     token: Option<String>,
     ch: clickhouse::Client,
 }
 
 impl LedgerApi {
-    /// Reads the token (environment first, then `ledger.api_token_file`) and starts the
-    /// voucher result follower (redemptions answer 503 if that fails).
+    /// Reads the token (environment first, then `ledger.api_token_file`).
     pub fn new(cfg: &Config, ch: clickhouse::Client) -> anyhow::Result<LedgerApi> {
         let token = match std::env::var(TOKEN_ENV) {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
@@ -61,17 +61,10 @@ impl LedgerApi {
         if token.is_none() {
             tracing::warn!("no API token (USAGE_AGG_API_TOKEN or ledger.api_token_file): the ledger write endpoints answer 503");
         }
-        let follower = match ResultFollower::start(cfg) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!(error = %e, "voucher results unavailable; redemptions answer 503");
-                None
-            }
-        };
         Ok(LedgerApi {
             cfg: cfg.clone(),
             producer: client::producer(cfg)?,
-            follower,
+            follower: tokio::sync::OnceCell::new(),
             token,
             ch,
         })
@@ -257,11 +250,20 @@ async fn redeem(
         // A malformed code cannot exist: the same answer as an unknown one.
         Err(_) => return refused("unknown", "no voucher has this code"),
     };
-    let Some(follower) = &api.follower else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "voucher results cannot be read; try again later",
-        );
+    let started = api
+        .follower
+        .get_or_try_init(|| {
+            let cfg = api.cfg.clone();
+            async move {
+                tokio::task::spawn_blocking(move || ResultFollower::start(&cfg))
+                    .await
+                    .map_err(|e| ClientError::Other(e.to_string()))?
+            }
+        })
+        .await;
+    let follower = match started {
+        Ok(f) => f,
+        Err(e) => return unavailable(&e),
     };
     let req = VoucherRequest::Redeem {
         request_id: body

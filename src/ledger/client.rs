@@ -134,24 +134,25 @@ pub struct ResultFollower {
 }
 
 impl ResultFollower {
-    /// Positions a reader at the current end of every partition (returns once it is) and
-    /// follows in a thread until dropped.
+    /// Positions a reader at the current end of every partition (returns once it is, retrying
+    /// for up to 30 s while partition leaders are not known yet) and follows in a thread until
+    /// dropped. Blocking.
     pub fn start(cfg: &Config) -> Result<ResultFollower, ClientError> {
         let mut rc = kafka::reader_config(cfg);
         rc.set("isolation.level", "read_committed");
         let reader: BaseConsumer = rc.create()?;
         let topic = cfg.topics.voucher_results.clone();
-        let md = reader.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
-            let (_, high) = reader.fetch_watermarks(&topic, p.id(), Duration::from_secs(10))?;
-            tpl.add_partition_offset(&topic, p.id(), Offset::Offset(high))?;
-        }
-        if tpl.count() == 0 {
-            return Err(ClientError::Other(format!(
-                "topic {topic} does not exist; run `usage-aggregator setup`"
-            )));
-        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let tpl = loop {
+            match end_offsets(&reader, &topic) {
+                Ok(tpl) => break tpl,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "voucher results not readable yet; retrying");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         reader.assign(&tpl)?;
         let waiters: Arc<Waiters> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -213,6 +214,22 @@ impl Drop for ResultFollower {
     }
 }
 
+/// The current end (last stable offset) of every partition of `topic`.
+fn end_offsets(reader: &BaseConsumer, topic: &str) -> Result<TopicPartitionList, ClientError> {
+    let md = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+        let (_, high) = reader.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
+    }
+    if tpl.count() == 0 {
+        return Err(ClientError::Other(format!(
+            "topic {topic} does not exist; run `usage-aggregator setup`"
+        )));
+    }
+    Ok(tpl)
+}
+
 /// A random request id (or reference), 128 bits, hex.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:032x}", rand::random::<u128>())
@@ -223,7 +240,8 @@ pub fn list_vouchers(cfg: &Config) -> Result<Vec<VoucherState>, ClientError> {
     let mut rc = kafka::reader_config(cfg);
     rc.set("isolation.level", "read_committed");
     rc.set("enable.partition.eof", "true");
-    let reader: BaseConsumer = rc.create()?;
+    let reader: BaseConsumer<super::stage::ReaderContext> =
+        rc.create_with_context(super::stage::ReaderContext)?;
     let topic = &cfg.topics.voucher_state;
     let md = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let parts: Vec<i32> = md

@@ -169,6 +169,24 @@ impl ConsumerContext for StageContext {
     }
 }
 
+/// Context of assign-based readers with `enable.partition.eof`: an end-of-partition event
+/// that librdkafka reports outside the consumer queue is expected, not an error.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::warn!(%error, reason, "kafka reader error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// Producer properties a transactional producer must not inherit from pass-through.
 const NOT_FOR_PRODUCER: [&str; 8] = [
     "group.instance.id",
@@ -189,7 +207,7 @@ pub struct Stage<'a, P: Processor> {
     processor: &'a mut P,
     producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
     consumer: BaseConsumer<StageContext>,
-    reader: BaseConsumer,
+    reader: BaseConsumer<ReaderContext>,
     /// Owned partition -> next offset per input topic (restored or consumed).
     owned: BTreeMap<i32, Positions>,
     touched: BTreeSet<i32>,
@@ -248,7 +266,7 @@ impl<'a, P: Processor> Stage<'a, P> {
         let mut rc = kafka::reader_config(cfg);
         rc.set("enable.partition.eof", "true");
         rc.set("isolation.level", "read_committed");
-        let reader: BaseConsumer = rc.create()?;
+        let reader: BaseConsumer<ReaderContext> = rc.create_with_context(ReaderContext)?;
 
         let mut counts = Vec::new();
         for t in spec.inputs.iter().chain([&spec.changelog]) {

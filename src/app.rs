@@ -110,7 +110,10 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         // Credits ledger and vouchers: each a transactional stage in its own thread; a
         // failure stops the process (a restart restores from the changelogs).
         for (name, run) in [
-            ("ledger", crate::ledger::run_ledger as fn(&Config, &AtomicBool) -> _),
+            (
+                "ledger",
+                crate::ledger::run_ledger as fn(&Config, &AtomicBool) -> _,
+            ),
             ("vouchers", crate::ledger::run_vouchers),
         ] {
             let (c, s, t) = (cfg.clone(), stop.clone(), token.clone());

@@ -45,7 +45,11 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         (t.credit_alerts.clone(), o, vec![delete, month]),
         (t.ledger_state.clone(), o, vec![compact]),
         (t.voucher_requests.clone(), o, vec![delete, month]),
-        (t.voucher_results.clone(), o, vec![delete, ("retention.ms", "604800000")]),
+        (
+            t.voucher_results.clone(),
+            o,
+            vec![delete, ("retention.ms", "604800000")],
+        ),
         (t.voucher_state.clone(), o, vec![compact]),
     ]
 }
@@ -72,7 +76,13 @@ pub fn rules(cfg: &Config) -> (LedgerRules, GrantRules) {
     )
 }
 
-fn spec(cfg: &Config, name: &'static str, group: &str, inputs: Vec<String>, changelog: &str) -> StageSpec {
+fn spec(
+    cfg: &Config,
+    name: &'static str,
+    group: &str,
+    inputs: Vec<String>,
+    changelog: &str,
+) -> StageSpec {
     StageSpec {
         name,
         group_id: group.to_string(),

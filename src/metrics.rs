@@ -67,7 +67,10 @@ pub struct LedgerMetrics {
 impl LedgerMetrics {
     fn new(r: &Registry) -> LedgerMetrics {
         let cv = |name: &str, help: &str, labels: &[&str]| {
-            reg(r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+            )
         };
         let hv = |name: &str, help: &str| {
             reg(
@@ -444,7 +447,9 @@ pub fn init_labels() {
         m.ledger.accounts_below.with_label_values(&[t]);
         m.ledger.alerts.with_label_values(&[t, "below"]);
     }
-    m.ledger.voucher_results.with_label_values(&["redeem", "granted"]);
+    m.ledger
+        .voucher_results
+        .with_label_values(&["redeem", "granted"]);
     m.consumer_lag.with_label_values(&["0"]);
     m.sink_lag.with_label_values(&["debits", "0"]);
 }

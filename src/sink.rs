@@ -25,9 +25,9 @@ use serde::Serialize;
 use crate::config::{ClickHouseConfig, Config};
 use crate::health::{Health, now_ms};
 use crate::kafka;
+use crate::ledger::rows::LedgerRow;
 use crate::metrics::METRICS;
 use crate::rejection::{DeadLetter, RejectReason, Rejection};
-use crate::ledger::rows::LedgerRow;
 use rows::{DeadLetterRow, DebitRow, Source, TransactionRow};
 
 /// A ClickHouse client from configuration (password from env or file, never logged).

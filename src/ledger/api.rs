@@ -48,9 +48,7 @@ impl LedgerApi {
             _ => match &cfg.ledger.api_token_file {
                 Some(f) => Some(
                     std::fs::read_to_string(f)
-                        .map_err(|e| {
-                            anyhow::anyhow!("ledger.api_token_file {}: {e}", f.display())
-                        })?
+                        .map_err(|e| anyhow::anyhow!("ledger.api_token_file {}: {e}", f.display()))?
                         .trim()
                         .to_string(),
                 )
@@ -59,7 +57,9 @@ impl LedgerApi {
             },
         };
         if token.is_none() {
-            tracing::warn!("no API token (USAGE_AGG_API_TOKEN or ledger.api_token_file): the ledger write endpoints answer 503");
+            tracing::warn!(
+                "no API token (USAGE_AGG_API_TOKEN or ledger.api_token_file): the ledger write endpoints answer 503"
+            );
         }
         Ok(LedgerApi {
             cfg: cfg.clone(),
@@ -102,9 +102,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(api: &LedgerApi, headers: &HeaderMap) -> Result<(), Response> {
+/// `None` when the bearer token matches, else the answer to send.
+fn authorize(api: &LedgerApi, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &api.token else {
-        return Err(error(
+        return Some(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "write endpoints are disabled: no API token is configured (USAGE_AGG_API_TOKEN or ledger.api_token_file)",
         ));
@@ -115,14 +116,16 @@ fn authorize(api: &LedgerApi, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if same(given.as_bytes(), token.as_bytes()) {
-        Ok(())
+        None
     } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            [("www-authenticate", "Bearer")],
-            Json(json!({"error": "a valid bearer token is required"})),
+        Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", "Bearer")],
+                Json(json!({"error": "a valid bearer token is required"})),
+            )
+                .into_response(),
         )
-            .into_response())
     }
 }
 
@@ -184,7 +187,7 @@ async fn topup(
     headers: HeaderMap,
     body: Option<Json<TopupBody>>,
 ) -> Response {
-    if let Err(r) = authorize(&api, &headers) {
+    if let Some(r) = authorize(&api, &headers) {
         return r;
     }
     let Some(Json(body)) = body else {
@@ -236,11 +239,14 @@ async fn redeem(
     headers: HeaderMap,
     body: Option<Json<RedeemBody>>,
 ) -> Response {
-    if let Err(r) = authorize(&api, &headers) {
+    if let Some(r) = authorize(&api, &headers) {
         return r;
     }
     let Some(Json(body)) = body else {
-        return refused("invalid_json", "body must be {\"code\": \"<voucher code>\"}");
+        return refused(
+            "invalid_json",
+            "body must be {\"code\": \"<voucher code>\"}",
+        );
     };
     if let Err(r) = check_account(&account) {
         return refused(r.reason.as_str(), &r.message);
@@ -266,9 +272,7 @@ async fn redeem(
         Err(e) => return unavailable(&e),
     };
     let req = VoucherRequest::Redeem {
-        request_id: body
-            .request_id
-            .unwrap_or_else(|| client::new_id("redeem")),
+        request_id: body.request_id.unwrap_or_else(|| client::new_id("redeem")),
         requested_at: chrono::Utc::now(),
         code_hash: voucher::code_hash(&code),
         masked: voucher::mask(&code),

@@ -104,7 +104,13 @@ fn generate_code() -> String {
     let chars: String = (0..16)
         .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
         .collect();
-    format!("{}-{}-{}-{}", &chars[0..4], &chars[4..8], &chars[8..12], &chars[12..16])
+    format!(
+        "{}-{}-{}-{}",
+        &chars[0..4],
+        &chars[4..8],
+        &chars[8..12],
+        &chars[12..16]
+    )
 }
 
 fn print_result(r: &VoucherResult) -> anyhow::Result<()> {
@@ -137,7 +143,15 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             reference,
         } => {
             let reference = reference.unwrap_or_else(|| client::new_id("adj"));
-            grant(cfg, GrantKind::Adjustment, &account, &amount, &reference, Some(&reason)).await
+            grant(
+                cfg,
+                GrantKind::Adjustment,
+                &account,
+                &amount,
+                &reference,
+                Some(&reason),
+            )
+            .await
         }
         CreditsCommand::Redeem {
             account,
@@ -227,7 +241,11 @@ async fn grant(
     Ok(())
 }
 
-async fn ask(cfg: &Config, req: &VoucherRequest, timeout: Duration) -> anyhow::Result<VoucherResult> {
+async fn ask(
+    cfg: &Config,
+    req: &VoucherRequest,
+    timeout: Duration,
+) -> anyhow::Result<VoucherResult> {
     let c = cfg.clone();
     let follower = tokio::task::spawn_blocking(move || ResultFollower::start(&c)).await??;
     let p = client::producer(cfg)?;
@@ -267,8 +285,7 @@ pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> 
                 account_id: account,
                 description,
             };
-            def.validate()
-                .map_err(|e| refusal_exit("invalid", &e))?;
+            def.validate().map_err(|e| refusal_exit("invalid", &e))?;
             let req = VoucherRequest::Create {
                 request_id: client::new_id("create"),
                 requested_at: Utc::now(),

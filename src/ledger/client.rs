@@ -18,7 +18,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::kafka;
-use crate::ledger::grant::{Grant, GrantKind, GrantRules, check_account, check_amount, parse_amount};
+use crate::ledger::grant::{
+    Grant, GrantKind, GrantRules, check_account, check_amount, parse_amount,
+};
 use crate::ledger::voucher::{VoucherRequest, VoucherResult, VoucherState};
 use crate::rejection::{RejectReason, Rejection};
 
@@ -32,7 +34,9 @@ pub enum ClientError {
     Kafka(#[from] KafkaError),
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
-    #[error("no answer from the voucher stage within {0:?}; the request {1} may still be decided (is `run --role ledger` running?)")]
+    #[error(
+        "no answer from the voucher stage within {0:?}; the request {1} may still be decided (is `run --role ledger` running?)"
+    )]
     Timeout(Duration, String),
     #[error("{0}")]
     Other(String),
@@ -201,7 +205,10 @@ impl ResultFollower {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => Ok(r),
             _ => {
-                self.waiters.lock().expect("waiters").remove(req.request_id());
+                self.waiters
+                    .lock()
+                    .expect("waiters")
+                    .remove(req.request_id());
                 Err(ClientError::Timeout(timeout, req.request_id().to_string()))
             }
         }
@@ -218,7 +225,12 @@ impl Drop for ResultFollower {
 fn end_offsets(reader: &BaseConsumer, topic: &str) -> Result<TopicPartitionList, ClientError> {
     let md = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
         let (_, high) = reader.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
         tpl.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
     }
@@ -279,7 +291,12 @@ pub fn list_vouchers(cfg: &Config) -> Result<Vec<VoucherState>, ClientError> {
         .flatten()
         .filter_map(|v| serde_json::from_slice(&v).ok())
         .collect();
-    out.sort_by(|a, b| a.def.valid_from.cmp(&b.def.valid_from).then(a.def.masked.cmp(&b.def.masked)));
+    out.sort_by(|a, b| {
+        a.def
+            .valid_from
+            .cmp(&b.def.valid_from)
+            .then(a.def.masked.cmp(&b.def.masked))
+    });
     Ok(out)
 }
 
@@ -312,7 +329,10 @@ fn ts(secs: u32) -> String {
 }
 
 /// The balance after the account's last entry; `None` when it has none.
-pub async fn balance(ch: &clickhouse::Client, account_id: &str) -> Result<Option<Balance>, ClientError> {
+pub async fn balance(
+    ch: &clickhouse::Client,
+    account_id: &str,
+) -> Result<Option<Balance>, ClientError> {
     let rows: Vec<BalanceRecord> = ch
         .query("SELECT balance_after, seq, occurred_at FROM ledger WHERE account_id = ? ORDER BY seq DESC LIMIT 1")
         .bind(account_id)

@@ -166,7 +166,7 @@ pub struct AccountState {
 /// What applying one input did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Applied(BalanceEvent, Vec<CreditAlert>),
+    Applied(Box<BalanceEvent>, Vec<CreditAlert>),
     /// Seen before with the same content: nothing changes.
     Duplicate,
     /// Refused: goes to the dead-letter topic; nothing changes.
@@ -427,7 +427,7 @@ impl LedgerPartition {
         );
         self.accounts.insert(account_id.to_string(), new_state);
         Outcome::Applied(
-            BalanceEvent {
+            Box::new(BalanceEvent {
                 entry_id,
                 account_id: account_id.to_string(),
                 seq,
@@ -440,7 +440,7 @@ impl LedgerPartition {
                 occurred_at,
                 lines,
                 source,
-            },
+            }),
             alerts,
         )
     }

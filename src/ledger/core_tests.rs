@@ -58,7 +58,7 @@ fn debit(id: &str, account: &str, total: Decimal) -> Debit {
 
 fn applied(o: Outcome) -> (BalanceEvent, Vec<CreditAlert>) {
     match o {
-        Outcome::Applied(e, a) => (e, a),
+        Outcome::Applied(e, a) => (*e, a),
         other => panic!("expected applied, got {other:?}"),
     }
 }
@@ -71,10 +71,8 @@ fn max_balance_constant_is_1e10() {
 #[test]
 fn grants_and_debits_move_the_balance_exactly() {
     let mut l = LedgerPartition::new(LedgerRules::default());
-    let (e, _) = applied(l.apply_grant(
-        &grant("pay-1", "a", GrantKind::Topup, d("25")),
-        src("g", 0),
-    ));
+    let (e, _) =
+        applied(l.apply_grant(&grant("pay-1", "a", GrantKind::Topup, d("25")), src("g", 0)));
     assert_eq!((e.seq, e.balance_after), (1, d("25")));
     let (e, _) = applied(l.apply_debit(&debit("dc_1", "a", d("0.96")), 1, src("d", 0)));
     assert_eq!(e.balance_after, d("24.04"));
@@ -97,10 +95,7 @@ fn a_resent_grant_or_debit_is_applied_once_and_a_changed_one_is_refused() {
     applied(l.apply_grant(&g, src("g", 0)));
     assert_eq!(l.apply_grant(&g, src("g", 5)), Outcome::Duplicate);
     // The same payment reference on another account is another grant.
-    applied(l.apply_grant(
-        &grant("pay-1", "b", GrantKind::Topup, d("25")),
-        src("g", 6),
-    ));
+    applied(l.apply_grant(&grant("pay-1", "b", GrantKind::Topup, d("25")), src("g", 6)));
     let mut changed = g.clone();
     changed.amount = d("30");
     match l.apply_grant(&changed, src("g", 7)) {
@@ -134,7 +129,11 @@ fn thresholds_alert_once_per_crossing() {
     let mut all = Vec::new();
     all.extend(applied(l.apply_grant(&grant("p1", "a", GrantKind::Topup, d("20")), src("g", 0))).1);
     for i in 0..15 {
-        let o = l.apply_debit(&debit(&format!("dc_{i}"), "a", d("1")), i, src("d", i as i64));
+        let o = l.apply_debit(
+            &debit(&format!("dc_{i}"), "a", d("1")),
+            i,
+            src("d", i as i64),
+        );
         all.extend(applied(o).1);
     }
     // 0 -> 20 recovers 10 (and stays above 0); 20 -> 5 crosses 10 once (at 9), never 0.
@@ -249,18 +248,14 @@ fn run(ops: &[Op], restart_at: Option<usize>) -> (LedgerPartition, Vec<BalanceEv
                 src("g", i as i64),
             ),
             Op::Debit(id, acct) => l.apply_debit(
-                &debit(
-                    &format!("dc_{id}"),
-                    accounts[*acct],
-                    amount_of(*id, false),
-                ),
+                &debit(&format!("dc_{id}"), accounts[*acct], amount_of(*id, false)),
                 *id as u64,
                 src("d", i as i64),
             ),
         };
         if let Outcome::Applied(e, a) = o {
             alerts += a.len();
-            events.push(e);
+            events.push(*e);
         }
         log.extend(l.take_changes());
     }

@@ -129,7 +129,10 @@ fn json_string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Rejec
     serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| {
         reject(
             RejectReason::InvalidField,
-            format!("field {field} must be a string (value {})", excerpt(raw.get())),
+            format!(
+                "field {field} must be a string (value {})",
+                excerpt(raw.get())
+            ),
         )
     })
 }
@@ -315,7 +318,11 @@ mod tests {
 
     #[test]
     fn a_valid_topup_round_trips() {
-        let g = parse_grant(grant("topup", "\"25.50\"").as_bytes(), &GrantRules::default()).unwrap();
+        let g = parse_grant(
+            grant("topup", "\"25.50\"").as_bytes(),
+            &GrantRules::default(),
+        )
+        .unwrap();
         assert_eq!(g.amount, Decimal::new(255, 1));
         assert_eq!(g.kind, GrantKind::Topup);
         let back = parse_grant(&g.encode(), &GrantRules::default()).unwrap();
@@ -327,12 +334,30 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_reason() {
-        assert_eq!(reason(&grant("topup", "\"9.99\"")), RejectReason::TopupBelowMinimum);
-        assert_eq!(reason(&grant("topup", "\"-20\"")), RejectReason::InvalidAmount);
-        assert_eq!(reason(&grant("voucher", "\"0\"")), RejectReason::InvalidAmount);
-        assert_eq!(reason(&grant("adjustment", "\"0\"")), RejectReason::InvalidAmount);
-        assert_eq!(reason(&grant("topup", "\"1e3\"")), RejectReason::InvalidAmount);
-        assert_eq!(reason(&grant("topup", "\"12.\"")), RejectReason::InvalidAmount);
+        assert_eq!(
+            reason(&grant("topup", "\"9.99\"")),
+            RejectReason::TopupBelowMinimum
+        );
+        assert_eq!(
+            reason(&grant("topup", "\"-20\"")),
+            RejectReason::InvalidAmount
+        );
+        assert_eq!(
+            reason(&grant("voucher", "\"0\"")),
+            RejectReason::InvalidAmount
+        );
+        assert_eq!(
+            reason(&grant("adjustment", "\"0\"")),
+            RejectReason::InvalidAmount
+        );
+        assert_eq!(
+            reason(&grant("topup", "\"1e3\"")),
+            RejectReason::InvalidAmount
+        );
+        assert_eq!(
+            reason(&grant("topup", "\"12.\"")),
+            RejectReason::InvalidAmount
+        );
         assert_eq!(
             reason(&grant("topup", "\"10.0000000000000000001\"")),
             RejectReason::InvalidAmount

@@ -362,7 +362,9 @@ impl<'a, P: Processor> Stage<'a, P> {
             return Ok(()); // before the restored position
         }
         if !self.in_txn {
-            self.producer.begin_transaction().map_err(StageError::Fatal)?;
+            self.producer
+                .begin_transaction()
+                .map_err(StageError::Fatal)?;
             self.in_txn = true;
             self.txn_failed = false;
             self.txn_started = Instant::now();
@@ -388,7 +390,8 @@ impl<'a, P: Processor> Stage<'a, P> {
         self.touched.insert(p);
         self.txn_msgs += 1;
         METRICS
-            .ledger.input_messages
+            .ledger
+            .input_messages
             .with_label_values(&[self.spec.name])
             .inc();
         Ok(())
@@ -460,15 +463,18 @@ impl<'a, P: Processor> Stage<'a, P> {
         self.processor.committed();
         let name = self.spec.name;
         METRICS
-            .ledger.transactions
+            .ledger
+            .transactions
             .with_label_values(&[name, "committed"])
             .inc();
         METRICS
-            .ledger.commit_seconds
+            .ledger
+            .commit_seconds
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         METRICS
-            .ledger.last_commit
+            .ledger
+            .last_commit
             .with_label_values(&[name])
             .set(crate::health::now_ms() as f64 / 1000.0);
         Ok(())
@@ -493,7 +499,8 @@ impl<'a, P: Processor> Stage<'a, P> {
             return Err(StageError::Fatal(e));
         }
         METRICS
-            .ledger.transactions
+            .ledger
+            .transactions
             .with_label_values(&[self.spec.name, "aborted"])
             .inc();
         tracing::info!(stage = self.spec.name, why, "transaction aborted");
@@ -528,7 +535,8 @@ impl<'a, P: Processor> Stage<'a, P> {
                 }
                 self.in_txn = false;
                 METRICS
-                    .ledger.transactions
+                    .ledger
+                    .transactions
                     .with_label_values(&[self.spec.name, "aborted"])
                     .inc();
             }
@@ -577,7 +585,8 @@ impl<'a, P: Processor> Stage<'a, P> {
         }
         self.consumer.assign(&with_offsets)?;
         METRICS
-            .ledger.restore_seconds
+            .ledger
+            .restore_seconds
             .with_label_values(&[self.spec.name])
             .observe(started.elapsed().as_secs_f64());
         tracing::info!(
@@ -651,7 +660,13 @@ impl<'a, P: Processor> Stage<'a, P> {
         };
         let _ = self.reader.unassign();
         self.processor.restored(p);
-        tracing::debug!(stage = self.spec.name, partition = p, records, ?positions, "partition restored");
+        tracing::debug!(
+            stage = self.spec.name,
+            partition = p,
+            records,
+            ?positions,
+            "partition restored"
+        );
         Ok(positions)
     }
 
@@ -661,7 +676,9 @@ impl<'a, P: Processor> Stage<'a, P> {
         for t in &self.spec.inputs {
             tpl.add_partition(t, p);
         }
-        let got = self.consumer.committed_offsets(tpl, Duration::from_secs(30))?;
+        let got = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(30))?;
         Ok(got
             .elements()
             .iter()

@@ -141,9 +141,8 @@ impl VoucherRequest {
     }
     pub fn request_id(&self) -> &str {
         match self {
-            VoucherRequest::Create { request_id, .. } | VoucherRequest::Redeem { request_id, .. } => {
-                request_id
-            }
+            VoucherRequest::Create { request_id, .. }
+            | VoucherRequest::Redeem { request_id, .. } => request_id,
         }
     }
     pub fn encode(&self) -> Vec<u8> {
@@ -315,7 +314,10 @@ impl VoucherPartition {
             return result(VoucherOutcome::Refused, Some(Refusal::Invalid), why, 0);
         }
         if let Some(s) = self.vouchers.get(&def.code_hash) {
-            let left = s.def.max_redemptions.saturating_sub(s.redemptions.len() as u32);
+            let left = s
+                .def
+                .max_redemptions
+                .saturating_sub(s.redemptions.len() as u32);
             return if s.def == *def {
                 // A re-sent create: same answer, nothing changes.
                 result(
@@ -389,7 +391,11 @@ impl VoucherPartition {
             .saturating_sub(state.redemptions.len() as u32);
         result.redemptions_left = left;
         result.credits = Some(def.credits);
-        if let Some(r) = state.redemptions.iter().find(|r| r.account_id == account_id) {
+        if let Some(r) = state
+            .redemptions
+            .iter()
+            .find(|r| r.account_id == account_id)
+        {
             if r.request_id == request_id {
                 // A re-sent request: the same answer again, no second grant.
                 result.outcome = VoucherOutcome::Granted;
@@ -414,14 +420,20 @@ impl VoucherPartition {
             return refuse(
                 result,
                 Refusal::NotYetValid,
-                format!("voucher {shown} is valid from {}", def.valid_from.to_rfc3339()),
+                format!(
+                    "voucher {shown} is valid from {}",
+                    def.valid_from.to_rfc3339()
+                ),
             );
         }
         if at >= def.valid_until {
             return refuse(
                 result,
                 Refusal::Expired,
-                format!("voucher {shown} expired at {}", def.valid_until.to_rfc3339()),
+                format!(
+                    "voucher {shown} expired at {}",
+                    def.valid_until.to_rfc3339()
+                ),
             );
         }
         if left == 0 {

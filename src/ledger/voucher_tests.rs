@@ -44,7 +44,10 @@ fn redeem(v: &VoucherDef, account: &str, at: DateTime<Utc>) -> VoucherRequest {
 
 #[test]
 fn codes_are_normalized_masked_and_hashed() {
-    assert_eq!(normalize_code(" spring-2026-x7q ").unwrap(), "SPRING-2026-X7Q");
+    assert_eq!(
+        normalize_code(" spring-2026-x7q ").unwrap(),
+        "SPRING-2026-X7Q"
+    );
     assert!(normalize_code("abc").is_err());
     assert!(normalize_code("spring 2026").is_err());
     assert_eq!(mask("SPRING-2026-X7Q"), "SPRING-****");
@@ -71,24 +74,51 @@ fn each_refusal_has_its_reason() {
     assert_eq!(p.handle(&create(&vip)).0.outcome, VoucherOutcome::Created);
     let reason = |p: &mut VoucherPartition, r: VoucherRequest| p.handle(&r).0.reason;
     let unknown = def("NOPE-NOPE-NOPE", 1, None);
-    assert_eq!(reason(&mut p, redeem(&unknown, "a", t(9))), Some(Refusal::Unknown));
-    assert_eq!(reason(&mut p, redeem(&v, "a", t(7))), Some(Refusal::NotYetValid));
-    assert_eq!(reason(&mut p, redeem(&v, "a", t(20))), Some(Refusal::Expired));
-    assert_eq!(reason(&mut p, redeem(&vip, "a", t(9))), Some(Refusal::WrongAccount));
+    assert_eq!(
+        reason(&mut p, redeem(&unknown, "a", t(9))),
+        Some(Refusal::Unknown)
+    );
+    assert_eq!(
+        reason(&mut p, redeem(&v, "a", t(7))),
+        Some(Refusal::NotYetValid)
+    );
+    assert_eq!(
+        reason(&mut p, redeem(&v, "a", t(20))),
+        Some(Refusal::Expired)
+    );
+    assert_eq!(
+        reason(&mut p, redeem(&vip, "a", t(9))),
+        Some(Refusal::WrongAccount)
+    );
     let (ok, grant) = p.handle(&redeem(&v, "a", t(9)));
     assert_eq!(ok.outcome, VoucherOutcome::Granted);
     let grant = grant.unwrap();
-    assert_eq!((grant.amount, grant.kind), (Decimal::new(25, 0), GrantKind::Voucher));
+    assert_eq!(
+        (grant.amount, grant.kind),
+        (Decimal::new(25, 0), GrantKind::Voucher)
+    );
     assert!(!grant.voucher.as_deref().unwrap().contains("2026"));
-    assert_eq!(reason(&mut p, redeem(&v, "a", t(10))), Some(Refusal::AlreadyRedeemed));
-    assert_eq!(reason(&mut p, redeem(&v, "b", t(10))), Some(Refusal::Exhausted));
+    assert_eq!(
+        reason(&mut p, redeem(&v, "a", t(10))),
+        Some(Refusal::AlreadyRedeemed)
+    );
+    assert_eq!(
+        reason(&mut p, redeem(&v, "b", t(10))),
+        Some(Refusal::Exhausted)
+    );
     let mut other = def("SPRING-2026-X7Q", 2, None);
     other.credits = Decimal::ONE;
-    assert_eq!(p.handle(&create(&other)).0.reason, Some(Refusal::AlreadyExists));
+    assert_eq!(
+        p.handle(&create(&other)).0.reason,
+        Some(Refusal::AlreadyExists)
+    );
     let mut bad = def("BAD-WINDOW-1", 1, None);
     bad.valid_until = bad.valid_from;
     assert_eq!(p.handle(&create(&bad)).0.reason, Some(Refusal::Invalid));
-    assert_eq!(reason(&mut p, redeem(&vip, "", t(9))), Some(Refusal::Invalid));
+    assert_eq!(
+        reason(&mut p, redeem(&vip, "", t(9))),
+        Some(Refusal::Invalid)
+    );
 }
 
 #[test]

@@ -31,101 +31,13 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::kafka;
-use crate::ledger::core::Change;
 use crate::metrics::METRICS;
 
-/// Changelog key of the input positions a partition's state corresponds to.
-pub const OFFSETS_KEY: &[u8] = b"~offsets";
+mod processor;
+mod restore;
 
-/// One input message handed to a processor.
-#[derive(Debug, Clone, Copy)]
-pub struct InputMsg<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
-}
-
-/// One output message (partitioned by key with the producer's partitioner).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutRecord {
-    pub topic: String,
-    pub key: Vec<u8>,
-    pub payload: Vec<u8>,
-}
-
-/// A stage's logic: deterministic, I/O-free, state per input partition number.
-pub trait Processor: Send {
-    /// Handles one input message; appends what to send.
-    fn process(&mut self, msg: &InputMsg<'_>, out: &mut Vec<OutRecord>);
-    /// The state of `partition` changed since the last call, as changelog records
-    /// (last value per key; `None` deletes). Called just before each commit.
-    fn snapshot(&mut self, partition: i32) -> Vec<Change>;
-    /// Applies one changelog record of `partition` (restore, in log order).
-    fn restore(&mut self, partition: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String>;
-    /// The changelog of `partition` has been read to its end.
-    fn restored(&mut self, partition: i32);
-    /// Forgets `partition` (revoked, or about to be restored again).
-    fn drop_partition(&mut self, partition: i32);
-    /// A transaction committed (telemetry).
-    fn committed(&mut self) {}
-}
-
-/// What a stage reads and writes.
-#[derive(Debug, Clone)]
-pub struct StageSpec {
-    /// Short name: `ledger`, `vouchers` (metrics label, `group.instance.id` suffix).
-    pub name: &'static str,
-    pub group_id: String,
-    /// Co-partitioned input topics (same partition count, same keying).
-    pub inputs: Vec<String>,
-    /// Compacted changelog, as many partitions as the inputs.
-    pub changelog: String,
-    pub commit_interval: Duration,
-    pub transaction_timeout: Duration,
-    pub max_batch: usize,
-}
-
-impl StageSpec {
-    /// `transactional.id`: the group and this instance's slot (the configured
-    /// `group.instance.id`, else host name and HTTP port), so it survives restarts.
-    pub fn transactional_id(&self, cfg: &Config) -> String {
-        let slot = match cfg.kafka.properties.get("group.instance.id") {
-            Some(id) => id.clone(),
-            None => match std::env::var("USAGE_AGG_KAFKA_PROP_GROUP_INSTANCE_ID") {
-                Ok(id) => id,
-                Err(_) => {
-                    let host = std::fs::read_to_string("/etc/hostname")
-                        .ok()
-                        .map(|h| h.trim().to_string())
-                        .filter(|h| !h.is_empty())
-                        .unwrap_or_else(|| "local".into());
-                    let port = cfg.http.listen.rsplit(':').next().unwrap_or("0");
-                    format!("{host}-{port}")
-                }
-            },
-        };
-        format!("{}-{}-{slot}", self.group_id, self.name)
-    }
-}
-
-/// Why a stage stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum StageError {
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("{0}")]
-    Setup(String),
-    #[error("restore of {topic} partition {partition}: {why}")]
-    Restore {
-        topic: String,
-        partition: i32,
-        why: String,
-    },
-    #[error("transaction failed for good (fenced by another instance?): {0}")]
-    Fatal(KafkaError),
-}
+pub use processor::{InputMsg, OFFSETS_KEY, OutRecord, Processor, StageError, StageSpec};
+pub use restore::{Agreement, Positions, ReaderContext, agree};
 
 /// Pending rebalance work, recorded by the callback and done by the loop.
 #[derive(Default)]
@@ -169,24 +81,6 @@ impl ConsumerContext for StageContext {
     }
 }
 
-/// Context of assign-based readers with `enable.partition.eof`: an end-of-partition event
-/// that librdkafka reports outside the consumer queue is expected, not an error.
-pub struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::warn!(%error, reason, "kafka reader error");
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
-
 /// Producer properties a transactional producer must not inherit from pass-through.
 const NOT_FOR_PRODUCER: [&str; 8] = [
     "group.instance.id",
@@ -198,8 +92,6 @@ const NOT_FOR_PRODUCER: [&str; 8] = [
     "partition.assignment.strategy",
     "enable.idempotence",
 ];
-
-type Positions = HashMap<String, i64>;
 
 /// The running stage.
 pub struct Stage<'a, P: Processor> {
@@ -693,37 +585,6 @@ impl<'a, P: Processor> Stage<'a, P> {
     }
 }
 
-/// How the changelog's positions compare with the group's committed offsets.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Agreement {
-    Yes(Positions),
-    /// The group is behind (offsets reset or the group deleted): trust the changelog.
-    ChangelogAhead(Positions),
-    /// The group committed more than the changelog shows: keep reading.
-    ChangelogBehind,
-}
-
-/// Compares the positions named in the changelog with the committed offsets.
-pub fn agree(in_log: Option<&Positions>, committed: &HashMap<String, Option<i64>>) -> Agreement {
-    let empty = Positions::new();
-    let log = in_log.unwrap_or(&empty);
-    let mut ahead = false;
-    for (t, c) in committed {
-        match (log.get(t), c) {
-            (Some(l), Some(c)) if l == c => {}
-            (Some(l), Some(c)) if l > c => ahead = true,
-            (Some(_), None) => ahead = true,
-            (None, None) => {}
-            _ => return Agreement::ChangelogBehind,
-        }
-    }
-    if ahead {
-        Agreement::ChangelogAhead(log.clone())
-    } else {
-        Agreement::Yes(log.clone())
-    }
-}
-
 /// Retries a transactional call while librdkafka says it is retriable.
 fn retry(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
     let started = Instant::now();
@@ -737,64 +598,5 @@ fn retry(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError
             }
             other => return other,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pos(pairs: &[(&str, i64)]) -> Positions {
-        pairs.iter().map(|(t, o)| (t.to_string(), *o)).collect()
-    }
-
-    fn committed(pairs: &[(&str, Option<i64>)]) -> HashMap<String, Option<i64>> {
-        pairs.iter().map(|(t, o)| (t.to_string(), *o)).collect()
-    }
-
-    #[test]
-    fn changelog_and_committed_offsets_must_agree() {
-        let log = pos(&[("debits", 10), ("grants", 4)]);
-        assert_eq!(
-            agree(
-                Some(&log),
-                &committed(&[("debits", Some(10)), ("grants", Some(4))])
-            ),
-            Agreement::Yes(log.clone())
-        );
-        // The group committed a transaction whose changelog records are not visible yet.
-        assert_eq!(
-            agree(
-                Some(&log),
-                &committed(&[("debits", Some(12)), ("grants", Some(4))])
-            ),
-            Agreement::ChangelogBehind
-        );
-        assert_eq!(
-            agree(None, &committed(&[("debits", Some(1)), ("grants", None)])),
-            Agreement::ChangelogBehind
-        );
-        // Fresh: nothing anywhere.
-        assert_eq!(
-            agree(None, &committed(&[("debits", None), ("grants", None)])),
-            Agreement::Yes(Positions::new())
-        );
-        // Offsets reset or group deleted: the changelog describes the state; trust it.
-        assert_eq!(
-            agree(
-                Some(&log),
-                &committed(&[("debits", None), ("grants", Some(4))])
-            ),
-            Agreement::ChangelogAhead(log.clone())
-        );
-        // One input never consumed yet.
-        let only_debits = pos(&[("debits", 3)]);
-        assert_eq!(
-            agree(
-                Some(&only_debits),
-                &committed(&[("debits", Some(3)), ("grants", None)])
-            ),
-            Agreement::Yes(only_debits.clone())
-        );
     }
 }

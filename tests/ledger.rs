@@ -147,7 +147,35 @@ fn ledger_env(name: &str) -> TestEnv {
     env.cfg.ledger.transaction_timeout = Duration::from_secs(10);
     env.write_config();
     env.setup();
+    wait_for_leaders(&env);
     env
+}
+
+/// Waits until every topic of the environment has a leader for each partition (right after
+/// creation the broker may still answer NOT_LEADER_FOR_PARTITION).
+fn wait_for_leaders(env: &TestEnv) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.cfg.kafka.brokers)
+        .create()
+        .unwrap();
+    let topics: Vec<String> = usage_aggregator::kafka::planned_topics(&env.cfg)
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    env.wait_for("topic leaders", Duration::from_secs(30), || {
+        topics.iter().all(|t| {
+            c.fetch_metadata(Some(t), Duration::from_secs(5))
+                .is_ok_and(|md| {
+                    md.topics().first().is_some_and(|m| {
+                        m.error().is_none()
+                            && !m.partitions().is_empty()
+                            && m.partitions()
+                                .iter()
+                                .all(|p| p.leader() >= 0 && p.error().is_none())
+                    })
+                })
+        })
+    });
 }
 
 #[test]

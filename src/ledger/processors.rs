@@ -188,11 +188,13 @@ impl Processor for LedgerProcessor {
             .or_insert_with(|| LedgerPartition::new(self.rules.clone()))
             .restored();
         self.gauges_at = None;
+        self.update_gauges();
     }
 
     fn drop_partition(&mut self, partition: i32) {
         self.parts.remove(&partition);
         self.gauges_at = None;
+        self.update_gauges();
     }
 
     fn committed(&mut self) {

@@ -162,13 +162,27 @@ impl<'a, P: Processor> Stage<'a, P> {
 
         let mut counts = Vec::new();
         for t in spec.inputs.iter().chain([&spec.changelog]) {
-            let md = reader.fetch_metadata(Some(t), Duration::from_secs(10))?;
-            let n = md
-                .topics()
-                .first()
-                .filter(|m| m.error().is_none())
-                .map(|m| m.partitions().len())
-                .unwrap_or(0);
+            // Right after `setup` a topic may have no leader yet: retry for a while.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let n = loop {
+                let n = match reader.fetch_metadata(Some(t), Duration::from_secs(10)) {
+                    Ok(md) => md
+                        .topics()
+                        .first()
+                        .filter(|m| m.error().is_none())
+                        .map(|m| m.partitions().len())
+                        .unwrap_or(0),
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!(error = %e, topic = %t, "metadata not available yet");
+                        0
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if n > 0 || Instant::now() >= deadline {
+                    break n;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            };
             if n == 0 {
                 return Err(StageError::Setup(format!(
                     "topic {t} does not exist; run `usage-aggregator setup`"

@@ -542,7 +542,10 @@ fn voucher_race_fifty_accounts_exactly_three_win_in_log_order() {
 #[test]
 fn refusals_carry_their_reason_and_apply_nothing() {
     let mut env = ledger_env("lrefuse");
-    env.spawn("all", "agg.log");
+    // The ledger role serves the whole HTTP API; the sink (another port) fills ClickHouse.
+    env.spawn("ledger", "agg.log");
+    let sink_listen = format!("127.0.0.1:{}", free_port());
+    env.spawn_with("sink", "sink.log", &sink_listen, &[]);
     let addr = env.cfg.http.listen.clone();
     let token = Some("test-token-7f3a");
     env.wait_for("http", Duration::from_secs(60), || {

@@ -335,9 +335,6 @@ pub struct LedgerConfig {
     /// How long one Kafka transaction collects input before it commits.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// `transaction.timeout.ms` of the stages' transactional producers.
-    #[serde(with = "humantime_serde")]
-    pub transaction_timeout: Duration,
     /// Input messages per transaction at most.
     pub max_batch: usize,
     /// Offsets of a debits partition within which a repeated debit_id is a duplicate.
@@ -354,7 +351,6 @@ impl Default for LedgerConfig {
             min_topup: "10".into(),
             alert_thresholds: vec!["10".into(), "0".into()],
             commit_interval: Duration::from_millis(200),
-            transaction_timeout: Duration::from_secs(30),
             max_batch: 5_000,
             debit_dedupe_horizon: 200_000,
             api_token_file: None,
@@ -386,15 +382,6 @@ impl LedgerConfig {
         }
         if self.max_batch == 0 {
             return invalid("ledger.max_batch", "0".into(), "must be at least 1");
-        }
-        if self.transaction_timeout < Duration::from_secs(2)
-            || self.commit_interval * 4 > self.transaction_timeout
-        {
-            return invalid(
-                "ledger.transaction_timeout",
-                format!("{:?}", self.transaction_timeout),
-                "must be at least 2s and 4x ledger.commit_interval",
-            );
         }
         if self.group_id.is_empty() || self.voucher_group_id.is_empty() {
             return invalid("ledger.group_id", String::new(), "must not be empty");
@@ -528,6 +515,13 @@ impl Config {
             }
         }
         self.ledger.validate()?;
+        if self.ledger.commit_interval * 4 > self.pipeline.transaction_timeout {
+            return invalid(
+                "ledger.commit_interval",
+                format!("{:?}", self.ledger.commit_interval),
+                "must be at most a quarter of pipeline.transaction_timeout",
+            );
+        }
         Ok(())
     }
 

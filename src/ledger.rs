@@ -89,7 +89,6 @@ fn spec(
         inputs,
         changelog: changelog.to_string(),
         commit_interval: cfg.ledger.commit_interval,
-        transaction_timeout: cfg.ledger.transaction_timeout,
         max_batch: cfg.ledger.max_batch,
     }
 }

@@ -134,17 +134,14 @@ fn ledger_env(name: &str) -> TestEnv {
     let mut env = TestEnv::new(name);
     // Static membership and a stable transactional.id: a restarted ledger takes its
     // partitions back at once and fences (aborts) its predecessor's open transaction.
-    env.env.push((
-        "USAGE_AGG_KAFKA_PROP_GROUP_INSTANCE_ID".into(),
-        env.name.clone(),
-    ));
+    env.env
+        .push(("USAGE_AGG__KAFKA__INSTANCE_ID".into(), env.name.clone()));
     env.env.push((
         "USAGE_AGG_KAFKA_PROP_SESSION_TIMEOUT_MS".into(),
         "6000".into(),
     ));
     env.env
         .push(("USAGE_AGG_API_TOKEN".into(), "test-token-7f3a".into()));
-    env.cfg.ledger.transaction_timeout = Duration::from_secs(10);
     env.write_config();
     env.setup();
     wait_for_leaders(&env);

@@ -81,18 +81,6 @@ impl ConsumerContext for StageContext {
     }
 }
 
-/// Producer properties a transactional producer must not inherit from pass-through.
-const NOT_FOR_PRODUCER: [&str; 8] = [
-    "group.instance.id",
-    "session.timeout.ms",
-    "heartbeat.interval.ms",
-    "max.poll.interval.ms",
-    "auto.offset.reset",
-    "enable.auto.commit",
-    "partition.assignment.strategy",
-    "enable.idempotence",
-];
-
 /// The running stage.
 pub struct Stage<'a, P: Processor> {
     spec: StageSpec,
@@ -117,23 +105,13 @@ impl<'a, P: Processor> Stage<'a, P> {
     /// Creates the clients, checks topics and partition counts, and initializes the
     /// transactional producer (fencing a predecessor with the same slot).
     pub fn new(cfg: &Config, spec: StageSpec, processor: &'a mut P) -> Result<Self, StageError> {
-        let txn_id = spec.transactional_id(cfg);
-        let timeout_ms = spec.transaction_timeout.as_millis().to_string();
-        let mut pc = kafka::client_config(
-            cfg,
-            &[
-                ("acks", "all"),
-                ("linger.ms", "5"),
-                ("compression.type", "lz4"),
-                ("queue.buffering.max.kbytes", "131072"),
-            ],
-        );
-        for k in NOT_FOR_PRODUCER {
-            pc.remove(k);
-        }
+        // The project's transactional producer: `transactional.id` =
+        // `<kafka.group_id>-<stage>-<kafka.instance_id>` (stable per instance slot, so a
+        // restart fences its predecessor and aborts its open transaction at once; random
+        // without an instance id), `pipeline.transaction_timeout`.
+        let txn_id = kafka::transactional_id(cfg, spec.name);
+        let mut pc = kafka::transactional_producer_config(cfg, spec.name);
         pc.set("transactional.id", &txn_id);
-        pc.set("transaction.timeout.ms", &timeout_ms);
-        pc.set("message.timeout.ms", &timeout_ms);
         let producer: ThreadedProducer<_> = pc.create()?;
 
         let mut cc = kafka::group_config(cfg, &spec.group_id, spec.name, &[]);

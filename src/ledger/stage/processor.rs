@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 
-use crate::config::Config;
 use crate::ledger::core::Change;
 
 /// Changelog key of the input positions a partition's state corresponds to.
@@ -57,31 +56,7 @@ pub struct StageSpec {
     /// Compacted changelog, as many partitions as the inputs.
     pub changelog: String,
     pub commit_interval: Duration,
-    pub transaction_timeout: Duration,
     pub max_batch: usize,
-}
-
-impl StageSpec {
-    /// `transactional.id`: the group and this instance's slot (the configured
-    /// `group.instance.id`, else host name and HTTP port), so it survives restarts.
-    pub fn transactional_id(&self, cfg: &Config) -> String {
-        let slot = match cfg.kafka.properties.get("group.instance.id") {
-            Some(id) => id.clone(),
-            None => match std::env::var("USAGE_AGG_KAFKA_PROP_GROUP_INSTANCE_ID") {
-                Ok(id) => id,
-                Err(_) => {
-                    let host = std::fs::read_to_string("/etc/hostname")
-                        .ok()
-                        .map(|h| h.trim().to_string())
-                        .filter(|h| !h.is_empty())
-                        .unwrap_or_else(|| "local".into());
-                    let port = cfg.http.listen.rsplit(':').next().unwrap_or("0");
-                    format!("{host}-{port}")
-                }
-            },
-        };
-        format!("{}-{}-{slot}", self.group_id, self.name)
-    }
 }
 
 /// Why a stage stopped.

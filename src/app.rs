@@ -28,6 +28,8 @@ pub enum Role {
     Pipeline,
     /// ClickHouse sink only.
     Sink,
+    /// Credits ledger and voucher stages only (docs/credits.md).
+    Ledger,
 }
 
 /// Runs until SIGTERM/SIGINT (or a fatal stage error).
@@ -37,15 +39,30 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let token = CancellationToken::new();
     let engine = Arc::new(OnceLock::new());
-    let with_pipeline = role != Role::Sink;
-    let with_sink = role != Role::Pipeline;
+    let with_pipeline = matches!(role, Role::All | Role::Pipeline);
+    let with_sink = matches!(role, Role::All | Role::Sink);
+    // The credits ledger needs Kafka transactions: `all` leaves it out when the pipeline runs
+    // without them (a broker that lacks them); `--role ledger` always runs it.
+    let with_ledger = role == Role::Ledger
+        || (role == Role::All && cfg.pipeline.delivery == crate::config::Delivery::ExactlyOnce);
+    if role == Role::All && !with_ledger {
+        tracing::warn!(
+            "pipeline.delivery = at_least_once: the credits ledger (it needs Kafka transactions) is not started"
+        );
+    }
 
     let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
+    let ledger_api = {
+        let (c, ch) = (cfg.clone(), ch.clone());
+        let api = tokio::task::spawn_blocking(move || crate::ledger::api::LedgerApi::new(&c, ch));
+        Some(Arc::new(api.await??))
+    };
     let http_state = HttpState {
         health: health.clone(),
         engine: engine.clone(),
         clickhouse: Some(ch),
         stall_after: cfg.http.stall_after,
+        ledger: ledger_api,
     };
     let http_task = {
         let listen = cfg.http.listen.clone();
@@ -96,6 +113,27 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
                 .name("alerts".into())
                 .spawn(move || crate::alerts::run(&c, s))?,
         ));
+    }
+    if with_ledger {
+        // Credits ledger and vouchers: each a transactional stage in its own thread; a
+        // failure stops the process (a restart restores from the changelogs).
+        for (name, run) in [
+            (
+                "ledger",
+                crate::ledger::run_ledger as fn(&Config, &AtomicBool) -> _,
+            ),
+            ("vouchers", crate::ledger::run_vouchers),
+        ] {
+            let (c, s, t) = (cfg.clone(), stop.clone(), token.clone());
+            threads.push((name, std::thread::Builder::new().name(name.into()).spawn(move || {
+                let r = run(&c, &s);
+                if let Err(e) = &r {
+                    tracing::error!(stage = name, error = %e, "ledger stage stopped; a restart resumes from its changelog");
+                }
+                t.cancel();
+                r.map_err(anyhow::Error::from)
+            })?));
+        }
     }
     let sink_task = if with_sink {
         let sink = Sink::new(&cfg, health.clone())?;

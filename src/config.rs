@@ -38,6 +38,7 @@ pub struct Config {
     pub sink: SinkConfig,
     pub http: HttpConfig,
     pub alerts: AlertsConfig,
+    pub ledger: LedgerConfig,
     pub log: LogConfig,
 }
 
@@ -85,6 +86,16 @@ pub struct TopicsConfig {
     pub alerts: String,
     /// Compacted changelog of per-partition rollup snapshots.
     pub state: String,
+    /// Credits ledger (docs/credits.md): grants in (keyed by account, co-partitioned with
+    /// `debits`), balance changes and low-balance alerts out, compacted ledger state.
+    pub credit_grants: String,
+    pub balances: String,
+    pub credit_alerts: String,
+    pub ledger_state: String,
+    /// Voucher commands keyed by code hash, their results, compacted voucher state.
+    pub voucher_requests: String,
+    pub voucher_results: String,
+    pub voucher_state: String,
     /// Partitions `setup` gives the usage topic (and the state topic, which must match).
     pub partitions: i32,
     pub output_partitions: i32,
@@ -101,6 +112,13 @@ impl Default for TopicsConfig {
             dead_letter: "dead_letter".into(),
             alerts: "alerts".into(),
             state: "usage_aggregator_state".into(),
+            credit_grants: "credit_grants".into(),
+            balances: "balances".into(),
+            credit_alerts: "credit_alerts".into(),
+            ledger_state: "ledger_state".into(),
+            voucher_requests: "voucher_requests".into(),
+            voucher_results: "voucher_results".into(),
+            voucher_state: "voucher_state".into(),
             partitions: 4,
             output_partitions: 4,
             replication_factor: 1,
@@ -302,6 +320,76 @@ impl Default for AlertsConfig {
     }
 }
 
+/// The credits ledger and vouchers (docs/credits.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Consumer group of the ledger stage (debits + credit_grants).
+    pub group_id: String,
+    /// Consumer group of the voucher stage (voucher_requests).
+    pub voucher_group_id: String,
+    /// Smallest top-up, credits (decimal string).
+    pub min_topup: String,
+    /// Balances whose crossing (downwards, then back up) raises a credit alert.
+    pub alert_thresholds: Vec<String>,
+    /// How long one Kafka transaction collects input before it commits.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Input messages per transaction at most.
+    pub max_batch: usize,
+    /// Offsets of a debits partition within which a repeated debit_id is a duplicate.
+    pub debit_dedupe_horizon: u64,
+    /// Bearer token of the HTTP write endpoints, from this file (or USAGE_AGG_API_TOKEN).
+    pub api_token_file: Option<PathBuf>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            group_id: "usage-aggregator-ledger".into(),
+            voucher_group_id: "usage-aggregator-vouchers".into(),
+            min_topup: "10".into(),
+            alert_thresholds: vec!["10".into(), "0".into()],
+            commit_interval: Duration::from_millis(200),
+            max_batch: 5_000,
+            debit_dedupe_horizon: 200_000,
+            api_token_file: None,
+        }
+    }
+}
+
+impl LedgerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, value: String, why| Err(ConfigError::Invalid { key, value, why });
+        match self.min_topup.parse::<Decimal>() {
+            Ok(d) if d > Decimal::ZERO => {}
+            _ => {
+                return invalid(
+                    "ledger.min_topup",
+                    self.min_topup.clone(),
+                    "must be a positive decimal string",
+                );
+            }
+        }
+        for t in &self.alert_thresholds {
+            if t.parse::<Decimal>().is_err() {
+                return invalid(
+                    "ledger.alert_thresholds",
+                    t.clone(),
+                    "must be decimal strings",
+                );
+            }
+        }
+        if self.max_batch == 0 {
+            return invalid("ledger.max_batch", "0".into(), "must be at least 1");
+        }
+        if self.group_id.is_empty() || self.voucher_group_id.is_empty() {
+            return invalid("ledger.group_id", String::new(), "must not be empty");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -414,10 +502,25 @@ impl Config {
             &self.topics.dead_letter,
             &self.topics.alerts,
             &self.topics.state,
+            &self.topics.credit_grants,
+            &self.topics.balances,
+            &self.topics.credit_alerts,
+            &self.topics.ledger_state,
+            &self.topics.voucher_requests,
+            &self.topics.voucher_results,
+            &self.topics.voucher_state,
         ] {
             if t.is_empty() {
                 return invalid("topics", String::new(), "topic names must not be empty");
             }
+        }
+        self.ledger.validate()?;
+        if self.ledger.commit_interval * 4 > self.pipeline.transaction_timeout {
+            return invalid(
+                "ledger.commit_interval",
+                format!("{:?}", self.ledger.commit_interval),
+                "must be at most a quarter of pipeline.transaction_timeout",
+            );
         }
         Ok(())
     }

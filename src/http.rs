@@ -25,15 +25,22 @@ pub struct HttpState {
     pub engine: Arc<std::sync::OnceLock<EngineHandle>>,
     pub clickhouse: Option<clickhouse::Client>,
     pub stall_after: Duration,
+    /// Credits ledger endpoints (`/v1/accounts/...`), when this process serves them.
+    pub ledger: Option<Arc<crate::ledger::api::LedgerApi>>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let ledger = state.ledger.clone();
+    let r = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/executions/{execution_id}", get(execution))
-        .with_state(state)
+        .with_state(state);
+    match ledger {
+        Some(l) => r.merge(crate::ledger::api::router(l)),
+        None => r,
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {

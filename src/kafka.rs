@@ -239,6 +239,9 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         ),
         (t.alerts.clone(), 1, vec![("cleanup.policy", "delete")]),
     ]
+    .into_iter()
+    .chain(crate::ledger::planned_topics(cfg))
+    .collect()
 }
 
 /// Creates the planned topics; existing ones are left as they are. Returns what was created.

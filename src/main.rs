@@ -95,6 +95,16 @@ enum Command {
     },
     /// End-to-end benchmark against the running services; prints figures and writes JSON.
     Bench(bench::BenchArgs),
+    /// Credits ledger: top-ups, adjustments, redemptions, balances, history.
+    Credits {
+        #[command(subcommand)]
+        command: usage_aggregator::ledger::cli::CreditsCommand,
+    },
+    /// Vouchers: create and list.
+    Vouchers {
+        #[command(subcommand)]
+        command: usage_aggregator::ledger::cli::VouchersCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -345,6 +355,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(a) => bench::run(&cfg, a).await,
+        Command::Credits { command } => usage_aggregator::ledger::cli::credits(&cfg, command).await,
+        Command::Vouchers { command } => {
+            usage_aggregator::ledger::cli::vouchers(&cfg, command).await
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -42,6 +42,141 @@ pub struct Metrics {
     pub catalog_rejected: IntCounter,
     pub alerts_fired: IntCounterVec,
     pub ready: IntGauge,
+    pub ledger: LedgerMetrics,
+}
+
+/// Credits ledger and voucher stages (`usage_agg_ledger_*`). Labels: stage (ledger,
+/// vouchers), kind, reason, threshold (configured values), crossing, action, result.
+pub struct LedgerMetrics {
+    pub input_messages: IntCounterVec,
+    pub transactions: IntCounterVec,
+    pub commit_seconds: HistogramVec,
+    pub restore_seconds: HistogramVec,
+    pub last_commit: GaugeVec,
+    pub entries: IntCounterVec,
+    pub credits: CounterVec,
+    pub duplicates: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub alerts: IntCounterVec,
+    pub accounts: IntGauge,
+    pub accounts_below: IntGaugeVec,
+    pub balance_sum: Gauge,
+    pub voucher_results: IntCounterVec,
+}
+
+impl LedgerMetrics {
+    fn new(r: &Registry) -> LedgerMetrics {
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+            )
+        };
+        let hv = |name: &str, help: &str| {
+            reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    &["stage"],
+                )
+                .unwrap(),
+            )
+        };
+        LedgerMetrics {
+            input_messages: cv(
+                "usage_agg_ledger_input_messages_total",
+                "Input messages processed by a ledger stage (committed or not).",
+                &["stage"],
+            ),
+            transactions: cv(
+                "usage_agg_ledger_transactions_total",
+                "Kafka transactions of a ledger stage by outcome (committed, aborted).",
+                &["stage", "outcome"],
+            ),
+            commit_seconds: hv(
+                "usage_agg_ledger_commit_seconds",
+                "Time to write state, send offsets and commit one transaction.",
+            ),
+            restore_seconds: hv(
+                "usage_agg_ledger_restore_seconds",
+                "Time to restore assigned partitions from the changelog.",
+            ),
+            last_commit: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "usage_agg_ledger_last_commit_timestamp_seconds",
+                        "Unix time of a ledger stage's last committed transaction.",
+                    ),
+                    &["stage"],
+                )
+                .unwrap(),
+            ),
+            entries: cv(
+                "usage_agg_ledger_entries_total",
+                "Balance changes applied, by kind (topup, voucher, adjustment, debit).",
+                &["kind"],
+            ),
+            credits: reg(
+                r,
+                CounterVec::new(
+                    Opts::new(
+                        "usage_agg_ledger_credits_total",
+                        "Credits moved by applied entries, by kind (telemetry float; the ledger is exact).",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            duplicates: cv(
+                "usage_agg_ledger_duplicates_total",
+                "Re-sent grants and repeated debits ignored (applied once).",
+                &["kind"],
+            ),
+            rejected: cv(
+                "usage_agg_ledger_rejected_total",
+                "Grants, debits and voucher requests dead-lettered, by reason.",
+                &["reason"],
+            ),
+            alerts: cv(
+                "usage_agg_ledger_alerts_total",
+                "Balance threshold crossings emitted to credit_alerts.",
+                &["threshold", "crossing"],
+            ),
+            accounts: reg(
+                r,
+                IntGauge::new(
+                    "usage_agg_ledger_accounts",
+                    "Accounts held by this instance's ledger partitions.",
+                )
+                .unwrap(),
+            ),
+            accounts_below: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "usage_agg_ledger_accounts_below_threshold",
+                        "Accounts of this instance whose balance is below a configured threshold.",
+                    ),
+                    &["threshold"],
+                )
+                .unwrap(),
+            ),
+            balance_sum: reg(
+                r,
+                Gauge::new(
+                    "usage_agg_ledger_balance_sum_credits",
+                    "Sum of the balances of this instance's accounts (telemetry float).",
+                )
+                .unwrap(),
+            ),
+            voucher_results: cv(
+                "usage_agg_ledger_voucher_results_total",
+                "Voucher commands decided, by action and result (created, granted or the refusal reason).",
+                &["action", "result"],
+            ),
+        }
+    }
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -248,6 +383,7 @@ impl Metrics {
                 &["rule"],
             ),
             ready: gauge("usage_agg_ready", "1 when /readyz passes."),
+            ledger: LedgerMetrics::new(&r),
             registry: r,
         }
     }
@@ -282,7 +418,7 @@ pub fn init_labels() {
         m.debits.with_label_values(&[k.as_str()]);
         m.credits_debited.with_label_values(&[k.as_str()]);
     }
-    for t in ["usage_transactions", "debits", "dead_letters"] {
+    for t in ["usage_transactions", "debits", "dead_letters", "ledger"] {
         m.sink_rows.with_label_values(&[t]);
         m.sink_retries.with_label_values(&[t]);
         m.sink_duplicates.with_label_values(&[t]);
@@ -292,6 +428,28 @@ pub fn init_labels() {
     for r in ["account_hourly_credits", "execution_credits"] {
         m.alerts_fired.with_label_values(&[r]);
     }
+    for s in ["ledger", "vouchers"] {
+        m.ledger.input_messages.with_label_values(&[s]);
+        m.ledger.transactions.with_label_values(&[s, "committed"]);
+        m.ledger.transactions.with_label_values(&[s, "aborted"]);
+        m.ledger.commit_seconds.with_label_values(&[s]);
+        m.ledger.restore_seconds.with_label_values(&[s]);
+    }
+    for k in crate::ledger::core::EntryKind::ALL {
+        m.ledger.entries.with_label_values(&[k.as_str()]);
+        m.ledger.credits.with_label_values(&[k.as_str()]);
+        m.ledger.duplicates.with_label_values(&[k.as_str()]);
+    }
+    for r in crate::rejection::RejectReason::ALL {
+        m.ledger.rejected.with_label_values(&[r.as_str()]);
+    }
+    for t in ["10", "0"] {
+        m.ledger.accounts_below.with_label_values(&[t]);
+        m.ledger.alerts.with_label_values(&[t, "below"]);
+    }
+    m.ledger
+        .voucher_results
+        .with_label_values(&["redeem", "granted"]);
     m.consumer_lag.with_label_values(&["0"]);
     m.sink_lag.with_label_values(&["debits", "0"]);
 }

@@ -25,10 +25,17 @@ pub enum RejectReason {
     ConflictingDuplicate,
     /// The ClickHouse sink could not store an output row (data refused by the server).
     SinkRejected,
+    /// Ledger: a grant's account id is not a valid id string.
+    InvalidAccount,
+    /// Ledger: an amount that is not a decimal, has the wrong sign, too many decimals, or
+    /// would take a balance out of its exact range.
+    InvalidAmount,
+    /// Ledger: a top-up below `ledger.min_topup`.
+    TopupBelowMinimum,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 17] = [
+    pub const ALL: [RejectReason; 20] = [
         RejectReason::Oversized,
         RejectReason::InvalidEncoding,
         RejectReason::InvalidJson,
@@ -46,6 +53,9 @@ impl RejectReason {
         RejectReason::AccountMismatch,
         RejectReason::ConflictingDuplicate,
         RejectReason::SinkRejected,
+        RejectReason::InvalidAccount,
+        RejectReason::InvalidAmount,
+        RejectReason::TopupBelowMinimum,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +77,9 @@ impl RejectReason {
             RejectReason::AccountMismatch => "account_mismatch",
             RejectReason::ConflictingDuplicate => "conflicting_duplicate",
             RejectReason::SinkRejected => "sink_rejected",
+            RejectReason::InvalidAccount => "invalid_account",
+            RejectReason::InvalidAmount => "invalid_amount",
+            RejectReason::TopupBelowMinimum => "topup_below_minimum",
         }
     }
 }

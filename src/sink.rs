@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::config::{ClickHouseConfig, Config};
 use crate::health::{Health, now_ms};
 use crate::kafka;
+use crate::ledger::rows::LedgerRow;
 use crate::metrics::METRICS;
 use crate::rejection::{DeadLetter, RejectReason, Rejection};
 use rows::{DeadLetterRow, DebitRow, Source, TransactionRow};
@@ -77,6 +78,8 @@ enum Table {
     Transactions,
     Debits,
     DeadLetters,
+    /// Credits ledger rows from the balances topic (crate::ledger::rows).
+    Ledger,
 }
 
 impl Table {
@@ -85,6 +88,7 @@ impl Table {
             Table::Transactions => "usage_transactions",
             Table::Debits => "debits",
             Table::DeadLetters => "dead_letters",
+            Table::Ledger => "ledger",
         }
     }
     fn id_column(self) -> &'static str {
@@ -93,6 +97,7 @@ impl Table {
             Table::Transactions => "concat(account_id, '\\n', execution_id, '\\n', event_id)",
             Table::Debits => "debit_id",
             Table::DeadLetters => "dead_letter_id",
+            Table::Ledger => "entry_id",
         }
     }
 }
@@ -195,6 +200,7 @@ pub struct Sink {
     tx: Pending<TransactionRow>,
     debits: Pending<DebitRow>,
     dead: Pending<DeadLetterRow>,
+    ledger: Pending<LedgerRow>,
 }
 
 impl Sink {
@@ -217,7 +223,7 @@ impl Sink {
             hi: Mutex::new(HashMap::new()),
         })?;
         let t = &cfg.topics;
-        consumer.subscribe(&[&t.priced_usage, &t.debits, &t.dead_letter])?;
+        consumer.subscribe(&[&t.priced_usage, &t.debits, &t.dead_letter, &t.balances])?;
         health.sink_enabled.store(true, Ordering::Relaxed);
         Ok(Sink {
             ch: client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database),
@@ -229,6 +235,7 @@ impl Sink {
             tx: Pending::default(),
             debits: Pending::default(),
             dead: Pending::default(),
+            ledger: Pending::default(),
         })
     }
 
@@ -240,6 +247,8 @@ impl Sink {
             Some(Table::Debits)
         } else if topic == t.dead_letter {
             Some(Table::DeadLetters)
+        } else if topic == t.balances {
+            Some(Table::Ledger)
         } else {
             None
         }
@@ -251,6 +260,7 @@ impl Sink {
             Table::Transactions => &t.priced_usage,
             Table::Debits => &t.debits,
             Table::DeadLetters => &t.dead_letter,
+            Table::Ledger => &t.balances,
         }
     }
 
@@ -307,6 +317,7 @@ impl Sink {
                     Table::Transactions => drop_partition(&mut self.tx, p),
                     Table::Debits => drop_partition(&mut self.debits, p),
                     Table::DeadLetters => drop_partition(&mut self.dead, p),
+                    Table::Ledger => drop_partition(&mut self.ledger, p),
                 }
             }
         }
@@ -432,6 +443,20 @@ impl Sink {
             offset: o,
             ingested_at: (now_ms() / 1000) as u32,
         };
+        if table == Table::Ledger {
+            match crate::ledger::rows::ledger_row(bytes, src) {
+                Ok((id, r)) => {
+                    let cursor = self.cursors.get_mut(&(table, p)).expect("cursor loaded");
+                    if cursor.recent.insert(&id) {
+                        push(&mut self.ledger, r, p, o, bytes.len());
+                    } else {
+                        METRICS.sink_duplicates.with_label_values(&["ledger"]).inc();
+                    }
+                }
+                Err(e) => self.reject(table, p, o, bytes, &e.to_string()).await,
+            }
+            return;
+        }
         let parsed = match table {
             Table::Transactions => {
                 rows::transaction_row(bytes, src).map(|(id, r)| (id, Some(r), None, None))
@@ -440,6 +465,7 @@ impl Sink {
             Table::DeadLetters => {
                 rows::dead_letter_row(bytes, src).map(|(id, r)| (id, None, None, Some(r)))
             }
+            Table::Ledger => unreachable!("ledger rows are parsed above"),
         };
         let (id, t, d, dl) = match parsed {
             Ok(x) => x,
@@ -528,6 +554,10 @@ impl Sink {
         if due(self.dead.since, self.dead.rows.len(), self.dead.bytes) {
             let batch = std::mem::take(&mut self.dead);
             self.write(Table::DeadLetters, batch).await?;
+        }
+        if due(self.ledger.since, self.ledger.rows.len(), self.ledger.bytes) {
+            let batch = std::mem::take(&mut self.ledger);
+            self.write(Table::Ledger, batch).await?;
         }
         Ok(())
     }

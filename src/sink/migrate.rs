@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "aliases_dimensions",
         include_str!("../../deploy/clickhouse/0003_aliases_dimensions.sql"),
     ),
+    (
+        4,
+        "ledger",
+        include_str!("../../deploy/clickhouse/0004_ledger.sql"),
+    ),
 ];
 
 /// True when re-running `stmt` failed only because an earlier, interrupted run of the same

@@ -70,6 +70,8 @@ impl TestEnv {
         cfg.kafka.group_id = format!("{name}-pipeline");
         cfg.kafka.sink_group_id = format!("{name}-sink");
         cfg.kafka.alerts_group_id = format!("{name}-alerts");
+        cfg.ledger.group_id = format!("{name}-ledger");
+        cfg.ledger.voucher_group_id = format!("{name}-vouchers");
         let t = &mut cfg.topics;
         for (field, base) in [
             (&mut t.usage_events, "usage"),
@@ -79,6 +81,13 @@ impl TestEnv {
             (&mut t.dead_letter, "dead"),
             (&mut t.alerts, "alerts"),
             (&mut t.state, "state"),
+            (&mut t.credit_grants, "grants"),
+            (&mut t.balances, "balances"),
+            (&mut t.credit_alerts, "credit_alerts"),
+            (&mut t.ledger_state, "ledger_state"),
+            (&mut t.voucher_requests, "voucher_requests"),
+            (&mut t.voucher_results, "voucher_results"),
+            (&mut t.voucher_state, "voucher_state"),
         ] {
             *field = format!("{name}.{base}");
         }

@@ -1,0 +1,342 @@
+//! The `credits` and `vouchers` commands: arguments in, requests to Kafka and answers from
+//! the voucher stage or ClickHouse out (text or JSON). A refusal exits non-zero with its
+//! reason code. Voucher codes are read from the argument or stdin (`-`) and printed only by
+//! `vouchers create`, once, to the operator who made the code.
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use rust_decimal::Decimal;
+
+use crate::config::Config;
+use crate::ledger::client::{self, ClientError, ResultFollower};
+use crate::ledger::grant::GrantKind;
+use crate::ledger::voucher::{self, VoucherDef, VoucherOutcome, VoucherRequest, VoucherResult};
+
+#[derive(Subcommand)]
+pub enum CreditsCommand {
+    /// Add purchased credits (at least ledger.min_topup). REFERENCE is the payment id: the
+    /// idempotency key, so re-running the command never credits twice.
+    Topup {
+        account: String,
+        amount: String,
+        #[arg(long)]
+        reference: String,
+    },
+    /// Correct a balance (positive or negative) with a reason.
+    Adjust {
+        account: String,
+        /// Signed decimal, e.g. -5.25.
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key; a new one is generated (and printed) when omitted.
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Redeem a voucher code for an account (`-` reads the code from stdin).
+    Redeem {
+        account: String,
+        code: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// The account's balance (from ClickHouse).
+    Balance {
+        account: String,
+        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+        format: String,
+    },
+    /// The account's entries with the running balance, newest first.
+    History {
+        account: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only entries before this sequence number (the next page).
+        #[arg(long)]
+        before_seq: Option<u64>,
+        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+        format: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VouchersCommand {
+    /// Create a voucher. Without CODE a random one is generated and printed once.
+    Create {
+        code: Option<String>,
+        #[arg(long)]
+        credits: String,
+        /// RFC 3339; default now.
+        #[arg(long)]
+        valid_from: Option<DateTime<Utc>>,
+        /// RFC 3339; default valid_from + --valid-for.
+        #[arg(long)]
+        valid_until: Option<DateTime<Utc>>,
+        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        valid_for: Duration,
+        #[arg(long, default_value_t = 1)]
+        max_redemptions: u32,
+        /// Only this account may redeem it.
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Every voucher with its redemptions (masked codes).
+    List {
+        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+        format: String,
+    },
+}
+
+fn refusal_exit(reason: &str, message: &str) -> anyhow::Error {
+    anyhow::anyhow!("refused ({reason}): {message}")
+}
+
+fn generate_code() -> String {
+    // 16 characters from a 32-letter alphabet: 80 bits.
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let chars: String = (0..16)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!(
+        "{}-{}-{}-{}",
+        &chars[0..4],
+        &chars[4..8],
+        &chars[8..12],
+        &chars[12..16]
+    )
+}
+
+fn print_result(r: &VoucherResult) -> anyhow::Result<()> {
+    match r.outcome {
+        VoucherOutcome::Refused => Err(refusal_exit(
+            r.reason.map_or("refused", |x| x.as_str()),
+            &r.message,
+        )),
+        _ => {
+            println!("{} ({} left)", r.message, r.redemptions_left);
+            if let Some(g) = &r.grant_id {
+                println!("grant {g}");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
+    match cmd {
+        CreditsCommand::Topup {
+            account,
+            amount,
+            reference,
+        } => grant(cfg, GrantKind::Topup, &account, &amount, &reference, None).await,
+        CreditsCommand::Adjust {
+            account,
+            amount,
+            reason,
+            reference,
+        } => {
+            let reference = reference.unwrap_or_else(|| client::new_id("adj"));
+            grant(
+                cfg,
+                GrantKind::Adjustment,
+                &account,
+                &amount,
+                &reference,
+                Some(&reason),
+            )
+            .await
+        }
+        CreditsCommand::Redeem {
+            account,
+            code,
+            timeout,
+        } => {
+            let code = if code == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                code
+            };
+            let code = voucher::normalize_code(&code)
+                .map_err(|_| refusal_exit("unknown", "no voucher has this code"))?;
+            let req = VoucherRequest::Redeem {
+                request_id: client::new_id("redeem"),
+                requested_at: Utc::now(),
+                code_hash: voucher::code_hash(&code),
+                masked: voucher::mask(&code),
+                account_id: account,
+            };
+            let r = ask(cfg, &req, timeout).await?;
+            print_result(&r)
+        }
+        CreditsCommand::Balance { account, format } => {
+            let ch = crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
+            let b = client::balance(&ch, &account)
+                .await?
+                .with_context(|| format!("account {account} has no ledger entries"))?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                println!(
+                    "{}  balance {} credits  ({} entries, last {})",
+                    b.account_id, b.balance, b.entries, b.last_entry_at
+                );
+            }
+            Ok(())
+        }
+        CreditsCommand::History {
+            account,
+            limit,
+            before_seq,
+            format,
+        } => {
+            let ch = crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
+            let h = client::history(&ch, &account, limit, before_seq).await?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+                return Ok(());
+            }
+            println!(
+                "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  description",
+                "seq", "date", "kind", "credit", "debit", "balance"
+            );
+            for e in &h {
+                println!(
+                    "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  {}",
+                    e.seq, e.date, e.kind, e.credit, e.debit, e.balance, e.description
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn grant(
+    cfg: &Config,
+    kind: GrantKind,
+    account: &str,
+    amount: &str,
+    reference: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<()> {
+    let g = client::build_grant(cfg, kind, account, amount, reference, reason)
+        .map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
+    let p = client::producer(cfg)?;
+    client::send_grant(cfg, &p, &g).await?;
+    println!(
+        "{} of {} credits for {} sent (grant {}); the ledger applies it once, however often it is sent",
+        kind.as_str(),
+        g.amount,
+        g.account_id,
+        g.grant_id
+    );
+    Ok(())
+}
+
+async fn ask(
+    cfg: &Config,
+    req: &VoucherRequest,
+    timeout: Duration,
+) -> anyhow::Result<VoucherResult> {
+    let c = cfg.clone();
+    let follower = tokio::task::spawn_blocking(move || ResultFollower::start(&c)).await??;
+    let p = client::producer(cfg)?;
+    match follower.request(cfg, &p, req, timeout).await {
+        Ok(r) => Ok(r),
+        Err(e @ ClientError::Timeout(..)) => Err(anyhow::anyhow!("{e}")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> {
+    match cmd {
+        VouchersCommand::Create {
+            code,
+            credits,
+            valid_from,
+            valid_until,
+            valid_for,
+            max_redemptions,
+            account,
+            description,
+        } => {
+            let generated = code.is_none();
+            let code = code.unwrap_or_else(generate_code);
+            let code = voucher::normalize_code(&code).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let credits: Decimal = crate::ledger::grant::parse_amount(credits.trim())
+                .map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
+            let from = valid_from.unwrap_or_else(Utc::now);
+            let until = valid_until.unwrap_or(from + chrono::Duration::from_std(valid_for)?);
+            let def = VoucherDef {
+                code_hash: voucher::code_hash(&code),
+                masked: voucher::mask(&code),
+                credits,
+                valid_from: from,
+                valid_until: until,
+                max_redemptions,
+                account_id: account,
+                description,
+            };
+            def.validate().map_err(|e| refusal_exit("invalid", &e))?;
+            let req = VoucherRequest::Create {
+                request_id: client::new_id("create"),
+                requested_at: Utc::now(),
+                voucher: def,
+            };
+            let r = ask(cfg, &req, Duration::from_secs(30)).await?;
+            print_result(&r)?;
+            if generated {
+                println!("code {code}  (shown once: it is stored only as a hash)");
+            }
+            Ok(())
+        }
+        VouchersCommand::List { format } => {
+            let c = cfg.clone();
+            let list = tokio::task::spawn_blocking(move || client::list_vouchers(&c)).await??;
+            if format == "json" {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "voucher": voucher::display(&s.def.masked, &s.def.code_hash),
+                            "credits": s.def.credits.to_string(),
+                            "valid_from": s.def.valid_from,
+                            "valid_until": s.def.valid_until,
+                            "max_redemptions": s.def.max_redemptions,
+                            "redeemed": s.redemptions.len(),
+                            "account_id": s.def.account_id,
+                            "description": s.def.description,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24}  {:>10}  {:<20}  {:<20}  {:>9}  account",
+                "voucher", "credits", "valid_from", "valid_until", "used/max"
+            );
+            for s in &list {
+                println!(
+                    "{:<24}  {:>10}  {:<20}  {:<20}  {:>9}  {}",
+                    voucher::display(&s.def.masked, &s.def.code_hash),
+                    s.def.credits,
+                    s.def.valid_from.format("%Y-%m-%dT%H:%M:%SZ"),
+                    s.def.valid_until.format("%Y-%m-%dT%H:%M:%SZ"),
+                    format!("{}/{}", s.redemptions.len(), s.def.max_redemptions),
+                    s.def.account_id.as_deref().unwrap_or("any")
+                );
+            }
+            println!("{} vouchers", list.len());
+            Ok(())
+        }
+    }
+}

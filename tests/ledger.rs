@@ -1,0 +1,657 @@
+//! Credits ledger against the real broker and ClickHouse: balances equal an independent
+//! oracle (sum of distinct grants minus sum of distinct debits, to the last digit) after a
+//! kill -9 storm of the ledger stage; every entry exactly once on the balances topic and in
+//! ClickHouse, with running totals equal to the stream's balances; the voucher race; and
+//! refusals (each with its reason, nothing applied).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+use usage_aggregator::debit::{BreakdownLine, Debit, DebitKind};
+use usage_aggregator::ledger::client;
+use usage_aggregator::ledger::core::BalanceEvent;
+use usage_aggregator::ledger::grant::{Grant, GrantKind};
+use usage_aggregator::ledger::voucher::{self, VoucherOutcome, VoucherRequest, VoucherResult};
+
+/// Every committed message of a topic (read_committed, to each partition's end).
+fn read_all(env: &TestEnv, topic: &str) -> Vec<(i32, i64, Vec<u8>, Vec<u8>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.cfg.kafka.brokers)
+        .set("group.id", format!("{}-check", env.name))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut done = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.len() < parts.len() {
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push((
+                m.partition(),
+                m.offset(),
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            )),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn balance_events(env: &TestEnv) -> Vec<(i32, BalanceEvent)> {
+    read_all(env, &env.cfg.topics.balances)
+        .into_iter()
+        .map(|(p, _, _, v)| (p, serde_json::from_slice(&v).unwrap()))
+        .collect()
+}
+
+/// A minimal HTTP/1.0 POST with an optional bearer token: (status, body).
+fn http_post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A debit like the rating pipeline's: a 12-decimal cost, an exact markup (18 decimals).
+fn debit(id: &str, account: &str, cost: Decimal) -> Debit {
+    let rate = Decimal::new(123_457, 6);
+    let markup = cost * rate;
+    let total = cost + markup;
+    let at = chrono::DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    Debit {
+        debit_id: id.into(),
+        kind: DebitKind::ModelCall,
+        account_id: account.into(),
+        execution_id: None,
+        subtotal: cost,
+        markup_rate: rate,
+        markup,
+        total,
+        calls: 1,
+        first_event_at: at,
+        last_event_at: at,
+        breakdown: vec![BreakdownLine {
+            asset_id: "openai/gpt-4o-mini".into(),
+            asset_type: usage_aggregator::catalog::AssetType::Model,
+            calls: 1,
+            quantities: [("input_tokens".to_string(), Decimal::from(1200))].into(),
+            cost,
+        }],
+    }
+}
+
+fn ledger_env(name: &str) -> TestEnv {
+    let mut env = TestEnv::new(name);
+    // Static membership and a stable transactional.id: a restarted ledger takes its
+    // partitions back at once and fences (aborts) its predecessor's open transaction.
+    env.env
+        .push(("USAGE_AGG__KAFKA__INSTANCE_ID".into(), env.name.clone()));
+    env.env.push((
+        "USAGE_AGG_KAFKA_PROP_SESSION_TIMEOUT_MS".into(),
+        "6000".into(),
+    ));
+    env.env
+        .push(("USAGE_AGG_API_TOKEN".into(), "test-token-7f3a".into()));
+    env.write_config();
+    env.setup();
+    wait_for_leaders(&env);
+    env
+}
+
+/// Waits until every topic of the environment has a leader for each partition (right after
+/// creation the broker may still answer NOT_LEADER_FOR_PARTITION).
+fn wait_for_leaders(env: &TestEnv) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.cfg.kafka.brokers)
+        .create()
+        .unwrap();
+    let topics: Vec<String> = usage_aggregator::kafka::planned_topics(&env.cfg)
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    env.wait_for("topic leaders", Duration::from_secs(30), || {
+        topics.iter().all(|t| {
+            c.fetch_metadata(Some(t), Duration::from_secs(5))
+                .is_ok_and(|md| {
+                    md.topics().first().is_some_and(|m| {
+                        m.error().is_none()
+                            && !m.partitions().is_empty()
+                            && m.partitions()
+                                .iter()
+                                .all(|p| p.leader() >= 0 && p.error().is_none())
+                    })
+                })
+        })
+    });
+}
+
+#[test]
+fn ledger_crash_kill9_storm_balances_equal_the_oracle_exactly_once() {
+    let mut env = ledger_env("ledgercrash");
+    let cfg = env.cfg.clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let accounts: Vec<String> = (0..40)
+        .map(|i| format!("{}-acct-{i:02}", env.name))
+        .collect();
+    // The plan: valid grants (re-sent 1-3 times), invalid top-ups, debits (some twice).
+    let mut grants: Vec<Grant> = Vec::new();
+    for i in 0..500 {
+        let account = accounts[rng.random_range(0..30)].clone(); // 10 accounts never funded
+        let (kind, amount, reason) = if i % 10 == 9 {
+            let cents: i64 = rng.random_range(-5_000..5_000);
+            (
+                GrantKind::Adjustment,
+                Decimal::new(if cents == 0 { 1 } else { cents }, 2),
+                Some("correction".to_string()),
+            )
+        } else {
+            (
+                GrantKind::Topup,
+                Decimal::new(rng.random_range(1_000..50_000), 2),
+                None,
+            )
+        };
+        grants.push(Grant {
+            grant_id: format!("pay-{i}"),
+            kind,
+            account_id: account,
+            amount,
+            occurred_at: chrono::Utc::now(),
+            reason,
+            voucher: None,
+        });
+    }
+    let debits: Vec<Debit> = (0..4_000)
+        .map(|i| {
+            let account = &accounts[rng.random_range(0..accounts.len())];
+            let cost = Decimal::new(rng.random_range(1..5_000_000_000_000i64), 12);
+            debit(&format!("dc_{}_{i}", env.name), account, cost)
+        })
+        .collect();
+    let mut oracle: BTreeMap<String, Decimal> = BTreeMap::new();
+    for g in grants.iter() {
+        *oracle.entry(g.account_id.clone()).or_default() += g.amount;
+    }
+    for d in &debits {
+        *oracle.entry(d.account_id.clone()).or_default() -= d.total;
+    }
+    // Interleave: each grant 1-3 times, each debit once or twice (the repeat nearby, as a
+    // pipeline replay would), and 40 top-ups below the minimum.
+    enum Send {
+        Grant(usize),
+        Bad(usize),
+        Debit(usize),
+    }
+    let mut plan: Vec<Send> = Vec::new();
+    for i in 0..grants.len() {
+        for _ in 0..rng.random_range(1..=3) {
+            plan.push(Send::Grant(i));
+        }
+    }
+    for i in 0..40 {
+        plan.push(Send::Bad(i));
+    }
+    for i in 0..debits.len() {
+        plan.push(Send::Debit(i));
+    }
+    // Shuffle, then add the debit repeats close to their original.
+    for i in (1..plan.len()).rev() {
+        plan.swap(i, rng.random_range(0..=i));
+    }
+    let mut with_repeats = Vec::new();
+    for s in plan {
+        let repeat = matches!(s, Send::Debit(i) if i % 5 == 0);
+        if let Send::Debit(i) = s {
+            with_repeats.push(Send::Debit(i));
+            if repeat {
+                with_repeats.push(Send::Debit(i));
+            }
+        } else {
+            with_repeats.push(s);
+        }
+    }
+    let plan = with_repeats;
+    let sends = plan.len();
+
+    env.spawn("sink", "sink.log");
+    let mut ledger = env.spawn("ledger", "ledger.log");
+    let assigned = |env: &TestEnv| {
+        env.log("ledger.log")
+            .matches("partitions assigned stage=\"ledger\"")
+            .count()
+    };
+    env.wait_for("the ledger to be assigned", Duration::from_secs(60), || {
+        assigned(&env) >= 1
+    });
+
+    let producer_cfg = cfg.clone();
+    let (n_grants, n_debits) = (grants.len(), debits.len());
+    let started = Instant::now();
+    let feeder = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Grants through the project's grant producer, debits like the rating pipeline's.
+        let gp = client::producer(&producer_cfg).unwrap();
+        let loader = usage_aggregator::bench::Loader::new(&producer_cfg).unwrap();
+        for (n, s) in plan.iter().enumerate() {
+            match s {
+                Send::Grant(i) => rt
+                    .block_on(client::send_grant(&producer_cfg, &gp, &grants[*i]))
+                    .unwrap(),
+                Send::Bad(i) => {
+                    let mut g = grants[0].clone();
+                    g.grant_id = format!("bad-{i}");
+                    g.kind = GrantKind::Topup;
+                    g.amount = Decimal::new(999, 2);
+                    rt.block_on(client::send_grant(&producer_cfg, &gp, &g))
+                        .unwrap();
+                }
+                Send::Debit(i) => loader
+                    .send(
+                        &producer_cfg.topics.debits,
+                        &debits[*i].account_id,
+                        &debits[*i].encode(),
+                    )
+                    .unwrap(),
+            }
+            if n % 100 == 99 {
+                loader.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(60));
+            }
+        }
+        loader.flush().unwrap();
+    });
+
+    let mut kills = 0;
+    let mut seen = assigned(&env);
+    while kills < 12 || !feeder.is_finished() {
+        env.wait_for(
+            "the restarted ledger to be assigned",
+            Duration::from_secs(60),
+            || assigned(&env) > seen - 1,
+        );
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2_000)));
+        env.kill9(ledger);
+        kills += 1;
+        seen = assigned(&env) + 1;
+        ledger = env.spawn("ledger", "ledger.log");
+    }
+    feeder.join().unwrap();
+    let fed_in = started.elapsed();
+    let expected_entries = n_grants + n_debits;
+
+    // The stream: every entry exactly once, balances equal the oracle.
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while events.len() < expected_entries {
+        assert!(
+            Instant::now() < deadline,
+            "balances topic holds {} of {expected_entries} entries",
+            events.len()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        events = balance_events(&env);
+    }
+    let settled_in = started.elapsed();
+    let ids: HashSet<&str> = events.iter().map(|(_, e)| e.entry_id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        events.len(),
+        "an entry appears twice on the balances topic"
+    );
+    assert_eq!(events.len(), expected_entries);
+    let mut last: HashMap<&str, (i32, u64, Decimal)> = HashMap::new();
+    for (p, e) in &events {
+        let (part, seq, bal) =
+            last.get(e.account_id.as_str())
+                .copied()
+                .unwrap_or((*p, 0, Decimal::ZERO));
+        assert_eq!(part, *p, "account {} seen on two partitions", e.account_id);
+        assert_eq!(e.seq, seq + 1, "account {} seq", e.account_id);
+        assert_eq!(e.balance_before, bal);
+        assert_eq!(e.balance_after, (bal + e.amount).normalize());
+        last.insert(&e.account_id, (*p, e.seq, e.balance_after));
+    }
+    for (account, want) in &oracle {
+        assert_eq!(
+            last.get(account.as_str()).map(|x| x.2),
+            Some(want.normalize()),
+            "balance of {account}"
+        );
+    }
+    // Each grant applied once.
+    let grant_refs: Vec<&str> = events
+        .iter()
+        .filter(|(_, e)| e.kind != usage_aggregator::ledger::core::EntryKind::Debit)
+        .map(|(_, e)| e.reference.as_str())
+        .collect();
+    assert_eq!(grant_refs.len(), n_grants);
+    // The invalid top-ups went to the dead-letter topic with their reason, each send once.
+    let dead: Vec<serde_json::Value> = read_all(&env, &cfg.topics.dead_letter)
+        .into_iter()
+        .map(|(_, _, _, v)| serde_json::from_slice(&v).unwrap())
+        .collect();
+    assert_eq!(
+        dead.iter()
+            .filter(|d| d["reason"] == "topup_below_minimum")
+            .count(),
+        40
+    );
+    let alerts = read_all(&env, &cfg.topics.credit_alerts).len();
+    assert!(alerts > 0, "unfunded accounts went below 0");
+
+    // ClickHouse: each row once, balances and running totals equal the stream's.
+    env.wait_for(
+        "clickhouse to hold the ledger",
+        Duration::from_secs(120),
+        || {
+            env.ch("SELECT count() FROM {db}.ledger")
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0)
+                >= expected_entries
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let counts = env.ch("SELECT count(), uniqExact(entry_id) FROM {db}.ledger FORMAT TSV");
+    assert_eq!(
+        counts.trim(),
+        format!("{expected_entries}\t{expected_entries}")
+    );
+    let finals = parse_tsv_map(&env.ch(
+        "SELECT account_id, toString(argMax(balance_after, seq)) FROM {db}.ledger GROUP BY account_id FORMAT TSV",
+    ));
+    for (account, want) in &oracle {
+        let got = Decimal::from_str(&finals[account]).unwrap();
+        assert_eq!(
+            got.normalize(),
+            want.normalize(),
+            "clickhouse balance of {account}"
+        );
+    }
+    // Running totals recomputed in SQL (docs/analytics.md; 18.16 has no window functions and
+    // no array sums of Decimal) equal the stream's balance_after on every row.
+    let running = env.ch(
+        "SELECT count(), countIf(b != running) FROM (SELECT account_id, seq, any(balance_after) AS b, sum(amount) AS running FROM (SELECT account_id, seq, balance_after FROM {db}.ledger) ALL INNER JOIN (SELECT account_id, seq AS upto, credit - debit AS amount FROM {db}.ledger) USING account_id WHERE upto <= seq GROUP BY account_id, seq) FORMAT TSV",
+    );
+    assert_eq!(running.trim(), format!("{expected_entries}\t0"));
+    // And every row carries the stream's balance for its entry.
+    let by_entry: HashMap<&str, Decimal> = events
+        .iter()
+        .map(|(_, e)| (e.entry_id.as_str(), e.balance_after))
+        .collect();
+    let rows = env.ch("SELECT entry_id, toString(balance_after) FROM {db}.ledger FORMAT TSV");
+    for (id, bal) in parse_tsv_map(&rows) {
+        assert_eq!(
+            Decimal::from_str(&bal).unwrap().normalize(),
+            by_entry[id.as_str()]
+        );
+    }
+    let aborted = env.log("ledger.log").matches("transaction aborted").count();
+    // A restarted instance found its predecessor's transaction open and aborted it.
+    let fenced = env
+        .log("ledger.log")
+        .matches("Failed to acquire transactional PID")
+        .count();
+    eprintln!(
+        "ledger crash test: {sends} sends ({} grants, {} debits, 40 invalid), {kills} SIGKILLs, \
+         fed in {:.1}s, settled in {:.1}s, {} entries, {alerts} alerts, {aborted} aborts logged, {fenced} open transactions fenced at restart",
+        n_grants,
+        n_debits,
+        fed_in.as_secs_f64(),
+        settled_in.as_secs_f64(),
+        events.len()
+    );
+    assert!(kills >= 10);
+}
+
+#[test]
+fn voucher_race_fifty_accounts_exactly_three_win_in_log_order() {
+    let mut env = ledger_env("vrace");
+    env.spawn("ledger", "ledger.log");
+    let cfg = env.cfg.clone();
+    let out = env.cli(&[
+        "vouchers",
+        "create",
+        "RACE-2026-ABCD",
+        "--credits",
+        "7.5",
+        "--max-redemptions",
+        "3",
+    ]);
+    assert!(out.contains("created"), "{out}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results: Vec<VoucherResult> = rt.block_on(async {
+        let follower = client::ResultFollower::start(&cfg).unwrap();
+        let p = client::producer(&cfg).unwrap();
+        let code = voucher::normalize_code("race-2026-abcd").unwrap();
+        let reqs: Vec<VoucherRequest> = (0..50)
+            .map(|i| VoucherRequest::Redeem {
+                request_id: format!("race-{i}"),
+                requested_at: chrono::Utc::now(),
+                code_hash: voucher::code_hash(&code),
+                masked: voucher::mask(&code),
+                account_id: format!("{}-acct-{i}", env.name),
+            })
+            .collect();
+        let futs = reqs
+            .iter()
+            .map(|r| follower.request(&cfg, &p, r, Duration::from_secs(60)));
+        futures::future::join_all(futs)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    });
+    let winners: Vec<&VoucherResult> = results
+        .iter()
+        .filter(|r| r.outcome == VoucherOutcome::Granted)
+        .collect();
+    assert_eq!(winners.len(), 3, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.outcome != VoucherOutcome::Granted)
+            .all(|r| r.reason == Some(voucher::Refusal::Exhausted))
+    );
+    // Deterministic: the winners are the first three requests in the code's partition.
+    let log: Vec<String> = read_all(&env, &cfg.topics.voucher_requests)
+        .into_iter()
+        .filter_map(
+            |(_, _, _, v)| match serde_json::from_slice::<VoucherRequest>(&v).unwrap() {
+                VoucherRequest::Redeem { request_id, .. } => Some(request_id),
+                _ => None,
+            },
+        )
+        .collect();
+    let mut won: Vec<String> = winners.iter().map(|r| r.request_id.clone()).collect();
+    won.sort_by_key(|id| log.iter().position(|x| x == id));
+    assert_eq!(won, log[..3].to_vec());
+    // Exactly three voucher grants reach the ledger.
+    env.wait_for("three voucher entries", Duration::from_secs(60), || {
+        balance_events(&env)
+            .iter()
+            .filter(|(_, e)| e.kind == usage_aggregator::ledger::core::EntryKind::Voucher)
+            .count()
+            == 3
+    });
+    let list = env.cli(&["vouchers", "list"]);
+    assert!(list.contains("3/3") && list.contains("RACE-****"), "{list}");
+    assert!(
+        !list.contains("ABCD"),
+        "the code never appears in clear: {list}"
+    );
+    assert!(!env.log("ledger.log").contains("RACE-2026-ABCD"));
+}
+
+#[test]
+fn refusals_carry_their_reason_and_apply_nothing() {
+    let mut env = ledger_env("lrefuse");
+    // The ledger role serves the whole HTTP API; the sink (another port) fills ClickHouse.
+    env.spawn("ledger", "agg.log");
+    let sink_listen = format!("127.0.0.1:{}", free_port());
+    env.spawn_with("sink", "sink.log", &sink_listen, &[]);
+    let addr = env.cfg.http.listen.clone();
+    let token = Some("test-token-7f3a");
+    env.wait_for("http", Duration::from_secs(60), || {
+        http_get(&addr, "/healthz").0 == 200
+    });
+    let acct = format!("{}-a", env.name);
+    let topup = |amount: &str, reference: &str, token: Option<&str>| {
+        http_post(
+            &addr,
+            &format!("/v1/accounts/{acct}/topups"),
+            token,
+            &format!(r#"{{"amount":"{amount}","reference":"{reference}"}}"#),
+        )
+    };
+    // Without the token: 401, and nothing is sent.
+    assert_eq!(topup("50", "pay-noauth", None).0, 401);
+    assert_eq!(topup("50", "pay-noauth", Some("wrong")).0, 401);
+    let (s, b) = topup("9.99", "pay-small", token);
+    assert_eq!(s, 422);
+    assert!(b.contains("topup_below_minimum"), "{b}");
+    let (s, b) = topup("-20", "pay-neg", token);
+    assert_eq!(s, 422);
+    assert!(b.contains("invalid_amount"), "{b}");
+    let (s, b) = http_post(
+        &addr,
+        "/v1/accounts/bad%07account/topups",
+        token,
+        r#"{"amount":"20","reference":"pay-badacct"}"#,
+    );
+    assert_eq!(s, 422);
+    assert!(b.contains("invalid_account"), "{b}");
+    // One valid top-up, sent twice.
+    assert_eq!(topup("25.50", "pay-ok", token).0, 202);
+    assert_eq!(topup("25.50", "pay-ok", token).0, 202);
+    // An expired voucher is refused with its reason.
+    let out = env.cli(&[
+        "vouchers",
+        "create",
+        "OLD-PROMO-2020",
+        "--credits",
+        "100",
+        "--valid-from",
+        "2020-01-01T00:00:00Z",
+        "--valid-until",
+        "2020-02-01T00:00:00Z",
+    ]);
+    assert!(out.contains("created"), "{out}");
+    let (s, b) = http_post(
+        &addr,
+        &format!("/v1/accounts/{acct}/redemptions"),
+        token,
+        r#"{"code":"old-promo-2020"}"#,
+    );
+    assert_eq!(s, 422, "{b}");
+    assert!(
+        b.contains("\"expired\"") && !b.contains("OLD-PROMO-2020"),
+        "{b}"
+    );
+    // The same refusals through Kafka directly: dead letters with their reason.
+    let loader = env.loader();
+    let grant = |amount: &str, account: &str, id: &str| {
+        format!(
+            r#"{{"grant_id":"{id}","kind":"topup","account_id":"{account}","amount":"{amount}","occurred_at":"2026-03-01T10:00:00Z"}}"#
+        )
+    };
+    for (payload, key) in [
+        (grant("5", &acct, "k-small"), acct.clone()),
+        (grant("-30", &acct, "k-neg"), acct.clone()),
+        (grant("30", "", "k-empty"), acct.clone()),
+        (grant("30", &"x".repeat(300), "k-long"), acct.clone()),
+    ] {
+        loader
+            .send(&env.cfg.topics.credit_grants, &key, payload.as_bytes())
+            .unwrap();
+    }
+    loader.flush().unwrap();
+    env.wait_for("four dead letters", Duration::from_secs(60), || {
+        read_all(&env, &env.cfg.topics.dead_letter).len() >= 4
+    });
+    let reasons: Vec<String> = read_all(&env, &env.cfg.topics.dead_letter)
+        .into_iter()
+        .map(|(_, _, _, v)| {
+            let d: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            d["reason"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for r in ["topup_below_minimum", "invalid_amount", "invalid_account"] {
+        assert!(reasons.iter().any(|x| x == r), "{reasons:?}");
+    }
+    // Nothing applied but the one valid top-up.
+    env.wait_for("the balance", Duration::from_secs(60), || {
+        http_get(&addr, &format!("/v1/accounts/{acct}/balance")).0 == 200
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (s, b) = http_get(&addr, &format!("/v1/accounts/{acct}/balance"));
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (v["balance"].as_str(), v["entries"].as_u64()),
+        (Some("25.5"), Some(1))
+    );
+    let (s, b) = http_get(&addr, &format!("/v1/accounts/{acct}/transactions?limit=10"));
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["transactions"].as_array().unwrap().len(), 1);
+    assert_eq!(v["transactions"][0]["kind"], "topup");
+    let history = env.cli(&["credits", "history", &acct]);
+    assert!(history.contains("25.5"), "{history}");
+    // Secrets stay out of the log.
+    let log = env.log("agg.log");
+    assert!(!log.contains("test-token-7f3a") && !log.contains("OLD-PROMO-2020"));
+}

@@ -261,7 +261,9 @@ pub async fn create_topics(cfg: &Config) -> anyhow::Result<Vec<String>> {
             )
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(45)));
     let mut created = Vec::new();
     for r in admin.create_topics(&new, &opts).await? {
         match r {

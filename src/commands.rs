@@ -17,18 +17,23 @@ use usage_aggregator::config::Config;
 use usage_aggregator::loadgen::{Workload, WorkloadSpec};
 use usage_aggregator::offline::{self, Rejects};
 use usage_aggregator::preflight::{self, Kafka};
-use usage_aggregator::rejection::RejectReason;
 use usage_aggregator::report::{self, ReportError, ReportFilter};
-use usage_aggregator::{bench, kafka, replay, sink};
+use usage_aggregator::{bench, kafka, sink};
 
 use crate::Exit;
 
-fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
+mod dead_letters;
+mod import;
+
+pub use dead_letters::{ReplayArgs, replay_dead_letters};
+pub use import::{ImportArgs, import_catalog};
+
+pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
     BufWriter::new(std::io::stdout().lock())
 }
 
 /// Reads and checks a catalog file; `named` says which argument or key gave the path.
-fn read_catalog(path: &Path, named: &str) -> anyhow::Result<Catalog> {
+pub(crate) fn read_catalog(path: &Path, named: &str) -> anyhow::Result<Catalog> {
     let bytes = std::fs::read(path)
         .map_err(|e| anyhow!("{named} = \"{}\": cannot read: {e}", path.display()))?;
     check::check_file(&bytes).map_err(|p| anyhow!("catalog file {}: {p}", path.display()))
@@ -544,169 +549,5 @@ pub async fn report(cfg: &Config, a: ReportArgs) -> anyhow::Result<()> {
         ReportFormat::Table => out.write_all(report::render_text(&r).as_bytes())?,
     }
     out.flush()?;
-    Ok(())
-}
-
-#[derive(clap::Args)]
-pub struct ReplayArgs {
-    /// Only this reason (repeatable). Default: unknown_asset, no_price_at_time, unknown_unit.
-    #[arg(long = "reason", value_parser = replay::parse_reason)]
-    reasons: Vec<RejectReason>,
-    /// Only dead letters written at or after this time (RFC 3339, or an age such as 2h).
-    #[arg(long, value_parser = replay::parse_time)]
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only dead letters written before this time (RFC 3339, or an age such as 30m).
-    #[arg(long, value_parser = replay::parse_time)]
-    to: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only events of this account_id.
-    #[arg(long)]
-    account: Option<String>,
-    /// Print what would be re-sent (one JSON line each) and send nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Longest wait to read the dead-letter topic to its end.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-    timeout: Duration,
-}
-
-pub async fn replay_dead_letters(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
-    let k = Kafka::connect(cfg).await?;
-    k.require_topic("topics.dead_letter", &cfg.topics.dead_letter, false)
-        .await?;
-    if !a.dry_run {
-        k.require_topic("topics.usage_events", &cfg.topics.usage_events, false)
-            .await?;
-    }
-    let filter = replay::ReplayFilter {
-        reasons: a.reasons,
-        from: a.from,
-        to: a.to,
-        account: a.account,
-    };
-    let letters = tokio::task::block_in_place(|| replay::read_dead_letters(cfg, a.timeout))?;
-    let chosen = replay::select(&letters, &filter, &cfg.topics.usage_events)?;
-    let mut out = stdout();
-    if a.dry_run {
-        for r in &chosen {
-            let mut v = serde_json::to_value(r)?;
-            v["payload"] = String::from_utf8_lossy(&r.payload).into_owned().into();
-            writeln!(out, "{v}")?;
-        }
-        out.flush()?;
-        usage_aggregator::logging::stderr_line(&format!(
-            "dry run: would re-send {} of {} dead letters to {}",
-            chosen.len(),
-            letters.len(),
-            cfg.topics.usage_events
-        ));
-        return Ok(());
-    }
-    let n = tokio::task::block_in_place(|| replay::publish(cfg, &chosen))?;
-    writeln!(
-        out,
-        "re-sent {n} of {} dead letters to {}",
-        letters.len(),
-        cfg.topics.usage_events
-    )?;
-    out.flush()?;
-    Ok(())
-}
-
-#[derive(clap::Args)]
-pub struct ImportArgs {
-    /// Format of FILE: `litellm` (model_prices_and_context_window.json).
-    #[arg(long, value_parser = ["litellm"])]
-    format: String,
-    /// The price list to convert.
-    file: PathBuf,
-    /// When the imported versions take effect (RFC 3339, e.g. 2026-07-01T00:00:00Z).
-    #[arg(long)]
-    effective_from: String,
-    /// Write the catalog (JSON array of price versions) here; stdout when absent.
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// Only models of this litellm_provider (repeatable).
-    #[arg(long = "provider")]
-    providers: Vec<String>,
-    /// Check the import together with this catalog (e.g. the one already published):
-    /// versions it would refuse (alias ambiguity, conflicting version) are reported and left out.
-    #[arg(long)]
-    with_catalog: Option<PathBuf>,
-    /// Also publish the imported versions to the catalog topic.
-    #[arg(long)]
-    publish: bool,
-}
-
-/// `catalog import`: converts, reports every skipped model on stderr, writes, publishes.
-pub async fn import_catalog(cfg: &Config, a: ImportArgs) -> anyhow::Result<()> {
-    use usage_aggregator::catalog::litellm;
-    let effective_from = chrono::DateTime::parse_from_rfc3339(&a.effective_from)
-        .with_context(|| format!("--effective-from {} is not RFC 3339", a.effective_from))?
-        .with_timezone(&chrono::Utc);
-    let bytes =
-        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-    let opts = litellm::ImportOptions {
-        effective_from,
-        providers: a.providers.iter().cloned().collect(),
-    };
-    let (mut versions, mut report) =
-        litellm::import(&bytes, &opts).with_context(|| format!("{}", a.file.display()))?;
-    if let Some(path) = &a.with_catalog {
-        let mut base = read_catalog(path, "--with-catalog")?;
-        versions.retain(|v| match base.insert(v.clone()) {
-            Ok(_) => true,
-            Err(e) => {
-                report.imported.retain(|_, asset| *asset != v.asset_id);
-                report.skipped.insert(
-                    v.asset_id.clone(),
-                    format!("refused next to {}: {e}", path.display()),
-                );
-                false
-            }
-        });
-    }
-    for (key, why) in &report.skipped {
-        usage_aggregator::logging::stderr_line(&format!("skipped {key}: {why}"));
-    }
-    for (key, n) in &report.not_imported_rates {
-        usage_aggregator::logging::stderr_line(&format!(
-            "not imported: {key} on {n} models (the standard rate is imported)"
-        ));
-    }
-    if !report.zero_priced.is_empty() {
-        usage_aggregator::logging::stderr_line(&format!(
-            "priced 0 as written in the file: {}",
-            report.zero_priced.join(", ")
-        ));
-    }
-    usage_aggregator::logging::stderr_line(&format!(
-        "imported {} models as {} price versions effective from {}; skipped {}",
-        report.imported.len(),
-        versions.len(),
-        a.effective_from,
-        report.skipped.len()
-    ));
-    let json = serde_json::to_string_pretty(&versions)? + "\n";
-    // The written file must load as a catalog on its own.
-    Catalog::from_json(json.as_bytes()).context("imported catalog does not load")?;
-    match &a.output {
-        Some(path) => std::fs::write(path, &json)
-            .with_context(|| format!("cannot write {}", path.display()))?,
-        None => {
-            let mut out = stdout();
-            out.write_all(json.as_bytes())?;
-            out.flush()?;
-        }
-    }
-    if a.publish {
-        let k = Kafka::connect(cfg).await?;
-        k.require_topic("topics.price_catalog", &cfg.topics.price_catalog, true)
-            .await?;
-        let n = catalog_feed::publish(cfg, &versions).await?;
-        usage_aggregator::logging::stderr_line(&format!(
-            "published {n} price versions to {}",
-            cfg.topics.price_catalog
-        ));
-    }
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! Rules: credits per account per clock hour of event time, and credits of one execution.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -43,11 +42,11 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
+    /// The thresholds of `alerts.*` (typed and checked when the configuration loads).
     pub fn from_config(cfg: &Config) -> Thresholds {
-        let parse = |s: &str| (!s.is_empty()).then(|| Decimal::from_str(s).ok()).flatten();
         Thresholds {
-            account_hourly: parse(&cfg.alerts.account_hourly_credits),
-            execution: parse(&cfg.alerts.execution_credits),
+            account_hourly: cfg.alerts.account_hourly_credits,
+            execution: cfg.alerts.execution_credits,
         }
     }
 }
@@ -133,15 +132,7 @@ impl SpendAlerts {
 
 /// Runs the alert rules over the debits topic until `stop` is set.
 pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let c = kafka::group_config(
-        cfg,
-        &cfg.kafka.alerts_group_id,
-        "alerts",
-        &[
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-        ],
-    );
+    let c = kafka::group_config(cfg, &cfg.kafka.alerts_group_id, "alerts", &[]);
     let consumer: BaseConsumer = c.create()?;
     consumer.subscribe(&[&cfg.topics.debits])?;
     let producer: ThreadedProducer<DefaultProducerContext> =
@@ -189,6 +180,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
 
     fn debit(id: &str, account: &str, total: &str, at: &str, kind: DebitKind) -> Debit {
         let t = DateTime::parse_from_rfc3339(at)

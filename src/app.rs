@@ -51,6 +51,8 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         );
     }
 
+    let listener = crate::preflight::bind_http(&cfg)?;
+    crate::preflight::announce(&cfg, &format!("{role:?}").to_lowercase());
     let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
     let ledger_api = {
         let (c, ch) = (cfg.clone(), ch.clone());
@@ -65,9 +67,8 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         ledger: ledger_api,
     };
     let http_task = {
-        let listen = cfg.http.listen.clone();
         let t = token.clone();
-        tokio::spawn(async move { http::serve(&listen, http_state, t).await })
+        tokio::spawn(async move { http::serve(listener, http_state, t).await })
     };
 
     {
@@ -78,6 +79,12 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
             stop.store(true, Ordering::Relaxed);
             token.cancel();
         });
+    }
+    if !crate::preflight::wait_for_kafka(&cfg, &token).await {
+        return Ok(());
+    }
+    if with_sink {
+        tokio::spawn(crate::preflight::report_clickhouse(cfg.clone()));
     }
 
     let mut threads: Vec<(&'static str, std::thread::JoinHandle<anyhow::Result<()>>)> = Vec::new();
@@ -188,10 +195,11 @@ async fn start_catalog(
         tokio::task::spawn_blocking(move || f.load_initial(Duration::from_secs(15)))
     };
     let mut n = load(feed.clone()).await??;
-    if n == 0
-        && !cfg.pricing.catalog_file.as_os_str().is_empty()
-        && cfg.pricing.catalog_file.exists()
-    {
+    let file = &cfg.pricing.catalog_file;
+    if n == 0 && !file.as_os_str().is_empty() && !file.exists() {
+        tracing::error!(topic = %cfg.topics.price_catalog, "the catalog topic is empty and pricing.catalog_file = \"{}\" does not exist, so it cannot be seeded", file.display());
+    }
+    if n == 0 && !file.as_os_str().is_empty() && file.exists() {
         let bytes = std::fs::read(&cfg.pricing.catalog_file)?;
         let file = Catalog::from_json(&bytes).with_context(|| {
             format!(
@@ -243,7 +251,10 @@ fn kafka_probe(cfg: &Config, stop: &AtomicBool, health: &Health) -> anyhow::Resu
             if ok {
                 tracing::info!("kafka reachable");
             } else {
-                tracing::warn!("kafka does not answer metadata requests");
+                tracing::warn!(
+                    "kafka.brokers = \"{}\" does not answer metadata requests; retrying",
+                    cfg.kafka.brokers
+                );
             }
         }
         for _ in 0..20 {

@@ -15,6 +15,8 @@ use smallvec::SmallVec;
 
 use crate::money::LINE_COST_SCALE;
 
+pub mod check;
+
 /// What kind of asset a price version belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

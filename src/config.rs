@@ -1,33 +1,37 @@
-//! Configuration: built-in defaults < TOML file < environment (`USAGE_AGG__SECTION__KEY`).
-//! `validate()` checks cross-field rules before any connection opens and names the key.
+//! Configuration: the embedded `config/default.toml` < `--config FILE` < environment
+//! (`USAGE_AGG__SECTION__KEY`) in, one typed [`Config`] out (durations, decimals, resolved
+//! paths, secrets read), checked by `validate()` before any connection opens. Errors name the
+//! key as the user wrote it and the value (never a secret).
+
+mod errors;
+mod validate;
+pub mod values;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::money::MAX_MARKUP_RATE_SCALE;
+pub use errors::{ConfigError, ENV_PREFIX};
+use values::show_duration;
+
 use crate::rollup::RollupConfig;
 
-/// Configuration errors name the key and the value.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration could not be read: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("invalid configuration: {key} = {value}: {why}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        why: &'static str,
-    },
-}
+/// The shipped defaults: the only place a default value is written.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+/// Directory the built-in defaults' relative paths are resolved against, as if
+/// `config/default.toml` were read from the current directory's `config/`.
+pub const DEFAULTS_DIR: &str = "config";
+
+/// Every key of the service. Sections and keys are documented in `config/default.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
@@ -43,8 +47,9 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
+    /// Comma-separated `host:port` list (librdkafka `bootstrap.servers`).
     pub brokers: String,
     pub group_id: String,
     pub sink_group_id: String,
@@ -58,25 +63,21 @@ pub struct KafkaConfig {
     /// dynamic membership (correct, but a crashed transaction holds back `read_committed`
     /// readers until `pipeline.transaction_timeout`).
     pub instance_id: Option<String>,
-    /// librdkafka properties passed through as they are (SASL, TLS, timeouts).
+    /// Prepended to every topic name and group id by [`Config::load`], which then clears it
+    /// (the loaded names already carry it).
+    pub prefix: String,
+    /// How long one-shot commands wait for a broker to answer before they fail.
+    #[serde(with = "values::duration")]
+    pub connect_timeout: Duration,
+    /// Consumer-group session timeout of every group member (`session.timeout.ms`).
+    #[serde(with = "values::duration")]
+    pub session_timeout: Duration,
+    /// librdkafka properties passed through as they are (SASL, TLS, tuning).
     pub properties: BTreeMap<String, String>,
 }
 
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:19092".into(),
-            group_id: "usage-aggregator".into(),
-            sink_group_id: "usage-aggregator-sink".into(),
-            alerts_group_id: "usage-aggregator-alerts".into(),
-            instance_id: None,
-            properties: BTreeMap::new(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
     pub usage_events: String,
     pub price_catalog: String,
@@ -102,51 +103,43 @@ pub struct TopicsConfig {
     pub replication_factor: i32,
 }
 
-impl Default for TopicsConfig {
-    fn default() -> Self {
-        TopicsConfig {
-            usage_events: "usage_events".into(),
-            price_catalog: "price_catalog".into(),
-            debits: "debits".into(),
-            priced_usage: "priced_usage".into(),
-            dead_letter: "dead_letter".into(),
-            alerts: "alerts".into(),
-            state: "usage_aggregator_state".into(),
-            credit_grants: "credit_grants".into(),
-            balances: "balances".into(),
-            credit_alerts: "credit_alerts".into(),
-            ledger_state: "ledger_state".into(),
-            voucher_requests: "voucher_requests".into(),
-            voucher_results: "voucher_results".into(),
-            voucher_state: "voucher_state".into(),
-            partitions: 4,
-            output_partitions: 4,
-            replication_factor: 1,
-        }
+impl TopicsConfig {
+    /// (key, topic name) of every topic, in `setup` order.
+    pub fn all(&self) -> [(&'static str, &String); 14] {
+        [
+            ("topics.usage_events", &self.usage_events),
+            ("topics.state", &self.state),
+            ("topics.price_catalog", &self.price_catalog),
+            ("topics.debits", &self.debits),
+            ("topics.priced_usage", &self.priced_usage),
+            ("topics.dead_letter", &self.dead_letter),
+            ("topics.alerts", &self.alerts),
+            ("topics.credit_grants", &self.credit_grants),
+            ("topics.balances", &self.balances),
+            ("topics.credit_alerts", &self.credit_alerts),
+            ("topics.ledger_state", &self.ledger_state),
+            ("topics.voucher_requests", &self.voucher_requests),
+            ("topics.voucher_results", &self.voucher_results),
+            ("topics.voucher_state", &self.voucher_state),
+        ]
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct PricingConfig {
-    /// Catalog file published to an empty catalog topic at start; empty for none.
+    /// Catalog file published to an empty catalog topic at start; empty for none. Relative
+    /// paths are resolved at load (see [`Config::load`]).
     pub catalog_file: PathBuf,
 }
 
-impl Default for PricingConfig {
-    fn default() -> Self {
-        PricingConfig {
-            catalog_file: PathBuf::from("config/catalog.json"),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct RollupSection {
-    /// Markup on agent executions, a decimal string.
-    pub markup_rate: String,
-    #[serde(with = "humantime_serde")]
+    /// Markup on agent executions: total = subtotal × (1 + rate); 0..=10, ≤ 6 decimals.
+    #[serde(with = "values::decimal")]
+    pub markup_rate: Decimal,
+    #[serde(with = "values::duration")]
     pub execution_idle_timeout: Duration,
     pub max_open_executions: usize,
     pub dedupe_horizon: u64,
@@ -155,27 +148,13 @@ pub struct RollupSection {
     pub max_event_bytes: usize,
 }
 
-impl Default for RollupSection {
-    fn default() -> Self {
-        let d = RollupConfig::default();
-        RollupSection {
-            markup_rate: "0.20".into(),
-            execution_idle_timeout: Duration::from_secs(30),
-            max_open_executions: d.max_open_executions,
-            dedupe_horizon: d.dedupe_horizon,
-            closed_horizon: d.closed_horizon,
-            closed_capacity: d.closed_capacity,
-            max_event_bytes: d.max_event_bytes,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub checkpoint_interval: Duration,
-    #[serde(with = "humantime_serde")]
+    /// Shutdown and revoke deadline; at most `kafka.session_timeout`.
+    #[serde(with = "values::duration")]
     pub drain_timeout: Duration,
     /// Produced messages not yet acknowledged before consumption pauses.
     pub max_in_flight: usize,
@@ -184,7 +163,7 @@ pub struct PipelineConfig {
     /// `exactly_once`: the Kafka transaction timeout (`transaction.timeout.ms`). A transaction
     /// left open by a crashed instance without `kafka.instance_id` is aborted by the broker
     /// after this long; must stay below the broker's `transaction.max.timeout.ms`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub transaction_timeout: Duration,
     /// File holding the secret that authenticates close markers (at least 32 bytes);
     /// `USAGE_AGG_MARKER_KEY` takes precedence. Neither: a public development key, with a
@@ -206,44 +185,21 @@ pub enum Delivery {
     AtLeastOnce,
 }
 
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            checkpoint_interval: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(15),
-            max_in_flight: 100_000,
-            delivery: Delivery::ExactlyOnce,
-            transaction_timeout: Duration::from_secs(10),
-            marker_key_file: None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
+    /// `http://` or `https://` URL of the HTTP interface; checked at load.
     pub url: String,
+    /// Database name: letters, digits and `_` (it is spliced into DDL).
     pub database: String,
     pub user: String,
-    /// Only from the environment (`USAGE_AGG__CLICKHOUSE__PASSWORD`) or `password_file`.
+    /// Only from the environment (`USAGE_AGG__CLICKHOUSE__PASSWORD`) or `password_file`
+    /// (read at load). Never serialized, never logged.
     #[serde(skip_serializing)]
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
     /// Schema validation of the clickhouse crate; off for the 18.16 test server.
     pub validation: bool,
-}
-
-impl Default for ClickHouseConfig {
-    fn default() -> Self {
-        ClickHouseConfig {
-            url: "http://127.0.0.1:18123".into(),
-            database: "usage".into(),
-            user: "default".into(),
-            password: None,
-            password_file: None,
-            validation: false,
-        }
-    }
 }
 
 impl ClickHouseConfig {
@@ -260,80 +216,64 @@ impl ClickHouseConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     pub batch_rows: usize,
     pub batch_bytes: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub batch_age: Duration,
     /// Ids remembered per output partition to drop repeated rows.
     pub dedupe_window_rows: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::duration")]
     pub max_backoff: Duration,
 }
 
-impl Default for SinkConfig {
-    fn default() -> Self {
-        SinkConfig {
-            batch_rows: 100_000,
-            batch_bytes: 32 << 20,
-            batch_age: Duration::from_secs(1),
-            dedupe_window_rows: 100_000,
-            max_backoff: Duration::from_secs(10),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// `host:port` the HTTP server binds; `run` fails at start when it is taken.
     pub listen: String,
-    /// Seconds without progress while lag is positive before /readyz fails.
-    #[serde(with = "humantime_serde")]
+    /// Time without progress while lag is positive before /readyz fails.
+    #[serde(with = "values::duration")]
     pub stall_after: Duration,
 }
 
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: "127.0.0.1:9464".into(),
-            stall_after: Duration::from_secs(30),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// Credits per account per clock hour (of event time) that raise an alert; "" disables.
-    pub account_hourly_credits: String,
-    /// Credits of one execution debit that raise an alert; "" disables.
-    pub execution_credits: String,
+    /// Credits per account per clock hour (of event time) that raise an alert; None = off.
+    #[serde(with = "values::optional_decimal")]
+    pub account_hourly_credits: Option<Decimal>,
+    /// Credits of one execution debit that raise an alert; None = off.
+    #[serde(with = "values::optional_decimal")]
+    pub execution_credits: Option<Decimal>,
 }
 
-impl Default for AlertsConfig {
-    fn default() -> Self {
-        AlertsConfig {
-            account_hourly_credits: "100".into(),
-            execution_credits: "25".into(),
-        }
-    }
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 /// The credits ledger and vouchers (docs/credits.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
     /// Consumer group of the ledger stage (debits + credit_grants).
     pub group_id: String,
     /// Consumer group of the voucher stage (voucher_requests).
     pub voucher_group_id: String,
-    /// Smallest top-up, credits (decimal string).
-    pub min_topup: String,
+    /// Smallest top-up, credits (> 0).
+    #[serde(with = "values::decimal")]
+    pub min_topup: Decimal,
     /// Balances whose crossing (downwards, then back up) raises a credit alert.
-    pub alert_thresholds: Vec<String>,
-    /// How long one Kafka transaction collects input before it commits.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "values::decimal_list")]
+    pub alert_thresholds: Vec<Decimal>,
+    /// How long one Kafka transaction collects input before it commits; at most a quarter
+    /// of `pipeline.transaction_timeout`.
+    #[serde(with = "values::duration")]
     pub commit_interval: Duration,
     /// Input messages per transaction at most.
     pub max_batch: usize,
@@ -343,252 +283,302 @@ pub struct LedgerConfig {
     pub api_token_file: Option<PathBuf>,
 }
 
-impl Default for LedgerConfig {
-    fn default() -> Self {
-        LedgerConfig {
-            group_id: "usage-aggregator-ledger".into(),
-            voucher_group_id: "usage-aggregator-vouchers".into(),
-            min_topup: "10".into(),
-            alert_thresholds: vec!["10".into(), "0".into()],
-            commit_interval: Duration::from_millis(200),
-            max_batch: 5_000,
-            debit_dedupe_horizon: 200_000,
-            api_token_file: None,
-        }
-    }
-}
-
-impl LedgerConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, value: String, why| Err(ConfigError::Invalid { key, value, why });
-        match self.min_topup.parse::<Decimal>() {
-            Ok(d) if d > Decimal::ZERO => {}
-            _ => {
-                return invalid(
-                    "ledger.min_topup",
-                    self.min_topup.clone(),
-                    "must be a positive decimal string",
-                );
-            }
-        }
-        for t in &self.alert_thresholds {
-            if t.parse::<Decimal>().is_err() {
-                return invalid(
-                    "ledger.alert_thresholds",
-                    t.clone(),
-                    "must be decimal strings",
-                );
-            }
-        }
-        if self.max_batch == 0 {
-            return invalid("ledger.max_batch", "0".into(), "must be at least 1");
-        }
-        if self.group_id.is_empty() || self.voucher_group_id.is_empty() {
-            return invalid("ledger.group_id", String::new(), "must not be empty");
-        }
-        Ok(())
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// "human" or "json".
-    pub format: String,
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,usage_aggregator::sink=debug`.
     pub filter: String,
 }
 
-impl Default for LogConfig {
+impl Default for Config {
+    /// The built-in defaults (the embedded `config/default.toml`), paths resolved.
     fn default() -> Self {
-        LogConfig {
-            format: "human".into(),
-            filter: "info".into(),
+        let fig = defaults_figment();
+        let mut cfg: Config = fig
+            .extract()
+            .expect("the embedded config/default.toml is a complete, valid configuration");
+        cfg.resolve_paths(&fig);
+        cfg
+    }
+}
+
+fn defaults_figment() -> Figment {
+    Figment::from(Toml::string(DEFAULT_TOML))
+}
+
+/// The layer a value came from.
+enum Layer<'a> {
+    Defaults,
+    File(&'a Path),
+    Environment,
+}
+
+fn layer_of(md: Option<&Metadata>) -> Layer<'_> {
+    match md {
+        Some(Metadata {
+            source: Some(Source::File(f)),
+            ..
+        }) => Layer::File(f),
+        Some(m) if m.name.contains("environment") => Layer::Environment,
+        _ => Layer::Defaults,
+    }
+}
+
+/// `USAGE_AGG__SECTION__KEY` variables. A value whose default is a string (or that has no
+/// default, like the password) stays the exact text; others are parsed as TOML scalars,
+/// except that decimals stay text so that money keeps every digit.
+struct EnvLayer(Vec<(Vec<String>, Value)>);
+
+impl EnvLayer {
+    fn new(defaults: &Figment) -> EnvLayer {
+        let mut vars = Vec::new();
+        for (k, v) in std::env::vars() {
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let textual = !matches!(
+                defaults.find_value(&path.join(".")),
+                Ok(Value::Num(..) | Value::Bool(..))
+            );
+            let value = if textual {
+                Value::from(v.clone())
+            } else {
+                match v.parse::<Value>() {
+                    Ok(Value::Num(_, n)) if n.to_f64().is_some_and(|f| f.fract() != 0.0) => {
+                        Value::from(v.clone())
+                    }
+                    Ok(parsed) => parsed,
+                    Err(_) => Value::from(v.clone()),
+                }
+            };
+            vars.push((path, value));
         }
+        EnvLayer(vars)
+    }
+}
+
+fn insert_nested(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if entry.as_dict().is_none() {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_nested(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (path, value) in &self.0 {
+            insert_nested(&mut dict, path, value.clone());
+        }
+        Ok(Profile::Default.collect(dict))
     }
 }
 
 impl Config {
-    /// Loads defaults, then `file` (if given), then the environment.
+    /// Loads the built-in defaults, then `file` (if given), then the environment; resolves
+    /// relative paths (against the config file's directory when the file set them, against
+    /// `./config/` for built-in defaults, against the current directory for the
+    /// environment), applies `kafka.prefix`, reads `clickhouse.password_file`, validates.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let defaults = defaults_figment();
+        let mut fig = defaults.clone();
         if let Some(f) = file {
+            if !f.is_file() {
+                return Err(ConfigError::File {
+                    key: "--config",
+                    path: f.display().to_string(),
+                    why: "no such file".into(),
+                });
+            }
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig = fig.merge(Env::prefixed("USAGE_AGG__").split("__"));
-        let cfg: Config = fig.extract().map_err(Box::new)?;
+        fig = fig.merge(EnvLayer::new(&defaults));
+        let mut cfg: Config = fig
+            .extract()
+            .map_err(|e| errors::render(e, &fig, &defaults))?;
+        cfg.resolve_paths(&fig);
+        cfg.apply_prefix();
+        cfg.read_password_file()?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Cross-field checks; each error names the key and value.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, value: String, why| Err(ConfigError::Invalid { key, value, why });
-        let rate = self.markup_rate().map_err(|_| ConfigError::Invalid {
-            key: "rollup.markup_rate",
-            value: self.rollup.markup_rate.clone(),
-            why: "must be a decimal string such as \"0.20\"",
-        })?;
-        if rate.is_sign_negative() || rate > Decimal::from(10) {
-            return invalid(
-                "rollup.markup_rate",
-                self.rollup.markup_rate.clone(),
-                "must be between 0 and 10",
-            );
-        }
-        if rate.normalize().scale() > MAX_MARKUP_RATE_SCALE {
-            return invalid(
-                "rollup.markup_rate",
-                self.rollup.markup_rate.clone(),
-                "may have at most 6 decimals",
-            );
-        }
-        if self.kafka.brokers.trim().is_empty() {
-            return invalid(
-                "kafka.brokers",
-                String::new(),
-                "must name at least one broker",
-            );
-        }
-        if self.rollup.max_open_executions == 0 {
-            return invalid(
-                "rollup.max_open_executions",
-                "0".into(),
-                "must be at least 1",
-            );
-        }
-        if self.rollup.execution_idle_timeout < Duration::from_millis(100) {
-            return invalid(
-                "rollup.execution_idle_timeout",
-                format!("{:?}", self.rollup.execution_idle_timeout),
-                "must be at least 100ms",
-            );
-        }
-        if self.topics.partitions < 1 || self.topics.output_partitions < 1 {
-            return invalid(
-                "topics.partitions",
-                self.topics.partitions.to_string(),
-                "must be at least 1",
-            );
-        }
-        if self.sink.batch_rows == 0 {
-            return invalid("sink.batch_rows", "0".into(), "must be at least 1");
-        }
-        for (key, v) in [
-            (
-                "alerts.account_hourly_credits",
-                &self.alerts.account_hourly_credits,
-            ),
-            ("alerts.execution_credits", &self.alerts.execution_credits),
-        ] {
-            if !v.is_empty() && v.parse::<Decimal>().is_err() {
-                return invalid(key, v.clone(), "must be a decimal string or empty");
+    fn resolve_paths(&mut self, fig: &Figment) {
+        let resolve = |key: &str, p: &Path| -> PathBuf {
+            if p.as_os_str().is_empty() || p.is_absolute() {
+                return p.to_path_buf();
             }
-        }
-        if !matches!(self.log.format.as_str(), "human" | "json") {
-            return invalid(
-                "log.format",
-                self.log.format.clone(),
-                "must be human or json",
-            );
-        }
-        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            return invalid("http.listen", self.http.listen.clone(), "must be host:port");
-        }
-        for t in [
-            &self.topics.usage_events,
-            &self.topics.price_catalog,
-            &self.topics.debits,
-            &self.topics.priced_usage,
-            &self.topics.dead_letter,
-            &self.topics.alerts,
-            &self.topics.state,
-            &self.topics.credit_grants,
-            &self.topics.balances,
-            &self.topics.credit_alerts,
-            &self.topics.ledger_state,
-            &self.topics.voucher_requests,
-            &self.topics.voucher_results,
-            &self.topics.voucher_state,
-        ] {
-            if t.is_empty() {
-                return invalid("topics", String::new(), "topic names must not be empty");
+            match layer_of(fig.find_metadata(key)) {
+                Layer::File(f) => f.parent().unwrap_or(Path::new("")).join(p),
+                Layer::Defaults => Path::new(DEFAULTS_DIR).join(p),
+                Layer::Environment => p.to_path_buf(),
             }
+        };
+        self.pricing.catalog_file = resolve("pricing.catalog_file", &self.pricing.catalog_file);
+        if let Some(f) = &self.clickhouse.password_file {
+            self.clickhouse.password_file = Some(resolve("clickhouse.password_file", f));
         }
-        self.ledger.validate()?;
-        if self.ledger.commit_interval * 4 > self.pipeline.transaction_timeout {
-            return invalid(
-                "ledger.commit_interval",
-                format!("{:?}", self.ledger.commit_interval),
-                "must be at most a quarter of pipeline.transaction_timeout",
-            );
+        if let Some(f) = &self.pipeline.marker_key_file {
+            self.pipeline.marker_key_file = Some(resolve("pipeline.marker_key_file", f));
         }
-        Ok(())
+        if let Some(f) = &self.ledger.api_token_file {
+            self.ledger.api_token_file = Some(resolve("ledger.api_token_file", f));
+        }
     }
 
-    pub fn markup_rate(&self) -> Result<Decimal, rust_decimal::Error> {
-        Decimal::from_str_exact(self.rollup.markup_rate.trim())
+    fn apply_prefix(&mut self) {
+        let prefix = std::mem::take(&mut self.kafka.prefix);
+        if prefix.is_empty() {
+            return;
+        }
+        let k = &mut self.kafka;
+        let t = &mut self.topics;
+        for name in [
+            &mut k.group_id,
+            &mut k.sink_group_id,
+            &mut k.alerts_group_id,
+            &mut self.ledger.group_id,
+            &mut self.ledger.voucher_group_id,
+            &mut t.usage_events,
+            &mut t.price_catalog,
+            &mut t.debits,
+            &mut t.priced_usage,
+            &mut t.dead_letter,
+            &mut t.alerts,
+            &mut t.state,
+            &mut t.credit_grants,
+            &mut t.balances,
+            &mut t.credit_alerts,
+            &mut t.ledger_state,
+            &mut t.voucher_requests,
+            &mut t.voucher_results,
+            &mut t.voucher_state,
+        ] {
+            name.insert_str(0, &prefix);
+        }
+    }
+
+    fn read_password_file(&mut self) -> Result<(), ConfigError> {
+        let Some(f) = &self.clickhouse.password_file else {
+            return Ok(());
+        };
+        if self.clickhouse.password.is_some() {
+            return Err(ConfigError::File {
+                key: "clickhouse.password_file",
+                path: f.display().to_string(),
+                why: "is set and so is USAGE_AGG__CLICKHOUSE__PASSWORD; keep one".into(),
+            });
+        }
+        match std::fs::read_to_string(f) {
+            Ok(p) => {
+                self.clickhouse.password = Some(p.trim_end().to_string());
+                Ok(())
+            }
+            Err(e) => Err(ConfigError::File {
+                key: "clickhouse.password_file",
+                path: f.display().to_string(),
+                why: format!("cannot be read: {e}"),
+            }),
+        }
     }
 
     /// The rollup rules this configuration implies.
     pub fn rollup_config(&self) -> RollupConfig {
+        let r = &self.rollup;
         RollupConfig {
-            markup_rate: self.markup_rate().unwrap_or(Decimal::new(20, 2)),
-            max_open_executions: self.rollup.max_open_executions,
-            dedupe_horizon: self.rollup.dedupe_horizon,
-            closed_horizon: self.rollup.closed_horizon,
-            closed_capacity: self.rollup.closed_capacity,
-            max_event_bytes: self.rollup.max_event_bytes,
+            markup_rate: r.markup_rate,
+            max_open_executions: r.max_open_executions,
+            dedupe_horizon: r.dedupe_horizon,
+            closed_horizon: r.closed_horizon,
+            closed_capacity: r.closed_capacity,
+            max_event_bytes: r.max_event_bytes,
         }
+    }
+
+    /// The effective settings, one `key = value` per line, secrets redacted: what `run`
+    /// logs at start.
+    pub fn effective_settings(&self) -> Vec<(String, String)> {
+        let k = &self.kafka;
+        let mut out = vec![
+            ("kafka.brokers".to_string(), k.brokers.clone()),
+            ("kafka.group_id".into(), k.group_id.clone()),
+            ("kafka.sink_group_id".into(), k.sink_group_id.clone()),
+            ("kafka.alerts_group_id".into(), k.alerts_group_id.clone()),
+            (
+                "kafka.session_timeout".into(),
+                show_duration(k.session_timeout),
+            ),
+            (
+                "kafka.instance_id".into(),
+                k.instance_id.clone().unwrap_or_else(|| "(none)".into()),
+            ),
+            (
+                "pipeline.delivery".into(),
+                serde_json::to_value(self.pipeline.delivery)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            ),
+        ];
+        for p in k.properties.keys() {
+            out.push((format!("kafka.properties.\"{p}\""), "(set)".into()));
+        }
+        for (key, name) in self.topics.all() {
+            out.push((key.into(), name.clone()));
+        }
+        let c = &self.clickhouse;
+        out.extend([
+            (
+                "pricing.catalog_file".into(),
+                self.pricing.catalog_file.display().to_string(),
+            ),
+            (
+                "rollup.markup_rate".into(),
+                self.rollup.markup_rate.to_string(),
+            ),
+            (
+                "rollup.execution_idle_timeout".into(),
+                show_duration(self.rollup.execution_idle_timeout),
+            ),
+            (
+                "pipeline.drain_timeout".into(),
+                show_duration(self.pipeline.drain_timeout),
+            ),
+            ("clickhouse.url".into(), c.url.clone()),
+            ("clickhouse.database".into(), c.database.clone()),
+            ("clickhouse.user".into(), c.user.clone()),
+            (
+                "clickhouse.password".into(),
+                match (&c.password, &c.password_file) {
+                    (_, Some(f)) => format!("(from {})", f.display()),
+                    (Some(_), None) => "(from USAGE_AGG__CLICKHOUSE__PASSWORD)".into(),
+                    (None, None) => "(none)".into(),
+                },
+            ),
+            ("http.listen".into(), self.http.listen.clone()),
+        ]);
+        out
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_default_file_is_valid_and_complete() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-        let file: Config = Figment::new()
-            .merge(Toml::file_exact(&path))
-            .extract()
-            .unwrap();
-        file.validate().unwrap();
-        assert_eq!(file.rollup.markup_rate, "0.20");
-    }
-
-    #[test]
-    fn errors_name_key_and_value() {
-        let mut c = Config::default();
-        c.rollup.markup_rate = "0.1234567".into();
-        let e = c.validate().unwrap_err().to_string();
-        assert!(
-            e.contains("rollup.markup_rate") && e.contains("0.1234567"),
-            "{e}"
-        );
-        c.rollup.markup_rate = "abc".into();
-        assert!(c.validate().unwrap_err().to_string().contains("abc"));
-    }
-
-    #[test]
-    fn unknown_keys_are_errors() {
-        let r: Result<Config, _> = Figment::new()
-            .merge(Toml::string("[rollup]\nmarkup = \"0.1\"\n"))
-            .extract();
-        assert!(r.unwrap_err().to_string().contains("markup"));
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn environment_overrides_file() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "[kafka]\nbrokers = \"file:1\"\n")?;
-            jail.set_env("USAGE_AGG__KAFKA__BROKERS", "env:2");
-            jail.set_env("USAGE_AGG__ROLLUP__EXECUTION_IDLE_TIMEOUT", "2s");
-            let c = Config::load(Some(Path::new("c.toml"))).unwrap();
-            assert_eq!(c.kafka.brokers, "env:2");
-            assert_eq!(c.rollup.execution_idle_timeout, Duration::from_secs(2));
-            Ok(())
-        });
-    }
-}
+mod tests;

@@ -198,7 +198,7 @@ pub fn decode_from(
         return Err(reject(
             RejectReason::Oversized,
             format!(
-                "payload is {} bytes, the limit is {max_bytes}; split the event or raise pipeline.max_event_bytes",
+                "payload is {} bytes, the limit is {max_bytes}; split the event or raise rollup.max_event_bytes",
                 payload.len()
             ),
         ));

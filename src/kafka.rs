@@ -21,6 +21,10 @@ pub fn client_config(cfg: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers);
     c.set("socket.keepalive.enable", "true");
+    c.set(
+        "socket.connection.setup.timeout.ms",
+        cfg.kafka.connect_timeout.as_millis().to_string(),
+    );
     for (k, v) in defaults {
         c.set(*k, *v);
     }
@@ -182,16 +186,26 @@ const CONSUMER_ONLY: [&str; 7] = [
     "partition.assignment.strategy",
 ];
 
-/// A consumer-group member's configuration, reading only committed transactions; the
-/// instance id ([`instance_id`]) becomes a static `group.instance.id` with a per-stage suffix
-/// so the pipeline, sink and alerts members stay distinct.
+/// A consumer-group member's configuration: the group semantics every stage shares (manual
+/// commit of explicitly stored offsets, from the earliest offset, `kafka.session_timeout`,
+/// only committed transactions), then the stage's own tuning `defaults`. The instance id
+/// ([`instance_id`]) becomes a static `group.instance.id` with a per-stage suffix so the
+/// pipeline, sink and alerts members stay distinct.
 pub fn group_config(
     cfg: &Config,
     group: &str,
     stage: &str,
     defaults: &[(&str, &str)],
 ) -> ClientConfig {
-    let mut c = client_config(cfg, defaults);
+    let session = cfg.kafka.session_timeout.as_millis().to_string();
+    let mut all = vec![
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("session.timeout.ms", session.as_str()),
+    ];
+    all.extend_from_slice(defaults);
+    let mut c = client_config(cfg, &all);
     c.set("group.id", group);
     if c.get("isolation.level").is_none() {
         c.set("isolation.level", "read_committed");

@@ -18,7 +18,6 @@ pub mod rows;
 pub mod stage;
 pub mod voucher;
 
-use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 
 use rust_decimal::Decimal;
@@ -60,7 +59,6 @@ pub fn rules(cfg: &Config) -> (LedgerRules, GrantRules) {
         .ledger
         .alert_thresholds
         .iter()
-        .filter_map(|t| Decimal::from_str(t).ok())
         .map(|d| d.normalize())
         .collect();
     thresholds.sort_by(|a, b| b.cmp(a));
@@ -71,7 +69,7 @@ pub fn rules(cfg: &Config) -> (LedgerRules, GrantRules) {
             debit_horizon: cfg.ledger.debit_dedupe_horizon,
         },
         GrantRules {
-            min_topup: Decimal::from_str(&cfg.ledger.min_topup).unwrap_or(Decimal::TEN),
+            min_topup: cfg.ledger.min_topup,
         },
     )
 }

@@ -1,19 +1,22 @@
-//! The `usage-aggregator` command line: run the service, set up topics and schema, publish a
-//! catalog, rate a file offline, replay dead letters, generate load, print a spend report,
-//! benchmark.
+//! The `usage-aggregator` command line: arguments in, one of the commands run (the service,
+//! setup, catalog publish/check, offline rating, dead-letter replay, load generation, spend
+//! report, benchmark),
+//! and an exit status out: 0 done, 1 failed (one `error:` line naming the key and value),
+//! 2 usage or configuration error, 3 `rate --strict` rejected events, 130 interrupted.
+//! A closed stdout (`| head`) ends a command quietly.
 
-use std::io::{BufReader, BufWriter, IsTerminal};
+mod commands;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use usage_aggregator::app::{self, Role};
-use usage_aggregator::catalog::Catalog;
-use usage_aggregator::config::Config;
-use usage_aggregator::loadgen::{Workload, WorkloadSpec};
-use usage_aggregator::rejection::RejectReason;
-use usage_aggregator::{bench, catalog_feed, kafka, offline, replay, report, sink};
+use rust_decimal::Decimal;
+use usage_aggregator::app::Role;
+use usage_aggregator::bench;
+use usage_aggregator::config::{Config, ConfigError, LogFormat};
+use usage_aggregator::logging::{self, LogSettings};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,13 +25,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "usage-aggregator",
     version,
-    about = "Prices AI-agent usage events from Kafka, rolls them up per execution (+markup), emits debits and writes analytics to ClickHouse."
+    about = "Prices AI-agent usage events from Kafka, rolls them up per execution (+markup), emits debits and writes analytics to ClickHouse.",
+    after_help = "Configuration: built-in defaults (config/default.toml) < --config FILE < environment USAGE_AGG__SECTION__KEY.\nExit status: 0 done, 1 failed, 2 usage or configuration error, 3 rate --strict rejected events, 130 interrupted."
 )]
 struct Cli {
-    /// Configuration file (TOML). Environment USAGE_AGG__SECTION__KEY overrides it.
-    #[arg(long, global = true, env = "USAGE_AGG_CONFIG")]
+    /// Configuration file (TOML); relative paths in it are resolved against its directory.
+    /// Environment variables USAGE_AGG__SECTION__KEY override it.
+    #[arg(long, global = true, env = "USAGE_AGG_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log as JSON lines instead of human-readable text.
+    /// Write logs and the final error as JSON lines (same as log.format = "json").
     #[arg(long, global = true)]
     log_json: bool,
     #[command(subcommand)]
@@ -39,16 +44,17 @@ struct Cli {
 enum Command {
     /// Run the service: rating pipeline, ClickHouse sink, spend alerts, HTTP endpoints.
     Run {
-        /// Which stages to run in this process.
+        /// Which stages this process runs.
         #[arg(long, value_enum, default_value = "all")]
         role: Role,
     },
-    /// Create the Kafka topics and apply ClickHouse migrations (idempotent).
+    /// Create the Kafka topics and apply ClickHouse migrations (idempotent). Checks that
+    /// both are reachable before changing anything.
     Setup {
-        /// Only Kafka topics.
-        #[arg(long)]
+        /// Only create Kafka topics.
+        #[arg(long, conflicts_with = "clickhouse_only")]
         kafka_only: bool,
-        /// Only ClickHouse migrations.
+        /// Only apply ClickHouse migrations.
         #[arg(long)]
         clickhouse_only: bool,
     },
@@ -58,16 +64,23 @@ enum Command {
         command: CatalogCommand,
     },
     /// Rate a JSON-lines file of events offline with the same core (stdin -> stdout).
+    /// Output lines are tagged: {"debit":..}, {"rejected":..}, {"line":..}.
     Rate {
         /// Catalog file (JSON array of price versions).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         catalog: PathBuf,
-        /// Markup rate for agent executions (decimal string).
-        #[arg(long)]
-        markup_rate: Option<String>,
-        /// Also write every priced usage line.
+        /// Markup rate for agent executions, a decimal such as 0.2 (default: rollup.markup_rate).
+        #[arg(long, value_name = "RATE", value_parser = parse_decimal)]
+        markup_rate: Option<Decimal>,
+        /// Also write every priced usage line ({"line":..}).
         #[arg(long)]
         lines: bool,
+        /// Exit with status 3 if any event was rejected.
+        #[arg(long)]
+        strict: bool,
+        /// Write rejected events to FILE (one JSON object per line) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
     },
     /// Dead-letter operations.
     DeadLetters {
@@ -75,24 +88,9 @@ enum Command {
         command: DeadLettersCommand,
     },
     /// Generate a realistic workload into the usage topic (or a file).
-    Loadgen(LoadgenArgs),
-    /// Print a spend summary from ClickHouse.
-    Report {
-        /// Only what was ingested in this recent period (e.g. 1h, 2d).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        since: Option<Duration>,
-        /// Only this account.
-        #[arg(long)]
-        account: Option<String>,
-        /// Rows in the top lists.
-        #[arg(long, default_value_t = 10)]
-        top: u32,
-        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
-        format: String,
-        /// Also spend per value of a dimension: dimension:KEY (repeatable).
-        #[arg(long = "group-by", value_parser = report::dimension::parse_group_by)]
-        group_by: Vec<String>,
-    },
+    Loadgen(commands::LoadgenArgs),
+    /// Print a spend summary from ClickHouse, e.g. for a billing period.
+    Report(commands::ReportArgs),
     /// End-to-end benchmark against the running services; prints figures and writes JSON.
     Bench(bench::BenchArgs),
     /// Credits ledger: top-ups, adjustments, redemptions, balances, history.
@@ -109,252 +107,176 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CatalogCommand {
-    /// Publish every price version of a catalog file to the catalog topic.
-    Publish { file: PathBuf },
-    /// Validate a catalog file and list its versions.
-    Check { file: PathBuf },
+    /// Publish the price versions of a catalog file that the catalog topic does not have.
+    /// The topic must exist and be compacted (run `setup`). A version that takes effect in
+    /// the past reprices past events and is refused unless --allow-retroactive.
+    Publish {
+        /// Catalog file (JSON array of price versions).
+        file: PathBuf,
+        /// Publish versions that take effect in the past (reprices events; see
+        /// docs/price-catalog.md).
+        #[arg(long)]
+        allow_retroactive: bool,
+    },
+    /// Validate a catalog file and list its versions with their prices; reports every
+    /// problem with its path.
+    Check {
+        /// Catalog file (JSON array of price versions).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: commands::CheckFormat,
+        /// Also compare with the catalog topic, as `publish` would (needs Kafka).
+        #[arg(long)]
+        against_topic: bool,
+        /// With --against-topic: accept versions that take effect in the past.
+        #[arg(long, requires = "against_topic")]
+        allow_retroactive: bool,
+    },
     /// Convert a price list kept in another tool's format into price versions.
-    Import(ImportArgs),
-}
-
-#[derive(clap::Args)]
-struct ImportArgs {
-    /// Format of FILE: `litellm` (model_prices_and_context_window.json).
-    #[arg(long, value_parser = ["litellm"])]
-    format: String,
-    /// The price list to convert.
-    file: PathBuf,
-    /// When the imported versions take effect (RFC 3339, e.g. 2026-07-01T00:00:00Z).
-    #[arg(long)]
-    effective_from: String,
-    /// Write the catalog (JSON array of price versions) here; stdout when absent.
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// Only models of this litellm_provider (repeatable).
-    #[arg(long = "provider")]
-    providers: Vec<String>,
-    /// Check the import together with this catalog (e.g. the one already published):
-    /// versions it would refuse (alias ambiguity, conflicting version) are reported and left out.
-    #[arg(long)]
-    with_catalog: Option<PathBuf>,
-    /// Also publish the imported versions to the catalog topic.
-    #[arg(long)]
-    publish: bool,
+    Import(commands::ImportArgs),
 }
 
 #[derive(Subcommand)]
 enum DeadLettersCommand {
     /// Re-publish rejected events' original payloads to the usage topic (e.g. after adding
     /// a missing price). Safe to repeat: what was billed once is a duplicate.
-    Replay(ReplayArgs),
+    Replay(commands::ReplayArgs),
 }
 
-#[derive(clap::Args)]
-struct ReplayArgs {
-    /// Only this reason (repeatable). Default: unknown_asset, no_price_at_time, unknown_unit.
-    #[arg(long = "reason", value_parser = replay::parse_reason)]
-    reasons: Vec<RejectReason>,
-    /// Only dead letters written at or after this time (RFC 3339, or an age such as 2h).
-    #[arg(long, value_parser = replay::parse_time)]
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only dead letters written before this time (RFC 3339, or an age such as 30m).
-    #[arg(long, value_parser = replay::parse_time)]
-    to: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only events of this account_id.
-    #[arg(long)]
-    account: Option<String>,
-    /// Print what would be re-sent (one JSON line each) and send nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Longest wait to read the dead-letter topic to its end.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-    timeout: Duration,
+fn parse_decimal(s: &str) -> Result<Decimal, String> {
+    Decimal::from_str_exact(s.trim()).map_err(|_| format!("\"{s}\" is not a decimal such as 0.2"))
 }
 
-#[derive(clap::Args)]
-struct LoadgenArgs {
-    #[arg(long, default_value_t = 1000)]
-    executions: u64,
-    #[arg(long, default_value_t = 1000)]
-    direct_calls: u64,
-    /// Fraction of events repeated (producer retries).
-    #[arg(long, default_value_t = 0.01)]
-    duplicates: f64,
-    /// Fraction of malformed or unpriceable events.
-    #[arg(long, default_value_t = 0.005)]
-    bad: f64,
-    /// Fraction of calls arriving after their execution finished.
-    #[arg(long, default_value_t = 0.002)]
-    late: f64,
-    #[arg(long, default_value_t = 50)]
-    accounts: u32,
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
-    /// Events per second; 0 = as fast as possible.
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
-    /// Prefix of ids (keeps runs apart).
-    #[arg(long, default_value = "demo")]
-    run_id: String,
-    /// Write JSON lines here instead of producing to Kafka.
-    #[arg(long)]
-    output: Option<PathBuf>,
+/// A command's verdict other than plain failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
 }
 
-fn init_logging(cfg: &Config, json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if json || cfg.log.format == "json" {
-        b.json().flatten_event(true).init();
-    } else {
-        b.init();
+fn config_message(e: &ConfigError) -> String {
+    match e {
+        ConfigError::Load(lines) if lines.len() > 1 => format!(
+            "invalid configuration ({} problems):\n  {}",
+            lines.len(),
+            lines.join("\n  ")
+        ),
+        other => format!("invalid configuration: {other}"),
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// An error and its causes, each message once (a cause already quoted by its parent is
+/// not repeated).
+fn render(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let m = c.to_string();
+        if out.contains(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(BrokenPipe)
+    })
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = Config::load(cli.config.as_deref())?;
-    init_logging(&cfg, cli.log_json);
-    match cli.command {
-        Command::Run { role } => app::run(cfg, role).await,
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            logging::early_error(&config_message(&e), cli.log_json);
+            return ExitCode::from(2);
+        }
+    };
+    let json = cli.log_json || cfg.log.format == LogFormat::Json;
+    let mut guard = logging::init(&LogSettings {
+        filter: &cfg.log.filter,
+        json,
+        quiet_kafka: !matches!(cli.command, Command::Run { .. }),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built");
+    let result = rt.block_on(dispatch(cli.command, cfg));
+    // Blocking tasks still running (a stuck write) must not hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.downcast_ref::<Exit>().map_or(1, |x| x.code);
+            guard.error(&render(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Run { role } => usage_aggregator::app::run(cfg, role).await,
         Command::Setup {
             kafka_only,
             clickhouse_only,
-        } => {
-            if !clickhouse_only {
-                let created = kafka::create_topics(&cfg).await?;
-                println!(
-                    "kafka topics created: {}",
-                    if created.is_empty() {
-                        "none (all exist)".into()
-                    } else {
-                        created.join(", ")
-                    }
-                );
-            }
-            if !kafka_only {
-                let ch = sink::client(&cfg.clickhouse)?;
-                let applied = sink::migrate::migrate(&ch, &cfg.clickhouse).await?;
-                println!(
-                    "clickhouse migrations applied: {applied:?} (database {})",
-                    cfg.clickhouse.database
-                );
-            }
-            Ok(())
-        }
+        } => commands::setup(&cfg, !clickhouse_only, !kafka_only).await,
         Command::Catalog {
-            command: CatalogCommand::Publish { file },
-        } => {
-            let c = read_catalog(&file)?;
-            let versions: Vec<_> = c.versions().cloned().collect();
-            let now = chrono::Utc::now();
-            for v in versions.iter().filter(|v| v.effective_from < now) {
-                tracing::debug!(asset = %v.asset_id, "version takes effect in the past: replays of older events may price differently");
-            }
-            let n = catalog_feed::publish(&cfg, &versions).await?;
-            println!(
-                "published {n} price versions to {}",
-                cfg.topics.price_catalog
-            );
-            Ok(())
-        }
+            command:
+                CatalogCommand::Publish {
+                    file,
+                    allow_retroactive,
+                },
+        } => commands::publish(&cfg, &file, allow_retroactive).await,
+        Command::Catalog {
+            command:
+                CatalogCommand::Check {
+                    file,
+                    format,
+                    against_topic,
+                    allow_retroactive,
+                },
+        } => commands::check(&cfg, &file, format, against_topic, allow_retroactive).await,
         Command::Catalog {
             command: CatalogCommand::Import(a),
-        } => import_catalog(&cfg, a).await,
-        Command::Catalog {
-            command: CatalogCommand::Check { file },
-        } => {
-            let bytes = std::fs::read(&file)
-                .with_context(|| format!("cannot read catalog file {}", file.display()))?;
-            let (c, errors) = Catalog::from_json_all_errors(&bytes)
-                .with_context(|| format!("catalog file {}", file.display()))?;
-            for v in c.versions() {
-                let mut aliases = v.aliases.clone();
-                aliases.extend(v.alias_patterns.iter().map(|p| format!("/{p}/")));
-                println!(
-                    "{:<32} {:<12} {}  {}{}",
-                    v.asset_id,
-                    v.asset_type.as_str(),
-                    v.version_label(),
-                    v.prices.keys().cloned().collect::<Vec<_>>().join(","),
-                    if aliases.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  aliases: {}", aliases.join(" "))
-                    }
-                );
-            }
-            for e in &errors {
-                eprintln!("refused: {e}");
-            }
-            anyhow::ensure!(
-                errors.is_empty(),
-                "{} of the versions in {} are refused (listed above)",
-                errors.len(),
-                file.display()
-            );
-            println!("{} versions ok", c.version_count());
-            Ok(())
-        }
+        } => commands::import_catalog(&cfg, a).await,
         Command::Rate {
             catalog,
             markup_rate,
             lines,
-        } => {
-            let c = read_catalog(&catalog)?;
-            let mut cfg = cfg;
-            if let Some(r) = markup_rate {
-                cfg.rollup.markup_rate = r;
-                cfg.validate()?;
-            }
-            let summary = offline::rate(
-                cfg.rollup_config(),
-                &c,
-                BufReader::new(std::io::stdin().lock()),
-                BufWriter::new(std::io::stdout().lock()),
-                lines,
-            )?;
-            eprintln!(
-                "rated {} events: {} debits, {} rejected",
-                summary.events, summary.debits, summary.rejected
-            );
-            Ok(())
-        }
+            strict,
+            rejects,
+        } => commands::rate(
+            cfg,
+            &catalog,
+            markup_rate,
+            lines,
+            strict,
+            rejects.as_deref(),
+        ),
         Command::DeadLetters {
             command: DeadLettersCommand::Replay(a),
-        } => replay_dead_letters(&cfg, a),
-        Command::Loadgen(a) => loadgen(&cfg, a).await,
-        Command::Report {
-            since,
-            account,
-            top,
-            format,
-            group_by,
-        } => {
-            let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
-            let f = report::ReportFilter {
-                since: since.map(|d| chrono::Utc::now().timestamp() - d.as_secs() as i64),
-                account,
-                top,
-            };
-            let mut r = report::build(&ch, &f).await?;
-            for key in &group_by {
-                r.groups.push(report::dimension::build(&ch, &f, key).await?);
-            }
-            if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", report::render_text(&r));
-            }
-            Ok(())
+        } => commands::replay_dead_letters(&cfg, a).await,
+        Command::Loadgen(a) => commands::loadgen(&cfg, a).await,
+        Command::Report(a) => commands::report(&cfg, a).await,
+        Command::Bench(a) => {
+            usage_aggregator::preflight::Kafka::connect(&cfg).await?;
+            bench::run(&cfg, a).await
         }
-        Command::Bench(a) => bench::run(&cfg, a).await,
         Command::Credits { command } => usage_aggregator::ledger::cli::credits(&cfg, command).await,
         Command::Vouchers { command } => {
             usage_aggregator::ledger::cli::vouchers(&cfg, command).await
@@ -362,166 +284,39 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn replay_dead_letters(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
-    let filter = replay::ReplayFilter {
-        reasons: a.reasons,
-        from: a.from,
-        to: a.to,
-        account: a.account,
-    };
-    let letters = tokio::task::block_in_place(|| replay::read_dead_letters(cfg, a.timeout))?;
-    let chosen = replay::select(&letters, &filter, &cfg.topics.usage_events)?;
-    if a.dry_run {
-        for r in &chosen {
-            let mut v = serde_json::to_value(r)?;
-            v["payload"] = String::from_utf8_lossy(&r.payload).into_owned().into();
-            println!("{v}");
-        }
-        eprintln!(
-            "dry run: would re-send {} of {} dead letters to {}",
-            chosen.len(),
-            letters.len(),
-            cfg.topics.usage_events
-        );
-        return Ok(());
-    }
-    let n = tokio::task::block_in_place(|| replay::publish(cfg, &chosen))?;
-    println!(
-        "re-sent {n} of {} dead letters to {}",
-        letters.len(),
-        cfg.topics.usage_events
-    );
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `catalog import`: converts, reports every skipped model on stderr, writes, publishes.
-async fn import_catalog(cfg: &Config, a: ImportArgs) -> anyhow::Result<()> {
-    use usage_aggregator::catalog::litellm;
-    let effective_from = chrono::DateTime::parse_from_rfc3339(&a.effective_from)
-        .with_context(|| format!("--effective-from {} is not RFC 3339", a.effective_from))?
-        .with_timezone(&chrono::Utc);
-    let bytes =
-        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-    let opts = litellm::ImportOptions {
-        effective_from,
-        providers: a.providers.iter().cloned().collect(),
-    };
-    let (mut versions, mut report) =
-        litellm::import(&bytes, &opts).with_context(|| format!("{}", a.file.display()))?;
-    if let Some(path) = &a.with_catalog {
-        let mut base = read_catalog(path)?;
-        versions.retain(|v| match base.insert(v.clone()) {
-            Ok(_) => true,
-            Err(e) => {
-                report.imported.retain(|_, asset| *asset != v.asset_id);
-                report.skipped.insert(
-                    v.asset_id.clone(),
-                    format!("refused next to {}: {e}", path.display()),
-                );
-                false
-            }
-        });
+    #[test]
+    fn causes_are_printed_once() {
+        let inner = anyhow::anyhow!("connection refused");
+        let e = inner
+            .context("cannot connect: connection refused")
+            .context("setup");
+        assert_eq!(render(&e), "setup: cannot connect: connection refused");
     }
-    for (key, why) in &report.skipped {
-        eprintln!("skipped {key}: {why}");
-    }
-    for (key, n) in &report.not_imported_rates {
-        eprintln!("not imported: {key} on {n} models (the standard rate is imported)");
-    }
-    if !report.zero_priced.is_empty() {
-        eprintln!(
-            "priced 0 as written in the file: {}",
-            report.zero_priced.join(", ")
-        );
-    }
-    eprintln!(
-        "imported {} models as {} price versions effective from {}; skipped {}",
-        report.imported.len(),
-        versions.len(),
-        a.effective_from,
-        report.skipped.len()
-    );
-    let json = serde_json::to_string_pretty(&versions)? + "\n";
-    // The written file must load as a catalog on its own.
-    Catalog::from_json(json.as_bytes()).context("imported catalog does not load")?;
-    match &a.output {
-        Some(path) => std::fs::write(path, &json)
-            .with_context(|| format!("cannot write {}", path.display()))?,
-        None => print!("{json}"),
-    }
-    if a.publish {
-        let n = catalog_feed::publish(cfg, &versions).await?;
-        eprintln!(
-            "published {n} price versions to {}",
-            cfg.topics.price_catalog
-        );
-    }
-    Ok(())
-}
 
-fn read_catalog(path: &std::path::Path) -> anyhow::Result<Catalog> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read catalog file {}", path.display()))?;
-    Catalog::from_json(&bytes).with_context(|| format!("catalog file {}", path.display()))
-}
-
-async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
-    let catalog = read_catalog(&cfg.pricing.catalog_file)?;
-    let spec = WorkloadSpec {
-        executions: a.executions,
-        direct_calls: a.direct_calls,
-        duplicates: a.duplicates,
-        bad: a.bad,
-        late: a.late,
-        accounts: a.accounts,
-        seed: a.seed,
-        run_id: a.run_id,
-        ..Default::default()
-    };
-    let estimate = a.executions * 26 + a.direct_calls;
-    let bar = indicatif::ProgressBar::new(estimate);
-    if std::io::stderr().is_terminal() {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}",
-            )
-            .expect("valid template"),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let started = Instant::now();
-    let mut n = 0u64;
-    if let Some(path) = a.output {
-        use std::io::Write;
-        let mut w = BufWriter::new(std::fs::File::create(&path)?);
-        for g in Workload::new(spec, &catalog) {
-            w.write_all(&g.payload)?;
-            w.write_all(b"\n")?;
-            n += 1;
-            bar.inc(1);
-        }
-        w.flush()?;
-    } else {
-        let producer = bench::Loader::new(cfg)?;
-        for g in Workload::new(spec, &catalog) {
-            producer.send(&cfg.topics.usage_events, &g.key, &g.payload)?;
-            n += 1;
-            bar.inc(1);
-            if a.rate > 0 {
-                let due = Duration::from_secs_f64(n as f64 / a.rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
                 }
+                assert!(a.get_help().is_some(), "{path} --{id} has no help");
+            }
+            for s in c.get_subcommands() {
+                assert!(
+                    s.get_about().is_some(),
+                    "{path} {} has no help",
+                    s.get_name()
+                );
+                walk(s, &format!("{path} {}", s.get_name()));
             }
         }
-        producer.flush()?;
+        walk(&Cli::command(), "usage-aggregator");
     }
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "generated {n} events in {secs:.1} s ({:.0} events/s)",
-        n as f64 / secs.max(1e-9)
-    );
-    Ok(())
 }

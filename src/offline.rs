@@ -1,7 +1,9 @@
 //! Offline rating: JSON lines of events in, JSON lines of debits, rejections and (optionally)
 //! priced lines out, through the very same rollup the pipeline runs. At end of input every
-//! open execution closes, as if idle.
+//! open execution closes, as if idle. Rejections go to their own writer when one is given;
+//! the summary counts events, debits, rejections by reason and duplicates.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
 use serde::Serialize;
@@ -9,7 +11,7 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::debit::{Debit, PricedLine};
 use crate::rejection::RejectReason;
-use crate::rollup::{Output, PartitionRollup, RollupConfig};
+use crate::rollup::{Outcome, Output, PartitionRollup, RollupConfig};
 
 #[derive(Serialize)]
 struct RejectedRecord<'a> {
@@ -30,9 +32,40 @@ enum Record<'a> {
 /// Totals of one offline run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RateSummary {
+    /// Non-blank input lines.
     pub events: u64,
     pub debits: u64,
     pub rejected: u64,
+    /// Repeats of an event id already seen with the same content (dropped, not billed).
+    pub duplicates: u64,
+    /// Rejections per reason code.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Display for RateSummary {
+    /// `rated 4 events: 1 debits, 1 rejected (invalid_json 1), 0 duplicates`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rated {} events: {} debits, {} rejected",
+            self.events, self.debits, self.rejected
+        )?;
+        if !self.rejected_by_reason.is_empty() {
+            let by: Vec<String> = self
+                .rejected_by_reason
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            write!(f, " ({})", by.join(", "))?;
+        }
+        write!(f, ", {} duplicates", self.duplicates)
+    }
+}
+
+/// Where rejections go: tagged records in the main output, or plain records to their own.
+pub enum Rejects<'a> {
+    Inline,
+    To(&'a mut dyn Write),
 }
 
 /// Rates every line of `input` (line number = offset, partition 0) and writes records.
@@ -42,6 +75,7 @@ pub fn rate<R: BufRead, W: Write>(
     input: R,
     mut output: W,
     with_lines: bool,
+    mut rejects: Rejects<'_>,
 ) -> std::io::Result<RateSummary> {
     let mut rollup = PartitionRollup::new(cfg, 0);
     let mut out = Vec::new();
@@ -57,9 +91,12 @@ pub fn rate<R: BufRead, W: Write>(
             continue;
         }
         summary.events += 1;
-        rollup.process(offset, &line, catalog, 0, &mut out);
+        if rollup.process(offset, &line, catalog, 0, &mut out) == Outcome::Duplicate {
+            summary.duplicates += 1;
+        }
         write_outputs(
             &mut output,
+            &mut rejects,
             &mut out,
             offset,
             &line,
@@ -69,13 +106,25 @@ pub fn rate<R: BufRead, W: Write>(
         offset += 1;
     }
     rollup.close_all(&mut out);
-    write_outputs(&mut output, &mut out, offset, b"", with_lines, &mut summary)?;
+    write_outputs(
+        &mut output,
+        &mut rejects,
+        &mut out,
+        offset,
+        b"",
+        with_lines,
+        &mut summary,
+    )?;
     output.flush()?;
+    if let Rejects::To(w) = &mut rejects {
+        w.flush()?;
+    }
     Ok(summary)
 }
 
 fn write_outputs<W: Write>(
     w: &mut W,
+    rejects: &mut Rejects<'_>,
     out: &mut Vec<Output>,
     offset: i64,
     payload: &[u8],
@@ -92,12 +141,22 @@ fn write_outputs<W: Write>(
             Output::Line(_) => continue,
             Output::Rejected(r) => {
                 summary.rejected += 1;
-                Record::Rejected(RejectedRecord {
+                *summary
+                    .rejected_by_reason
+                    .entry(r.reason.as_str().to_string())
+                    .or_default() += 1;
+                let rec = RejectedRecord {
                     line: offset + 1,
                     reason: r.reason,
                     message: &r.message,
                     payload: String::from_utf8_lossy(payload).into_owned(),
-                })
+                };
+                if let Rejects::To(to) = rejects {
+                    serde_json::to_writer(&mut **to, &rec)?;
+                    to.write_all(b"\n")?;
+                    continue;
+                }
+                Record::Rejected(rec)
             }
         };
         serde_json::to_writer(&mut *w, &rec)?;

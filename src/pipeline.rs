@@ -902,10 +902,6 @@ impl Pipeline {
             &cfg.kafka.group_id,
             "pipeline",
             &[
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),
                 ("max.poll.interval.ms", "300000"),
                 ("statistics.interval.ms", "1000"),

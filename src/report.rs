@@ -1,10 +1,19 @@
-//! Spend report: ClickHouse tables in, readable tables (or JSON) out: spend per account, per
-//! asset type, top executions with their breakdown, rejects by reason.
+//! Spend report: ClickHouse tables and a window in, a [`Report`] out (spend per account, per
+//! asset type, top executions with their breakdown, rejects by reason), rendered as aligned
+//! text (amounts rounded for display only), exact JSON, or exact CSV of the account table.
+//!
+//! Windows: `from`/`to` select by **event time** (a debit by its first event, a priced call
+//! by `occurred_at`), half-open `[from, to)`; `since` selects by ingestion time. Rejected
+//! events have no trusted event time: the same window applies to their ingestion time.
 
-use rust_decimal::Decimal;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 
 pub mod dimension;
+
+/// Decimals shown in the text tables (JSON and CSV are exact).
+pub const DISPLAY_DECIMALS: u32 = 4;
 
 fn dec(v: i128, scale: u32) -> Decimal {
     Decimal::try_from_i128_with_scale(v, scale)
@@ -12,12 +21,36 @@ fn dec(v: i128, scale: u32) -> Decimal {
         .normalize()
 }
 
-#[derive(Debug, Clone, Default)]
+/// Which rows a report covers.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ReportFilter {
-    /// Only debits/rows ingested at or after this unix time.
-    pub since: Option<i64>,
+    /// Event time, inclusive.
+    pub from: Option<DateTime<Utc>>,
+    /// Event time, exclusive.
+    pub to: Option<DateTime<Utc>>,
+    /// Ingestion time, inclusive.
+    pub ingested_since: Option<DateTime<Utc>>,
     pub account: Option<String>,
+    /// Rows in the top lists; 0 = all.
     pub top: u32,
+}
+
+/// Parses `--from`/`--to`: RFC 3339 (`2026-10-01T00:00:00Z`, any offset) or a UTC date
+/// (`2026-10-01`). A date given as an end means the end of that day, so `--from 2026-10-01
+/// --to 2026-10-31` is all of October.
+pub fn parse_instant(s: &str, end: bool) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Ok(d) => {
+            let d = if end { d.succ_opt().unwrap_or(d) } else { d };
+            Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+        }
+        Err(_) => Err(format!(
+            "\"{s}\" is neither a date (2026-10-01, UTC) nor an RFC 3339 time (2026-10-01T12:00:00Z)"
+        )),
+    }
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -52,24 +85,94 @@ struct RejectRow {
     events: u64,
 }
 
+#[derive(Debug, Serialize, PartialEq)]
+pub struct AccountSpend {
+    pub account_id: String,
+    pub debits: u64,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub markup: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TypeSpend {
+    pub asset_type: String,
+    pub calls: u64,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cost: Decimal,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct AssetCost {
+    pub asset_id: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cost: Decimal,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ExecutionSpend {
+    pub execution_id: String,
+    pub account_id: String,
+    pub calls: u32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub breakdown: Vec<AssetCost>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RejectCount {
+    pub reason: String,
+    pub events: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Totals {
+    pub debits: u64,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub markup: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+}
+
+/// The report; amounts are exact decimals (strings in JSON), in credits.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub accounts: Vec<serde_json::Value>,
-    pub asset_types: Vec<serde_json::Value>,
-    pub top_executions: Vec<serde_json::Value>,
-    pub rejects: Vec<serde_json::Value>,
-    pub totals: serde_json::Value,
+    pub generated_at: DateTime<Utc>,
+    pub window: ReportFilter,
+    pub accounts: Vec<AccountSpend>,
+    /// Accounts with debits in the window (`accounts` may show fewer: `top`).
+    pub accounts_total: u64,
+    pub asset_types: Vec<TypeSpend>,
+    pub top_executions: Vec<ExecutionSpend>,
+    /// Execution debits in the window.
+    pub executions_total: u64,
+    pub rejects: Vec<RejectCount>,
+    pub totals: Totals,
     /// `--group-by dimension:KEY` sections ([`dimension::build`]), in the order asked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<serde_json::Value>,
 }
 
-fn filter_sql(f: &ReportFilter, time_col: &str) -> String {
+/// `WHERE` clause over a table whose event-time column is `event_col`.
+fn filter_sql(f: &ReportFilter, event_col: Option<&str>, with_account: bool) -> String {
     let mut w = vec!["1".to_string()];
-    if let Some(s) = f.since {
-        w.push(format!("{time_col} >= toDateTime({s})"));
+    if let Some(col) = event_col {
+        if let Some(t) = f.from {
+            w.push(format!("{col} >= toDateTime({})", t.timestamp()));
+        }
+        if let Some(t) = f.to {
+            w.push(format!("{col} < toDateTime({})", t.timestamp()));
+        }
     }
-    if f.account.is_some() {
+    if let Some(t) = f.ingested_since {
+        w.push(format!("ingested_at >= toDateTime({})", t.timestamp()));
+    }
+    if with_account && f.account.is_some() {
         w.push("account_id = ?".into());
     }
     w.join(" AND ")
@@ -82,111 +185,320 @@ fn bind(q: clickhouse::query::Query, f: &ReportFilter) -> clickhouse::query::Que
     }
 }
 
-pub async fn build(ch: &clickhouse::Client, f: &ReportFilter) -> anyhow::Result<Report> {
-    let top = f.top.max(1);
-    let w = filter_sql(f, "ingested_at");
+/// Errors of [`build`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("account \"{0}\" has no debits at all; check the id (ids are case-sensitive)")]
+    UnknownAccount(String),
+    #[error(transparent)]
+    ClickHouse(#[from] clickhouse::error::Error),
+}
+
+/// Runs the report's queries.
+pub async fn build(ch: &clickhouse::Client, f: &ReportFilter) -> Result<Report, ReportError> {
+    if let Some(a) = &f.account {
+        let n: u64 = ch
+            .query("SELECT count() FROM debits WHERE account_id = ?")
+            .bind(a)
+            .fetch_one()
+            .await?;
+        if n == 0 {
+            return Err(ReportError::UnknownAccount(a.clone()));
+        }
+    }
+    let limit = if f.top == 0 {
+        String::new()
+    } else {
+        format!(" LIMIT {}", f.top)
+    };
+    let w = filter_sql(f, Some("first_event_at"), true);
     let accounts: Vec<AccountRow> = bind(ch.query(&format!(
-        "SELECT account_id, count() AS debits, sum(subtotal) AS subtotal, sum(markup) AS markup, sum(total) AS total FROM debits WHERE {w} GROUP BY account_id ORDER BY total DESC, account_id LIMIT {top}"
+        "SELECT account_id, count() AS debits, sum(subtotal) AS subtotal, sum(markup) AS markup, sum(total) AS total FROM debits WHERE {w} GROUP BY account_id ORDER BY total DESC, account_id{limit}"
     )), f).fetch_all().await?;
+    let tw = filter_sql(f, Some("occurred_at"), true);
     let types: Vec<TypeRow> = bind(ch.query(&format!(
-        "SELECT asset_type, count() AS calls, sum(cost) AS cost FROM usage_transactions WHERE {w} GROUP BY asset_type ORDER BY cost DESC"
+        "SELECT asset_type, count() AS calls, sum(cost) AS cost FROM usage_transactions WHERE {tw} GROUP BY asset_type ORDER BY cost DESC, asset_type"
     )), f).fetch_all().await?;
     let execs: Vec<ExecRow> = bind(ch.query(&format!(
-        "SELECT execution_id, account_id, total, calls, breakdown_assets, breakdown_costs FROM debits WHERE {w} AND kind = 'agent_execution' ORDER BY total DESC, debit_id LIMIT {top}"
+        "SELECT execution_id, account_id, total, calls, breakdown_assets, breakdown_costs FROM debits WHERE {w} AND kind = 'agent_execution' ORDER BY total DESC, debit_id{limit}"
     )), f).fetch_all().await?;
+    // Rejected events: the same window applied to their ingestion time.
+    let rw = filter_sql(f, Some("ingested_at"), false);
     let rejects: Vec<RejectRow> = ch
         .query(&format!(
-            "SELECT reason, count() AS events FROM dead_letters WHERE {} GROUP BY reason ORDER BY events DESC",
-            filter_sql(&ReportFilter { account: None, ..f.clone() }, "ingested_at")
+            "SELECT reason, count() AS events FROM dead_letters WHERE {rw} GROUP BY reason ORDER BY events DESC, reason"
         ))
         .fetch_all()
         .await?;
-    let (n, total): (u64, i128) = bind(
-        ch.query(&format!("SELECT count(), sum(total) FROM debits WHERE {w}")),
+    let (n, accounts_total, subtotal, markup, total): (u64, u64, i128, i128, i128) = bind(
+        ch.query(&format!(
+            "SELECT count(), uniqExact(account_id), sum(subtotal), sum(markup), sum(total) FROM debits WHERE {w}"
+        )),
+        f,
+    )
+    .fetch_one()
+    .await?;
+    let executions_total: u64 = bind(
+        ch.query(&format!(
+            "SELECT count() FROM debits WHERE {w} AND kind = 'agent_execution'"
+        )),
         f,
     )
     .fetch_one()
     .await?;
     Ok(Report {
-        accounts: accounts.iter().map(|a| serde_json::json!({
-            "account_id": a.account_id, "debits": a.debits,
-            "subtotal": dec(a.subtotal, 18).to_string(), "markup": dec(a.markup, 18).to_string(), "total": dec(a.total, 18).to_string()})).collect(),
-        asset_types: types.iter().map(|t| serde_json::json!({"asset_type": t.asset_type, "calls": t.calls, "cost": dec(t.cost, 12).to_string()})).collect(),
-        top_executions: execs.iter().map(|e| serde_json::json!({
-            "execution_id": e.execution_id, "account_id": e.account_id, "calls": e.calls, "total": dec(e.total, 18).to_string(),
-            "breakdown": e.breakdown_assets.iter().zip(&e.breakdown_costs).map(|(a, c)| serde_json::json!({"asset_id": a, "cost": dec(*c, 12).to_string()})).collect::<Vec<_>>()})).collect(),
-        rejects: rejects.iter().map(|r| serde_json::json!({"reason": r.reason, "events": r.events})).collect(),
-        totals: serde_json::json!({"debits": n, "total": dec(total, 18).to_string()}),
+        generated_at: Utc::now(),
+        window: f.clone(),
+        accounts: accounts
+            .into_iter()
+            .map(|a| AccountSpend {
+                account_id: a.account_id,
+                debits: a.debits,
+                subtotal: dec(a.subtotal, 18),
+                markup: dec(a.markup, 18),
+                total: dec(a.total, 18),
+            })
+            .collect(),
+        accounts_total,
+        asset_types: types
+            .into_iter()
+            .map(|t| TypeSpend {
+                asset_type: t.asset_type,
+                calls: t.calls,
+                cost: dec(t.cost, 12),
+            })
+            .collect(),
+        top_executions: execs
+            .into_iter()
+            .map(|e| ExecutionSpend {
+                breakdown: e
+                    .breakdown_assets
+                    .iter()
+                    .zip(&e.breakdown_costs)
+                    .map(|(a, c)| AssetCost {
+                        asset_id: a.clone(),
+                        cost: dec(*c, 12),
+                    })
+                    .collect(),
+                execution_id: e.execution_id,
+                account_id: e.account_id,
+                calls: e.calls,
+                total: dec(e.total, 18),
+            })
+            .collect(),
+        executions_total,
+        rejects: rejects
+            .into_iter()
+            .map(|r| RejectCount {
+                reason: r.reason,
+                events: r.events,
+            })
+            .collect(),
+        totals: Totals {
+            debits: n,
+            subtotal: dec(subtotal, 18),
+            markup: dec(markup, 18),
+            total: dec(total, 18),
+        },
         groups: Vec::new(),
     })
 }
 
-fn s(v: &serde_json::Value, k: &str) -> String {
-    match &v[k] {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// An amount for display: rounded half away from zero to [`DISPLAY_DECIMALS`], all decimals
+/// written, so that columns align.
+pub fn display_amount(d: Decimal) -> String {
+    let mut r = d.round_dp_with_strategy(DISPLAY_DECIMALS, RoundingStrategy::MidpointAwayFromZero);
+    r.rescale(DISPLAY_DECIMALS);
+    r.to_string()
+}
+
+fn window_text(r: &Report) -> String {
+    let w = &r.window;
+    let t = |d: &DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let mut parts = Vec::new();
+    match (&w.from, &w.to) {
+        (None, None) => parts.push("all event times".to_string()),
+        (f, to) => parts.push(format!(
+            "event time {} .. {}",
+            f.as_ref().map_or("start".into(), t),
+            to.as_ref().map_or("now".into(), t)
+        )),
+    }
+    if let Some(s) = &w.ingested_since {
+        parts.push(format!("ingested since {}", t(s)));
+    }
+    if let Some(a) = &w.account {
+        parts.push(format!("account {a}"));
+    }
+    format!(
+        "Spend report: {}; generated {}",
+        parts.join(", "),
+        t(&r.generated_at)
+    )
+}
+
+fn shown(n: usize, total: u64) -> String {
+    if n as u64 == total {
+        format!("{total}")
+    } else {
+        format!("{n} of {total}")
     }
 }
 
-/// Renders the report as plain-text tables.
+/// Renders the report as plain-text tables (amounts rounded for display; use JSON or CSV
+/// for exact figures).
 pub fn render_text(r: &Report) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let _ = writeln!(o, "Spend by account (credits)");
+    let _ = writeln!(o, "{}", window_text(r));
     let _ = writeln!(
         o,
-        "{:<28} {:>8} {:>22} {:>22} {:>22}",
+        "Amounts in credits, rounded to {DISPLAY_DECIMALS} decimals for display (--format json or csv is exact).\n"
+    );
+    let _ = writeln!(
+        o,
+        "Spend by account ({} accounts)",
+        shown(r.accounts.len(), r.accounts_total)
+    );
+    let _ = writeln!(
+        o,
+        "{:<28} {:>8} {:>18} {:>18} {:>18}",
         "account", "debits", "subtotal", "markup", "total"
     );
     for a in &r.accounts {
         let _ = writeln!(
             o,
-            "{:<28} {:>8} {:>22} {:>22} {:>22}",
-            s(a, "account_id"),
-            s(a, "debits"),
-            s(a, "subtotal"),
-            s(a, "markup"),
-            s(a, "total")
+            "{:<28} {:>8} {:>18} {:>18} {:>18}",
+            a.account_id,
+            a.debits,
+            display_amount(a.subtotal),
+            display_amount(a.markup),
+            display_amount(a.total)
         );
     }
-    let _ = writeln!(o, "\nSpend by asset type (vendor cost)");
+    let _ = writeln!(o, "\nSpend by asset type (vendor cost, before markup)");
     for t in &r.asset_types {
         let _ = writeln!(
             o,
-            "{:<14} {:>10} calls {:>22}",
-            s(t, "asset_type"),
-            s(t, "calls"),
-            s(t, "cost")
+            "{:<14} {:>10} calls {:>18}",
+            t.asset_type,
+            t.calls,
+            display_amount(t.cost)
         );
     }
-    let _ = writeln!(o, "\nTop executions");
+    let _ = writeln!(
+        o,
+        "\nTop executions ({})",
+        shown(r.top_executions.len(), r.executions_total)
+    );
     for e in &r.top_executions {
         let _ = writeln!(
             o,
-            "{:<30} {:<20} {:>5} calls  total {:>20}",
-            s(e, "execution_id"),
-            s(e, "account_id"),
-            s(e, "calls"),
-            s(e, "total")
+            "{:<30} {:<20} {:>5} calls  total {:>18}",
+            e.execution_id,
+            e.account_id,
+            e.calls,
+            display_amount(e.total)
         );
-        if let Some(b) = e["breakdown"].as_array() {
-            for x in b {
-                let _ = writeln!(o, "    {:<40} {:>20}", s(x, "asset_id"), s(x, "cost"));
-            }
+        for x in &e.breakdown {
+            let _ = writeln!(o, "    {:<40} {:>18}", x.asset_id, display_amount(x.cost));
         }
     }
-    let _ = writeln!(o, "\nRejected events (not billed) by reason");
+    let _ = writeln!(
+        o,
+        "\nRejected events (not billed) by reason, by ingestion time"
+    );
     for x in &r.rejects {
-        let _ = writeln!(o, "{:<24} {:>8}", s(x, "reason"), s(x, "events"));
+        let _ = writeln!(o, "{:<24} {:>8}", x.reason, x.events);
     }
     for g in &r.groups {
         o.push_str(&dimension::render(g));
     }
     let _ = writeln!(
         o,
-        "\nTotal: {} debits, {} credits",
-        s(&r.totals, "debits"),
-        s(&r.totals, "total")
+        "\nTotal: {} debits, {} credits (exact: {})",
+        r.totals.debits,
+        display_amount(r.totals.total),
+        r.totals.total
     );
     o
+}
+
+/// Writes the account table as CSV (header, one row per account), amounts exact.
+/// I/O errors keep their kind (a closed pipe stays `BrokenPipe`).
+pub fn write_csv<W: std::io::Write>(r: &Report, w: W) -> std::io::Result<()> {
+    let io = |e: csv::Error| match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => std::io::Error::other(format!("{other:?}")),
+    };
+    let mut c = csv::Writer::from_writer(w);
+    c.write_record(["account_id", "debits", "subtotal", "markup", "total"])
+        .map_err(io)?;
+    for a in &r.accounts {
+        c.write_record([
+            a.account_id.clone(),
+            a.debits.to_string(),
+            a.subtotal.to_string(),
+            a.markup.to_string(),
+            a.total.to_string(),
+        ])
+        .map_err(io)?;
+    }
+    c.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_instants() {
+        assert_eq!(
+            parse_instant("2026-10-01", false).unwrap().to_rfc3339(),
+            "2026-10-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_instant("2026-10-31", true).unwrap().to_rfc3339(),
+            "2026-11-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_instant("2026-10-01T02:00:00+02:00", true)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-10-01T00:00:00+00:00"
+        );
+        assert!(
+            parse_instant("yesterday", false)
+                .unwrap_err()
+                .contains("yesterday")
+        );
+    }
+
+    #[test]
+    fn display_rounding_is_half_away_from_zero_and_aligned() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(display_amount(d("0.00005")), "0.0001");
+        assert_eq!(display_amount(d("0.00004")), "0.0000");
+        assert_eq!(display_amount(d("12")), "12.0000");
+        assert_eq!(display_amount(d("-0.00005")), "-0.0001");
+    }
+
+    #[test]
+    fn filters() {
+        let f = ReportFilter {
+            from: Some(parse_instant("2026-10-01", false).unwrap()),
+            to: Some(parse_instant("2026-10-31", true).unwrap()),
+            account: Some("a".into()),
+            ..Default::default()
+        };
+        let w = filter_sql(&f, Some("first_event_at"), true);
+        assert_eq!(
+            w,
+            "1 AND first_event_at >= toDateTime(1790812800) AND first_event_at < toDateTime(1793491200) AND account_id = ?"
+        );
+        assert_eq!(
+            filter_sql(&f, Some("ingested_at"), false),
+            "1 AND ingested_at >= toDateTime(1790812800) AND ingested_at < toDateTime(1793491200)"
+        );
+    }
 }

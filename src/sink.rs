@@ -210,10 +210,6 @@ impl Sink {
             &cfg.kafka.sink_group_id,
             "sink",
             &[
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
                 ("statistics.interval.ms", "1000"),
                 ("queued.max.messages.kbytes", "65536"),
             ],

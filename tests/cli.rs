@@ -88,7 +88,12 @@ fn rate_command_bills_the_worked_example_exactly() {
     assert!(out.contains("\"total\":\"1.2\""), "{out}");
     let (_, err, ok) = rate(&["--markup-rate", "abc"], &input);
     assert!(
-        !ok && err.contains("rollup.markup_rate") && err.contains("abc"),
+        !ok && err.contains("--markup-rate") && err.contains("abc"),
+        "{err}"
+    );
+    let (_, err, ok) = rate(&["--markup-rate", "11"], &input);
+    assert!(
+        !ok && err.contains("rollup.markup_rate = 11: must be between 0 and 10"),
         "{err}"
     );
 }

@@ -60,7 +60,13 @@ fn catalog_update_applies_live_and_point_in_time() {
     // A new version effective 2026-07-01 is published while the service runs.
     let v2 = env.dir.path().join("v2.json");
     std::fs::write(&v2, r#"[{"asset_id":"acme/search","asset_type":"tool","vendor":"acme","effective_from":"2026-07-01T00:00:00Z","prices":{"requests":{"credits":"2.5","per":1}}}]"#).unwrap();
-    env.cli(&["catalog", "publish", v2.to_str().unwrap()]);
+    // The date is in the past by now: a deliberate retroactive version for this test.
+    env.cli(&[
+        "catalog",
+        "publish",
+        v2.to_str().unwrap(),
+        "--allow-retroactive",
+    ]);
     env.wait_for("the catalog to update", Duration::from_secs(30), || {
         metric(&env.metrics(), "usage_agg_catalog_versions") == 2.0
     });
@@ -206,8 +212,8 @@ fn every_bad_event_lands_on_the_dead_letter_topic_with_its_reason() {
 #[test]
 fn metrics_match_what_was_sent_and_alerts_fire_once_per_crossing() {
     let mut env = TestEnv::new("metrics");
-    env.cfg.alerts.account_hourly_credits = "0.05".into();
-    env.cfg.alerts.execution_credits = "0.04".into();
+    env.cfg.alerts.account_hourly_credits = Some("0.05".parse().unwrap());
+    env.cfg.alerts.execution_credits = Some("0.04".parse().unwrap());
     env.cfg.rollup.execution_idle_timeout = Duration::from_secs(60);
     env.write_config();
     env.setup();

@@ -21,17 +21,22 @@ pub enum CreditsCommand {
     /// Add purchased credits (at least ledger.min_topup). REFERENCE is the payment id: the
     /// idempotency key, so re-running the command never credits twice.
     Topup {
+        /// Account to credit.
         account: String,
+        /// Credits to add, a decimal such as 25 or 12.50.
         amount: String,
+        /// Payment id: the idempotency key.
         #[arg(long)]
         reference: String,
     },
     /// Correct a balance (positive or negative) with a reason.
     Adjust {
+        /// Account to correct.
         account: String,
         /// Signed decimal, e.g. -5.25.
         #[arg(allow_hyphen_values = true)]
         amount: String,
+        /// Why the balance is corrected (kept with the entry).
         #[arg(long)]
         reason: String,
         /// Idempotency key; a new one is generated (and printed) when omitted.
@@ -40,25 +45,33 @@ pub enum CreditsCommand {
     },
     /// Redeem a voucher code for an account (`-` reads the code from stdin).
     Redeem {
+        /// Account that redeems the voucher.
         account: String,
+        /// Voucher code, or `-` to read it from stdin.
         code: String,
+        /// Longest wait for the voucher stage's answer.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
     /// The account's balance (from ClickHouse).
     Balance {
+        /// Account to show.
         account: String,
+        /// Output format.
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         format: String,
     },
     /// The account's entries with the running balance, newest first.
     History {
+        /// Account to show.
         account: String,
+        /// Entries to show at most.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Only entries before this sequence number (the next page).
         #[arg(long)]
         before_seq: Option<u64>,
+        /// Output format.
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         format: String,
     },
@@ -68,7 +81,9 @@ pub enum CreditsCommand {
 pub enum VouchersCommand {
     /// Create a voucher. Without CODE a random one is generated and printed once.
     Create {
+        /// Voucher code; a random one is generated when omitted.
         code: Option<String>,
+        /// Credits the voucher grants, a decimal such as 20.
         #[arg(long)]
         credits: String,
         /// RFC 3339; default now.
@@ -77,18 +92,22 @@ pub enum VouchersCommand {
         /// RFC 3339; default valid_from + --valid-for.
         #[arg(long)]
         valid_until: Option<DateTime<Utc>>,
+        /// Validity when --valid-until is not given, e.g. 30days.
         #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
         valid_for: Duration,
+        /// How many times it can be redeemed in all.
         #[arg(long, default_value_t = 1)]
         max_redemptions: u32,
         /// Only this account may redeem it.
         #[arg(long)]
         account: Option<String>,
+        /// Free text kept with the voucher.
         #[arg(long, default_value = "")]
         description: String,
     },
     /// Every voucher with its redemptions (masked codes).
     List {
+        /// Output format.
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         format: String,
     },

@@ -35,8 +35,12 @@ pub async fn build(
     f: &ReportFilter,
     key: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let top = f.top.max(1);
-    let w = filter_sql(f, "ingested_at");
+    let top = if f.top == 0 {
+        usize::MAX
+    } else {
+        f.top as usize
+    };
+    let w = filter_sql(f, Some("occurred_at"), true);
     let q = ch.query(&format!(
         "SELECT dimension_values[indexOf(dimension_keys, ?)] AS value, count() AS calls, uniqExact(account_id) AS accounts, sum(cost) AS cost FROM usage_transactions WHERE {w} GROUP BY value ORDER BY cost DESC, value"
     ));
@@ -51,7 +55,7 @@ pub async fn build(
     let cost: i128 = rows.iter().map(|r| r.cost).sum();
     let values: Vec<_> = rows
         .iter()
-        .take(top as usize)
+        .take(top)
         .map(|r| {
             json!({
                 "value": (!r.value.is_empty()).then_some(&r.value),

@@ -1,0 +1,553 @@
+//! The one-shot commands of the binary (not part of the library): arguments and [`Config`] in,
+//! output on stdout and `Err` with one line naming the key and value out. Each checks what
+//! it needs (Kafka, topics, ClickHouse, files) before it changes anything.
+
+use std::io::{BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use rust_decimal::Decimal;
+use usage_aggregator::catalog::Catalog;
+use usage_aggregator::catalog::check::{self, Change};
+use usage_aggregator::catalog_feed::{self, CatalogFeed};
+use usage_aggregator::config::Config;
+use usage_aggregator::loadgen::{Workload, WorkloadSpec};
+use usage_aggregator::offline::{self, Rejects};
+use usage_aggregator::preflight::{self, Kafka};
+use usage_aggregator::report::{self, ReportError, ReportFilter};
+use usage_aggregator::{bench, kafka, sink};
+
+use crate::Exit;
+
+mod dead_letters;
+mod import;
+
+pub use dead_letters::{ReplayArgs, replay_dead_letters};
+pub use import::{ImportArgs, import_catalog};
+
+pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
+    BufWriter::new(std::io::stdout().lock())
+}
+
+/// Reads and checks a catalog file; `named` says which argument or key gave the path.
+pub(crate) fn read_catalog(path: &Path, named: &str) -> anyhow::Result<Catalog> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow!("{named} = \"{}\": cannot read: {e}", path.display()))?;
+    check::check_file(&bytes).map_err(|p| anyhow!("catalog file {}: {p}", path.display()))
+}
+
+pub async fn setup(cfg: &Config, kafka_part: bool, clickhouse_part: bool) -> anyhow::Result<()> {
+    // Both reachable first: a half-done setup is worse than none.
+    if kafka_part {
+        Kafka::connect(cfg).await?;
+    }
+    if clickhouse_part {
+        preflight::clickhouse(cfg).await?;
+    }
+    let mut out = stdout();
+    if kafka_part {
+        let created = kafka::create_topics(cfg)
+            .await
+            .with_context(|| format!("kafka.brokers = \"{}\"", cfg.kafka.brokers))?;
+        writeln!(
+            out,
+            "kafka topics created: {}",
+            if created.is_empty() {
+                "none (all exist)".into()
+            } else {
+                created.join(", ")
+            }
+        )?;
+    }
+    if clickhouse_part {
+        let ch = sink::client(&cfg.clickhouse)?;
+        let applied = sink::migrate::migrate(&ch, &cfg.clickhouse).await?;
+        writeln!(
+            out,
+            "clickhouse migrations applied: {applied:?} (database {})",
+            cfg.clickhouse.database
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The catalog as published on the topic.
+async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
+    let deadline = Instant::now() + cfg.kafka.connect_timeout;
+    loop {
+        let (feed, handle) = CatalogFeed::new(cfg)?;
+        let wait = cfg.kafka.connect_timeout + Duration::from_secs(10);
+        match tokio::task::spawn_blocking(move || feed.load_initial(wait)).await? {
+            Ok(_) => return Ok(Catalog::clone(&handle.load())),
+            // A topic just created may not have a leader yet.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "topics.price_catalog = \"{}\": cannot read the published catalog",
+                    cfg.topics.price_catalog
+                )));
+            }
+        }
+    }
+}
+
+/// Refuses edits always and retroactive versions unless allowed; returns the versions to
+/// send and the retroactive ones accepted.
+fn verdict(changes: &[Change], allow_retroactive: bool) -> anyhow::Result<Vec<String>> {
+    let edits: Vec<&str> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Edit { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !edits.is_empty() {
+        anyhow::bail!(
+            "{} version(s) differ from the published version at the same instant: {}; a version in effect is never edited: add a new one with a later effective_from",
+            edits.len(),
+            edits.join(", ")
+        );
+    }
+    let retro: Vec<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Retroactive { key, what } => Some(format!("{key}: {what}")),
+            _ => None,
+        })
+        .collect();
+    if !retro.is_empty() && !allow_retroactive {
+        anyhow::bail!(
+            "{} version(s) take effect in the past and would reprice past events:\n  {}\ngive them a future effective_from, or pass --allow-retroactive (see docs/price-catalog.md)",
+            retro.len(),
+            retro.join("\n  ")
+        );
+    }
+    Ok(retro)
+}
+
+pub async fn publish(cfg: &Config, file: &Path, allow_retroactive: bool) -> anyhow::Result<()> {
+    let c = read_catalog(file, "FILE")?;
+    let k = Kafka::connect(cfg).await?;
+    k.require_topic("topics.price_catalog", &cfg.topics.price_catalog, true)
+        .await?;
+    let published = published_catalog(cfg).await?;
+    let changes = check::changes(&c, &published, chrono::Utc::now());
+    let retro = verdict(&changes, allow_retroactive)?;
+    for r in &retro {
+        tracing::warn!("publishing a retroactive version (--allow-retroactive): {r}");
+    }
+    for c in &changes {
+        if let Change::Backfill { key, what } = c {
+            usage_aggregator::logging::stderr_line(&format!("note: {key}: {what}"));
+        }
+    }
+    let unchanged: std::collections::HashSet<&str> = changes
+        .iter()
+        .filter_map(|ch| match ch {
+            Change::Unchanged { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    let versions: Vec<_> = c
+        .versions()
+        .filter(|v| !unchanged.contains(v.topic_key().as_str()))
+        .cloned()
+        .collect();
+    let n = catalog_feed::publish(cfg, &versions).await?;
+    let mut out = stdout();
+    writeln!(
+        out,
+        "published {n} new price versions to {} ({} already there)",
+        cfg.topics.price_catalog,
+        unchanged.len()
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Output of `catalog check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+pub async fn check(
+    cfg: &Config,
+    file: &Path,
+    format: CheckFormat,
+    against_topic: bool,
+    allow_retroactive: bool,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file)
+        .map_err(|e| anyhow!("FILE = \"{}\": cannot read: {e}", file.display()))?;
+    let parsed = check::check_file(&bytes);
+    let mut out = stdout();
+    let c = match parsed {
+        Ok(c) => c,
+        Err(p) => {
+            if format == CheckFormat::Json {
+                let v = serde_json::json!({"file": file, "ok": false, "problems": p.0});
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                out.flush()?;
+            }
+            return Err(anyhow!("catalog file {}: {p}", file.display()));
+        }
+    };
+    let now = chrono::Utc::now();
+    let changes = if against_topic {
+        let k = Kafka::connect(cfg).await?;
+        k.require_topic("topics.price_catalog", &cfg.topics.price_catalog, true)
+            .await?;
+        Some(check::changes(&c, &published_catalog(cfg).await?, now))
+    } else {
+        None
+    };
+    let verdict = changes
+        .as_deref()
+        .map(|ch| verdict(ch, allow_retroactive))
+        .transpose();
+    let versions: Vec<_> = c.versions().collect();
+    let past = versions.iter().filter(|v| v.effective_from < now).count();
+    if format == CheckFormat::Json {
+        let v = serde_json::json!({
+            "file": file,
+            "ok": verdict.is_ok(),
+            "versions": versions,
+            "problems": [],
+            "changes": changes,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        for v in &versions {
+            let mut aliases = v.aliases.clone();
+            aliases.extend(v.alias_patterns.iter().map(|p| format!("/{p}/")));
+            let aliases = if aliases.is_empty() {
+                String::new()
+            } else {
+                format!("  aliases: {}", aliases.join(" "))
+            };
+            writeln!(
+                out,
+                "{:<32} {:<12} {:<22} {}{aliases}",
+                v.asset_id,
+                v.asset_type.as_str(),
+                v.version_label(),
+                check::prices_text(v)
+            )?;
+        }
+        let assets: std::collections::BTreeSet<&str> =
+            versions.iter().map(|v| v.asset_id.as_str()).collect();
+        writeln!(
+            out,
+            "{} versions of {} assets ok",
+            versions.len(),
+            assets.len()
+        )?;
+        if !against_topic && past > 0 {
+            writeln!(
+                out,
+                "note: {past} versions take effect in the past: fine to seed an empty catalog topic, but `catalog publish` refuses those a populated topic does not have unless --allow-retroactive (compare with --against-topic)"
+            )?;
+        }
+        if let Some(ch) = &changes {
+            let new = ch
+                .iter()
+                .filter(|c| !matches!(c, Change::Unchanged { .. }))
+                .count();
+            writeln!(
+                out,
+                "against {}: {new} versions to publish",
+                cfg.topics.price_catalog
+            )?;
+        }
+    }
+    out.flush()?;
+    verdict.map(|_| ())
+}
+
+pub fn rate(
+    mut cfg: Config,
+    catalog: &Path,
+    markup_rate: Option<Decimal>,
+    lines: bool,
+    strict: bool,
+    rejects: Option<&Path>,
+) -> anyhow::Result<()> {
+    let c = read_catalog(catalog, "--catalog")?;
+    if let Some(r) = markup_rate {
+        cfg.rollup.markup_rate = r;
+        cfg.validate()
+            .map_err(|e| anyhow!("--markup-rate {r}: {e}"))?;
+    }
+    let mut rejects_file = match rejects {
+        Some(p) => Some(BufWriter::new(std::fs::File::create(p).map_err(|e| {
+            anyhow!("--rejects \"{}\": cannot create: {e}", p.display())
+        })?)),
+        None => None,
+    };
+    let sink = match rejects_file.as_mut() {
+        Some(f) => Rejects::To(f),
+        None => Rejects::Inline,
+    };
+    let summary = offline::rate(
+        cfg.rollup_config(),
+        &c,
+        BufReader::new(std::io::stdin().lock()),
+        stdout(),
+        lines,
+        sink,
+    )?;
+    usage_aggregator::logging::stderr_line(&summary.to_string());
+    if strict && summary.rejected > 0 {
+        return Err(Exit {
+            code: 3,
+            message: format!(
+                "{} of {} events rejected (--strict)",
+                summary.rejected, summary.events
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct LoadgenArgs {
+    /// Agent executions to generate (~26 events each).
+    #[arg(long, default_value_t = 1000)]
+    executions: u64,
+    /// Direct model and tool calls (outside executions) to generate.
+    #[arg(long, default_value_t = 1000)]
+    direct_calls: u64,
+    /// Fraction of events repeated (producer retries).
+    #[arg(long, default_value_t = 0.01)]
+    duplicates: f64,
+    /// Fraction of malformed or unpriceable events.
+    #[arg(long, default_value_t = 0.005)]
+    bad: f64,
+    /// Fraction of calls arriving after their execution finished.
+    #[arg(long, default_value_t = 0.002)]
+    late: f64,
+    /// Number of distinct accounts.
+    #[arg(long, default_value_t = 50)]
+    accounts: u32,
+    /// Random seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Events per second; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Prefix of ids (keeps runs apart).
+    #[arg(long, default_value = "demo")]
+    run_id: String,
+    /// Catalog whose assets the events use (default: pricing.catalog_file).
+    #[arg(long, value_name = "FILE")]
+    catalog: Option<PathBuf>,
+    /// Write JSON lines to FILE instead of producing to Kafka.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+pub async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
+    let catalog = match &a.catalog {
+        Some(p) => read_catalog(p, "--catalog")?,
+        None => read_catalog(
+            &cfg.pricing.catalog_file,
+            "pricing.catalog_file (relative paths follow the config file; or give --catalog)",
+        )?,
+    };
+    let producer = match &a.output {
+        Some(_) => None,
+        None => {
+            let k = Kafka::connect(cfg).await?;
+            k.require_topic("topics.usage_events", &cfg.topics.usage_events, false)
+                .await?;
+            Some(bench::Loader::new(cfg)?)
+        }
+    };
+    let spec = WorkloadSpec {
+        executions: a.executions,
+        direct_calls: a.direct_calls,
+        duplicates: a.duplicates,
+        bad: a.bad,
+        late: a.late,
+        accounts: a.accounts,
+        seed: a.seed,
+        run_id: a.run_id,
+        ..Default::default()
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let estimate = a.executions * 26 + a.direct_calls;
+    let terminal = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(estimate);
+    if terminal {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/~{len} events  {per_sec}  eta {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let mut last_note = Instant::now();
+    let mut n = 0u64;
+    let mut file = match &a.output {
+        Some(p) => Some(BufWriter::new(std::fs::File::create(p).map_err(|e| {
+            anyhow!("--output \"{}\": cannot create: {e}", p.display())
+        })?)),
+        None => None,
+    };
+    for g in Workload::new(spec, &catalog) {
+        if interrupted.load(Ordering::Relaxed) {
+            break;
+        }
+        match (&mut file, &producer) {
+            (Some(w), _) => {
+                w.write_all(&g.payload)?;
+                w.write_all(b"\n")?;
+            }
+            (None, Some(p)) => p.send(&cfg.topics.usage_events, &g.key, &g.payload)?,
+            (None, None) => unreachable!("a file or a producer"),
+        }
+        n += 1;
+        bar.inc(1);
+        if !terminal && last_note.elapsed() >= Duration::from_secs(10) {
+            tracing::info!(events = n, "loadgen progress");
+            last_note = Instant::now();
+        }
+        if a.rate > 0 {
+            let due = Duration::from_secs_f64(n as f64 / a.rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    if let Some(mut w) = file {
+        w.flush()?;
+    }
+    if let Some(p) = &producer {
+        p.flush()?;
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let target = match &a.output {
+        Some(p) => p.display().to_string(),
+        None => cfg.topics.usage_events.clone(),
+    };
+    let mut out = stdout();
+    writeln!(
+        out,
+        "generated {n} events into {target} in {secs:.1} s ({:.0} events/s)",
+        n as f64 / secs.max(1e-9)
+    )?;
+    out.flush()?;
+    if interrupted.load(Ordering::Relaxed) {
+        return Err(Exit {
+            code: 130,
+            message: format!("interrupted after {n} events"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Output of `report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Aligned tables, amounts rounded for display.
+    Table,
+    /// The whole report, amounts exact.
+    Json,
+    /// Spend per account, amounts exact.
+    Csv,
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Events from this time on (event time): a UTC date (2026-10-01) or RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Events before this time (event time); a date includes that whole day, so
+    /// --from 2026-10-01 --to 2026-10-31 is October.
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    /// Only what was ingested in this recent period (ingestion time), e.g. 1h, 2d.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    since: Option<Duration>,
+    /// Only this account (an unknown account is an error).
+    #[arg(long)]
+    account: Option<String>,
+    /// Rows in the top lists; 0 = all.
+    #[arg(long, default_value_t = 10)]
+    top: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: ReportFormat,
+    /// Also spend per value of a dimension: dimension:KEY (repeatable).
+    #[arg(long = "group-by", value_parser = report::dimension::parse_group_by)]
+    group_by: Vec<String>,
+}
+
+pub async fn report(cfg: &Config, a: ReportArgs) -> anyhow::Result<()> {
+    let from = a
+        .from
+        .as_deref()
+        .map(|s| report::parse_instant(s, false).map_err(|e| anyhow!("--from: {e}")))
+        .transpose()?;
+    let to =
+        a.to.as_deref()
+            .map(|s| report::parse_instant(s, true).map_err(|e| anyhow!("--to: {e}")))
+            .transpose()?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        anyhow::bail!("--from {f} is not before --to {t}");
+    }
+    preflight::clickhouse(cfg).await?;
+    let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
+    let f = ReportFilter {
+        from,
+        to,
+        ingested_since: a.since.map(|d| {
+            chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+        }),
+        account: a.account,
+        top: a.top,
+    };
+    let mut r = report::build(&ch, &f).await.map_err(|e| match e {
+        ReportError::ClickHouse(e) => anyhow!(preflight::clickhouse_error(cfg, &e)),
+        other => anyhow!(other),
+    })?;
+    for key in &a.group_by {
+        r.groups.push(report::dimension::build(&ch, &f, key).await?);
+    }
+    let mut out = stdout();
+    match a.format {
+        ReportFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &r)?;
+            writeln!(out)?;
+        }
+        ReportFormat::Csv => report::write_csv(&r, &mut out)?,
+        ReportFormat::Table => out.write_all(report::render_text(&r).as_bytes())?,
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Catalog rules enforced by the tools, through the binary on the real broker: `check` lists
+//! prices and speaks JSON; `publish` needs an existing compacted topic, sends only new
+//! versions and refuses retroactive ones unless allowed, saying what they change.
+
+mod common;
+#[path = "support/bin.rs"]
+mod support;
+
+use std::time::Duration;
+
+use common::*;
+use support::*;
+
+#[test]
+fn catalog_check_lists_prices_and_speaks_json() {
+    let o = run_bin(
+        &root(),
+        &["catalog", "check", "config/catalog.json"],
+        &[],
+        Duration::from_secs(30),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(
+        out.contains("input_tokens 0.15/1000000, output_tokens 0.6/1000000"),
+        "{out}"
+    );
+    let o = run_bin(
+        &root(),
+        &[
+            "catalog",
+            "check",
+            "config/catalog.json",
+            "--format",
+            "json",
+        ],
+        &[],
+        Duration::from_secs(30),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        v["versions"][0]["prices"].as_object().map(|p| p.is_empty()),
+        Some(false)
+    );
+}
+
+#[test]
+fn catalog_publish_checks_the_topic_and_refuses_retroactive_versions() {
+    let env = TestEnv::new("catrules");
+    let cfgp = env.config_path.to_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", cfgp.as_str()];
+        all.extend_from_slice(args);
+        let o = run_bin(&root(), &all, &[], Duration::from_secs(120));
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr(&o),
+        )
+    };
+    // The topic does not exist yet.
+    let (code, _, err) = cli(&["catalog", "publish", "config/catalog.json"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "topics.price_catalog = \"{}\": the topic does not exist",
+            env.cfg.topics.price_catalog
+        )),
+        "{err}"
+    );
+    env.cli(&["setup", "--kafka-only"]);
+    // Seeding the empty topic is not repricing.
+    let (code, out, err) = cli(&["catalog", "publish", "config/catalog.json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("published 15 new price versions"), "{out}");
+    let (_, out, _) = cli(&["catalog", "publish", "config/catalog.json"]);
+    assert!(
+        out.contains("published 0 new price versions") && out.contains("(15 already there)"),
+        "{out}"
+    );
+    // A new version in the past reprices: refused with what it changes, unless allowed.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("new.json");
+    std::fs::write(
+        &f,
+        r#"[{"asset_id":"openai/gpt-4o","asset_type":"model","vendor":"openai","effective_from":"2025-01-01T00:00:00Z","prices":{"input_tokens":{"credits":"2","per":1000000},"output_tokens":{"credits":"8","per":1000000}}}]"#,
+    )
+    .unwrap();
+    let fp = f.to_str().unwrap();
+    let (code, _, err) = cli(&["catalog", "publish", fp]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("openai/gpt-4o@2025-01-01T00:00:00Z: events of openai/gpt-4o from 2025-01-01T00:00:00Z to"), "{err}");
+    assert!(
+        err.contains("input_tokens 2.5/1000000") && err.contains("--allow-retroactive"),
+        "{err}"
+    );
+    let (code, _, _) = cli(&["catalog", "check", fp, "--against-topic"]);
+    assert_eq!(code, Some(1), "check agrees with publish");
+    let (code, out, err) = cli(&["catalog", "publish", fp, "--allow-retroactive"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("published 1 new price versions"), "{out}");
+    // A topic that is not compacted is refused.
+    let mut env2 = TestEnv::new("catdel");
+    env2.cfg.topics.price_catalog = env.cfg.topics.debits.clone();
+    env2.write_config();
+    let o = run_bin(
+        &root(),
+        &[
+            "--config",
+            env2.config_path.to_str().unwrap(),
+            "catalog",
+            "publish",
+            "config/catalog.json",
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("cleanup.policy is \"delete\", not compact"),
+        "{err}"
+    );
+}

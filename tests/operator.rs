@@ -1,0 +1,473 @@
+//! Operator experience through the binary, one test per kind of failure: unreachable broker,
+//! bad ClickHouse URL or password file, HTTP port taken, relative paths, closed pipes, `rate`
+//! for scripts, error text, catalog rules, the topic prefix. Kafka and ClickHouse are the
+//! real services (USAGE_AGG_TEST_KAFKA, USAGE_AGG_TEST_CLICKHOUSE).
+
+mod common;
+#[path = "support/bin.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use support::*;
+
+#[test]
+fn unreachable_broker_one_line_naming_the_key_for_every_one_shot_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = closed_port();
+    let catalog = root().join("config/catalog.json");
+    let catalog = catalog.to_str().unwrap();
+    for args in [
+        vec!["setup", "--kafka-only"],
+        vec!["catalog", "publish", catalog],
+        vec!["catalog", "check", catalog, "--against-topic"],
+        vec!["loadgen", "--executions", "1", "--catalog", catalog],
+        vec!["dead-letters", "replay", "--dry-run"],
+    ] {
+        let o = run_bin(
+            dir.path(),
+            &args,
+            &[("USAGE_AGG__KAFKA__BROKERS", &brokers)],
+            Duration::from_secs(60),
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "{args:?}: one line, no flood: {err}"
+        );
+        assert!(
+            err.starts_with(&format!(
+                "error: kafka.brokers = \"{brokers}\": no broker is reachable"
+            )) && err.contains("Connection refused"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_service_waits_for_kafka_with_one_clear_line_and_logs_its_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = closed_port();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(TestEnv::bin())
+        .args(["run"])
+        .current_dir(dir.path())
+        .env("USAGE_AGG__KAFKA__BROKERS", &brokers)
+        .env("USAGE_AGG__HTTP__LISTEN", &listen)
+        .env("USAGE_AGG__CLICKHOUSE__PASSWORD", "pw-never-logged")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Up and answering while it waits: /healthz is served, /readyz is not ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&listen, "/healthz").0 != 200 {
+        assert!(Instant::now() < deadline, "http never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let out = wait_or_kill(child, Duration::from_secs(30), &["run"]);
+    assert!(
+        out.status.success(),
+        "a requested stop is not a failure: {err}"
+    );
+    let waits: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(&format!("kafka.brokers = \"{brokers}\"")))
+        .collect();
+    assert_eq!(waits.len(), 1, "one rate-limited line: {err}");
+    assert!(waits[0].contains("retrying"), "{err}");
+    assert!(!err.contains("librdkafka"), "no librdkafka flood: {err}");
+    let settings = err
+        .lines()
+        .find(|l| l.contains("effective settings"))
+        .expect("settings logged");
+    for want in [
+        "topics.usage_events=usage_events",
+        "kafka.group_id=",
+        "clickhouse.database=usage",
+        &format!("http.listen={listen}"),
+    ] {
+        assert!(settings.contains(want), "{want} in {settings}");
+    }
+    assert!(!err.contains("pw-never-logged"));
+    // The bootstrap catalog file is missing here (relative default, other directory): said.
+    assert!(
+        err.contains("pricing.catalog_file = \"config/catalog.json\" does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn http_port_taken_fails_at_start_naming_the_key() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = holder.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let o = run_bin(
+        dir.path(),
+        &["run"],
+        &[
+            ("USAGE_AGG__HTTP__LISTEN", &listen),
+            ("USAGE_AGG__KAFKA__BROKERS", &closed_port()),
+        ],
+        Duration::from_secs(30),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("http.listen = {listen}: Address already in use")),
+        "{err}"
+    );
+}
+
+#[test]
+fn clickhouse_url_and_password_file_errors_name_key_and_value_before_any_change() {
+    let env = TestEnv::new("chbad");
+    let run = |extra: &[(&str, &str)]| {
+        let o = run_bin(
+            &root(),
+            &["--config", env.config_path.to_str().unwrap(), "setup"],
+            extra,
+            Duration::from_secs(60),
+        );
+        (o.status.code(), stderr(&o))
+    };
+    let (code, err) = run(&[("USAGE_AGG__CLICKHOUSE__URL", "htp:/x")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("clickhouse.url = \"htp:/x\": scheme \"htp\""),
+        "{err}"
+    );
+    let (code, err) = run(&[("USAGE_AGG__CLICKHOUSE__URL", "127.0.0.1:18123")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("clickhouse.url = \"127.0.0.1:18123\""),
+        "{err}"
+    );
+    let (code, err) = run(&[("USAGE_AGG__CLICKHOUSE__PASSWORD_FILE", "missing-pw")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("clickhouse.password_file = \"missing-pw\": cannot be read"),
+        "{err}"
+    );
+    let url = format!("http://{}", closed_port());
+    let (code, err) = run(&[("USAGE_AGG__CLICKHOUSE__URL", &url)]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("clickhouse.url = \"{url}\": cannot connect")),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("Connection refused").count(),
+        1,
+        "cause once: {err}"
+    );
+    // Nothing was created on the broker before the failure.
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_addr())
+        .create()
+        .unwrap();
+    let md =
+        rdkafka::consumer::Consumer::fetch_metadata(&c, None, Duration::from_secs(10)).unwrap();
+    assert!(
+        !md.topics()
+            .iter()
+            .any(|t| t.name() == env.cfg.topics.usage_events),
+        "setup created topics before failing"
+    );
+    let (code, err) = run(&[("USAGE_AGG__CLICKHOUSE__PASSWORD", "wrong")]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("clickhouse.user = \"default\": authentication failed"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong"), "never the password: {err}");
+}
+
+#[test]
+fn relative_paths_follow_the_config_file_and_missing_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::copy(root().join("config/catalog.json"), etc.join("prices.json")).unwrap();
+    std::fs::write(
+        etc.join("c.toml"),
+        "[pricing]\ncatalog_file = \"prices.json\"\n",
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cfg = etc.join("c.toml");
+    let out = elsewhere.path().join("ev.jsonl");
+    let o = run_bin(
+        elsewhere.path(),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "loadgen",
+            "--executions",
+            "2",
+            "--direct-calls",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("generated "),
+        "final count"
+    );
+    std::fs::remove_file(etc.join("prices.json")).unwrap();
+    let o = run_bin(
+        elsewhere.path(),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "loadgen",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("pricing.catalog_file")
+            && err.contains(&format!(
+                "{}\": cannot read",
+                etc.join("prices.json").display()
+            )),
+        "{err}"
+    );
+}
+
+/// Spawns `args` with stdin `input`, reads `keep` bytes of stdout and closes it.
+fn closed_stdout(args: &[&str], input: &[u8], keep: usize) -> Output {
+    let mut child = Command::new(TestEnv::bin())
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; keep];
+    stdout.read_exact(&mut buf).unwrap();
+    drop(stdout);
+    let out = wait_or_kill(child, Duration::from_secs(60), args);
+    feeder.join().unwrap();
+    out
+}
+
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let events: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "{{\"type\":\"tool_call\",\"event_id\":\"e{i}\",\"occurred_at\":\"2026-03-01T10:00:00Z\",\"account_id\":\"a\",\"asset_id\":\"tavily/web-search\",\"quantities\":{{\"requests\":1}}}}\n"
+            )
+        })
+        .collect();
+    let o = closed_stdout(
+        &["rate", "--catalog", "config/catalog.json"],
+        events.as_bytes(),
+        10,
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("panicked"),
+        "{err}"
+    );
+    let o = closed_stdout(
+        &[
+            "catalog",
+            "check",
+            "config/catalog.json",
+            "--format",
+            "json",
+        ],
+        b"",
+        10,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn rate_for_scripts_strict_rejects_file_and_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let rejects = dir.path().join("rejects.jsonl");
+    let ev = |id: &str| {
+        format!(
+            "{{\"type\":\"tool_call\",\"event_id\":\"{id}\",\"occurred_at\":\"2026-03-01T10:00:00Z\",\"account_id\":\"a\",\"asset_id\":\"tavily/web-search\",\"quantities\":{{\"requests\":1}}}}"
+        )
+    };
+    let input = [ev("1"), ev("1"), "not json".into(), ev("2")].join("\n");
+    let mut child = Command::new(TestEnv::bin())
+        .args([
+            "rate",
+            "--catalog",
+            "config/catalog.json",
+            "--strict",
+            "--rejects",
+        ])
+        .arg(&rejects)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("rated 4 events: 2 debits, 1 rejected (invalid_json 1), 1 duplicates"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: 1 of 4 events rejected (--strict)"),
+        "{err}"
+    );
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(out.lines().count(), 2);
+    assert!(out.lines().all(|l| l.starts_with("{\"debit\":")), "{out}");
+    let rej = std::fs::read_to_string(&rejects).unwrap();
+    let r: serde_json::Value = serde_json::from_str(rej.trim()).unwrap();
+    assert_eq!(r["reason"], "invalid_json");
+    assert_eq!(r["line"], 3);
+}
+
+#[test]
+fn error_text_names_keys_as_written_once_with_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[kafka]\nbroker = \"x:1\"\n").unwrap();
+    let check = |args: &[&str], env: &[(&str, &str)], code: i32, want: &str| {
+        let o = run_bin(dir.path(), args, env, Duration::from_secs(30));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err} should contain {want}");
+        err
+    };
+    let c = cfg.to_str().unwrap();
+    check(
+        &["--config", c, "catalog", "check", "x"],
+        &[],
+        2,
+        "unknown key kafka.broker (in ",
+    );
+    check(
+        &["--config", c, "catalog", "check", "x"],
+        &[],
+        2,
+        "did you mean kafka.brokers?",
+    );
+    check(
+        &["catalog", "check", "x"],
+        &[("USAGE_AGG__ROLLUP__EXECUTION_IDLE_TIMEOUT", "5")],
+        2,
+        "USAGE_AGG__ROLLUP__EXECUTION_IDLE_TIMEOUT: invalid duration \"5\"",
+    );
+    check(
+        &["catalog", "check", "x"],
+        &[("USAGE_AGG__ROLLUP__EXECUTION_IDLE_TIMEOUT", "0s")],
+        2,
+        "rollup.execution_idle_timeout = 0s: must be at least 100ms",
+    );
+    let err = check(
+        &["--log-json", "catalog", "check", "x"],
+        &[("USAGE_AGG__KAFKA__BROKR", "x:1")],
+        2,
+        "did you mean USAGE_AGG__KAFKA__BROKERS?",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(err.trim()).expect("--log-json errors are JSON");
+    assert_eq!(v["level"], "ERROR");
+    // A catalog: every problem, with its path and the fix.
+    let cat = dir.path().join("cat.json");
+    std::fs::write(
+        &cat,
+        r#"[{"asset_id":"a","asset_type":"model","vendor":"v","effective_from":"2024-01-01","prices":{"t":{"credits":"1","per":1}}},
+           {"asset_id":"b","asset_type":"model","vendor":"v","effective_from":"2024-01-01T00:00:00Z","prices":{"t":{"credits":0.5,"per":1}}}]"#,
+    )
+    .unwrap();
+    let err = check(
+        &["catalog", "check", cat.to_str().unwrap()],
+        &[],
+        1,
+        "2 problem(s)",
+    );
+    assert!(
+        err.contains("[0] a: effective_from = \"2024-01-01\"")
+            && err.contains("e.g. \"2024-01-01T00:00:00Z\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("[1] b: prices.t.credits = 0.5") && err.contains("write it as a string"),
+        "{err}"
+    );
+    std::fs::write(&cat, "[]").unwrap();
+    check(
+        &["catalog", "check", cat.to_str().unwrap()],
+        &[],
+        1,
+        "the catalog is empty",
+    );
+}
+
+#[test]
+fn a_prefix_isolates_a_trial() {
+    let env = TestEnv::new("prefix");
+    let prefix = format!("{}-", env.name);
+    let o = run_bin(
+        &root(),
+        &["setup", "--kafka-only"],
+        &[
+            ("USAGE_AGG__KAFKA__BROKERS", &kafka_addr()),
+            ("USAGE_AGG__KAFKA__PREFIX", &prefix),
+        ],
+        Duration::from_secs(60),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for t in [
+        "usage_events",
+        "price_catalog",
+        "debits",
+        "usage_aggregator_state",
+    ] {
+        assert!(out.contains(&format!("{prefix}{t}")), "{t} in {out}");
+    }
+}

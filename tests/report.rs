@@ -1,0 +1,153 @@
+//! `report` for billing periods through the binary, on the real ClickHouse: event-time
+//! windows, `--top 0`, "N of M", exact JSON and CSV, display rounding, unknown accounts.
+
+mod common;
+
+use common::*;
+
+fn debit(id: &str, kind: &str, account: &str, total: &str, at: &str) -> String {
+    format!(
+        "('{id}','{kind}','{account}','x-{id}',{total},0.2,0,{total},1,'{at}','{at}',['llm'],[{total}],0,0,'2026-11-29 00:00:00')"
+    )
+}
+
+#[test]
+fn report_for_a_billing_period() {
+    let env = TestEnv::new("report");
+    env.cli(&["setup", "--clickhouse-only"]);
+    let rows = [
+        debit(
+            "d1",
+            "agent_execution",
+            "acct-a",
+            "10.123456",
+            "2026-10-03 10:00:00",
+        ),
+        debit(
+            "d2",
+            "model_call",
+            "acct-a",
+            "0.00004",
+            "2026-10-31 23:59:59",
+        ),
+        debit(
+            "d3",
+            "agent_execution",
+            "acct-b",
+            "5",
+            "2026-10-15 00:00:00",
+        ),
+        debit(
+            "d4",
+            "agent_execution",
+            "acct-c",
+            "7",
+            "2026-11-01 00:00:00",
+        ),
+        debit(
+            "d5",
+            "agent_execution",
+            "acct-c",
+            "1",
+            "2026-09-30 23:59:59",
+        ),
+    ];
+    env.ch(&format!(
+        "INSERT INTO {{db}}.debits VALUES {}",
+        rows.join(",")
+    ));
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["report", "--format", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&env.cli(&all)).unwrap()
+    };
+    let october = json(&["--from", "2026-10-01", "--to", "2026-10-31"]);
+    assert_eq!(october["accounts_total"], 2);
+    assert_eq!(
+        october["totals"]["total"], "15.123496",
+        "exact, by event time"
+    );
+    assert_eq!(october["accounts"][0]["account_id"], "acct-a");
+    assert_eq!(october["accounts"][0]["total"], "10.123496");
+    assert_eq!(october["window"]["from"], "2026-10-01T00:00:00Z");
+    assert_eq!(october["window"]["to"], "2026-11-01T00:00:00Z");
+    assert!(october["generated_at"].is_string());
+    let top1 = json(&["--from", "2026-10-01", "--to", "2026-10-31", "--top", "1"]);
+    assert_eq!(top1["accounts"].as_array().unwrap().len(), 1);
+    assert_eq!(top1["accounts_total"], 2);
+    assert_eq!(top1["executions_total"], 2);
+    let all = json(&["--top", "0"]);
+    assert_eq!(
+        all["accounts"].as_array().unwrap().len(),
+        3,
+        "--top 0 is all"
+    );
+    assert_eq!(all["top_executions"].as_array().unwrap().len(), 4);
+
+    let text = env.cli(&[
+        "report",
+        "--from",
+        "2026-10-01",
+        "--to",
+        "2026-10-31",
+        "--top",
+        "1",
+    ]);
+    assert!(
+        text.contains("Spend by account (1 of 2 accounts)"),
+        "{text}"
+    );
+    assert!(text.contains("10.1235"), "rounded for display: {text}");
+    assert!(
+        text.contains("event time 2026-10-01T00:00:00Z .. 2026-11-01T00:00:00Z"),
+        "{text}"
+    );
+
+    let csv = env.cli(&[
+        "report",
+        "--format",
+        "csv",
+        "--top",
+        "0",
+        "--from",
+        "2026-10-01T00:00:00Z",
+        "--to",
+        "2026-11-01T00:00:00Z",
+    ]);
+    assert_eq!(
+        csv,
+        "account_id,debits,subtotal,markup,total\nacct-a,2,10.123496,0,10.123496\nacct-b,1,5,0,5\n"
+    );
+
+    let out = std::process::Command::new(TestEnv::bin())
+        .args([
+            "--config",
+            env.config_path.to_str().unwrap(),
+            "report",
+            "--account",
+            "acct-zz",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("account \"acct-zz\" has no debits at all"),
+        "{err}"
+    );
+    let out = std::process::Command::new(TestEnv::bin())
+        .args([
+            "--config",
+            env.config_path.to_str().unwrap(),
+            "report",
+            "--from",
+            "last week",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--from: \"last week\" is neither a date")
+    );
+}

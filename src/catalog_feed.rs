@@ -75,7 +75,7 @@ impl CatalogFeed {
         let mut pending = std::collections::HashSet::new();
         for p in &parts {
             tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
-            let (low, high) = self.consumer.fetch_watermarks(&self.topic, *p, timeout)?;
+            let (low, high) = kafka::watermarks(&self.consumer, &self.topic, *p, timeout)?;
             if high > low {
                 pending.insert(*p);
             }

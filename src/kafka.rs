@@ -286,5 +286,66 @@ pub async fn create_topics(cfg: &Config) -> anyhow::Result<Vec<String>> {
             Err((name, e)) => anyhow::bail!("cannot create topic {name}: {e}"),
         }
     }
+    wait_for_leaders(cfg, &plan, Duration::from_secs(30))?;
     Ok(created)
+}
+
+/// Waits until every partition of the planned topics has a leader: right after creation a
+/// partition can answer `NotLeaderForPartition` for a moment, which would fail a service
+/// started at once.
+fn wait_for_leaders(cfg: &Config, plan: &[TopicPlan], timeout: Duration) -> anyhow::Result<()> {
+    use rdkafka::consumer::Consumer;
+    let reader: Reader = reader_config(cfg).create_with_context(ReaderContext)?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let md = reader.fetch_metadata(None, Duration::from_secs(10))?;
+        let missing: Vec<String> = plan
+            .iter()
+            .filter(|(name, parts, _)| {
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .is_none_or(|t| {
+                        t.error().is_some()
+                            || t.partitions().len() < *parts as usize
+                            || t.partitions()
+                                .iter()
+                                .any(|p| p.leader() < 0 || p.error().is_some())
+                    })
+            })
+            .map(|(name, _, _)| name.clone())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("topics without a partition leader after {timeout:?}: {missing:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `fetch_watermarks` that rides out the moments after a topic's creation or a leader
+/// change (`NotLeaderForPartition`, `LeaderNotAvailable`, `UnknownTopicOrPartition`), up to
+/// `timeout`.
+pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<(i64, i64)> {
+    use rdkafka::consumer::Consumer;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
 }

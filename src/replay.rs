@@ -162,7 +162,7 @@ pub fn read_dead_letters(cfg: &Config, timeout: Duration) -> anyhow::Result<Vec<
     let mut tpl = TopicPartitionList::new();
     let mut pending = HashSet::new();
     for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let (low, high) = crate::kafka::watermarks(&consumer, topic, p, timeout)?;
         if high > low {
             tpl.add_partition_offset(topic, p, Offset::Beginning)?;
             pending.insert(p);

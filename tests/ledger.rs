@@ -263,7 +263,13 @@ fn ledger_crash_kill9_storm_balances_equal_the_oracle_exactly_once() {
     let plan = with_repeats;
     let sends = plan.len();
 
-    env.spawn("sink", "sink.log");
+    // Each process needs its own HTTP port (a taken `http.listen` fails the start).
+    env.spawn_with(
+        "sink",
+        "sink.log",
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    );
     let mut ledger = env.spawn("ledger", "ledger.log");
     let assigned = |env: &TestEnv| {
         env.log("ledger.log")

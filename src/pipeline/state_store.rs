@@ -178,7 +178,7 @@ pub fn load_snapshot(
     timeout: Duration,
 ) -> Result<Option<PartitionSnapshot>, StateError> {
     let sp = loc.state_partition();
-    let (low, high) = reader.fetch_watermarks(loc.state_topic, sp, timeout)?;
+    let (low, high) = crate::kafka::watermarks(reader, loc.state_topic, sp, timeout)?;
     let key = loc.key();
     let mut window = 64i64;
     loop {
@@ -279,7 +279,7 @@ pub fn restore_partition(
     };
     let next = snap.next_offset;
     let mut rollup = PartitionRollup::restore(cfg.clone(), loc.partition, snap, now_ms);
-    let (low, _) = reader.fetch_watermarks(loc.input_topic, loc.partition, timeout)?;
+    let (low, _) = crate::kafka::watermarks(reader, loc.input_topic, loc.partition, timeout)?;
     let from = (next - cfg.dedupe_horizon as i64).max(low);
     read_range(
         reader,

@@ -418,7 +418,7 @@ pub fn init_labels() {
         m.debits.with_label_values(&[k.as_str()]);
         m.credits_debited.with_label_values(&[k.as_str()]);
     }
-    for t in ["usage_transactions", "debits", "dead_letters", "ledger"] {
+    for t in crate::sink::tables::NAMES {
         m.sink_rows.with_label_values(&[t]);
         m.sink_retries.with_label_values(&[t]);
         m.sink_duplicates.with_label_values(&[t]);

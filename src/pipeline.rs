@@ -16,7 +16,7 @@ pub mod output;
 pub mod state_store;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use rdkafka::producer::Producer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::CatalogHandle;
 use crate::config::{Config, Delivery};
@@ -931,13 +932,14 @@ impl Pipeline {
         EngineHandle(self.engine.clone())
     }
 
-    /// Runs until `stop` is set, then drains: a final checkpoint within the drain timeout.
-    pub fn run(self, stop: Arc<AtomicBool>) -> Result<(), PipelineError> {
+    /// Runs until `stop` is cancelled, then drains: a final checkpoint within the drain
+    /// timeout. Blocking: call it on its own thread.
+    pub fn run(self, stop: CancellationToken) -> Result<(), PipelineError> {
         let interval = self.cfg.pipeline.checkpoint_interval;
         let mut last_checkpoint = Instant::now();
         let mut last_markers = Instant::now();
         let result = loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_cancelled() {
                 break Ok(());
             }
             if let Some(e) = self

@@ -405,8 +405,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// see zeros instead of missing series.
 pub fn init_labels() {
     let m = &*METRICS;
-    for t in ["model", "tool", "integration"] {
-        m.events_priced.with_label_values(&[t]);
+    for t in crate::catalog::AssetType::ALL {
+        m.events_priced.with_label_values(&[t.as_str()]);
     }
     for o in ["committed", "aborted"] {
         m.transactions.with_label_values(&[o]);
@@ -471,7 +471,9 @@ mod tests {
     #[test]
     fn names_follow_the_convention() {
         // Touch labelled families so they are gathered.
-        METRICS.events_priced.with_label_values(&["model"]);
+        METRICS
+            .events_priced
+            .with_label_values(&[crate::catalog::AssetType::Model.as_str()]);
         for name in metric_names() {
             assert!(name.starts_with("usage_agg_"), "{name}");
         }

@@ -30,7 +30,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::CatalogHandle;
+use crate::catalog::{AssetType, CatalogHandle};
 use crate::config::{Config, Delivery};
 use crate::debit::Debit;
 use crate::event::encode_timeout_marker;
@@ -121,7 +121,7 @@ enum Mode {
 #[derive(Default)]
 struct BatchCounts {
     consumed: u64,
-    priced: [u64; 3],
+    priced: [u64; AssetType::ALL.len()],
     duplicates: u64,
     rejected: HashMap<&'static str, u64>,
     debits: HashMap<&'static str, (u64, f64)>,
@@ -130,12 +130,13 @@ struct BatchCounts {
 impl BatchCounts {
     fn flush(&mut self) {
         METRICS.events_consumed.inc_by(self.consumed);
-        for (i, t) in ["model", "tool", "integration"].iter().enumerate() {
-            if self.priced[i] > 0 {
+        for t in AssetType::ALL {
+            let n = self.priced[t as usize];
+            if n > 0 {
                 METRICS
                     .events_priced
-                    .with_label_values(&[t])
-                    .inc_by(self.priced[i]);
+                    .with_label_values(&[t.as_str()])
+                    .inc_by(n);
             }
         }
         METRICS.events_duplicate.inc_by(self.duplicates);
@@ -150,7 +151,7 @@ impl BatchCounts {
                 .inc_by(credits);
         }
         self.consumed = 0;
-        self.priced = [0; 3];
+        self.priced = [0; AssetType::ALL.len()];
         self.duplicates = 0;
     }
 }

@@ -86,16 +86,17 @@ impl Stages {
     }
 }
 
-/// A stage returned: if that was not because of shutdown, log why and shut the rest down.
+/// A stage returned: log a failure (also one while draining), and unless shutdown was
+/// already under way, shut the other stages down.
 fn ended(name: &'static str, r: &anyhow::Result<()>, shutdown: &CancellationToken) {
-    if shutdown.is_cancelled() {
-        return;
-    }
     match r {
         Err(e) => {
             tracing::error!(stage = name, error = %e, "stage failed; shutting down (a restart resumes from the last commit)")
         }
-        Ok(()) => tracing::error!(stage = name, "stage ended before shutdown; shutting down"),
+        Ok(()) if !shutdown.is_cancelled() => {
+            tracing::error!(stage = name, "stage ended before shutdown; shutting down")
+        }
+        Ok(()) => {}
     }
     shutdown.cancel();
 }

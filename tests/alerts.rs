@@ -54,7 +54,7 @@ fn committed(env: &TestEnv, reader: &BaseConsumer) -> i64 {
 #[test]
 fn alerts_commit_on_an_interval_under_steady_load_and_everything_on_shutdown() {
     let mut env = TestEnv::new("alerts_commit");
-    env.cfg.alerts.account_hourly_credits = "1000".into();
+    env.cfg.alerts.account_hourly_credits = Some(Decimal::from(1000));
     env.setup();
     let stop = CancellationToken::new();
     let alerts = {

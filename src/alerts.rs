@@ -1,11 +1,11 @@
 //! Spend alerts: debits in (read from the debits topic, where all of an account's debits
 //! share a partition), alert events out, once per threshold crossing.
 //! Rules: credits per account per clock hour of event time, and credits of one execution.
+//! Offsets are committed every [`COMMIT_INTERVAL`] while debits flow, at once when the topic
+//! goes idle, and on shutdown, each time after the alerts sent so far are acknowledged.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -13,6 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::debit::{Debit, DebitKind};
@@ -130,50 +131,76 @@ impl SpendAlerts {
     }
 }
 
-/// Runs the alert rules over the debits topic until `stop` is set.
-pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// Longest time between offset commits while debits keep arriving.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether to commit now: something was read since the last commit, and either the interval
+/// has passed or the last poll came back empty (the topic is idle).
+pub fn commit_due(read_since_commit: u64, since_last_commit: Duration, idle: bool) -> bool {
+    read_since_commit > 0 && (idle || since_last_commit >= COMMIT_INTERVAL)
+}
+
+/// Runs the alert rules over the debits topic until `stop` is cancelled. Blocking: call it
+/// on its own thread.
+pub fn run(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
     let c = kafka::group_config(cfg, &cfg.kafka.alerts_group_id, "alerts", &[]);
     let consumer: BaseConsumer = c.create()?;
     consumer.subscribe(&[&cfg.topics.debits])?;
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka::producer_config(cfg).create()?;
     let mut rules = SpendAlerts::new(Thresholds::from_config(cfg));
-    let mut since_commit = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(r) = consumer.poll(Duration::from_millis(200)) else {
-            if since_commit > 0 {
-                producer.flush(Duration::from_secs(10))?;
-                let _ = consumer.commit_consumer_state(CommitMode::Async);
-                since_commit = 0;
-            }
-            continue;
-        };
-        let m = match r {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "alerts consumer error");
-                continue;
-            }
-        };
-        let Some(Ok(d)) = m.payload().map(serde_json::from_slice::<Debit>) else {
-            continue;
-        };
-        for a in rules.record(&d) {
-            METRICS.alerts_fired.with_label_values(&[&a.rule]).inc();
-            tracing::info!(rule = %a.rule, amount = %a.amount, threshold = %a.threshold, "spend alert");
-            let payload = serde_json::to_vec(&a)?;
-            producer
-                .send(
-                    BaseRecord::to(&cfg.topics.alerts)
-                        .key(&a.account_id)
-                        .payload(&payload),
-                )
-                .map_err(|(e, _)| e)?;
+    let mut read_since_commit = 0u64;
+    let mut last_commit = Instant::now();
+    // Alerts sent so far are acknowledged, then the offsets of the debits behind them commit.
+    let commit = |mode: CommitMode| -> anyhow::Result<()> {
+        producer.flush(Duration::from_secs(10))?;
+        if let Err(e) = consumer.commit_consumer_state(mode) {
+            tracing::warn!(error = %e, "alerts offset commit failed; uncommitted debits are read again after a restart (alerts are idempotent by alert_id)");
         }
-        since_commit += 1;
-        consumer.store_offset_from_message(&m).ok();
+        Ok(())
+    };
+    while !stop.is_cancelled() {
+        let polled = consumer.poll(Duration::from_millis(200));
+        let idle = polled.is_none();
+        match polled {
+            None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "alerts consumer error"),
+            Some(Ok(m)) => {
+                if let Some(Ok(d)) = m.payload().map(serde_json::from_slice::<Debit>) {
+                    for a in rules.record(&d) {
+                        send_alert(cfg, &producer, &a)?;
+                    }
+                }
+                read_since_commit += 1;
+                consumer.store_offset_from_message(&m).ok();
+            }
+        }
+        if commit_due(read_since_commit, last_commit.elapsed(), idle) {
+            commit(CommitMode::Async)?;
+            read_since_commit = 0;
+            last_commit = Instant::now();
+        }
     }
-    producer.flush(Duration::from_secs(10))?;
+    if read_since_commit > 0 {
+        commit(CommitMode::Sync)?;
+    } else {
+        producer.flush(Duration::from_secs(10))?;
+    }
+    Ok(())
+}
+
+fn send_alert(
+    cfg: &Config,
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    a: &SpendAlert,
+) -> anyhow::Result<()> {
+    METRICS.alerts_fired.with_label_values(&[&a.rule]).inc();
+    tracing::info!(rule = %a.rule, amount = %a.amount, threshold = %a.threshold, "spend alert");
+    let payload = serde_json::to_vec(a)?;
+    let rec = BaseRecord::to(&cfg.topics.alerts)
+        .key(a.account_id.as_bytes())
+        .payload(payload.as_slice());
+    kafka::send_with_backpressure(producer, rec)?;
     Ok(())
 }
 
@@ -274,6 +301,19 @@ mod tests {
             ))
             .is_empty()
         );
+    }
+
+    #[test]
+    fn commits_on_an_interval_under_steady_load_and_at_once_when_idle() {
+        let short = COMMIT_INTERVAL / 4;
+        // Steady load: polls never come back empty, yet the interval forces a commit.
+        assert!(!commit_due(500, short, false));
+        assert!(commit_due(500, COMMIT_INTERVAL, false));
+        // Idle: commit what was read without waiting for the interval.
+        assert!(commit_due(1, short, true));
+        // Nothing read since the last commit: nothing to commit.
+        assert!(!commit_due(0, COMMIT_INTERVAL * 10, true));
+        assert!(!commit_due(0, COMMIT_INTERVAL * 10, false));
     }
 
     #[test]

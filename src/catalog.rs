@@ -27,6 +27,11 @@ pub enum AssetType {
 }
 
 impl AssetType {
+    /// Every asset type, in declaration order (`ALL[t as usize] == t`): iterate this, never a
+    /// list of names. A new type goes at the end of the enum and of this list.
+    pub const ALL: [AssetType; 3] = [AssetType::Model, AssetType::Tool, AssetType::Integration];
+
+    /// The name in catalogs (serde), priced lines, metric labels and ClickHouse rows.
     pub fn as_str(self) -> &'static str {
         match self {
             AssetType::Model => "model",
@@ -36,6 +41,25 @@ impl AssetType {
     }
 }
 
+/// Unit name endings that count whole things. A unit whose price does not say whether it is
+/// whole (`whole` absent, as in every catalog written before the flag existed) is whole when
+/// its name ends in one of these; so is a unit the catalog does not price for the event.
+pub const WHOLE_UNIT_SUFFIXES: [&str; 7] = [
+    "tokens",
+    "requests",
+    "queries",
+    "calls",
+    "images",
+    "characters",
+    "pages",
+];
+
+/// The default of [`UnitPrice::whole`]: true for units whose name counts whole things
+/// ([`WHOLE_UNIT_SUFFIXES`]).
+pub fn counts_whole_things(unit: &str) -> bool {
+    WHOLE_UNIT_SUFFIXES.iter().any(|s| unit.ends_with(s))
+}
+
 /// Credits per `per` units of one unit name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +67,18 @@ pub struct UnitPrice {
     #[serde(with = "rust_decimal::serde::str")]
     pub credits: Decimal,
     pub per: u64,
+    /// Whether quantities of this unit must be whole numbers (a fraction is rejected as
+    /// `invalid_quantity`). Absent: [`counts_whole_things`] of the unit's name. Not written
+    /// when absent, so versions published before the flag keep their exact bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whole: Option<bool>,
+}
+
+impl UnitPrice {
+    /// Whether `unit`, priced by this price, takes only whole quantities.
+    pub fn is_whole(&self, unit: &str) -> bool {
+        self.whole.unwrap_or_else(|| counts_whole_things(unit))
+    }
 }
 
 /// One price version as written in a catalog file or on the catalog topic.
@@ -340,6 +376,19 @@ impl Catalog {
         self.aliases.resolve(name).map(|a| &**a)
     }
 
+    /// Whether `unit` of the asset named `sent` (its id or an alias) takes only whole
+    /// quantities at `at`: the flag of the version in force ([`UnitPrice::is_whole`]); where
+    /// the catalog does not price the unit then (unknown asset, before its first version, a
+    /// unit the version does not list, an integration), the default for the unit's name
+    /// ([`counts_whole_things`]), so such an event is still refused for its quantity first.
+    pub fn whole_unit(&self, sent: &str, at: DateTime<Utc>, unit: &str) -> bool {
+        let asset = self.resolve(sent).unwrap_or(sent);
+        match self.lookup(asset, at).ok().and_then(|v| v.price_of(unit)) {
+            Some(p) => p.is_whole(unit),
+            None => counts_whole_things(unit),
+        }
+    }
+
     /// The version in force at `at`: the greatest effective_from <= at.
     pub fn lookup(
         &self,
@@ -508,6 +557,7 @@ mod tests {
                 UnitPrice {
                     credits: Decimal::new(15, 2),
                     per: 1_000_000,
+                    whole: None,
                 },
             )]
             .into(),
@@ -683,6 +733,72 @@ mod tests {
         );
         v.alias_patterns = (0..65).map(|i| format!("m{i}")).collect();
         assert!(v.validate().unwrap_err().to_string().contains("aliases"));
+    }
+
+    #[test]
+    fn asset_types_are_named_once() {
+        for (i, t) in AssetType::ALL.into_iter().enumerate() {
+            assert_eq!(t as usize, i, "ALL is in declaration order");
+            let json = format!("\"{}\"", t.as_str());
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                json,
+                "serde and as_str agree"
+            );
+            assert_eq!(serde_json::from_str::<AssetType>(&json).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn whole_units_come_from_the_catalog_with_a_default_from_the_unit_name() {
+        let c = Catalog::from_json(
+            br#"[
+              {"asset_id":"tts","asset_type":"model","vendor":"v","effective_from":"2024-01-01T00:00:00Z",
+               "prices":{"characters":{"credits":"15","per":1000000,"whole":false},
+                         "input_tokens":{"credits":"1","per":1000000},
+                         "gpu_seconds":{"credits":"0.001","per":1,"whole":true},
+                         "audio_minutes":{"credits":"0.006","per":1}}},
+              {"asset_id":"tts","asset_type":"model","vendor":"v","effective_from":"2026-01-01T00:00:00Z",
+               "prices":{"characters":{"credits":"15","per":1000000}}},
+              {"asset_id":"slack","asset_type":"integration","vendor":"slack","effective_from":"2024-01-01T00:00:00Z","prices":{}}
+            ]"#,
+        )
+        .unwrap();
+        let at = t("2025-01-01T00:00:00Z");
+        // Flags in the version in force win over the name.
+        assert!(!c.whole_unit("tts", at, "characters"));
+        assert!(c.whole_unit("tts", at, "gpu_seconds"));
+        // Absent: the name decides, as in catalogs written before the flag.
+        assert!(c.whole_unit("tts", at, "input_tokens"));
+        assert!(!c.whole_unit("tts", at, "audio_minutes"));
+        // Point in time: the newer version does not flag `characters`, so the name decides.
+        assert!(c.whole_unit("tts", t("2026-02-01T00:00:00Z"), "characters"));
+        // Not priced (unknown asset, before the first version, integration, unknown unit).
+        assert!(c.whole_unit("nope", at, "requests"));
+        assert!(!c.whole_unit("nope", at, "gpu_seconds"));
+        assert!(c.whole_unit("tts", t("2020-01-01T00:00:00Z"), "characters"));
+        assert!(c.whole_unit("slack", at, "requests"));
+        assert!(!c.whole_unit("tts", at, "widgets"));
+    }
+
+    #[test]
+    fn versions_without_the_whole_flag_keep_their_bytes() {
+        let c = Catalog::from_json(TWO_VERSIONS.as_bytes()).unwrap();
+        for v in c.versions() {
+            let json = serde_json::to_string(v).unwrap();
+            assert!(!json.contains("whole"), "{json}");
+            assert_eq!(&Catalog::parse_version(json.as_bytes()).unwrap(), v);
+        }
+        let flagged =
+            TWO_VERSIONS.replace("\"per\":1000000}}},", "\"per\":1000000,\"whole\":false}}},");
+        let c = Catalog::from_json(flagged.as_bytes()).unwrap();
+        let json = serde_json::to_string(c.versions().next().unwrap()).unwrap();
+        assert!(json.contains("\"whole\":false"), "{json}");
+        let bad = TWO_VERSIONS.replace(
+            "\"per\":1000000}}},",
+            "\"per\":1000000,\"whole\":\"yes\"}}},",
+        );
+        assert!(Catalog::from_json(bad.as_bytes()).is_err());
     }
 
     #[test]

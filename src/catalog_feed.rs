@@ -3,7 +3,6 @@
 //! Also publishes catalog files to the topic (`catalog publish`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -12,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogHandle, PriceVersion};
 use crate::config::Config;
@@ -128,9 +128,9 @@ impl CatalogFeed {
         }
     }
 
-    /// Follows the topic until `stop` is set.
-    pub fn follow(self, stop: Arc<AtomicBool>) {
-        while !stop.load(Ordering::Relaxed) {
+    /// Follows the topic until `stop` is cancelled. Blocking: call it on its own thread.
+    pub fn follow(self, stop: &CancellationToken) {
+        while !stop.is_cancelled() {
             self.poll_once(Duration::from_millis(250));
             if let Some(t) = self.handle.load().updated_at {
                 let age = (chrono::Utc::now() - t).num_milliseconds() as f64 / 1000.0;

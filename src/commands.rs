@@ -4,12 +4,11 @@
 
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use rust_decimal::Decimal;
+use tokio_util::sync::CancellationToken;
 use usage_aggregator::catalog::Catalog;
 use usage_aggregator::catalog::check::{self, Change};
 use usage_aggregator::catalog_feed::{self, CatalogFeed};
@@ -383,12 +382,12 @@ pub async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
         run_id: a.run_id,
         ..Default::default()
     };
-    let interrupted = Arc::new(AtomicBool::new(false));
+    let interrupted = CancellationToken::new();
     {
         let flag = interrupted.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                flag.store(true, Ordering::Relaxed);
+                flag.cancel();
             }
         });
     }
@@ -416,7 +415,7 @@ pub async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
         None => None,
     };
     for g in Workload::new(spec, &catalog) {
-        if interrupted.load(Ordering::Relaxed) {
+        if interrupted.is_cancelled() {
             break;
         }
         match (&mut file, &producer) {
@@ -459,7 +458,7 @@ pub async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
         n as f64 / secs.max(1e-9)
     )?;
     out.flush()?;
-    if interrupted.load(Ordering::Relaxed) {
+    if interrupted.is_cancelled() {
         return Err(Exit {
             code: 130,
             message: format!("interrupted after {n} events"),

@@ -18,9 +18,8 @@ pub mod rows;
 pub mod stage;
 pub mod voucher;
 
-use std::sync::atomic::AtomicBool;
-
 use rust_decimal::Decimal;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka::TopicPlan;
@@ -92,7 +91,7 @@ fn spec(
 }
 
 /// Runs the ledger stage (blocking) until `stop`.
-pub fn run_ledger(cfg: &Config, stop: &AtomicBool) -> Result<(), StageError> {
+pub fn run_ledger(cfg: &Config, stop: &CancellationToken) -> Result<(), StageError> {
     let (rules, grant_rules) = rules(cfg);
     let mut p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules);
     let t = &cfg.topics;
@@ -107,7 +106,7 @@ pub fn run_ledger(cfg: &Config, stop: &AtomicBool) -> Result<(), StageError> {
 }
 
 /// Runs the voucher stage (blocking) until `stop`.
-pub fn run_vouchers(cfg: &Config, stop: &AtomicBool) -> Result<(), StageError> {
+pub fn run_vouchers(cfg: &Config, stop: &CancellationToken) -> Result<(), StageError> {
     let mut p = VoucherProcessor::new(cfg.topics.clone());
     let t = &cfg.topics;
     let s = spec(

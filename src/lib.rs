@@ -1,6 +1,6 @@
 //! usage-aggregator: prices AI-agent usage events, rolls them up per execution and emits
-//! debits. The rating core (event, catalog, rating, rollup, money) has no I/O; the pipeline,
-//! sink and HTTP modules wrap it.
+//! debits. The rating core ([`CORE_MODULES`]) has no I/O; the pipeline, sink and HTTP modules
+//! wrap it.
 
 pub mod alerts;
 pub mod app;
@@ -28,3 +28,16 @@ pub mod replay;
 pub mod report;
 pub mod rollup;
 pub mod sink;
+
+/// The rating core: decode, price, roll up, money, outputs. Every decision is a function of
+/// its inputs: no I/O, no clock, no randomness, no import of a shell module. Not a comment
+/// but a rule: `tests/core_is_pure.rs` reads these modules' sources and fails on any of it.
+pub const CORE_MODULES: [&str; 7] = [
+    "catalog",
+    "debit",
+    "event",
+    "money",
+    "rating",
+    "rejection",
+    "rollup",
+];

@@ -405,8 +405,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// see zeros instead of missing series.
 pub fn init_labels() {
     let m = &*METRICS;
-    for t in ["model", "tool", "integration"] {
-        m.events_priced.with_label_values(&[t]);
+    for t in crate::catalog::AssetType::ALL {
+        m.events_priced.with_label_values(&[t.as_str()]);
     }
     for o in ["committed", "aborted"] {
         m.transactions.with_label_values(&[o]);
@@ -418,7 +418,7 @@ pub fn init_labels() {
         m.debits.with_label_values(&[k.as_str()]);
         m.credits_debited.with_label_values(&[k.as_str()]);
     }
-    for t in ["usage_transactions", "debits", "dead_letters", "ledger"] {
+    for t in crate::sink::tables::NAMES {
         m.sink_rows.with_label_values(&[t]);
         m.sink_retries.with_label_values(&[t]);
         m.sink_duplicates.with_label_values(&[t]);
@@ -471,7 +471,9 @@ mod tests {
     #[test]
     fn names_follow_the_convention() {
         // Touch labelled families so they are gathered.
-        METRICS.events_priced.with_label_values(&["model"]);
+        METRICS
+            .events_priced
+            .with_label_values(&[crate::catalog::AssetType::Model.as_str()]);
         for name in metric_names() {
             assert!(name.starts_with("usage_agg_"), "{name}");
         }

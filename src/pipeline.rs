@@ -16,7 +16,7 @@ pub mod output;
 pub mod state_store;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,9 @@ use rdkafka::producer::Producer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
-use crate::catalog::CatalogHandle;
+use crate::catalog::{AssetType, CatalogHandle};
 use crate::config::{Config, Delivery};
 use crate::debit::Debit;
 use crate::event::encode_timeout_marker;
@@ -120,7 +121,7 @@ enum Mode {
 #[derive(Default)]
 struct BatchCounts {
     consumed: u64,
-    priced: [u64; 3],
+    priced: [u64; AssetType::ALL.len()],
     duplicates: u64,
     rejected: HashMap<&'static str, u64>,
     debits: HashMap<&'static str, (u64, f64)>,
@@ -129,12 +130,13 @@ struct BatchCounts {
 impl BatchCounts {
     fn flush(&mut self) {
         METRICS.events_consumed.inc_by(self.consumed);
-        for (i, t) in ["model", "tool", "integration"].iter().enumerate() {
-            if self.priced[i] > 0 {
+        for t in AssetType::ALL {
+            let n = self.priced[t as usize];
+            if n > 0 {
                 METRICS
                     .events_priced
-                    .with_label_values(&[t])
-                    .inc_by(self.priced[i]);
+                    .with_label_values(&[t.as_str()])
+                    .inc_by(n);
             }
         }
         METRICS.events_duplicate.inc_by(self.duplicates);
@@ -149,7 +151,7 @@ impl BatchCounts {
                 .inc_by(credits);
         }
         self.consumed = 0;
-        self.priced = [0; 3];
+        self.priced = [0; AssetType::ALL.len()];
         self.duplicates = 0;
     }
 }
@@ -931,13 +933,14 @@ impl Pipeline {
         EngineHandle(self.engine.clone())
     }
 
-    /// Runs until `stop` is set, then drains: a final checkpoint within the drain timeout.
-    pub fn run(self, stop: Arc<AtomicBool>) -> Result<(), PipelineError> {
+    /// Runs until `stop` is cancelled, then drains: a final checkpoint within the drain
+    /// timeout. Blocking: call it on its own thread.
+    pub fn run(self, stop: CancellationToken) -> Result<(), PipelineError> {
         let interval = self.cfg.pipeline.checkpoint_interval;
         let mut last_checkpoint = Instant::now();
         let mut last_markers = Instant::now();
         let result = loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_cancelled() {
                 break Ok(());
             }
             if let Some(e) = self

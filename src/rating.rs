@@ -9,6 +9,26 @@ use crate::event::{EventKind, UsageEvent};
 use crate::money;
 use crate::rejection::{RejectReason, Rejection, excerpt};
 
+/// Refuses a fraction of a unit that counts whole things (`invalid_quantity`): whether a unit
+/// is whole is catalog data ([`Catalog::whole_unit`]: the `whole` flag of the unit's price in
+/// the version in force, by default from the unit's name). Runs before anything else looks
+/// at the call (execution bookkeeping, pricing), as the contract checks of the decoder do.
+pub fn check_whole_units(event: &UsageEvent, catalog: &Catalog) -> Result<(), Rejection> {
+    let sent = event.asset_id.as_deref().unwrap_or_default();
+    for (unit, quantity) in &event.quantities {
+        if !quantity.fract().is_zero() && catalog.whole_unit(sent, event.occurred_at, unit) {
+            return Err(Rejection::new(
+                RejectReason::InvalidQuantity,
+                format!(
+                    "quantities.{} must be a whole number for a counted unit, got {quantity}",
+                    excerpt(unit)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Prices a call event. Never bills an unknown asset, time or unit as 0.
 pub fn price_call(
     event: &UsageEvent,
@@ -329,6 +349,41 @@ mod tests {
             r.process(3, none.as_bytes(), &c, 0, &mut out),
             Outcome::Rejected(RejectReason::ConflictingDuplicate)
         );
+    }
+
+    #[test]
+    fn fractions_of_whole_units_are_refused_by_catalog_data() {
+        let c = Catalog::from_json(
+            CATALOG
+                .replace(
+                    r#""output_tokens":{"credits":"0.6","per":1000000}}"#,
+                    r#""output_tokens":{"credits":"0.6","per":1000000},"audio_seconds":{"credits":"1","per":60,"whole":true}}"#,
+                )
+                .as_bytes(),
+        )
+        .unwrap();
+        let at = "2026-05-01T00:00:00Z";
+        let r = check_whole_units(&ev("m", at, r#"{"input_tokens":"1.5"}"#), &c).unwrap_err();
+        assert_eq!(r.reason, RejectReason::InvalidQuantity);
+        assert!(
+            r.message
+                .contains("quantities.input_tokens must be a whole number")
+                && r.message.contains("1.5"),
+            "{}",
+            r.message
+        );
+        // A unit flagged whole in the catalog, whatever its name.
+        let r = check_whole_units(&ev("m", at, r#"{"audio_seconds":"0.5"}"#), &c).unwrap_err();
+        assert_eq!(r.reason, RejectReason::InvalidQuantity);
+        // Whole values (3.0 included) and fractional units pass.
+        check_whole_units(
+            &ev("m", at, r#"{"input_tokens":"3.0","audio_minutes":"0.5"}"#),
+            &c,
+        )
+        .unwrap();
+        // Unknown asset or integration: the name decides, before any lookup error.
+        assert!(check_whole_units(&ev("x", at, r#"{"input_tokens":0.5}"#), &c).is_err());
+        assert!(check_whole_units(&ev("i", at, r#"{"requests":0.5}"#), &c).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::catalog::{AssetType, Catalog};
 use crate::debit::{self, BreakdownLine, Debit, DebitKind, PricedLine};
 use crate::event::{self, EventKind, Origin, UsageEvent, id_hash};
 use crate::money;
-use crate::rating::price_call;
+use crate::rating::{check_whole_units, price_call};
 use crate::rejection::{RejectReason, Rejection, excerpt};
 use dedupe::{DedupeWindow, HashKeyed, Seen};
 pub use snapshot::PartitionSnapshot;
@@ -237,9 +237,10 @@ impl PartitionRollup {
             }
         }
         let outcome = match ev.kind {
-            EventKind::ModelCall | EventKind::ToolCall => {
-                self.call(offset, &ev, catalog, now_ms, out)
-            }
+            EventKind::ModelCall | EventKind::ToolCall => match check_whole_units(&ev, catalog) {
+                Ok(()) => self.call(offset, &ev, catalog, now_ms, out),
+                Err(r) => self.rejected(r, out),
+            },
             _ => self.finish(offset, &ev, now_ms, out),
         };
         if matches!(outcome, Outcome::Rejected(_)) {

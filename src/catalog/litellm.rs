@@ -356,7 +356,11 @@ fn scaled(key: &str, price: Decimal, per: u64) -> Result<UnitPrice, String> {
             .ok_or_else(|| format!("{key} = {price} overflows per {per} units"))?
             .normalize();
         if credits.scale() <= LINE_COST_SCALE {
-            return Ok(UnitPrice { credits, per });
+            return Ok(UnitPrice {
+                credits,
+                per,
+                whole: None,
+            });
         }
         if per >= MAX_PER {
             return Err(format!(

@@ -4,7 +4,6 @@
 //! definitions from the compacted `voucher_state` changelog.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka;
@@ -134,7 +134,8 @@ type Waiters = Mutex<HashMap<String, tokio::sync::oneshot::Sender<VoucherResult>
 /// request id. Register with [`ResultFollower::wait_for`] *before* sending the request.
 pub struct ResultFollower {
     waiters: Arc<Waiters>,
-    stop: Arc<AtomicBool>,
+    /// Cancelled when dropped: the follower thread ends.
+    stop: CancellationToken,
 }
 
 impl ResultFollower {
@@ -159,12 +160,12 @@ impl ResultFollower {
         };
         reader.assign(&tpl)?;
         let waiters: Arc<Waiters> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
         let (w, s) = (waiters.clone(), stop.clone());
         std::thread::Builder::new()
             .name("voucher-results".into())
             .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
+                while !s.is_cancelled() {
                     let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) else {
                         continue;
                     };
@@ -217,7 +218,7 @@ impl ResultFollower {
 
 impl Drop for ResultFollower {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.cancel();
     }
 }
 

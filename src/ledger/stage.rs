@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -32,6 +31,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::kafka;
 use crate::metrics::METRICS;
+use tokio_util::sync::CancellationToken;
 
 mod processor;
 mod restore;
@@ -205,10 +205,10 @@ impl<'a, P: Processor> Stage<'a, P> {
         })
     }
 
-    /// Runs until `stop`; the open transaction is committed on the way out.
-    pub fn run(mut self, stop: &AtomicBool) -> Result<(), StageError> {
+    /// Runs until `stop` is cancelled; the open transaction is committed on the way out.
+    pub fn run(mut self, stop: &CancellationToken) -> Result<(), StageError> {
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_cancelled() {
                 if self.in_txn {
                     self.commit()?;
                 }

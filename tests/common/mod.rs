@@ -520,7 +520,9 @@ pub struct PrivateClickHouse {
 
 impl PrivateClickHouse {
     pub fn start(dir: &Path) -> PrivateClickHouse {
+        // The config names the real path: a worktree's `.run` may be a symlink to it.
         let run = root().join(".run/clickhouse");
+        let run = std::fs::canonicalize(&run).unwrap_or(run);
         let http = free_port();
         let tcp = free_port();
         let dir = dir.join("clickhouse");

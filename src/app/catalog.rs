@@ -1,0 +1,62 @@
+//! Catalog start-up: the catalog topic (seeded from `pricing.catalog_file` when empty) in; a
+//! loaded [`CatalogHandle`] and the feed that keeps it current out. Waits while no catalog
+//! exists: nothing is ever billed without prices.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, CatalogHandle};
+use crate::catalog_feed::{self, CatalogFeed};
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::METRICS;
+
+/// Loads the catalog (bootstrapping an empty topic from the configured file) and waits until
+/// it has at least one version. Returns the handle the pipeline prices with and the feed to
+/// follow (on its own thread: [`CatalogFeed::follow`]).
+pub async fn load(
+    cfg: &Config,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(CatalogHandle, CatalogFeed)> {
+    let (feed, handle) = CatalogFeed::new(cfg)?;
+    let feed = Arc::new(feed);
+    let load = |f: Arc<CatalogFeed>| {
+        tokio::task::spawn_blocking(move || f.load_initial(Duration::from_secs(15)))
+    };
+    let mut n = load(feed.clone()).await??;
+    let file = &cfg.pricing.catalog_file;
+    if n == 0 && !file.as_os_str().is_empty() && !file.exists() {
+        tracing::error!(topic = %cfg.topics.price_catalog, "the catalog topic is empty and pricing.catalog_file = \"{}\" does not exist, so it cannot be seeded", file.display());
+    }
+    if n == 0 && !file.as_os_str().is_empty() && file.exists() {
+        let bytes = std::fs::read(&cfg.pricing.catalog_file)?;
+        let file = Catalog::from_json(&bytes).with_context(|| {
+            format!(
+                "pricing.catalog_file {}",
+                cfg.pricing.catalog_file.display()
+            )
+        })?;
+        let versions: Vec<_> = file.versions().cloned().collect();
+        let sent = catalog_feed::publish(cfg, &versions).await?;
+        tracing::info!(versions = sent, file = %cfg.pricing.catalog_file.display(), "catalog topic was empty; published the bootstrap file");
+        n = load(feed.clone()).await??;
+    }
+    while n == 0 {
+        tracing::error!(topic = %cfg.topics.price_catalog, "price catalog is empty; nothing is billed until a catalog is published (usage-aggregator catalog publish FILE)");
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for a price catalog"),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        n = load(feed.clone()).await??;
+    }
+    health.catalog_ok.store(true, Ordering::Relaxed);
+    METRICS.catalog_versions.set(n as i64);
+    tracing::info!(versions = n, "price catalog loaded");
+    let feed = Arc::into_inner(feed).expect("no other catalog feed users");
+    Ok((handle, feed))
+}

@@ -1,0 +1,163 @@
+//! The measured aggregator processes: a bench environment in; child processes running
+//! `run --role ROLE` on it, their metrics (scraped over HTTP) and their RSS and CPU (from
+//! /proc) out.
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use super::{BenchArgs, BenchEnv};
+
+/// The aggregator processes of one bench run.
+pub struct Fleet {
+    children: Vec<Child>,
+    pids: Vec<u32>,
+    listens: Vec<String>,
+}
+
+impl Fleet {
+    /// Starts `args.instances` aggregators on the bench's topics, groups and database, each
+    /// with its own HTTP port; logs go to `$TMPDIR/<tag>.log`.
+    pub fn start(env: &BenchEnv, args: &BenchArgs) -> anyhow::Result<Fleet> {
+        let b = &env.cfg;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        if let Ok(c) = std::env::var("USAGE_AGG_CONFIG") {
+            cmd.arg("--config").arg(c);
+        }
+        let envs = [
+            ("USAGE_AGG__TOPICS__USAGE_EVENTS", &b.topics.usage_events),
+            ("USAGE_AGG__TOPICS__PRICE_CATALOG", &b.topics.price_catalog),
+            ("USAGE_AGG__TOPICS__DEBITS", &b.topics.debits),
+            ("USAGE_AGG__TOPICS__PRICED_USAGE", &b.topics.priced_usage),
+            ("USAGE_AGG__TOPICS__DEAD_LETTER", &b.topics.dead_letter),
+            ("USAGE_AGG__TOPICS__ALERTS", &b.topics.alerts),
+            ("USAGE_AGG__TOPICS__STATE", &b.topics.state),
+            ("USAGE_AGG__KAFKA__GROUP_ID", &b.kafka.group_id),
+            ("USAGE_AGG__KAFKA__SINK_GROUP_ID", &b.kafka.sink_group_id),
+            (
+                "USAGE_AGG__KAFKA__ALERTS_GROUP_ID",
+                &b.kafka.alerts_group_id,
+            ),
+            ("USAGE_AGG__CLICKHOUSE__DATABASE", &b.clickhouse.database),
+            ("USAGE_AGG__HTTP__LISTEN", &b.http.listen),
+        ];
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", env.tag)))?;
+        cmd.args(["run", "--role", &args.role])
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("USAGE_AGG__LOG__FILTER", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut fleet = Fleet {
+            children: Vec::new(),
+            pids: Vec::new(),
+            listens: Vec::new(),
+        };
+        for i in 0..args.instances.max(1) {
+            let listen = format!("127.0.0.1:{}", 19464 + i);
+            let child = cmd.env("USAGE_AGG__HTTP__LISTEN", &listen).spawn()?;
+            fleet.pids.push(child.id());
+            fleet.children.push(child);
+            fleet.listens.push(listen);
+        }
+        Ok(fleet)
+    }
+
+    pub fn instances(&self) -> u32 {
+        self.children.len() as u32
+    }
+
+    /// Sum of a metric over every instance.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.listens.iter().map(|l| metric(&scrape(l), name)).sum()
+    }
+
+    /// Current RSS MiB, peak RSS MiB and CPU seconds, summed over every instance.
+    pub fn proc_stats(&self) -> (f64, f64, f64) {
+        self.pids
+            .iter()
+            .map(|p| proc_stats(*p))
+            .fold((0.0, 0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1, a.2 + s.2))
+    }
+
+    /// SIGTERM to every instance, then waits for them to exit.
+    pub async fn stop(self) {
+        for pid in &self.pids {
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &pid.to_string()])
+                .status();
+        }
+        let children = self.children;
+        let _ = tokio::task::spawn_blocking(move || {
+            for mut c in children {
+                let _ = c.wait();
+            }
+        })
+        .await;
+    }
+}
+
+/// (current RSS MiB, peak RSS MiB, cpu seconds) of a process.
+fn proc_stats(pid: u32) -> (f64, f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command name: state is field 0, utime 11, stime 12 (clock ticks of 1/100 s).
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0, cpu)
+}
+
+fn scrape(listen: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(listen) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {listen}\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Sum of every series of a metric in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_every_series_and_skips_comments() {
+        let text = "# HELP usage_agg_x help\n# TYPE usage_agg_x counter\nusage_agg_x{t=\"a\"} 2\nusage_agg_x{t=\"b\"} 3.5\nusage_agg_y 7\n";
+        assert_eq!(metric(text, "usage_agg_x"), 5.5);
+        assert_eq!(metric(text, "usage_agg_z"), 0.0);
+    }
+
+    #[test]
+    fn proc_stats_of_this_process() {
+        let (rss, peak, _) = proc_stats(std::process::id());
+        assert!(rss > 0.0 && peak >= rss, "rss {rss} peak {peak}");
+    }
+}

@@ -1,0 +1,52 @@
+//! A fast producer for preloading events (bench, loadgen, tests): records in, queued on the
+//! broker with backpressure on a full queue.
+
+use std::time::Duration;
+
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::config::Config;
+use crate::kafka;
+
+/// A fast producer for preloading events, with backpressure on a full queue.
+pub struct Loader {
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl Loader {
+    pub fn new(cfg: &Config) -> anyhow::Result<Loader> {
+        let mut c = kafka::producer_config(cfg);
+        c.set("linger.ms", "20").set("batch.num.messages", "10000");
+        Ok(Loader {
+            producer: c.create()?,
+        })
+    }
+
+    pub fn send(&self, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+        self.send_record(BaseRecord::to(topic).key(key.as_bytes()).payload(payload))
+    }
+
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        self.send_record(
+            BaseRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(payload)
+                .partition(partition),
+        )
+    }
+
+    fn send_record(&self, rec: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+        kafka::send_with_backpressure(&self.producer, rec).map_err(Into::into)
+    }
+
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.producer.flush(Duration::from_secs(120))?;
+        Ok(())
+    }
+}

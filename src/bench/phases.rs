@@ -1,0 +1,288 @@
+//! The bench phases, in order: preload a generated workload, drain it with a plain consumer
+//! (baseline), drain it with the aggregator from a cold start, then a live phase measuring
+//! debit latency. Each takes the bench environment and writes its figures into the report.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+use super::fleet::Fleet;
+use super::{BenchArgs, BenchEnv, BenchReport, Loader};
+use crate::loadgen::{Workload, WorkloadSpec};
+
+/// Phase 1, preload: ~`events` generated events (90 % in executions, 10 % direct calls) into the
+/// fresh usage topic. Returns how many were sent.
+pub fn preload(
+    env: &BenchEnv,
+    loader: &Loader,
+    events: u64,
+    r: &mut BenchReport,
+) -> anyhow::Result<u64> {
+    let spec = WorkloadSpec {
+        executions: events * 9 / 10 / 27,
+        direct_calls: events / 10,
+        run_id: format!("{}-pre", env.tag),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let mut sent = 0u64;
+    for g in Workload::new(spec, &env.catalog) {
+        loader.send(&env.cfg.topics.usage_events, &g.key, &g.payload)?;
+        sent += 1;
+    }
+    loader.flush()?;
+    r.events = sent;
+    r.partitions = env.cfg.topics.partitions;
+    r.preload_events_per_s = sent as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "preloaded {sent} events at {:.0} events/s",
+        r.preload_events_per_s
+    );
+    Ok(sent)
+}
+
+/// Phase 2, baseline: a plain consumer drains the same topic doing nothing.
+pub fn baseline(env: &BenchEnv, events: u64, r: &mut BenchReport) -> anyhow::Result<()> {
+    let base: BaseConsumer = crate::kafka::client_config(
+        &env.cfg,
+        &[
+            ("group.id", &format!("{}-baseline", env.tag)),
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.commit", "false"),
+            ("fetch.max.bytes", "16777216"),
+        ],
+    )
+    .create()?;
+    base.subscribe(&[&env.cfg.topics.usage_events])?;
+    let t = Instant::now();
+    let mut seen = 0u64;
+    let mut first: Option<Instant> = None;
+    while seen < events && t.elapsed() < Duration::from_secs(600) {
+        if let Some(Ok(_)) = base.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    drop(base);
+    let since_first = first.map_or(t.elapsed(), |f| f.elapsed());
+    r.baseline_consumer_events_per_s = seen as f64 / since_first.as_secs_f64();
+    println!(
+        "baseline plain consumer: {:.0} events/s",
+        r.baseline_consumer_events_per_s
+    );
+    Ok(())
+}
+
+/// Phase 3, the aggregator from a cold start: waits until the pipeline consumed every preloaded
+/// event and (unless it runs the pipeline alone) the sink caught up; throughput, RSS, CPU.
+/// Returns the RSS (MiB) when drained.
+pub async fn cold_start(
+    fleet: &Fleet,
+    events: u64,
+    pipeline_only: bool,
+    r: &mut BenchReport,
+) -> anyhow::Result<f64> {
+    r.instances = fleet.instances();
+    let t0 = Instant::now();
+    let mut drained_at = None;
+    let mut sink_done_at = None;
+    let mut rows = 0.0;
+    let mut first_event_at = None;
+    let deadline = Duration::from_secs(900);
+    while t0.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let consumed = fleet.metric("usage_agg_pipeline_events_consumed_total");
+        if consumed > 0.0 && first_event_at.is_none() {
+            first_event_at = Some(t0.elapsed());
+        }
+        if drained_at.is_none() && consumed >= events as f64 {
+            drained_at = Some(t0.elapsed());
+        }
+        rows = fleet.metric("usage_agg_sink_rows_inserted_total");
+        let sink_lag = fleet.metric("usage_agg_sink_lag_messages");
+        if drained_at.is_some() && sink_done_at.is_none() && rows > 0.0 && sink_lag == 0.0 {
+            sink_done_at = Some(t0.elapsed());
+        }
+        if drained_at.is_some() && pipeline_only {
+            sink_done_at = drained_at;
+        }
+        if drained_at.is_some() && sink_done_at.is_some() {
+            break;
+        }
+    }
+    let (rss_now, peak, cpu) = fleet.proc_stats();
+    let drained = drained_at
+        .ok_or_else(|| anyhow::anyhow!("the aggregator did not drain within {deadline:?}"))?;
+    let start = first_event_at.unwrap_or_default();
+    r.time_to_drain_s = drained.as_secs_f64();
+    r.aggregator_events_per_s = events as f64 / (drained - start).as_secs_f64().max(1e-3);
+    r.ratio_to_baseline = r.aggregator_events_per_s / r.baseline_consumer_events_per_s;
+    r.peak_rss_mib = peak;
+    r.cpu_s_per_million_events = cpu / (events as f64 / 1e6);
+    r.clickhouse_rows = rows as u64;
+    r.clickhouse_rows_per_s = rows
+        / sink_done_at
+            .unwrap_or(drained)
+            .saturating_sub(start)
+            .as_secs_f64()
+            .max(1e-3);
+    println!(
+        "aggregator ({} instance(s)): drained {events} events in {:.1} s ({:.0} events/s sustained, {:.0}% of the plain consumer), peak RSS {:.0} MiB, {:.1} CPU s per 1M events; clickhouse {} rows at {:.0} rows/s",
+        r.instances,
+        r.time_to_drain_s,
+        r.aggregator_events_per_s,
+        r.ratio_to_baseline * 100.0,
+        peak,
+        r.cpu_s_per_million_events,
+        r.clickhouse_rows,
+        r.clickhouse_rows_per_s
+    );
+    Ok(rss_now)
+}
+
+/// Phase 4, live at half the max rate (or `--live-rate`): the time from sending an
+/// `execution_finished` to reading its debit, and RSS over the phase.
+pub fn live(
+    env: &BenchEnv,
+    loader: &Loader,
+    fleet: &Fleet,
+    args: &BenchArgs,
+    rss_at_start: f64,
+    r: &mut BenchReport,
+) -> anyhow::Result<()> {
+    r.live_rate_events_per_s = args
+        .live_rate
+        .unwrap_or((r.aggregator_events_per_s / 2.0).min(r.preload_events_per_s / 2.0));
+    r.rss_at_live_start_mib = rss_at_start;
+    let spec = WorkloadSpec {
+        executions: u64::MAX / 4,
+        direct_calls: 0,
+        duplicates: 0.0,
+        bad: 0.0,
+        late: 0.0,
+        run_id: format!("{}-live", env.tag),
+        ..Default::default()
+    };
+    let observer = crate::kafka::client_config(
+        &env.cfg,
+        &[
+            ("group.id", &format!("{}-observer", env.tag)),
+            ("auto.offset.reset", "latest"),
+            ("fetch.wait.max.ms", "5"),
+            ("enable.auto.commit", "false"),
+        ],
+    )
+    .create::<BaseConsumer>()?;
+    observer.subscribe(&[&env.cfg.topics.debits])?;
+    // Let the observer join before sending.
+    let join = Instant::now();
+    while observer.assignment().map(|a| a.count()).unwrap_or(0) == 0
+        && join.elapsed() < Duration::from_secs(20)
+    {
+        observer.poll(Duration::from_millis(100));
+    }
+    let live = Instant::now();
+    let mut sent = 0u64;
+    let mut finishes: HashMap<String, Instant> = HashMap::new();
+    let mut latencies = Vec::new();
+    for g in Workload::new(spec, &env.catalog) {
+        if live.elapsed() >= Duration::from_secs(args.live_seconds) {
+            break;
+        }
+        loader.send(&env.cfg.topics.usage_events, &g.key, &g.payload)?;
+        if let Some(x) = g.finish_of {
+            finishes.insert(x, Instant::now());
+        }
+        sent += 1;
+        let due = Duration::from_secs_f64(sent as f64 / r.live_rate_events_per_s);
+        if let Some(w) = due.checked_sub(live.elapsed())
+            && w > Duration::from_millis(1)
+        {
+            // Poll the observer while pacing.
+            let until = Instant::now() + w;
+            while Instant::now() < until {
+                observe(
+                    &observer,
+                    &mut finishes,
+                    &mut latencies,
+                    Duration::from_millis(1),
+                );
+            }
+        }
+    }
+    loader.flush()?;
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(5) && !finishes.is_empty() {
+        observe(
+            &observer,
+            &mut finishes,
+            &mut latencies,
+            Duration::from_millis(50),
+        );
+    }
+    r.live_events = sent;
+    let (rss_end, _, _) = fleet.proc_stats();
+    r.rss_at_live_end_mib = rss_end;
+    latencies.sort_by(|a: &f64, b| a.total_cmp(b));
+    r.debit_latency_samples = latencies.len();
+    r.debit_latency_p50_ms = percentile(&latencies, 0.50);
+    r.debit_latency_p99_ms = percentile(&latencies, 0.99);
+    println!(
+        "live phase: {sent} events at {:.0} events/s for {} s; debit latency after execution_finished p50 {:.1} ms, p99 {:.1} ms ({} samples, {} open at end of observation); RSS {:.0} -> {:.0} MiB",
+        r.live_rate_events_per_s,
+        args.live_seconds,
+        r.debit_latency_p50_ms,
+        r.debit_latency_p99_ms,
+        latencies.len(),
+        finishes.len(),
+        rss_at_start,
+        rss_end
+    );
+    Ok(())
+}
+
+/// Reads at most one debit; records the latency of an execution whose finish was sent.
+fn observe(
+    c: &BaseConsumer,
+    finishes: &mut HashMap<String, Instant>,
+    out: &mut Vec<f64>,
+    wait: Duration,
+) {
+    if let Some(Ok(m)) = c.poll(wait) {
+        let Some(Ok(d)) = m
+            .payload()
+            .map(serde_json::from_slice::<crate::debit::Debit>)
+        else {
+            return;
+        };
+        if let Some(sent) = d.execution_id.and_then(|x| finishes.remove(&x)) {
+            out.push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+}
+
+/// The `p` quantile (0..=1) of sorted samples, nearest rank; NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let s: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&s, 0.5), 51.0);
+        assert_eq!(percentile(&s, 0.99), 99.0);
+        assert_eq!(percentile(&s, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+}

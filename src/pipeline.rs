@@ -106,6 +106,52 @@ struct PartitionState {
     dirty: bool,
 }
 
+/// Creates the `exactly_once` producer and initialises its transactions: this fences a
+/// previous incarnation with the same `transactional.id` and aborts its open transaction, so
+/// `read_committed` readers move on at once.
+fn transactional_producer(cfg: &Config) -> Result<OutputProducer, PipelineError> {
+    let c = kafka::transactional_producer_config(cfg, "pipeline");
+    let id = c.get("transactional.id").unwrap_or_default().to_string();
+    let p: OutputProducer = c.create_with_context(OutputContext::default())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    txn_call("init_transactions", deadline, || {
+        p.init_transactions(Duration::from_secs(30))
+    })
+    .map_err(|f| match f {
+        TxnFailure::Abort(e) | TxnFailure::Fatal(e) => PipelineError::Kafka(e),
+    })?;
+    tracing::info!(transactional_id = %id, "transactional producer ready");
+    Ok(p)
+}
+
+/// Re-initialisations of a fenced producer allowed per minute; beyond, the pipeline stops
+/// (two live instances sharing one `kafka.instance_id` would otherwise fence each other
+/// forever).
+const MAX_REINITS_PER_MINUTE: usize = 3;
+
+/// Queues one output; in `exactly_once`, a failure poisons the transaction instead of
+/// stopping the pipeline (the whole transaction is replayed after recovery).
+fn send_output(
+    producer: &OutputProducer,
+    mode: &Mode,
+    poisoned: &mut Option<KafkaError>,
+    to: Destination<'_>,
+    bytes: &[u8],
+) -> Result<(), PipelineError> {
+    match mode {
+        Mode::AtLeastOnce(c) => Ok(send(producer, c.epoch(), to, bytes)?),
+        Mode::ExactlyOnce { .. } => {
+            if poisoned.is_none()
+                && let Err(e) = send(producer, 0, to, bytes)
+            {
+                tracing::warn!(error = %e, "transactional producer failed; its transaction will be abandoned and the pipeline resumes from the last commit");
+                *poisoned = Some(e);
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Partition snapshots of one checkpoint.
 type Snapshots = Vec<(i32, PartitionSnapshot)>;
 
@@ -167,6 +213,11 @@ pub struct Engine {
     parts: HashMap<i32, PartitionState>,
     state_partitions: i32,
     failures_seen: u64,
+    /// `exactly_once`: the producer hit a fatal error (e.g. fenced after its transaction
+    /// outlived the timeout while the broker was away); outputs are dropped until the next
+    /// checkpoint re-initialises it and rewinds to the last commit.
+    poisoned: Option<KafkaError>,
+    reinits: Vec<Instant>,
     out: Vec<Output>,
     counts: BatchCounts,
     health: Arc<Health>,
@@ -190,22 +241,10 @@ impl Engine {
                 kafka::producer_config(cfg).create_with_context(OutputContext::default())?,
                 Mode::AtLeastOnce(Coordinator::default()),
             ),
-            Delivery::ExactlyOnce => {
-                let c = kafka::transactional_producer_config(cfg, "pipeline");
-                let id = c.get("transactional.id").unwrap_or_default().to_string();
-                let p: OutputProducer = c.create_with_context(OutputContext::default())?;
-                // Fences a previous incarnation with the same id and aborts its open
-                // transaction, so read_committed readers move on at once.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                txn_call("init_transactions", deadline, || {
-                    p.init_transactions(Duration::from_secs(30))
-                })
-                .map_err(|f| match f {
-                    TxnFailure::Abort(e) | TxnFailure::Fatal(e) => PipelineError::Kafka(e),
-                })?;
-                tracing::info!(transactional_id = %id, "transactional producer ready");
-                (p, Mode::ExactlyOnce { open: false })
-            }
+            Delivery::ExactlyOnce => (
+                transactional_producer(cfg)?,
+                Mode::ExactlyOnce { open: false },
+            ),
         };
         let reader: kafka::Reader =
             kafka::reader_config(cfg).create_with_context(kafka::ReaderContext)?;
@@ -228,6 +267,8 @@ impl Engine {
             parts: HashMap::new(),
             state_partitions: state_partitions.max(1),
             failures_seen: 0,
+            poisoned: None,
+            reinits: Vec::new(),
             out: Vec::with_capacity(16),
             counts: BatchCounts::default(),
             health,
@@ -313,13 +354,26 @@ impl Engine {
 
     /// `exactly_once`: opens a transaction if none is open.
     fn ensure_transaction(&mut self) -> Result<(), PipelineError> {
+        if self.poisoned.is_some() {
+            return Ok(());
+        }
         if let Mode::ExactlyOnce { open } = &mut self.mode
             && !*open
         {
-            self.producer.begin_transaction()?;
-            *open = true;
+            match self.producer.begin_transaction() {
+                Ok(()) => *open = true,
+                Err(e) => self.poison(e),
+            }
         }
         Ok(())
+    }
+
+    /// `exactly_once`: the producer cannot go on; remember why until the next checkpoint.
+    fn poison(&mut self, e: KafkaError) {
+        if self.poisoned.is_none() {
+            tracing::warn!(error = %e, "transactional producer failed; its transaction will be abandoned and the pipeline resumes from the last commit");
+        }
+        self.poisoned = Some(e);
     }
 
     /// Handles one input message.
@@ -397,8 +451,8 @@ impl Engine {
             key: &key,
             partition: None,
         };
-        send(&self.producer, epoch, to, &bytes)?;
-        Ok(())
+        let _ = epoch;
+        send_output(&self.producer, &self.mode, &mut self.poisoned, to, &bytes)
     }
 
     /// Snapshots of the partitions changed since the last checkpoint, and their offsets.
@@ -523,6 +577,9 @@ impl Engine {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), PipelineError> {
+        if let Some(e) = self.poisoned.take() {
+            return self.recover(consumer, e);
+        }
         let Mode::ExactlyOnce { open: true } = self.mode else {
             self.update_gauges();
             return Ok(());
@@ -564,8 +621,32 @@ impl Engine {
                 tracing::warn!(error = %e, "kafka transaction aborted; resuming from the last committed checkpoint");
                 self.abort_and_rewind(consumer)
             }
-            Err(TxnFailure::Fatal(e)) => Err(PipelineError::TransactionFatal(e)),
+            Err(TxnFailure::Fatal(e)) => self.recover(consumer, e),
         }
+    }
+
+    /// `exactly_once`: the producer failed for good (fenced: its transaction outlived
+    /// `transaction_timeout`, e.g. while the broker was away, and the broker bumped its
+    /// epoch). A new producer with the same `transactional.id` is initialised (which aborts
+    /// whatever was open) and every partition rewinds to its last committed snapshot.
+    fn recover<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        e: KafkaError,
+    ) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        self.reinits
+            .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if self.reinits.len() >= MAX_REINITS_PER_MINUTE {
+            return Err(PipelineError::TransactionFatal(e));
+        }
+        self.reinits.push(now);
+        tracing::warn!(error = %e, "re-initialising the transactional producer; resuming from the last committed checkpoint");
+        METRICS.transactions.with_label_values(&["aborted"]).inc();
+        self.producer = transactional_producer(&self.cfg)?;
+        self.mode = Mode::ExactlyOnce { open: false };
+        self.poisoned = None;
+        self.rewind(consumer)
     }
 
     /// `exactly_once`: aborts the open transaction (its outputs never become visible) and
@@ -582,10 +663,18 @@ impl Engine {
                 producer.abort_transaction(timeout)
             })
         {
-            return Err(PipelineError::TransactionFatal(e));
+            return self.recover(consumer, e);
         }
         METRICS.transactions.with_label_values(&["aborted"]).inc();
         self.mode = Mode::ExactlyOnce { open: false };
+        self.rewind(consumer)
+    }
+
+    /// Restores every owned partition from its last committed snapshot and seeks there.
+    fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), PipelineError> {
         self.failures_seen = self.producer.context().failed();
         self.counts = BatchCounts::default();
         let parts: Vec<i32> = self.parts.keys().copied().collect();
@@ -744,7 +833,20 @@ impl Engine {
                 key: idle.execution_id.as_bytes(),
                 partition: Some(p),
             };
-            send_with_headers(&self.producer, epoch, to, &bytes, Some(headers))?;
+            match (&self.mode, &self.poisoned) {
+                (Mode::AtLeastOnce(_), _) => {
+                    send_with_headers(&self.producer, epoch, to, &bytes, Some(headers))?
+                }
+                (Mode::ExactlyOnce { .. }, Some(_)) => continue,
+                (Mode::ExactlyOnce { .. }, None) => {
+                    if let Err(e) = send_with_headers(&self.producer, 0, to, &bytes, Some(headers))
+                    {
+                        tracing::warn!(error = %e, "transactional producer failed; its transaction will be abandoned and the pipeline resumes from the last commit");
+                        self.poisoned = Some(e);
+                        continue;
+                    }
+                }
+            }
             METRICS.markers_written.inc();
         }
         Ok(())

@@ -209,8 +209,8 @@ fn fault_broker_frozen_then_restarted_mid_stream() {
     std::thread::sleep(Duration::from_secs(2));
     broker.resume();
     feeder.join().unwrap();
-    let restarts = env.respawn_if_exited(0, "all", "agg.log");
-    let oracle = env.wait_for_oracle(Duration::from_secs(240));
+    let (oracle, restarts) =
+        env.wait_for_oracle_supervised(0, "all", "agg.log", Duration::from_secs(240));
     let (_, raw) = env.debits_by_id();
     assert_eq!(
         raw,

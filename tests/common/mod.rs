@@ -341,6 +341,34 @@ impl TestEnv {
         o
     }
 
+    /// [`Self::wait_for_oracle`] while acting as a supervisor for child `i`: restarted (with
+    /// `role`, logging to `log_name`) whenever it has exited. Returns the oracle and the
+    /// number of restarts.
+    pub fn wait_for_oracle_supervised(
+        &mut self,
+        i: usize,
+        role: &str,
+        log_name: &str,
+        timeout: Duration,
+    ) -> (Oracle, usize) {
+        let deadline = Instant::now() + timeout;
+        let mut restarts = 0;
+        loop {
+            restarts += self.respawn_if_exited(i, role, log_name);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let step = left.min(Duration::from_secs(5));
+            if left.is_zero() {
+                return (self.wait_for_oracle(Duration::ZERO), restarts);
+            }
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.wait_for_oracle(step)
+            }));
+            if let Ok(o) = done {
+                return (o, restarts);
+            }
+        }
+    }
+
     /// Waits until the debits topic (deduplicated) holds exactly the oracle's debits and no
     /// execution is left open; returns the final oracle.
     pub fn wait_for_oracle(&self, timeout: Duration) -> Oracle {

@@ -1,9 +1,11 @@
 //! End-to-end benchmark: the running services in; figures (printed, and written as JSON)
 //! out. Phases ([`phases`]): preload a generated workload into a fresh usage topic, drain it
-//! with a plain consumer (baseline), drain it with the aggregator from a cold start
-//! ([`fleet`]), then a live phase at half the measured rate for debit latency.
+//! with a plain consumer (baseline) and with Apache Kafka's own `ConsumerPerformance`
+//! ([`java_baseline`], skipped when its jars are missing), drain it with the aggregator from a
+//! cold start ([`fleet`]), then a live phase at half the measured rate for debit latency.
 
 pub mod fleet;
+pub mod java_baseline;
 pub mod loader;
 pub mod phases;
 
@@ -42,8 +44,14 @@ pub struct BenchReport {
     pub partitions: i32,
     pub preload_events_per_s: f64,
     pub baseline_consumer_events_per_s: f64,
+    /// Kafka's own `ConsumerPerformance` (`fetch.nMsg.sec`); `None` when skipped.
+    pub java_consumer_events_per_s: Option<f64>,
+    /// Why the Kafka `ConsumerPerformance` baseline was skipped, if it was.
+    pub java_consumer_skipped: Option<String>,
     pub aggregator_events_per_s: f64,
     pub ratio_to_baseline: f64,
+    /// Aggregator rate / Kafka `ConsumerPerformance` rate (the headline ratio).
+    pub ratio_to_java_consumer: Option<f64>,
     pub time_to_drain_s: f64,
     pub peak_rss_mib: f64,
     pub cpu_s_per_million_events: f64,
@@ -109,6 +117,7 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let loader = Loader::new(&env.cfg)?;
     let events = phases::preload(&env, &loader, args.events, &mut r)?;
     phases::baseline(&env, events, &mut r)?;
+    java_baseline::phase(&env, events, &mut r);
     let fleet = fleet::Fleet::start(&env, &args)?;
     let measured = async {
         let rss = phases::cold_start(&fleet, events, args.role == "pipeline", &mut r).await?;

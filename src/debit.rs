@@ -1,6 +1,8 @@
 //! Output records of the rating core: priced usage lines and debits, with their stable ids.
 //! Both serialize deterministically (no wall-clock field), so a replay is byte-identical.
 
+pub mod json;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -68,8 +70,12 @@ pub struct Debit {
 }
 
 impl Debit {
+    /// The debit's JSON: the bytes `serde_json::to_vec` writes, by the hand-written
+    /// [`json::encode_debit`] (checked byte for byte against serde in tests).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a debit always serializes")
+        let mut buf = Vec::with_capacity(512);
+        json::encode_debit(&mut buf, self);
+        buf
     }
 }
 
@@ -121,8 +127,12 @@ pub enum LineKind {
 }
 
 impl PricedLine {
+    /// The line's JSON: the bytes `serde_json::to_vec` writes, by the hand-written
+    /// [`json::encode_line`] (checked byte for byte against serde in tests).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a priced line always serializes")
+        let mut buf = Vec::with_capacity(512);
+        json::encode_line(&mut buf, self);
+        buf
     }
 
     /// The line's identity for consumers that deduplicate: its event's idempotency key

@@ -219,6 +219,8 @@ pub struct Engine {
     poisoned: Option<KafkaError>,
     reinits: Vec<Instant>,
     out: Vec<Output>,
+    /// Reused encoding buffer of one output (no allocation per output).
+    enc: Vec<u8>,
     counts: BatchCounts,
     health: Arc<Health>,
     hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
@@ -270,6 +272,7 @@ impl Engine {
             poisoned: None,
             reinits: Vec::new(),
             out: Vec::with_capacity(16),
+            enc: Vec::with_capacity(4096),
             counts: BatchCounts::default(),
             health,
             hi_offsets,
@@ -424,17 +427,20 @@ impl Engine {
     ) -> Result<(), PipelineError> {
         let epoch = self.epoch();
         let topics = &self.cfg.topics;
-        let (topic, key, bytes) = match output {
-            Output::Line(l) => (
-                &topics.priced_usage,
-                l.account_id.as_bytes().to_vec(),
-                l.encode(),
-            ),
+        let mut buf = std::mem::take(&mut self.enc);
+        buf.clear();
+        let dead_letter_key;
+        let (topic, key): (&str, &[u8]) = match output {
+            Output::Line(l) => {
+                crate::debit::json::encode_line(&mut buf, l);
+                (&topics.priced_usage, l.account_id.as_bytes())
+            }
             Output::Debit(d) => {
                 let e = self.counts.debits.entry(d.kind.as_str()).or_default();
                 e.0 += 1;
                 e.1 += decimal_f64(d);
-                (&topics.debits, d.account_id.as_bytes().to_vec(), d.encode())
+                crate::debit::json::encode_debit(&mut buf, d);
+                (&topics.debits, d.account_id.as_bytes())
             }
             Output::Rejected(r) => {
                 self.warned_rejects += 1;
@@ -442,17 +448,20 @@ impl Engine {
                     tracing::warn!(reason = %r.reason, partition = p, offset = o, rejected_so_far = self.warned_rejects, "event rejected to dead letter (logged at powers of two)");
                 }
                 let dl = DeadLetter::new(r, payload, &topics.usage_events, p, o);
-                let bytes = serde_json::to_vec(&dl).expect("dead letter serializes");
-                (&topics.dead_letter, dl.id().into_bytes(), bytes)
+                serde_json::to_writer(&mut buf, &dl).expect("dead letter serializes");
+                dead_letter_key = dl.id().into_bytes();
+                (&topics.dead_letter, &dead_letter_key)
             }
         };
         let to = Destination {
             topic,
-            key: &key,
+            key,
             partition: None,
         };
         let _ = epoch;
-        send_output(&self.producer, &self.mode, &mut self.poisoned, to, &bytes)
+        let sent = send_output(&self.producer, &self.mode, &mut self.poisoned, to, &buf);
+        self.enc = buf;
+        sent
     }
 
     /// Snapshots of the partitions changed since the last checkpoint, and their offsets.

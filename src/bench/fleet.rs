@@ -12,6 +12,10 @@ pub struct Fleet {
     children: Vec<Child>,
     pids: Vec<u32>,
     listens: Vec<String>,
+    /// The run's tag: its output topics are `{tag}.*`.
+    tag: String,
+    /// The sink's `sink.batch_age`: how long rows may wait in a batch.
+    sink_batch_age: Duration,
 }
 
 impl Fleet {
@@ -50,6 +54,8 @@ impl Fleet {
             children: Vec::new(),
             pids: Vec::new(),
             listens: Vec::new(),
+            tag: env.tag.clone(),
+            sink_batch_age: b.sink.batch_age,
         };
         for i in 0..args.instances.max(1) {
             let listen = format!("127.0.0.1:{}", 19464 + i);
@@ -68,6 +74,19 @@ impl Fleet {
     /// Sum of a metric over every instance.
     pub fn metric(&self, name: &str) -> f64 {
         self.listens.iter().map(|l| metric(&scrape(l), name)).sum()
+    }
+
+    /// True when every instance's sink is at most one message behind on each partition of the
+    /// run's own topics (a transactional topic ends with a commit marker the sink never reads).
+    pub fn sink_caught_up(&self) -> bool {
+        self.listens
+            .iter()
+            .all(|l| sink_caught_up(&scrape(l), &self.tag))
+    }
+
+    /// How long rows may wait in a sink batch (`sink.batch_age`).
+    pub fn sink_batch_age(&self) -> Duration {
+        self.sink_batch_age
     }
 
     /// Current RSS MiB, peak RSS MiB and CPU seconds, summed over every instance.
@@ -144,9 +163,36 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// See [`Fleet::sink_caught_up`]; `false` while no lag series of the run's topics exists.
+fn sink_caught_up(text: &str, tag: &str) -> bool {
+    let ours = format!("topic=\"{tag}.");
+    let mut any = false;
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("usage_agg_sink_lag_messages{") && l.contains(&ours))
+    {
+        any = true;
+        let lag = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if lag.is_none_or(|v| v > 1.0) {
+            return false;
+        }
+    }
+    any
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sink_is_caught_up_at_one_marker_per_partition_of_our_topics() {
+        let m = "usage_agg_sink_lag_messages{partition=\"0\",topic=\"b1.debits\"} 1\n\
+                 usage_agg_sink_lag_messages{partition=\"1\",topic=\"b1.debits\"} 0\n\
+                 usage_agg_sink_lag_messages{partition=\"0\",topic=\"debits\"} 500\n";
+        assert!(sink_caught_up(m, "b1"));
+        assert!(!sink_caught_up(&m.replace("} 0\n", "} 2\n"), "b1"));
+        assert!(!sink_caught_up(m, "b2"), "no lag line of our topics yet");
+    }
 
     #[test]
     fn metric_sums_every_series_and_skips_comments() {

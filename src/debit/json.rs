@@ -119,9 +119,9 @@ fn timestamp(buf: &mut Vec<u8>, t: &DateTime<Utc>) {
     digits(buf, t.second(), 2);
     if nanos != 0 {
         buf.push(b'.');
-        if nanos % 1_000_000 == 0 {
+        if nanos.is_multiple_of(1_000_000) {
             digits(buf, nanos / 1_000_000, 3);
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             digits(buf, nanos / 1_000, 6);
         } else {
             digits(buf, nanos, 9);

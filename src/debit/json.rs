@@ -7,7 +7,6 @@
 //! byte-identical outputs do not change.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use rust_decimal::Decimal;
@@ -19,6 +18,12 @@ use super::{BreakdownLine, Debit, LineKind, PricedLine, PricedUnit};
 pub(crate) fn string(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
     let bytes = s.as_bytes();
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        // The common case (ids, names): nothing to escape.
+        buf.extend_from_slice(bytes);
+        buf.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -55,10 +60,45 @@ fn opt_string(buf: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// A decimal as a JSON string of its `Display` form (what `rust_decimal`'s serde writes).
+/// A decimal as a JSON string of its `Display` form (what `rust_decimal`'s serde writes):
+/// sign (also of a negative zero), the digits of the mantissa padded with zeros to the scale,
+/// the point before the last `scale` digits (with a `0` before a leading point).
 fn decimal(buf: &mut Vec<u8>, d: &Decimal) {
     buf.push(b'"');
-    write!(buf, "{d}").expect("writing to a Vec cannot fail");
+    if d.is_sign_negative() {
+        buf.push(b'-');
+    }
+    let scale = d.scale() as usize;
+    // The mantissa has at most 96 bits (29 digits) and the scale is at most 28.
+    let mut tmp = [b'0'; 40];
+    let mut n = 0;
+    let m = d.mantissa().unsigned_abs();
+    if let Ok(mut small) = u64::try_from(m) {
+        while small != 0 {
+            n += 1;
+            tmp[40 - n] = b'0' + (small % 10) as u8;
+            small /= 10;
+        }
+    } else {
+        let mut big = m;
+        while big != 0 {
+            n += 1;
+            tmp[40 - n] = b'0' + (big % 10) as u8;
+            big /= 10;
+        }
+    }
+    let len = n.max(scale);
+    let digits = &tmp[40 - len..];
+    let whole = len - scale;
+    if whole == 0 {
+        buf.push(b'0');
+    } else {
+        buf.extend_from_slice(&digits[..whole]);
+    }
+    if scale > 0 {
+        buf.push(b'.');
+        buf.extend_from_slice(&digits[whole..]);
+    }
     buf.push(b'"');
 }
 

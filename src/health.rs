@@ -29,6 +29,8 @@ pub struct Health {
     pub clickhouse_error: Mutex<Option<String>>,
     pub sink_last_progress_ms: AtomicU64,
     pub sink_lag: AtomicI64,
+    /// While `run` waits for Kafka at start: why it cannot connect (preflight's line).
+    pub kafka_wait: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -49,6 +51,9 @@ impl Health {
     pub fn not_ready_reason(&self, stall_after: Duration) -> Option<String> {
         let now = now_ms();
         let stall = stall_after.as_millis() as u64;
+        if let Some(why) = self.kafka_wait.lock().expect("health lock").clone() {
+            return Some(format!("waiting for kafka: {why}"));
+        }
         if self.pipeline_enabled.load(Ordering::Relaxed) {
             if !self.kafka_ok.load(Ordering::Relaxed) {
                 return Some("kafka is not reachable".into());

@@ -251,12 +251,19 @@ impl Kafka {
     }
 }
 
-/// Waits until Kafka answers, logging one line per 30 s while it does not. Returns false
-/// when `stop` is cancelled first (a requested stop, not a failure).
-pub async fn wait_for_kafka(cfg: &Config, stop: &CancellationToken) -> bool {
+/// Waits until Kafka answers, logging one line per 30 s while it does not and keeping that
+/// line in `health.kafka_wait` for `/readyz`. Returns false when `stop` is cancelled first
+/// (a requested stop, not a failure).
+pub async fn wait_for_kafka(
+    cfg: &Config,
+    stop: &CancellationToken,
+    health: &crate::health::Health,
+) -> bool {
     let mut last_log: Option<Instant> = None;
     loop {
-        match Kafka::connect(cfg).await {
+        let r = Kafka::connect(cfg).await;
+        *health.kafka_wait.lock().expect("health lock") = r.as_ref().err().map(|e| e.to_string());
+        match r {
             Ok(_) => {
                 if last_log.is_some() {
                     tracing::info!(brokers = %cfg.kafka.brokers, "kafka reachable");

@@ -16,10 +16,25 @@ use usage_aggregator::config::Config;
 use usage_aggregator::debit::{Debit, DebitKind};
 use usage_aggregator::loadgen::{Generated, Workload, WorkloadSpec};
 
-/// config/secure.example.toml, parsed as the service parses a config file.
+/// config/secure.example.toml as the service loads it (`Config::load`), with only its
+/// secret and CA file paths pointed at files that exist here.
 fn secure_example() -> Config {
     let text = std::fs::read_to_string(root().join("config/secure.example.toml")).unwrap();
-    let cfg: Config = toml::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = text;
+    for path in [
+        "/etc/ssl/certs/kafka-ca.pem",
+        "/run/secrets/clickhouse_password",
+        "/run/secrets/marker_key",
+    ] {
+        assert!(text.contains(path), "the example names {path}");
+        let here = dir.path().join(path.rsplit('/').next().unwrap());
+        std::fs::write(&here, "0123456789abcdef0123456789abcdef\n").unwrap();
+        text = text.replace(path, here.to_str().unwrap());
+    }
+    let file = dir.path().join("secure.toml");
+    std::fs::write(&file, text).unwrap();
+    let cfg = Config::load(Some(&file)).unwrap();
     let p = &cfg.kafka.properties;
     assert_eq!(p["security.protocol"], "SASL_SSL");
     assert_eq!(p["sasl.mechanisms"], "SCRAM-SHA-512");
@@ -422,6 +437,43 @@ fn kafka_security_failures_fail_fast_naming_listener_and_mechanism() {
             );
         }
     }
+
+    // The service with a wrong password waits for Kafka: one clear line (not a flood),
+    // /readyz says why, the password appears nowhere, SIGTERM ends the wait.
+    let mut env = env;
+    env.cfg.log.filter = "debug".into();
+    env.write_config();
+    let listen = env.cfg.http.listen.clone();
+    env.spawn_with(
+        "all",
+        "wrong.log",
+        &listen,
+        &[("USAGE_AGG_KAFKA_PROP_SASL_PASSWORD", wrong_pw)],
+    );
+    let mut why = String::new();
+    env.wait_for("/readyz to say why", Duration::from_secs(30), || {
+        let (status, body) = http_get(&listen, "/readyz");
+        why = body;
+        status == 503 && why.contains("authentication failed")
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        why.contains("waiting for kafka: kafka.brokers = ")
+            && why.contains("sasl.mechanisms = SCRAM-SHA-512"),
+        "{why}"
+    );
+    assert!(
+        env.terminate(0, Duration::from_secs(20)),
+        "SIGTERM ends the wait"
+    );
+    let log = env.log("wrong.log");
+    let said = log.matches("authentication failed").count();
+    assert!(
+        (1..=2).contains(&said),
+        "the reason is logged once per 30 s, not flooded ({said} times): {log}"
+    );
+    assert!(!log.contains(wrong_pw) && !log.contains(&good_pw), "{log}");
+    assert!(!why.contains(wrong_pw), "{why}");
 }
 
 fn sha256_hex(s: &str) -> String {

@@ -63,12 +63,12 @@ fn stderr_that_nobody_reads_never_blocks_processing() {
         env.terminate(0, Duration::from_secs(20)),
         "SIGTERM stops the service promptly and cleanly even with stderr stuck"
     );
-    // What was written meanwhile: more than the pipe holds, so it was full while the
-    // service worked.
+    // What the pipe held: within one log line of its 64 KiB capacity, so it was full while
+    // the service worked (a line that does not fit waits, and the logger dropped the rest).
     let mut written = Vec::new();
     unread.read_to_end(&mut written).unwrap();
     assert!(
-        written.len() >= 64 * 1024,
+        written.len() > 60 * 1024,
         "the service wrote {} bytes: not enough to fill a pipe",
         written.len()
     );

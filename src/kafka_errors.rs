@@ -228,7 +228,13 @@ enum Probe {
     TimedOut(Vec<String>),
 }
 
-fn probe(c: &ClientConfig, timeout: Duration) -> Result<Probe, KafkaError> {
+/// Asks for metadata until `timeout`; stops early on a classified failure, or when `settled`
+/// says the captured lines already answer the caller's question.
+fn probe(
+    c: &ClientConfig,
+    timeout: Duration,
+    settled: impl Fn(&[String]) -> bool,
+) -> Result<Probe, KafkaError> {
     let client: BaseProducer<Capture> = c.create_with_context(Capture::default())?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -244,8 +250,9 @@ fn probe(c: &ClientConfig, timeout: Duration) -> Result<Probe, KafkaError> {
         if let Some((f, line)) = client.context().failure() {
             return Ok(Probe::Failed(f, line));
         }
-        if Instant::now() >= deadline {
-            return Ok(Probe::TimedOut(client.context().lines()));
+        let lines = client.context().lines();
+        if Instant::now() >= deadline || settled(&lines) {
+            return Ok(Probe::TimedOut(lines));
         }
     }
 }
@@ -260,7 +267,7 @@ pub fn diagnose(cfg: &Config, c: &ClientConfig, failure: Failure, line: &str) ->
             let mut lax = c.clone();
             lax.set("ssl.endpoint.identification.algorithm", "none");
             lax.set_log_level(RDKafkaLogLevel::Warning);
-            match probe(&lax, Duration::from_secs(5)) {
+            match probe(&lax, Duration::from_secs(5), |_| false) {
                 Ok(Probe::Connected) => Failure::HostnameMismatch,
                 Ok(Probe::Failed(f, _)) if f != Failure::CertificateVerify && f != Failure::Tls => {
                     Failure::HostnameMismatch
@@ -300,7 +307,10 @@ fn speaks_tls(c: &ClientConfig) -> bool {
     let mut tls = c.clone();
     tls.set("security.protocol", "ssl")
         .set("enable.ssl.certificate.verification", "false")
-        .set("ssl.endpoint.identification.algorithm", "none");
+        .set("ssl.endpoint.identification.algorithm", "none")
+        // The broker hanging up after the handshake is the evidence: it must be logged.
+        .set("log.connection.close", "true");
+    tls.set_log_level(RDKafkaLogLevel::Warning);
     for k in [
         "sasl.mechanisms",
         "sasl.mechanism",
@@ -309,7 +319,13 @@ fn speaks_tls(c: &ClientConfig) -> bool {
     ] {
         tls.remove(k);
     }
-    match probe(&tls, PLAINTEXT_SILENCE) {
+    // Settled once the handshake got through, or the port refused or failed it.
+    let settled = |lines: &[String]| {
+        lines.iter().any(|l| {
+            past_handshake(l) || l.contains("Connection refused") || l.contains("handshake failed")
+        })
+    };
+    match probe(&tls, PLAINTEXT_SILENCE, settled) {
         Ok(Probe::Connected) => true,
         // The handshake completed when librdkafka got past it (state UP or a request).
         Ok(Probe::TimedOut(lines)) => lines.iter().any(|l| past_handshake(l)),

@@ -146,8 +146,12 @@ impl Kafka {
                     cfg, c, failure, &line,
                 )));
             }
-            let silent = ctx.cause.lock().expect("capture lock").is_none();
-            if !tls_tried && silent && started.elapsed() >= crate::kafka_errors::PLAINTEXT_SILENCE {
+            // A plaintext client on a TLS port hears nothing (or all brokers end up down):
+            // try a TLS handshake on the address once to say so.
+            let all_down_now = *ctx.all_down.lock().expect("capture lock");
+            if !tls_tried
+                && (all_down_now || started.elapsed() >= crate::kafka_errors::PLAINTEXT_SILENCE)
+            {
                 tls_tried = true;
                 if let Some(why) = crate::kafka_errors::plaintext_on_tls(cfg, c) {
                     return Err(PreflightError(why));

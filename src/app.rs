@@ -69,7 +69,7 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     };
     let http = tokio::spawn(http::serve(listener, http_state, shutdown.clone()));
     tokio::spawn(stages::cancel_on_signal(shutdown.clone()));
-    if !crate::preflight::wait_for_kafka(&cfg, &shutdown).await {
+    if !crate::preflight::wait_for_kafka(&cfg, &shutdown, &health).await {
         return Ok(());
     }
     if with_sink {

@@ -1,6 +1,7 @@
 //! Health: what each stage reports (progress, lag, reachability) in, the readiness verdict
 //! the HTTP server serves out. A stalled consumer with growing lag is not ready.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +24,13 @@ pub struct Health {
     pub kafka_ok: AtomicBool,
     pub catalog_ok: AtomicBool,
     pub clickhouse_ok: AtomicBool,
+    /// Why ClickHouse is not usable (the last failed request, in the operator's terms), while
+    /// `clickhouse_ok` is false.
+    pub clickhouse_error: Mutex<Option<String>>,
     pub sink_last_progress_ms: AtomicU64,
     pub sink_lag: AtomicI64,
+    /// While `run` waits for Kafka at start: why it cannot connect (preflight's line).
+    pub kafka_wait: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -34,10 +40,20 @@ impl Health {
         METRICS.last_progress.set(now as f64 / 1000.0);
     }
 
+    /// Records whether ClickHouse answered, and why not.
+    pub fn clickhouse(&self, result: Result<(), String>) {
+        let ok = result.is_ok();
+        *self.clickhouse_error.lock().expect("health lock") = result.err();
+        self.clickhouse_ok.store(ok, Ordering::Relaxed);
+    }
+
     /// Why the service is not ready, or None when it is.
     pub fn not_ready_reason(&self, stall_after: Duration) -> Option<String> {
         let now = now_ms();
         let stall = stall_after.as_millis() as u64;
+        if let Some(why) = self.kafka_wait.lock().expect("health lock").clone() {
+            return Some(format!("waiting for kafka: {why}"));
+        }
         if self.pipeline_enabled.load(Ordering::Relaxed) {
             if !self.kafka_ok.load(Ordering::Relaxed) {
                 return Some("kafka is not reachable".into());
@@ -56,7 +72,8 @@ impl Health {
         }
         if self.sink_enabled.load(Ordering::Relaxed) {
             if !self.clickhouse_ok.load(Ordering::Relaxed) {
-                return Some("clickhouse is not reachable".into());
+                let why = self.clickhouse_error.lock().expect("health lock").clone();
+                return Some(why.unwrap_or_else(|| "clickhouse is not reachable".into()));
             }
             let lag = self.sink_lag.load(Ordering::Relaxed);
             let last = self.sink_last_progress_ms.load(Ordering::Relaxed);

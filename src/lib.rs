@@ -13,6 +13,7 @@ pub mod event;
 pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod kafka_errors;
 pub mod ledger;
 pub mod loadgen;
 pub mod logging;

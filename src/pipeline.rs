@@ -896,7 +896,12 @@ impl ClientContext for InputContext {
             let mut hi = self.hi_offsets.lock().expect("hi offsets lock");
             for (p, s) in &t.partitions {
                 if *p >= 0 && s.hi_offset >= 0 {
-                    hi.insert(*p, s.hi_offset);
+                    // Fetched to the end with nothing waiting in the fetch queue: caught up
+                    // (-1 makes the lag 0). What lies between the last message and the high
+                    // watermark are transaction markers (close markers are written to this
+                    // topic in transactions), which are never delivered.
+                    let caught_up = s.fetchq_cnt == 0 && s.next_offset >= s.hi_offset;
+                    hi.insert(*p, if caught_up { -1 } else { s.hi_offset });
                 }
             }
         }

@@ -29,17 +29,30 @@ pub struct PreflightError(pub String);
 struct Capture {
     cause: Mutex<Option<String>>,
     all_down: Mutex<bool>,
+    /// A security failure (SASL, TLS) and librdkafka's line, from any line seen.
+    security: Mutex<Option<(crate::kafka_errors::Failure, String)>>,
+}
+
+impl Capture {
+    fn seen(&self, line: &str) {
+        if let Some(f) = crate::kafka_errors::classify(line) {
+            let mut s = self.security.lock().expect("capture lock");
+            s.get_or_insert_with(|| (f, line.to_string()));
+        }
+    }
 }
 
 impl ClientContext for Capture {
     fn log(&self, level: RDKafkaLogLevel, _fac: &str, msg: &str) {
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            self.seen(msg);
             let mut c = self.cause.lock().expect("capture lock");
             c.get_or_insert_with(|| trim_broker_prefix(msg));
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.seen(reason);
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             *self.all_down.lock().expect("capture lock") = true;
         } else {
@@ -102,13 +115,18 @@ impl Kafka {
             timeout,
             brokers,
         };
-        tokio::task::block_in_place(|| k.probe())?;
+        tokio::task::block_in_place(|| k.probe(cfg, &c))?;
         Ok(k)
     }
 
-    fn probe(&self) -> Result<(), PreflightError> {
-        let deadline = Instant::now() + self.timeout;
+    /// Asks for metadata until the deadline. A security failure (refused credentials, an
+    /// untrusted certificate, a plaintext client on a TLS port) ends it at once with
+    /// [`crate::kafka_errors`]'s line naming the listener and the mechanism.
+    fn probe(&self, cfg: &Config, c: &rdkafka::ClientConfig) -> Result<(), PreflightError> {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         let ctx = self.probe.context();
+        let mut tls_tried = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let step = left.min(Duration::from_millis(500));
@@ -122,6 +140,23 @@ impl Kafka {
             }
             // Serves librdkafka's log and error events into the capture.
             self.probe.poll(Duration::ZERO);
+            let security = ctx.security.lock().expect("capture lock").clone();
+            if let Some((failure, line)) = security {
+                return Err(PreflightError(crate::kafka_errors::diagnose(
+                    cfg, c, failure, &line,
+                )));
+            }
+            // A plaintext client on a TLS port hears nothing (or all brokers end up down):
+            // try a TLS handshake on the address once to say so.
+            let all_down_now = *ctx.all_down.lock().expect("capture lock");
+            if !tls_tried
+                && (all_down_now || started.elapsed() >= crate::kafka_errors::PLAINTEXT_SILENCE)
+            {
+                tls_tried = true;
+                if let Some(why) = crate::kafka_errors::plaintext_on_tls(cfg, c) {
+                    return Err(PreflightError(why));
+                }
+            }
             let all_down = *ctx.all_down.lock().expect("capture lock");
             let cause = ctx.cause.lock().expect("capture lock").clone();
             if (all_down && cause.is_some()) || Instant::now() >= deadline {
@@ -220,12 +255,19 @@ impl Kafka {
     }
 }
 
-/// Waits until Kafka answers, logging one line per 30 s while it does not. Returns false
-/// when `stop` is cancelled first (a requested stop, not a failure).
-pub async fn wait_for_kafka(cfg: &Config, stop: &CancellationToken) -> bool {
+/// Waits until Kafka answers, logging one line per 30 s while it does not and keeping that
+/// line in `health.kafka_wait` for `/readyz`. Returns false when `stop` is cancelled first
+/// (a requested stop, not a failure).
+pub async fn wait_for_kafka(
+    cfg: &Config,
+    stop: &CancellationToken,
+    health: &crate::health::Health,
+) -> bool {
     let mut last_log: Option<Instant> = None;
     loop {
-        match Kafka::connect(cfg).await {
+        let r = Kafka::connect(cfg).await;
+        *health.kafka_wait.lock().expect("health lock") = r.as_ref().err().map(|e| e.to_string());
+        match r {
             Ok(_) => {
                 if last_log.is_some() {
                     tracing::info!(brokers = %cfg.kafka.brokers, "kafka reachable");
@@ -249,6 +291,14 @@ pub async fn wait_for_kafka(cfg: &Config, stop: &CancellationToken) -> bool {
 /// Describes a ClickHouse failure in the operator's terms: which key, which value, what to
 /// do. Never includes the password.
 pub fn clickhouse_error(cfg: &Config, e: &clickhouse::error::Error) -> PreflightError {
+    use crate::sink::errors::{Unusable, describe, kind};
+    // Refused credentials, a TLS failure, a full disk: the same line `/readyz` serves.
+    if matches!(
+        kind(e),
+        Unusable::Authentication | Unusable::Tls | Unusable::DiskFull
+    ) {
+        return PreflightError(describe(&cfg.clickhouse, e));
+    }
     let c = &cfg.clickhouse;
     let chain = cause_chain(e);
     let msg = match e {

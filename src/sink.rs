@@ -11,6 +11,7 @@
 //! a table.
 
 pub mod cursor;
+pub mod errors;
 pub mod insert;
 pub mod migrate;
 pub mod rows;
@@ -56,7 +57,8 @@ pub fn client(cfg: &ClickHouseConfig) -> anyhow::Result<clickhouse::Client> {
 /// are handed to another member; watermarks feed the lag metric.
 struct SinkContext {
     revoked: Mutex<Vec<(String, i32)>>,
-    hi: Mutex<HashMap<(String, i32), i64>>,
+    /// Per partition: high watermark, and whether everything fetched was delivered.
+    hi: Mutex<HashMap<(String, i32), (i64, bool)>>,
 }
 
 impl ClientContext for SinkContext {
@@ -65,7 +67,11 @@ impl ClientContext for SinkContext {
         for (t, ts) in &stats.topics {
             for (p, s) in &ts.partitions {
                 if *p >= 0 && s.hi_offset >= 0 {
-                    hi.insert((t.clone(), *p), s.hi_offset);
+                    // Fetched to the end with nothing left in the fetch queue: caught up. The
+                    // offsets between the last message and the end are transaction markers,
+                    // which are never delivered, so `hi - next` would show a phantom lag.
+                    let caught_up = s.fetchq_cnt == 0 && s.next_offset >= s.hi_offset;
+                    hi.insert((t.clone(), *p), (s.hi_offset, caught_up));
                 }
             }
         }
@@ -117,6 +123,7 @@ impl Sink {
         Ok(Sink {
             inserter: Inserter {
                 ch: client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database),
+                clickhouse: cfg.clickhouse.clone(),
                 health: health.clone(),
                 max_backoff: cfg.sink.max_backoff,
             },
@@ -154,8 +161,10 @@ impl Sink {
                 _ = tick.tick() => {
                     self.apply_revokes();
                     if last_ping.elapsed() > Duration::from_secs(2) {
-                        let ok = self.inserter.ch.query("SELECT 1").execute().await.is_ok();
-                        self.health.clickhouse_ok.store(ok, Ordering::Relaxed);
+                        let r = self.inserter.ch.query("SELECT 1").execute().await;
+                        self.health.clickhouse(
+                            r.map_err(|e| errors::describe(&self.cfg.clickhouse, &e)),
+                        );
                         last_ping = Instant::now();
                         self.update_lag();
                     }
@@ -189,12 +198,12 @@ impl Sink {
     fn update_lag(&self) {
         let hi = self.consumer.context().hi.lock().expect("hi lock").clone();
         let mut total = 0;
-        for ((topic, p), h) in hi {
+        for ((topic, p), (h, caught_up)) in hi {
             let Some(lane) = self.lane_of(&topic) else {
                 continue;
             };
             if let Some(c) = self.cursors.get(&(lane, p)) {
-                let lag = (h - c.next).max(0);
+                let lag = if caught_up { 0 } else { (h - c.next).max(0) };
                 total += lag;
                 METRICS
                     .sink_lag
@@ -223,8 +232,13 @@ impl Sink {
             match cursor::held(&self.inserter.ch, l.name(), l.id_sql(), p, window).await {
                 Ok(h) => break h,
                 Err(e) => {
-                    self.health.clickhouse_ok.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, table = l.name(), partition = p, "cannot read resume point from clickhouse; retrying");
+                    let why = errors::describe(&self.cfg.clickhouse, &e);
+                    tracing::warn!(
+                        table = l.name(),
+                        partition = p,
+                        "cannot read resume point from clickhouse; retrying: {why}"
+                    );
+                    self.health.clickhouse(Err(why));
                     tokio::time::sleep(backoff).await;
                     backoff = next_backoff(backoff, self.cfg.sink.max_backoff);
                 }

@@ -5,7 +5,6 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -120,6 +119,8 @@ pub struct Refused {
 /// Inserts batches into one ClickHouse database; reports health and retries.
 pub struct Inserter {
     pub ch: clickhouse::Client,
+    /// For naming the server and user when it fails (never the password).
+    pub clickhouse: crate::config::ClickHouseConfig,
     pub health: Arc<Health>,
     pub max_backoff: Duration,
 }
@@ -145,7 +146,7 @@ impl Inserter {
             loop {
                 let e = match insert_rows(&self.ch, table, &rows[r.clone()]).await {
                     Ok(()) => {
-                        self.health.clickhouse_ok.store(true, Ordering::Relaxed);
+                        self.health.clickhouse(Ok(()));
                         break;
                     }
                     Err(e) => e,
@@ -166,9 +167,15 @@ impl Inserter {
                         break;
                     }
                     Action::Retry => {
-                        self.health.clickhouse_ok.store(false, Ordering::Relaxed);
+                        let why = super::errors::describe(&self.clickhouse, &e);
                         METRICS.sink_retries.with_label_values(&[table]).inc();
-                        tracing::warn!(error = %e, table, rows = r.len(), backoff_ms = backoff.as_millis() as u64, "clickhouse insert failed; retrying");
+                        tracing::warn!(
+                            table,
+                            rows = r.len(),
+                            backoff_ms = backoff.as_millis() as u64,
+                            "clickhouse insert failed; retrying: {why}"
+                        );
+                        self.health.clickhouse(Err(why));
                         tokio::time::sleep(backoff).await;
                         backoff = next_backoff(backoff, self.max_backoff);
                     }

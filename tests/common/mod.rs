@@ -58,8 +58,12 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub children: Vec<Child>,
-    /// Extra environment for spawned aggregators.
+    /// Extra environment for spawned aggregators and CLI commands (e.g. secrets).
     pub env: Vec<(String, String)>,
+    /// Extra librdkafka properties of the harness's own clients (readers, loader), on top of
+    /// `cfg.kafka.properties`: e.g. the SASL password that the service reads from its
+    /// environment and the config file must not hold.
+    pub client_props: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -110,6 +114,7 @@ impl TestEnv {
             config_path,
             children: Vec::new(),
             env: Vec::new(),
+            client_props: Vec::new(),
         };
         env.write_config();
         env
@@ -129,6 +134,7 @@ impl TestEnv {
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(root())
             .output()
             .unwrap();
@@ -230,12 +236,22 @@ impl TestEnv {
     }
 
     pub fn loader(&self) -> Loader {
-        Loader::new(&self.cfg).unwrap()
+        let mut cfg = self.cfg.clone();
+        cfg.kafka
+            .properties
+            .extend(self.client_props.iter().cloned());
+        Loader::new(&cfg).unwrap()
     }
 
     fn consumer(&self) -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.cfg.kafka.brokers)
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.cfg.kafka.properties {
+            c.set(k, v);
+        }
+        for (k, v) in &self.client_props {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.cfg.kafka.brokers)
             .set("group.id", format!("{}-reader", self.name))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
@@ -481,6 +497,46 @@ pub fn totals_per_account<'a>(
     t.into_iter().map(|(k, v)| (k, v.normalize())).collect()
 }
 
+/// Number of rows of `{db}.table`.
+pub fn ch_count(env: &TestEnv, table: &str) -> usize {
+    env.ch(&format!("SELECT count() FROM {{db}}.{table}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// ClickHouse holds every debit and priced line of the oracle exactly once
+/// (`count() = uniqExact(id)`), and the sums per account equal the oracle's to the last digit.
+pub fn assert_clickhouse_exact(env: &TestEnv, oracle: &Oracle) {
+    let n = oracle.debits.len();
+    assert_eq!(
+        env.ch("SELECT count(), uniqExact(debit_id) FROM {db}.debits")
+            .trim(),
+        format!("{n}\t{n}"),
+        "debits in clickhouse: count, distinct ids"
+    );
+    let l = oracle.lines.len();
+    assert_eq!(
+        env.ch("SELECT count(), uniqExact(event_id) FROM {db}.usage_transactions")
+            .trim(),
+        format!("{l}\t{l}"),
+        "priced lines in clickhouse: count, distinct ids"
+    );
+    let sums = parse_tsv_map(
+        &env.ch("SELECT account_id, toString(sum(total)) FROM {db}.debits GROUP BY account_id"),
+    );
+    for (account, total) in oracle.totals_per_account() {
+        assert_eq!(
+            sums[&account]
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+                .normalize(),
+            total,
+            "{account}"
+        );
+    }
+}
+
 /// A minimal HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(addr) else {
@@ -542,44 +598,81 @@ pub fn parse_tsv_map(tsv: &str) -> HashMap<String, String> {
 /// A private ClickHouse server (for outage tests), configured like scripts/services does.
 pub struct PrivateClickHouse {
     pub url: String,
+    /// `https://127.0.0.1:PORT` when started with [`PrivateClickHouse::start_https`].
+    pub https_url: Option<String>,
     dir: PathBuf,
+    http: u16,
+    tcp: u16,
+    https: Option<(u16, PathBuf)>,
     child: Option<Child>,
 }
 
 impl PrivateClickHouse {
+    /// Starts `scripts/services clickhouse-run DIR/clickhouse HTTP TCP`: data, logs and the
+    /// generated password of user `usage_writer` live under DIR/clickhouse (a test may mount a
+    /// small filesystem at DIR/clickhouse/data first).
     pub fn start(dir: &Path) -> PrivateClickHouse {
-        // The config names the real path: a worktree's `.run` may be a symlink to it.
-        let run = root().join(".run/clickhouse");
-        let run = std::fs::canonicalize(&run).unwrap_or(run);
-        let http = free_port();
-        let tcp = free_port();
+        Self::start_with(dir, None)
+    }
+
+    /// Also HTTPS, its certificate (for IP 127.0.0.1) signed by the throwaway CA in `ca_dir`
+    /// (e.g. a secured broker's `tls` dir, to share its CA; made there when missing).
+    pub fn start_https(dir: &Path, ca_dir: &Path) -> PrivateClickHouse {
+        Self::start_with(dir, Some(ca_dir.to_path_buf()))
+    }
+
+    fn start_with(dir: &Path, ca_dir: Option<PathBuf>) -> PrivateClickHouse {
         let dir = dir.join("clickhouse");
         std::fs::create_dir_all(dir.join("log")).unwrap();
-        for f in ["config.xml", "users.xml"] {
-            let text = std::fs::read_to_string(run.join(f))
-                .expect("scripts/services up writes the clickhouse config");
-            let text = text
-                .replace(run.to_str().unwrap(), dir.to_str().unwrap())
-                .replace(">18123<", &format!(">{http}<"))
-                .replace(">19000<", &format!(">{tcp}<"));
-            std::fs::write(dir.join(f), text).unwrap();
-        }
+        let https = ca_dir.map(|ca| (free_port(), ca));
         let mut ch = PrivateClickHouse {
-            url: format!("http://127.0.0.1:{http}"),
+            url: String::new(),
+            https_url: https
+                .as_ref()
+                .map(|(p, _)| format!("https://127.0.0.1:{p}")),
             dir,
+            http: free_port(),
+            tcp: free_port(),
+            https,
             child: None,
         };
+        ch.url = format!("http://127.0.0.1:{}", ch.http);
         ch.resume();
         ch
     }
 
+    /// The file holding the password of user `usage_writer` (made by scripts/services).
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join("secrets/usage_writer.password")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// users.xml (ClickHouse reloads it within seconds when it changes).
+    pub fn users_file(&self) -> PathBuf {
+        self.dir.join("users.xml")
+    }
+
     pub fn resume(&mut self) {
-        let log = std::fs::File::create(self.dir.join("log/stdout.log")).unwrap();
-        let child = Command::new("/usr/sbin/clickhouse-server")
-            .arg(format!(
-                "--config-file={}",
-                self.dir.join("config.xml").display()
-            ))
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log/stdout.log"))
+            .unwrap();
+        let mut args = vec![
+            "clickhouse-run".to_string(),
+            self.dir.to_str().unwrap().to_string(),
+            self.http.to_string(),
+            self.tcp.to_string(),
+        ];
+        if let Some((port, ca)) = &self.https {
+            args.push(port.to_string());
+            args.push(ca.to_str().unwrap().to_string());
+        }
+        let child = Command::new(root().join("scripts/services"))
+            .args(&args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -590,7 +683,8 @@ impl PrivateClickHouse {
         while http_get(&addr, "/ping").0 != 200 {
             assert!(
                 Instant::now() < deadline,
-                "private clickhouse did not start"
+                "private clickhouse did not start; see {}",
+                self.dir.join("log").display()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -611,17 +705,30 @@ impl Drop for PrivateClickHouse {
 }
 
 /// A private Apache Kafka broker (for broker restart, freeze and full-disk tests), started
-/// by `scripts/services kafka-run DIR PORT`, configured like the shared one. Its log dir
-/// survives `stop`/`kill` and `resume`.
+/// by `scripts/services kafka-run DIR PORT [SECURE_PORT]`, configured like the shared one.
+/// Its log dir survives `stop`/`kill` and `resume`.
 pub struct PrivateBroker {
     pub addr: String,
+    /// The SASL_SSL (SCRAM-SHA-512) listener, when started with [`PrivateBroker::start_secure`].
+    pub secure_addr: Option<String>,
     pub dir: PathBuf,
     port: u16,
+    secure_port: Option<u16>,
     pub child: Option<Child>,
 }
 
 impl PrivateBroker {
     pub fn start(dir: &Path) -> PrivateBroker {
+        Self::start_with(dir, false)
+    }
+
+    /// A broker with a second listener, SASL_SSL with SCRAM-SHA-512: its throwaway CA is
+    /// [`PrivateBroker::ca_file`], user `usage-aggregator`'s password [`PrivateBroker::password`].
+    pub fn start_secure(dir: &Path) -> PrivateBroker {
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, secure: bool) -> PrivateBroker {
         let dir = dir.join("broker");
         std::fs::create_dir_all(&dir).unwrap();
         // Two consecutive free ports: the broker's and its KRaft controller's.
@@ -631,14 +738,41 @@ impl PrivateBroker {
                 break p;
             }
         };
+        let secure_port = secure.then(|| {
+            loop {
+                let p = free_port();
+                if p != port && p != port + 1 {
+                    break p;
+                }
+            }
+        });
         let mut b = PrivateBroker {
             addr: format!("127.0.0.1:{port}"),
+            secure_addr: secure_port.map(|p| format!("127.0.0.1:{p}")),
             dir,
             port,
+            secure_port,
             child: None,
         };
         b.resume();
         b
+    }
+
+    /// The throwaway CA that signed the secured listener's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+
+    /// The password of SCRAM user `usage-aggregator` (generated by scripts/services).
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join("secrets/kafka-usage-aggregator.password")
+    }
+
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.password_file())
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     pub fn resume(&mut self) {
@@ -647,12 +781,14 @@ impl PrivateBroker {
             .append(true)
             .open(self.dir.join("broker.log"))
             .unwrap();
+        let mut args = vec![
+            "kafka-run".to_string(),
+            self.dir.to_str().unwrap().to_string(),
+            self.port.to_string(),
+        ];
+        args.extend(self.secure_port.map(|p| p.to_string()));
         let child = Command::new(root().join("scripts/services"))
-            .args([
-                "kafka-run",
-                self.dir.to_str().unwrap(),
-                &self.port.to_string(),
-            ])
+            .args(&args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

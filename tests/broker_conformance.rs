@@ -89,13 +89,23 @@ async fn broker_conformance_for_what_the_pipeline_relies_on() {
     let compact = format!("{topic}.compact");
     create(&admin, &compact, 2, true).await;
 
-    // Topic creation with configs: the compacted state topic keeps its policy.
-    let cfgs = admin
-        .describe_configs(&[ResourceSpecifier::Topic(&compact)], &AdminOptions::new())
-        .await
-        .unwrap();
-    let res = cfgs[0].as_ref().unwrap();
-    let policy = res.get("cleanup.policy").and_then(|e| e.value.clone());
+    // Topic creation with configs: the compacted state topic keeps its policy. Right after
+    // creation the broker may not describe the topic yet: ask until it does (10 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let policy = loop {
+        let cfgs = admin
+            .describe_configs(&[ResourceSpecifier::Topic(&compact)], &AdminOptions::new())
+            .await
+            .unwrap();
+        let policy = cfgs[0]
+            .as_ref()
+            .ok()
+            .and_then(|res| res.get("cleanup.policy").and_then(|e| e.value.clone()));
+        if policy.is_some() || Instant::now() > deadline {
+            break policy;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(policy.as_deref(), Some("compact"));
 
     // Produce two compressed batches; high watermark is exact.

@@ -3,6 +3,7 @@
 //! ([`decide`]): retry a transient fault forever with backoff, bisect a refused batch, give
 //! up on (dead-letter) a single refused row.
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,8 +144,24 @@ impl Inserter {
         let mut plan = Bisection::new(rows.len());
         while let Some(r) = plan.next_range() {
             let mut backoff = FIRST_BACKOFF;
+            // After a transient failure the outcome is unknown: the server may have stored
+            // the batch and then lost the answer (killed, a full disk on a view). What landed
+            // is looked up by (partition, offset) before the next try and left out of it.
+            let mut landed: Option<HashSet<(i32, i64)>> = None;
             loop {
-                let e = match insert_rows(&self.ch, table, &rows[r.clone()]).await {
+                let attempt: Vec<R> = match &landed {
+                    None => rows[r.clone()].to_vec(),
+                    Some(l) => r
+                        .clone()
+                        .filter(|i| !sources.get(*i).is_some_and(|s| l.contains(s)))
+                        .map(|i| rows[i].clone())
+                        .collect(),
+                };
+                if attempt.is_empty() {
+                    self.health.clickhouse(Ok(()));
+                    break;
+                }
+                let e = match insert_rows(&self.ch, table, &attempt).await {
                     Ok(()) => {
                         self.health.clickhouse(Ok(()));
                         break;
@@ -178,12 +195,57 @@ impl Inserter {
                         self.health.clickhouse(Err(why));
                         tokio::time::sleep(backoff).await;
                         backoff = next_backoff(backoff, self.max_backoff);
+                        // Still unreachable: keep what is known, ask again next time.
+                        if let Ok(l) = stored(&self.ch, table, &sources[r.clone()]).await {
+                            if !l.is_empty() {
+                                tracing::warn!(
+                                    table,
+                                    rows = l.len(),
+                                    "rows of a failed insert were stored after all; they are not inserted again"
+                                );
+                            }
+                            landed = Some(l);
+                        }
                     }
                 }
             }
         }
         refused
     }
+}
+
+/// Which of `sources` (partition, offset) `table` holds.
+async fn stored(
+    ch: &clickhouse::Client,
+    table: &str,
+    sources: &[(i32, i64)],
+) -> Result<HashSet<(i32, i64)>, clickhouse::error::Error> {
+    let mut ranges: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
+    for (p, o) in sources {
+        let e = ranges.entry(*p).or_insert((*o, *o));
+        e.0 = e.0.min(*o);
+        e.1 = e.1.max(*o);
+    }
+    let wanted: HashSet<(i32, i64)> = sources.iter().copied().collect();
+    let mut found = HashSet::new();
+    for (p, (lo, hi)) in ranges {
+        let offsets: Vec<i64> = ch
+            .query(&format!(
+                "SELECT src_offset FROM {table} WHERE src_partition = ? AND src_offset BETWEEN ? AND ?"
+            ))
+            .bind(p)
+            .bind(lo)
+            .bind(hi)
+            .fetch_all()
+            .await?;
+        found.extend(
+            offsets
+                .into_iter()
+                .map(|o| (p, o))
+                .filter(|s| wanted.contains(s)),
+        );
+    }
+    Ok(found)
 }
 
 /// One INSERT of `rows` (RowBinary), atomic for a batch within one partition of the table.

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use usage_aggregator::loadgen::{Generated, Workload, WorkloadSpec};
+use usage_aggregator::loadgen::Generated;
 
 /// A size-limited tmpfs mounted at a directory; unmounted (lazily, so a server still
 /// holding it cannot keep it) when dropped.
@@ -86,18 +86,7 @@ impl Drop for SmallDisk {
 }
 
 fn workload(env: &TestEnv, executions: u64, direct: u64, seed: u64) -> Vec<Generated> {
-    let spec = WorkloadSpec {
-        executions,
-        direct_calls: direct,
-        accounts: 20,
-        seed,
-        start: chrono::DateTime::parse_from_rfc3339("2026-07-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc),
-        run_id: env.name.clone(),
-        ..Default::default()
-    };
-    Workload::new(spec, &env.catalog()).collect()
+    workload_for(env, executions, direct, seed, 20, "2026-07-01T00:00:00Z")
 }
 
 /// Sends `events` from a thread, a slice every 100 ms, so that the service works while the

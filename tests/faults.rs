@@ -7,21 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use usage_aggregator::loadgen::{Generated, Workload, WorkloadSpec};
+use usage_aggregator::loadgen::Generated;
 
 fn workload(env: &TestEnv, executions: u64, direct: u64, seed: u64) -> Vec<Generated> {
-    let spec = WorkloadSpec {
-        executions,
-        direct_calls: direct,
-        accounts: 25,
-        seed,
-        start: chrono::DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc),
-        run_id: env.name.clone(),
-        ..Default::default()
-    };
-    Workload::new(spec, &env.catalog()).collect()
+    workload_for(env, executions, direct, seed, 25, "2026-05-01T00:00:00Z")
 }
 
 fn ch_count(env: &TestEnv, table: &str) -> usize {

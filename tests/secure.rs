@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use usage_aggregator::config::Config;
 use usage_aggregator::debit::{Debit, DebitKind};
-use usage_aggregator::loadgen::{Generated, Workload, WorkloadSpec};
+use usage_aggregator::loadgen::Generated;
 
 /// config/secure.example.toml as the service loads it (`Config::load`), with only its
 /// secret and CA file paths pointed at files that exist here.
@@ -66,18 +66,7 @@ fn secure_env(name: &str, broker: &PrivateBroker) -> TestEnv {
 }
 
 fn workload(env: &TestEnv, executions: u64, direct: u64, seed: u64) -> Vec<Generated> {
-    let spec = WorkloadSpec {
-        executions,
-        direct_calls: direct,
-        accounts: 20,
-        seed,
-        start: chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc),
-        run_id: env.name.clone(),
-        ..Default::default()
-    };
-    Workload::new(spec, &env.catalog()).collect()
+    workload_for(env, executions, direct, seed, 20, "2026-06-01T00:00:00Z")
 }
 
 /// Runs the binary with `config` and `env`; kills it and fails the test if it has not exited

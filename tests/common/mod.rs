@@ -17,6 +17,7 @@ use usage_aggregator::bench::Loader;
 use usage_aggregator::catalog::Catalog;
 use usage_aggregator::config::Config;
 use usage_aggregator::debit::Debit;
+use usage_aggregator::loadgen::{Generated, Workload, WorkloadSpec};
 use usage_aggregator::rollup::{Output, PartitionRollup};
 
 pub fn kafka_addr() -> String {
@@ -858,4 +859,29 @@ impl Drop for PrivateBroker {
         self.signal("CONT");
         self.kill();
     }
+}
+
+/// A generated workload for `env` (its run id keeps event ids unique): `executions` agent
+/// executions and `direct` direct calls over `accounts` accounts, starting at `start`
+/// (RFC 3339), reproducible by `seed`.
+pub fn workload_for(
+    env: &TestEnv,
+    executions: u64,
+    direct: u64,
+    seed: u64,
+    accounts: u32,
+    start: &str,
+) -> Vec<Generated> {
+    let spec = WorkloadSpec {
+        executions,
+        direct_calls: direct,
+        accounts,
+        seed,
+        start: chrono::DateTime::parse_from_rfc3339(start)
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+        run_id: env.name.clone(),
+        ..Default::default()
+    };
+    Workload::new(spec, &env.catalog()).collect()
 }

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::money::LINE_COST_SCALE;
 use crate::rejection::{RejectReason, Rejection, excerpt};
 
+pub mod scan;
 pub mod timestamp;
 
 /// Default largest accepted payload, in bytes.
@@ -98,8 +98,10 @@ impl UsageEvent {
             after_offset,
             dimensions,
         } = self;
-        let h = std::cell::RefCell::new(Xxh3::new());
-        let put_bytes = |b: &[u8]| h.borrow_mut().update(b);
+        // One-shot xxh3 over the concatenation (the same digest as streaming the parts, and
+        // several times cheaper for ~20 short parts).
+        let h = std::cell::RefCell::new(Vec::<u8>::with_capacity(512));
+        let put_bytes = |b: &[u8]| h.borrow_mut().extend_from_slice(b);
         let put = |s: &str| {
             put_bytes(&(s.len() as u64).to_le_bytes());
             put_bytes(s.as_bytes());
@@ -131,7 +133,7 @@ impl UsageEvent {
                 put(v);
             }
         }
-        h.borrow().digest()
+        xxhash_rust::xxh3::xxh3_64(&h.borrow())
     }
 }
 
@@ -177,6 +179,90 @@ struct Wire<'a> {
     after_offset: Option<&'a RawValue>,
     #[serde(borrow, default)]
     dimensions: Option<&'a RawValue>,
+}
+
+/// Raw text of each top-level field, value exactly as written; absent and `null` are `None`.
+/// Filled by the fast splitter ([`scan::object`]) or, when it declines, from serde's [`Wire`].
+#[derive(Default)]
+struct Fields<'a> {
+    kind: Option<&'a str>,
+    event_id: Option<&'a str>,
+    occurred_at: Option<&'a str>,
+    account_id: Option<&'a str>,
+    asset_id: Option<&'a str>,
+    execution_id: Option<&'a str>,
+    agent_id: Option<&'a str>,
+    component: Option<&'a str>,
+    quantities: Option<&'a str>,
+    expected_calls: Option<&'a str>,
+    after_offset: Option<&'a str>,
+    dimensions: Option<&'a str>,
+}
+
+impl<'a> From<Wire<'a>> for Fields<'a> {
+    fn from(w: Wire<'a>) -> Self {
+        let Wire {
+            kind,
+            event_id,
+            occurred_at,
+            account_id,
+            asset_id,
+            execution_id,
+            agent_id,
+            component,
+            quantities,
+            expected_calls,
+            after_offset,
+            dimensions,
+        } = w;
+        let raw = |v: Option<&'a RawValue>| v.map(RawValue::get);
+        Fields {
+            kind: raw(kind),
+            event_id: raw(event_id),
+            occurred_at: raw(occurred_at),
+            account_id: raw(account_id),
+            asset_id: raw(asset_id),
+            execution_id: raw(execution_id),
+            agent_id: raw(agent_id),
+            component: raw(component),
+            quantities: raw(quantities),
+            expected_calls: raw(expected_calls),
+            after_offset: raw(after_offset),
+            dimensions: raw(dimensions),
+        }
+    }
+}
+
+/// The fast path: the payload split by [`scan::object`], or `None` when the splitter declines
+/// (or a key is not a contract field), leaving the decision to serde.
+fn fast_fields(payload: &[u8]) -> Option<Fields<'_>> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut f = Fields::default();
+    let mut seen = 0u16;
+    scan::each_member(text, true, |key, value| {
+        let (bit, slot) = match key {
+            "type" => (0, &mut f.kind),
+            "event_id" => (1, &mut f.event_id),
+            "occurred_at" => (2, &mut f.occurred_at),
+            "account_id" => (3, &mut f.account_id),
+            "asset_id" => (4, &mut f.asset_id),
+            "execution_id" => (5, &mut f.execution_id),
+            "agent_id" => (6, &mut f.agent_id),
+            "component" => (7, &mut f.component),
+            "quantities" => (8, &mut f.quantities),
+            "expected_calls" => (9, &mut f.expected_calls),
+            "after_offset" => (10, &mut f.after_offset),
+            "dimensions" => (11, &mut f.dimensions),
+            _ => return None,
+        };
+        if seen & (1 << bit) != 0 {
+            return None;
+        }
+        seen |= 1 << bit;
+        *slot = (value != "null").then_some(value);
+        Some(())
+    })?;
+    Some(f)
 }
 
 fn reject(reason: RejectReason, message: String) -> Rejection {
@@ -230,10 +316,13 @@ pub fn decode_from(
             )
         }));
     }
+    if let Some(fields) = fast_fields(payload) {
+        return validate(&fields, origin);
+    }
     // serde_json checks utf-8 inside strings; everything outside them is ascii by grammar.
     let wire: Wire<'_> = serde_json::from_slice(payload)
         .map_err(|e| encoding(payload).unwrap_or_else(|| classify_json_error(e)))?;
-    validate(&wire, origin)
+    validate(&Fields::from(wire), origin)
 }
 
 fn classify_json_error(e: serde_json::Error) -> Rejection {
@@ -259,11 +348,11 @@ fn classify_json_error(e: serde_json::Error) -> Rejection {
     reject(RejectReason::InvalidJson, format!("invalid json: {msg}"))
 }
 
-fn raw_excerpt(raw: &RawValue) -> String {
-    excerpt(raw.get())
+fn raw_excerpt(raw: &str) -> String {
+    excerpt(raw)
 }
 
-fn required<'a>(field: &str, v: Option<&'a RawValue>) -> Result<&'a RawValue, Rejection> {
+fn required<'a>(field: &str, v: Option<&'a str>) -> Result<&'a str, Rejection> {
     v.ok_or_else(|| {
         reject(
             RejectReason::MissingField,
@@ -272,7 +361,7 @@ fn required<'a>(field: &str, v: Option<&'a RawValue>) -> Result<&'a RawValue, Re
     })
 }
 
-fn forbidden(field: &str, v: Option<&RawValue>, kind: EventKind) -> Result<(), Rejection> {
+fn forbidden(field: &str, v: Option<&str>, kind: EventKind) -> Result<(), Rejection> {
     match v {
         None => Ok(()),
         Some(raw) => Err(reject(
@@ -286,8 +375,8 @@ fn forbidden(field: &str, v: Option<&RawValue>, kind: EventKind) -> Result<(), R
     }
 }
 
-fn json_string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Rejection> {
-    let text = raw.get();
+fn json_string<'a>(field: &str, raw: &'a str) -> Result<Cow<'a, str>, Rejection> {
+    let text = raw;
     if !text.starts_with('"') {
         return Err(reject(
             RejectReason::InvalidField,
@@ -308,7 +397,13 @@ fn json_string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Rejec
         })
 }
 
-fn id_field(field: &str, raw: &RawValue) -> Result<String, Rejection> {
+/// True when `s` holds a control character (`char::is_control`, Unicode category Cc).
+/// Printable ASCII, the common case, is decided by one byte scan.
+pub(crate) fn has_control(s: &str) -> bool {
+    !s.bytes().all(|b| (0x20..0x7f).contains(&b)) && s.chars().any(char::is_control)
+}
+
+fn id_field(field: &str, raw: &str) -> Result<String, Rejection> {
     let s = json_string(field, raw)?;
     if s.is_empty() {
         return Err(reject(
@@ -326,7 +421,7 @@ fn id_field(field: &str, raw: &RawValue) -> Result<String, Rejection> {
             ),
         ));
     }
-    if s.chars().any(char::is_control) {
+    if has_control(&s) {
         return Err(reject(
             RejectReason::InvalidField,
             format!(
@@ -338,11 +433,11 @@ fn id_field(field: &str, raw: &RawValue) -> Result<String, Rejection> {
     Ok(s.into_owned())
 }
 
-fn optional_id(field: &str, raw: Option<&RawValue>) -> Result<Option<String>, Rejection> {
+fn optional_id(field: &str, raw: Option<&str>) -> Result<Option<String>, Rejection> {
     raw.map(|r| id_field(field, r)).transpose()
 }
 
-fn parse_kind(raw: &RawValue, origin: Origin) -> Result<EventKind, Rejection> {
+fn parse_kind(raw: &str, origin: Origin) -> Result<EventKind, Rejection> {
     let s = json_string("type", raw).map_err(|_| {
         reject(
             RejectReason::UnknownEventType,
@@ -372,7 +467,7 @@ fn parse_kind(raw: &RawValue, origin: Origin) -> Result<EventKind, Rejection> {
 }
 
 /// Parses `occurred_at` by the contract's strict grammar ([`timestamp::parse_strict`]).
-pub fn parse_timestamp(field: &str, raw: &RawValue) -> Result<DateTime<Utc>, Rejection> {
+pub fn parse_timestamp(field: &str, raw: &str) -> Result<DateTime<Utc>, Rejection> {
     let s = json_string(field, raw).map_err(|_| {
         reject(
             RejectReason::InvalidTimestamp,
@@ -394,8 +489,8 @@ pub fn parse_timestamp(field: &str, raw: &RawValue) -> Result<DateTime<Utc>, Rej
 }
 
 /// Parses one quantity: a JSON number or a decimal string, non-negative, exact.
-fn parse_quantity(unit: &str, raw: &RawValue) -> Result<Decimal, Rejection> {
-    let text = raw.get();
+fn parse_quantity(unit: &str, raw: &str) -> Result<Decimal, Rejection> {
+    let text = raw;
     let bad = |why: &str| {
         reject(
             RejectReason::InvalidQuantity,
@@ -451,7 +546,7 @@ fn parse_quantity(unit: &str, raw: &RawValue) -> Result<Decimal, Rejection> {
     Ok(value.abs())
 }
 
-struct QuantityMap<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct QuantityMap<'a>(Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'de> Deserialize<'de> for QuantityMap<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -462,7 +557,7 @@ impl<'de> Deserialize<'de> for QuantityMap<'de> {
                 f.write_str("an object of unit name to quantity")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                let mut out: Vec<(Cow<'de, str>, &'de str)> = Vec::new();
                 while let Some(k) = map.next_key::<Cow<'de, str>>()? {
                     let v: &'de RawValue = map.next_value()?;
                     if out.iter().any(|(u, _)| *u == k) {
@@ -471,7 +566,7 @@ impl<'de> Deserialize<'de> for QuantityMap<'de> {
                             excerpt(&k)
                         )));
                     }
-                    out.push((k, v));
+                    out.push((k, v.get()));
                 }
                 Ok(QuantityMap(out))
             }
@@ -480,8 +575,8 @@ impl<'de> Deserialize<'de> for QuantityMap<'de> {
     }
 }
 
-fn parse_quantities(raw: &RawValue) -> Result<Quantities, Rejection> {
-    if !raw.get().starts_with('{') {
+fn parse_quantities(raw: &str) -> Result<Quantities, Rejection> {
+    if !raw.starts_with('{') {
         return Err(reject(
             RejectReason::InvalidQuantity,
             format!(
@@ -490,29 +585,39 @@ fn parse_quantities(raw: &RawValue) -> Result<Quantities, Rejection> {
             ),
         ));
     }
-    let map: QuantityMap<'_> = serde_json::from_str(raw.get()).map_err(|e| {
-        let m = e.to_string();
-        if m.starts_with("duplicate unit") {
-            reject(
-                RejectReason::DuplicateKey,
-                format!("quantities: {}", m.split(" at line").next().unwrap_or(&m)),
-            )
-        } else {
-            reject(
-                RejectReason::InvalidQuantity,
-                format!("field quantities is not a valid object: {m}"),
-            )
-        }
-    })?;
-    if map.0.is_empty() {
+    let map: SmallVec<[(Cow<'_, str>, &str); 4]> = match scan::object(raw, usize::MAX) {
+        Some(members) => members
+            .into_iter()
+            .map(|(unit, v)| (Cow::Borrowed(unit), v))
+            .collect(),
+        None => serde_json::from_str::<QuantityMap<'_>>(raw)
+            .map_err(|e| {
+                let m = e.to_string();
+                if m.starts_with("duplicate unit") {
+                    reject(
+                        RejectReason::DuplicateKey,
+                        format!("quantities: {}", m.split(" at line").next().unwrap_or(&m)),
+                    )
+                } else {
+                    reject(
+                        RejectReason::InvalidQuantity,
+                        format!("field quantities is not a valid object: {m}"),
+                    )
+                }
+            })?
+            .0
+            .into_iter()
+            .collect(),
+    };
+    if map.is_empty() {
         return Err(reject(
             RejectReason::InvalidQuantity,
             "field quantities must name at least one unit".to_string(),
         ));
     }
-    let mut out = Quantities::with_capacity(map.0.len());
-    for (unit, v) in map.0 {
-        if unit.is_empty() || unit.len() > MAX_ID_BYTES || unit.chars().any(char::is_control) {
+    let mut out = Quantities::with_capacity(map.len());
+    for (unit, v) in map {
+        if unit.is_empty() || unit.len() > MAX_ID_BYTES || has_control(&unit) {
             return Err(reject(
                 RejectReason::InvalidQuantity,
                 format!("quantities has an invalid unit name {}", excerpt(&unit)),
@@ -524,8 +629,8 @@ fn parse_quantities(raw: &RawValue) -> Result<Quantities, Rejection> {
     Ok(out)
 }
 
-fn parse_uint(field: &str, raw: &RawValue, max: u64) -> Result<u64, Rejection> {
-    let text = raw.get();
+fn parse_uint(field: &str, raw: &str, max: u64) -> Result<u64, Rejection> {
+    let text = raw;
     u64::from_str(text)
         .ok()
         .filter(|v| *v <= max)
@@ -540,7 +645,7 @@ fn parse_uint(field: &str, raw: &RawValue, max: u64) -> Result<u64, Rejection> {
         })
 }
 
-fn validate(w: &Wire<'_>, origin: Origin) -> Result<UsageEvent, Rejection> {
+fn validate(w: &Fields<'_>, origin: Origin) -> Result<UsageEvent, Rejection> {
     let kind = parse_kind(required("type", w.kind)?, origin)?;
     let event_id = id_field("event_id", required("event_id", w.event_id)?)?;
     let occurred_at = parse_timestamp("occurred_at", required("occurred_at", w.occurred_at)?)?;
@@ -628,6 +733,9 @@ pub fn encode_timeout_marker(
     .to_string()
     .into_bytes()
 }
+
+#[cfg(test)]
+mod tests_scan;
 
 #[cfg(test)]
 mod tests {

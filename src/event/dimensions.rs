@@ -9,6 +9,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::rejection::{RejectReason, Rejection, excerpt};
 
@@ -37,7 +38,7 @@ fn bad(message: String) -> Rejection {
     Rejection::new(RejectReason::InvalidDimension, message)
 }
 
-struct RawMap<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct RawMap<'a>(Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'de> Deserialize<'de> for RawMap<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -48,7 +49,7 @@ impl<'de> Deserialize<'de> for RawMap<'de> {
                 f.write_str("an object of dimension key to string value")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                let mut out: Vec<(Cow<'de, str>, &'de str)> = Vec::new();
                 while let Some(k) = map.next_key::<Cow<'de, str>>()? {
                     let v: &'de RawValue = map.next_value()?;
                     if out.iter().any(|(seen, _)| *seen == k) {
@@ -62,7 +63,7 @@ impl<'de> Deserialize<'de> for RawMap<'de> {
                             "more than {MAX_DIMENSIONS} keys"
                         )));
                     }
-                    out.push((k, v));
+                    out.push((k, v.get()));
                 }
                 Ok(RawMap(out))
             }
@@ -72,39 +73,55 @@ impl<'de> Deserialize<'de> for RawMap<'de> {
 }
 
 /// Parses the `dimensions` field. `{}` is the same as no dimensions.
-pub fn parse(raw: &RawValue) -> Result<Dimensions, Rejection> {
-    if !raw.get().starts_with('{') {
+pub fn parse(raw: &str) -> Result<Dimensions, Rejection> {
+    if !raw.starts_with('{') {
         return Err(bad(format!(
             "field dimensions must be an object of key to string value, got {}",
-            excerpt(raw.get())
+            excerpt(raw)
         )));
     }
-    let map: RawMap<'_> = serde_json::from_str(raw.get()).map_err(|e| {
-        let m = e.to_string();
-        let m = m.split(" at line").next().unwrap_or(&m).to_string();
-        if m.starts_with("duplicate key") {
-            Rejection::new(RejectReason::DuplicateKey, format!("dimensions: {m}"))
-        } else {
-            bad(format!("field dimensions is not valid: {m}"))
-        }
-    })?;
+    let map: SmallVec<[(Cow<'_, str>, &str); 4]> =
+        match crate::event::scan::object(raw, MAX_DIMENSIONS) {
+            Some(members) => members
+                .into_iter()
+                .map(|(k, v)| (Cow::Borrowed(k), v))
+                .collect(),
+            None => serde_json::from_str::<RawMap<'_>>(raw)
+                .map_err(|e| {
+                    let m = e.to_string();
+                    let m = m.split(" at line").next().unwrap_or(&m).to_string();
+                    if m.starts_with("duplicate key") {
+                        Rejection::new(RejectReason::DuplicateKey, format!("dimensions: {m}"))
+                    } else {
+                        bad(format!("field dimensions is not valid: {m}"))
+                    }
+                })?
+                .0
+                .into_iter()
+                .collect(),
+        };
     let mut out = Dimensions::new();
-    for (k, v) in map.0 {
+    for (k, v) in map {
         if !is_valid_key(&k) {
             return Err(bad(format!(
                 "dimensions key {:?} must match ^[a-z][a-z0-9_]{{0,63}}$ (lowercase letter first, then lowercase letters, digits, _)",
                 excerpt(&k)
             )));
         }
-        let text = v.get();
+        let text = v;
         if !text.starts_with('"') {
             return Err(bad(format!(
                 "dimensions.{k} must be a string, got {}",
                 excerpt(text)
             )));
         }
-        let value: String = serde_json::from_str(text)
-            .map_err(|e| bad(format!("dimensions.{k} is not a valid string: {e}")))?;
+        let inner = &text[1..text.len() - 1];
+        let value: String = if inner.contains('\\') {
+            serde_json::from_str(text)
+                .map_err(|e| bad(format!("dimensions.{k} is not a valid string: {e}")))?
+        } else {
+            inner.to_string()
+        };
         if value.is_empty() {
             return Err(bad(format!(
                 "dimensions.{k} must not be empty; leave the key out instead"
@@ -117,7 +134,7 @@ pub fn parse(raw: &RawValue) -> Result<Dimensions, Rejection> {
                 excerpt(&value)
             )));
         }
-        if value.chars().any(char::is_control) {
+        if crate::event::has_control(&value) {
             return Err(bad(format!(
                 "dimensions.{k} contains control characters (value {})",
                 excerpt(&value)
@@ -133,7 +150,7 @@ mod tests {
     use super::*;
 
     fn p(s: &str) -> Result<Dimensions, Rejection> {
-        parse(&RawValue::from_string(s.to_string()).unwrap())
+        parse(s)
     }
 
     #[test]

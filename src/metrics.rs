@@ -85,7 +85,7 @@ impl LedgerMetrics {
         LedgerMetrics {
             input_messages: cv(
                 "usage_agg_ledger_input_messages_total",
-                "Input messages processed by a ledger stage (committed or not).",
+                "Input messages of a ledger stage's committed transactions (added at each commit).",
                 &["stage"],
             ),
             transactions: cv(

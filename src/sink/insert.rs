@@ -137,7 +137,7 @@ impl Inserter {
         sources: &[(i32, i64)],
     ) -> Vec<Refused>
     where
-        R: Serialize + Clone + Send + Sync + 'static,
+        R: Serialize + Send + Sync + 'static,
         for<'a> R: clickhouse::Row<Value<'a> = R>,
     {
         let mut refused = Vec::new();
@@ -149,12 +149,13 @@ impl Inserter {
             // is looked up by (partition, offset) before the next try and left out of it.
             let mut landed: Option<HashSet<(i32, i64)>> = None;
             loop {
-                let attempt: Vec<R> = match &landed {
-                    None => rows[r.clone()].to_vec(),
+                // Borrowed: a batch is serialized straight from the caller's rows.
+                let attempt: Vec<&R> = match &landed {
+                    None => rows[r.clone()].iter().collect(),
                     Some(l) => r
                         .clone()
                         .filter(|i| !sources.get(*i).is_some_and(|s| l.contains(s)))
-                        .map(|i| rows[i].clone())
+                        .map(|i| &rows[i])
                         .collect(),
                 };
                 if attempt.is_empty() {
@@ -252,7 +253,7 @@ async fn stored(
 async fn insert_rows<R>(
     ch: &clickhouse::Client,
     table: &str,
-    rows: &[R],
+    rows: &[&R],
 ) -> Result<(), clickhouse::error::Error>
 where
     R: Serialize + Send + Sync + 'static,
@@ -260,7 +261,7 @@ where
 {
     let mut ins = ch.insert::<R>(table).await?;
     for r in rows {
-        ins.write(r).await?;
+        ins.write(*r).await?;
     }
     ins.end().await
 }

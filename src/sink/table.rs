@@ -64,6 +64,14 @@ impl<R> Default for Batch<R> {
 }
 
 impl<R> Batch<R> {
+    /// Empties the batch and keeps the vectors' capacity for the next one.
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.sources.clear();
+        self.bytes = 0;
+        self.since = None;
+    }
+
     pub fn push(&mut self, row: R, partition: i32, offset: i64, bytes: usize, now: Instant) {
         self.since.get_or_insert(now);
         self.rows.push(row);
@@ -185,17 +193,23 @@ impl<T: Table> Lane for TableLane<T> {
     }
 
     fn write<'a>(&'a mut self, inserter: &'a Inserter) -> BoxFuture<'a, Option<Written>> {
-        let batch = std::mem::take(&mut self.batch);
+        // Written in place and cleared, keeping the vectors' capacity: a fresh batch of up
+        // to `sink.batch_rows` rows would otherwise page-fault its memory in again each time
+        // (seen as ~9 % of the process's CPU in `clear_page_erms` during a drain).
+        let batch = &mut self.batch;
         Box::pin(async move {
             if batch.rows.is_empty() {
+                batch.clear();
                 return None;
             }
             let started = Instant::now();
             let refused = inserter
                 .insert_all(T::NAME, &batch.rows, &batch.sources)
                 .await;
+            let rows = batch.rows.len();
+            batch.clear();
             Some(Written {
-                rows: batch.rows.len(),
+                rows,
                 latency: started.elapsed(),
                 refused,
             })

@@ -153,6 +153,7 @@ pub fn run(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
     let mut last_commit = Instant::now();
     // Alerts sent so far are acknowledged, then the offsets of the debits behind them commit.
     let commit = |mode: CommitMode| -> anyhow::Result<()> {
+        kafka::await_in_flight(&producer, Instant::now() + Duration::from_secs(10));
         producer.flush(Duration::from_secs(10))?;
         if let Err(e) = consumer.commit_consumer_state(mode) {
             tracing::warn!(error = %e, "alerts offset commit failed; uncommitted debits are read again after a restart (alerts are idempotent by alert_id)");

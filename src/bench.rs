@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Events/s of the live phase; default: half the measured drain rate.
     #[arg(long)]
     pub live_rate: Option<f64>,
+    /// Seconds between samples of the live phase (rate, RSS, CPU, lag, latency); a long
+    /// `--live-seconds` with `--live-rate` is the soak test.
+    #[arg(long, default_value_t = 30)]
+    pub sample_seconds: u64,
     /// Aggregator processes sharing the consumer groups (scale-out run).
     #[arg(long, default_value_t = 1)]
     pub instances: u32,
@@ -64,6 +68,11 @@ pub struct BenchReport {
     pub debit_latency_p99_ms: f64,
     pub rss_at_live_start_mib: f64,
     pub rss_at_live_end_mib: f64,
+    /// The live phase sampled every `--sample-seconds` (the soak curve).
+    pub live_samples: Vec<phases::LiveSample>,
+    /// RSS spread after the first minute of the live phase: (max - min) / 2 / median, in
+    /// percent (the soak criterion is within ±10 %); `None` with fewer than two samples.
+    pub rss_spread_after_warmup_pct: Option<f64>,
 }
 
 /// One bench run's own topics, groups and ClickHouse database (prefixed with `tag`), and the
@@ -79,20 +88,9 @@ impl BenchEnv {
     pub async fn create(cfg: &Config) -> anyhow::Result<BenchEnv> {
         let tag = format!("bench{}", chrono::Utc::now().format("%m%d%H%M%S"));
         let mut b = cfg.clone();
-        for t in [
-            &mut b.topics.usage_events,
-            &mut b.topics.price_catalog,
-            &mut b.topics.debits,
-            &mut b.topics.priced_usage,
-            &mut b.topics.dead_letter,
-            &mut b.topics.alerts,
-            &mut b.topics.state,
-        ] {
-            *t = format!("{tag}.{t}");
-        }
-        b.kafka.group_id = format!("{tag}-pipeline");
-        b.kafka.sink_group_id = format!("{tag}-sink");
-        b.kafka.alerts_group_id = format!("{tag}-alerts");
+        // Every topic and group of the run is its own, the ledger's too: a shared one would
+        // have the run's sink re-read every earlier run's messages (and count their CPU).
+        b.prefix_names(&format!("{tag}."));
         b.clickhouse.database = tag.clone();
         b.http.listen = "127.0.0.1:19464".into();
         println!("bench {tag}: topics {tag}.*, clickhouse database {tag}");

@@ -447,9 +447,14 @@ impl Config {
 
     fn apply_prefix(&mut self) {
         let prefix = std::mem::take(&mut self.kafka.prefix);
-        if prefix.is_empty() {
-            return;
+        if !prefix.is_empty() {
+            self.prefix_names(&prefix);
         }
+    }
+
+    /// Puts `prefix` in front of every topic name and consumer group id (what
+    /// `kafka.prefix` does at load; the bench uses it to isolate a run).
+    pub fn prefix_names(&mut self, prefix: &str) {
         let k = &mut self.kafka;
         let t = &mut self.topics;
         for name in [
@@ -473,7 +478,7 @@ impl Config {
             &mut t.voucher_results,
             &mut t.voucher_state,
         ] {
-            name.insert_str(0, &prefix);
+            name.insert_str(0, prefix);
         }
     }
 

@@ -536,6 +536,10 @@ impl Engine {
     /// acknowledged) before messages are counted in it.
     fn free_epoch_slot(&self, epoch: u64) {
         if self.producer.context().in_flight(epoch) > 0 {
+            kafka::await_in_flight(
+                &self.producer,
+                Instant::now() + self.cfg.pipeline.drain_timeout,
+            );
             let _ = self.producer.flush(self.cfg.pipeline.drain_timeout);
         }
     }
@@ -612,6 +616,7 @@ impl Engine {
                     producer.send_offsets_to_transaction(&tpl, &cgm, timeout)
                 })?;
             }
+            kafka::await_in_flight(producer, deadline);
             txn_call("commit_transaction", deadline, || {
                 producer.commit_transaction(timeout)
             })
@@ -752,6 +757,7 @@ impl Engine {
                     RDKafkaErrorCode::OperationTimedOut,
                 )));
             }
+            kafka::await_in_flight(&self.producer, deadline);
             self.producer.flush(left)?;
             self.advance(consumer, CommitMode::Sync)?;
         }

@@ -27,26 +27,28 @@ impl Fleet {
         if let Ok(c) = std::env::var("USAGE_AGG_CONFIG") {
             cmd.arg("--config").arg(c);
         }
-        let envs = [
-            ("USAGE_AGG__TOPICS__USAGE_EVENTS", &b.topics.usage_events),
-            ("USAGE_AGG__TOPICS__PRICE_CATALOG", &b.topics.price_catalog),
-            ("USAGE_AGG__TOPICS__DEBITS", &b.topics.debits),
-            ("USAGE_AGG__TOPICS__PRICED_USAGE", &b.topics.priced_usage),
-            ("USAGE_AGG__TOPICS__DEAD_LETTER", &b.topics.dead_letter),
-            ("USAGE_AGG__TOPICS__ALERTS", &b.topics.alerts),
-            ("USAGE_AGG__TOPICS__STATE", &b.topics.state),
-            ("USAGE_AGG__KAFKA__GROUP_ID", &b.kafka.group_id),
-            ("USAGE_AGG__KAFKA__SINK_GROUP_ID", &b.kafka.sink_group_id),
+        // Every topic and group of the bench's config, as the environment overrides `run` reads
+        // (`topics.usage_events` -> `USAGE_AGG__TOPICS__USAGE_EVENTS`).
+        let mut envs: Vec<(String, &String)> = b
+            .topics
+            .all()
+            .into_iter()
+            .map(|(key, name)| (env_name(key), name))
+            .collect();
+        envs.extend([
+            (env_name("kafka.group_id"), &b.kafka.group_id),
+            (env_name("kafka.sink_group_id"), &b.kafka.sink_group_id),
+            (env_name("kafka.alerts_group_id"), &b.kafka.alerts_group_id),
+            (env_name("ledger.group_id"), &b.ledger.group_id),
             (
-                "USAGE_AGG__KAFKA__ALERTS_GROUP_ID",
-                &b.kafka.alerts_group_id,
+                env_name("ledger.voucher_group_id"),
+                &b.ledger.voucher_group_id,
             ),
-            ("USAGE_AGG__CLICKHOUSE__DATABASE", &b.clickhouse.database),
-            ("USAGE_AGG__HTTP__LISTEN", &b.http.listen),
-        ];
+            (env_name("clickhouse.database"), &b.clickhouse.database),
+        ]);
         let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", env.tag)))?;
         cmd.args(["run", "--role", &args.role])
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("USAGE_AGG__LOG__FILTER", "warn")
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -112,6 +114,11 @@ impl Fleet {
         })
         .await;
     }
+}
+
+/// The environment variable that overrides a config key: `a.b_c` -> `USAGE_AGG__A__B_C`.
+fn env_name(key: &str) -> String {
+    format!("USAGE_AGG__{}", key.to_uppercase().replace('.', "__"))
 }
 
 /// (current RSS MiB, peak RSS MiB, cpu seconds) of a process.
@@ -199,6 +206,18 @@ mod tests {
         let text = "# HELP usage_agg_x help\n# TYPE usage_agg_x counter\nusage_agg_x{t=\"a\"} 2\nusage_agg_x{t=\"b\"} 3.5\nusage_agg_y 7\n";
         assert_eq!(metric(text, "usage_agg_x"), 5.5);
         assert_eq!(metric(text, "usage_agg_z"), 0.0);
+    }
+
+    #[test]
+    fn env_names_follow_the_config_override_scheme() {
+        assert_eq!(
+            env_name("topics.usage_events"),
+            "USAGE_AGG__TOPICS__USAGE_EVENTS"
+        );
+        assert_eq!(
+            env_name("ledger.voucher_group_id"),
+            "USAGE_AGG__LEDGER__VOUCHER_GROUP_ID"
+        );
     }
 
     #[test]

@@ -131,7 +131,14 @@ pub async fn cold_start(
         .ok_or_else(|| anyhow::anyhow!("the aggregator did not drain within {deadline:?}"))?;
     let start = first_event_at.unwrap_or_default();
     r.time_to_drain_s = drained.as_secs_f64();
-    r.aggregator_events_per_s = events as f64 / (drained - start).as_secs_f64().max(1e-3);
+    // Sampled every 200 ms: a drain shorter than a few samples has no meaningful rate.
+    let span = (drained - start).as_secs_f64();
+    if span < 2.0 {
+        println!(
+            "note: the drain took {span:.1} s after the first event; rates need a longer run (more --events)"
+        );
+    }
+    r.aggregator_events_per_s = events as f64 / span.max(0.2);
     r.ratio_to_baseline = r.aggregator_events_per_s / r.baseline_consumer_events_per_s;
     r.ratio_to_java_consumer = r
         .java_consumer_events_per_s
@@ -215,6 +222,8 @@ pub fn live(
     let mut sent = 0u64;
     let mut finishes: HashMap<String, Instant> = HashMap::new();
     let mut latencies = Vec::new();
+    let every = Duration::from_secs(args.sample_seconds.max(1));
+    let mut window = Window::start(fleet, every);
     for g in Workload::new(spec, &env.catalog) {
         if live.elapsed() >= Duration::from_secs(args.live_seconds) {
             break;
@@ -224,6 +233,10 @@ pub fn live(
             finishes.insert(x, Instant::now());
         }
         sent += 1;
+        if window.due() {
+            r.live_samples
+                .push(window.sample(fleet, live, sent, &latencies, finishes.len()));
+        }
         let due = Duration::from_secs_f64(sent as f64 / r.live_rate_events_per_s);
         if let Some(w) = due.checked_sub(live.elapsed())
             && w > Duration::from_millis(1)
@@ -257,6 +270,10 @@ pub fn live(
     r.debit_latency_samples = latencies.len();
     r.debit_latency_p50_ms = percentile(&latencies, 0.50);
     r.debit_latency_p99_ms = percentile(&latencies, 0.99);
+    r.rss_spread_after_warmup_pct = rss_spread(&r.live_samples, 60.0);
+    if let Some(spread) = r.rss_spread_after_warmup_pct {
+        println!("live phase: RSS after the first minute within ±{spread:.1} % of its median");
+    }
     println!(
         "live phase: {sent} events at {:.0} events/s for {} s; debit latency after execution_finished p50 {:.1} ms, p99 {:.1} ms ({} samples, {} open at end of observation); RSS {:.0} -> {:.0} MiB",
         r.live_rate_events_per_s,
@@ -269,6 +286,118 @@ pub fn live(
         rss_end
     );
     Ok(())
+}
+
+/// One sample of the live phase, over the window since the previous one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveSample {
+    /// Seconds since the live phase started.
+    pub t_s: f64,
+    /// Events sent in the window, per second.
+    pub sent_per_s: f64,
+    pub rss_mib: f64,
+    /// CPU seconds of the aggregator processes in the window, per million events sent.
+    pub cpu_s_per_million: f64,
+    /// `usage_agg_pipeline_consumer_lag_messages`, summed over partitions.
+    pub pipeline_lag: f64,
+    /// `usage_agg_sink_lag_messages`, summed over topics and partitions.
+    pub sink_lag: f64,
+    /// Debit latency of the executions whose debit arrived in the window, ms.
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Finished executions still waiting for their debit at the sample.
+    pub waiting: usize,
+}
+
+/// The window a [`LiveSample`] covers.
+struct Window {
+    every: Duration,
+    started: Instant,
+    sent: u64,
+    latencies: usize,
+    cpu_s: f64,
+}
+
+impl Window {
+    fn start(fleet: &Fleet, every: Duration) -> Window {
+        Window {
+            every,
+            started: Instant::now(),
+            sent: 0,
+            latencies: 0,
+            cpu_s: fleet.proc_stats().2,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.started.elapsed() >= self.every
+    }
+
+    /// Closes the window (printing its line) and opens the next one.
+    fn sample(
+        &mut self,
+        fleet: &Fleet,
+        live: Instant,
+        sent: u64,
+        latencies: &[f64],
+        waiting: usize,
+    ) -> LiveSample {
+        let secs = self.started.elapsed().as_secs_f64();
+        let (rss, _, cpu_s) = fleet.proc_stats();
+        let events = (sent - self.sent) as f64;
+        let mut lat = latencies[self.latencies..].to_vec();
+        lat.sort_by(f64::total_cmp);
+        let s = LiveSample {
+            t_s: live.elapsed().as_secs_f64(),
+            sent_per_s: events / secs,
+            rss_mib: rss,
+            cpu_s_per_million: if events > 0.0 {
+                (cpu_s - self.cpu_s) / events * 1e6
+            } else {
+                f64::NAN
+            },
+            pipeline_lag: fleet.metric("usage_agg_pipeline_consumer_lag_messages"),
+            sink_lag: fleet.metric("usage_agg_sink_lag_messages"),
+            latency_p50_ms: percentile(&lat, 0.50),
+            latency_p99_ms: percentile(&lat, 0.99),
+            waiting,
+        };
+        println!(
+            "live t={:>5.0} s: {:>7.0} events/s, RSS {:>6.1} MiB, {:>5.1} CPU s per 1M, lag pipeline {:>6.0} sink {:>6.0}, debit latency p50 {:>7.1} ms p99 {:>7.1} ms, {} waiting",
+            s.t_s,
+            s.sent_per_s,
+            s.rss_mib,
+            s.cpu_s_per_million,
+            s.pipeline_lag,
+            s.sink_lag,
+            s.latency_p50_ms,
+            s.latency_p99_ms,
+            s.waiting
+        );
+        *self = Window {
+            every: self.every,
+            started: Instant::now(),
+            sent,
+            latencies: latencies.len(),
+            cpu_s,
+        };
+        s
+    }
+}
+
+/// (max - min) / 2 / median of the RSS samples taken at `warmup_s` or later, in percent.
+pub fn rss_spread(samples: &[LiveSample], warmup_s: f64) -> Option<f64> {
+    let mut rss: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.t_s >= warmup_s)
+        .map(|s| s.rss_mib)
+        .collect();
+    if rss.len() < 2 {
+        return None;
+    }
+    rss.sort_by(f64::total_cmp);
+    let median = percentile(&rss, 0.5);
+    Some((rss[rss.len() - 1] - rss[0]) / 2.0 / median * 100.0)
 }
 
 /// Reads at most one debit; records the latency of an execution whose finish was sent.
@@ -303,6 +432,29 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_spread_skips_the_warmup_and_halves_the_range() {
+        let at = |t_s: f64, rss_mib: f64| LiveSample {
+            t_s,
+            sent_per_s: 0.0,
+            rss_mib,
+            cpu_s_per_million: 0.0,
+            pipeline_lag: 0.0,
+            sink_lag: 0.0,
+            latency_p50_ms: 0.0,
+            latency_p99_ms: 0.0,
+            waiting: 0,
+        };
+        let s = [
+            at(30.0, 500.0),
+            at(60.0, 190.0),
+            at(90.0, 200.0),
+            at(120.0, 210.0),
+        ];
+        assert_eq!(rss_spread(&s, 60.0), Some(5.0));
+        assert_eq!(rss_spread(&s[..2], 60.0), None);
+    }
 
     #[test]
     fn percentile_is_the_nearest_rank() {

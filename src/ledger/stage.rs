@@ -339,6 +339,7 @@ impl<'a, P: Processor> Stage<'a, P> {
         }) {
             return self.on_txn_error(e, "send_offsets_to_transaction");
         }
+        kafka::await_in_flight(&self.producer, Instant::now() + TXN_CALL_TIMEOUT);
         if let Err(e) = retry(|| self.producer.commit_transaction(TXN_CALL_TIMEOUT)) {
             return self.on_txn_error(e, "commit_transaction");
         }

@@ -32,9 +32,15 @@ pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
 }
 
 /// Reads and checks a catalog file; `named` says which argument or key gave the path.
+/// A relative path is read from the current directory: the message says which one.
 pub(crate) fn read_catalog(path: &Path, named: &str) -> anyhow::Result<Catalog> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow!("{named} = \"{}\": cannot read: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        let cwd = match std::env::current_dir() {
+            Ok(d) if path.is_relative() => format!(" (in {})", d.display()),
+            _ => String::new(),
+        };
+        anyhow!("{named} = \"{}\"{cwd}: cannot read: {e}", path.display())
+    })?;
     check::check_file(&bytes).map_err(|p| anyhow!("catalog file {}: {p}", path.display()))
 }
 
@@ -245,9 +251,15 @@ pub async fn check(
             versions.iter().map(|v| v.asset_id.as_str()).collect();
         writeln!(
             out,
-            "{} versions of {} assets ok",
+            "{} versions of {} assets {}",
             versions.len(),
-            assets.len()
+            assets.len(),
+            // Not "ok" when the comparison with the topic refuses them (the error follows).
+            if verdict.is_ok() {
+                "ok"
+            } else {
+                "well-formed, but refused against the topic"
+            }
         )?;
         if !against_topic && past > 0 {
             writeln!(
@@ -357,10 +369,9 @@ pub struct LoadgenArgs {
 pub async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
     let catalog = match &a.catalog {
         Some(p) => read_catalog(p, "--catalog")?,
-        None => read_catalog(
-            &cfg.pricing.catalog_file,
-            "pricing.catalog_file (relative paths follow the config file; or give --catalog)",
-        )?,
+        None => read_catalog(&cfg.pricing.catalog_file, "pricing.catalog_file").map_err(|e| {
+            anyhow!("{e}; give --catalog FILE, or set pricing.catalog_file (in a config file, relative to its directory)")
+        })?,
     };
     let producer = match &a.output {
         Some(_) => None,

@@ -258,6 +258,22 @@ fn relative_paths_follow_the_config_file_and_missing_files_are_named() {
             )),
         "{err}"
     );
+    // Without a config file the default is relative to the current directory: say which.
+    let o = run_bin(
+        elsewhere.path(),
+        &["loadgen", "--output", out.to_str().unwrap()],
+        &[],
+        Duration::from_secs(60),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "pricing.catalog_file = \"config/catalog.json\" (in {}): cannot read",
+            elsewhere.path().display()
+        )) && err.contains("give --catalog FILE"),
+        "{err}"
+    );
 }
 
 /// Spawns `args` with stdin `input`, reads `keep` bytes of stdout and closes it.
@@ -470,4 +486,110 @@ fn a_prefix_isolates_a_trial() {
     ] {
         assert!(out.contains(&format!("{prefix}{t}")), "{t} in {out}");
     }
+}
+
+#[test]
+fn a_successful_catalog_command_writes_no_log_line() {
+    // Reading the catalog topic to its end is how publish and check finish: it must not
+    // surface as a log line (it was `ERROR ... Global error: PartitionEOF` on every run).
+    let env = TestEnv::new("quietcat");
+    env.cli(&["setup", "--kafka-only"]);
+    let c = env.config_path.to_str().unwrap();
+    for args in [
+        vec!["--config", c, "catalog", "publish", "config/catalog.json"],
+        vec!["--config", c, "catalog", "publish", "config/catalog.json"],
+        vec![
+            "--config",
+            c,
+            "catalog",
+            "check",
+            "config/catalog.json",
+            "--against-topic",
+        ],
+    ] {
+        let o = run_bin(&root(), &args, &[], Duration::from_secs(60));
+        let err = stderr(&o);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(
+            !err.contains("ERROR") && !err.contains("WARN") && !err.contains("PartitionEOF"),
+            "{args:?}: {err}"
+        );
+    }
+    // A retroactive version is not "ok" in the listing when the comparison refuses it.
+    let retro = env.dir.path().join("retro.json");
+    std::fs::write(
+        &retro,
+        r#"[{"asset_id":"openai/gpt-4o-mini","asset_type":"model","vendor":"openai","effective_from":"2025-01-01T00:00:00Z","prices":{"input_tokens":{"credits":"0.2","per":1000000}}}]"#,
+    )
+    .unwrap();
+    let o = run_bin(
+        &root(),
+        &[
+            "--config",
+            c,
+            "catalog",
+            "check",
+            retro.to_str().unwrap(),
+            "--against-topic",
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        out.contains("1 versions of 1 assets well-formed, but refused against the topic"),
+        "{out}"
+    );
+    assert!(stderr(&o).contains("would reprice past events"));
+}
+
+#[test]
+fn waiting_for_a_catalog_says_so_once_and_a_stop_is_not_a_failure() {
+    // It logged the same ERROR every 2 s, and SIGTERM during the wait exited 1 with
+    // "error: stopped while waiting for a price catalog".
+    let mut env = TestEnv::new("nocatalog");
+    env.cfg.pricing.catalog_file = std::path::PathBuf::new();
+    env.write_config();
+    env.cli(&["setup", "--kafka-only"]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(TestEnv::bin())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["run", "--role", "pipeline"])
+        .env("USAGE_AGG__HTTP__LISTEN", &listen)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(&listen, "/readyz").1.contains("catalog") {
+        assert!(
+            Instant::now() < deadline,
+            "never said it waits for a catalog"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let out = wait_or_kill(child, Duration::from_secs(30), &["run"]);
+    assert!(out.status.success(), "a requested stop: {err}");
+    assert_eq!(
+        err.matches("price catalog is empty").count(),
+        1,
+        "said once, not every 2 s: {err}"
+    );
+    assert!(!err.contains("error:"), "{err}");
 }

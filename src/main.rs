@@ -5,6 +5,9 @@
 //! 2 usage or configuration error, 3 `rate --strict` rejected events, 130 interrupted.
 //! A closed stdout (`| head`) ends a command quietly.
 
+// Output is written with `writeln!(..)?` (a closed pipe ends the command): no `println!`.
+#![deny(clippy::print_stdout)]
+
 mod commands;
 
 use std::path::PathBuf;

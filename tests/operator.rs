@@ -335,6 +335,51 @@ fn a_closed_stdout_ends_commands_quietly() {
 }
 
 #[test]
+fn a_closed_stdout_ends_the_ledger_commands_quietly() {
+    // `credits history | head -1` panicked (exit 101): the ledger commands printed with
+    // println!. 1000 entries with long descriptions overflow the pipe buffer, so the write
+    // after the reader is gone must fail and end the command quietly.
+    let env = TestEnv::new("pipehist");
+    env.cli(&["setup", "--clickhouse-only"]);
+    env.ch(&format!(
+        "INSERT INTO {{db}}.ledger (entry_id, account_id, seq, occurred_at, kind, reference, description, credit, debit, balance_after, src_partition, src_offset, ingested_at) \
+         SELECT toString(number), 'acct-pipe', number + 1, now(), 'topup', toString(number), '{}', 1, 0, number + 1, 0, number, now() FROM numbers(1000)",
+        "d".repeat(200)
+    ));
+    let c = env.config_path.to_str().unwrap();
+    for args in [
+        vec![
+            "--config",
+            c,
+            "credits",
+            "history",
+            "acct-pipe",
+            "--limit",
+            "1000",
+        ],
+        vec![
+            "--config",
+            c,
+            "credits",
+            "history",
+            "acct-pipe",
+            "--limit",
+            "1000",
+            "--format",
+            "json",
+        ],
+    ] {
+        let o = closed_stdout(&args, b"", 10);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(
+            !err.contains("Broken pipe") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn rate_for_scripts_strict_rejects_file_and_summary() {
     let dir = tempfile::tempdir().unwrap();
     let rejects = dir.path().join("rejects.jsonl");

@@ -3,7 +3,7 @@
 //! reason code. Voucher codes are read from the argument or stdin (`-`) and printed only by
 //! `vouchers create`, once, to the operator who made the code.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -139,9 +139,14 @@ fn print_result(r: &VoucherResult) -> anyhow::Result<()> {
             &r.message,
         )),
         _ => {
-            println!("{} ({} left)", r.message, r.redemptions_left);
+            writeln!(
+                std::io::stdout(),
+                "{} ({} left)",
+                r.message,
+                r.redemptions_left
+            )?;
             if let Some(g) = &r.grant_id {
-                println!("grant {g}");
+                writeln!(std::io::stdout(), "grant {g}")?;
             }
             Ok(())
         }
@@ -202,12 +207,16 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("account {account} has no ledger entries"))?;
             if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&b)?);
+                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&b)?)?;
             } else {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "{}  balance {} credits  ({} entries, last {})",
-                    b.account_id, b.balance, b.entries, b.last_entry_at
-                );
+                    b.account_id,
+                    b.balance,
+                    b.entries,
+                    b.last_entry_at
+                )?;
             }
             Ok(())
         }
@@ -220,18 +229,31 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             let ch = crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
             let h = client::history(&ch, &account, limit, before_seq).await?;
             if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&h)?);
+                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&h)?)?;
                 return Ok(());
             }
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  description",
-                "seq", "date", "kind", "credit", "debit", "balance"
-            );
+                "seq",
+                "date",
+                "kind",
+                "credit",
+                "debit",
+                "balance"
+            )?;
             for e in &h {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  {}",
-                    e.seq, e.date, e.kind, e.credit, e.debit, e.balance, e.description
-                );
+                    e.seq,
+                    e.date,
+                    e.kind,
+                    e.credit,
+                    e.debit,
+                    e.balance,
+                    e.description
+                )?;
             }
             Ok(())
         }
@@ -250,13 +272,14 @@ async fn grant(
         .map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
     let p = client::producer(cfg)?;
     client::send_grant(cfg, &p, &g).await?;
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{} of {} credits for {} sent (grant {}); the ledger applies it once, however often it is sent",
         kind.as_str(),
         g.amount,
         g.account_id,
         g.grant_id
-    );
+    )?;
     Ok(())
 }
 
@@ -313,7 +336,10 @@ pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> 
             let r = ask(cfg, &req, Duration::from_secs(30)).await?;
             print_result(&r)?;
             if generated {
-                println!("code {code}  (shown once: it is stored only as a hash)");
+                writeln!(
+                    std::io::stdout(),
+                    "code {code}  (shown once: it is stored only as a hash)"
+                )?;
             }
             Ok(())
         }
@@ -336,15 +362,21 @@ pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> 
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&v)?)?;
                 return Ok(());
             }
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "{:<24}  {:>10}  {:<20}  {:<20}  {:>9}  account",
-                "voucher", "credits", "valid_from", "valid_until", "used/max"
-            );
+                "voucher",
+                "credits",
+                "valid_from",
+                "valid_until",
+                "used/max"
+            )?;
             for s in &list {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "{:<24}  {:>10}  {:<20}  {:<20}  {:>9}  {}",
                     voucher::display(&s.def.masked, &s.def.code_hash),
                     s.def.credits,
@@ -352,9 +384,9 @@ pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> 
                     s.def.valid_until.format("%Y-%m-%dT%H:%M:%SZ"),
                     format!("{}/{}", s.redemptions.len(), s.def.max_redemptions),
                     s.def.account_id.as_deref().unwrap_or("any")
-                );
+                )?;
             }
-            println!("{} vouchers", list.len());
+            writeln!(std::io::stdout(), "{} vouchers", list.len())?;
             Ok(())
         }
     }

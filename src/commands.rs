@@ -493,14 +493,14 @@ pub enum ReportFormat {
 #[derive(clap::Args)]
 pub struct ReportArgs {
     /// Events from this time on (event time): a UTC date (2026-10-01) or RFC 3339.
-    #[arg(long, value_name = "TIME")]
-    from: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_from)]
+    from: Option<Bound>,
     /// Events before this time (event time); a date includes that whole day, so
     /// --from 2026-10-01 --to 2026-10-31 is October.
-    #[arg(long, value_name = "TIME")]
-    to: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_to)]
+    to: Option<Bound>,
     /// Only what was ingested in this recent period (ingestion time), e.g. 1h, 2d.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = usage_aggregator::config::values::parse_duration, value_name = "DURATION")]
     since: Option<Duration>,
     /// Only this account (an unknown account is an error).
     #[arg(long)]
@@ -516,21 +516,45 @@ pub struct ReportArgs {
     group_by: Vec<String>,
 }
 
+/// A `--from`/`--to` argument: the time it selects and the text as written (for messages).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    at: chrono::DateTime<chrono::Utc>,
+    written: String,
+}
+
+fn parse_from(s: &str) -> Result<Bound, String> {
+    report::parse_instant(s, false).map(|at| Bound {
+        at,
+        written: s.to_string(),
+    })
+}
+
+fn parse_to(s: &str) -> Result<Bound, String> {
+    report::parse_instant(s, true).map(|at| Bound {
+        at,
+        written: s.to_string(),
+    })
+}
+
 pub async fn report(cfg: &Config, a: ReportArgs) -> anyhow::Result<()> {
-    let from = a
-        .from
-        .as_deref()
-        .map(|s| report::parse_instant(s, false).map_err(|e| anyhow!("--from: {e}")))
-        .transpose()?;
-    let to =
-        a.to.as_deref()
-            .map(|s| report::parse_instant(s, true).map_err(|e| anyhow!("--to: {e}")))
-            .transpose()?;
-    if let (Some(f), Some(t)) = (from, to)
-        && f >= t
+    if let (Some(f), Some(t)) = (&a.from, &a.to)
+        && f.at >= t.at
     {
-        anyhow::bail!("--from {f} is not before --to {t}");
+        // A usage error, like a malformed time: exit 2.
+        return Err(Exit {
+            code: 2,
+            message: format!(
+                "--from {} is not before --to {} (the window is {} .. {})",
+                f.written,
+                t.written,
+                f.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                t.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+        }
+        .into());
     }
+    let (from, to) = (a.from.map(|b| b.at), a.to.map(|b| b.at));
     preflight::clickhouse(cfg).await?;
     let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
     let f = ReportFilter {

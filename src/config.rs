@@ -523,6 +523,11 @@ impl Config {
             ("kafka.group_id".into(), k.group_id.clone()),
             ("kafka.sink_group_id".into(), k.sink_group_id.clone()),
             ("kafka.alerts_group_id".into(), k.alerts_group_id.clone()),
+            ("ledger.group_id".into(), self.ledger.group_id.clone()),
+            (
+                "ledger.voucher_group_id".into(),
+                self.ledger.voucher_group_id.clone(),
+            ),
             (
                 "kafka.session_timeout".into(),
                 show_duration(k.session_timeout),

@@ -60,6 +60,7 @@ fn the_service_waits_for_kafka_with_one_clear_line_and_logs_its_settings() {
         .env("USAGE_AGG__KAFKA__BROKERS", &brokers)
         .env("USAGE_AGG__HTTP__LISTEN", &listen)
         .env("USAGE_AGG__CLICKHOUSE__PASSWORD", "pw-never-logged")
+        .env("USAGE_AGG__ROLLUP__EXECUTION_IDLE_TIMEOUT", "1500ms")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -102,6 +103,10 @@ fn the_service_waits_for_kafka_with_one_clear_line_and_logs_its_settings() {
     for want in [
         "topics.usage_events=usage_events",
         "kafka.group_id=",
+        "ledger.group_id=",
+        "ledger.voucher_group_id=",
+        // A duration as written, one token (it was "1s 500ms", splitting the list).
+        " rollup.execution_idle_timeout=1500ms ",
         "clickhouse.database=usage",
         &format!("http.listen={listen}"),
     ] {
@@ -476,6 +481,28 @@ fn error_text_names_keys_as_written_once_with_hints() {
     let v: serde_json::Value =
         serde_json::from_str(err.trim()).expect("--log-json errors are JSON");
     assert_eq!(v["level"], "ERROR");
+    // Bad argument values are usage errors (exit 2), said as written, durations with an
+    // example, whichever command takes them.
+    check(
+        &["report", "--from", "yesterday"],
+        &[],
+        2,
+        "\"yesterday\" is neither a date",
+    );
+    check(
+        &["report", "--from", "2026-11-30", "--to", "2026-11-01"],
+        &[],
+        2,
+        "--from 2026-11-30 is not before --to 2026-11-01",
+    );
+    for args in [
+        vec!["report", "--since", "1x"],
+        vec!["vouchers", "create", "--credits", "10", "--valid-for", "1x"],
+        vec!["dead-letters", "replay", "--timeout", "1x"],
+    ] {
+        check(&args, &[], 2, "invalid duration \"1x\"");
+        check(&args, &[], 2, "e.g. \"30s\"");
+    }
     // A catalog: every problem, with its path and the fix.
     let cat = dir.path().join("cat.json");
     std::fs::write(

@@ -50,7 +50,7 @@ pub enum CreditsCommand {
         /// Voucher code, or `-` to read it from stdin.
         code: String,
         /// Longest wait for the voucher stage's answer.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = crate::config::values::parse_duration)]
         timeout: Duration,
     },
     /// The account's balance (from ClickHouse).
@@ -93,7 +93,7 @@ pub enum VouchersCommand {
         #[arg(long)]
         valid_until: Option<DateTime<Utc>>,
         /// Validity when --valid-until is not given, e.g. 30days.
-        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30days", value_parser = crate::config::values::parse_duration)]
         valid_for: Duration,
         /// How many times it can be redeemed in all.
         #[arg(long, default_value_t = 1)]

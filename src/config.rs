@@ -397,7 +397,8 @@ impl Config {
     /// Loads the built-in defaults, then `file` (if given), then the environment; resolves
     /// relative paths (against the config file's directory when the file set them, against
     /// `./config/` for built-in defaults, against the current directory for the
-    /// environment), applies `kafka.prefix`, reads `clickhouse.password_file`, validates.
+    /// environment), applies `kafka.prefix` (topics, groups, ClickHouse database), reads
+    /// `clickhouse.password_file`, validates.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let defaults = defaults_figment();
         let mut fig = defaults.clone();
@@ -475,6 +476,15 @@ impl Config {
         ] {
             name.insert_str(0, &prefix);
         }
+        // The ClickHouse database too: the sink's resume points and the reports are per
+        // database, so a trial sharing another's database would mix its rows into their
+        // reports and take their offsets for its own ("output topic was recreated").
+        // A database name is letters, digits and `_`: "trial1-" gives "trial1_usage".
+        let db_prefix: String = prefix
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        self.clickhouse.database.insert_str(0, &db_prefix);
     }
 
     fn read_password_file(&mut self) -> Result<(), ConfigError> {

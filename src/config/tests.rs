@@ -151,7 +151,7 @@ fn relative_paths_follow_the_config_file() {
 }
 
 #[test]
-fn prefix_isolates_topics_and_groups() {
+fn prefix_isolates_topics_groups_and_database() {
     jail(|j| {
         j.create_file(
             "c.toml",
@@ -161,6 +161,14 @@ fn prefix_isolates_topics_and_groups() {
         assert_eq!(c.topics.usage_events, "trial1-usage_events");
         assert_eq!(c.topics.debits, "trial1-my_debits");
         assert_eq!(c.kafka.sink_group_id, "trial1-usage-aggregator-sink");
+        assert_eq!(
+            c.ledger.voucher_group_id,
+            "trial1-usage-aggregator-vouchers"
+        );
+        assert_eq!(
+            c.clickhouse.database, "trial1_usage",
+            "a database name has no '-'"
+        );
         assert_eq!(c.kafka.prefix, "", "applied once");
         Ok(())
     });

@@ -26,6 +26,13 @@ fn unreachable_broker_one_line_naming_the_key_for_every_one_shot_command() {
         vec!["catalog", "check", catalog, "--against-topic"],
         vec!["loadgen", "--executions", "1", "--catalog", catalog],
         vec!["dead-letters", "replay", "--dry-run"],
+        // The credits ledger's commands (topup hung for minutes, the others waited 10-30 s
+        // for librdkafka's "Meta data fetch error" naming no key).
+        vec!["credits", "topup", "acct-1", "20", "--reference", "r-1"],
+        vec!["credits", "adjust", "acct-1", "-1", "--reason", "test"],
+        vec!["credits", "redeem", "acct-1", "ABCD-EFGH-IJKL-MNOP"],
+        vec!["vouchers", "create", "--credits", "10"],
+        vec!["vouchers", "list"],
     ] {
         let o = run_bin(
             dir.path(),
@@ -673,4 +680,63 @@ fn waiting_for_a_catalog_says_so_once_and_a_stop_is_not_a_failure() {
         "said once, not every 2 s: {err}"
     );
     assert!(!err.contains("error:"), "{err}");
+}
+
+#[test]
+fn ledger_commands_check_their_topics_and_clickhouse_first() {
+    // A trial where `setup` never ran: topup waited 30 s for "Unknown topic or partition",
+    // `vouchers list` printed "0 vouchers".
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{}-", unique("nosetup"));
+    let env = [
+        ("USAGE_AGG__KAFKA__BROKERS", kafka_addr()),
+        ("USAGE_AGG__KAFKA__PREFIX", prefix.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (args, key, topic) in [
+        (
+            vec!["credits", "topup", "acct-1", "20", "--reference", "r-1"],
+            "topics.credit_grants",
+            "credit_grants",
+        ),
+        (
+            vec!["credits", "redeem", "acct-1", "ABCD-EFGH-IJKL-MNOP"],
+            "topics.voucher_requests",
+            "voucher_requests",
+        ),
+        (
+            vec!["vouchers", "list"],
+            "topics.voucher_state",
+            "voucher_state",
+        ),
+    ] {
+        let o = run_bin(dir.path(), &args, &env, Duration::from_secs(60));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "error: {key} = \"{prefix}{topic}\": the topic does not exist"
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "{args:?}: nothing listed");
+    }
+    let closed = format!("http://{}", closed_port());
+    for args in [
+        vec!["credits", "balance", "acct-1"],
+        vec!["credits", "history", "acct-1"],
+    ] {
+        let o = run_bin(
+            dir.path(),
+            &args,
+            &[("USAGE_AGG__CLICKHOUSE__URL", &closed)],
+            Duration::from_secs(60),
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!("error: clickhouse.url = \"{closed}\"")),
+            "{args:?}: {err}"
+        );
+    }
 }

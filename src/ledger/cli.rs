@@ -202,7 +202,7 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             print_result(&r)
         }
         CreditsCommand::Balance { account, format } => {
-            let ch = crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
+            let ch = require_clickhouse(cfg).await?;
             let b = client::balance(&ch, &account)
                 .await?
                 .with_context(|| format!("account {account} has no ledger entries"))?;
@@ -226,7 +226,7 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             before_seq,
             format,
         } => {
-            let ch = crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
+            let ch = require_clickhouse(cfg).await?;
             let h = client::history(&ch, &account, limit, before_seq).await?;
             if format == "json" {
                 writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&h)?)?;
@@ -260,6 +260,24 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
     }
 }
 
+/// What every command that writes to or reads from Kafka checks first: a broker answers
+/// and `topics` exist, so an unreachable broker or a missing topic fails within
+/// `kafka.connect_timeout` with one line naming the key and its value (it hung or waited
+/// 30 s for librdkafka's own error, naming neither).
+async fn require_kafka(cfg: &Config, topics: &[(&str, &str)]) -> anyhow::Result<()> {
+    let k = crate::preflight::Kafka::connect(cfg).await?;
+    for (key, topic) in topics {
+        k.require_topic(key, topic, false).await?;
+    }
+    Ok(())
+}
+
+/// ClickHouse answers (naming `clickhouse.url`, `clickhouse.user` when it does not).
+async fn require_clickhouse(cfg: &Config) -> anyhow::Result<clickhouse::Client> {
+    crate::preflight::clickhouse(cfg).await?;
+    Ok(crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database))
+}
+
 async fn grant(
     cfg: &Config,
     kind: GrantKind,
@@ -270,6 +288,7 @@ async fn grant(
 ) -> anyhow::Result<()> {
     let g = client::build_grant(cfg, kind, account, amount, reference, reason)
         .map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
+    require_kafka(cfg, &[("topics.credit_grants", &cfg.topics.credit_grants)]).await?;
     let p = client::producer(cfg)?;
     client::send_grant(cfg, &p, &g).await?;
     writeln!(
@@ -288,6 +307,15 @@ async fn ask(
     req: &VoucherRequest,
     timeout: Duration,
 ) -> anyhow::Result<VoucherResult> {
+    let t = &cfg.topics;
+    require_kafka(
+        cfg,
+        &[
+            ("topics.voucher_requests", &t.voucher_requests),
+            ("topics.voucher_results", &t.voucher_results),
+        ],
+    )
+    .await?;
     let c = cfg.clone();
     let follower = tokio::task::spawn_blocking(move || ResultFollower::start(&c)).await??;
     let p = client::producer(cfg)?;
@@ -344,6 +372,8 @@ pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> 
             Ok(())
         }
         VouchersCommand::List { format } => {
+            // A missing topic listed "0 vouchers".
+            require_kafka(cfg, &[("topics.voucher_state", &cfg.topics.voucher_state)]).await?;
             let c = cfg.clone();
             let list = tokio::task::spawn_blocking(move || client::list_vouchers(&c)).await??;
             if format == "json" {

@@ -510,6 +510,40 @@ fn error_text_names_keys_as_written_once_with_hints() {
         check(&args, &[], 2, "invalid duration \"1x\"");
         check(&args, &[], 2, "e.g. \"30s\"");
     }
+    for args in [
+        vec![
+            "catalog",
+            "import",
+            "--format",
+            "litellm",
+            "x.json",
+            "--effective-from",
+            "2030-01-01",
+        ],
+        vec![
+            "vouchers",
+            "create",
+            "--credits",
+            "10",
+            "--valid-from",
+            "2030-01-01",
+        ],
+        vec![
+            "vouchers",
+            "create",
+            "--credits",
+            "10",
+            "--valid-until",
+            "2030-01-01",
+        ],
+    ] {
+        check(
+            &args,
+            &[],
+            2,
+            "\"2030-01-01\" is not an RFC 3339 instant (premature end of input); write it like 2026-07-01T00:00:00Z",
+        );
+    }
     // A catalog: every problem, with its path and the fix.
     let cat = dir.path().join("cat.json");
     std::fs::write(

@@ -44,6 +44,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration \"{s}\" ({e}); {DURATION_EXAMPLE}"))
 }
 
+/// An instant given on the command line, RFC 3339 (`2026-07-01T00:00:00Z`); the error
+/// shows the value, why, and an example. The one parser of every instant argument.
+pub fn parse_instant(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!("\"{s}\" is not an RFC 3339 instant ({e}); write it like 2026-07-01T00:00:00Z")
+        })
+}
+
 /// `#[serde(with = "duration")]`: `"30s"`, `"500ms"`, `"2m"`.
 pub mod duration {
     use super::*;

@@ -86,11 +86,11 @@ pub enum VouchersCommand {
         /// Credits the voucher grants, a decimal such as 20.
         #[arg(long)]
         credits: String,
-        /// RFC 3339; default now.
-        #[arg(long)]
+        /// RFC 3339 (2026-07-01T00:00:00Z); default now.
+        #[arg(long, value_parser = crate::config::values::parse_instant)]
         valid_from: Option<DateTime<Utc>>,
         /// RFC 3339; default valid_from + --valid-for.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::config::values::parse_instant)]
         valid_until: Option<DateTime<Utc>>,
         /// Validity when --valid-until is not given, e.g. 30days.
         #[arg(long, default_value = "30days", value_parser = crate::config::values::parse_duration)]

@@ -488,6 +488,34 @@ fn error_text_names_keys_as_written_once_with_hints() {
     let v: serde_json::Value =
         serde_json::from_str(err.trim()).expect("--log-json errors are JSON");
     assert_eq!(v["level"], "ERROR");
+    // Usage errors too (they were clap's text whatever --log-json said).
+    for (args, want) in [
+        (
+            vec!["--log-json", "report", "--since", "1x"],
+            "invalid value '1x' for '--since <DURATION>': invalid duration",
+        ),
+        (
+            vec!["report", "--log-json", "--top", "x"],
+            "invalid value 'x' for '--top <TOP>'",
+        ),
+        (
+            vec!["--log-json", "bogus"],
+            "unrecognized subcommand 'bogus'",
+        ),
+    ] {
+        let err = check(&args, &[], 2, want);
+        let v: serde_json::Value = serde_json::from_str(err.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON object ({e}): {err}"));
+        assert_eq!(v["level"], "ERROR", "{err}");
+        assert!(v["message"].as_str().unwrap().starts_with(want), "{err}");
+    }
+    let o = run_bin(
+        dir.path(),
+        &["--log-json", "report", "--help"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--from"));
     // Bad argument values are usage errors (exit 2), said as written, durations with an
     // example, whichever command takes them.
     check(

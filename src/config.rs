@@ -20,6 +20,25 @@ use serde::{Deserialize, Serialize};
 pub use errors::{ConfigError, ENV_PREFIX};
 use values::show_duration;
 
+/// Environment prefix for librdkafka properties that hold secrets:
+/// `USAGE_AGG_KAFKA_PROP_SASL_PASSWORD` sets `sasl.password`.
+pub const PROP_ENV_PREFIX: &str = "USAGE_AGG_KAFKA_PROP_";
+
+/// The librdkafka properties set in the environment, as (variable, property, value): the
+/// one reading of `USAGE_AGG_KAFKA_PROP_<NAME>` (`_` read as `.`), for the clients and for
+/// the effective settings.
+pub fn kafka_env_properties() -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = std::env::vars()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix(PROP_ENV_PREFIX)?;
+            let property = name.to_ascii_lowercase().replace('_', ".");
+            Some((k, property, v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 use crate::rollup::RollupConfig;
 
 /// The shipped defaults: the only place a default value is written.
@@ -556,6 +575,10 @@ impl Config {
         ];
         for p in k.properties.keys() {
             out.push((format!("kafka.properties.\"{p}\""), "(set)".into()));
+        }
+        // Values not shown: this is where secrets come from.
+        for (var, p, _) in kafka_env_properties() {
+            out.push((format!("kafka.properties.\"{p}\""), format!("(from {var})")));
         }
         for (key, name) in self.topics.all() {
             out.push((key.into(), name.clone()));

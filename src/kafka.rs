@@ -11,9 +11,7 @@ use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 
 use crate::config::Config;
 
-/// Environment prefix for librdkafka properties that hold secrets:
-/// `USAGE_AGG_KAFKA_PROP_SASL_PASSWORD` sets `sasl.password`.
-pub const PROP_ENV_PREFIX: &str = "USAGE_AGG_KAFKA_PROP_";
+pub use crate::config::PROP_ENV_PREFIX;
 
 /// Client configuration: brokers, then the stage's own `defaults`, then the pass-through
 /// properties of the config file, then secret properties from the environment (later wins).
@@ -31,10 +29,8 @@ pub fn client_config(cfg: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }
-    for (k, v) in std::env::vars() {
-        if let Some(name) = k.strip_prefix(PROP_ENV_PREFIX) {
-            c.set(name.to_ascii_lowercase().replace('_', "."), v);
-        }
+    for (_, property, v) in crate::config::kafka_env_properties() {
+        c.set(property, v);
     }
     c
 }

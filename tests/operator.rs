@@ -68,6 +68,7 @@ fn the_service_waits_for_kafka_with_one_clear_line_and_logs_its_settings() {
         .env("USAGE_AGG__HTTP__LISTEN", &listen)
         .env("USAGE_AGG__CLICKHOUSE__PASSWORD", "pw-never-logged")
         .env("USAGE_AGG__ROLLUP__EXECUTION_IDLE_TIMEOUT", "1500ms")
+        .env("USAGE_AGG_KAFKA_PROP_CLIENT_ID", "client-id-not-shown")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -114,12 +115,15 @@ fn the_service_waits_for_kafka_with_one_clear_line_and_logs_its_settings() {
         "ledger.voucher_group_id=",
         // A duration as written, one token (it was "1s 500ms", splitting the list).
         " rollup.execution_idle_timeout=1500ms ",
+        // Properties from the environment: named with their source, never their value.
+        "kafka.properties.\"client.id\"=(from USAGE_AGG_KAFKA_PROP_CLIENT_ID)",
         "clickhouse.database=usage",
         &format!("http.listen={listen}"),
     ] {
         assert!(settings.contains(want), "{want} in {settings}");
     }
     assert!(!err.contains("pw-never-logged"));
+    assert!(!err.contains("client-id-not-shown"));
     // The bootstrap catalog file is missing here (relative default, other directory): said.
     assert!(
         err.contains("pricing.catalog_file = \"config/catalog.json\" does not exist"),

@@ -757,6 +757,7 @@ fn ledger_commands_check_their_topics_and_clickhouse_first() {
     let env = [
         ("USAGE_AGG__KAFKA__BROKERS", kafka_addr()),
         ("USAGE_AGG__KAFKA__PREFIX", prefix.clone()),
+        ("USAGE_AGG__CLICKHOUSE__URL", clickhouse_url()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for (args, key, topic) in [
@@ -786,6 +787,22 @@ fn ledger_commands_check_their_topics_and_clickhouse_first() {
             "{args:?}: {err}"
         );
         assert!(o.stdout.is_empty(), "{args:?}: nothing listed");
+    }
+    // A database `setup` never made: said like `report` says it.
+    let database = format!("{}usage", prefix.replace('-', "_"));
+    for args in [
+        vec!["credits", "balance", "acct-1"],
+        vec!["credits", "history", "acct-1"],
+    ] {
+        let o = run_bin(dir.path(), &args, &env, Duration::from_secs(60));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "error: clickhouse.database = \"{database}\": does not exist"
+            )),
+            "{args:?}: {err}"
+        );
     }
     let closed = format!("http://{}", closed_port());
     for args in [

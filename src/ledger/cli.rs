@@ -204,7 +204,8 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
         CreditsCommand::Balance { account, format } => {
             let ch = require_clickhouse(cfg).await?;
             let b = client::balance(&ch, &account)
-                .await?
+                .await
+                .map_err(|e| query_error(cfg, e))?
                 .with_context(|| format!("account {account} has no ledger entries"))?;
             if format == "json" {
                 writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&b)?)?;
@@ -227,7 +228,9 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             format,
         } => {
             let ch = require_clickhouse(cfg).await?;
-            let h = client::history(&ch, &account, limit, before_seq).await?;
+            let h = client::history(&ch, &account, limit, before_seq)
+                .await
+                .map_err(|e| query_error(cfg, e))?;
             if format == "json" {
                 writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&h)?)?;
                 return Ok(());
@@ -276,6 +279,15 @@ async fn require_kafka(cfg: &Config, topics: &[(&str, &str)]) -> anyhow::Result<
 async fn require_clickhouse(cfg: &Config) -> anyhow::Result<clickhouse::Client> {
     crate::preflight::clickhouse(cfg).await?;
     Ok(crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database))
+}
+
+/// A query's error said as `report` says it: the key and value (a missing database or
+/// table: run `setup`), not ClickHouse's raw answer.
+fn query_error(cfg: &Config, e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::ClickHouse(e) => crate::preflight::clickhouse_error(cfg, &e).into(),
+        other => other.into(),
+    }
 }
 
 async fn grant(

@@ -823,3 +823,68 @@ fn ledger_commands_check_their_topics_and_clickhouse_first() {
         );
     }
 }
+
+#[test]
+fn run_before_setup_says_which_topic_is_missing_and_goes_on_once_it_exists() {
+    // It waited silently, blamed the empty catalog on /readyz and exited 1 on SIGTERM with
+    // "cannot publish price version ...: UnknownTopicOrPartition".
+    let prefix = format!("{}-", unique("runfirst"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("USAGE_AGG__KAFKA__BROKERS", kafka_addr()),
+        ("USAGE_AGG__KAFKA__PREFIX", prefix.clone()),
+        ("USAGE_AGG__HTTP__LISTEN", listen.clone()),
+    ];
+    let mut child = Command::new(TestEnv::bin())
+        .args(["run", "--role", "pipeline"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let missing =
+        format!("topics.usage_events = \"{prefix}usage_events\": the topic does not exist");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(&listen, "/readyz").1.contains(&missing) {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never named the missing topic"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = run_bin(
+        &root(),
+        &["setup", "--kafka-only"],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&listen, "/readyz").1.contains("does not exist") {
+        assert!(Instant::now() < deadline, "never went on after setup");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let out = wait_or_kill(child, Duration::from_secs(30), &["run"]);
+    assert!(out.status.success(), "{err}");
+    let said: Vec<&str> = err.lines().filter(|l| l.contains(&missing)).collect();
+    assert_eq!(said.len(), 1, "one line: {err}");
+    assert!(
+        said[0].contains("run `usage-aggregator setup` first"),
+        "{err}"
+    );
+    assert!(!err.contains("UnknownTopicOrPartition"), "{err}");
+}

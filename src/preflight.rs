@@ -424,9 +424,21 @@ pub fn announce(cfg: &Config, role: &str) {
     }
 }
 
-/// Logs one clear line when ClickHouse cannot be used at start (the sink keeps retrying).
+/// Logs one clear line when ClickHouse cannot be used at start (the sink keeps retrying):
+/// unreachable, refused, or without `clickhouse.database` (`setup` not run for it).
 pub async fn report_clickhouse(cfg: Config) {
-    if let Err(e) = clickhouse(&cfg).await {
+    let with_database = async {
+        clickhouse(&cfg).await?;
+        let client = crate::sink::client(&cfg.clickhouse)
+            .map_err(|e| PreflightError(e.to_string()))?
+            .with_database(&cfg.clickhouse.database);
+        let q = client.query("SELECT 1").fetch_one::<u8>();
+        match tokio::time::timeout(Duration::from_secs(10), q).await {
+            Ok(Ok(_)) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(clickhouse_error(&cfg, &e)),
+        }
+    };
+    if let Err(e) = with_database.await {
         tracing::warn!("{e}; the sink retries with backoff, rows wait in Kafka");
     }
 }

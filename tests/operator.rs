@@ -825,18 +825,20 @@ fn ledger_commands_check_their_topics_and_clickhouse_first() {
 }
 
 #[test]
-fn run_before_setup_says_which_topic_is_missing_and_goes_on_once_it_exists() {
+fn run_before_setup_names_what_is_missing_and_goes_on_once_the_topics_exist() {
     // It waited silently, blamed the empty catalog on /readyz and exited 1 on SIGTERM with
-    // "cannot publish price version ...: UnknownTopicOrPartition".
+    // "cannot publish price version ...: UnknownTopicOrPartition"; a missing database was
+    // said only on /readyz.
     let prefix = format!("{}-", unique("runfirst"));
     let listen = format!("127.0.0.1:{}", free_port());
     let env = [
         ("USAGE_AGG__KAFKA__BROKERS", kafka_addr()),
         ("USAGE_AGG__KAFKA__PREFIX", prefix.clone()),
         ("USAGE_AGG__HTTP__LISTEN", listen.clone()),
+        ("USAGE_AGG__CLICKHOUSE__URL", clickhouse_url()),
     ];
     let mut child = Command::new(TestEnv::bin())
-        .args(["run", "--role", "pipeline"])
+        .args(["run"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(root())
         .stdin(Stdio::null())
@@ -887,4 +889,13 @@ fn run_before_setup_says_which_topic_is_missing_and_goes_on_once_it_exists() {
         "{err}"
     );
     assert!(!err.contains("UnknownTopicOrPartition"), "{err}");
+    // `setup --kafka-only` made no database: said once at start, with what to do.
+    let database = format!("{}usage", prefix.replace('-', "_"));
+    assert!(
+        err.contains(&format!(
+            "clickhouse.database = \"{database}\": does not exist at {}; run `usage-aggregator setup`",
+            clickhouse_url()
+        )),
+        "{err}"
+    );
 }

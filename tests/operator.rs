@@ -581,15 +581,25 @@ fn error_text_names_keys_as_written_once_with_hints() {
     std::fs::write(
         &cat,
         r#"[{"asset_id":"a","asset_type":"model","vendor":"v","effective_from":"2024-01-01","prices":{"t":{"credits":"1","per":1}}},
-           {"asset_id":"b","asset_type":"model","vendor":"v","effective_from":"2024-01-01T00:00:00Z","prices":{"t":{"credits":0.5,"per":1}}}]"#,
+           {"asset_id":"b","asset_type":"model","vendor":"v","effective_from":"2024-01-01T00:00:00Z","prices":{"t":{"credits":0.5,"per":1}}},
+           {"asset_id":"c","asset_type":"modle","vendor":"v","effective_from":"2024-01-01T00:00:00Z","prices":{"t":{"credits":0.5,"per":1},"u":{"credits":0.7,"per":1}},"colour":"red"}]"#,
     )
     .unwrap();
+    // Every problem of a version, not only its first (serde stops at the first field).
     let err = check(
         &["catalog", "check", cat.to_str().unwrap()],
         &[],
         1,
-        "2 problem(s)",
+        "6 problem(s)",
     );
+    for want in [
+        "[2] c: asset_type = \"modle\": unknown variant",
+        "[2] c: colour = \"red\": unknown field `colour`",
+        "[2] c: prices.t.credits = 0.5",
+        "[2] c: prices.u.credits = 0.7",
+    ] {
+        assert!(err.contains(want), "{want} in {err}");
+    }
     assert!(
         err.contains("[0] a: effective_from = \"2024-01-01\"")
             && err.contains("e.g. \"2024-01-01T00:00:00Z\""),

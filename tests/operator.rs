@@ -600,6 +600,25 @@ fn error_text_names_keys_as_written_once_with_hints() {
     ] {
         assert!(err.contains(want), "{want} in {err}");
     }
+    // And every rule a well-formed version breaks.
+    std::fs::write(
+        &cat,
+        r#"[{"asset_id":"d","asset_type":"model","vendor":"v","effective_from":"2024-01-01T00:00:00Z","prices":{"t":{"credits":"-1","per":0},"u":{"credits":"0.1234567890123","per":1}}}]"#,
+    )
+    .unwrap();
+    let rules = check(
+        &["catalog", "check", cat.to_str().unwrap()],
+        &[],
+        1,
+        "3 problem(s)",
+    );
+    for want in [
+        "[0] d: prices.t.per: must be at least 1",
+        "[0] d: prices.t.credits: must not be negative, got -1",
+        "[0] d: prices.u.credits: has more than 12 decimals",
+    ] {
+        assert!(rules.contains(want), "{want} in {rules}");
+    }
     assert!(
         err.contains("[0] a: effective_from = \"2024-01-01\"")
             && err.contains("e.g. \"2024-01-01T00:00:00Z\""),

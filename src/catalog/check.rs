@@ -177,6 +177,21 @@ pub fn check_file(bytes: &[u8]) -> Result<Catalog, Problems> {
                 continue;
             }
         };
+        // Every rule the version breaks, not only the first (insert checks them again).
+        let invalid = v.problems();
+        if !invalid.is_empty() {
+            problems.extend(invalid.into_iter().map(|e| match e {
+                super::CatalogError::Invalid { field, why, .. } => Problem {
+                    path: format!("{at}: {field}"),
+                    message: why,
+                },
+                e => Problem {
+                    path: at.clone(),
+                    message: format!("refused: {e}"),
+                },
+            }));
+            continue;
+        }
         match catalog.insert(v) {
             Ok(_) => {}
             Err(super::CatalogError::Invalid { field, why, .. }) => problems.push(Problem {

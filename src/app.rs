@@ -80,7 +80,10 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         health.pipeline_enabled.store(true, Ordering::Relaxed);
         let (c, h) = (cfg.clone(), health.clone());
         stages.thread("kafka-probe", move |stop| kafka_probe::run(&c, &h, &stop))?;
-        let (prices, feed) = catalog::load(&cfg, &health, &shutdown).await?;
+        let Some((prices, feed)) = catalog::load(&cfg, &health, &shutdown).await? else {
+            // Stopped while waiting for a catalog: the stages so far drain as on any stop.
+            return stages.join(cfg.pipeline.drain_timeout).await;
+        };
         stages.thread("catalog", move |stop| {
             feed.follow(&stop);
             Ok(())

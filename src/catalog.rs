@@ -111,70 +111,83 @@ impl PriceVersion {
             .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
     }
 
-    /// Checks the version's own rules; names the field and value on failure.
+    /// Checks the version's own rules; names the field and value on failure (the first
+    /// broken rule; [`PriceVersion::problems`] lists them all).
     pub fn validate(&self) -> Result<(), CatalogError> {
-        let bad = |field: &str, why: String| CatalogError::Invalid {
-            asset: self.asset_id.clone(),
-            field: field.to_string(),
-            why,
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every rule of the version's own that it breaks, each naming the field and value.
+    pub fn problems(&self) -> Vec<CatalogError> {
+        let mut out = Vec::new();
+        let mut bad = |field: &str, why: String| {
+            out.push(CatalogError::Invalid {
+                asset: self.asset_id.clone(),
+                field: field.to_string(),
+                why,
+            })
         };
         if self.asset_id.is_empty() || self.asset_id.len() > crate::event::MAX_ID_BYTES {
-            return Err(bad("asset_id", "must be 1 to 256 bytes".into()));
+            bad("asset_id", "must be 1 to 256 bytes".into());
         }
         if self.asset_type == AssetType::Integration && !self.prices.is_empty() {
-            return Err(bad(
+            bad(
                 "prices",
                 "integrations have no direct cost; leave prices empty".into(),
-            ));
+            );
         }
         if self.asset_type != AssetType::Integration && self.prices.is_empty() {
-            return Err(bad(
+            bad(
                 "prices",
                 "a model or tool needs at least one unit price".into(),
-            ));
+            );
         }
         if self.aliases.len() + self.alias_patterns.len() > aliases::MAX_ALIASES_PER_VERSION {
-            return Err(bad(
+            bad(
                 "aliases",
                 format!(
                     "declares more than {} aliases and patterns",
                     aliases::MAX_ALIASES_PER_VERSION
                 ),
-            ));
+            );
         }
         for (i, a) in self.aliases.iter().enumerate() {
             if a.is_empty()
                 || a.len() > crate::event::MAX_ID_BYTES
                 || a.chars().any(char::is_control)
             {
-                return Err(bad(
+                bad(
                     &format!("aliases[{i}]"),
                     format!("must be 1 to 256 bytes without control characters, got {a:?}"),
-                ));
+                );
             }
         }
-        self.compiled_patterns()?;
+        for (i, p) in self.alias_patterns.iter().enumerate() {
+            if let Err(why) = aliases::AliasPattern::compile(p) {
+                bad(&format!("alias_patterns[{i}]"), format!("{p:?} {why}"));
+            }
+        }
         for (unit, p) in &self.prices {
             if p.per == 0 {
-                return Err(bad(
-                    &format!("prices.{unit}.per"),
-                    "must be at least 1".into(),
-                ));
+                bad(&format!("prices.{unit}.per"), "must be at least 1".into());
             }
             if p.credits.is_sign_negative() {
-                return Err(bad(
+                bad(
                     &format!("prices.{unit}.credits"),
                     format!("must not be negative, got {}", p.credits),
-                ));
+                );
             }
             if p.credits.normalize().scale() > LINE_COST_SCALE {
-                return Err(bad(
+                bad(
                     &format!("prices.{unit}.credits"),
                     format!("has more than 12 decimals: {}", p.credits),
-                ));
+                );
             }
         }
-        Ok(())
+        out
     }
 
     /// The alias patterns, compiled; names the pattern on failure.

@@ -32,9 +32,15 @@ pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
 }
 
 /// Reads and checks a catalog file; `named` says which argument or key gave the path.
+/// A relative path is read from the current directory: the message says which one.
 pub(crate) fn read_catalog(path: &Path, named: &str) -> anyhow::Result<Catalog> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow!("{named} = \"{}\": cannot read: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        let cwd = match std::env::current_dir() {
+            Ok(d) if path.is_relative() => format!(" (in {})", d.display()),
+            _ => String::new(),
+        };
+        anyhow!("{named} = \"{}\"{cwd}: cannot read: {e}", path.display())
+    })?;
     check::check_file(&bytes).map_err(|p| anyhow!("catalog file {}: {p}", path.display()))
 }
 
@@ -245,9 +251,15 @@ pub async fn check(
             versions.iter().map(|v| v.asset_id.as_str()).collect();
         writeln!(
             out,
-            "{} versions of {} assets ok",
+            "{} versions of {} assets {}",
             versions.len(),
-            assets.len()
+            assets.len(),
+            // Not "ok" when the comparison with the topic refuses them (the error follows).
+            if verdict.is_ok() {
+                "ok"
+            } else {
+                "well-formed, but refused against the topic"
+            }
         )?;
         if !against_topic && past > 0 {
             writeln!(
@@ -357,10 +369,9 @@ pub struct LoadgenArgs {
 pub async fn loadgen(cfg: &Config, a: LoadgenArgs) -> anyhow::Result<()> {
     let catalog = match &a.catalog {
         Some(p) => read_catalog(p, "--catalog")?,
-        None => read_catalog(
-            &cfg.pricing.catalog_file,
-            "pricing.catalog_file (relative paths follow the config file; or give --catalog)",
-        )?,
+        None => read_catalog(&cfg.pricing.catalog_file, "pricing.catalog_file").map_err(|e| {
+            anyhow!("{e}; give --catalog FILE, or set pricing.catalog_file (in a config file, relative to its directory)")
+        })?,
     };
     let producer = match &a.output {
         Some(_) => None,
@@ -482,14 +493,14 @@ pub enum ReportFormat {
 #[derive(clap::Args)]
 pub struct ReportArgs {
     /// Events from this time on (event time): a UTC date (2026-10-01) or RFC 3339.
-    #[arg(long, value_name = "TIME")]
-    from: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_from)]
+    from: Option<Bound>,
     /// Events before this time (event time); a date includes that whole day, so
     /// --from 2026-10-01 --to 2026-10-31 is October.
-    #[arg(long, value_name = "TIME")]
-    to: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_to)]
+    to: Option<Bound>,
     /// Only what was ingested in this recent period (ingestion time), e.g. 1h, 2d.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = usage_aggregator::config::values::parse_duration, value_name = "DURATION")]
     since: Option<Duration>,
     /// Only this account (an unknown account is an error).
     #[arg(long)]
@@ -505,21 +516,45 @@ pub struct ReportArgs {
     group_by: Vec<String>,
 }
 
+/// A `--from`/`--to` argument: the time it selects and the text as written (for messages).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    at: chrono::DateTime<chrono::Utc>,
+    written: String,
+}
+
+fn parse_from(s: &str) -> Result<Bound, String> {
+    report::parse_instant(s, false).map(|at| Bound {
+        at,
+        written: s.to_string(),
+    })
+}
+
+fn parse_to(s: &str) -> Result<Bound, String> {
+    report::parse_instant(s, true).map(|at| Bound {
+        at,
+        written: s.to_string(),
+    })
+}
+
 pub async fn report(cfg: &Config, a: ReportArgs) -> anyhow::Result<()> {
-    let from = a
-        .from
-        .as_deref()
-        .map(|s| report::parse_instant(s, false).map_err(|e| anyhow!("--from: {e}")))
-        .transpose()?;
-    let to =
-        a.to.as_deref()
-            .map(|s| report::parse_instant(s, true).map_err(|e| anyhow!("--to: {e}")))
-            .transpose()?;
-    if let (Some(f), Some(t)) = (from, to)
-        && f >= t
+    if let (Some(f), Some(t)) = (&a.from, &a.to)
+        && f.at >= t.at
     {
-        anyhow::bail!("--from {f} is not before --to {t}");
+        // A usage error, like a malformed time: exit 2.
+        return Err(Exit {
+            code: 2,
+            message: format!(
+                "--from {} is not before --to {} (the window is {} .. {})",
+                f.written,
+                t.written,
+                f.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                t.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+        }
+        .into());
     }
+    let (from, to) = (a.from.map(|b| b.at), a.to.map(|b| b.at));
     preflight::clickhouse(cfg).await?;
     let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
     let f = ReportFilter {

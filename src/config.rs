@@ -20,6 +20,25 @@ use serde::{Deserialize, Serialize};
 pub use errors::{ConfigError, ENV_PREFIX};
 use values::show_duration;
 
+/// Environment prefix for librdkafka properties that hold secrets:
+/// `USAGE_AGG_KAFKA_PROP_SASL_PASSWORD` sets `sasl.password`.
+pub const PROP_ENV_PREFIX: &str = "USAGE_AGG_KAFKA_PROP_";
+
+/// The librdkafka properties set in the environment, as (variable, property, value): the
+/// one reading of `USAGE_AGG_KAFKA_PROP_<NAME>` (`_` read as `.`), for the clients and for
+/// the effective settings.
+pub fn kafka_env_properties() -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = std::env::vars()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix(PROP_ENV_PREFIX)?;
+            let property = name.to_ascii_lowercase().replace('_', ".");
+            Some((k, property, v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 use crate::rollup::RollupConfig;
 
 /// The shipped defaults: the only place a default value is written.
@@ -397,7 +416,8 @@ impl Config {
     /// Loads the built-in defaults, then `file` (if given), then the environment; resolves
     /// relative paths (against the config file's directory when the file set them, against
     /// `./config/` for built-in defaults, against the current directory for the
-    /// environment), applies `kafka.prefix`, reads `clickhouse.password_file`, validates.
+    /// environment), applies `kafka.prefix` (topics, groups, ClickHouse database), reads
+    /// `clickhouse.password_file`, validates.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let defaults = defaults_figment();
         let mut fig = defaults.clone();
@@ -480,6 +500,15 @@ impl Config {
         ] {
             name.insert_str(0, prefix);
         }
+        // The ClickHouse database too: the sink's resume points and the reports are per
+        // database, so a trial sharing another's database would mix its rows into their
+        // reports and take their offsets for its own ("output topic was recreated").
+        // A database name is letters, digits and `_`: "trial1-" gives "trial1_usage".
+        let db_prefix: String = prefix
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        self.clickhouse.database.insert_str(0, &db_prefix);
     }
 
     fn read_password_file(&mut self) -> Result<(), ConfigError> {
@@ -528,6 +557,11 @@ impl Config {
             ("kafka.group_id".into(), k.group_id.clone()),
             ("kafka.sink_group_id".into(), k.sink_group_id.clone()),
             ("kafka.alerts_group_id".into(), k.alerts_group_id.clone()),
+            ("ledger.group_id".into(), self.ledger.group_id.clone()),
+            (
+                "ledger.voucher_group_id".into(),
+                self.ledger.voucher_group_id.clone(),
+            ),
             (
                 "kafka.session_timeout".into(),
                 show_duration(k.session_timeout),
@@ -546,6 +580,10 @@ impl Config {
         ];
         for p in k.properties.keys() {
             out.push((format!("kafka.properties.\"{p}\""), "(set)".into()));
+        }
+        // Values not shown: this is where secrets come from.
+        for (var, p, _) in kafka_env_properties() {
+            out.push((format!("kafka.properties.\"{p}\""), format!("(from {var})")));
         }
         for (key, name) in self.topics.all() {
             out.push((key.into(), name.clone()));

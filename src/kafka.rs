@@ -11,9 +11,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 
 use crate::config::Config;
 
-/// Environment prefix for librdkafka properties that hold secrets:
-/// `USAGE_AGG_KAFKA_PROP_SASL_PASSWORD` sets `sasl.password`.
-pub const PROP_ENV_PREFIX: &str = "USAGE_AGG_KAFKA_PROP_";
+pub use crate::config::PROP_ENV_PREFIX;
 
 /// Client configuration: brokers, then the stage's own `defaults`, then the pass-through
 /// properties of the config file, then secret properties from the environment (later wins).
@@ -31,22 +29,33 @@ pub fn client_config(cfg: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }
-    for (k, v) in std::env::vars() {
-        if let Some(name) = k.strip_prefix(PROP_ENV_PREFIX) {
-            c.set(name.to_ascii_lowercase().replace('_', "."), v);
-        }
+    for (_, property, v) in crate::config::kafka_env_properties() {
+        c.set(property, v);
     }
     c
 }
 
-/// Context of the readers that assign partitions and read to the partition end: the end of
-/// partition is how their reads finish, not an error worth a log line.
+/// Whether `error` only says a read reached the end of a partition. librdkafka reports it
+/// as `PartitionEOF(partition)` from the consumer queue and as `Global(PartitionEOF)`
+/// through the client's error callback: for a reader with `enable.partition.eof` both are
+/// how a read finishes, never an error.
+pub fn is_partition_eof(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
+/// Context of the readers that assign partitions and read to the partition end (catalog,
+/// state, changelogs): the end of a partition is how their reads finish, not a log line;
+/// any other client error is a WARN (librdkafka retries it; the reader's own call reports
+/// what fails for good).
 pub struct ReaderContext;
 
 impl rdkafka::client::ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::error!(error = %error, reason, "kafka client error");
+        if !is_partition_eof(&error) {
+            tracing::warn!(error = %error, reason, "kafka reader error");
         }
     }
 }
@@ -380,5 +389,21 @@ pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
             }
             r => return r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_shapes_of_partition_eof_are_the_end_of_a_read() {
+        assert!(is_partition_eof(&KafkaError::PartitionEOF(3)));
+        assert!(is_partition_eof(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(!is_partition_eof(&KafkaError::Global(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
     }
 }

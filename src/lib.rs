@@ -2,8 +2,14 @@
 //! debits. The rating core ([`CORE_MODULES`]) has no I/O; the pipeline, sink and HTTP modules
 //! wrap it.
 
+// Command output goes through `writeln!(stdout, ..)?` so that a closed pipe (`| head`) is an
+// error the command ends on quietly; `println!` panics there (exit 101).
+#![deny(clippy::print_stdout)]
+
 pub mod alerts;
 pub mod app;
+// The benchmark prints progress lines of a long run; not meant for a pipe.
+#[allow(clippy::print_stdout)]
 pub mod bench;
 pub mod catalog;
 pub mod catalog_feed;

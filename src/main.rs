@@ -5,6 +5,9 @@
 //! 2 usage or configuration error, 3 `rate --strict` rejected events, 130 interrupted.
 //! A closed stdout (`| head`) ends a command quietly.
 
+// Output is written with `writeln!(..)?` (a closed pipe ends the command): no `println!`.
+#![deny(clippy::print_stdout)]
+
 mod commands;
 
 use std::path::PathBuf;
@@ -195,8 +198,28 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// A usage error found by clap, written as the final error of any other failure: with
+/// `--log-json` (or `USAGE_AGG__LOG__FORMAT=json`) one JSON object, not clap's text. Help and
+/// version go to stdout as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    let json = std::env::args_os().any(|a| a == "--log-json")
+        || std::env::var("USAGE_AGG__LOG__FORMAT").is_ok_and(|v| v.trim() == "json");
+    if !json || !e.use_stderr() {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    // "error: <message>\n\n<usage or tip>": the message, without the prefix.
+    let message = text.split("\n\n").next().unwrap_or(&text);
+    let message = message.strip_prefix("error: ").unwrap_or(message).trim();
+    logging::early_error(message, true);
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -255,9 +255,19 @@ impl Kafka {
     }
 }
 
-/// Waits until Kafka answers, logging one line per 30 s while it does not and keeping that
-/// line in `health.kafka_wait` for `/readyz`. Returns false when `stop` is cancelled first
-/// (a requested stop, not a failure).
+/// Kafka answers and every topic of `topics.*` exists (a service started before `setup`
+/// otherwise waited silently and blamed the empty catalog).
+async fn kafka_and_topics(cfg: &Config) -> Result<(), PreflightError> {
+    let k = Kafka::connect(cfg).await?;
+    for (key, topic) in cfg.topics.all() {
+        k.require_topic(key, topic, false).await?;
+    }
+    Ok(())
+}
+
+/// Waits until Kafka answers and the topics exist, logging one line per 30 s while not and
+/// keeping that line in `health.kafka_wait` for `/readyz`. Returns false when `stop` is
+/// cancelled first (a requested stop, not a failure).
 pub async fn wait_for_kafka(
     cfg: &Config,
     stop: &CancellationToken,
@@ -265,7 +275,7 @@ pub async fn wait_for_kafka(
 ) -> bool {
     let mut last_log: Option<Instant> = None;
     loop {
-        let r = Kafka::connect(cfg).await;
+        let r = kafka_and_topics(cfg).await;
         *health.kafka_wait.lock().expect("health lock") = r.as_ref().err().map(|e| e.to_string());
         match r {
             Ok(_) => {
@@ -414,9 +424,21 @@ pub fn announce(cfg: &Config, role: &str) {
     }
 }
 
-/// Logs one clear line when ClickHouse cannot be used at start (the sink keeps retrying).
+/// Logs one clear line when ClickHouse cannot be used at start (the sink keeps retrying):
+/// unreachable, refused, or without `clickhouse.database` (`setup` not run for it).
 pub async fn report_clickhouse(cfg: Config) {
-    if let Err(e) = clickhouse(&cfg).await {
+    let with_database = async {
+        clickhouse(&cfg).await?;
+        let client = crate::sink::client(&cfg.clickhouse)
+            .map_err(|e| PreflightError(e.to_string()))?
+            .with_database(&cfg.clickhouse.database);
+        let q = client.query("SELECT 1").fetch_one::<u8>();
+        match tokio::time::timeout(Duration::from_secs(10), q).await {
+            Ok(Ok(_)) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(clickhouse_error(&cfg, &e)),
+        }
+    };
+    if let Err(e) = with_database.await {
         tracing::warn!("{e}; the sink retries with backoff, rows wait in Kafka");
     }
 }

@@ -147,7 +147,11 @@ fn report_for_a_billing_period() {
         .current_dir(root())
         .output()
         .unwrap();
+    // A usage error (exit 2), like every malformed argument value.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--from: \"last week\" is neither a date")
+        err.contains("'--from <TIME>': \"last week\" is neither a date"),
+        "{err}"
     );
 }

@@ -15,14 +15,18 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::METRICS;
 
+/// How often the wait for a catalog says so again (once at first, then at this period).
+const EMPTY_CATALOG_LOG_PERIOD: Duration = Duration::from_secs(60);
+
 /// Loads the catalog (bootstrapping an empty topic from the configured file) and waits until
 /// it has at least one version. Returns the handle the pipeline prices with and the feed to
-/// follow (on its own thread: [`CatalogFeed::follow`]).
+/// follow (on its own thread: [`CatalogFeed::follow`]); `None` when a shutdown was
+/// requested during the wait (a requested stop, not a failure).
 pub async fn load(
     cfg: &Config,
     health: &Health,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(CatalogHandle, CatalogFeed)> {
+) -> anyhow::Result<Option<(CatalogHandle, CatalogFeed)>> {
     let (feed, handle) = CatalogFeed::new(cfg)?;
     let feed = Arc::new(feed);
     let load = |f: Arc<CatalogFeed>| {
@@ -46,10 +50,18 @@ pub async fn load(
         tracing::info!(versions = sent, file = %cfg.pricing.catalog_file.display(), "catalog topic was empty; published the bootstrap file");
         n = load(feed.clone()).await??;
     }
+    let waiting_since = std::time::Instant::now();
+    let mut said: Option<std::time::Instant> = None;
     while n == 0 {
-        tracing::error!(topic = %cfg.topics.price_catalog, "price catalog is empty; nothing is billed until a catalog is published (usage-aggregator catalog publish FILE)");
+        if said.is_none_or(|t| t.elapsed() >= EMPTY_CATALOG_LOG_PERIOD) {
+            tracing::error!(topic = %cfg.topics.price_catalog, waiting_s = waiting_since.elapsed().as_secs(), "price catalog is empty; nothing is billed until a catalog is published (usage-aggregator catalog publish FILE)");
+            said = Some(std::time::Instant::now());
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for a price catalog"),
+            _ = shutdown.cancelled() => {
+                tracing::info!("stopped while waiting for a price catalog");
+                return Ok(None);
+            }
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         n = load(feed.clone()).await??;
@@ -58,5 +70,5 @@ pub async fn load(
     METRICS.catalog_versions.set(n as i64);
     tracing::info!(versions = n, "price catalog loaded");
     let feed = Arc::into_inner(feed).expect("no other catalog feed users");
-    Ok((handle, feed))
+    Ok(Some((handle, feed)))
 }

@@ -41,6 +41,98 @@ fn hint(path: &str, raw: Option<&serde_json::Value>) -> &'static str {
     }
 }
 
+/// The problem `e` found in the value at `base` (`""` for the whole version, `prices.x`):
+/// the path, the value as written, the error and what to write instead.
+fn problem<E: std::fmt::Display>(
+    item: &serde_json::Value,
+    at: &str,
+    base: &str,
+    e: &serde_path_to_error::Error<E>,
+) -> Problem {
+    let inner = e.path().to_string();
+    let path = match (base, inner.as_str()) {
+        ("", p) => p.to_string(),
+        (b, ".") => b.to_string(),
+        (b, p) => format!("{b}.{p}"),
+    };
+    let pointer = format!("/{}", path.replace('.', "/"));
+    let raw = item.pointer(&pointer);
+    let shown = raw.map(|r| format!(" = {r}")).unwrap_or_default();
+    Problem {
+        path: if path == "." {
+            at.to_string()
+        } else {
+            format!("{at}: {path}{shown}")
+        },
+        message: format!("{}{}", e.inner(), hint(&path, raw)),
+    }
+}
+
+/// Every field-level problem of one version: each field read on its own as its type (each
+/// unit price on its own), unknown fields and missing ones. Empty when `item` is not an
+/// object.
+fn field_problems(item: &serde_json::Value, at: &str) -> Vec<Problem> {
+    use serde::de::DeserializeOwned;
+    fn field<T: DeserializeOwned>(
+        item: &serde_json::Value,
+        at: &str,
+        base: &str,
+        v: &serde_json::Value,
+    ) -> Option<Problem> {
+        serde_path_to_error::deserialize::<_, T>(v)
+            .err()
+            .map(|e| problem(item, at, base, &e))
+    }
+    const FIELDS: [&str; 7] = [
+        "asset_id",
+        "asset_type",
+        "vendor",
+        "effective_from",
+        "prices",
+        "aliases",
+        "alias_patterns",
+    ];
+    let Some(obj) = item.as_object() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in obj {
+        let p = match k.as_str() {
+            "asset_id" | "vendor" => field::<String>(item, at, k, v),
+            "asset_type" => field::<super::AssetType>(item, at, k, v),
+            "effective_from" => field::<DateTime<Utc>>(item, at, k, v),
+            "aliases" | "alias_patterns" => field::<Vec<String>>(item, at, k, v),
+            "prices" => match v.as_object() {
+                Some(units) => {
+                    out.extend(units.iter().filter_map(|(u, p)| {
+                        field::<super::UnitPrice>(item, at, &format!("prices.{u}"), p)
+                    }));
+                    None
+                }
+                None => {
+                    field::<std::collections::BTreeMap<String, super::UnitPrice>>(item, at, k, v)
+                }
+            },
+            other => Some(Problem {
+                path: format!("{at}: {other} = {v}"),
+                message: format!("unknown field `{other}`, expected one of {}", {
+                    FIELDS.map(|f| format!("`{f}`")).join(", ")
+                }),
+            }),
+        };
+        out.extend(p);
+    }
+    for f in &FIELDS[..5] {
+        if !obj.contains_key(*f) {
+            out.push(Problem {
+                path: at.to_string(),
+                message: format!("missing field `{f}`"),
+            });
+        }
+    }
+    out
+}
+
 /// Parses and checks a catalog file (a JSON array of price versions); collects every problem.
 /// An empty array is a problem: nothing could be priced.
 pub fn check_file(bytes: &[u8]) -> Result<Catalog, Problems> {
@@ -75,21 +167,31 @@ pub fn check_file(bytes: &[u8]) -> Result<Catalog, Problems> {
         let v: PriceVersion = match serde_path_to_error::deserialize(item) {
             Ok(v) => v,
             Err(e) => {
-                let path = e.path().to_string();
-                let pointer = format!("/{}", path.replace('.', "/"));
-                let raw = item.pointer(&pointer);
-                let shown = raw.map(|r| format!(" = {r}")).unwrap_or_default();
-                problems.push(Problem {
-                    path: if path == "." {
-                        at
-                    } else {
-                        format!("{at}: {path}{shown}")
-                    },
-                    message: format!("{}{}", e.inner(), hint(&path, raw)),
-                });
+                // Serde stops at the first field: look at each field on its own so that a
+                // version with several problems shows them all.
+                let mut found = field_problems(item, &at);
+                if found.is_empty() {
+                    found.push(problem(item, &at, "", &e));
+                }
+                problems.extend(found);
                 continue;
             }
         };
+        // Every rule the version breaks, not only the first (insert checks them again).
+        let invalid = v.problems();
+        if !invalid.is_empty() {
+            problems.extend(invalid.into_iter().map(|e| match e {
+                super::CatalogError::Invalid { field, why, .. } => Problem {
+                    path: format!("{at}: {field}"),
+                    message: why,
+                },
+                e => Problem {
+                    path: at.clone(),
+                    message: format!("refused: {e}"),
+                },
+            }));
+            continue;
+        }
         match catalog.insert(v) {
             Ok(_) => {}
             Err(super::CatalogError::Invalid { field, why, .. }) => problems.push(Problem {

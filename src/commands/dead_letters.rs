@@ -29,7 +29,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     dry_run: bool,
     /// Longest wait to read the dead-letter topic to its end.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = usage_aggregator::config::values::parse_duration, default_value = "60s")]
     timeout: Duration,
 }
 

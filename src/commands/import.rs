@@ -20,8 +20,8 @@ pub struct ImportArgs {
     /// The price list to convert.
     file: PathBuf,
     /// When the imported versions take effect (RFC 3339, e.g. 2026-07-01T00:00:00Z).
-    #[arg(long)]
-    effective_from: String,
+    #[arg(long, value_parser = usage_aggregator::config::values::parse_instant)]
+    effective_from: chrono::DateTime<chrono::Utc>,
     /// Write the catalog (JSON array of price versions) here; stdout when absent.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -40,9 +40,7 @@ pub struct ImportArgs {
 /// `catalog import`: converts, reports every skipped model on stderr, writes, publishes.
 pub async fn import_catalog(cfg: &Config, a: ImportArgs) -> anyhow::Result<()> {
     use usage_aggregator::catalog::litellm;
-    let effective_from = chrono::DateTime::parse_from_rfc3339(&a.effective_from)
-        .with_context(|| format!("--effective-from {} is not RFC 3339", a.effective_from))?
-        .with_timezone(&chrono::Utc);
+    let effective_from = a.effective_from;
     let bytes =
         std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
     let opts = litellm::ImportOptions {
@@ -83,7 +81,7 @@ pub async fn import_catalog(cfg: &Config, a: ImportArgs) -> anyhow::Result<()> {
         "imported {} models as {} price versions effective from {}; skipped {}",
         report.imported.len(),
         versions.len(),
-        a.effective_from,
+        effective_from.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         report.skipped.len()
     ));
     let json = serde_json::to_string_pretty(&versions)? + "\n";

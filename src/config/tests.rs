@@ -26,7 +26,14 @@ fn one_source_of_defaults() {
     // The shipped file, read as a --config file from its place, gives the same configuration
     // (its relative catalog path resolves to the same file).
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-    let from_file = Config::load(Some(&path)).unwrap();
+    // Inside the jail: it holds the lock other tests take to set USAGE_AGG__* variables,
+    // which this load would otherwise read when they run at the same time.
+    let mut from_file = None;
+    jail(|_| {
+        from_file = Some(Config::load(Some(&path)).unwrap());
+        Ok(())
+    });
+    let from_file = from_file.expect("loaded");
     assert_eq!(
         from_file.pricing.catalog_file,
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.json")
@@ -151,7 +158,7 @@ fn relative_paths_follow_the_config_file() {
 }
 
 #[test]
-fn prefix_isolates_topics_and_groups() {
+fn prefix_isolates_topics_groups_and_database() {
     jail(|j| {
         j.create_file(
             "c.toml",
@@ -161,6 +168,14 @@ fn prefix_isolates_topics_and_groups() {
         assert_eq!(c.topics.usage_events, "trial1-usage_events");
         assert_eq!(c.topics.debits, "trial1-my_debits");
         assert_eq!(c.kafka.sink_group_id, "trial1-usage-aggregator-sink");
+        assert_eq!(
+            c.ledger.voucher_group_id,
+            "trial1-usage-aggregator-vouchers"
+        );
+        assert_eq!(
+            c.clickhouse.database, "trial1_usage",
+            "a database name has no '-'"
+        );
         assert_eq!(c.kafka.prefix, "", "applied once");
         Ok(())
     });

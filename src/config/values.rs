@@ -9,9 +9,49 @@ use rust_decimal::Decimal;
 use serde::de::{self, Visitor};
 use serde::{Deserializer, Serializer};
 
-/// A duration as people write it: `0s`, `500ms`, `1m 30s` (never `0ns` or `1.5e0`).
+/// A duration as people write it, in one token: the largest unit that divides it exactly
+/// (`0s`, `500ms`, `1500ms`, `90s`, `2m`; never `0ns`, `1.5e0` or `1s 500ms`, whose space
+/// would split a `key=value` list). Parses back to the same value.
 pub fn show_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".into();
+    }
+    const UNITS: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let (size, unit) = UNITS
+        .into_iter()
+        .find(|(size, _)| ns.is_multiple_of(*size))
+        .unwrap_or((1, "ns"));
+    format!("{}{unit}", ns / size)
+}
+
+/// What to write instead of a bad duration.
+const DURATION_EXAMPLE: &str =
+    "write a number with a unit, e.g. \"30s\", \"500ms\", \"2m\" or \"1h\"";
+
+/// A duration as given on the command line or in the config (`30s`, `500ms`, `2m`); the
+/// error says what was wrong and gives an example. The one parser of every duration
+/// argument (`value_parser = parse_duration`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration \"{s}\" ({e}); {DURATION_EXAMPLE}"))
+}
+
+/// An instant given on the command line, RFC 3339 (`2026-07-01T00:00:00Z`); the error
+/// shows the value, why, and an example. The one parser of every instant argument.
+pub fn parse_instant(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!("\"{s}\" is not an RFC 3339 instant ({e}); write it like 2026-07-01T00:00:00Z")
+        })
 }
 
 /// `#[serde(with = "duration")]`: `"30s"`, `"500ms"`, `"2m"`.
@@ -28,7 +68,7 @@ pub mod duration {
 
     struct DurationVisitor;
 
-    const EXAMPLE: &str = "write a number with a unit, e.g. \"30s\", \"500ms\", \"2m\" or \"1h\"";
+    const EXAMPLE: &str = DURATION_EXAMPLE;
 
     impl Visitor<'_> for DurationVisitor {
         type Value = Duration;
@@ -38,8 +78,7 @@ pub mod duration {
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            humantime::parse_duration(v.trim())
-                .map_err(|e| E::custom(format!("invalid duration \"{v}\" ({e}); {EXAMPLE}")))
+            parse_duration(v).map_err(E::custom)
         }
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
@@ -191,7 +230,18 @@ mod tests {
             "{back}"
         );
         assert_eq!(parse(&back).unwrap(), t);
-        assert_eq!(show_duration(Duration::from_millis(1500)), "1s 500ms");
+        for (d, shown) in [
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_micros(1), "1us"),
+            (Duration::from_nanos(1_000_001), "1000001ns"),
+        ] {
+            assert_eq!(show_duration(d), shown);
+            let back = parse(&format!("d = \"{shown}\"\nm = \"1\"\no = \"\"")).unwrap();
+            assert_eq!(back.d, d, "{shown} parses back");
+        }
         let t = parse("d = \"2m\"\nm = 3\no = \"25\"").unwrap();
         assert_eq!(t.m, Decimal::from(3));
         assert_eq!(t.o, Some(Decimal::from(25)));

@@ -3,7 +3,7 @@
 //! reason code. Voucher codes are read from the argument or stdin (`-`) and printed only by
 //! `vouchers create`, once, to the operator who made the code.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,7 +50,7 @@ pub enum CreditsCommand {
         /// Voucher code, or `-` to read it from stdin.
         code: String,
         /// Longest wait for the voucher stage's answer.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = crate::config::values::parse_duration)]
         timeout: Duration,
     },
     /// The account's balance (from ClickHouse).
@@ -86,14 +86,14 @@ pub enum VouchersCommand {
         /// Credits the voucher grants, a decimal such as 20.
         #[arg(long)]
         credits: String,
-        /// RFC 3339; default now.
-        #[arg(long)]
+        /// RFC 3339 (2026-07-01T00:00:00Z); default now.
+        #[arg(long, value_parser = crate::config::values::parse_instant)]
         valid_from: Option<DateTime<Utc>>,
         /// RFC 3339; default valid_from + --valid-for.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::config::values::parse_instant)]
         valid_until: Option<DateTime<Utc>>,
         /// Validity when --valid-until is not given, e.g. 30days.
-        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30days", value_parser = crate::config::values::parse_duration)]
         valid_for: Duration,
         /// How many times it can be redeemed in all.
         #[arg(long, default_value_t = 1)]
@@ -139,9 +139,14 @@ fn print_result(r: &VoucherResult) -> anyhow::Result<()> {
             &r.message,
         )),
         _ => {
-            println!("{} ({} left)", r.message, r.redemptions_left);
+            writeln!(
+                std::io::stdout(),
+                "{} ({} left)",
+                r.message,
+                r.redemptions_left
+            )?;
             if let Some(g) = &r.grant_id {
-                println!("grant {g}");
+                writeln!(std::io::stdout(), "grant {g}")?;
             }
             Ok(())
         }
@@ -197,17 +202,22 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             print_result(&r)
         }
         CreditsCommand::Balance { account, format } => {
-            let ch = crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
+            let ch = require_clickhouse(cfg).await?;
             let b = client::balance(&ch, &account)
-                .await?
+                .await
+                .map_err(|e| query_error(cfg, e))?
                 .with_context(|| format!("account {account} has no ledger entries"))?;
             if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&b)?);
+                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&b)?)?;
             } else {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "{}  balance {} credits  ({} entries, last {})",
-                    b.account_id, b.balance, b.entries, b.last_entry_at
-                );
+                    b.account_id,
+                    b.balance,
+                    b.entries,
+                    b.last_entry_at
+                )?;
             }
             Ok(())
         }
@@ -217,24 +227,66 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             before_seq,
             format,
         } => {
-            let ch = crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
-            let h = client::history(&ch, &account, limit, before_seq).await?;
+            let ch = require_clickhouse(cfg).await?;
+            let h = client::history(&ch, &account, limit, before_seq)
+                .await
+                .map_err(|e| query_error(cfg, e))?;
             if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&h)?);
+                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&h)?)?;
                 return Ok(());
             }
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  description",
-                "seq", "date", "kind", "credit", "debit", "balance"
-            );
+                "seq",
+                "date",
+                "kind",
+                "credit",
+                "debit",
+                "balance"
+            )?;
             for e in &h {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  {}",
-                    e.seq, e.date, e.kind, e.credit, e.debit, e.balance, e.description
-                );
+                    e.seq,
+                    e.date,
+                    e.kind,
+                    e.credit,
+                    e.debit,
+                    e.balance,
+                    e.description
+                )?;
             }
             Ok(())
         }
+    }
+}
+
+/// What every command that writes to or reads from Kafka checks first: a broker answers
+/// and `topics` exist, so an unreachable broker or a missing topic fails within
+/// `kafka.connect_timeout` with one line naming the key and its value (it hung or waited
+/// 30 s for librdkafka's own error, naming neither).
+async fn require_kafka(cfg: &Config, topics: &[(&str, &str)]) -> anyhow::Result<()> {
+    let k = crate::preflight::Kafka::connect(cfg).await?;
+    for (key, topic) in topics {
+        k.require_topic(key, topic, false).await?;
+    }
+    Ok(())
+}
+
+/// ClickHouse answers (naming `clickhouse.url`, `clickhouse.user` when it does not).
+async fn require_clickhouse(cfg: &Config) -> anyhow::Result<clickhouse::Client> {
+    crate::preflight::clickhouse(cfg).await?;
+    Ok(crate::sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database))
+}
+
+/// A query's error said as `report` says it: the key and value (a missing database or
+/// table: run `setup`), not ClickHouse's raw answer.
+fn query_error(cfg: &Config, e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::ClickHouse(e) => crate::preflight::clickhouse_error(cfg, &e).into(),
+        other => other.into(),
     }
 }
 
@@ -248,15 +300,17 @@ async fn grant(
 ) -> anyhow::Result<()> {
     let g = client::build_grant(cfg, kind, account, amount, reference, reason)
         .map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
+    require_kafka(cfg, &[("topics.credit_grants", &cfg.topics.credit_grants)]).await?;
     let p = client::producer(cfg)?;
     client::send_grant(cfg, &p, &g).await?;
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{} of {} credits for {} sent (grant {}); the ledger applies it once, however often it is sent",
         kind.as_str(),
         g.amount,
         g.account_id,
         g.grant_id
-    );
+    )?;
     Ok(())
 }
 
@@ -265,6 +319,15 @@ async fn ask(
     req: &VoucherRequest,
     timeout: Duration,
 ) -> anyhow::Result<VoucherResult> {
+    let t = &cfg.topics;
+    require_kafka(
+        cfg,
+        &[
+            ("topics.voucher_requests", &t.voucher_requests),
+            ("topics.voucher_results", &t.voucher_results),
+        ],
+    )
+    .await?;
     let c = cfg.clone();
     let follower = tokio::task::spawn_blocking(move || ResultFollower::start(&c)).await??;
     let p = client::producer(cfg)?;
@@ -313,11 +376,16 @@ pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> 
             let r = ask(cfg, &req, Duration::from_secs(30)).await?;
             print_result(&r)?;
             if generated {
-                println!("code {code}  (shown once: it is stored only as a hash)");
+                writeln!(
+                    std::io::stdout(),
+                    "code {code}  (shown once: it is stored only as a hash)"
+                )?;
             }
             Ok(())
         }
         VouchersCommand::List { format } => {
+            // A missing topic listed "0 vouchers".
+            require_kafka(cfg, &[("topics.voucher_state", &cfg.topics.voucher_state)]).await?;
             let c = cfg.clone();
             let list = tokio::task::spawn_blocking(move || client::list_vouchers(&c)).await??;
             if format == "json" {
@@ -336,15 +404,21 @@ pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> 
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&v)?)?;
                 return Ok(());
             }
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "{:<24}  {:>10}  {:<20}  {:<20}  {:>9}  account",
-                "voucher", "credits", "valid_from", "valid_until", "used/max"
-            );
+                "voucher",
+                "credits",
+                "valid_from",
+                "valid_until",
+                "used/max"
+            )?;
             for s in &list {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "{:<24}  {:>10}  {:<20}  {:<20}  {:>9}  {}",
                     voucher::display(&s.def.masked, &s.def.code_hash),
                     s.def.credits,
@@ -352,9 +426,9 @@ pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> 
                     s.def.valid_until.format("%Y-%m-%dT%H:%M:%SZ"),
                     format!("{}/{}", s.redemptions.len(), s.def.max_redemptions),
                     s.def.account_id.as_deref().unwrap_or("any")
-                );
+                )?;
             }
-            println!("{} vouchers", list.len());
+            writeln!(std::io::stdout(), "{} vouchers", list.len())?;
             Ok(())
         }
     }

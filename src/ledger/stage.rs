@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 mod processor;
 mod restore;
 
+pub use crate::kafka::ReaderContext;
 pub use processor::{InputMsg, OFFSETS_KEY, OutRecord, Processor, StageError, StageSpec};
-pub use restore::{Agreement, Positions, ReaderContext, agree};
+pub use restore::{Agreement, Positions, agree};
 
 /// Pending rebalance work, recorded by the callback and done by the loop.
 #[derive(Default)]

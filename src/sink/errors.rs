@@ -16,6 +16,8 @@ pub enum Unusable {
     Unreachable,
     /// The HTTPS handshake failed (an untrusted certificate, a host name it does not name).
     Tls,
+    /// The database or a table does not exist (codes 81, 60): `setup` has not run for it.
+    NotSetUp,
     /// Anything else the server said.
     Other,
 }
@@ -44,6 +46,8 @@ pub fn kind(e: &clickhouse::error::Error) -> Unusable {
                 || lower.contains("cannot reserve")
             {
                 Unusable::DiskFull
+            } else if matches!(code, Some(81 | 60)) {
+                Unusable::NotSetUp
             } else {
                 Unusable::Other
             }
@@ -104,6 +108,10 @@ pub fn describe(cfg: &ClickHouseConfig, e: &clickhouse::error::Error) -> String 
              not name the host in clickhouse.url (a private CA is trusted through OpenSSL's \
              SSL_CERT_FILE, or the system's CA store)"
             .to_string(),
+        Unusable::NotSetUp => format!(
+            "clickhouse.database = \"{}\" or one of its tables does not exist; run `usage-aggregator setup` (rows wait in Kafka)",
+            cfg.database
+        ),
         Unusable::Other => "the server refused the request".to_string(),
     };
     let mut cause: String = cause_chain(e)
@@ -151,5 +159,14 @@ mod tests {
         let enospc = E::BadResponse("Code: 74, e.displayText() = DB::ErrnoException: Cannot write to file /x/data.bin, errno: 28, strerror: No space left on device".into());
         assert_eq!(kind(&enospc), Unusable::DiskFull);
         assert_eq!(kind(&E::TimedOut), Unusable::Unreachable);
+        let no_db = E::BadResponse(
+            "Code: 81, e.displayText() = DB::Exception: Database trial1_usage doesn't exist".into(),
+        );
+        assert_eq!(kind(&no_db), Unusable::NotSetUp);
+        assert!(
+            describe(&cfg, &no_db).contains("clickhouse.database = \"usage\" or one of its tables does not exist; run `usage-aggregator setup`"),
+            "{}",
+            describe(&cfg, &no_db)
+        );
     }
 }

@@ -1,32 +1,10 @@
 //! Restore decisions, pure: the input positions a changelog names against the group's
-//! committed offsets; and the quiet context of the changelog readers.
+//! committed offsets.
 
 use std::collections::HashMap;
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-
 /// Next offset per input topic of one partition number.
 pub type Positions = HashMap<String, i64>;
-
-/// Context of assign-based readers with `enable.partition.eof`: an end-of-partition event
-/// that librdkafka reports outside the consumer queue is expected, not an error.
-pub struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::warn!(%error, reason, "kafka reader error");
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
 
 /// How the changelog's positions compare with the group's committed offsets.
 #[derive(Debug, PartialEq, Eq)]

@@ -472,8 +472,9 @@ impl Config {
         }
     }
 
-    /// Puts `prefix` in front of every topic name and consumer group id (what
-    /// `kafka.prefix` does at load; the bench uses it to isolate a run).
+    /// Puts `prefix` in front of every topic name and consumer group id, and (with
+    /// characters other than letters and digits as `_`) the ClickHouse database: what
+    /// `kafka.prefix` does at load; the bench uses it to isolate a run.
     pub fn prefix_names(&mut self, prefix: &str) {
         let k = &mut self.kafka;
         let t = &mut self.topics;

@@ -61,6 +61,10 @@ pub struct BenchReport {
     pub cpu_s_per_million_events: f64,
     pub clickhouse_rows: u64,
     pub clickhouse_rows_per_s: f64,
+    /// CPU seconds of the sink's threads (`tokio-rt-worker`) from start to caught up.
+    pub sink_cpu_s: f64,
+    /// Rows inserted per CPU second of the sink's threads (the "rows/s per core" target).
+    pub clickhouse_rows_per_sink_cpu_s: f64,
     pub live_rate_events_per_s: f64,
     pub live_events: u64,
     pub debit_latency_samples: usize,

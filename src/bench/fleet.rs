@@ -99,6 +99,15 @@ impl Fleet {
             .fold((0.0, 0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1, a.2 + s.2))
     }
 
+    /// CPU seconds of the instances' async runtime threads (`tokio-rt-worker`), where the
+    /// ClickHouse sink runs (with the HTTP server, which is idle in a bench).
+    pub fn sink_cpu_s(&self) -> f64 {
+        self.pids
+            .iter()
+            .map(|p| thread_cpu_s(*p, "tokio-rt-worker"))
+            .sum()
+    }
+
     /// SIGTERM to every instance, then waits for them to exit.
     pub async fn stop(self) {
         for pid in &self.pids {
@@ -114,6 +123,32 @@ impl Fleet {
         })
         .await;
     }
+}
+
+/// CPU seconds of the threads of `pid` whose name starts with `prefix` (`/proc/PID/task`).
+pub fn thread_cpu_s(pid: u32, prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let fields: Vec<f64> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0.0))
+                .collect();
+            // utime and stime, clock ticks of 1/100 s, as in `proc_stats`.
+            (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+        })
+        .sum()
 }
 
 /// The environment variable that overrides a config key: `a.b_c` -> `USAGE_AGG__A__B_C`.
@@ -218,6 +253,28 @@ mod tests {
             env_name("ledger.voucher_group_id"),
             "USAGE_AGG__LEDGER__VOUCHER_GROUP_ID"
         );
+    }
+
+    #[test]
+    fn thread_cpu_counts_only_named_threads() {
+        let me = std::process::id();
+        let spin = std::thread::Builder::new()
+            .name("cpu-probe-x".into())
+            .spawn(|| {
+                let t = std::time::Instant::now();
+                let mut n = 0u64;
+                while t.elapsed() < Duration::from_millis(300) {
+                    n = n.wrapping_add(std::hint::black_box(1));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                n
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+        let busy = thread_cpu_s(me, "cpu-probe-x");
+        assert_eq!(thread_cpu_s(me, "no-such-thread"), 0.0);
+        spin.join().unwrap();
+        assert!(busy > 0.0, "the spinning thread used {busy} s");
     }
 
     #[test]

@@ -146,6 +146,13 @@ pub async fn cold_start(
     r.peak_rss_mib = peak;
     r.cpu_s_per_million_events = cpu / (events as f64 / 1e6);
     r.clickhouse_rows = rows as u64;
+    let sink_cpu = fleet.sink_cpu_s();
+    r.sink_cpu_s = sink_cpu;
+    r.clickhouse_rows_per_sink_cpu_s = if sink_cpu > 0.0 {
+        rows / sink_cpu
+    } else {
+        f64::NAN
+    };
     r.clickhouse_rows_per_s = rows
         / sink_done_at
             .unwrap_or(drained)
@@ -163,6 +170,12 @@ pub async fn cold_start(
         r.clickhouse_rows,
         r.clickhouse_rows_per_s
     );
+    if !pipeline_only {
+        println!(
+            "clickhouse sink: {} rows for {:.1} CPU s of its threads = {:.0} rows/s per core of sink CPU",
+            r.clickhouse_rows, sink_cpu, r.clickhouse_rows_per_sink_cpu_s
+        );
+    }
     match r.ratio_to_java_consumer {
         Some(q) => println!(
             "aggregator / Kafka ConsumerPerformance: {:.0}% ({:.0} / {:.0} events/s)",

@@ -2,13 +2,11 @@
 //! [`Rejection`] naming the field and value out. No I/O, no panics on any input.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
@@ -152,92 +150,47 @@ pub fn id_hash(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
-#[derive(Deserialize)]
+/// Raw text of each top-level field, value exactly as written; absent and `null` are `None`.
+/// Filled by the fast splitter ([`scan::each_member`]) or, when it declines, by serde.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Wire<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    event_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    occurred_at: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    account_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    asset_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    execution_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    agent_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    component: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    quantities: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    expected_calls: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    after_offset: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    dimensions: Option<&'a RawValue>,
-}
-
-/// Raw text of each top-level field, value exactly as written; absent and `null` are `None`.
-/// Filled by the fast splitter ([`scan::object`]) or, when it declines, from serde's [`Wire`].
-#[derive(Default)]
-struct Fields<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "raw_text")]
     kind: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     event_id: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     occurred_at: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     account_id: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     asset_id: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     execution_id: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     agent_id: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     component: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     quantities: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     expected_calls: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     after_offset: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "raw_text")]
     dimensions: Option<&'a str>,
 }
 
-impl<'a> From<Wire<'a>> for Fields<'a> {
-    fn from(w: Wire<'a>) -> Self {
-        let Wire {
-            kind,
-            event_id,
-            occurred_at,
-            account_id,
-            asset_id,
-            execution_id,
-            agent_id,
-            component,
-            quantities,
-            expected_calls,
-            after_offset,
-            dimensions,
-        } = w;
-        let raw = |v: Option<&'a RawValue>| v.map(RawValue::get);
-        Fields {
-            kind: raw(kind),
-            event_id: raw(event_id),
-            occurred_at: raw(occurred_at),
-            account_id: raw(account_id),
-            asset_id: raw(asset_id),
-            execution_id: raw(execution_id),
-            agent_id: raw(agent_id),
-            component: raw(component),
-            quantities: raw(quantities),
-            expected_calls: raw(expected_calls),
-            after_offset: raw(after_offset),
-            dimensions: raw(dimensions),
-        }
-    }
+/// A field's value as its raw JSON text (`null` is `None`).
+fn raw_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
+    Option::<&'de RawValue>::deserialize(d).map(|v| v.map(RawValue::get))
 }
 
 /// The fast path: the payload split by [`scan::object`], or `None` when the splitter declines
 /// (or a key is not a contract field), leaving the decision to serde.
-fn fast_fields(payload: &[u8]) -> Option<Fields<'_>> {
+fn fast_fields(payload: &[u8]) -> Option<Wire<'_>> {
     let text = std::str::from_utf8(payload).ok()?;
-    let mut f = Fields::default();
+    let mut f = Wire::default();
     let mut seen = 0u16;
     scan::each_member(text, true, |key, value| {
         let (bit, slot) = match key {
@@ -322,7 +275,7 @@ pub fn decode_from(
     // serde_json checks utf-8 inside strings; everything outside them is ascii by grammar.
     let wire: Wire<'_> = serde_json::from_slice(payload)
         .map_err(|e| encoding(payload).unwrap_or_else(|| classify_json_error(e)))?;
-    validate(&Fields::from(wire), origin)
+    validate(&wire, origin)
 }
 
 fn classify_json_error(e: serde_json::Error) -> Rejection {
@@ -546,35 +499,6 @@ fn parse_quantity(unit: &str, raw: &str) -> Result<Decimal, Rejection> {
     Ok(value.abs())
 }
 
-struct QuantityMap<'a>(Vec<(Cow<'a, str>, &'a str)>);
-
-impl<'de> Deserialize<'de> for QuantityMap<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = QuantityMap<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of unit name to quantity")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de str)> = Vec::new();
-                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                    let v: &'de RawValue = map.next_value()?;
-                    if out.iter().any(|(u, _)| *u == k) {
-                        return Err(serde::de::Error::custom(format_args!(
-                            "duplicate unit {}",
-                            excerpt(&k)
-                        )));
-                    }
-                    out.push((k, v.get()));
-                }
-                Ok(QuantityMap(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 fn parse_quantities(raw: &str) -> Result<Quantities, Rejection> {
     if !raw.starts_with('{') {
         return Err(reject(
@@ -585,30 +509,26 @@ fn parse_quantities(raw: &str) -> Result<Quantities, Rejection> {
             ),
         ));
     }
-    let map: SmallVec<[(Cow<'_, str>, &str); 4]> = match scan::object(raw, usize::MAX) {
-        Some(members) => members
-            .into_iter()
-            .map(|(unit, v)| (Cow::Borrowed(unit), v))
-            .collect(),
-        None => serde_json::from_str::<QuantityMap<'_>>(raw)
-            .map_err(|e| {
-                let m = e.to_string();
-                if m.starts_with("duplicate unit") {
-                    reject(
-                        RejectReason::DuplicateKey,
-                        format!("quantities: {}", m.split(" at line").next().unwrap_or(&m)),
-                    )
-                } else {
-                    reject(
-                        RejectReason::InvalidQuantity,
-                        format!("field quantities is not a valid object: {m}"),
-                    )
-                }
-            })?
-            .0
-            .into_iter()
-            .collect(),
-    };
+    let map = scan::nested_object(
+        raw,
+        "unit",
+        "an object of unit name to quantity",
+        usize::MAX,
+    )
+    .map_err(|e| {
+        let m = e.to_string();
+        if m.starts_with("duplicate unit") {
+            reject(
+                RejectReason::DuplicateKey,
+                format!("quantities: {}", m.split(" at line").next().unwrap_or(&m)),
+            )
+        } else {
+            reject(
+                RejectReason::InvalidQuantity,
+                format!("field quantities is not a valid object: {m}"),
+            )
+        }
+    })?;
     if map.is_empty() {
         return Err(reject(
             RejectReason::InvalidQuantity,
@@ -645,7 +565,7 @@ fn parse_uint(field: &str, raw: &str, max: u64) -> Result<u64, Rejection> {
         })
 }
 
-fn validate(w: &Fields<'_>, origin: Origin) -> Result<UsageEvent, Rejection> {
+fn validate(w: &Wire<'_>, origin: Origin) -> Result<UsageEvent, Rejection> {
     let kind = parse_kind(required("type", w.kind)?, origin)?;
     let event_id = id_field("event_id", required("event_id", w.event_id)?)?;
     let occurred_at = parse_timestamp("occurred_at", required("occurred_at", w.occurred_at)?)?;

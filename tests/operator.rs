@@ -14,6 +14,23 @@ use std::time::{Duration, Instant};
 use common::*;
 use support::*;
 
+/// SIGTERM to a `run` started with piped stderr; its exit and everything it wrote to stderr
+/// (killed and failed if it has not stopped within 30 s).
+fn stop_run(mut child: std::process::Child) -> (std::process::Output, String) {
+    Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (wait_or_kill(child, Duration::from_secs(30), &["run"]), err)
+}
+
 #[test]
 fn unreachable_broker_one_line_naming_the_key_for_every_one_shot_command() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +78,7 @@ fn the_service_waits_for_kafka_with_one_clear_line_and_logs_its_settings() {
     let dir = tempfile::tempdir().unwrap();
     let brokers = closed_port();
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(TestEnv::bin())
+    let child = Command::new(TestEnv::bin())
         .args(["run"])
         .current_dir(dir.path())
         .env("USAGE_AGG__KAFKA__BROKERS", &brokers)
@@ -81,18 +98,7 @@ fn the_service_waits_for_kafka_with_one_clear_line_and_logs_its_settings() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(5));
-    Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let out = wait_or_kill(child, Duration::from_secs(30), &["run"]);
+    let (out, err) = stop_run(child);
     assert!(
         out.status.success(),
         "a requested stop is not a failure: {err}"
@@ -736,7 +742,7 @@ fn waiting_for_a_catalog_says_so_once_and_a_stop_is_not_a_failure() {
     env.write_config();
     env.cli(&["setup", "--kafka-only"]);
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(TestEnv::bin())
+    let child = Command::new(TestEnv::bin())
         .arg("--config")
         .arg(&env.config_path)
         .args(["run", "--role", "pipeline"])
@@ -756,18 +762,7 @@ fn waiting_for_a_catalog_says_so_once_and_a_stop_is_not_a_failure() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(5));
-    Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let out = wait_or_kill(child, Duration::from_secs(30), &["run"]);
+    let (out, err) = stop_run(child);
     assert!(out.status.success(), "a requested stop: {err}");
     assert_eq!(
         err.matches("price catalog is empty").count(),
@@ -866,7 +861,7 @@ fn run_before_setup_names_what_is_missing_and_goes_on_once_the_topics_exist() {
         ("USAGE_AGG__HTTP__LISTEN", listen.clone()),
         ("USAGE_AGG__CLICKHOUSE__URL", clickhouse_url()),
     ];
-    let mut child = Command::new(TestEnv::bin())
+    let child = Command::new(TestEnv::bin())
         .args(["run"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(root())
@@ -898,18 +893,7 @@ fn run_before_setup_names_what_is_missing_and_goes_on_once_the_topics_exist() {
         assert!(Instant::now() < deadline, "never went on after setup");
         std::thread::sleep(Duration::from_millis(200));
     }
-    Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let out = wait_or_kill(child, Duration::from_secs(30), &["run"]);
+    let (out, err) = stop_run(child);
     assert!(out.status.success(), "{err}");
     let said: Vec<&str> = err.lines().filter(|l| l.contains(&missing)).collect();
     assert_eq!(said.len(), 1, "one line: {err}");

@@ -2,14 +2,7 @@
 //! string keys to string values out, or a rejection naming the key and value. Dimensions
 //! label a call for analytics (project, end user, feature); they never change its price.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
-
-use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
-use serde_json::value::RawValue;
-use smallvec::SmallVec;
 
 use crate::rejection::{RejectReason, Rejection, excerpt};
 
@@ -38,40 +31,6 @@ fn bad(message: String) -> Rejection {
     Rejection::new(RejectReason::InvalidDimension, message)
 }
 
-struct RawMap<'a>(Vec<(Cow<'a, str>, &'a str)>);
-
-impl<'de> Deserialize<'de> for RawMap<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawMap<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of dimension key to string value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de str)> = Vec::new();
-                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                    let v: &'de RawValue = map.next_value()?;
-                    if out.iter().any(|(seen, _)| *seen == k) {
-                        return Err(serde::de::Error::custom(format_args!(
-                            "duplicate key {}",
-                            excerpt(&k)
-                        )));
-                    }
-                    if out.len() == MAX_DIMENSIONS {
-                        return Err(serde::de::Error::custom(format_args!(
-                            "more than {MAX_DIMENSIONS} keys"
-                        )));
-                    }
-                    out.push((k, v.get()));
-                }
-                Ok(RawMap(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 /// Parses the `dimensions` field. `{}` is the same as no dimensions.
 pub fn parse(raw: &str) -> Result<Dimensions, Rejection> {
     if !raw.starts_with('{') {
@@ -80,26 +39,21 @@ pub fn parse(raw: &str) -> Result<Dimensions, Rejection> {
             excerpt(raw)
         )));
     }
-    let map: SmallVec<[(Cow<'_, str>, &str); 4]> =
-        match crate::event::scan::object(raw, MAX_DIMENSIONS) {
-            Some(members) => members
-                .into_iter()
-                .map(|(k, v)| (Cow::Borrowed(k), v))
-                .collect(),
-            None => serde_json::from_str::<RawMap<'_>>(raw)
-                .map_err(|e| {
-                    let m = e.to_string();
-                    let m = m.split(" at line").next().unwrap_or(&m).to_string();
-                    if m.starts_with("duplicate key") {
-                        Rejection::new(RejectReason::DuplicateKey, format!("dimensions: {m}"))
-                    } else {
-                        bad(format!("field dimensions is not valid: {m}"))
-                    }
-                })?
-                .0
-                .into_iter()
-                .collect(),
-        };
+    let map = crate::event::scan::nested_object(
+        raw,
+        "key",
+        "an object of dimension key to string value",
+        MAX_DIMENSIONS,
+    )
+    .map_err(|e| {
+        let m = e.to_string();
+        let m = m.split(" at line").next().unwrap_or(&m).to_string();
+        if m.starts_with("duplicate key") {
+            Rejection::new(RejectReason::DuplicateKey, format!("dimensions: {m}"))
+        } else {
+            bad(format!("field dimensions is not valid: {m}"))
+        }
+    })?;
     let mut out = Dimensions::new();
     for (k, v) in map {
         if !is_valid_key(&k) {

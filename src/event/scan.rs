@@ -11,7 +11,14 @@
 //! paths give the same event or the same rejection for every input (property-tested in
 //! `crate::event::tests_scan`).
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use smallvec::SmallVec;
+
+use crate::rejection::excerpt;
 
 /// Members of one object: (key without quotes, raw value text).
 pub type Members<'a> = SmallVec<[(&'a str, &'a str); 12]>;
@@ -42,7 +49,7 @@ pub fn each_member<'a>(
 
 /// The members of a flat object (values strings, numbers or `null`), or `None` when the
 /// splitter declines, a key repeats, or there are more than `max_members`.
-pub fn object(text: &str, max_members: usize) -> Option<Members<'_>> {
+fn object(text: &str, max_members: usize) -> Option<Members<'_>> {
     let mut out = Members::new();
     each_member(text, false, |key, value| {
         if out.len() == max_members || out.iter().any(|(k, _)| *k == key) {
@@ -52,6 +59,79 @@ pub fn object(text: &str, max_members: usize) -> Option<Members<'_>> {
         Some(())
     })?;
     Some(out)
+}
+
+/// Members of a nested object (`quantities`, `dimensions`) as (key, raw value text), keys
+/// unescaped, in order.
+pub type NestedMembers<'a> = SmallVec<[(Cow<'a, str>, &'a str); 4]>;
+
+/// Splits a nested object: the fast splitter's members, or serde's when it declines. serde's
+/// errors: a repeated key is "duplicate {what} K", more than `max_members` is "more than
+/// {max_members} {what}s", a value of another type "... expected {expecting}", each followed
+/// by serde_json's " at line L column C".
+pub fn nested_object<'a>(
+    text: &'a str,
+    what: &'static str,
+    expecting: &'static str,
+    max_members: usize,
+) -> Result<NestedMembers<'a>, serde_json::Error> {
+    if let Some(members) = object(text, max_members) {
+        return Ok(members
+            .into_iter()
+            .map(|(k, v)| (Cow::Borrowed(k), v))
+            .collect());
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let members = MembersSeed {
+        what,
+        expecting,
+        max_members,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(members)
+}
+
+/// serde's side of [`nested_object`].
+struct MembersSeed {
+    what: &'static str,
+    expecting: &'static str,
+    max_members: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for MembersSeed {
+    type Value = NestedMembers<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MembersSeed {
+    type Value = NestedMembers<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = NestedMembers::new();
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            let v: &'de RawValue = map.next_value()?;
+            if out.iter().any(|(seen, _)| *seen == k) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate {} {}",
+                    self.what,
+                    excerpt(&k)
+                )));
+            }
+            if out.len() == self.max_members {
+                return Err(serde::de::Error::custom(format_args!(
+                    "more than {} {}s",
+                    self.max_members, self.what
+                )));
+            }
+            out.push((k, v.get()));
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -143,8 +143,8 @@ pub fn transactional_producer_config(cfg: &Config, stage: &str) -> ClientConfig 
     // be shorter (measured with librdkafka against Apache Kafka 4.1.1: send_offsets p50
     // 100.7 ms at the default, 8.0 ms at 5, 0.9 ms at 2; a 100 ms checkpoint interval drained
     // 3.3k events/s before). The backoff grows exponentially to `retry.backoff.max.ms` for
-    // real failures. A pass-through property wins.
-    if !cfg.kafka.properties.contains_key("retry.backoff.ms") {
+    // real failures. A pass-through property (config file or environment) wins.
+    if c.get("retry.backoff.ms").is_none() {
         c.set("retry.backoff.ms", "2");
     }
     // A pass-through `enable.idempotence=false` would be refused with transactions.
@@ -394,7 +394,20 @@ pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn transactional_producers_retry_concurrent_transactions_fast_unless_overridden() {
+        let mut cfg = Config::default();
+        let c = transactional_producer_config(&cfg, "pipeline");
+        assert_eq!(c.get("retry.backoff.ms"), Some("2"));
+        cfg.kafka
+            .properties
+            .insert("retry.backoff.ms".into(), "50".into());
+        let c = transactional_producer_config(&cfg, "pipeline");
+        assert_eq!(c.get("retry.backoff.ms"), Some("50"));
+    }
 
     #[test]
     fn both_shapes_of_partition_eof_are_the_end_of_a_read() {

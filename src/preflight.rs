@@ -310,7 +310,7 @@ pub fn clickhouse_error(cfg: &Config, e: &clickhouse::error::Error) -> Preflight
         return PreflightError(describe(&cfg.clickhouse, e));
     }
     let c = &cfg.clickhouse;
-    let chain = cause_chain(e);
+    let chain = crate::sink::errors::cause_chain(e);
     let msg = match e {
         clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => {
             format!("clickhouse.url = \"{}\": cannot connect ({chain})", c.url)
@@ -358,21 +358,6 @@ pub fn clickhouse_error(cfg: &Config, e: &clickhouse::error::Error) -> Preflight
         _ => format!("clickhouse at {}: {chain}", c.url),
     };
     PreflightError(msg)
-}
-
-/// An error and its sources, each message once.
-pub fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let m = s.to_string();
-        if !out.contains(&m) {
-            out.push_str(": ");
-            out.push_str(&m);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// Asks ClickHouse `SELECT 1` within 10 s; errors name the key and value.

@@ -4,6 +4,7 @@
 //! key as the user wrote it and the value (never a secret).
 
 mod errors;
+mod layers;
 mod validate;
 pub mod values;
 
@@ -12,32 +13,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
-use figment::value::{Dict, Map, Value};
-use figment::{Figment, Metadata, Profile, Provider, Source};
+
+use figment::Figment;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 pub use errors::{ConfigError, ENV_PREFIX};
+use layers::{EnvLayer, Layer, defaults_figment, layer_of};
+pub use layers::{PROP_ENV_PREFIX, kafka_env_properties};
 use values::show_duration;
-
-/// Environment prefix for librdkafka properties that hold secrets:
-/// `USAGE_AGG_KAFKA_PROP_SASL_PASSWORD` sets `sasl.password`.
-pub const PROP_ENV_PREFIX: &str = "USAGE_AGG_KAFKA_PROP_";
-
-/// The librdkafka properties set in the environment, as (variable, property, value): the
-/// one reading of `USAGE_AGG_KAFKA_PROP_<NAME>` (`_` read as `.`), for the clients and for
-/// the effective settings.
-pub fn kafka_env_properties() -> Vec<(String, String, String)> {
-    let mut out: Vec<_> = std::env::vars()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix(PROP_ENV_PREFIX)?;
-            let property = name.to_ascii_lowercase().replace('_', ".");
-            Some((k, property, v))
-        })
-        .collect();
-    out.sort();
-    out
-}
 
 use crate::rollup::RollupConfig;
 
@@ -319,96 +303,6 @@ impl Default for Config {
             .expect("the embedded config/default.toml is a complete, valid configuration");
         cfg.resolve_paths(&fig);
         cfg
-    }
-}
-
-fn defaults_figment() -> Figment {
-    Figment::from(Toml::string(DEFAULT_TOML))
-}
-
-/// The layer a value came from.
-enum Layer<'a> {
-    Defaults,
-    File(&'a Path),
-    Environment,
-}
-
-fn layer_of(md: Option<&Metadata>) -> Layer<'_> {
-    match md {
-        Some(Metadata {
-            source: Some(Source::File(f)),
-            ..
-        }) => Layer::File(f),
-        Some(m) if m.name.contains("environment") => Layer::Environment,
-        _ => Layer::Defaults,
-    }
-}
-
-/// `USAGE_AGG__SECTION__KEY` variables. A value whose default is a string (or that has no
-/// default, like the password) stays the exact text; others are parsed as TOML scalars,
-/// except that decimals stay text so that money keeps every digit.
-struct EnvLayer(Vec<(Vec<String>, Value)>);
-
-impl EnvLayer {
-    fn new(defaults: &Figment) -> EnvLayer {
-        let mut vars = Vec::new();
-        for (k, v) in std::env::vars() {
-            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-            let textual = !matches!(
-                defaults.find_value(&path.join(".")),
-                Ok(Value::Num(..) | Value::Bool(..))
-            );
-            let value = if textual {
-                Value::from(v.clone())
-            } else {
-                match v.parse::<Value>() {
-                    Ok(Value::Num(_, n)) if n.to_f64().is_some_and(|f| f.fract() != 0.0) => {
-                        Value::from(v.clone())
-                    }
-                    Ok(parsed) => parsed,
-                    Err(_) => Value::from(v.clone()),
-                }
-            };
-            vars.push((path, value));
-        }
-        EnvLayer(vars)
-    }
-}
-
-fn insert_nested(dict: &mut Dict, path: &[String], value: Value) {
-    match path {
-        [] => {}
-        [last] => {
-            dict.insert(last.clone(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = dict
-                .entry(first.clone())
-                .or_insert_with(|| Value::from(Dict::new()));
-            if entry.as_dict().is_none() {
-                *entry = Value::from(Dict::new());
-            }
-            if let Value::Dict(_, inner) = entry {
-                insert_nested(inner, rest, value);
-            }
-        }
-    }
-}
-
-impl Provider for EnvLayer {
-    fn metadata(&self) -> Metadata {
-        Metadata::named("environment variable(s)")
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut dict = Dict::new();
-        for (path, value) in &self.0 {
-            insert_nested(&mut dict, path, value.clone());
-        }
-        Ok(Profile::Default.collect(dict))
     }
 }
 

@@ -1018,7 +1018,9 @@ impl EngineHandle {
     /// each with event id, `occurred_at`, asset id and type, quantity and unit price
     /// (`credits` per `per`) per unit, price version, cost and the subtotal after it, and
     /// how many priced calls are not listed. Copied under the pipeline's lock (cost: the
-    /// listed calls). `None` once the execution closed (its debit is then on the `debits`
+    /// listed calls). Calls priced before this instance restored the partition (a restart,
+    /// a rebalance) are counted as omitted: the snapshot does not carry the list. `None` once
+    /// the execution closed (its debit is then on the `debits`
     /// topic and in ClickHouse) or when another instance owns its partition.
     pub fn open_execution(
         &self,

@@ -89,7 +89,7 @@ pub fn run_ledger(
     stop: &CancellationToken,
 ) -> Result<(), StageError> {
     let (rules, grant_rules) = rules(cfg);
-    let mut p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules);
+    let p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules);
     let t = &cfg.topics;
     let s = spec(
         cfg,
@@ -99,7 +99,7 @@ pub fn run_ledger(
         &t.ledger_state,
         health,
     );
-    Stage::new(cfg, s, &mut p)?.run(stop)
+    Stage::new(cfg, s, p)?.run(stop)
 }
 
 /// Runs the voucher stage (blocking) until `stop`; progress and lag go to `health`.
@@ -108,7 +108,7 @@ pub fn run_vouchers(
     health: Option<Arc<Health>>,
     stop: &CancellationToken,
 ) -> Result<(), StageError> {
-    let mut p = VoucherProcessor::new(cfg.topics.clone());
+    let p = VoucherProcessor::new(cfg.topics.clone());
     let t = &cfg.topics;
     let s = spec(
         cfg,
@@ -118,5 +118,5 @@ pub fn run_vouchers(
         &t.voucher_state,
         health,
     );
-    Stage::new(cfg, s, &mut p)?.run(stop)
+    Stage::new(cfg, s, p)?.run(stop)
 }

@@ -60,10 +60,10 @@ pub const BURST: usize = 2048;
 const RESTORE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A running stage; [`Stage::run`] drives it on the calling thread.
-pub struct Stage<'a, P: Processor> {
+pub struct Stage<P: Processor> {
     cfg: Config,
     spec: StageSpec,
-    processor: &'a mut P,
+    processor: P,
     txn_id: String,
     producer: StageProducer,
     consumer: BaseConsumer<StageContext>,
@@ -76,10 +76,10 @@ pub struct Stage<'a, P: Processor> {
     reinits: Reinits,
 }
 
-impl<'a, P: Processor> Stage<'a, P> {
+impl<P: Processor> Stage<P> {
     /// Creates the clients, checks the topics and their partition counts, initialises the
     /// transactional producer (fencing a predecessor of the same slot) and subscribes.
-    pub fn new(cfg: &Config, spec: StageSpec, processor: &'a mut P) -> Result<Self, StageError> {
+    pub fn new(cfg: &Config, spec: StageSpec, processor: P) -> Result<Self, StageError> {
         let txn_id = kafka::transactional_id(cfg, spec.name);
         let mut cc = kafka::group_config(cfg, &spec.group_id, spec.name, &[]);
         for (k, v) in [

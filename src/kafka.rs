@@ -294,6 +294,8 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
             vec![("cleanup.policy", "delete"), ("retention.ms", "2592000000")],
         ),
         (t.alerts.clone(), 1, vec![("cleanup.policy", "delete")]),
+        // Small and read whole by every instance: one partition, compacted.
+        (t.api_keys.clone(), 1, vec![("cleanup.policy", "compact")]),
     ]
     .into_iter()
     .chain(crate::ledger::planned_topics(cfg))

@@ -6,9 +6,8 @@
 //! Pure cores: [`grant`] (validation), [`core`] (balances), [`voucher`] (redemption
 //! decisions). Shell: [`stage`] (a generic transactional consume-transform-produce loop),
 //! [`processors`] (the two stages' glue), [`client`] (CLI/HTTP requests and queries),
-//! [`api`] (HTTP routes), [`rows`] (ClickHouse rows).
+//! [`rows`] (ClickHouse rows). The HTTP routes are in `crate::http::accounts`.
 
-pub mod api;
 pub mod cli;
 pub mod client;
 pub mod core;

@@ -40,6 +40,15 @@ pub struct HttpState {
     pub auth: Arc<Auth>,
 }
 
+/// Creates the labelled series of the HTTP API (zeros instead of missing series).
+pub fn init_labels() {
+    for f in auth::Failure::ALL {
+        crate::metrics::METRICS
+            .http_auth_failures
+            .with_label_values(&[f.as_str()]);
+    }
+}
+
 /// Every route: operational ones open, `/v1` ones behind the auth layer.
 pub fn router(state: HttpState) -> Router {
     let mut v1 = Router::new()

@@ -133,7 +133,8 @@ fn access_matrix_on_two_instances_and_revocation_everywhere_within_two_seconds()
 
     // (method, path, body, B's key status, operator status, A's 404 must equal this body)
     let redeem = r#"{"code":"NO-SUCH-CODE-1"}"#;
-    let endpoints: Vec<(&str, String, Option<&str>, u16, u16, Option<&str>)> = vec![
+    type Case<'a> = (&'a str, String, Option<&'a str>, u16, u16, Option<&'a str>);
+    let endpoints: Vec<Case> = vec![
         (
             "GET",
             format!("/v1/accounts/{b}/balance"),

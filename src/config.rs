@@ -115,7 +115,7 @@ pub struct TopicsConfig {
 
 impl TopicsConfig {
     /// (key, topic name) of every topic, in `setup` order.
-    pub fn all(&self) -> [(&'static str, &String); 15] {
+    pub fn all(&self) -> [(&'static str, &String); 16] {
         [
             ("topics.usage_events", &self.usage_events),
             ("topics.state", &self.state),

@@ -33,9 +33,17 @@ pub enum Role {
     Ledger,
 }
 
+/// Creates the labelled series of every stage (core, sink, ledger), so dashboards and alert
+/// rules see zeros instead of missing series.
+pub fn init_labels() {
+    crate::metrics::init_labels();
+    crate::sink::init_labels();
+    crate::ledger::init_labels();
+}
+
 /// Runs until SIGTERM/SIGINT (or a stage fails).
 pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
-    crate::metrics::init_labels();
+    init_labels();
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     // Leaving early (a start-up error) stops whatever already started.
@@ -97,13 +105,13 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     }
     if with_ledger {
         // Each a transactional stage; a restart restores from its changelog.
-        let c = cfg.clone();
+        let (c, h) = (cfg.clone(), health.clone());
         stages.thread("ledger", move |stop| {
-            Ok(crate::ledger::run_ledger(&c, &stop)?)
+            Ok(crate::ledger::run_ledger(&c, Some(h), &stop)?)
         })?;
-        let c = cfg.clone();
+        let (c, h) = (cfg.clone(), health.clone());
         stages.thread("vouchers", move |stop| {
-            Ok(crate::ledger::run_vouchers(&c, &stop)?)
+            Ok(crate::ledger::run_vouchers(&c, Some(h), &stop)?)
         })?;
     }
     if with_sink {

@@ -288,6 +288,8 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         (t.voucher_requests.clone(), o, vec![delete, month]),
         (t.voucher_results.clone(), o, vec![delete, week]),
         (t.voucher_state.clone(), o, vec![compact]),
+        // Small and read whole by every instance: one partition, compacted.
+        (t.api_keys.clone(), 1, vec![compact]),
     ]
 }
 

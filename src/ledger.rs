@@ -5,10 +5,9 @@
 //!
 //! Pure cores: [`grant`] (validation), [`core`] (balances), [`voucher`] (redemption
 //! decisions). Shell: [`processors`] (the two stages' glue on the stage runtime,
-//! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries),
-//! [`api`] (HTTP routes), [`rows`] (ClickHouse rows).
+//! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries), [`rows`] (ClickHouse
+//! rows). The HTTP routes are in `crate::http::accounts`.
 
-pub mod api;
 pub mod cli;
 pub mod client;
 pub mod core;

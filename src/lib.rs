@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod kafka_errors;
+pub mod keys;
 pub mod ledger;
 pub mod loadgen;
 pub mod logging;

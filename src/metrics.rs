@@ -42,6 +42,10 @@ pub struct Metrics {
     pub catalog_rejected: IntCounter,
     pub alerts_fired: IntCounterVec,
     pub ready: IntGauge,
+    /// 1 when a stage of this instance is ready (`/readyz` per stage), by stage.
+    pub stage_ready: IntGaugeVec,
+    /// Failed credential checks of the HTTP API, by reason (`http::auth::Failure`).
+    pub http_auth_failures: IntCounterVec,
     pub ledger: LedgerMetrics,
     pub stage: StageMetrics,
 }
@@ -451,7 +455,27 @@ impl Metrics {
                 "Spend alerts emitted.",
                 &["rule"],
             ),
-            ready: gauge("usage_agg_ready", "1 when /readyz passes."),
+            ready: gauge(
+                "usage_agg_ready",
+                "1 when /readyz answers 200 (the stages this instance's HTTP answers depend on are ready).",
+            ),
+            stage_ready: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "usage_agg_stage_ready",
+                        "1 when this instance's stage is ready, by stage (pipeline, sink, ledger, vouchers, alerts, api); see /readyz for why not.",
+                    ),
+                    &["stage"],
+                )
+                .unwrap();
+                r.register(Box::new(g.clone())).unwrap();
+                g
+            },
+            http_auth_failures: counter_vec(
+                "usage_agg_http_auth_failures_total",
+                "Failed credential checks of the HTTP API by reason (missing, malformed, wrong_token, unknown_key, revoked_key, throttled).",
+                &["reason"],
+            ),
             ledger: LedgerMetrics::new(&r),
             stage: StageMetrics::new(&r),
             registry: r,

@@ -214,7 +214,17 @@ impl Processor for AlertsProcessor {
 /// Counts and logs one alert as it is sent.
 fn announce(a: &SpendAlert) {
     METRICS.alerts_fired.with_label_values(&[&a.rule]).inc();
-    tracing::info!(rule = %a.rule, amount = %a.amount, threshold = %a.threshold, "spend alert");
+    // Who and what, so the operator can act on the line alone (never a metric label).
+    tracing::info!(
+        rule = %a.rule,
+        account_id = %a.account_id,
+        execution_id = %a.execution_id.as_deref().unwrap_or("-"),
+        amount = %a.amount,
+        threshold = %a.threshold,
+        window_start = %a.window_start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        alert_id = %a.alert_id,
+        "spend alert"
+    );
 }
 
 /// Runs the alert rules over the debits topic until `stop` is cancelled (the stage runtime,

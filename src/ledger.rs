@@ -5,15 +5,14 @@
 //!
 //! Pure cores: [`grant`] (validation), [`core`] (balances), [`voucher`] (redemption
 //! decisions). Shell: [`processors`] (the two stages' glue on the stage runtime,
-//! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries), [`rows`] (ClickHouse
-//! rows). The HTTP routes are in `crate::http::accounts`.
+//! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries). Elsewhere: the HTTP routes
+//! (`crate::http::accounts`), the commands ([`crate::credits`]) and the ClickHouse rows
+//! (`crate::sink::ledger_rows`).
 
-pub mod cli;
 pub mod client;
 pub mod core;
 pub mod grant;
 pub mod processors;
-pub mod rows;
 pub mod voucher;
 
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 
 use super::values::show_duration;
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, Delivery};
 use crate::money::MAX_MARKUP_RATE_SCALE;
 
 /// librdkafka properties that have a typed key of their own, and secrets that never go in a
@@ -77,6 +77,15 @@ impl Config {
                 "pipeline.checkpoint_interval",
                 &"0s",
                 "must be more than 0s",
+            );
+        }
+        if self.pipeline.delivery == Delivery::AtLeastOnce {
+            return invalid(
+                "pipeline.delivery",
+                &"\"at_least_once\"",
+                "at_least_once was removed: every stage needs Kafka transactions (Apache Kafka >= 2.5, \
+                 or a compatible broker with transactions enabled); set pipeline.delivery = \"exactly_once\" \
+                 (see README, \"Delivery\")",
             );
         }
         if self.pipeline.max_in_flight == 0 {

@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
+use super::rows::{RowError, Source};
 use crate::ledger::core::BalanceEvent;
 use crate::money::{DEBIT_SCALE, LINE_COST_SCALE, to_scaled_i128};
-use crate::sink::rows::{RowError, Source};
 
 /// One ledger row: a grant (`credit`) or a debit (`debit`) and the balance after it.
 #[derive(Debug, Clone, Serialize, clickhouse::Row)]

@@ -3,7 +3,9 @@
 //! cost, or the closed execution's debits from ClickHouse; execution ids are scoped by
 //! account, so the account narrows the answer; with the spend per dimension of its calls,
 //! contract v1.1, from ClickHouse).
-//! No payloads or secrets are exposed.
+//! No payloads or secrets are exposed. The web console's static files: [`console`].
+
+pub mod console;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +41,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/executions/{execution_id}", get(execution))
-        .with_state(state);
+        .with_state(state)
+        .merge(console::router());
     match ledger {
         Some(l) => r.merge(crate::ledger::api::router(l)),
         None => r,

@@ -49,7 +49,7 @@ function timeLabel(ms, spanMs) {
 
 /**
  * Running balance over time: a step line through `points` ({t: ms, v: decimal string,
- * kind}) in time order, a marker per entry coloured by kind, the zero line when in range.
+ * kind}, in time order), a marker per entry coloured by kind, the zero line when in range.
  */
 export function balanceChart({ points, width, height = 220, title, kinds }) {
   const W = Math.max(260, Math.floor(width));
@@ -60,8 +60,7 @@ export function balanceChart({ points, width, height = 220, title, kinds }) {
     : 'No entries in this range.';
   const svg = frame(W, height, title, desc);
   if (!points.length) return svg;
-  const values = points.map((p) => p.v).concat(['0']);
-  const [lo, hi] = dec.extent(values);
+  const [lo, hi] = dec.extent(points.map((p) => p.v));
   const yt = dec.ticks(lo, hi, 4);
   const ylo = yt[0];
   const yhi = yt[yt.length - 1];
@@ -76,9 +75,11 @@ export function balanceChart({ points, width, height = 220, title, kinds }) {
   yAxis(svg, yt, y, x0, x1);
   const gx = s('g', { class: 'axis x', 'aria-hidden': 'true' });
   const n = W < 500 ? 2 : 4;
-  for (const t of timeTicks(t0, t1, t1 === t0 ? 0 : n)) {
-    gx.append(s('text', { x: x(t), y: height - 12, 'text-anchor': 'middle' }, timeLabel(t, t1 - t0)));
-  }
+  const tt = timeTicks(t0, t1, t1 === t0 ? 0 : n);
+  tt.forEach((t, i) => {
+    const anchor = tt.length > 1 && i === 0 ? 'start' : tt.length > 1 && i === tt.length - 1 ? 'end' : 'middle';
+    gx.append(s('text', { x: x(t), y: height - 12, 'text-anchor': anchor }, timeLabel(t, t1 - t0)));
+  });
   svg.append(gx);
   let d = '';
   points.forEach((p, i) => {

@@ -233,6 +233,7 @@ impl Browser {
             .unwrap_or(u64::from(size.1))
             .clamp(u64::from(size.1), 4000) as u32;
         self.size((size.0, h)).await;
+        self.js("window.scrollTo(0, 0)", vec![]).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         let png = self.client.screenshot().await.unwrap();
         self.size(size).await;

@@ -38,6 +38,20 @@ export async function render(page, { account, signal }) {
     }
   };
 
+  // After a grant: the balance a few times over the next seconds (until it changes).
+  const refreshBalance = () => {
+    const was = (balanceOut.querySelector('#balance') || {}).textContent;
+    let n = 0;
+    const again = async () => {
+      if (signal.aborted) return;
+      await loadBalance();
+      n += 1;
+      const now = (balanceOut.querySelector('#balance') || {}).textContent;
+      if (now === was && n < 8) setTimeout(again, 1000);
+    };
+    setTimeout(again, 500);
+  };
+
   // Top-up.
   const amount = h('input', { name: 'amount', inputmode: 'decimal', autocomplete: 'off', required: true, placeholder: '25.00' });
   const ref = h('input', { name: 'reference', autocomplete: 'off', required: true, value: reference() });
@@ -62,7 +76,7 @@ export async function render(page, { account, signal }) {
       const v = verdictText(r.status, r.body);
       fill(topupOut, h('p', { class: v.ok ? 'ok' : 'error', role: v.ok ? 'status' : 'alert' }, v.text));
       ref.value = reference();
-      setTimeout(loadBalance, 1500);
+      refreshBalance();
     } catch (e) {
       if (e instanceof api.ApiError && e.status === 422) {
         const v = verdictText(422, e.body);
@@ -89,7 +103,7 @@ export async function render(page, { account, signal }) {
       const b = r.body || {};
       fill(redeemOut, h('p', { class: 'ok', role: 'status' }, r.status === 202 ? `Sent; no answer yet: ${b.error || ''}` : `Redeemed: ${b.credits || b.amount || ''} credits${b.grant_id ? ` (grant ${b.grant_id})` : ''}.`));
       code.value = '';
-      setTimeout(loadBalance, 1500);
+      refreshBalance();
     } catch (e) {
       if (e instanceof api.ApiError && e.status === 422) {
         fill(redeemOut, h('p', { class: 'error', role: 'alert', dataset: { reason: e.body.outcome || e.reason || '' } }, `Refused (${e.body.outcome || e.reason}): ${e.body.message || e.message}`));

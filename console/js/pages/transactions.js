@@ -93,7 +93,7 @@ export async function render(page, { account, params, signal, session }) {
   const fromIn = h('input', { type: 'date', name: 'from', value: from });
   const toIn = h('input', { type: 'date', name: 'to', value: to });
   const sizeIn = h('select', { name: 'limit' }, SIZES.map((n) => h('option', { value: n, selected: n === limit }, n)));
-  const filter = h('form', { class: 'filters', 'aria-label': 'Date range', on: {
+  const filter = h('form', { class: 'filters', 'aria-labelledby': 'range-h', on: {
     submit: (ev) => {
       ev.preventDefault();
       go('transactions', { account, from: fromIn.value, to: toIn.value, limit: sizeIn.value });
@@ -105,9 +105,12 @@ export async function render(page, { account, params, signal, session }) {
   h('div', { class: 'actions' },
     h('button', { type: 'submit' }, 'Apply'),
     h('button', { type: 'button', class: 'secondary', on: { click: () => go('transactions', { account }) } }, 'Clear')));
+  const filterBox = h('section', { class: 'card', 'aria-labelledby': 'range-h' }, h('h2', { id: 'range-h' }, 'Date range and page size'), filter);
 
-  // Chart (oldest first).
-  const points = entries.slice().reverse().map((e) => ({ t: fmt.millis(e.date), v: e.balance, kind: e.kind }));
+  // Chart: in time order (entries are in ledger order; a grant and a debit of an earlier
+  // event time can be applied in either order), then by seq.
+  const points = entries.map((e) => ({ t: fmt.millis(e.date), v: e.balance, kind: e.kind, seq: e.seq }))
+    .sort((a, b) => a.t - b.t || a.seq - b.seq);
   const chartBox = h('div', { class: 'chart-box' });
   const chartSection = h('section', { class: 'card', 'aria-labelledby': 'chart-h' },
     h('h2', { id: 'chart-h' }, 'Running balance'),
@@ -176,7 +179,7 @@ export async function render(page, { account, params, signal, session }) {
     pager);
 
   fill(page, heading, h('p', { class: 'lead' }, `Account ${account}${session.operator ? ' (operator view)' : ''}`),
-    h('div', { class: 'grid-2' }, balanceBox, filter), chartSection, tableSection);
+    h('div', { class: 'grid-2' }, balanceBox, filterBox), chartSection, tableSection);
   const stop = mount(chartBox, (w) => balanceChart({
     points, width: w, title: `Running balance of account ${account}`, kinds: KINDS,
   }));

@@ -1,7 +1,8 @@
 //! Faults seen in the field (issue 14), end to end: every input of the issue with its right
 //! value through `rate` (the binary, offline) and through the real broker (the service,
 //! `dead-letters replay`, ClickHouse): strict timestamps, a dead letter billed once after
-//! the catalog is fixed, the same ids in two accounts, close markers producers cannot forge.
+//! the catalog is fixed, the same ids in two accounts, close markers producers cannot forge;
+//! and (issue 23) a finish that arrives before its calls.
 
 mod common;
 
@@ -34,6 +35,20 @@ fn forge_call(id: &str) -> String {
     )
 }
 const FORGE_FINISH: &str = r#"{"type":"execution_finished","event_id":"ff","occurred_at":"2026-03-01T10:00:05Z","account_id":"acct-f","execution_id":"exec-forge"}"#;
+
+/// Issue 23: a finish (re-sent) that arrives before its two calls.
+fn finish_first() -> Vec<String> {
+    let finish = r#"{"type":"execution_finished","event_id":"ef","occurred_at":"2026-03-01T10:00:09Z","account_id":"acct-ff","execution_id":"exec-early","expected_calls":2}"#;
+    let mut lines = vec![finish.to_string(), finish.to_string()];
+    for id in ["e1", "e2"] {
+        lines.push(
+            forge_call(id)
+                .replace("exec-forge", "exec-early")
+                .replace("acct-f", "acct-ff"),
+        );
+    }
+    lines
+}
 
 fn forged_marker(after_offset: i64) -> String {
     format!(
@@ -143,6 +158,17 @@ fn rate_gives_every_issue_input_its_value() {
     assert_eq!(
         debit_summary(&out),
         [s3("agent_execution", "acct-f", "0.0192")]
+    );
+
+    // Issue 23: a finish (re-sent) before its calls waits for expected_calls: one debit.
+    let early = finish_first();
+    let out = rate(
+        &shipped(),
+        &early.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        debit_summary(&out),
+        [s3("agent_execution", "acct-ff", "0.0192")]
     );
 
     // 2. Rejected for unknown_asset: every re-send is rejected (none dropped as a
@@ -261,12 +287,20 @@ fn the_service_gives_every_issue_input_its_value() {
     loader
         .send_to(&usage, 3, "exec-idle", idle.as_bytes())
         .unwrap();
+    // Issue 23: a finish (re-sent) before its two calls.
+    for l in finish_first() {
+        loader.send(&usage, "exec-early", l.as_bytes()).unwrap();
+    }
     loader.flush().unwrap();
 
     env.wait_for(
-        "9 debits and 7 dead letters",
+        "10 debits and 7 dead letters",
         Duration::from_secs(90),
-        || env.debits_by_id().0.len() == 9 && dead_letters(&env).len() == 7,
+        || env.debits_by_id().0.len() == 10 && dead_letters(&env).len() == 7,
+    );
+    assert_eq!(
+        totals(&all_debits(&env), "acct-ff"),
+        ["agent_execution 0.0192"]
     );
     let debits = all_debits(&env);
     assert_eq!(totals(&debits, "acct-ts"), ["tool_call 0.008"]);

@@ -4,9 +4,9 @@
 //! API's and the ledger's, refusals shown, one account never sees another, operator pages need
 //! the operator token); screenshots of each page at desktop and phone width.
 
-mod common;
 #[path = "support/browser.rs"]
 mod browser;
+mod common;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -81,7 +81,12 @@ async fn browser_decimal_arithmetic_equals_rust_decimal() {
     let base = static_console().await;
     let b = Browser::start().await;
     b.goto(&format!("{base}/console/")).await;
-    b.wait("the sign-in form", "document.getElementById('sign-in') && !document.getElementById('sign-in').hidden", Duration::from_secs(10)).await;
+    b.wait(
+        "the sign-in form",
+        "document.getElementById('sign-in') && !document.getElementById('sign-in').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(26);
     let pairs: Vec<(String, String)> = (0..3000)
@@ -116,7 +121,11 @@ async fn browser_decimal_arithmetic_equals_rust_decimal() {
         .await
         .unwrap();
     assert!(out.get("error").is_none(), "{out}");
-    assert_eq!(out["accepted_bad"], Value::Null, "a malformed decimal was accepted");
+    assert_eq!(
+        out["accepted_bad"],
+        Value::Null,
+        "a malformed decimal was accepted"
+    );
     let mut checked = 0;
     for ((a, bb), r) in pairs.iter().zip(out["pairs"].as_array().unwrap()) {
         let (x, y) = (d(a), d(bb));
@@ -142,8 +151,14 @@ async fn browser_decimal_arithmetic_equals_rust_decimal() {
             .iter()
             .map(|t| d(t.as_str().unwrap()))
             .collect();
-        assert!(ticks.len() >= 2 && ticks.len() <= 12, "ticks({lo}, {hi}): {ticks:?}");
-        assert!(ticks[0] <= d(lo) && *ticks.last().unwrap() >= d(hi), "ticks({lo}, {hi}) cover: {ticks:?}");
+        assert!(
+            ticks.len() >= 2 && ticks.len() <= 12,
+            "ticks({lo}, {hi}): {ticks:?}"
+        );
+        assert!(
+            ticks[0] <= d(lo) && *ticks.last().unwrap() >= d(hi),
+            "ticks({lo}, {hi}) cover: {ticks:?}"
+        );
         let step = ticks[1] - ticks[0];
         assert!(ticks.windows(2).all(|w| w[1] - w[0] == step), "{ticks:?}");
         let digits = step.normalize().mantissa().abs().to_string();
@@ -162,7 +177,10 @@ async fn browser_decimal_arithmetic_equals_rust_decimal() {
         let got_max = r[1][1].as_str().map(d);
         assert_eq!((got_min, got_max), (min, max), "extent of {l:?}");
     }
-    eprintln!("browser decimal arithmetic: {checked} pairs and {} lists equal rust_decimal", lists.len());
+    eprintln!(
+        "browser decimal arithmetic: {checked} pairs and {} lists equal rust_decimal",
+        lists.len()
+    );
     assert_no_browser_errors(&b).await;
     b.close().await;
 }
@@ -190,7 +208,10 @@ fn api_get(addr: &str, path: &str, token: Option<&str>) -> (u16, Value) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     (
         status,
         serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string())),
@@ -215,7 +236,10 @@ fn api_post(addr: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let b = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let b = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     (status, serde_json::from_str(b).unwrap_or(Value::Null))
 }
 
@@ -226,8 +250,20 @@ fn ago(minutes: i64) -> String {
 }
 
 /// A usage event as a platform runtime sends it.
-fn call(id: &str, account: &str, exec: Option<&str>, at: &str, asset: &str, q: Value, dims: Value) -> String {
-    let kind = if asset.starts_with("openai/") { "model_call" } else { "tool_call" };
+fn call(
+    id: &str,
+    account: &str,
+    exec: Option<&str>,
+    at: &str,
+    asset: &str,
+    q: Value,
+    dims: Value,
+) -> String {
+    let kind = if asset.starts_with("openai/") {
+        "model_call"
+    } else {
+        "tool_call"
+    };
     let mut e = json!({
         "type": kind, "event_id": id, "occurred_at": at, "account_id": account,
         "asset_id": asset, "quantities": q,
@@ -273,7 +309,7 @@ fn seed(name: &str) -> Seeded {
     });
     let loader = env.loader();
     let topic = env.cfg.topics.usage_events.clone();
-    let mut send = |key: &str, payload: String| loader.send(&topic, key, payload.as_bytes()).unwrap();
+    let send = |key: &str, payload: String| loader.send(&topic, key, payload.as_bytes()).unwrap();
     let day = 24 * 60;
     let execs = [
         (ACME, "exec-apollo-1", 3 * day - 30, "apollo"),
@@ -283,32 +319,117 @@ fn seed(name: &str) -> Seeded {
         (GLOBEX, "exec-globex-2", 60, "hermes"),
     ];
     for (i, (acct, exec, at, project)) in execs.iter().enumerate() {
-        let dims = json!({"project": project, "team": if i % 2 == 0 { "search" } else { "support" }});
+        let dims =
+            json!({"project": project, "team": if i % 2 == 0 { "search" } else { "support" }});
         let t = |m: i64| ago(at - m);
-        send(exec, call(&format!("{exec}-c1"), acct, Some(exec), &t(0), "openai/gpt-4o-mini", json!({"input_tokens": 1200 + i * 100, "output_tokens": 300}), dims.clone()));
-        send(exec, call(&format!("{exec}-c2"), acct, Some(exec), &t(1), "tavily/web-search", json!({"requests": 2}), dims.clone()));
-        send(exec, call(&format!("{exec}-c3"), acct, Some(exec), &t(2), "platform/database-query", json!({"queries": 3 + i}), dims.clone()));
-        send(exec, call(&format!("{exec}-c4"), acct, Some(exec), &t(3), "openai/gpt-4o", json!({"input_tokens": 5000, "output_tokens": 800 + i * 10}), dims.clone()));
+        send(
+            exec,
+            call(
+                &format!("{exec}-c1"),
+                acct,
+                Some(exec),
+                &t(0),
+                "openai/gpt-4o-mini",
+                json!({"input_tokens": 1200 + i * 100, "output_tokens": 300}),
+                dims.clone(),
+            ),
+        );
+        send(
+            exec,
+            call(
+                &format!("{exec}-c2"),
+                acct,
+                Some(exec),
+                &t(1),
+                "tavily/web-search",
+                json!({"requests": 2}),
+                dims.clone(),
+            ),
+        );
+        send(
+            exec,
+            call(
+                &format!("{exec}-c3"),
+                acct,
+                Some(exec),
+                &t(2),
+                "platform/database-query",
+                json!({"queries": 3 + i}),
+                dims.clone(),
+            ),
+        );
+        send(
+            exec,
+            call(
+                &format!("{exec}-c4"),
+                acct,
+                Some(exec),
+                &t(3),
+                "openai/gpt-4o",
+                json!({"input_tokens": 5000, "output_tokens": 800 + i * 10}),
+                dims.clone(),
+            ),
+        );
         send(exec, finished(&format!("{exec}-end"), acct, exec, &t(4), 4));
     }
     for i in 0..DIRECT_CALLS {
         let at = ago((3 * day - 60) - (i as i64) * 70);
-        send(&format!("direct-{i}"), call(&format!("direct-{i}"), ACME, None, &at, "openai/gpt-4o-mini", json!({"input_tokens": 100 + i, "output_tokens": 20}), json!({"project": "apollo"})));
+        send(
+            &format!("direct-{i}"),
+            call(
+                &format!("direct-{i}"),
+                ACME,
+                None,
+                &at,
+                "openai/gpt-4o-mini",
+                json!({"input_tokens": 100 + i, "output_tokens": 20}),
+                json!({"project": "apollo"}),
+            ),
+        );
     }
     loader.flush().unwrap();
     for (acct, amount, reference) in [(ACME, "100", "pay-acme-1"), (GLOBEX, "30", "pay-globex-1")] {
-        let (status, body) = api_post(&addr, &format!("/v1/accounts/{acct}/topups"), TOKEN, &json!({"amount": amount, "reference": reference}));
-        assert!(status == 200 || status == 202, "top-up {acct}: {status} {body}");
+        let (status, body) = api_post(
+            &addr,
+            &format!("/v1/accounts/{acct}/topups"),
+            TOKEN,
+            &json!({"amount": amount, "reference": reference}),
+        );
+        assert!(
+            status == 200 || status == 202,
+            "top-up {acct}: {status} {body}"
+        );
     }
-    env.cli(&["credits", "adjust", ACME, "-5.25", "--reason", "refund of a duplicate charge", "--reference", "adj-acme-1"]);
+    env.cli(&[
+        "credits",
+        "adjust",
+        ACME,
+        "-5.25",
+        "--reason",
+        "refund of a duplicate charge",
+        "--reference",
+        "adj-acme-1",
+    ]);
     let acme_entries = 3 + DIRECT_CALLS + 2;
     for (acct, n) in [(ACME, acme_entries), (GLOBEX, 3)] {
-        env.wait_for(&format!("{n} ledger entries of {acct}"), Duration::from_secs(120), || {
-            let (s, v) = api_get(&addr, &format!("/v1/accounts/{acct}/transactions?limit=1000"), Some(TOKEN));
-            s == 200 && v["transactions"].as_array().map_or(0, Vec::len) == n
-        });
+        env.wait_for(
+            &format!("{n} ledger entries of {acct}"),
+            Duration::from_secs(120),
+            || {
+                let (s, v) = api_get(
+                    &addr,
+                    &format!("/v1/accounts/{acct}/transactions?limit=1000"),
+                    Some(TOKEN),
+                );
+                s == 200 && v["transactions"].as_array().map_or(0, Vec::len) == n
+            },
+        );
     }
-    Seeded { env, addr, acme_entries }
+    Seeded {
+        env,
+        addr,
+        acme_entries,
+    }
 }
 
 /// The ledger's own entries of an account (the `balances` topic), by seq.
@@ -355,20 +476,44 @@ fn quantity_text(q: &Value) -> String {
 /// What the Transactions table must show for one API entry, cell by cell (the CSV columns).
 fn expected_row(e: &Value) -> Vec<String> {
     let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-    let date = s("date").replacen('T', " ", 1).trim_end_matches('Z').to_string();
-    let assets: Vec<&Value> = e["assets"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let date = s("date")
+        .replacen('T', " ", 1)
+        .trim_end_matches('Z')
+        .to_string();
+    let assets: Vec<&Value> = e["assets"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     let net = d(&s("credit")) - d(&s("debit"));
-    let credits = if net > Decimal::ZERO { format!("+{}", api(net)) } else { api(net) };
-    let desc = if s("description").is_empty() { s("reference") } else { s("description") };
+    let credits = if net > Decimal::ZERO {
+        format!("+{}", api(net))
+    } else {
+        api(net)
+    };
+    let desc = if s("description").is_empty() {
+        s("reference")
+    } else {
+        s("description")
+    };
     vec![
         e["seq"].to_string(),
         date,
         kind_word(&s("kind")).to_string(),
         desc,
-        assets.iter().map(|a| a["asset_id"].as_str().unwrap().to_string()).collect::<Vec<_>>().join("; "),
         assets
             .iter()
-            .map(|a| format!("{}: {}", a["asset_id"].as_str().unwrap(), quantity_text(&a["quantities"])))
+            .map(|a| a["asset_id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
+        assets
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}: {}",
+                    a["asset_id"].as_str().unwrap(),
+                    quantity_text(&a["quantities"])
+                )
+            })
             .collect::<Vec<_>>()
             .join("; "),
         credits,
@@ -397,27 +542,49 @@ async fn shown_rows(b: &Browser) -> Vec<Vec<String>> {
 }
 
 async fn sign_in(b: &Browser, key: &str, account: &str) {
-    b.wait("the sign-in form", "!document.getElementById('sign-in').hidden", Duration::from_secs(10)).await;
+    b.wait(
+        "the sign-in form",
+        "!document.getElementById('sign-in').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
     b.type_into("#key-input", key).await;
     b.type_into("#sign-in-account", account).await;
     b.click("#sign-in-form button[type=submit]").await;
 }
 
-/// The newest CSV file the browser downloaded (waits for it).
+/// The CSV file the browser downloaded, once complete (no `.crdownload` left and the same
+/// content twice 100 ms apart); removed after reading.
 async fn downloaded_csv(b: &Browser) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last: Option<String> = None;
     loop {
-        let found = std::fs::read_dir(b.downloads.path())
+        let files: Vec<std::path::PathBuf> = std::fs::read_dir(b.downloads.path())
             .unwrap()
             .flatten()
             .map(|e| e.path())
+            .collect();
+        let partial = files
+            .iter()
+            .any(|p| p.extension().is_some_and(|x| x == "crdownload"));
+        let csv = files
+            .iter()
             .find(|p| p.extension().is_some_and(|x| x == "csv"));
-        if let Some(p) = found {
-            let text = std::fs::read_to_string(&p).unwrap();
-            std::fs::remove_file(&p).unwrap();
-            return text;
+        match (partial, csv) {
+            (false, Some(p)) => {
+                let text = std::fs::read_to_string(p).unwrap();
+                if last.as_deref() == Some(text.as_str()) {
+                    std::fs::remove_file(p).unwrap();
+                    return text;
+                }
+                last = Some(text);
+            }
+            _ => last = None,
         }
-        assert!(std::time::Instant::now() < deadline, "no CSV was downloaded");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no complete CSV was downloaded: {files:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -433,7 +600,11 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
     let r = b.ready("transactions", 0).await;
 
     // Transactions, first page: every cell equals the API's entry and the ledger's.
-    let (status, page1) = api_get(&s.addr, &format!("/v1/accounts/{ACME}/transactions?limit=50"), Some(TOKEN));
+    let (status, page1) = api_get(
+        &s.addr,
+        &format!("/v1/accounts/{ACME}/transactions?limit=50"),
+        Some(TOKEN),
+    );
     assert_eq!(status, 200, "{page1}");
     let entries = page1["transactions"].as_array().unwrap().clone();
     assert_eq!(entries.len(), 50);
@@ -441,22 +612,43 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
     let want: Vec<Vec<String>> = entries.iter().map(expected_row).collect();
     assert_eq!(rows, want, "the table equals the API's entries");
     let ledger = tokio::task::block_in_place(|| ledger_entries(&s.env, ACME));
-    assert_eq!(ledger.len(), s.acme_entries, "the ledger's entries of {ACME}");
+    assert_eq!(
+        ledger.len(),
+        s.acme_entries,
+        "the ledger's entries of {ACME}"
+    );
     for row in &rows {
         let e = &ledger[&row[0].parse::<u64>().unwrap()];
         assert_eq!(d(&row[7]), e.balance_after, "balance after seq {}", e.seq);
         assert_eq!(d(&row[6]), e.amount, "amount of seq {}", e.seq);
     }
     let last = ledger.values().next_back().unwrap();
-    let (_, bal) = api_get(&s.addr, &format!("/v1/accounts/{ACME}/balance"), Some(TOKEN));
+    let (_, bal) = api_get(
+        &s.addr,
+        &format!("/v1/accounts/{ACME}/balance"),
+        Some(TOKEN),
+    );
     assert_eq!(b.text("#balance").await, bal["balance"].as_str().unwrap());
-    assert_eq!(d(&b.text("#balance").await), last.balance_after, "the balance equals the ledger's");
+    assert_eq!(
+        d(&b.text("#balance").await),
+        last.balance_after,
+        "the balance equals the ledger's"
+    );
     // The page's exact sums of what it shows.
-    let sum = |k: &str| entries.iter().map(|e| d(e[k].as_str().unwrap())).sum::<Decimal>();
+    let sum = |k: &str| {
+        entries
+            .iter()
+            .map(|e| d(e[k].as_str().unwrap()))
+            .sum::<Decimal>()
+    };
     assert_eq!(d(&b.text("#sum-credits").await), sum("credit"));
     assert_eq!(d(&b.text("#sum-debits").await), -sum("debit"));
     assert_eq!(d(&b.text("#sum-net").await), sum("credit") - sum("debit"));
-    assert!(b.text("#summary").await.contains(&format!("of {}", s.acme_entries)));
+    assert!(
+        b.text("#summary")
+            .await
+            .contains(&format!("of {}", s.acme_entries))
+    );
 
     // CSV of exactly what is shown.
     b.click("#export-csv").await;
@@ -471,48 +663,106 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
     // A debit's breakdown per asset (keyboard: Enter on the focused button).
     let exec_seq = entries
         .iter()
-        .find(|e| e["description"].as_str().unwrap_or_default().starts_with("agent_execution"))
+        .find(|e| {
+            e["description"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("agent_execution")
+        })
         .map(|e| e["seq"].as_u64().unwrap())
         .expect("an execution debit on the first page");
-    b.js(&format!("document.querySelector('tr[data-seq=\"{exec_seq}\"] button.expand').focus()"), vec![]).await;
-    b.client.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
+    b.js(
+        &format!("document.querySelector('tr[data-seq=\"{exec_seq}\"] button.expand').focus()"),
+        vec![],
+    )
+    .await;
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
     b.wait("the breakdown", &format!("document.querySelector('tr[data-seq=\"{exec_seq}\"] + tr.detail:not([hidden]) table.sub')"), Duration::from_secs(5)).await;
     let sub: Vec<Vec<String>> = serde_json::from_value(b.js(&format!(
         "return Array.from(document.querySelectorAll('tr[data-seq=\"{exec_seq}\"] + tr.detail table.sub tbody tr'), tr => Array.from(tr.cells, c => c.textContent.trim()))"), vec![]).await).unwrap();
-    let e = entries.iter().find(|e| e["seq"] == json!(exec_seq)).unwrap();
-    let want_sub: Vec<Vec<String>> = e["assets"].as_array().unwrap().iter().map(|a| vec![
-        a["asset_id"].as_str().unwrap().to_string(), a["calls"].to_string(), quantity_text(&a["quantities"]), a["cost"].as_str().unwrap().to_string(),
-    ]).collect();
+    let e = entries
+        .iter()
+        .find(|e| e["seq"] == json!(exec_seq))
+        .unwrap();
+    let want_sub: Vec<Vec<String>> = e["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            vec![
+                a["asset_id"].as_str().unwrap().to_string(),
+                a["calls"].to_string(),
+                quantity_text(&a["quantities"]),
+                a["cost"].as_str().unwrap().to_string(),
+            ]
+        })
+        .collect();
     assert_eq!(sub, want_sub, "per-asset breakdown of seq {exec_seq}");
     shots.extend(both(&b, "transactions").await);
 
     // Older: the second page equals the API's second page.
     b.click("#older").await;
     let r = b.ready("transactions", r).await;
-    let (_, page2) = api_get(&s.addr, &format!("/v1/accounts/{ACME}/transactions?limit=50&before_seq={}", page1["next_before_seq"]), Some(TOKEN));
-    let want2: Vec<Vec<String>> = page2["transactions"].as_array().unwrap().iter().map(expected_row).collect();
+    let (_, page2) = api_get(
+        &s.addr,
+        &format!(
+            "/v1/accounts/{ACME}/transactions?limit=50&before_seq={}",
+            page1["next_before_seq"]
+        ),
+        Some(TOKEN),
+    );
+    let want2: Vec<Vec<String>> = page2["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(expected_row)
+        .collect();
     assert_eq!(shown_rows(&b).await, want2, "page 2");
     b.click("#newer").await;
     let _ = b.ready("transactions", r).await;
     assert_eq!(shown_rows(&b).await, want, "back to page 1");
-
 
     // Credits: a top-up of 5 shows the ledger's refusal; 25 is accepted; a voucher redeemed.
     b.click("nav a[data-page=credits]").await;
     let _ = b.ready("credits", 0).await;
     b.type_into("#topup-form input[name=amount]", "5").await;
     b.click("#topup-form button[type=submit]").await;
-    let refusal = b.wait("the refusal", "(document.querySelector('#topup-result [role=alert]') || {}).textContent", Duration::from_secs(15)).await;
+    let refusal = b
+        .wait(
+            "the refusal",
+            "(document.querySelector('#topup-result [role=alert]') || {}).textContent",
+            Duration::from_secs(15),
+        )
+        .await;
     let refusal = refusal.as_str().unwrap();
-    assert!(refusal.contains("topup_below_minimum") && refusal.contains("10"), "{refusal}");
+    assert!(
+        refusal.contains("topup_below_minimum") && refusal.contains("10"),
+        "{refusal}"
+    );
     shots.extend(both(&b, "credits").await);
     let before = d(&b.text("#balance").await);
     b.type_into("#topup-form input[name=amount]", "25.50").await;
     b.click("#topup-form button[type=submit]").await;
-    let ok = b.wait("the top-up answer", "(document.querySelector('#topup-result .ok') || {}).textContent", Duration::from_secs(15)).await;
+    let ok = b
+        .wait(
+            "the top-up answer",
+            "(document.querySelector('#topup-result .ok') || {}).textContent",
+            Duration::from_secs(15),
+        )
+        .await;
     assert!(!ok.as_str().unwrap().is_empty());
     b.wait("the new balance", &format!("document.getElementById('balance') && document.getElementById('balance').textContent !== '{before}'"), Duration::from_secs(15)).await;
-    assert_eq!(d(&b.text("#balance").await), before + d("25.50"), "the balance after the top-up");
+    assert_eq!(
+        d(&b.text("#balance").await),
+        before + d("25.50"),
+        "the balance after the top-up"
+    );
 
     assert_no_browser_errors(&b).await;
     b.close().await;
@@ -528,7 +778,11 @@ async fn assert_no_browser_errors(b: &Browser) {
         .severe_logs()
         .await
         .into_iter()
-        .filter(|m| !regex::Regex::new(r"the server responded with a status of 4\d\d").unwrap().is_match(m))
+        .filter(|m| {
+            !regex::Regex::new(r"the server responded with a status of 4\d\d")
+                .unwrap()
+                .is_match(m)
+        })
         .collect();
     assert!(errors.is_empty(), "browser errors: {errors:#?}");
 }

@@ -37,7 +37,9 @@ fn free_port() -> u16 {
 pub fn screenshot_dir() -> PathBuf {
     let dir = std::env::var_os("USAGE_AGG_SCREENSHOTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../console-screenshots"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../console-screenshots")
+        });
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -61,7 +63,10 @@ impl Browser {
         let driver = cmd.spawn().expect("start chromedriver");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let profile = tempfile::tempdir().unwrap();
@@ -110,9 +115,15 @@ impl Browser {
             .execute("return [window.innerWidth, window.innerHeight]", vec![])
             .await
             .unwrap();
-        let (iw, ih) = (inner[0].as_u64().unwrap_or(0), inner[1].as_u64().unwrap_or(0));
+        let (iw, ih) = (
+            inner[0].as_u64().unwrap_or(0),
+            inner[1].as_u64().unwrap_or(0),
+        );
         if (iw, ih) != (u64::from(w), u64::from(h)) {
-            let (dw, dh) = (u64::from(w) - iw.min(u64::from(w)), u64::from(h) - ih.min(u64::from(h)));
+            let (dw, dh) = (
+                u64::from(w) - iw.min(u64::from(w)),
+                u64::from(h) - ih.min(u64::from(h)),
+            );
             self.client
                 .set_window_size(w + dw as u32, h + dh as u32)
                 .await
@@ -145,7 +156,10 @@ impl Browser {
             if Instant::now() > deadline {
                 let body = self
                     .client
-                    .execute("return document.body ? document.body.innerText.slice(0, 2000) : ''", vec![])
+                    .execute(
+                        "return document.body ? document.body.innerText.slice(0, 2000) : ''",
+                        vec![],
+                    )
                     .await
                     .unwrap_or_default();
                 panic!("timed out waiting for {what} ({condition}); page text:\n{body}");
@@ -227,7 +241,10 @@ impl Browser {
         self.size(size).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         let h = self
-            .js("return Math.ceil(document.documentElement.scrollHeight)", vec![])
+            .js(
+                "return Math.ceil(document.documentElement.scrollHeight)",
+                vec![],
+            )
             .await
             .as_u64()
             .unwrap_or(u64::from(size.1))
@@ -261,7 +278,10 @@ impl Browser {
     /// A Chrome DevTools Protocol command (`Performance.getMetrics`, ...) through chromedriver.
     pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
         self.client
-            .issue_cmd(Raw::post("goog/cdp/execute", json!({"cmd": cmd, "params": params})))
+            .issue_cmd(Raw::post(
+                "goog/cdp/execute",
+                json!({"cmd": cmd, "params": params}),
+            ))
             .await
             .unwrap_or_else(|e| panic!("cdp {cmd}: {e}"))
     }
@@ -290,7 +310,11 @@ impl fantoccini::wd::WebDriverCompatibleCommand for Raw {
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/{}", session_id.unwrap_or_default(), self.path))
+        base_url.join(&format!(
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
+        ))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {

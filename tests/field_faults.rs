@@ -352,17 +352,17 @@ fn the_service_gives_every_issue_input_its_value() {
         Duration::from_secs(60),
         || env.ch("SELECT count() FROM {db}.debits WHERE execution_id = 'exec-shared'") == "2\n",
     );
-    let (status, body) = http_get(&listen, "/v1/executions/exec-shared?account_id=acct-b");
+    let (status, body) = api_get(&listen, "/v1/executions/exec-shared?account_id=acct-b");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["debits"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(v["debits"][0]["account_id"], "acct-b");
     assert_eq!(v["debits"][0]["total"], "0.0192");
     // Without the account, an id used by two accounts is ambiguous: never summed across them.
-    let (status, body) = http_get(&listen, "/v1/executions/exec-shared");
+    let (status, body) = api_get(&listen, "/v1/executions/exec-shared");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("exists in 2 accounts"), "{body}");
-    let (status, _) = http_get(&listen, "/v1/executions/exec-shared?account_id=acct-x");
+    let (status, _) = api_get(&listen, "/v1/executions/exec-shared?account_id=acct-x");
     assert_eq!(status, 404);
 
     // 2. Publish the price, restart (the rejection must survive in the snapshot), replay.

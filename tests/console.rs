@@ -292,6 +292,8 @@ struct Seeded {
     env: common::TestEnv,
     addr: String,
     acme_entries: usize,
+    /// An API key of acme's (`keys create`).
+    acme_key: String,
 }
 
 fn seed(name: &str) -> Seeded {
@@ -425,10 +427,17 @@ fn seed(name: &str) -> Seeded {
             },
         );
     }
+    let out = env.cli(&["keys", "create", ACME, "--description", "console test"]);
+    let acme_key = out.lines().next().unwrap().trim().to_string();
+    assert!(acme_key.starts_with("uak_"), "{out}");
+    env.wait_for("the key to be known", Duration::from_secs(30), || {
+        api_get(&addr, "/v1/whoami", Some(&acme_key)).0 == 200
+    });
     Seeded {
         env,
         addr,
         acme_entries,
+        acme_key,
     }
 }
 
@@ -596,8 +605,13 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
     let b = Browser::start().await;
     b.goto(&format!("{base}/console/")).await;
     let mut shots = both(&b, "sign-in").await;
-    sign_in(&b, TOKEN, ACME).await;
+    sign_in(&b, &s.acme_key, "").await;
     let r = b.ready("transactions", 0).await;
+    assert_eq!(
+        b.text("#who-text").await,
+        format!("Account {ACME}"),
+        "whoami gave the key's account"
+    );
 
     // Transactions, first page: every cell equals the API's entry and the ledger's.
     let (status, page1) = api_get(
@@ -728,9 +742,89 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
     let _ = b.ready("transactions", r).await;
     assert_eq!(shown_rows(&b).await, want, "back to page 1");
 
-    // Credits: a top-up of 5 shows the ledger's refusal; 25 is accepted; a voucher redeemed.
+    // One account never sees another: globex in the URL answers what a missing account does.
+    let (_, globex) = api_get(
+        &s.addr,
+        &format!("/v1/accounts/{GLOBEX}/balance"),
+        Some(TOKEN),
+    );
+    let globex_balance = globex["balance"].as_str().unwrap().to_string();
+    for page in ["transactions", "usage", "live", "credits"] {
+        b.open(
+            &format!("{base}/console/#/{page}?account={GLOBEX}&execution=exec-globex-1"),
+            page,
+        )
+        .await;
+        b.wait("the page's answer", "!document.querySelector('#main .loading') && (document.querySelector('#main [role=alert]') || document.querySelector('#entries'))", Duration::from_secs(10)).await;
+        let text = b
+            .js("return document.getElementById('main').innerText", vec![])
+            .await;
+        let text = text.as_str().unwrap();
+        assert!(
+            !text.contains(&globex_balance) && !text.contains("exec-globex-2"),
+            "{page} shows globex data: {text}"
+        );
+        assert!(
+            b.texts("#entries tbody tr").await.is_empty(),
+            "{page}: rows of globex"
+        );
+        assert!(
+            text.contains("Not found"),
+            "{page} with globex in the URL: {text}"
+        );
+    }
+    // The operator page needs the operator token.
+    b.open(&format!("{base}/console/#/operator"), "operator")
+        .await;
+    assert!(b.text("#main").await.contains("need the operator token"));
+    assert!(
+        b.js(
+            "return document.querySelector('[data-operator]').hidden",
+            vec![]
+        )
+        .await
+            == json!(true),
+        "no Operator link for a key"
+    );
+
+    // Credits with the key: no top-up (a payment), a voucher redeemed.
+    b.open(&format!("{base}/console/#/credits"), "credits")
+        .await;
+    assert!(b.texts("#topup-form").await.is_empty() && !b.texts("#topup-note").await.is_empty());
+    tokio::task::block_in_place(|| {
+        s.env.cli(&[
+            "vouchers",
+            "create",
+            "CONSOLE-TEST-2026",
+            "--credits",
+            "15",
+            "--max-redemptions",
+            "5",
+            "--valid-for",
+            "1h",
+        ])
+    });
+    b.type_into("#redeem-form input[name=code]", "console-test-2026")
+        .await;
+    b.click("#redeem-form button[type=submit]").await;
+    let ok = b.wait("the redemption", "(document.querySelector('#redeem-result .ok, #redeem-result [role=alert]') || {}).textContent", Duration::from_secs(20)).await;
+    assert!(
+        ok.as_str().unwrap().starts_with("Redeemed: 15 credits"),
+        "{ok}"
+    );
+    shots.extend(both(&b, "credits-account-key").await);
+
+    // Sign out; the operator: a top-up of 5 shows the ledger's refusal, 25.50 moves the balance.
+    b.click("#sign-out").await;
+    assert_eq!(
+        b.js("return sessionStorage.length", vec![]).await,
+        json!(0),
+        "the key is gone"
+    );
+    sign_in(&b, TOKEN, ACME).await;
+    let n = b.ready("transactions", 0).await;
     b.click("nav a[data-page=credits]").await;
-    let _ = b.ready("credits", 0).await;
+    let _ = b.ready("credits", n).await;
     b.type_into("#topup-form input[name=amount]", "5").await;
     b.click("#topup-form button[type=submit]").await;
     let refusal = b

@@ -7,11 +7,6 @@ import * as api from './api.js';
 import { session, saveSession } from './session.js';
 import { route, currentAccount, go, href } from './router.js';
 
-/** Account keys start with uak_ (src/keys.rs); anything else is tried as the operator token. */
-function isAccountKey(key) {
-  return key.startsWith('uak_');
-}
-
 const PAGES = {
   transactions: { title: 'Transactions', load: () => import('./pages/transactions.js') },
   usage: { title: 'Usage', load: () => import('./pages/usage.js') },
@@ -119,7 +114,7 @@ function focusHeading(page) {
 async function signInSubmit(ev) {
   ev.preventDefault();
   const key = document.getElementById('key-input').value.trim();
-  const account = document.getElementById('sign-in-account').value.trim();
+  const typed = document.getElementById('sign-in-account').value.trim();
   const err = document.getElementById('sign-in-error');
   err.textContent = '';
   if (!key) {
@@ -127,25 +122,22 @@ async function signInSubmit(ev) {
     document.getElementById('key-input').focus();
     return;
   }
-  const operator = !isAccountKey(key);
-  if (!operator && !account) {
-    err.textContent = 'An account key needs its account: enter the account id.';
-    document.getElementById('sign-in-account').focus();
+  // Ask the service who this credential is (GET /v1/whoami): an account key says its account.
+  saveSession({ key, account: '', operator: false });
+  let who;
+  try {
+    who = await api.get('/v1/whoami');
+  } catch (e) {
+    saveSession(null);
+    if (e instanceof api.ApiError && e.status === 401) err.textContent = 'This key or token was not accepted.';
+    else if (e instanceof api.ApiError && e.status === 429) err.textContent = `Too many failed attempts from this address: ${e.message}`;
+    else err.textContent = `Cannot sign in now: ${e.message}`;
+    document.getElementById('key-input').focus();
     return;
   }
+  const operator = who.scope === 'operator';
+  const account = operator ? typed : who.account_id;
   saveSession({ key, account, operator });
-  // Check the key with one read; 401 means it is wrong (the session is dropped again).
-  try {
-    if (account) await api.get(`/v1/accounts/${api.seg(account)}/balance`);
-    else await api.getText('/readyz');
-  } catch (e) {
-    if (e instanceof api.ApiError && e.status === 401) {
-      saveSession(null);
-      err.textContent = 'This key or token was not accepted.';
-      return;
-    }
-    // 404 (no entries yet, or not this key's account) and 503 are shown by the pages.
-  }
   document.getElementById('key-input').value = '';
   announce(operator ? 'Signed in as operator' : `Signed in to account ${account}`);
   go(operator && !account ? 'operator' : 'transactions', account ? { account } : {});

@@ -182,6 +182,20 @@ impl Browser {
         v.as_u64().unwrap()
     }
 
+    /// Goes to `url` (a console page) and waits until the console has shown `page` there,
+    /// whether the browser reloads or only follows the fragment.
+    pub async fn open(&self, url: &str, page: &str) -> u64 {
+        let _ = self
+            .client
+            .execute(
+                "if (document.body) document.body.dataset.ready = ''",
+                vec![],
+            )
+            .await;
+        self.goto(url).await;
+        self.ready(page, 0).await
+    }
+
     /// The render counter the console last set (0 before any page).
     pub async fn renders(&self) -> u64 {
         self.js(

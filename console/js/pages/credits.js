@@ -1,6 +1,7 @@
 // Credits: the balance, a top-up (minimum 10: a refusal is shown with the ledger's reason), a
 // voucher redemption, the account's thresholds and recent alerts.
-// Data: GET /v1/accounts/{id}/balance; POST /v1/accounts/{id}/topups and /redemptions.
+// Data: GET /v1/accounts/{id}/balance; POST /v1/accounts/{id}/topups (operator token only: a
+// top-up is a payment) and /redemptions (the account's key or the operator).
 
 import { h, fill, field, announce } from '../dom.js';
 import * as api from '../api.js';
@@ -24,7 +25,7 @@ export function verdictText(status, body) {
   return { ok: true, text: `${v === 'already_applied' ? 'Already applied' : 'Applied'}${amount ? `: ${amount} credits` : ''}${body.grant_id ? ` (grant ${body.grant_id})` : ''}.` };
 }
 
-export async function render(page, { account, signal }) {
+export async function render(page, { account, signal, session }) {
   const base = `/v1/accounts/${api.seg(account)}`;
   const heading = h('h1', {}, 'Credits');
   const balanceOut = h('div', {});
@@ -115,7 +116,10 @@ export async function render(page, { account, signal }) {
 
   fill(page, heading, h('p', { class: 'lead' }, `Account ${account}`),
     h('section', { class: 'card', 'aria-labelledby': 'cb-h' }, h('h2', { id: 'cb-h' }, 'Balance'), balanceOut),
-    h('section', { class: 'card', 'aria-labelledby': 'tu-h' }, h('h2', { id: 'tu-h' }, 'Top up'), topupForm, topupOut),
+    h('section', { class: 'card', 'aria-labelledby': 'tu-h' }, h('h2', { id: 'tu-h' }, 'Top up'),
+      session.operator
+        ? [topupForm, topupOut]
+        : h('p', { id: 'topup-note' }, 'A top-up is a payment: it comes from the payment service, or from an operator signed in with the operator token. Vouchers can be redeemed here.')),
     h('section', { class: 'card', 'aria-labelledby': 'rv-h' }, h('h2', { id: 'rv-h' }, 'Redeem a voucher'), redeemForm, redeemOut));
   await loadBalance();
   announce('Credits loaded');

@@ -215,6 +215,7 @@ fn totals(debits: &[Debit], account: &str) -> Vec<String> {
 fn the_service_gives_every_issue_input_its_value() {
     let mut env = TestEnv::new("field_faults");
     env.cfg.rollup.execution_idle_timeout = Duration::from_secs(5);
+    env.cfg.alerts.execution_credits = Some("0.015".parse().unwrap());
     env.write_config();
     env.setup();
     env.cli(&["catalog", "publish", "config/catalog.json"]);
@@ -302,6 +303,15 @@ fn the_service_gives_every_issue_input_its_value() {
         totals(&all_debits(&env), "acct-ff"),
         ["agent_execution 0.0192"]
     );
+    // Issue 23: its spend alert's log line names the account and the execution.
+    env.wait_for("the spend alert line", Duration::from_secs(30), || {
+        env.log("agg.log").lines().any(|l| {
+            l.contains("spend alert")
+                && l.contains("rule=execution_credits")
+                && l.contains("account_id=acct-ff")
+                && l.contains("execution_id=exec-early")
+        })
+    });
     let debits = all_debits(&env);
     assert_eq!(totals(&debits, "acct-ts"), ["tool_call 0.008"]);
     assert_eq!(

@@ -351,6 +351,20 @@ fn metrics_match_what_was_sent_and_alerts_fire_once_per_crossing() {
         ),
         3.0
     );
+    // Issue 23: the log line names the account (the metric never does).
+    let log = env.log("agg.log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("spend alert") && l.contains("account_id=a2"))
+        .unwrap_or_else(|| panic!("no spend alert line for a2: {log}"));
+    assert!(
+        line.contains("rule=account_hourly_credits") && line.contains("alert_id=account_hour:a2:"),
+        "{line}"
+    );
+    assert!(
+        !env.metrics().contains("\"a2\""),
+        "no account in any metric"
+    );
     let (status, body) = http_get(&env.cfg.http.listen, "/readyz");
     assert_eq!(status, 200, "{body}");
 }

@@ -5,14 +5,16 @@
 //!
 //! Pure cores: [`grant`] (validation), [`core`] (balances), [`voucher`] (redemption
 //! decisions). Shell: [`processors`] (the two stages' glue on the stage runtime,
-//! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries). Elsewhere: the HTTP routes
-//! (`crate::http::accounts`), the commands ([`crate::credits`]) and the ClickHouse rows
-//! (`crate::sink::ledger_rows`).
+//! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries), [`view`] (balances and
+//! recent entries in memory for the HTTP API, without ClickHouse). Elsewhere: the HTTP
+//! routes (`crate::http::accounts`), the commands ([`crate::credits`]) and the ClickHouse
+//! rows (`crate::sink::ledger_rows`).
 
 pub mod client;
 pub mod core;
 pub mod grant;
 pub mod processors;
+pub mod view;
 pub mod voucher;
 
 use std::sync::Arc;

@@ -309,7 +309,7 @@ impl<P: Processor> Stage<P> {
                 Ok(())
             }
             Err(TxnFailure::Abort(e)) => {
-                tracing::warn!(stage = self.spec.name, error = %e, "kafka transaction cannot commit; aborting it");
+                tracing::warn!(stage = self.spec.name, error = %e, "kafka transaction cannot commit: it is aborted and the stage resumes from the last commit");
                 self.abort_and_restore("commit failed")
             }
             Err(TxnFailure::Fatal(e)) => self.recover(e),

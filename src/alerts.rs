@@ -228,6 +228,7 @@ mod tests {
             first_event_at: t,
             last_event_at: t,
             breakdown: vec![],
+            components: Default::default(),
         }
     }
 

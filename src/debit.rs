@@ -1,7 +1,10 @@
 //! Output records of the rating core: priced usage lines and debits, with their stable ids.
 //! Both serialize deterministically (no wall-clock field), so a replay is byte-identical.
 
+pub mod components;
 pub mod json;
+
+pub use components::{Component, Components};
 
 use std::collections::BTreeMap;
 
@@ -66,7 +69,13 @@ pub struct Debit {
     pub calls: u32,
     pub first_event_at: DateTime<Utc>,
     pub last_event_at: DateTime<Utc>,
+    /// Vendor price per asset (sum = `subtotal`).
     pub breakdown: Vec<BreakdownLine>,
+    /// The amount by component, markup as its own line: `models + tools + markup = total`
+    /// ([`components`]). Absent from debits written before it existed (read as zeros: use
+    /// [`Components::of`] on the breakdown there).
+    #[serde(default)]
+    pub components: Components,
 }
 
 impl Debit {
@@ -124,6 +133,16 @@ pub struct PricedLine {
 pub enum LineKind {
     ModelCall,
     ToolCall,
+}
+
+impl LineKind {
+    /// The event type the call came as (`model_call`, `tool_call`), as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineKind::ModelCall => "model_call",
+            LineKind::ToolCall => "tool_call",
+        }
+    }
 }
 
 impl PricedLine {

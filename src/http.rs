@@ -18,6 +18,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::json;
 
+pub mod params;
+
 use crate::health::Health;
 use crate::metrics::METRICS;
 use crate::pipeline::EngineHandle;
@@ -372,6 +374,7 @@ mod tests {
             first_event_at: t,
             last_event_at: t,
             breakdown: vec![],
+            components: Default::default(),
         };
         let running = ExecutionView::running("e1", &open);
         let scaled = |s: &str, scale: u32| {

@@ -30,6 +30,7 @@ fn debit(i: u64) -> Debit {
         first_event_at: at,
         last_event_at: at,
         breakdown: vec![],
+        components: Default::default(),
     }
 }
 

@@ -127,6 +127,11 @@ fn debit(id: &str, account: &str, cost: Decimal) -> Debit {
             quantities: [("input_tokens".to_string(), Decimal::from(1200))].into(),
             cost,
         }],
+        components: usage_aggregator::debit::Components {
+            models: cost,
+            tools: Decimal::ZERO,
+            markup,
+        },
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use rust_decimal::Decimal;
 
-use super::{BreakdownLine, Debit, LineKind, PricedLine, PricedUnit};
+use super::{BreakdownLine, Components, Debit, LineKind, PricedLine, PricedUnit};
 
 /// Appends `s` as a JSON string (serde_json's escapes: `\"`, `\\`, `\b \t \n \f \r`, other
 /// control characters as `\u00xx`; everything else as is).
@@ -311,6 +311,18 @@ pub fn encode_debit(buf: &mut Vec<u8>, d: &Debit) {
         breakdown_line(buf, b);
     }
     buf.push(b']');
+    key(buf, b",\"components");
+    components(buf, &d.components);
+    buf.push(b'}');
+}
+
+fn components(buf: &mut Vec<u8>, c: &Components) {
+    key(buf, b"{\"models");
+    decimal(buf, &c.models);
+    key(buf, b",\"tools");
+    decimal(buf, &c.tools);
+    key(buf, b",\"markup");
+    decimal(buf, &c.markup);
     buf.push(b'}');
 }
 
@@ -422,7 +434,7 @@ mod tests {
             ids in proptest::collection::vec(text(), 2),
             exec in proptest::option::of(text()),
             kind in 0usize..4,
-            money in proptest::collection::vec(dec(), 4),
+            money in proptest::collection::vec(dec(), 7),
             calls in any::<u32>(),
             at in proptest::collection::vec(ts(), 2),
             lines in proptest::collection::vec(
@@ -452,6 +464,11 @@ mod tests {
                         cost,
                     })
                     .collect(),
+                components: Components {
+                    models: money[4],
+                    tools: money[5],
+                    markup: money[6],
+                },
             }
         }
     }

@@ -3,8 +3,9 @@
 //! `ledger.api_token_file`; 401 without it; the token is never logged).
 //!
 //! - `GET  /v1/accounts/{id}/balance` -> `{"account_id","balance","entries","last_entry_at"}`
-//! - `GET  /v1/accounts/{id}/transactions?limit=50&before_seq=N` -> newest first, with
-//!   `next_before_seq` for the next page
+//! - `GET  /v1/accounts/{id}/transactions?limit=50&before_seq=N&from=&to=` -> newest first
+//!   (`from`/`to`: the entries' dates, half-open), with `next_before_seq` for the next page;
+//!   an unknown or malformed parameter is a 400 naming it
 //! - `POST /v1/accounts/{id}/topups` `{"amount":"25.00","reference":"pay_123"}` -> 202
 //! - `POST /v1/accounts/{id}/redemptions` `{"code":"SPRING-2026-X7Q"}` -> 200 granted
 //!
@@ -13,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::http::params::Params;
 use crate::ledger::client::{self, ClientError, ResultFollower};
 use crate::ledger::grant::{GrantKind, check_account};
 use crate::ledger::voucher::{self, VoucherOutcome, VoucherRequest};
@@ -143,22 +145,27 @@ async fn balance(State(api): State<Arc<LedgerApi>>, Path(account): Path<String>)
     }
 }
 
-#[derive(Deserialize)]
-struct Page {
-    limit: Option<u32>,
-    before_seq: Option<u64>,
-}
-
 async fn transactions(
     State(api): State<Arc<LedgerApi>>,
     Path(account): Path<String>,
-    Query(page): Query<Page>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     if let Err(r) = check_account(&account) {
         return refused(r.reason.as_str(), &r.message);
     }
-    let limit = page.limit.unwrap_or(50).clamp(1, 1000);
-    match client::history(&api.ch, &account, limit, page.before_seq).await {
+    let page =
+        match Params::parse(raw.as_deref(), &["limit", "before_seq", "from", "to"]).and_then(|p| {
+            Ok(client::HistoryPage {
+                limit: p.number("limit", 1, 1000)?.unwrap_or(50) as u32,
+                before_seq: p.number("before_seq", 1, u64::MAX)?,
+                window: p.window()?,
+            })
+        }) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+    let limit = page.limit;
+    match client::history(&api.ch, &account, &page).await {
         Ok(entries) => {
             let next = (entries.len() as u32 == limit)
                 .then(|| entries.last().map(|e| e.seq))

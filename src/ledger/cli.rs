@@ -228,7 +228,12 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             format,
         } => {
             let ch = require_clickhouse(cfg).await?;
-            let h = client::history(&ch, &account, limit, before_seq)
+            let page = client::HistoryPage {
+                limit,
+                before_seq,
+                window: (None, None),
+            };
+            let h = client::history(&ch, &account, &page)
                 .await
                 .map_err(|e| query_error(cfg, e))?;
             if format == "json" {

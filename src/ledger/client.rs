@@ -358,7 +358,21 @@ pub struct HistoryEntry {
     pub credit: String,
     pub debit: String,
     pub balance: String,
+    /// Debits: vendor price per asset (`asset_id`, `calls`, `quantities`, `cost`); with
+    /// `markup` they add up to `debit` (the markup is its own line, never spread over the
+    /// assets). Empty for grants.
     pub assets: Vec<serde_json::Value>,
+    /// Debits: `debit` minus the assets' vendor price; "0" for grants.
+    pub markup: String,
+}
+
+/// Which entries [`history`] reads: newest first, `seq < before_seq`, dates in `window`
+/// (`[from, to)`), at most `limit` (1..=1000).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub limit: u32,
+    pub before_seq: Option<u64>,
+    pub window: crate::report::Window,
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -377,23 +391,37 @@ struct HistoryRecord {
     asset_costs: Vec<i128>,
 }
 
-/// Entries newest first with `seq < before_seq` (keyset paging), at most `limit`.
+/// Entries newest first with `seq < before_seq` (keyset paging) and dates in the window, at
+/// most `limit`.
 pub async fn history(
     ch: &clickhouse::Client,
     account_id: &str,
-    limit: u32,
-    before_seq: Option<u64>,
+    page: &HistoryPage,
 ) -> Result<Vec<HistoryEntry>, ClientError> {
+    let secs = |t: Option<chrono::DateTime<chrono::Utc>>, or: i64| {
+        t.map_or(or, |t| t.timestamp())
+            .clamp(0, i64::from(u32::MAX))
+    };
     let rows: Vec<HistoryRecord> = ch
-        .query("SELECT seq, occurred_at, kind, reference, description, credit, debit, balance_after, assets, asset_calls, asset_quantities, asset_costs FROM ledger WHERE account_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?")
+        .query("SELECT seq, occurred_at, kind, reference, description, credit, debit, balance_after, assets, asset_calls, asset_quantities, asset_costs FROM ledger WHERE account_id = ? AND seq < ? AND occurred_at >= toDateTime(?) AND occurred_at < toDateTime(?) ORDER BY seq DESC LIMIT ?")
         .bind(account_id)
-        .bind(before_seq.unwrap_or(u64::MAX))
-        .bind(limit.clamp(1, 1000))
+        .bind(page.before_seq.unwrap_or(u64::MAX))
+        .bind(secs(page.window.0, 0))
+        .bind(secs(page.window.1, i64::from(u32::MAX)))
+        .bind(page.limit.clamp(1, 1000))
         .fetch_all()
         .await?;
     Ok(rows
         .into_iter()
         .map(|r| HistoryEntry {
+            markup: dec(
+                if r.kind == "debit" {
+                    r.debit - r.asset_costs.iter().map(|c| c * 1_000_000).sum::<i128>()
+                } else {
+                    0
+                },
+                18,
+            ),
             seq: r.seq,
             date: ts(r.occurred_at),
             kind: r.kind,

@@ -53,6 +53,7 @@ fn debit(id: &str, account: &str, total: Decimal) -> Debit {
         first_event_at: at(),
         last_event_at: at(),
         breakdown: Vec::new(),
+        components: Default::default(),
     }
 }
 

@@ -5,7 +5,7 @@
 use rust_decimal::Decimal;
 
 use super::OpenExecution;
-use crate::debit::{BreakdownLine, Debit, DebitKind, PricedLine};
+use crate::debit::{BreakdownLine, Components, Debit, DebitKind, PricedLine};
 use crate::event::UsageEvent;
 use crate::money;
 
@@ -17,6 +17,21 @@ pub(super) fn execution_debit(
     debit_id: String,
 ) -> Debit {
     let markup = money::debit_markup(o.subtotal, markup_rate);
+    let breakdown: Vec<BreakdownLine> = o
+        .breakdown
+        .iter()
+        .map(|(asset_id, a)| BreakdownLine {
+            asset_id: asset_id.clone(),
+            asset_type: a.asset_type,
+            calls: a.calls,
+            quantities: a
+                .quantities
+                .iter()
+                .map(|(u, q)| (u.clone(), q.normalize()))
+                .collect(),
+            cost: a.cost.normalize(),
+        })
+        .collect();
     Debit {
         debit_id,
         kind: DebitKind::AgentExecution,
@@ -29,21 +44,8 @@ pub(super) fn execution_debit(
         calls: o.calls_priced,
         first_event_at: o.first_event_at,
         last_event_at: o.last_event_at,
-        breakdown: o
-            .breakdown
-            .iter()
-            .map(|(asset_id, a)| BreakdownLine {
-                asset_id: asset_id.clone(),
-                asset_type: a.asset_type,
-                calls: a.calls,
-                quantities: a
-                    .quantities
-                    .iter()
-                    .map(|(u, q)| (u.clone(), q.normalize()))
-                    .collect(),
-                cost: a.cost.normalize(),
-            })
-            .collect(),
+        components: Components::of(&breakdown, markup),
+        breakdown,
     }
 }
 
@@ -86,6 +88,17 @@ pub(super) fn single_line_debit(
     markup_rate: Decimal,
 ) -> Debit {
     let markup = money::debit_markup(line.cost, markup_rate);
+    let breakdown = vec![BreakdownLine {
+        asset_id: line.asset_id.clone(),
+        asset_type: line.asset_type,
+        calls: 1,
+        quantities: line
+            .units
+            .iter()
+            .map(|u| (u.unit.clone(), u.quantity))
+            .collect(),
+        cost: line.cost,
+    }];
     Debit {
         debit_id,
         kind,
@@ -98,16 +111,7 @@ pub(super) fn single_line_debit(
         calls: 1,
         first_event_at: line.occurred_at,
         last_event_at: line.occurred_at,
-        breakdown: vec![BreakdownLine {
-            asset_id: line.asset_id.clone(),
-            asset_type: line.asset_type,
-            calls: 1,
-            quantities: line
-                .units
-                .iter()
-                .map(|u| (u.unit.clone(), u.quantity))
-                .collect(),
-            cost: line.cost,
-        }],
+        components: Components::of(&breakdown, markup),
+        breakdown,
     }
 }

@@ -28,7 +28,11 @@ fn ts(t: DateTime<Utc>) -> u32 {
 #[derive(Debug, Clone, Serialize, clickhouse::Row)]
 pub struct TransactionRow {
     pub event_id: String,
+    /// `model_call` or `tool_call` (migration 5).
+    pub kind: String,
     pub occurred_at: u32,
+    /// The sub-second part of `occurred_at`, in nanoseconds (migration 5).
+    pub occurred_at_nanos: u32,
     pub account_id: String,
     pub execution_id: String,
     pub agent_id: String,
@@ -61,6 +65,10 @@ pub struct DebitRow {
     pub account_id: String,
     pub execution_id: String,
     pub subtotal: i128,
+    /// Vendor price of the model calls, and of the tool calls (migration 5):
+    /// `models + tools + markup = total`.
+    pub models: i128,
+    pub tools: i128,
     pub markup_rate: i128,
     pub markup: i128,
     pub total: i128,
@@ -109,7 +117,9 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
     }
     let id = l.line_id();
     let row = TransactionRow {
+        kind: l.kind.as_str().to_string(),
         occurred_at: ts(l.occurred_at),
+        occurred_at_nanos: chrono::Timelike::nanosecond(&l.occurred_at).min(999_999_999),
         account_id: l.account_id,
         execution_id: l.execution_id.unwrap_or_default(),
         agent_id: l.agent_id.unwrap_or_default(),
@@ -141,6 +151,9 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         table: "debits",
         source,
     })?;
+    // From the breakdown, not the message's `components`: debits written before that field
+    // existed get the same split.
+    let components = crate::debit::Components::of(&d.breakdown, d.markup);
     let mut costs = Vec::with_capacity(d.breakdown.len());
     for b in &d.breakdown {
         costs.push(to_scaled_i128(b.cost, LINE_COST_SCALE)?);
@@ -151,6 +164,8 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         account_id: d.account_id,
         execution_id: d.execution_id.unwrap_or_default(),
         subtotal: to_scaled_i128(d.subtotal, DEBIT_SCALE)?,
+        models: to_scaled_i128(components.models, DEBIT_SCALE)?,
+        tools: to_scaled_i128(components.tools, DEBIT_SCALE)?,
         markup_rate: to_scaled_i128(d.markup_rate, DEBIT_SCALE)?,
         markup: to_scaled_i128(d.markup, DEBIT_SCALE)?,
         total: to_scaled_i128(d.total, DEBIT_SCALE)?,

@@ -35,11 +35,12 @@ pub mod replay;
 pub mod report;
 pub mod rollup;
 pub mod sink;
+pub mod trace;
 
 /// The rating core: decode, price, roll up, money, outputs. Every decision is a function of
 /// its inputs: no I/O, no clock, no randomness, no import of a shell module. Not a comment
 /// but a rule: `tests/core_is_pure.rs` reads these modules' sources and fails on any of it.
-pub const CORE_MODULES: [&str; 7] = [
+pub const CORE_MODULES: [&str; 8] = [
     "catalog",
     "debit",
     "event",
@@ -47,4 +48,5 @@ pub const CORE_MODULES: [&str; 7] = [
     "rating",
     "rejection",
     "rollup",
+    "trace",
 ];

@@ -149,6 +149,9 @@ pub struct RollupSection {
     pub closed_horizon: u64,
     pub closed_capacity: usize,
     pub max_event_bytes: usize,
+    /// Priced calls listed per open execution for its live trace (the execution trace API);
+    /// beyond it calls are rolled up and counted but not listed. Memory: ~300 bytes a call.
+    pub max_trace_calls: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -440,6 +443,7 @@ impl Config {
             closed_horizon: r.closed_horizon,
             closed_capacity: r.closed_capacity,
             max_event_bytes: r.max_event_bytes,
+            max_trace_calls: r.max_trace_calls,
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod dedupe;
 mod outputs;
 mod snapshot;
+pub mod trace;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -28,6 +29,7 @@ use crate::rejection::{RejectReason, Rejection, excerpt};
 use dedupe::{DedupeWindow, HashKeyed, Seen};
 use outputs::{dedupe_key, exec_key, execution_debit, single_line_debit, split_key};
 pub use snapshot::PartitionSnapshot;
+pub use trace::{OpenExecutionView, TracedCall};
 
 /// Map keyed by execution key ([`exec_key`]) with a fast, non-cryptographic hash (keys come from our own
 /// producers' ids; flooding them only costs the flooder's partition).
@@ -42,6 +44,9 @@ pub struct RollupConfig {
     pub closed_horizon: u64,
     pub closed_capacity: usize,
     pub max_event_bytes: usize,
+    /// Priced calls listed per open execution for its live trace (not an output: changing
+    /// it changes no debit).
+    pub max_trace_calls: usize,
 }
 
 impl Default for RollupConfig {
@@ -53,6 +58,7 @@ impl Default for RollupConfig {
             closed_horizon: 200_000,
             closed_capacity: 100_000,
             max_event_bytes: event::DEFAULT_MAX_EVENT_BYTES,
+            max_trace_calls: trace::DEFAULT_MAX_TRACE_CALLS,
         }
     }
 }
@@ -104,6 +110,9 @@ struct OpenExecution {
     last_seen_ms: u64,
     #[serde(skip)]
     marker_sent_after: Option<i64>,
+    /// The first `max_trace_calls` priced calls (the live trace).
+    #[serde(skip)]
+    calls: Vec<TracedCall>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +335,7 @@ impl PartitionRollup {
                     breakdown: BTreeMap::new(),
                     last_seen_ms: now_ms,
                     marker_sent_after: None,
+                    calls: Vec::new(),
                 },
             );
         }
@@ -353,6 +363,9 @@ impl PartitionRollup {
                     acc.cost += line.cost;
                     for u in &line.units {
                         *acc.quantities.entry(u.unit.clone()).or_default() += u.quantity;
+                    }
+                    if open.calls.len() < self.cfg.max_trace_calls {
+                        open.calls.push(TracedCall::of(&line, subtotal));
                     }
                     let asset_type = line.asset_type;
                     out.push(Output::Line(line));
@@ -532,6 +545,22 @@ impl PartitionRollup {
             self.cfg.markup_rate,
             String::new(),
         ))
+    }
+
+    /// `account_id`'s execution `execution_id` if it is open here: its running totals (as
+    /// [`Self::running_cost`]) and its first `max_trace_calls` priced calls, copied.
+    pub fn open_execution(
+        &self,
+        account_id: &str,
+        execution_id: &str,
+    ) -> Option<OpenExecutionView> {
+        let o = self.open.get(&exec_key(account_id, execution_id))?;
+        let running = execution_debit(execution_id, o, self.cfg.markup_rate, String::new());
+        Some(OpenExecutionView {
+            calls_omitted: running.calls.saturating_sub(o.calls.len() as u32),
+            calls: o.calls.clone(),
+            running,
+        })
     }
 }
 

@@ -147,6 +147,65 @@ fn worked_example_llm_search_database() {
 }
 
 #[test]
+fn open_execution_lists_its_priced_calls_up_to_the_bound() {
+    let mut r = Run::new(RollupConfig {
+        max_trace_calls: 2,
+        ..RollupConfig::default()
+    });
+    r.feed(&call(
+        "c1",
+        Some("x"),
+        "acct",
+        "llm",
+        r#"{"input_tokens":1000}"#,
+    ));
+    // A rejected call is neither priced nor listed.
+    r.feed(&call("c2", Some("x"), "acct", "llm", r#"{"gallons":1}"#));
+    r.feed(&call(
+        "c3",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    r.feed(&call("c4", Some("x"), "acct", "db", r#"{"queries":1}"#));
+    assert!(
+        r.rollup.open_execution("other", "x").is_none(),
+        "scoped by account"
+    );
+    let v = r.rollup.open_execution("acct", "x").unwrap();
+    assert_eq!(v.running.subtotal.to_string(), "0.8");
+    assert_eq!(v.running.total.to_string(), "0.96");
+    assert_eq!(v.running.calls, 3);
+    assert_eq!(
+        v.calls_omitted, 1,
+        "the third priced call is beyond the bound"
+    );
+    let listed: Vec<String> = v
+        .calls
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} {}",
+                c.event_id, c.asset_id, c.cost, c.subtotal_after
+            )
+        })
+        .collect();
+    assert_eq!(listed, ["c1 llm 0.5 0.5", "c3 search 0.1 0.6"]);
+    let u = &v.calls[0].units[0];
+    assert_eq!(
+        (u.unit.as_str(), u.quantity, u.credits, u.per),
+        ("input_tokens", d("1000"), d("0.5"), 1000)
+    );
+    assert_eq!(v.calls[0].asset_type, crate::catalog::AssetType::Model);
+    assert!(!v.calls[0].price_version.is_empty());
+    // Closed: no longer open; its debit carries the same totals.
+    r.feed(&finish("f", "x", "acct", None));
+    assert!(r.rollup.open_execution("acct", "x").is_none());
+    assert_eq!(r.debits()[0].total, v.running.total);
+}
+
+#[test]
 fn direct_calls_are_billed_at_vendor_price_at_once() {
     let mut r = Run::new(RollupConfig::default());
     assert_eq!(

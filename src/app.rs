@@ -60,12 +60,14 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     let (c, ch_api) = (cfg.clone(), ch.clone());
     let ledger_api =
         tokio::task::spawn_blocking(move || crate::ledger::api::LedgerApi::new(&c, ch_api));
+    let traces = http::traces::TracesApi::new(&cfg, ch.clone(), engine.clone(), shutdown.clone());
     let http_state = HttpState {
         health: health.clone(),
         engine: engine.clone(),
         clickhouse: Some(ch),
         stall_after: cfg.http.stall_after,
         ledger: Some(Arc::new(ledger_api.await??)),
+        traces: Some(Arc::new(traces)),
     };
     let http = tokio::spawn(http::serve(listener, http_state, shutdown.clone()));
     tokio::spawn(stages::cancel_on_signal(shutdown.clone()));

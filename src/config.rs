@@ -44,6 +44,7 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub sink: SinkConfig,
     pub http: HttpConfig,
+    pub traces: TracesConfig,
     pub alerts: AlertsConfig,
     pub ledger: LedgerConfig,
     pub log: LogConfig,
@@ -242,6 +243,25 @@ pub struct HttpConfig {
     /// Time without progress while lag is positive before /readyz fails.
     #[serde(with = "values::duration")]
     pub stall_after: Duration,
+}
+
+/// Execution traces and live streams of the HTTP API (docs/operations.md, Traces and streams).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// Messages of each committed output topic (priced_usage, debits) the follower keeps in
+    /// memory, over all partitions: the recent tail traces and streams read without Kafka.
+    pub follow_buffer: usize,
+    /// Events queued per stream client; a client that falls this far behind is dropped with
+    /// a `dropped` event (it reconnects with `Last-Event-ID` and misses nothing).
+    pub stream_buffer: usize,
+    /// Streams served at once by one instance; more answer 503.
+    pub max_streams: usize,
+    /// How long a stream holds a debit read before the last calls it bills.
+    #[serde(with = "values::duration")]
+    pub debit_wait: Duration,
+    /// The dimension (contract v1.1) that names a conversation.
+    pub conversation_dimension: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
 //! Kafka plumbing shared by every stage: client configuration from [`Config`], topic
 //! creation for `setup`, and a few blocking helpers.
 
+pub mod partitioner;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;

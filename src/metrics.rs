@@ -42,6 +42,9 @@ pub struct Metrics {
     pub catalog_rejected: IntCounter,
     pub alerts_fired: IntCounterVec,
     pub ready: IntGauge,
+    /// Live streams (SSE) served now, and clients dropped for falling behind.
+    pub api_streams: IntGauge,
+    pub api_streams_dropped: IntCounter,
     pub ledger: LedgerMetrics,
 }
 
@@ -383,6 +386,14 @@ impl Metrics {
                 &["rule"],
             ),
             ready: gauge("usage_agg_ready", "1 when /readyz passes."),
+            api_streams: gauge(
+                "usage_agg_api_streams",
+                "Live streams (server-sent events) this instance serves now.",
+            ),
+            api_streams_dropped: counter(
+                "usage_agg_api_streams_dropped_total",
+                "Stream clients cut off for falling traces.stream_buffer events behind (they resume with Last-Event-ID).",
+            ),
             ledger: LedgerMetrics::new(&r),
             registry: r,
         }

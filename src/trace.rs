@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::catalog::AssetType;
 use crate::debit::{BreakdownLine, Component, Debit, DebitKind, LineKind, PricedLine};
 use crate::money;
+use crate::rollup::TracedCall;
 
 /// One unit of a call: the quantity and the price applied (`unit_price` credits per `per`
 /// units).
@@ -31,22 +32,24 @@ pub struct TraceUnit {
     pub per: u64,
 }
 
-/// One priced call of an execution.
+/// One priced call of an execution. `kind`, `vendor` and `dimensions` are `null` (and
+/// `agent_id`, `component`, `asset_name_sent` too) for a call known only from the pipeline's
+/// memory: priced but not committed yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TraceCall {
     /// 1, 2, 3, ... in the order the calls were priced (their input partition's order).
     pub seq: u64,
     pub event_id: String,
-    pub kind: LineKind,
+    pub kind: Option<LineKind>,
     pub occurred_at: DateTime<Utc>,
     pub asset_id: String,
     /// The name the event used when it was an alias of `asset_id`.
     pub asset_name_sent: Option<String>,
     pub asset_type: AssetType,
-    pub vendor: String,
+    pub vendor: Option<String>,
     pub agent_id: Option<String>,
     pub component: Option<String>,
-    pub dimensions: BTreeMap<String, String>,
+    pub dimensions: Option<BTreeMap<String, String>>,
     pub units: Vec<TraceUnit>,
     pub price_version: String,
     /// Vendor price of the call (before markup).
@@ -63,15 +66,15 @@ impl TraceCall {
         TraceCall {
             seq,
             event_id: line.event_id.clone(),
-            kind: line.kind,
+            kind: Some(line.kind),
             occurred_at: line.occurred_at,
             asset_id: line.asset_id.clone(),
             asset_name_sent: line.asset_name_sent.clone(),
             asset_type: line.asset_type,
-            vendor: line.vendor.clone(),
+            vendor: Some(line.vendor.clone()),
             agent_id: line.agent_id.clone(),
             component: line.component.clone(),
-            dimensions: line.dimensions.clone(),
+            dimensions: Some(line.dimensions.clone()),
             units: line
                 .units
                 .iter()
@@ -85,6 +88,36 @@ impl TraceCall {
             price_version: line.price_version.clone(),
             cost: line.cost.normalize(),
             running_subtotal: running_subtotal.normalize(),
+        }
+    }
+
+    /// A call known only from the pipeline's live state (not committed yet), numbered `seq`.
+    pub fn live(c: &TracedCall, seq: u64) -> TraceCall {
+        TraceCall {
+            seq,
+            event_id: c.event_id.clone(),
+            kind: None,
+            occurred_at: c.occurred_at,
+            asset_id: c.asset_id.clone(),
+            asset_name_sent: None,
+            asset_type: c.asset_type,
+            vendor: None,
+            agent_id: None,
+            component: None,
+            dimensions: None,
+            units: c
+                .units
+                .iter()
+                .map(|u| TraceUnit {
+                    unit: u.unit.clone(),
+                    quantity: u.quantity.normalize(),
+                    unit_price: u.credits.normalize(),
+                    per: u.per,
+                })
+                .collect(),
+            price_version: c.price_version.clone(),
+            cost: c.cost.normalize(),
+            running_subtotal: c.subtotal_after.normalize(),
         }
     }
 }
@@ -252,6 +285,9 @@ pub struct TraceInput<'a> {
     pub source: Source,
     /// The calls listed, in order, each once (see [`dedupe_lines`]).
     pub lines: &'a [PricedLine],
+    /// Calls known only from the live state, listed after `lines` (their running subtotal
+    /// is the live state's).
+    pub live_only: &'a [TracedCall],
     /// The execution's debits, in order, each once.
     pub debits: &'a [DebitSummary],
     /// Calls not in `lines`, with the aggregate of all calls (`aggregate`) then required.
@@ -292,7 +328,11 @@ struct AssetSum {
 
 /// Builds the trace; `None` when there is nothing at all (no call, no debit).
 pub fn build(input: &TraceInput<'_>) -> Option<ExecutionTrace> {
-    if input.lines.is_empty() && input.debits.is_empty() && input.omitted.count() == 0 {
+    if input.lines.is_empty()
+        && input.live_only.is_empty()
+        && input.debits.is_empty()
+        && input.omitted.count() == 0
+    {
         return None;
     }
     let markup_rate = input
@@ -300,8 +340,9 @@ pub fn build(input: &TraceInput<'_>) -> Option<ExecutionTrace> {
         .first()
         .map_or(input.markup_rate, |d| d.markup_rate)
         .normalize();
-    let listed_cost: Decimal = input.lines.iter().map(|l| l.cost).sum();
-    let complete = input.omitted.count() == 0;
+    let listed_cost: Decimal = input.lines.iter().map(|l| l.cost).sum::<Decimal>()
+        + input.live_only.iter().map(|c| c.cost).sum::<Decimal>();
+    let complete = input.omitted.count() == 0 && input.live_only.is_empty();
     // Per asset: from the calls when all are listed, else from the aggregate.
     let mut assets: BTreeMap<String, AssetSum> = BTreeMap::new();
     match input.aggregate.filter(|_| input.omitted.count() > 0) {
@@ -323,6 +364,15 @@ pub fn build(input: &TraceInput<'_>) -> Option<ExecutionTrace> {
                 a.calls += 1;
                 a.cost += l.cost;
                 for u in &l.units {
+                    *a.quantities.entry(u.unit.clone()).or_default() += u.quantity;
+                }
+            }
+            for c in input.live_only {
+                let a = assets.entry(c.asset_id.clone()).or_default();
+                a.asset_type = Some(c.asset_type);
+                a.calls += 1;
+                a.cost += c.cost;
+                for u in &c.units {
                     *a.quantities.entry(u.unit.clone()).or_default() += u.quantity;
                 }
             }
@@ -360,6 +410,10 @@ pub fn build(input: &TraceInput<'_>) -> Option<ExecutionTrace> {
             running,
         ));
     }
+    let first = input.omitted.before + calls.len() as u64 + 1;
+    for (i, c) in input.live_only.iter().enumerate() {
+        calls.push(TraceCall::live(c, first + i as u64));
+    }
     let by_asset = with_markup(
         assets
             .iter()
@@ -394,14 +448,15 @@ pub fn build(input: &TraceInput<'_>) -> Option<ExecutionTrace> {
         with_markup(items, markup_rate, markup)
     };
     let by_dimension = complete.then(|| by_dimension(input.lines, markup_rate, markup));
-    let times = input.lines.iter().map(|l| l.occurred_at);
+    let first_event_at = calls.iter().map(|c| c.occurred_at).min();
+    let last_event_at = calls.iter().map(|c| c.occurred_at).max();
     Some(ExecutionTrace {
         execution_id: input.execution_id.to_string(),
         account_id: input.account_id.to_string(),
         status: if closed { Status::Closed } else { Status::Open },
         source: input.source,
-        calls_priced: calls_priced.max(input.lines.len() as u64),
-        calls_listed: input.lines.len() as u64,
+        calls_priced: calls_priced.max(calls.len() as u64),
+        calls_listed: calls.len() as u64,
         calls_omitted: input.omitted.clone(),
         calls,
         subtotal,
@@ -409,8 +464,8 @@ pub fn build(input: &TraceInput<'_>) -> Option<ExecutionTrace> {
         markup,
         total,
         billed: billed.normalize(),
-        first_event_at: times.clone().min(),
-        last_event_at: times.max(),
+        first_event_at,
+        last_event_at,
         breakdown: Breakdowns {
             by_asset,
             by_component,

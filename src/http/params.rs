@@ -66,6 +66,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Checks an id taken from the path or the query (`account_id`, `execution_id`, ...): the
+/// event contract's id rules (non-empty, at most 256 bytes, no control characters), else a
+/// 400 naming it.
+pub fn check_id(name: &str, value: &str) -> Result<(), ApiError> {
+    let why = if value.is_empty() {
+        "must not be empty"
+    } else if value.len() > 256 {
+        "is longer than 256 bytes"
+    } else if value.chars().any(char::is_control) {
+        "holds a control character"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::parameter(
+        name,
+        Some(value),
+        format!("{name} {why}"),
+    ))
+}
+
 /// At most 100 characters of a value given by a client, for an error message.
 fn excerpt(s: &str) -> String {
     let mut out: String = s.chars().take(100).collect();

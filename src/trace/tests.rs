@@ -87,6 +87,7 @@ fn trace_of(
         account_id: "acct",
         source: Source::Committed,
         lines,
+        live_only: &[],
         debits,
         omitted,
         aggregate: agg,

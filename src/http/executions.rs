@@ -1,0 +1,225 @@
+//! `GET /v1/executions/{id}?account_id=A`: one execution's trace (`crate::trace`), the same
+//! shape open or closed. Open on this instance: from the pipeline's live state (its running
+//! totals; the calls committed so far, then those only the live state knows); otherwise from
+//! the committed history (`crate::history`: ClickHouse, then the output topics' recent tail),
+//! so a just-closed execution is answered from its committed debit before ClickHouse has it.
+//!
+//! `GET /v1/accounts/{id}/executions?from=&to=&limit=&cursor=`: an account's executions,
+//! newest first, with their totals (`crate::history::listing`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::params::{ApiError, Params, check_id};
+use super::traces::TracesApi;
+use crate::history::{self, Committed, HistoryError};
+use crate::rollup::{OpenExecutionView, TracedCall};
+use crate::trace::stream::Filter;
+use crate::trace::{self, DebitSummary, ExecutionTrace, Omitted, Source, TraceInput};
+
+pub async fn trace(
+    State(api): State<Arc<TracesApi>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    match trace_of(&api, &id, raw.as_deref()).await {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn trace_of(
+    api: &TracesApi,
+    id: &str,
+    raw: Option<&str>,
+) -> Result<ExecutionTrace, ApiError> {
+    check_id("execution_id", id)?;
+    let p = Params::parse(raw, &["account_id"])?;
+    let account = match p.string("account_id")? {
+        Some(a) => {
+            check_id("account_id", &a)?;
+            a
+        }
+        None => account_of(api, id).await?,
+    };
+    let live = api
+        .engine
+        .get()
+        .and_then(|e| e.open_execution(&account, id));
+    let filter = Filter::Execution {
+        account_id: account.clone(),
+        execution_id: id.to_string(),
+    };
+    let committed = history::read(&api.follower, &api.ch, &filter, None).await;
+    assemble(id, &account, live, committed, api.markup_rate)
+}
+
+/// The account of an execution asked without `account_id` (operators only): the open one on
+/// this instance, else the one ClickHouse knows; several accounts answer 409.
+async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
+    if let Some(d) = api.engine.get().and_then(|e| e.running_cost(id, None)) {
+        return Ok(d.account_id);
+    }
+    let accounts: Vec<String> = api
+        .ch
+        .query("SELECT DISTINCT account_id FROM usage_transactions WHERE execution_id = ? LIMIT 2")
+        .bind(id)
+        .fetch_all()
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "execution lookup in clickhouse failed");
+            ApiError::unavailable("clickhouse cannot be reached; give account_id to read the execution from the output topics")
+        })?;
+    match accounts.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(not_found(id)),
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "execution {} exists in several accounts; ask with ?account_id=",
+                crate::rejection::excerpt(id)
+            ),
+        )),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "execution {} has no priced call and no debit in this account (yet)",
+        crate::rejection::excerpt(id)
+    ))
+}
+
+/// Builds the answer from the live state (if open here) and the committed history.
+pub fn assemble(
+    id: &str,
+    account: &str,
+    live: Option<OpenExecutionView>,
+    committed: Result<Committed, HistoryError>,
+    markup_rate: rust_decimal::Decimal,
+) -> Result<ExecutionTrace, ApiError> {
+    let committed = committed.map_err(|e| {
+        tracing::warn!(error = %e, "execution history unavailable");
+        e
+    });
+    // The committed lines are complete unless ClickHouse could not answer.
+    let (lines, debits, complete) = match &committed {
+        Ok(c) => {
+            let lines = trace::dedupe_lines(c.lines.iter().map(|(_, l)| l.clone()).collect());
+            let debits = trace::dedupe_debits(
+                c.debits.iter().map(|(_, d)| DebitSummary::of(d)).collect(),
+            );
+            let complete = c.clickhouse_error.is_none()
+                || (!debits.is_empty()
+                    && debits.iter().map(|d| u64::from(d.calls)).sum::<u64>()
+                        == lines.len() as u64);
+            (lines, debits, complete)
+        }
+        Err(_) => (Vec::new(), Vec::new(), false),
+    };
+    if let Some(v) = live {
+        let (lines, live_only, omitted) = if complete {
+            let known: HashSet<&str> = lines.iter().map(|l| l.event_id.as_str()).collect();
+            let live_only: Vec<TracedCall> = v
+                .calls
+                .iter()
+                .filter(|c| !known.contains(c.event_id.as_str()))
+                .cloned()
+                .collect();
+            let listed = (lines.len() + live_only.len()) as u64;
+            let after = u64::from(v.running.calls).saturating_sub(listed);
+            let omitted = Omitted {
+                before: 0,
+                after,
+                reason: (after > 0).then(|| {
+                    "priced but neither committed yet nor within the calls the pipeline keeps per open execution (rollup.max_trace_calls)".to_string()
+                }),
+            };
+            (lines, live_only, omitted)
+        } else {
+            let after = u64::from(v.calls_omitted);
+            let omitted = Omitted {
+                before: 0,
+                after,
+                reason: (after > 0).then(|| {
+                    "beyond the calls the pipeline keeps per open execution (rollup.max_trace_calls), and the committed history is unavailable".to_string()
+                }),
+            };
+            (Vec::new(), v.calls.clone(), omitted)
+        };
+        return trace::build(&TraceInput {
+            execution_id: id,
+            account_id: account,
+            source: Source::Live,
+            lines: &lines,
+            live_only: &live_only,
+            debits: &[],
+            omitted,
+            aggregate: Some(&v.running.breakdown),
+            markup_rate: v.running.markup_rate,
+        })
+        .ok_or_else(|| not_found(id));
+    }
+    let c = match committed {
+        Ok(c) => c,
+        Err(e) => return Err(ApiError::unavailable(e.to_string())),
+    };
+    if !complete {
+        return Err(ApiError::unavailable(format!(
+            "clickhouse cannot be reached ({}) and the output topics' recent tail does not hold all of execution {}",
+            c.clickhouse_error.unwrap_or_default(),
+            crate::rejection::excerpt(id)
+        )));
+    }
+    trace::build(&TraceInput {
+        execution_id: id,
+        account_id: account,
+        source: Source::Committed,
+        lines: &lines,
+        live_only: &[],
+        debits: &debits,
+        omitted: Omitted::default(),
+        aggregate: None,
+        markup_rate,
+    })
+    .ok_or_else(|| not_found(id))
+}
+
+pub async fn list(
+    State(api): State<Arc<TracesApi>>,
+    Path(account): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let run = async {
+        check_id("account_id", &account)?;
+        let p = Params::parse(raw.as_deref(), &["from", "to", "limit", "cursor"])?;
+        let q = history::listing::Query {
+            window: p.window()?,
+            limit: p.number("limit", 1, 1000)?.unwrap_or(50) as u32,
+            cursor: match p.string("cursor")? {
+                None => None,
+                Some(c) => Some(history::listing::Cursor::parse(&c).map_err(|e| {
+                    ApiError::parameter("cursor", Some(&c), e)
+                })?),
+            },
+        };
+        history::listing::executions(&api.ch, &account, &q, api.markup_rate)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "execution listing failed");
+                ApiError::unavailable(format!(
+                    "the execution listing comes from clickhouse, which cannot answer: {}",
+                    crate::sink::errors::cause_chain(&e)
+                ))
+            })
+    };
+    match run.await {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,42 @@
+//! `GET /v1/accounts/{id}/usage?from=&to=&group_by=asset|day|component|dimension:KEY`: an
+//! account's credits (vendor price), calls and data volume per unit by group, then the
+//! markup as its own figure (`crate::history::usage`). Default `group_by=asset`, all time.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+
+use super::params::{ApiError, Params, check_id};
+use super::traces::TracesApi;
+use crate::history::usage::{self, GroupBy};
+
+pub async fn usage(
+    State(api): State<Arc<TracesApi>>,
+    Path(account): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let run = async {
+        check_id("account_id", &account)?;
+        let p = Params::parse(raw.as_deref(), &["from", "to", "group_by"])?;
+        let window = p.window()?;
+        let by = match p.get("group_by") {
+            None => GroupBy::Asset,
+            Some(g) => GroupBy::parse(g).map_err(|e| ApiError::parameter("group_by", Some(g), e))?,
+        };
+        usage::usage(&api.ch, &account, window, &by, api.markup_rate)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "usage query failed");
+                ApiError::unavailable(format!(
+                    "usage comes from clickhouse, which cannot answer: {}",
+                    crate::sink::errors::cause_chain(&e)
+                ))
+            })
+    };
+    match run.await {
+        Ok(u) => Json(u).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

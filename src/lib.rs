@@ -22,6 +22,7 @@ pub mod history;
 pub mod http;
 pub mod kafka;
 pub mod kafka_errors;
+pub mod keys;
 pub mod ledger;
 pub mod loadgen;
 pub mod logging;
@@ -37,6 +38,7 @@ pub mod replay;
 pub mod report;
 pub mod rollup;
 pub mod sink;
+pub mod stage;
 pub mod trace;
 
 /// The rating core: decode, price, roll up, money, outputs. Every decision is a function of

@@ -316,30 +316,16 @@ impl PartitionRollup {
         }
         let priced = price_call(ev, catalog, self.partition, offset);
         if !self.open.contains_key(&key) {
-            self.make_room(out);
-            self.open_by_first_offset.insert(offset, key.clone());
-            self.open.insert(
-                key.clone(),
-                OpenExecution {
-                    account_id: ev.account_id.clone(),
-                    first_event_id: ev.event_id.clone(),
-                    first_offset: offset,
-                    last_offset: offset,
-                    first_event_at: ev.occurred_at,
-                    last_event_at: ev.occurred_at,
-                    calls_seen: 0,
-                    calls_priced: 0,
-                    finished: false,
-                    expected_calls: None,
-                    subtotal: Decimal::ZERO,
-                    breakdown: BTreeMap::new(),
-                    last_seen_ms: now_ms,
-                    marker_sent_after: None,
-                    calls: Vec::new(),
-                },
-            );
+            self.open_waiting(&key, offset, ev, now_ms, out);
         }
         let open = self.open.get_mut(&key).expect("inserted above");
+        if open.calls_seen == 0 {
+            // The first call names the execution's debit and starts its time span, whether
+            // or not its finish came first: the debit is the same in either order.
+            open.first_event_id.clone_from(&ev.event_id);
+            open.first_event_at = ev.occurred_at;
+            open.last_event_at = ev.occurred_at;
+        }
         open.calls_seen += 1;
         open.last_offset = offset;
         open.last_seen_ms = now_ms;
@@ -400,14 +386,20 @@ impl PartitionRollup {
     ) -> Outcome {
         let exec_id = ev.execution_id.as_deref().unwrap_or_default();
         let key = exec_key(&ev.account_id, exec_id);
-        let Some(open) = self.open.get_mut(&key) else {
+        if !self.open.contains_key(&key) {
             if self.is_closed(&key, &ev.account_id) {
                 return Outcome::Ignored;
             }
-            // An execution with no calls: nothing to bill, but later calls adjust.
-            self.remember_closed(id_hash(&key), id_hash(&ev.account_id), offset);
-            return Outcome::Finished;
-        };
+            if ev.expected_calls.is_none_or(|n| n == 0) {
+                // An execution with no calls: nothing to bill, but later calls adjust.
+                self.remember_closed(id_hash(&key), id_hash(&ev.account_id), offset);
+                return Outcome::Finished;
+            }
+            // The finish came before its calls: wait for them, finished, with nothing
+            // priced yet (the idle rule closes it if they never come).
+            self.open_waiting(&key, offset, ev, now_ms, out);
+        }
+        let open = self.open.get_mut(&key).expect("present or opened above");
         open.finished = true;
         open.expected_calls = ev.expected_calls;
         open.last_offset = offset;
@@ -416,6 +408,40 @@ impl PartitionRollup {
             self.close(&key, offset, out);
         }
         Outcome::Finished
+    }
+
+    /// Opens execution `key` at `offset` with no calls yet (its first call, or a finish
+    /// that came before its calls), making room under the bound first.
+    fn open_waiting(
+        &mut self,
+        key: &str,
+        offset: i64,
+        ev: &UsageEvent,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        self.make_room(out);
+        self.open_by_first_offset.insert(offset, key.to_string());
+        self.open.insert(
+            key.to_string(),
+            OpenExecution {
+                account_id: ev.account_id.clone(),
+                first_event_id: ev.event_id.clone(),
+                first_offset: offset,
+                last_offset: offset,
+                first_event_at: ev.occurred_at,
+                last_event_at: ev.occurred_at,
+                calls_seen: 0,
+                calls_priced: 0,
+                finished: false,
+                expected_calls: None,
+                subtotal: Decimal::ZERO,
+                breakdown: BTreeMap::new(),
+                last_seen_ms: now_ms,
+                marker_sent_after: None,
+                calls: Vec::new(),
+            },
+        );
     }
 
     fn timeout(&mut self, ev: &UsageEvent, out: &mut Vec<Output>) -> Outcome {

@@ -12,8 +12,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,7 +43,7 @@ fn finish(exec: &str) -> String {
 }
 
 fn get_json(addr: &str, path: &str) -> (u16, Value) {
-    let (status, body) = http_get(addr, path);
+    let (status, body) = api_get(addr, path);
     let v = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("{path}: {status} {body:?} is not json: {e}"));
     (status, v)
@@ -81,9 +79,30 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
     // The README's example with the sample catalog's prices: gpt-4o-mini 1M input tokens
     // (0.15), web search 2 requests (0.016), database 5 queries (0.01).
     let events = [
-        call("t1", "exec-t", "openai/gpt-4o-mini", r#"{"input_tokens":1000000}"#, "conv-1", "2026-03-01T10:00:00.250Z"),
-        call("t2", "exec-t", "tavily/web-search", r#"{"requests":2}"#, "conv-1", "2026-03-01T10:00:01Z"),
-        call("t3", "exec-t", "platform/database-query", r#"{"queries":5}"#, "conv-1", "2026-03-01T10:00:02Z"),
+        call(
+            "t1",
+            "exec-t",
+            "openai/gpt-4o-mini",
+            r#"{"input_tokens":1000000}"#,
+            "conv-1",
+            "2026-03-01T10:00:00.250Z",
+        ),
+        call(
+            "t2",
+            "exec-t",
+            "tavily/web-search",
+            r#"{"requests":2}"#,
+            "conv-1",
+            "2026-03-01T10:00:01Z",
+        ),
+        call(
+            "t3",
+            "exec-t",
+            "platform/database-query",
+            r#"{"queries":5}"#,
+            "conv-1",
+            "2026-03-01T10:00:02Z",
+        ),
     ];
     for e in &events {
         loader.send(&topic, "exec-t", e.as_bytes()).unwrap();
@@ -99,16 +118,25 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
     assert_eq!(open["source"], "live");
     assert_eq!(d(&open["subtotal"]), "0.176".parse().unwrap());
     assert_eq!(d(&open["total"]), "0.2112".parse().unwrap());
-    assert_eq!(open["calls"][0]["occurred_at"], "2026-03-01T10:00:00.250Z", "{open:#}");
+    assert_eq!(
+        open["calls"][0]["occurred_at"], "2026-03-01T10:00:00.250Z",
+        "{open:#}"
+    );
     assert_adds_up(&open);
 
-    loader.send(&topic, "exec-t", finish("exec-t").as_bytes()).unwrap();
+    loader
+        .send(&topic, "exec-t", finish("exec-t").as_bytes())
+        .unwrap();
     loader.flush().unwrap();
     env.wait_for("the closed trace", Duration::from_secs(60), || {
         get_json(&addr, path).1["status"] == "closed"
     });
     let (_, closed) = get_json(&addr, path);
-    assert_eq!(env.ch("SELECT count() FROM {db}.debits").trim(), "0", "no sink: not in clickhouse");
+    assert_eq!(
+        env.ch("SELECT count() FROM {db}.debits").trim(),
+        "0",
+        "no sink: not in clickhouse"
+    );
     assert_eq!(closed["source"], "committed");
     assert_eq!(closed["debits"].as_array().unwrap().len(), 1);
     assert_eq!(d(&closed["billed"]), d(&closed["total"]));
@@ -121,11 +149,19 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
         .collect();
     assert_eq!(running, ["0.15", "0.166", "0.176"]);
     assert_eq!(closed["calls"][1]["kind"], "tool_call");
-    assert_eq!(closed["calls"][0]["occurred_at"], "2026-03-01T10:00:00.250Z");
+    assert_eq!(
+        closed["calls"][0]["occurred_at"],
+        "2026-03-01T10:00:00.250Z"
+    );
     assert_adds_up(&closed);
 
     // A sink starts: the same trace, now from ClickHouse.
-    env.spawn_with("sink", "sink.log", &format!("127.0.0.1:{}", free_port()), &[]);
+    env.spawn_with(
+        "sink",
+        "sink.log",
+        &format!("127.0.0.1:{}", free_port()),
+        &[],
+    );
     env.wait_for("the sink", Duration::from_secs(60), || {
         env.ch("SELECT (SELECT count() FROM {db}.debits) + (SELECT count() FROM {db}.usage_transactions)").trim() == "4"
     });
@@ -134,7 +170,11 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
         v.as_object_mut().unwrap().remove("source");
         v
     };
-    assert_eq!(strip(from_ch), strip(closed.clone()), "the same trace from clickhouse");
+    assert_eq!(
+        strip(from_ch),
+        strip(closed.clone()),
+        "the same trace from clickhouse"
+    );
 
     // Listing, usage, conversation.
     let (status, list) = get_json(&addr, "/v1/accounts/acct-t/executions?limit=10");
@@ -142,13 +182,26 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
     assert_eq!(list["executions"][0]["execution_id"], "exec-t");
     assert_eq!(list["executions"][0]["status"], "closed");
     assert_eq!(list["executions"][0]["total"], closed["total"]);
-    let (status, usage) = get_json(&addr, "/v1/accounts/acct-t/usage?group_by=component&from=2026-03-01&to=2026-03-01");
+    let (status, usage) = get_json(
+        &addr,
+        "/v1/accounts/acct-t/usage?group_by=component&from=2026-03-01&to=2026-03-01",
+    );
     assert_eq!(status, 200, "{usage}");
-    let groups: Decimal = usage["groups"].as_array().unwrap().iter().map(|g| d(&g["amount"])).sum();
+    let groups: Decimal = usage["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| d(&g["amount"]))
+        .sum();
     assert_eq!(groups + d(&usage["markup"]), d(&usage["total"]));
     assert_eq!(d(&usage["total"]), d(&closed["total"]));
     let (_, by_asset) = get_json(&addr, "/v1/accounts/acct-t/usage");
-    let gpt = by_asset["groups"].as_array().unwrap().iter().find(|g| g["key"] == "openai/gpt-4o-mini").unwrap();
+    let gpt = by_asset["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["key"] == "openai/gpt-4o-mini")
+        .unwrap();
     assert_eq!(gpt["quantities"]["input_tokens"], "1000000");
     let (status, conv) = get_json(&addr, "/v1/accounts/acct-t/conversations/conv-1");
     assert_eq!(status, 200, "{conv}");
@@ -163,10 +216,17 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
         ("/v1/accounts/acct-t/usage?group_by=week", "group_by"),
         ("/v1/accounts/acct-t/transactions?from=2026-13-01", "from"),
         ("/v1/executions/exec-t?account=acct-t", "account"),
-        ("/v1/executions/exec-t/events?account_id=acct-t&last_event_id=x", "last_event_id"),
+        (
+            "/v1/executions/exec-t/events?account_id=acct-t&last_event_id=x",
+            "last_event_id",
+        ),
     ] {
         let (status, e) = get_json(&addr, path);
-        assert_eq!((status, &e["parameter"]), (400, &Value::from(param)), "{path}: {e}");
+        assert_eq!(
+            (status, &e["parameter"]),
+            (400, &Value::from(param)),
+            "{path}: {e}"
+        );
         assert!(e["error"].as_str().unwrap().contains(param), "{path}: {e}");
     }
     let (status, e) = get_json(&addr, "/v1/executions/nope?account_id=acct-t");
@@ -179,7 +239,10 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
 type Rated = BTreeMap<(String, String), (Vec<Value>, Vec<Value>)>;
 
 fn rate_lines(env: &TestEnv, events: &[Vec<u8>]) -> (Rated, u64) {
-    let input: Vec<u8> = events.iter().flat_map(|e| e.iter().copied().chain([b'\n'])).collect();
+    let input: Vec<u8> = events
+        .iter()
+        .flat_map(|e| e.iter().copied().chain([b'\n']))
+        .collect();
     let mut out = Vec::new();
     let summary = usage_aggregator::offline::rate(
         env.cfg.rollup_config(),
@@ -202,7 +265,10 @@ fn rate_lines(env: &TestEnv, events: &[Vec<u8>]) -> (Rated, u64) {
             continue;
         };
         let e = rated
-            .entry((x["account_id"].as_str().unwrap().to_string(), exec.to_string()))
+            .entry((
+                x["account_id"].as_str().unwrap().to_string(),
+                exec.to_string(),
+            ))
             .or_default();
         if is_line { e.0.push(x) } else { e.1.push(x) }
     }
@@ -239,7 +305,10 @@ fn assert_trace_equals_rate(t: &Value, lines: &[Value], debits: &[Value], open: 
     assert_eq!(d(&t["total"]), total, "{t}");
     assert_eq!(d(&t["billed"]), if open { Decimal::ZERO } else { total });
     assert_eq!(t["status"], if open { "open" } else { "closed" });
-    assert_eq!(t["debits"].as_array().unwrap().len(), if open { 0 } else { debits.len() });
+    assert_eq!(
+        t["debits"].as_array().unwrap().len(),
+        if open { 0 } else { debits.len() }
+    );
     assert_adds_up(t);
 }
 
@@ -254,7 +323,8 @@ fn traces(addr: &str, keys: &[(String, String)]) -> Vec<Value> {
                     chunk
                         .iter()
                         .map(|(a, e)| {
-                            let (status, v) = get_json(addr, &format!("/v1/executions/{e}?account_id={a}"));
+                            let (status, v) =
+                                get_json(addr, &format!("/v1/executions/{e}?account_id={a}"));
                             assert_eq!(status, 200, "{a}/{e}: {v}");
                             v
                         })
@@ -262,7 +332,10 @@ fn traces(addr: &str, keys: &[(String, String)]) -> Vec<Value> {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     })
 }
 
@@ -288,7 +361,11 @@ fn every_trace_of_a_50k_event_workload_equals_rate_lines_closed_and_open() {
         .filter(|g| g.finish_of.is_none())
         .collect();
     let all: Vec<_> = closed.iter().chain(&open).collect();
-    eprintln!("{} events ({} of never-finished executions)", all.len(), open.len());
+    eprintln!(
+        "{} events ({} of never-finished executions)",
+        all.len(),
+        open.len()
+    );
     assert!(all.len() >= 50_000, "{}", all.len());
     let loader = env.loader();
     let topic = env.cfg.topics.usage_events.clone();
@@ -296,18 +373,24 @@ fn every_trace_of_a_50k_event_workload_equals_rate_lines_closed_and_open() {
         loader.send(&topic, &g.key, &g.payload).unwrap();
     }
     loader.flush().unwrap();
-    let (rated_closed, want_debits) =
-        rate_lines(&env, &closed.iter().map(|g| g.payload.clone()).collect::<Vec<_>>());
-    let (rated_all, _) =
-        rate_lines(&env, &all.iter().map(|g| g.payload.clone()).collect::<Vec<_>>());
+    let (rated_closed, want_debits) = rate_lines(
+        &env,
+        &closed.iter().map(|g| g.payload.clone()).collect::<Vec<_>>(),
+    );
+    let (rated_all, _) = rate_lines(
+        &env,
+        &all.iter().map(|g| g.payload.clone()).collect::<Vec<_>>(),
+    );
     let open_keys: Vec<(String, String)> = rated_all
         .keys()
         .filter(|k| !rated_closed.contains_key(*k))
         .cloned()
         .collect();
-    env.wait_for("every closed execution's debits", Duration::from_secs(180), || {
-        env.debits_by_id().0.len() as u64 == want_debits
-    });
+    env.wait_for(
+        "every closed execution's debits",
+        Duration::from_secs(180),
+        || env.debits_by_id().0.len() as u64 == want_debits,
+    );
     let started = Instant::now();
     let keys: Vec<(String, String)> = rated_closed.keys().cloned().collect();
     for (t, k) in traces(&env.cfg.http.listen, &keys).iter().zip(&keys) {
@@ -315,7 +398,10 @@ fn every_trace_of_a_50k_event_workload_equals_rate_lines_closed_and_open() {
         assert_trace_equals_rate(t, lines, debits, false);
     }
     eprintln!("{} closed traces in {:?}", keys.len(), started.elapsed());
-    for (t, k) in traces(&env.cfg.http.listen, &open_keys).iter().zip(&open_keys) {
+    for (t, k) in traces(&env.cfg.http.listen, &open_keys)
+        .iter()
+        .zip(&open_keys)
+    {
         let (lines, debits) = &rated_all[k];
         assert_eq!(t["source"], "live", "{t}");
         assert_trace_equals_rate(t, lines, debits, true);

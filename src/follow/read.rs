@@ -31,8 +31,9 @@ pub fn read_range(
         return Ok(out);
     }
     let topic = t.name(cfg);
-    let consumer: BaseConsumer<ReaderContext> =
-        reader_config(cfg).create_with_context(ReaderContext).map_err(k)?;
+    let consumer: BaseConsumer<ReaderContext> = reader_config(cfg)
+        .create_with_context(ReaderContext)
+        .map_err(k)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, p, Offset::Offset(from))
         .map_err(k)?;

@@ -98,7 +98,8 @@ struct DebitAgg {
 }
 
 fn secs(t: Option<DateTime<Utc>>, or: i64) -> i64 {
-    t.map_or(or, |t| t.timestamp()).clamp(0, i64::from(u32::MAX))
+    t.map_or(or, |t| t.timestamp())
+        .clamp(0, i64::from(u32::MAX))
 }
 
 /// One page of `account`'s executions; `markup_rate` prices the markup of open ones.
@@ -109,9 +110,12 @@ pub async fn executions(
     markup_rate: Decimal,
 ) -> Result<Page, clickhouse::error::Error> {
     let (from, to) = (secs(q.window.0, 0), secs(q.window.1, i64::from(u32::MAX)));
-    let (c_at, c_id) = q.cursor.as_ref().map_or((i64::from(u32::MAX), String::new()), |c| {
-        (i64::from(c.first_at), c.execution_id.clone())
-    });
+    let (c_at, c_id) = q
+        .cursor
+        .as_ref()
+        .map_or((i64::from(u32::MAX), String::new()), |c| {
+            (i64::from(c.first_at), c.execution_id.clone())
+        });
     let rows: Vec<LineAgg> = ch
         .query(
             "SELECT execution_id, toUInt32(min(occurred_at)) AS first_at, toUInt32(max(occurred_at)) AS last_at, count() AS calls, sum(cost) AS subtotal \

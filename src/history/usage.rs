@@ -125,7 +125,8 @@ struct UnitRow {
 }
 
 fn secs(t: Option<chrono::DateTime<chrono::Utc>>, or: i64) -> i64 {
-    t.map_or(or, |t| t.timestamp()).clamp(0, i64::from(u32::MAX))
+    t.map_or(or, |t| t.timestamp())
+        .clamp(0, i64::from(u32::MAX))
 }
 
 /// `account`'s usage in `window` (by the calls' `occurred_at`), grouped.
@@ -204,8 +205,15 @@ mod tests {
             GroupBy::parse("dimension:end_user").unwrap(),
             GroupBy::Dimension("end_user".into())
         );
-        assert!(GroupBy::parse("dimension:End-User").unwrap_err().contains("End-User"));
+        assert!(
+            GroupBy::parse("dimension:End-User")
+                .unwrap_err()
+                .contains("End-User")
+        );
         assert!(GroupBy::parse("week").unwrap_err().contains("week"));
-        assert_eq!(GroupBy::parse("dimension:project").unwrap().name(), "dimension:project");
+        assert_eq!(
+            GroupBy::parse("dimension:project").unwrap().name(),
+            "dimension:project"
+        );
     }
 }

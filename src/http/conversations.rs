@@ -6,17 +6,19 @@
 //! commits.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::HttpState;
+use super::auth::Caller;
+use super::error::ApiPath;
 use super::params::{ApiError, Params, check_id};
-use super::traces::TracesApi;
+use super::traces;
 use crate::debit::DebitKind;
 use crate::history;
 use crate::money;
@@ -60,12 +62,14 @@ pub struct Conversation {
 }
 
 pub async fn view(
-    State(api): State<Arc<TracesApi>>,
-    Path((account, cid)): Path<(String, String)>,
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath((account, cid)): ApiPath<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let run = async {
-        check_id("account_id", &account)?;
+        let api = traces::api(&s)?;
+        traces::account_for(&caller, &account, "conversations")?;
         check_id("conversation_id", &cid)?;
         Params::parse(raw.as_deref(), &[])?;
         let filter = Filter::Conversation {
@@ -122,7 +126,9 @@ pub async fn view(
             }
         }
         let mut list: Vec<ConversationPart> = parts.into_values().collect();
-        list.sort_by(|a, b| (a.first_event_at, &a.execution_id).cmp(&(b.first_event_at, &b.execution_id)));
+        list.sort_by(|a, b| {
+            (a.first_event_at, &a.execution_id).cmp(&(b.first_event_at, &b.execution_id))
+        });
         let (mut subtotal, mut markup) = (Decimal::ZERO, Decimal::ZERO);
         for p in &mut list {
             // Markup on the calls of executions only, at the rate (exact and linear, so the

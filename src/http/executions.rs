@@ -8,43 +8,51 @@
 //! newest first, with their totals (`crate::history::listing`).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use super::HttpState;
+use super::auth::Caller;
+use super::error::ApiPath;
 use super::params::{ApiError, Params, check_id};
-use super::traces::TracesApi;
+use super::traces::{self, TracesApi};
 use crate::history::{self, Committed, HistoryError};
 use crate::rollup::{OpenExecutionView, TracedCall};
 use crate::trace::stream::Filter;
 use crate::trace::{self, DebitSummary, ExecutionTrace, Omitted, Source, TraceInput};
 
 pub async fn trace(
-    State(api): State<Arc<TracesApi>>,
-    Path(id): Path<String>,
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    match trace_of(&api, &id, raw.as_deref()).await {
+    match trace_of(&s, &caller, &id, raw.as_deref()).await {
         Ok(t) => Json(t).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn trace_of(
-    api: &TracesApi,
+    s: &HttpState,
+    caller: &Caller,
     id: &str,
     raw: Option<&str>,
 ) -> Result<ExecutionTrace, ApiError> {
     check_id("execution_id", id)?;
     let p = Params::parse(raw, &["account_id"])?;
-    let account = match p.string("account_id")? {
-        Some(a) => {
-            check_id("account_id", &a)?;
-            a
-        }
+    let requested = p.string("account_id")?;
+    if let Some(a) = &requested {
+        check_id("account_id", a)?;
+    }
+    let api = traces::api(s)?;
+    // A key reads its own account's executions only: another account's id is the 404 of
+    // an unknown execution.
+    let account = match caller.scope(requested.as_deref(), || not_found(id))? {
+        Some(a) => a,
         None => account_of(api, id).await?,
     };
     let live = api
@@ -59,7 +67,7 @@ async fn trace_of(
     assemble(id, &account, live, committed, api.markup_rate)
 }
 
-/// The account of an execution asked without `account_id` (operators only): the open one on
+/// The account of an execution the operator asked without `account_id`: the open one on
 /// this instance, else the one ClickHouse knows; several accounts answer 409.
 async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
     if let Some(d) = api.engine.get().and_then(|e| e.running_cost(id, None)) {
@@ -67,7 +75,7 @@ async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
     }
     let accounts: Vec<String> = api
         .ch
-        .query("SELECT DISTINCT account_id FROM usage_transactions WHERE execution_id = ? LIMIT 2")
+        .query("SELECT DISTINCT account_id FROM usage_transactions WHERE execution_id = ? LIMIT 100")
         .bind(id)
         .fetch_all()
         .await
@@ -78,11 +86,12 @@ async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
     match accounts.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(not_found(id)),
-        _ => Err(ApiError::new(
+        many => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
-                "execution {} exists in several accounts; ask with ?account_id=",
-                crate::rejection::excerpt(id)
+                "execution {} exists in {} accounts; ask with ?account_id=",
+                crate::rejection::excerpt(id),
+                many.len()
             ),
         )),
     }
@@ -111,9 +120,8 @@ pub fn assemble(
     let (lines, debits, complete) = match &committed {
         Ok(c) => {
             let lines = trace::dedupe_lines(c.lines.iter().map(|(_, l)| l.clone()).collect());
-            let debits = trace::dedupe_debits(
-                c.debits.iter().map(|(_, d)| DebitSummary::of(d)).collect(),
-            );
+            let debits =
+                trace::dedupe_debits(c.debits.iter().map(|(_, d)| DebitSummary::of(d)).collect());
             let complete = c.clickhouse_error.is_none()
                 || (!debits.is_empty()
                     && debits.iter().map(|d| u64::from(d.calls)).sum::<u64>()
@@ -191,21 +199,24 @@ pub fn assemble(
 }
 
 pub async fn list(
-    State(api): State<Arc<TracesApi>>,
-    Path(account): Path<String>,
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let run = async {
-        check_id("account_id", &account)?;
+        let api = traces::api(&s)?;
+        traces::account_for(&caller, &account, "executions")?;
         let p = Params::parse(raw.as_deref(), &["from", "to", "limit", "cursor"])?;
         let q = history::listing::Query {
             window: p.window()?,
             limit: p.number("limit", 1, 1000)?.unwrap_or(50) as u32,
             cursor: match p.string("cursor")? {
                 None => None,
-                Some(c) => Some(history::listing::Cursor::parse(&c).map_err(|e| {
-                    ApiError::parameter("cursor", Some(&c), e)
-                })?),
+                Some(c) => Some(
+                    history::listing::Cursor::parse(&c)
+                        .map_err(|e| ApiError::parameter("cursor", Some(&c), e))?,
+                ),
             },
         };
         history::listing::executions(&api.ch, &account, &q, api.markup_rate)

@@ -1,70 +1,12 @@
-//! Strict query strings and the API's error answers: a raw query string and the names an
-//! endpoint accepts in, typed values or an [`ApiError`] naming the parameter and the value out.
-//! An unknown, repeated or malformed parameter is a 400, never ignored.
-//!
-//! Every error body of the HTTP API is one JSON object: `{"error": "<what is wrong and what to
-//! do>"}`, plus `"parameter"` and `"value"` when a query parameter is at fault
-//! (docs/operations.md, Errors).
+//! Strict query strings: a raw query string and the names an endpoint accepts in, typed
+//! values or an [`ApiError::parameter`] naming the parameter and the value out. An unknown,
+//! repeated or malformed parameter is a 400, never ignored: the body is the API's one error
+//! JSON, `{"error", "parameter", "value"}` (docs/operations.md, Errors).
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde_json::json;
 
-/// An error answer: a status and the documented JSON body.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    /// The query parameter at fault, with the value given (if any).
-    pub parameter: Option<(String, Option<String>)>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-            parameter: None,
-        }
-    }
-
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, message)
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-    }
-
-    /// A 400 naming query parameter `name` and the `value` given.
-    pub fn parameter(name: &str, value: Option<&str>, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            parameter: Some((name.to_string(), value.map(excerpt))),
-        }
-    }
-
-    /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
-        let mut b = json!({ "error": self.message });
-        if let Some((name, value)) = &self.parameter {
-            b["parameter"] = json!(name);
-            if let Some(v) = value {
-                b["value"] = json!(v);
-            }
-        }
-        b
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
-    }
-}
+pub use super::error::ApiError;
+use super::error::excerpt;
 
 /// Checks an id taken from the path or the query (`account_id`, `execution_id`, ...): the
 /// event contract's id rules (non-empty, at most 256 bytes, no control characters), else a
@@ -84,15 +26,6 @@ pub fn check_id(name: &str, value: &str) -> Result<(), ApiError> {
         Some(value),
         format!("{name} {why}"),
     ))
-}
-
-/// At most 100 characters of a value given by a client, for an error message.
-fn excerpt(s: &str) -> String {
-    let mut out: String = s.chars().take(100).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
 }
 
 /// A parsed query string whose every name the endpoint accepts, each at most once.
@@ -219,6 +152,8 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
+    use serde_json::json;
 
     #[test]
     fn unknown_repeated_and_malformed_parameters_are_named() {

@@ -16,60 +16,72 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::HttpState;
+use super::auth::Caller;
+use super::error::ApiPath;
 use super::params::{ApiError, Params, check_id};
-use super::traces::TracesApi;
+use super::traces::{self, TracesApi};
 use crate::debit::{Debit, PricedLine};
 use crate::follow::{OutputTopic, Subscription};
 use crate::history::{self, Committed};
 use crate::trace::stream::{Filter, StreamCursor, StreamEvent, StreamState};
 
 pub async fn execution_events(
-    State(api): State<Arc<TracesApi>>,
-    Path(id): Path<String>,
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let start = async {
+        let api = traces::api(&s)?;
         check_id("execution_id", &id)?;
         let p = Params::parse(raw.as_deref(), &["account_id", "follow", "last_event_id"])?;
-        let account = match p.string("account_id")? {
-            Some(a) => {
-                check_id("account_id", &a)?;
-                a
-            }
-            None => {
-                return Err(ApiError::parameter(
-                    "account_id",
-                    None,
-                    "account_id is required: execution ids are scoped by account",
-                ));
-            }
+        let requested = p.string("account_id")?;
+        if let Some(a) = &requested {
+            check_id("account_id", a)?;
+        }
+        // A key streams its own account's executions only (default: its account).
+        let not_found = || {
+            ApiError::not_found(format!(
+                "execution {} has no priced call and no debit in this account (yet)",
+                crate::rejection::excerpt(&id)
+            ))
+        };
+        let Some(account) = caller.scope(requested.as_deref(), not_found)? else {
+            return Err(ApiError::parameter(
+                "account_id",
+                None,
+                "account_id is required: execution ids are scoped by account",
+            ));
         };
         let filter = Filter::Execution {
             account_id: account,
             execution_id: id.clone(),
         };
         let follow = p.flag("follow")?;
-        open(&api, filter, follow, resume_from(&p, &headers)?).await
+        open(api, filter, follow, resume_from(&p, &headers)?).await
     };
     start.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn conversation_events(
-    State(api): State<Arc<TracesApi>>,
-    Path((account, conversation)): Path<(String, String)>,
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath((account, conversation)): ApiPath<(String, String)>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let start = async {
-        check_id("account_id", &account)?;
+        let api = traces::api(&s)?;
+        traces::account_for(&caller, &account, "conversations")?;
         check_id("conversation_id", &conversation)?;
         let p = Params::parse(raw.as_deref(), &["last_event_id"])?;
         let filter = Filter::Conversation {
@@ -77,7 +89,7 @@ pub async fn conversation_events(
             key: api.cfg.conversation_dimension.clone(),
             value: conversation,
         };
-        open(&api, filter, true, resume_from(&p, &headers)?).await
+        open(api, filter, true, resume_from(&p, &headers)?).await
     };
     start.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -86,7 +98,10 @@ pub async fn conversation_events(
 /// it reconnects), else the `last_event_id` query parameter.
 fn resume_from(p: &Params, headers: &HeaderMap) -> Result<Option<StreamCursor>, ApiError> {
     let (name, value) = match headers.get("last-event-id") {
-        Some(v) => ("Last-Event-ID", v.to_str().unwrap_or("\u{fffd}").to_string()),
+        Some(v) => (
+            "Last-Event-ID",
+            v.to_str().unwrap_or("\u{fffd}").to_string(),
+        ),
         None => match p.get("last_event_id") {
             Some(v) => ("last_event_id", v.to_string()),
             None => return Ok(None),
@@ -209,7 +224,10 @@ async fn run(
     loop {
         if ended(&state) {
             let _ = tx
-                .send(named("end", json!({"reason": "billed", "running": state.running()})))
+                .send(named(
+                    "end",
+                    json!({"reason": "billed", "running": state.running()}),
+                ))
                 .await;
             return;
         }

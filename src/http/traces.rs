@@ -10,7 +10,8 @@
 //!   ([`super::conversations`], [`super::stream`])
 //!
 //! Shapes: docs/operations.md (HTTP API); amounts are decimal strings in credits; errors are
-//! `{"error": ..., "parameter"?: ..., "value"?: ...}` ([`super::params`]).
+//! `{"error": ..., "parameter"?: ..., "value"?: ...}` ([`super::params`]). Scoped by the
+//! caller ([`account_for`]): an account key sees its own account only, another's ids are 404.
 
 use std::sync::{Arc, OnceLock};
 
@@ -18,6 +19,9 @@ use axum::Router;
 use axum::routing::get;
 use rust_decimal::Decimal;
 
+use super::HttpState;
+use super::auth::Caller;
+use super::params::{ApiError, check_id};
 use crate::config::{Config, TracesConfig};
 use crate::follow::Follower;
 use crate::pipeline::EngineHandle;
@@ -50,7 +54,9 @@ impl TracesApi {
     }
 }
 
-pub fn router(api: Arc<TracesApi>) -> Router {
+/// The routes of the trace, stream, listing, usage and conversation endpoints (inside the
+/// auth layer).
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route(
             "/v1/executions/{execution_id}",
@@ -73,5 +79,23 @@ pub fn router(api: Arc<TracesApi>) -> Router {
             "/v1/accounts/{account_id}/conversations/{conversation_id}/events",
             get(super::stream::conversation_events),
         )
-        .with_state(api)
+}
+
+/// These endpoints' state, or 503 when this process does not serve them.
+pub fn api(s: &HttpState) -> Result<&Arc<TracesApi>, ApiError> {
+    s.traces
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this instance does not serve traces"))
+}
+
+/// Checks an account id from the path and the caller's right to it: another account's is
+/// the same 404 as an account without any call (`what` says what was looked for).
+pub fn account_for(caller: &Caller, account: &str, what: &str) -> Result<(), ApiError> {
+    caller.may_see(account, || {
+        ApiError::not_found(format!(
+            "{what} of account {}: none (yet)",
+            crate::rejection::excerpt(account)
+        ))
+    })?;
+    check_id("account_id", account)
 }

@@ -81,8 +81,14 @@ mod tests {
         assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926);
         assert_eq!(murmur2(b"21") as i32, -973_932_308);
         assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
-        assert_eq!(Partitioner::Crc32.partition(b"123456789", 4), (0xcbf4_3926u32 % 4) as i32);
+        assert_eq!(
+            Partitioner::Crc32.partition(b"123456789", 4),
+            (0xcbf4_3926u32 % 4) as i32
+        );
         assert!(Partitioner::from_property(Some("random")).is_err());
-        assert_eq!(Partitioner::from_property(None).unwrap(), Partitioner::Crc32);
+        assert_eq!(
+            Partitioner::from_property(None).unwrap(),
+            Partitioner::Crc32
+        );
     }
 }

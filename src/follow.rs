@@ -438,6 +438,7 @@ impl Follower {
         let per_partition = (cfg.traces.follow_buffer / n as usize).max(1);
         let mut tpl = TopicPartitionList::new();
         let mut starts = vec![Positions::default(); n as usize];
+        let mut highs = starts.clone();
         for t in OutputTopic::ALL {
             for p in 0..n {
                 let (low, high) = consumer
@@ -445,6 +446,7 @@ impl Follower {
                     .map_err(k)?;
                 let start = low.max(high - per_partition as i64);
                 starts[p as usize].set(t, start);
+                highs[p as usize].set(t, high);
                 tpl.add_partition_offset(t.name(cfg), p, Offset::Offset(start))
                     .map_err(k)?;
             }
@@ -465,10 +467,13 @@ impl Follower {
                     .collect();
             }
             s.failed = None;
-            s.ready = true;
         }
         tracing::info!(partitions = n, per_partition, "following the output topics");
+        let mut ready = false;
         while !self.0.stop.is_cancelled() {
+            if !ready {
+                ready = self.caught_up(&consumer, &highs);
+            }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     let t = if m.topic() == cfg.topics.priced_usage {
@@ -491,6 +496,38 @@ impl Follower {
             }
         }
         Ok(())
+    }
+
+    /// Whether the follower has read up to the high watermarks seen at its start; then its
+    /// positions move to the consumer's (past the transactions' control records, which are
+    /// never delivered) and it is ready: before, a position would leave out messages that
+    /// were committed before the request.
+    fn caught_up(&self, consumer: &BaseConsumer, highs: &[Positions]) -> bool {
+        let Ok(tpl) = consumer.position() else {
+            return false;
+        };
+        let mut at = self.lock().positions.clone();
+        for e in tpl.elements() {
+            let t = if e.topic() == self.0.cfg.topics.priced_usage {
+                OutputTopic::Lines
+            } else {
+                OutputTopic::Debits
+            };
+            if let (Offset::Offset(o), Some(pos)) = (e.offset(), at.get_mut(e.partition() as usize))
+            {
+                pos.set(t, pos.get(t).max(o));
+            }
+        }
+        let done = at
+            .iter()
+            .zip(highs)
+            .all(|(a, h)| OutputTopic::ALL.iter().all(|t| a.get(*t) >= h.get(*t)));
+        if done {
+            let mut s = self.lock();
+            s.positions = at;
+            s.ready = true;
+        }
+        done
     }
 
     /// One message: into the tail, then to the subscribers of its key.

@@ -42,6 +42,11 @@ fn finish(exec: &str) -> String {
     )
 }
 
+/// The JSON answer, or `Null` while the instance does not answer yet (for polling).
+fn try_json(addr: &str, path: &str) -> Value {
+    serde_json::from_str(&api_get(addr, path).1).unwrap_or(Value::Null)
+}
+
 fn get_json(addr: &str, path: &str) -> (u16, Value) {
     let (status, body) = api_get(addr, path);
     let v = serde_json::from_str(&body)
@@ -110,7 +115,7 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
     loader.flush().unwrap();
     let path = "/v1/executions/exec-t?account_id=acct-t";
     env.wait_for("the open trace", Duration::from_secs(60), || {
-        get_json(&addr, path).1["calls_priced"] == 3
+        try_json(&addr, path)["calls_priced"] == 3
     });
     let (status, open) = get_json(&addr, path);
     assert_eq!(status, 200, "{open}");
@@ -129,7 +134,7 @@ fn traces_open_closed_and_before_clickhouse_listing_usage_and_errors() {
         .unwrap();
     loader.flush().unwrap();
     env.wait_for("the closed trace", Duration::from_secs(60), || {
-        get_json(&addr, path).1["status"] == "closed"
+        try_json(&addr, path)["status"] == "closed"
     });
     let (_, closed) = get_json(&addr, path);
     assert_eq!(

@@ -7,7 +7,9 @@
 //! - `usage`, `conversations`: `/v1/accounts/{id}/usage`, `/v1/accounts/{id}/conversations/{cid}`
 //!   (these and the three above share `traces`: state and routes);
 //! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, top-ups, redemptions);
-//! - `/v1/whoami`: what the presented credential is (the console signs in with it).
+//! - `/v1/whoami`: what the presented credential is (the console signs in with it);
+//! - `console`: the web console's static files at `/console/` (no credential: they hold no
+//!   data; the console reads everything through `/v1` with the key the person signs in with).
 //!
 //! Every `/v1` route is inside [`auth::require`] (`Authorization: Bearer <operator token or
 //! API key>`); handlers take the [`auth::Caller`] and scope by it. Every error answer, also
@@ -18,6 +20,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod console;
 pub mod conversations;
 pub mod error;
 pub mod executions;
@@ -75,6 +78,7 @@ pub fn router(state: HttpState) -> Router {
     ));
     Router::new()
         .merge(status::routes())
+        .merge(console::router())
         .merge(v1)
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method)

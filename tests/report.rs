@@ -112,7 +112,7 @@ fn report_for_a_billing_period() {
     // longer than the old fixed 28 columns).
     let long = "acct-with-a-rather-long-identifier-0042";
     env.ch(&format!(
-        "INSERT INTO {{db}}.debits VALUES {},{}",
+        "INSERT INTO {{db}}.debits (debit_id, kind, account_id, execution_id, subtotal, markup_rate, markup, total, calls, first_event_at, last_event_at, breakdown_assets, breakdown_costs, src_partition, src_offset, ingested_at) VALUES {},{}",
         debit(
             "d6",
             "agent_execution",

@@ -12,6 +12,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -412,4 +414,270 @@ fn every_trace_of_a_50k_event_workload_equals_rate_lines_closed_and_open() {
         assert_trace_equals_rate(t, lines, debits, true);
     }
     assert!(open_keys.len() >= 50, "{}", open_keys.len());
+}
+
+/// One server-sent event: its name, id and JSON data (comments and keep-alives skipped).
+#[derive(Debug, Clone)]
+struct Sse {
+    event: String,
+    id: Option<String>,
+    data: Value,
+}
+
+/// An event stream read over HTTP/1.0 with the operator token.
+struct SseStream(BufReader<TcpStream>);
+
+impl SseStream {
+    /// Opens `path` on `addr` (with `Last-Event-ID` when given); None unless it answers 200.
+    fn open(addr: &str, path: &str, last_event_id: Option<&str>) -> Option<SseStream> {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR_TOKEN}\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        )
+        .ok()?;
+        let mut r = BufReader::new(s);
+        let mut status = String::new();
+        r.read_line(&mut status).ok()?;
+        if status.split_whitespace().nth(1) != Some("200") {
+            eprintln!("stream {path} on {addr}: {status}");
+            return None;
+        }
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).ok()? == 0 {
+                return None;
+            }
+            if h.trim().is_empty() {
+                return Some(SseStream(r));
+            }
+        }
+    }
+
+    /// The next event; None when the stream ended or broke, or nothing came for `wait`.
+    fn next(&mut self, wait: Duration) -> Option<Sse> {
+        let deadline = Instant::now() + wait;
+        let (mut event, mut id, mut data) = (String::new(), None, String::new());
+        loop {
+            let mut line = String::new();
+            match self.0.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if Instant::now() > deadline {
+                        return None;
+                    }
+                    continue;
+                }
+                Err(_) => return None,
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if !data.is_empty() {
+                    let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                    return Some(Sse { event, id, data });
+                }
+                (event, id, data) = (String::new(), None, String::new());
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+    }
+}
+
+fn sse_call(n: u32, exec: &str) -> String {
+    call(
+        &format!("{exec}-c{n}"),
+        exec,
+        "tavily/web-search",
+        &format!(r#"{{"requests":{n}}}"#),
+        "conv-s",
+        &format!("2026-03-01T10:00:{n:02}Z"),
+    )
+}
+
+#[test]
+fn a_stream_survives_sigkill_of_its_instance_resuming_elsewhere_with_last_event_id() {
+    let mut env = TestEnv::new("traces_sse");
+    env.cfg.rollup.execution_idle_timeout = Duration::from_secs(3600);
+    env.write_config();
+    env.setup();
+    // Two instances in one consumer group: each rates some partitions and serves any stream.
+    let serving = env.spawn("all", "serving.log");
+    let first = env.cfg.http.listen.clone();
+    let other = format!("127.0.0.1:{}", free_port());
+    env.spawn_with("all", "other.log", &other, &[]);
+    for addr in [&first, &other] {
+        env.wait_for("the instance", Duration::from_secs(60), || {
+            api_get(addr, "/v1/whoami").0 == 200
+        });
+    }
+    let exec = "exec-s";
+    let path = format!("/v1/executions/{exec}/events?account_id=acct-t");
+    let loader = env.loader();
+    let topic = env.cfg.topics.usage_events.clone();
+    let send = |events: &[String]| {
+        for e in events {
+            loader.send(&topic, exec, e.as_bytes()).unwrap();
+        }
+        loader.flush().unwrap();
+    };
+
+    // Session 1 on the first instance: calls 1-5 arrive live.
+    let mut s1 = None;
+    env.wait_for(
+        "the stream on the first instance",
+        Duration::from_secs(30),
+        || {
+            s1 = SseStream::open(&first, &path, None);
+            s1.is_some()
+        },
+    );
+    let mut s1 = s1.unwrap();
+    let opened = s1.next(Duration::from_secs(30)).expect("the open event");
+    assert_eq!(opened.event, "open", "{opened:?}");
+    send(&(1..=5).map(|n| sse_call(n, exec)).collect::<Vec<_>>());
+    let mut seen: Vec<Sse> = Vec::new();
+    while seen.len() < 5 {
+        let e = s1
+            .next(Duration::from_secs(60))
+            .expect("calls 1-5 on the first instance");
+        assert_eq!(e.event, "call", "{e:?}");
+        seen.push(e);
+    }
+    let last_id = seen.last().unwrap().id.clone().unwrap();
+
+    // The serving instance dies mid-execution (it may also be the one rating it).
+    env.kill9(serving);
+    assert!(
+        s1.next(Duration::from_secs(10)).is_none(),
+        "the stream broke"
+    );
+    send(
+        &(6..=10)
+            .map(|n| sse_call(n, exec))
+            .chain([finish(exec)])
+            .collect::<Vec<_>>(),
+    );
+
+    // Session 2 on the other instance, resumed after the last event seen.
+    let mut s2 =
+        SseStream::open(&other, &path, Some(&last_id)).expect("the stream on the other instance");
+    let opened = s2.next(Duration::from_secs(30)).expect("the open event");
+    assert_eq!(opened.event, "open", "{opened:?}");
+    assert_eq!(opened.data["position"], last_id.as_str(), "{opened:?}");
+    let ended = loop {
+        let e = s2
+            .next(Duration::from_secs(120))
+            .expect("calls 6-10, the debit and the end (the other instance takes over rating)");
+        match e.event.as_str() {
+            "end" => break e,
+            "call" | "debit" => seen.push(e),
+            other => panic!("unexpected {other}: {e:?}"),
+        }
+    };
+
+    // Every call once, in order, then the debit once; running totals without a gap.
+    let calls: Vec<&Sse> = seen.iter().filter(|e| e.event == "call").collect();
+    let ids: Vec<&str> = calls
+        .iter()
+        .map(|e| e.data["call"]["event_id"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (1..=10).map(|n| format!("{exec}-c{n}")).collect();
+    assert_eq!(ids, want, "every call exactly once, in order");
+    for (i, c) in calls.iter().enumerate() {
+        assert_eq!(c.data["running"]["calls"], i as u64 + 1, "{c:?}");
+    }
+    let debits: Vec<&Sse> = seen.iter().filter(|e| e.event == "debit").collect();
+    assert_eq!(debits.len(), 1, "the debit exactly once: {debits:?}");
+    assert_eq!(
+        seen.last().unwrap().event,
+        "debit",
+        "the debit after its calls"
+    );
+    // 55 requests at 0.008 = 0.44, markup 0.088.
+    let debit = &debits[0].data;
+    assert_eq!(
+        d(&debit["debit"]["subtotal"]),
+        "0.44".parse().unwrap(),
+        "{debit}"
+    );
+    assert_eq!(
+        d(&debit["debit"]["total"]),
+        "0.528".parse().unwrap(),
+        "{debit}"
+    );
+    assert_eq!(d(&debit["running"]["billed"]), d(&debit["debit"]["total"]));
+    assert_eq!(d(&debit["running"]["total"]), d(&debit["debit"]["total"]));
+    assert_eq!(
+        d(&ended.data["running"]["billed"]),
+        "0.528".parse().unwrap()
+    );
+    let event_ids: Vec<&str> = seen.iter().map(|e| e.id.as_deref().unwrap()).collect();
+    let unique: std::collections::HashSet<&&str> = event_ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        event_ids.len(),
+        "event ids are unique: {event_ids:?}"
+    );
+
+    // The same stream from the start, on the surviving instance: the same events and ids.
+    let mut full = SseStream::open(&other, &path, None).unwrap();
+    let mut replay = Vec::new();
+    loop {
+        let e = full.next(Duration::from_secs(60)).expect("the replay");
+        match e.event.as_str() {
+            "end" => break,
+            "call" | "debit" => replay.push(e),
+            _ => {}
+        }
+    }
+    let shape = |v: &[Sse]| -> Vec<(String, Option<String>, Value)> {
+        v.iter()
+            .map(|e| (e.event.clone(), e.id.clone(), e.data.clone()))
+            .collect()
+    };
+    assert_eq!(
+        shape(&replay),
+        shape(&seen),
+        "a resumed stream equals an uninterrupted one"
+    );
+
+    // The conversation's stream and view: the ten calls and the debit, the same total.
+    let conv = "/v1/accounts/acct-t/conversations/conv-s";
+    let mut cs = SseStream::open(&other, &format!("{conv}/events"), None).unwrap();
+    let (mut conv_calls, mut conv_debits) = (0, 0);
+    while conv_calls < 10 || conv_debits < 1 {
+        let e = cs
+            .next(Duration::from_secs(30))
+            .expect("the conversation's events");
+        match e.event.as_str() {
+            "call" => conv_calls += 1,
+            "debit" => {
+                conv_debits += 1;
+                assert_eq!(
+                    d(&e.data["running"]["billed"]),
+                    "0.528".parse().unwrap(),
+                    "{e:?}"
+                );
+            }
+            _ => {}
+        }
+    }
+    let (status, v) = get_json(&other, conv);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(d(&v["total"]), "0.528".parse().unwrap(), "{v}");
 }

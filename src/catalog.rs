@@ -4,6 +4,7 @@
 
 pub mod aliases;
 pub mod litellm;
+pub mod tiers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,6 +98,10 @@ pub struct PriceVersion {
     /// Regex patterns (regex crate syntax) matched against the whole name sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alias_patterns: Vec<String>,
+    /// Tiered prices: the first tier whose conditions hold prices every unit of a call;
+    /// none matching, `prices` do (the `default` tier). See [`tiers`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<tiers::Tier>,
 }
 
 impl PriceVersion {
@@ -171,20 +176,15 @@ impl PriceVersion {
             }
         }
         for (unit, p) in &self.prices {
-            if p.per == 0 {
-                bad(&format!("prices.{unit}.per"), "must be at least 1".into());
+            for (f, why) in price_problems(&format!("prices.{unit}"), p) {
+                bad(&f, why);
             }
-            if p.credits.is_sign_negative() {
-                bad(
-                    &format!("prices.{unit}.credits"),
-                    format!("must not be negative, got {}", p.credits),
-                );
-            }
-            if p.credits.normalize().scale() > LINE_COST_SCALE {
-                bad(
-                    &format!("prices.{unit}.credits"),
-                    format!("has more than 12 decimals: {}", p.credits),
-                );
+        }
+        if self.asset_type == AssetType::Integration && !self.tiers.is_empty() {
+            bad("tiers", "integrations have no prices to tier".into());
+        } else {
+            for (f, why) in tiers::problems(&self.prices, &self.tiers) {
+                bad(&f, why);
             }
         }
         out
@@ -204,6 +204,27 @@ impl PriceVersion {
             })
             .collect()
     }
+}
+
+/// The rules of one unit price at `field` (`prices.input_tokens`), as (field, why).
+pub(crate) fn price_problems(field: &str, p: &UnitPrice) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if p.per == 0 {
+        out.push((format!("{field}.per"), "must be at least 1".into()));
+    }
+    if p.credits.is_sign_negative() {
+        out.push((
+            format!("{field}.credits"),
+            format!("must not be negative, got {}", p.credits),
+        ));
+    }
+    if p.credits.normalize().scale() > LINE_COST_SCALE {
+        out.push((
+            format!("{field}.credits"),
+            format!("has more than 12 decimals: {}", p.credits),
+        ));
+    }
+    out
 }
 
 /// Errors reading or building a catalog.
@@ -243,6 +264,9 @@ pub enum LookupError {
     BeforeFirstVersion(DateTime<Utc>),
 }
 
+/// A price list prepared for lookups: (unit, price), few units each.
+pub type UnitPrices = SmallVec<[(String, UnitPrice); 2]>;
+
 /// A version prepared for pricing: units in a small vector, label precomputed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedVersion {
@@ -251,7 +275,9 @@ pub struct PreparedVersion {
     pub vendor: Arc<str>,
     pub effective_from: DateTime<Utc>,
     pub label: Arc<str>,
-    pub prices: SmallVec<[(String, UnitPrice); 2]>,
+    pub prices: UnitPrices,
+    /// Tiers in declared order: (name, prices); their conditions are in `spec.tiers`.
+    pub tiers: Vec<(Arc<str>, UnitPrices)>,
     pub spec: PriceVersion,
 }
 
@@ -268,7 +294,31 @@ impl PreparedVersion {
                 .iter()
                 .map(|(u, p)| (u.clone(), p.clone()))
                 .collect(),
+            tiers: spec
+                .tiers
+                .iter()
+                .map(|t| {
+                    let prices = t.prices.iter().map(|(u, p)| (u.clone(), p.clone()));
+                    (t.name.as_str().into(), prices.collect())
+                })
+                .collect(),
             spec,
+        }
+    }
+
+    /// The prices that apply to a call with these quantities, and the tier's name: the
+    /// first tier (declared order) whose conditions hold, else the default prices (named
+    /// `default` when the version has tiers; no name when it has none).
+    pub fn tier_for(
+        &self,
+        quantities: &[(String, rust_decimal::Decimal)],
+    ) -> (Option<&str>, &[(String, UnitPrice)]) {
+        if self.tiers.is_empty() {
+            return (None, &self.prices);
+        }
+        match tiers::select(&self.spec.tiers, quantities) {
+            Some(i) => (Some(&self.tiers[i].0), &self.tiers[i].1),
+            None => (Some(tiers::DEFAULT_TIER), &self.prices),
         }
     }
 

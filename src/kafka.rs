@@ -278,6 +278,7 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
             1,
             vec![("cleanup.policy", "compact")],
         ),
+        (t.plans.clone(), 1, vec![("cleanup.policy", "compact")]),
         (
             t.debits.clone(),
             o,

@@ -19,11 +19,12 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{AssetType, Catalog};
+use crate::catalog::AssetType;
 use crate::debit::{self, Debit, DebitKind, PricedLine};
 use crate::event::{self, EventKind, Origin, UsageEvent, id_hash};
 use crate::money;
-use crate::rating::{check_whole_units, price_call};
+use crate::plans::PlanBook;
+use crate::rating::{Pricing, check_whole_units, price_call};
 use crate::rejection::{RejectReason, Rejection, excerpt};
 use dedupe::{DedupeWindow, HashKeyed, Seen};
 use outputs::{dedupe_key, exec_key, execution_debit, single_line_debit, split_key};
@@ -184,29 +185,30 @@ impl PartitionRollup {
 
     /// Processes the event at `offset` written by a producer (no close markers accepted).
     /// `now_ms` is wall time, used only for idle markers.
-    pub fn process(
+    pub fn process<'a>(
         &mut self,
         offset: i64,
         payload: &[u8],
-        catalog: &Catalog,
+        pricing: impl Into<Pricing<'a>>,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
-        self.process_from(Origin::Producer, offset, payload, catalog, now_ms, out)
+        self.process_from(Origin::Producer, offset, payload, pricing, now_ms, out)
     }
 
     /// Processes the event at `offset`; `origin` says whether the pipeline authenticated it
     /// as the aggregator's own close marker ([`Origin::Aggregator`]). Only accepted events
     /// enter the duplicate memory: a rejected event can be billed when re-sent.
-    pub fn process_from(
+    pub fn process_from<'a>(
         &mut self,
         origin: Origin,
         offset: i64,
         payload: &[u8],
-        catalog: &Catalog,
+        pricing: impl Into<Pricing<'a>>,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
+        let pricing = pricing.into();
         self.next_offset = offset + 1;
         self.evict_closed(offset);
         let ev = match event::decode_from(payload, self.cfg.max_event_bytes, origin) {
@@ -215,7 +217,7 @@ impl PartitionRollup {
         };
         if ev.kind == EventKind::ExecutionTimeout {
             // A marker is idempotent by itself (a stale one is ignored): no duplicate memory.
-            return self.timeout(&ev, out);
+            return self.timeout(&ev, pricing.plans, out);
         }
         let key = dedupe_key(&ev);
         let content = ev.content_hash();
@@ -239,11 +241,13 @@ impl PartitionRollup {
             }
         }
         let outcome = match ev.kind {
-            EventKind::ModelCall | EventKind::ToolCall => match check_whole_units(&ev, catalog) {
-                Ok(()) => self.call(offset, &ev, catalog, now_ms, out),
-                Err(r) => self.rejected(r, out),
-            },
-            _ => self.finish(offset, &ev, now_ms, out),
+            EventKind::ModelCall | EventKind::ToolCall => {
+                match check_whole_units(&ev, pricing.catalog) {
+                    Ok(()) => self.call(offset, &ev, pricing, now_ms, out),
+                    Err(r) => self.rejected(r, out),
+                }
+            }
+            _ => self.finish(offset, &ev, pricing.plans, now_ms, out),
         };
         if matches!(outcome, Outcome::Rejected(_)) {
             self.dedupe.refuse(offset);
@@ -263,12 +267,12 @@ impl PartitionRollup {
         &mut self,
         offset: i64,
         ev: &UsageEvent,
-        catalog: &Catalog,
+        pricing: Pricing<'_>,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
         let Some(exec_id) = ev.execution_id.as_deref() else {
-            return match price_call(ev, catalog, self.partition, offset) {
+            return match price_call(ev, pricing, self.partition, offset) {
                 Ok(line) => {
                     let asset_type = line.asset_type;
                     let kind = if ev.kind == EventKind::ModelCall {
@@ -287,15 +291,20 @@ impl PartitionRollup {
         };
         let key = exec_key(&ev.account_id, exec_id);
         if !self.open.contains_key(&key) && self.is_closed(&key, &ev.account_id) {
-            return match price_call(ev, catalog, self.partition, offset) {
+            return match price_call(ev, pricing, self.partition, offset) {
                 Ok(line) => {
                     let id = debit::adjustment_debit_id(&ev.account_id, exec_id, &ev.event_id);
+                    // The markup of the plan in force at the late call's own time.
+                    let rate = pricing
+                        .plans
+                        .resolve(&ev.account_id, ev.occurred_at)
+                        .markup_rate(self.cfg.markup_rate);
                     let d = single_line_debit(
                         id,
                         DebitKind::AgentExecutionAdjustment,
                         Some(exec_id),
                         &line,
-                        self.cfg.markup_rate,
+                        rate,
                     );
                     let asset_type = line.asset_type;
                     out.push(Output::Line(line));
@@ -305,9 +314,9 @@ impl PartitionRollup {
                 Err(r) => self.rejected(r, out),
             };
         }
-        let priced = price_call(ev, catalog, self.partition, offset);
+        let priced = price_call(ev, pricing, self.partition, offset);
         if !self.open.contains_key(&key) {
-            self.make_room(out);
+            self.make_room(pricing.plans, out);
             self.open_by_first_offset.insert(offset, key.clone());
             self.open.insert(
                 key.clone(),
@@ -342,7 +351,7 @@ impl PartitionRollup {
                     open.last_event_at = open.last_event_at.max(ev.occurred_at);
                     let acc = open
                         .breakdown
-                        .entry(line.asset_id.clone())
+                        .entry(outputs::breakdown_key(&line.asset_id, &line.price_version))
                         .or_insert_with(|| AssetAcc {
                             asset_type: line.asset_type,
                             calls: 0,
@@ -373,7 +382,7 @@ impl PartitionRollup {
             .get(&key)
             .is_some_and(|o| o.finished && o.expected_calls.is_none_or(|n| o.calls_seen >= n));
         if ready {
-            self.close(&key, offset, out);
+            self.close(&key, offset, pricing.plans, out);
         }
         outcome
     }
@@ -382,6 +391,7 @@ impl PartitionRollup {
         &mut self,
         offset: i64,
         ev: &UsageEvent,
+        plans: &PlanBook,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
@@ -400,12 +410,12 @@ impl PartitionRollup {
         open.last_offset = offset;
         open.last_seen_ms = now_ms;
         if ev.expected_calls.is_none_or(|n| open.calls_seen >= n) {
-            self.close(&key, offset, out);
+            self.close(&key, offset, plans, out);
         }
         Outcome::Finished
     }
 
-    fn timeout(&mut self, ev: &UsageEvent, out: &mut Vec<Output>) -> Outcome {
+    fn timeout(&mut self, ev: &UsageEvent, plans: &PlanBook, out: &mut Vec<Output>) -> Outcome {
         let key = exec_key(
             &ev.account_id,
             ev.execution_id.as_deref().unwrap_or_default(),
@@ -413,7 +423,7 @@ impl PartitionRollup {
         match self.open.get(&key) {
             Some(open) if Some(open.last_offset) == ev.after_offset => {
                 let at = open.last_offset;
-                self.close(&key, at, out);
+                self.close(&key, at, plans, out);
                 Outcome::Marker
             }
             _ => Outcome::Ignored,
@@ -421,14 +431,14 @@ impl PartitionRollup {
     }
 
     /// Closes the oldest open executions while the partition is at its bound.
-    fn make_room(&mut self, out: &mut Vec<Output>) {
+    fn make_room(&mut self, plans: &PlanBook, out: &mut Vec<Output>) {
         while self.open.len() >= self.cfg.max_open_executions.max(1) {
             let Some((&first, id)) = self.open_by_first_offset.iter().next() else {
                 break;
             };
             let id = id.clone();
             let at = self.open.get(&id).map_or(first, |o| o.last_offset);
-            self.close(&id, at, out);
+            self.close(&id, at, plans, out);
         }
     }
 
@@ -439,7 +449,7 @@ impl PartitionRollup {
             .is_some_and(|c| c.account_hash == id_hash(account_id))
     }
 
-    fn close(&mut self, key: &str, offset: i64, out: &mut Vec<Output>) {
+    fn close(&mut self, key: &str, offset: i64, plans: &PlanBook, out: &mut Vec<Output>) {
         let Some(open) = self.open.remove(key) else {
             return;
         };
@@ -450,9 +460,12 @@ impl PartitionRollup {
         }
         let (_, exec_id) = split_key(key);
         let id = debit::execution_debit_id(&open.account_id, exec_id, &open.first_event_id);
+        // The markup of the plan in force at the execution's first call.
+        let plan = plans.resolve(&open.account_id, open.first_event_at);
         out.push(Output::Debit(execution_debit(
             exec_id,
             &open,
+            plan,
             self.cfg.markup_rate,
             id,
         )));
@@ -487,12 +500,13 @@ impl PartitionRollup {
         }
     }
 
-    /// Closes every open execution (end of input in offline rating).
-    pub fn close_all(&mut self, out: &mut Vec<Output>) {
+    /// Closes every open execution (end of input in offline rating), each under the plan
+    /// of its account at its first call.
+    pub fn close_all(&mut self, plans: &PlanBook, out: &mut Vec<Output>) {
         let ids: Vec<String> = self.open_by_first_offset.values().cloned().collect();
         for id in ids {
             let at = self.open[&id].last_offset;
-            self.close(&id, at, out);
+            self.close(&id, at, plans, out);
         }
     }
 
@@ -517,7 +531,12 @@ impl PartitionRollup {
 
     /// The running cost of an open execution, for the real-time API: of `account_id`'s
     /// execution if given, else of the earliest-opened execution with that id.
-    pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
+    pub fn running_cost(
+        &self,
+        execution_id: &str,
+        account_id: Option<&str>,
+        plans: &PlanBook,
+    ) -> Option<Debit> {
         let o = match account_id {
             Some(a) => self.open.get(&exec_key(a, execution_id))?,
             None => self
@@ -529,6 +548,7 @@ impl PartitionRollup {
         Some(execution_debit(
             execution_id,
             o,
+            plans.resolve(&o.account_id, o.first_event_at),
             self.cfg.markup_rate,
             String::new(),
         ))

@@ -7,6 +7,8 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 
 use super::*;
+use crate::catalog::Catalog;
+use crate::plans::NO_PLANS;
 
 const CATALOG: &str = r#"[
   {"asset_id":"llm","asset_type":"model","vendor":"openai","effective_from":"2024-01-01T00:00:00Z",
@@ -374,7 +376,7 @@ fn snapshot_restore_continues_identically() {
     for e in &events {
         whole.feed(e);
     }
-    whole.rollup.close_all(&mut whole.out);
+    whole.rollup.close_all(&NO_PLANS, &mut whole.out);
 
     let mut first = Run::new(cfg.clone());
     for e in &events[..cut()] {
@@ -400,7 +402,7 @@ fn snapshot_restore_continues_identically() {
     for e in &events[cut()..] {
         second.feed(e);
     }
-    second.rollup.close_all(&mut second.out);
+    second.rollup.close_all(&NO_PLANS, &mut second.out);
     let mut combined = first.out.clone();
     combined.extend(second.out);
     assert_eq!(combined, whole.out);
@@ -532,7 +534,7 @@ proptest! {
         for p in &stream {
             r.feed(p);
         }
-        r.rollup.close_all(&mut r.out);
+        r.rollup.close_all(&NO_PLANS, &mut r.out);
         prop_assert!(r.rejections().is_empty(), "{:?}", r.rejections());
         prop_assert_eq!(totals(&r.out), oracle(&calls));
         // Debit ids are unique.
@@ -550,7 +552,7 @@ proptest! {
         let run = || {
             let mut r = Run::new(RollupConfig::default());
             for p in &stream { r.feed(p); }
-            r.rollup.close_all(&mut r.out);
+            r.rollup.close_all(&NO_PLANS, &mut r.out);
             r.out.iter().map(|o| match o {
                 Output::Debit(d) => d.encode(),
                 Output::Line(l) => l.encode(),

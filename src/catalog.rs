@@ -3,6 +3,7 @@
 //! Names sent by producers resolve to a canonical asset through aliases (`catalog/aliases.rs`).
 
 pub mod aliases;
+pub mod correction;
 pub mod litellm;
 pub mod tiers;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::money::LINE_COST_SCALE;
+pub use correction::{CorrectionWindow, VersionCorrection, valid_correction_id};
 
 pub mod check;
 
@@ -102,18 +104,30 @@ pub struct PriceVersion {
     /// none matching, `prices` do (the `default` tier). See [`tiers`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<tiers::Tier>,
+    /// Set on a version published by `catalog publish --correction ID`: it replaces the
+    /// version of the same asset and instant (or adds one in the past) for the window up to
+    /// the asset's next version, and `rerate --correction ID` re-prices that window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<VersionCorrection>,
 }
 
 impl PriceVersion {
-    /// Key on the compacted catalog topic: all versions of an asset are kept.
+    /// Key on the compacted catalog topic: all versions of an asset are kept (a correction
+    /// under its own key, so the version it replaces stays on the topic).
     pub fn topic_key(&self) -> String {
         format!("{}@{}", self.asset_id, self.version_label())
     }
 
-    /// The price version label stored with every priced line.
+    /// The price version label stored with every priced line: the effective instant, and
+    /// `#ID` for a version of correction `ID` (`2026-07-01T00:00:00Z#fix-42`).
     pub fn version_label(&self) -> String {
-        self.effective_from
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        let at = self
+            .effective_from
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        match &self.correction {
+            Some(c) => format!("{at}#{}", c.id),
+            None => at,
+        }
     }
 
     /// Checks the version's own rules; names the field and value on failure (the first
@@ -178,6 +192,20 @@ impl PriceVersion {
         for (unit, p) in &self.prices {
             for (f, why) in price_problems(&format!("prices.{unit}"), p) {
                 bad(&f, why);
+            }
+        }
+        if let Some(c) = &self.correction {
+            if !valid_correction_id(&c.id) {
+                bad(
+                    "correction.id",
+                    format!("must be 1 to 64 bytes of A-Z a-z 0-9 . _ -, got {:?}", c.id),
+                );
+            }
+            if c.reason.trim().is_empty() || c.reason.len() > 1000 {
+                bad(
+                    "correction.reason",
+                    "must say why, in 1 to 1000 bytes".into(),
+                );
             }
         }
         if self.asset_type == AssetType::Integration && !self.tiers.is_empty() {
@@ -385,6 +413,10 @@ impl Catalog {
             Some(list) => {
                 match list.binary_search_by(|v| v.effective_from.cmp(&spec.effective_from)) {
                     Ok(i) if list[i].spec == spec => return Ok(false),
+                    // A correction replaces the version at its instant; an original never
+                    // replaces a correction (whatever order they are read in).
+                    Ok(i) if spec.correction.is_some() => (i, true),
+                    Ok(i) if list[i].spec.correction.is_some() => return Ok(false),
                     Ok(i) if adds_aliases_only(&list[i].spec, &spec) => (i, true),
                     Ok(_) => {
                         return Err(CatalogError::Conflict {

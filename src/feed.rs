@@ -70,11 +70,7 @@ pub struct TopicFeed<T: FeedState> {
 impl<T: FeedState> TopicFeed<T> {
     /// A feed of `topic` (read with its own group id suffix, never committed) and the handle
     /// it keeps current, starting from `T::default()`.
-    pub fn open(
-        cfg: &Config,
-        topic: &str,
-        group_suffix: &str,
-    ) -> anyhow::Result<Opened<T>> {
+    pub fn open(cfg: &Config, topic: &str, group_suffix: &str) -> anyhow::Result<Opened<T>> {
         let mut c = kafka::reader_config(cfg);
         c.set("group.id", format!("{}-{group_suffix}", cfg.kafka.group_id));
         let consumer: kafka::Reader = c.create_with_context(kafka::ReaderContext)?;

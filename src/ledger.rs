@@ -4,52 +4,39 @@
 //! docs/credits.md for the flow and docs/design.md ("Credits ledger") for the guarantee.
 //!
 //! Pure cores: [`grant`] (validation), [`core`] (balances), [`voucher`] (redemption
-//! decisions). Shell: [`stage`] (a generic transactional consume-transform-produce loop),
-//! [`processors`] (the two stages' glue), [`client`] (CLI/HTTP requests and queries),
-//! [`api`] (HTTP routes), [`rows`] (ClickHouse rows).
+//! decisions). Shell: [`processors`] (the two stages' glue on the stage runtime,
+//! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries), [`rows`] (ClickHouse
+//! rows). The HTTP routes are in `crate::http::accounts`.
 
-pub mod api;
 pub mod cli;
 pub mod client;
 pub mod core;
 pub mod grant;
 pub mod processors;
 pub mod rows;
-pub mod stage;
 pub mod voucher;
+
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::TopicPlan;
+use crate::health::Health;
+use crate::metrics::METRICS;
+use crate::stage::{Stage, StageError, StageSpec};
 use core::LedgerRules;
 use grant::GrantRules;
 use processors::{LedgerProcessor, VoucherProcessor};
-use stage::{Stage, StageError, StageSpec};
 
-/// Topics the ledger needs (`setup` creates them). The ledger's inputs, outputs and
-/// changelogs get `output_partitions` partitions, like `debits`: an account's debits and
-/// grants must meet in the same partition number.
-pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
-    let t = &cfg.topics;
-    let o = t.output_partitions;
-    let month = ("retention.ms", "2592000000");
-    let delete = ("cleanup.policy", "delete");
-    let compact = ("cleanup.policy", "compact");
-    vec![
-        (t.credit_grants.clone(), o, vec![delete, month]),
-        (t.balances.clone(), o, vec![delete, month]),
-        (t.credit_alerts.clone(), o, vec![delete, month]),
-        (t.ledger_state.clone(), o, vec![compact]),
-        (t.voucher_requests.clone(), o, vec![delete, month]),
-        (
-            t.voucher_results.clone(),
-            o,
-            vec![delete, ("retention.ms", "604800000")],
-        ),
-        (t.voucher_state.clone(), o, vec![compact]),
-    ]
+/// Creates the ledger's labelled series (one per entry kind), so dashboards see zeros.
+pub fn init_labels() {
+    for k in core::EntryKind::ALL {
+        let m = &METRICS.ledger;
+        m.entries.with_label_values(&[k.as_str()]);
+        m.credits.with_label_values(&[k.as_str()]);
+        m.duplicates.with_label_values(&[k.as_str()]);
+    }
 }
 
 /// Ledger rules from configuration (validated by `Config::validate`).
@@ -79,6 +66,7 @@ fn spec(
     group: &str,
     inputs: Vec<String>,
     changelog: &str,
+    health: Option<Arc<Health>>,
 ) -> StageSpec {
     StageSpec {
         name,
@@ -87,13 +75,20 @@ fn spec(
         changelog: changelog.to_string(),
         commit_interval: cfg.ledger.commit_interval,
         max_batch: cfg.ledger.max_batch,
+        punctuate_every: None,
+        consumer: Vec::new(),
+        health,
     }
 }
 
-/// Runs the ledger stage (blocking) until `stop`.
-pub fn run_ledger(cfg: &Config, stop: &CancellationToken) -> Result<(), StageError> {
+/// Runs the ledger stage (blocking) until `stop`; progress and lag go to `health`.
+pub fn run_ledger(
+    cfg: &Config,
+    health: Option<Arc<Health>>,
+    stop: &CancellationToken,
+) -> Result<(), StageError> {
     let (rules, grant_rules) = rules(cfg);
-    let mut p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules);
+    let p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules);
     let t = &cfg.topics;
     let s = spec(
         cfg,
@@ -101,13 +96,18 @@ pub fn run_ledger(cfg: &Config, stop: &CancellationToken) -> Result<(), StageErr
         &cfg.ledger.group_id,
         vec![t.debits.clone(), t.credit_grants.clone()],
         &t.ledger_state,
+        health,
     );
-    Stage::new(cfg, s, &mut p)?.run(stop)
+    Stage::new(cfg, s, p)?.run(stop)
 }
 
-/// Runs the voucher stage (blocking) until `stop`.
-pub fn run_vouchers(cfg: &Config, stop: &CancellationToken) -> Result<(), StageError> {
-    let mut p = VoucherProcessor::new(cfg.topics.clone());
+/// Runs the voucher stage (blocking) until `stop`; progress and lag go to `health`.
+pub fn run_vouchers(
+    cfg: &Config,
+    health: Option<Arc<Health>>,
+    stop: &CancellationToken,
+) -> Result<(), StageError> {
+    let p = VoucherProcessor::new(cfg.topics.clone());
     let t = &cfg.topics;
     let s = spec(
         cfg,
@@ -115,6 +115,7 @@ pub fn run_vouchers(cfg: &Config, stop: &CancellationToken) -> Result<(), StageE
         &cfg.ledger.voucher_group_id,
         vec![t.voucher_requests.clone()],
         &t.voucher_state,
+        health,
     );
-    Stage::new(cfg, s, &mut p)?.run(stop)
+    Stage::new(cfg, s, p)?.run(stop)
 }

@@ -10,12 +10,13 @@
 //! its Kafka key, so the outcome never depends on which partitions the events land on.
 
 pub mod dedupe;
+mod open;
 mod outputs;
 mod snapshot;
+pub mod trace;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +28,10 @@ use crate::plans::PlanBook;
 use crate::rating::{Pricing, check_whole_units, price_call};
 use crate::rejection::{RejectReason, Rejection, excerpt};
 use dedupe::{DedupeWindow, HashKeyed, Seen};
+use open::{AssetAcc, OpenExecution};
 use outputs::{dedupe_key, exec_key, execution_debit, single_line_debit, split_key};
 pub use snapshot::PartitionSnapshot;
+pub use trace::{OpenExecutionView, TracedCall};
 
 /// Map keyed by execution key ([`exec_key`]) with a fast, non-cryptographic hash (keys come from our own
 /// producers' ids; flooding them only costs the flooder's partition).
@@ -43,6 +46,9 @@ pub struct RollupConfig {
     pub closed_horizon: u64,
     pub closed_capacity: usize,
     pub max_event_bytes: usize,
+    /// Priced calls listed per open execution for its live trace (not an output: changing
+    /// it changes no debit).
+    pub max_trace_calls: usize,
 }
 
 impl Default for RollupConfig {
@@ -54,6 +60,7 @@ impl Default for RollupConfig {
             closed_horizon: 200_000,
             closed_capacity: 100_000,
             max_event_bytes: event::DEFAULT_MAX_EVENT_BYTES,
+            max_trace_calls: trace::DEFAULT_MAX_TRACE_CALLS,
         }
     }
 }
@@ -77,34 +84,6 @@ pub enum Outcome {
     Marker,
     /// A finish or marker that had nothing left to do (stale marker, late finish).
     Ignored,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct AssetAcc {
-    asset_type: AssetType,
-    calls: u32,
-    quantities: BTreeMap<String, Decimal>,
-    cost: Decimal,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct OpenExecution {
-    account_id: String,
-    first_event_id: String,
-    first_offset: i64,
-    last_offset: i64,
-    first_event_at: DateTime<Utc>,
-    last_event_at: DateTime<Utc>,
-    calls_seen: u32,
-    calls_priced: u32,
-    finished: bool,
-    expected_calls: Option<u32>,
-    subtotal: Decimal,
-    breakdown: BTreeMap<String, AssetAcc>,
-    #[serde(skip)]
-    last_seen_ms: u64,
-    #[serde(skip)]
-    marker_sent_after: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,29 +295,16 @@ impl PartitionRollup {
         }
         let priced = price_call(ev, pricing, self.partition, offset);
         if !self.open.contains_key(&key) {
-            self.make_room(pricing.plans, out);
-            self.open_by_first_offset.insert(offset, key.clone());
-            self.open.insert(
-                key.clone(),
-                OpenExecution {
-                    account_id: ev.account_id.clone(),
-                    first_event_id: ev.event_id.clone(),
-                    first_offset: offset,
-                    last_offset: offset,
-                    first_event_at: ev.occurred_at,
-                    last_event_at: ev.occurred_at,
-                    calls_seen: 0,
-                    calls_priced: 0,
-                    finished: false,
-                    expected_calls: None,
-                    subtotal: Decimal::ZERO,
-                    breakdown: BTreeMap::new(),
-                    last_seen_ms: now_ms,
-                    marker_sent_after: None,
-                },
-            );
+            self.open_waiting(&key, offset, ev, now_ms, pricing.plans, out);
         }
         let open = self.open.get_mut(&key).expect("inserted above");
+        if open.calls_seen == 0 {
+            // The first call names the execution's debit and starts its time span, whether
+            // or not its finish came first: the debit is the same in either order.
+            open.first_event_id.clone_from(&ev.event_id);
+            open.first_event_at = ev.occurred_at;
+            open.last_event_at = ev.occurred_at;
+        }
         open.calls_seen += 1;
         open.last_offset = offset;
         open.last_seen_ms = now_ms;
@@ -352,16 +318,14 @@ impl PartitionRollup {
                     let acc = open
                         .breakdown
                         .entry(outputs::breakdown_key(&line.asset_id, &line.price_version))
-                        .or_insert_with(|| AssetAcc {
-                            asset_type: line.asset_type,
-                            calls: 0,
-                            quantities: BTreeMap::new(),
-                            cost: Decimal::ZERO,
-                        });
+                        .or_insert_with(|| AssetAcc::new(line.asset_type));
                     acc.calls += 1;
                     acc.cost += line.cost;
                     for u in &line.units {
                         *acc.quantities.entry(u.unit.clone()).or_default() += u.quantity;
+                    }
+                    if open.calls.len() < self.cfg.max_trace_calls {
+                        open.calls.push(TracedCall::of(&line, subtotal));
                     }
                     let asset_type = line.asset_type;
                     out.push(Output::Line(line));
@@ -397,14 +361,20 @@ impl PartitionRollup {
     ) -> Outcome {
         let exec_id = ev.execution_id.as_deref().unwrap_or_default();
         let key = exec_key(&ev.account_id, exec_id);
-        let Some(open) = self.open.get_mut(&key) else {
+        if !self.open.contains_key(&key) {
             if self.is_closed(&key, &ev.account_id) {
                 return Outcome::Ignored;
             }
-            // An execution with no calls: nothing to bill, but later calls adjust.
-            self.remember_closed(id_hash(&key), id_hash(&ev.account_id), offset);
-            return Outcome::Finished;
-        };
+            if ev.expected_calls.is_none_or(|n| n == 0) {
+                // An execution with no calls: nothing to bill, but later calls adjust.
+                self.remember_closed(id_hash(&key), id_hash(&ev.account_id), offset);
+                return Outcome::Finished;
+            }
+            // The finish came before its calls: wait for them, finished, with nothing
+            // priced yet (the idle rule closes it if they never come).
+            self.open_waiting(&key, offset, ev, now_ms, plans, out);
+        }
+        let open = self.open.get_mut(&key).expect("present or opened above");
         open.finished = true;
         open.expected_calls = ev.expected_calls;
         open.last_offset = offset;
@@ -413,6 +383,23 @@ impl PartitionRollup {
             self.close(&key, offset, plans, out);
         }
         Outcome::Finished
+    }
+
+    /// Opens execution `key` at `offset` with no calls yet (its first call, or a finish
+    /// that came before its calls), making room under the bound first.
+    fn open_waiting(
+        &mut self,
+        key: &str,
+        offset: i64,
+        ev: &UsageEvent,
+        now_ms: u64,
+        plans: &PlanBook,
+        out: &mut Vec<Output>,
+    ) {
+        self.make_room(plans, out);
+        self.open_by_first_offset.insert(offset, key.to_string());
+        self.open
+            .insert(key.to_string(), OpenExecution::waiting(ev, offset, now_ms));
     }
 
     fn timeout(&mut self, ev: &UsageEvent, plans: &PlanBook, out: &mut Vec<Output>) -> Outcome {
@@ -552,6 +539,25 @@ impl PartitionRollup {
             self.cfg.markup_rate,
             String::new(),
         ))
+    }
+
+    /// `account_id`'s execution `execution_id` if it is open here: its running totals (as
+    /// [`Self::running_cost`], under the plan of the account at its first call) and its
+    /// first `max_trace_calls` priced calls, copied.
+    pub fn open_execution(
+        &self,
+        account_id: &str,
+        execution_id: &str,
+        plans: &PlanBook,
+    ) -> Option<OpenExecutionView> {
+        let o = self.open.get(&exec_key(account_id, execution_id))?;
+        let plan = plans.resolve(&o.account_id, o.first_event_at);
+        let running = execution_debit(execution_id, o, plan, self.cfg.markup_rate, String::new());
+        Some(OpenExecutionView {
+            calls_omitted: running.calls.saturating_sub(o.calls.len() as u32),
+            calls: o.calls.clone(),
+            running,
+        })
     }
 }
 

@@ -301,6 +301,7 @@ fn convert(
         },
         alias_patterns: Vec::new(),
         tiers,
+        correction: None,
         asset_id,
     };
     v.validate().map_err(|e| e.to_string())?;

@@ -13,13 +13,13 @@ use crate::config::TopicsConfig;
 use crate::debit::Debit;
 use crate::ledger::core::{Change, EntrySource, LedgerPartition, LedgerRules, Outcome};
 use crate::ledger::grant::{GrantRules, parse_grant};
-use crate::ledger::stage::{InputMsg, OutRecord, Processor};
 use crate::ledger::voucher::{VoucherOutcome, VoucherPartition, parse_request};
 use crate::metrics::METRICS;
 use crate::rejection::{DeadLetter, RejectReason, Rejection};
+use crate::stage::{Changelog, InputMsg, Outputs, Positions, Processor};
 
 fn dead_letter(
-    out: &mut Vec<OutRecord>,
+    out: &mut Outputs<'_>,
     topic: &str,
     r: &Rejection,
     msg: &InputMsg<'_>,
@@ -35,11 +35,18 @@ fn dead_letter(
         .with_label_values(&[r.reason.as_str()])
         .inc();
     let dl = DeadLetter::new(r, msg.payload, msg.topic, msg.partition, msg.offset);
-    out.push(OutRecord {
-        topic: topic.to_string(),
-        key: dl.id().into_bytes(),
-        payload: serde_json::to_vec(&dl).expect("dead letter serializes"),
-    });
+    let payload = serde_json::to_vec(&dl).expect("dead letter serializes");
+    out.send(topic, dl.id().as_bytes(), &payload);
+}
+
+/// Writes a core's changes (last value per key; `None` deletes) to the changelog.
+fn write_changes(changes: Vec<Change>, log: &mut Changelog<'_>) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => log.put(&k, &v),
+            None => log.delete(&k),
+        }
+    }
 }
 
 /// The ledger stage's processor.
@@ -105,7 +112,7 @@ impl LedgerProcessor {
 }
 
 impl Processor for LedgerProcessor {
-    fn process(&mut self, msg: &InputMsg<'_>, out: &mut Vec<OutRecord>) {
+    fn process(&mut self, msg: &InputMsg<'_>, out: &mut Outputs<'_>) {
         let part = self
             .parts
             .entry(msg.partition)
@@ -149,17 +156,15 @@ impl Processor for LedgerProcessor {
                     m.alerts
                         .with_label_values(&[&a.threshold.to_string(), a.crossing.as_str()])
                         .inc();
-                    out.push(OutRecord {
-                        topic: self.topics.credit_alerts.clone(),
-                        key: a.account_id.clone().into_bytes(),
-                        payload: serde_json::to_vec(a).expect("alert serializes"),
-                    });
+                    let payload = serde_json::to_vec(a).expect("alert serializes");
+                    out.send(
+                        &self.topics.credit_alerts,
+                        a.account_id.as_bytes(),
+                        &payload,
+                    );
                 }
-                out.push(OutRecord {
-                    topic: self.topics.balances.clone(),
-                    key: e.account_id.clone().into_bytes(),
-                    payload: serde_json::to_vec(&e).expect("balance event serializes"),
-                });
+                let payload = serde_json::to_vec(&e).expect("balance event serializes");
+                out.send(&self.topics.balances, e.account_id.as_bytes(), &payload);
             }
             Outcome::Duplicate => m.duplicates.with_label_values(&[kind]).inc(),
             Outcome::Refused(r) => {
@@ -168,11 +173,10 @@ impl Processor for LedgerProcessor {
         }
     }
 
-    fn snapshot(&mut self, partition: i32) -> Vec<Change> {
-        self.parts
-            .get_mut(&partition)
-            .map(LedgerPartition::take_changes)
-            .unwrap_or_default()
+    fn changes(&mut self, partition: i32, log: &mut Changelog<'_>) {
+        if let Some(part) = self.parts.get_mut(&partition) {
+            write_changes(part.take_changes(), log);
+        }
     }
 
     fn restore(&mut self, partition: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
@@ -182,13 +186,14 @@ impl Processor for LedgerProcessor {
             .restore(key, value)
     }
 
-    fn restored(&mut self, partition: i32) {
+    fn restored(&mut self, partition: i32, _: &Positions) -> Result<(), String> {
         self.parts
             .entry(partition)
             .or_insert_with(|| LedgerPartition::new(self.rules.clone()))
             .restored();
         self.gauges_at = None;
         self.update_gauges();
+        Ok(())
     }
 
     fn drop_partition(&mut self, partition: i32) {
@@ -220,7 +225,7 @@ impl VoucherProcessor {
 }
 
 impl Processor for VoucherProcessor {
-    fn process(&mut self, msg: &InputMsg<'_>, out: &mut Vec<OutRecord>) {
+    fn process(&mut self, msg: &InputMsg<'_>, out: &mut Outputs<'_>) {
         let req = match parse_request(msg.payload) {
             Ok(r) => r,
             Err(r) => {
@@ -257,32 +262,33 @@ impl Processor for VoucherProcessor {
             "voucher command decided"
         );
         if let Some(g) = grant {
-            out.push(OutRecord {
-                topic: self.topics.credit_grants.clone(),
-                key: g.account_id.clone().into_bytes(),
-                payload: g.encode(),
-            });
+            out.send(
+                &self.topics.credit_grants,
+                g.account_id.as_bytes(),
+                &g.encode(),
+            );
         }
-        out.push(OutRecord {
-            topic: self.topics.voucher_results.clone(),
-            key: result.request_id.clone().into_bytes(),
-            payload: serde_json::to_vec(&result).expect("voucher result serializes"),
-        });
+        let payload = serde_json::to_vec(&result).expect("voucher result serializes");
+        out.send(
+            &self.topics.voucher_results,
+            result.request_id.as_bytes(),
+            &payload,
+        );
     }
 
-    fn snapshot(&mut self, partition: i32) -> Vec<Change> {
-        self.parts
-            .get_mut(&partition)
-            .map(VoucherPartition::take_changes)
-            .unwrap_or_default()
+    fn changes(&mut self, partition: i32, log: &mut Changelog<'_>) {
+        if let Some(part) = self.parts.get_mut(&partition) {
+            write_changes(part.take_changes(), log);
+        }
     }
 
     fn restore(&mut self, partition: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
         self.parts.entry(partition).or_default().restore(key, value)
     }
 
-    fn restored(&mut self, partition: i32) {
+    fn restored(&mut self, partition: i32, _: &Positions) -> Result<(), String> {
         self.parts.entry(partition).or_default().restored();
+        Ok(())
     }
 
     fn drop_partition(&mut self, partition: i32) {

@@ -1,6 +1,7 @@
-//! HTTP endpoints of the credits ledger: balance and paged history from ClickHouse (GET),
-//! top-ups and voucher redemptions (POST, bearer token from `USAGE_AGG_API_TOKEN` or
-//! `ledger.api_token_file`; 401 without it; the token is never logged).
+//! `/v1/accounts/{id}/...`, the credits ledger over HTTP: balance and paged history (GET),
+//! top-ups (POST, operator token only: a top-up is a payment) and voucher redemptions (POST,
+//! the operator or the account's own key). An account key asking about another account gets
+//! the 404 of an account without entries.
 //!
 //! - `GET  /v1/accounts/{id}/balance` -> `{"account_id","balance","entries","last_entry_at"}`
 //! - `GET  /v1/accounts/{id}/transactions?limit=50&before_seq=N` -> newest first, with
@@ -8,13 +9,13 @@
 //! - `POST /v1/accounts/{id}/topups` `{"amount":"25.00","reference":"pay_123"}` -> 202
 //! - `POST /v1/accounts/{id}/redemptions` `{"code":"SPRING-2026-X7Q"}` -> 200 granted
 //!
-//! Refusals answer 422 with `{"reason": code, "message": text}`.
+//! Refusals answer 422 with `{"error": text, "reason": code}`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,13 +23,13 @@ use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::HttpState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::config::Config;
 use crate::ledger::client::{self, ClientError, ResultFollower};
 use crate::ledger::grant::{GrantKind, check_account};
 use crate::ledger::voucher::{self, VoucherOutcome, VoucherRequest};
-
-/// Environment variable holding the API token.
-pub const TOKEN_ENV: &str = "USAGE_AGG_API_TOKEN";
 
 /// What the ledger endpoints need.
 pub struct LedgerApi {
@@ -36,127 +37,89 @@ pub struct LedgerApi {
     producer: FutureProducer,
     /// Started on the first redemption (it waits for the results topic to be readable).
     follower: tokio::sync::OnceCell<ResultFollower>,
-    token: Option<String>,
     ch: clickhouse::Client,
 }
 
 impl LedgerApi {
-    /// Reads the token (environment first, then `ledger.api_token_file`).
     pub fn new(cfg: &Config, ch: clickhouse::Client) -> anyhow::Result<LedgerApi> {
-        let token = match std::env::var(TOKEN_ENV) {
-            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            _ => match &cfg.ledger.api_token_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .map_err(|e| anyhow::anyhow!("ledger.api_token_file {}: {e}", f.display()))?
-                        .trim()
-                        .to_string(),
-                )
-                .filter(|t| !t.is_empty()),
-                None => None,
-            },
-        };
-        if token.is_none() {
-            tracing::warn!(
-                "no API token (USAGE_AGG_API_TOKEN or ledger.api_token_file): the ledger write endpoints answer 503"
-            );
-        }
         Ok(LedgerApi {
             cfg: cfg.clone(),
             producer: client::producer(cfg)?,
             follower: tokio::sync::OnceCell::new(),
-            token,
             ch,
         })
     }
 }
 
-pub fn router(api: Arc<LedgerApi>) -> Router {
+/// The routes of this file (inside the auth layer).
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/v1/accounts/{account_id}/balance", get(balance))
         .route("/v1/accounts/{account_id}/transactions", get(transactions))
         .route("/v1/accounts/{account_id}/topups", post(topup))
         .route("/v1/accounts/{account_id}/redemptions", post(redeem))
-        .with_state(api)
 }
 
 fn refused(reason: &str, message: &str) -> Response {
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({"reason": reason, "message": message})),
-    )
-        .into_response()
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": message}))).into_response()
+    ApiError::refused(reason, message).into_response()
 }
 
 fn unavailable(e: &ClientError) -> Response {
     tracing::warn!(error = %e, "ledger request failed");
-    error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+    ApiError::unavailable(e.to_string()).into_response()
 }
 
-/// Equal length and bytes, compared without an early exit.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The ledger endpoints of this process, or 503.
+fn api(s: &HttpState) -> Result<&Arc<LedgerApi>, ApiError> {
+    s.ledger
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this instance does not serve the credits ledger"))
 }
 
-/// `None` when the bearer token matches, else the answer to send.
-fn authorize(api: &LedgerApi, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = &api.token else {
-        return Some(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "write endpoints are disabled: no API token is configured (USAGE_AGG_API_TOKEN or ledger.api_token_file)",
-        ));
+/// The 404 of an account without entries: also what a key gets for another account.
+fn no_entries() -> ApiError {
+    ApiError::not_found("this account has no ledger entries (yet)")
+}
+
+/// Checks the account id and the caller's right to it.
+fn account_for(caller: &Caller, account: &str) -> Result<(), ApiError> {
+    caller.may_see(account, no_entries)?;
+    check_account(account).map_err(|r| ApiError::refused(r.reason.as_str(), r.message))
+}
+
+async fn balance(
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+) -> Response {
+    let api = match api(&s).and_then(|a| account_for(&caller, &account).map(|()| a)) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
     };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if same(given.as_bytes(), token.as_bytes()) {
-        None
-    } else {
-        Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                [("www-authenticate", "Bearer")],
-                Json(json!({"error": "a valid bearer token is required"})),
-            )
-                .into_response(),
-        )
-    }
-}
-
-async fn balance(State(api): State<Arc<LedgerApi>>, Path(account): Path<String>) -> Response {
-    if let Err(r) = check_account(&account) {
-        return refused(r.reason.as_str(), &r.message);
-    }
     match client::balance(&api.ch, &account).await {
         Ok(Some(b)) => Json(b).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "this account has no ledger entries (yet)",
-        ),
+        Ok(None) => no_entries().into_response(),
         Err(e) => unavailable(&e),
     }
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Page {
     limit: Option<u32>,
     before_seq: Option<u64>,
 }
 
 async fn transactions(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    Query(page): Query<Page>,
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Response {
-    if let Err(r) = check_account(&account) {
-        return refused(r.reason.as_str(), &r.message);
-    }
+    let api = match api(&s).and_then(|a| account_for(&caller, &account).map(|()| a)) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
     let limit = page.limit.unwrap_or(50).clamp(1, 1000);
     match client::history(&api.ch, &account, limit, page.before_seq).await {
         Ok(entries) => {
@@ -182,19 +145,31 @@ struct TopupBody {
 }
 
 async fn topup(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    body: Option<Json<TopupBody>>,
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+    body: Result<ApiJson<TopupBody>, ApiError>,
 ) -> Response {
-    if let Some(r) = authorize(&api, &headers) {
-        return r;
+    let api = match api(&s) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = caller
+        .may_see(&account, no_entries)
+        .and_then(|()| caller.require_operator("a top-up (a payment)"))
+    {
+        return e.into_response();
     }
-    let Some(Json(body)) = body else {
-        return refused(
-            "invalid_json",
-            "body must be {\"amount\": \"25.00\", \"reference\": \"<payment id>\"}",
-        );
+    let body = match body {
+        Ok(ApiJson(b)) => b,
+        Err(e) => {
+            return e
+                .with(
+                    "expected",
+                    "{\"amount\": \"25.00\", \"reference\": \"<payment id>\"}",
+                )
+                .into_response();
+        }
     };
     let amount = match &body.amount {
         serde_json::Value::String(s) => s.clone(),
@@ -234,23 +209,23 @@ struct RedeemBody {
 }
 
 async fn redeem(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    body: Option<Json<RedeemBody>>,
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+    body: Result<ApiJson<RedeemBody>, ApiError>,
 ) -> Response {
-    if let Some(r) = authorize(&api, &headers) {
-        return r;
-    }
-    let Some(Json(body)) = body else {
-        return refused(
-            "invalid_json",
-            "body must be {\"code\": \"<voucher code>\"}",
-        );
+    let api = match api(&s).and_then(|a| account_for(&caller, &account).map(|()| a)) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
     };
-    if let Err(r) = check_account(&account) {
-        return refused(r.reason.as_str(), &r.message);
-    }
+    let body = match body {
+        Ok(ApiJson(b)) => b,
+        Err(e) => {
+            return e
+                .with("expected", "{\"code\": \"<voucher code>\"}")
+                .into_response();
+        }
+    };
     let code = match voucher::normalize_code(&body.code) {
         Ok(c) => c,
         // A malformed code cannot exist: the same answer as an unknown one.
@@ -283,21 +258,17 @@ async fn redeem(
         .await
     {
         Ok(r) if r.outcome == VoucherOutcome::Granted => Json(r).into_response(),
-        Ok(r) => (StatusCode::UNPROCESSABLE_ENTITY, Json(r)).into_response(),
-        Err(e @ ClientError::Timeout(..)) => error(StatusCode::ACCEPTED, &e.to_string()),
+        Ok(r) => {
+            // The voucher stage's answer, with the `error` every error body has.
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.insert("error".into(), json!(r.message));
+            }
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(v)).into_response()
+        }
+        Err(e @ ClientError::Timeout(..)) => {
+            (StatusCode::ACCEPTED, Json(json!({"status": e.to_string()}))).into_response()
+        }
         Err(e) => unavailable(&e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same;
-
-    #[test]
-    fn token_comparison_needs_equal_bytes() {
-        assert!(same(b"secret", b"secret"));
-        assert!(!same(b"secret", b"secreT"));
-        assert!(!same(b"secret", b"secret2"));
-        assert!(!same(b"", b"x"));
     }
 }

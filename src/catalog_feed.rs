@@ -52,6 +52,11 @@ impl FeedState for Catalog {
     fn on_age(seconds: f64) {
         METRICS.catalog_age.set(seconds);
     }
+
+    fn accepted_text(&self, payload: &[u8]) -> Option<(String, String)> {
+        let v = Catalog::parse_version(payload).ok()?;
+        Some(accepted_text(self, &v))
+    }
 }
 
 /// Follows the catalog topic in a thread, applying versions to its handle.
@@ -62,4 +67,41 @@ impl TopicFeed<Catalog> {
     pub fn new(cfg: &Config) -> anyhow::Result<(CatalogFeed, CatalogHandle)> {
         TopicFeed::open(cfg, &cfg.topics.price_catalog, "catalog")
     }
+}
+
+/// The topic key of `v` and what accepting it does to `current`: a new version (its prices),
+/// or the same version republished with aliases added.
+fn accepted_text(current: &Catalog, v: &PriceVersion) -> (String, String) {
+    let republished = current
+        .lookup(&v.asset_id, v.effective_from)
+        .ok()
+        .filter(|p| p.effective_from == v.effective_from);
+    let what = match republished {
+        Some(p) => {
+            let added: Vec<&str> = v
+                .aliases
+                .iter()
+                .chain(&v.alias_patterns)
+                .filter(|a| !p.spec.aliases.contains(a) && !p.spec.alias_patterns.contains(a))
+                .map(String::as_str)
+                .collect();
+            match &v.correction {
+                Some(c) => format!(
+                    "correction {} ({}) replaces {}: {}",
+                    c.id,
+                    c.reason,
+                    p.label,
+                    crate::catalog::check::prices_text(v)
+                ),
+                None => format!("republished with aliases added: {}", added.join(" ")),
+            }
+        }
+        None => format!(
+            "{} {} {}",
+            v.asset_type.as_str(),
+            v.vendor,
+            crate::catalog::check::prices_text(v)
+        ),
+    };
+    (v.topic_key(), what)
 }

@@ -21,9 +21,14 @@ use usage_aggregator::{bench, kafka, sink};
 
 use crate::Exit;
 
+mod catalog_view;
 mod dead_letters;
 mod import;
 mod plans;
+
+pub use catalog_view::{
+    ExportArgs, diff as catalog_diff, export as catalog_export, list as catalog_list,
+};
 
 pub use dead_letters::{ReplayArgs, replay_dead_letters};
 pub use import::{ImportArgs, import_catalog};
@@ -238,21 +243,7 @@ pub async fn check(
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         for v in &versions {
-            let mut aliases = v.aliases.clone();
-            aliases.extend(v.alias_patterns.iter().map(|p| format!("/{p}/")));
-            let aliases = if aliases.is_empty() {
-                String::new()
-            } else {
-                format!("  aliases: {}", aliases.join(" "))
-            };
-            writeln!(
-                out,
-                "{:<32} {:<12} {:<22} {}{aliases}",
-                v.asset_id,
-                v.asset_type.as_str(),
-                v.version_label(),
-                check::prices_text(v)
-            )?;
+            writeln!(out, "{}", catalog_view::version_line(v))?;
         }
         let assets: std::collections::BTreeSet<&str> =
             versions.iter().map(|v| v.asset_id.as_str()).collect();

@@ -33,6 +33,11 @@ pub trait FeedState: Clone + Default + Send + Sync + 'static {
     fn on_update(&self) {}
     fn on_refused() {}
     fn on_age(_seconds: f64) {}
+    /// Once following (after the initial load, which its caller sums up in one line): the
+    /// topic key of a message and what accepting it does, logged at INFO when it is applied.
+    fn accepted_text(&self, _payload: &[u8]) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// Sends `(key, payload)` messages to `topic`, each acknowledged; returns how many.
@@ -109,7 +114,7 @@ impl<T: FeedState> TopicFeed<T> {
         let mut changed = false;
         let deadline = Instant::now() + timeout;
         while !pending.is_empty() && Instant::now() < deadline {
-            let (eof, c) = self.poll_once(Duration::from_millis(200), &mut work);
+            let (eof, c) = self.poll_once(Duration::from_millis(200), &mut work, false);
             changed |= c;
             if let Some(p) = eof {
                 pending.remove(&p);
@@ -130,15 +135,26 @@ impl<T: FeedState> TopicFeed<T> {
     /// Applies at most one message to `work` (a copy of the current value, made at the first
     /// message); returns the partition that reached its end, if any, and whether `work`
     /// changed.
-    fn poll_once(&self, wait: Duration, work: &mut Option<T>) -> (Option<i32>, bool) {
+    fn poll_once(
+        &self,
+        wait: Duration,
+        work: &mut Option<T>,
+        following: bool,
+    ) -> (Option<i32>, bool) {
         match self.consumer.poll(wait) {
             Some(Ok(m)) => {
                 let Some(payload) = m.payload() else {
                     return (None, false);
                 };
                 let work = work.get_or_insert_with(|| T::clone(&self.handle.load()));
+                let said = following.then(|| work.accepted_text(payload)).flatten();
                 match work.apply(payload) {
-                    Ok(changed) => (None, changed),
+                    Ok(changed) => {
+                        if let (true, Some((key, what))) = (changed, said) {
+                            tracing::info!(key = %key, topic = %self.topic, offset = m.offset(), "{} accepted: {what}", T::WHAT);
+                        }
+                        (None, changed)
+                    }
                     Err(e) => {
                         T::on_refused();
                         tracing::error!(error = %e, topic = %self.topic, offset = m.offset(), "{} refused", T::WHAT);
@@ -159,7 +175,7 @@ impl<T: FeedState> TopicFeed<T> {
     pub fn follow(self, stop: &CancellationToken) {
         while !stop.is_cancelled() {
             let mut work = None;
-            if let (_, true) = self.poll_once(Duration::from_millis(250), &mut work)
+            if let (_, true) = self.poll_once(Duration::from_millis(250), &mut work, true)
                 && let Some(w) = work
             {
                 self.store(w);

@@ -348,7 +348,7 @@ pub async fn balance(
 }
 
 /// One line of an account's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HistoryEntry {
     pub seq: u64,
     pub date: String,
@@ -359,6 +359,44 @@ pub struct HistoryEntry {
     pub debit: String,
     pub balance: String,
     pub assets: Vec<serde_json::Value>,
+}
+
+impl HistoryEntry {
+    /// The history line of a balance event, as [`history`] reads it back from ClickHouse:
+    /// the date to the second, zero credit or debit as "0", decimals normalized. The ledger
+    /// view serves these from memory; `tests/faults.rs` compares both.
+    pub fn from_event(e: &crate::ledger::core::BalanceEvent) -> HistoryEntry {
+        let (credit, debit) = if e.amount.is_sign_negative() {
+            (Decimal::ZERO, -e.amount)
+        } else {
+            (e.amount, Decimal::ZERO)
+        };
+        let text = |d: Decimal| d.normalize().to_string();
+        HistoryEntry {
+            seq: e.seq,
+            date: e
+                .occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            kind: e.kind.as_str().to_string(),
+            reference: e.reference.clone(),
+            description: e.description.clone(),
+            credit: text(credit),
+            debit: text(debit),
+            balance: text(e.balance_after),
+            assets: e
+                .lines
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "asset_id": l.asset_id,
+                        "calls": l.calls,
+                        "quantities": l.quantities,
+                        "cost": text(l.cost),
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -378,6 +416,24 @@ struct HistoryRecord {
 }
 
 /// Entries newest first with `seq < before_seq` (keyset paging), at most `limit`.
+/// For entries in ledger order, newest first (as [`history`] returns them): whether each is
+/// dated earlier than an entry applied before it (a smaller `seq`, further down the list).
+/// Dates are event times, so ledger order and date order can differ; the CLI marks those.
+pub fn dates_out_of_order(newest_first: &[HistoryEntry]) -> Vec<bool> {
+    let mut marks = vec![false; newest_first.len()];
+    let mut latest_below: Option<&str> = None;
+    for (i, e) in newest_first.iter().enumerate().rev() {
+        // RFC 3339 UTC strings of one format compare in time order.
+        if latest_below.is_some_and(|d| e.date.as_str() < d) {
+            marks[i] = true;
+        }
+        if latest_below.is_none_or(|d| e.date.as_str() > d) {
+            latest_below = Some(e.date.as_str());
+        }
+    }
+    marks
+}
+
 pub async fn history(
     ch: &clickhouse::Client,
     account_id: &str,
@@ -422,4 +478,33 @@ pub async fn history(
                 .collect(),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_that_go_back_in_ledger_order_are_marked() {
+        let e = |seq: u64, date: &str| HistoryEntry {
+            seq,
+            date: date.into(),
+            kind: "debit".into(),
+            reference: String::new(),
+            description: String::new(),
+            credit: "0".into(),
+            debit: "1".into(),
+            balance: "0".into(),
+            assets: vec![],
+        };
+        let h = [
+            e(5, "2026-11-04T00:00:00Z"),
+            e(4, "2026-11-01T00:00:00Z"),
+            e(3, "2026-11-03T00:00:00Z"),
+            e(2, "2026-11-02T00:00:00Z"),
+            e(1, "2026-11-02T00:00:00Z"),
+        ];
+        assert_eq!(dates_out_of_order(&h), [false, true, false, false, false]);
+        assert!(dates_out_of_order(&[]).is_empty());
+    }
 }

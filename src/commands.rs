@@ -25,6 +25,7 @@ mod catalog_view;
 mod dead_letters;
 mod import;
 mod plans;
+mod teardown;
 
 pub use catalog_view::{
     ExportArgs, diff as catalog_diff, export as catalog_export, list as catalog_list,
@@ -33,6 +34,7 @@ pub use catalog_view::{
 pub use dead_letters::{ReplayArgs, replay_dead_letters};
 pub use import::{ImportArgs, import_catalog};
 pub use plans::{AccountsCommand, PlansCommand, accounts, plans};
+pub use teardown::teardown;
 
 pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
     BufWriter::new(std::io::stdout().lock())

@@ -16,6 +16,7 @@ pub mod catalog_feed;
 pub mod config;
 pub mod debit;
 pub mod event;
+pub mod feed;
 pub mod follow;
 pub mod health;
 pub mod history;
@@ -31,6 +32,8 @@ pub mod metrics;
 pub mod money;
 pub mod offline;
 pub mod pipeline;
+pub mod plans;
+pub mod plans_feed;
 pub mod preflight;
 pub mod rating;
 pub mod rejection;
@@ -44,11 +47,12 @@ pub mod trace;
 /// The rating core: decode, price, roll up, money, outputs. Every decision is a function of
 /// its inputs: no I/O, no clock, no randomness, no import of a shell module. Not a comment
 /// but a rule: `tests/core_is_pure.rs` reads these modules' sources and fails on any of it.
-pub const CORE_MODULES: [&str; 8] = [
+pub const CORE_MODULES: [&str; 9] = [
     "catalog",
     "debit",
     "event",
     "money",
+    "plans",
     "rating",
     "rejection",
     "rollup",

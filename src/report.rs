@@ -132,7 +132,7 @@ pub struct ExecutionSpend {
 
 /// Debits in the window by component (`crate::debit::components`): `models + tools +
 /// unclassified + markup = total`. `unclassified` is the vendor price of debits written
-/// before ClickHouse migration 5 (which does not record the split); 0 for every later one.
+/// before ClickHouse migration 6 (which does not record the split); 0 for every later one.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ComponentSpend {
     #[serde(with = "rust_decimal::serde::str")]
@@ -450,7 +450,7 @@ pub fn render_text(r: &Report) -> String {
     );
     let mut parts = vec![("models", c.models), ("tools", c.tools)];
     if !c.unclassified.is_zero() {
-        parts.push(("unclassified (before migration 5)", c.unclassified));
+        parts.push(("unclassified (before migration 6)", c.unclassified));
     }
     parts.extend([("markup", c.markup), ("total", c.total)]);
     let rows: Vec<Vec<String>> = parts

@@ -67,7 +67,7 @@ fn report_for_a_billing_period() {
         october["totals"]["total"], "15.123496",
         "exact, by event time"
     );
-    // Rows without the vendor split (as before migration 5) show it as unclassified; the
+    // Rows without the vendor split (as before migration 6) show it as unclassified; the
     // components still add up to the total.
     assert_eq!(
         october["components"],

@@ -105,6 +105,7 @@ mod tests {
         BreakdownLine {
             asset_id: asset.into(),
             asset_type: t,
+            price_version: "2026-01-01T00:00:00Z".into(),
             calls: 1,
             quantities: BTreeMap::new(),
             cost: cost.parse().unwrap(),

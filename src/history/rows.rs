@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 
 use crate::catalog::AssetType;
 use crate::debit::{
-    Components, Debit, DebitKind, LineKind, PricedLine, PricedUnit, direct_debit_id,
+    Components, CorrectionRef, Debit, DebitKind, LineKind, PricedLine, PricedUnit, direct_debit_id,
 };
 use crate::follow::Positions;
 use crate::money::{DEBIT_SCALE, LINE_COST_SCALE};
@@ -47,12 +47,17 @@ pub(crate) struct LineRecord {
     unit_per: Vec<u64>,
     cost: i128,
     price_version: String,
+    tier: String,
+    plan: String,
+    plan_version: String,
+    plan_rule: String,
+    discount_percent: i128,
     event_partition: i32,
     event_offset: i64,
     src_offset: i64,
 }
 
-pub(crate) const LINE_COLUMNS: &str = "event_id, kind, toUInt32(occurred_at) AS occurred_at, occurred_at_nanos, account_id, execution_id, agent_id, component, dimension_keys, dimension_values, asset_id, asset_name_sent, asset_type, vendor, units, quantities, unit_credits, unit_per, cost, price_version, event_partition, event_offset, src_offset";
+pub(crate) const LINE_COLUMNS: &str = "event_id, kind, toUInt32(occurred_at) AS occurred_at, occurred_at_nanos, account_id, execution_id, agent_id, component, dimension_keys, dimension_values, asset_id, asset_name_sent, asset_type, vendor, units, quantities, unit_credits, unit_per, cost, price_version, tier, plan, plan_version, plan_rule, discount_percent, event_partition, event_offset, src_offset";
 
 fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -100,6 +105,12 @@ impl LineRecord {
             asset_type,
             vendor: self.vendor,
             price_version: self.price_version,
+            tier: opt(self.tier),
+            plan: self.plan,
+            plan_version: opt(self.plan_version),
+            plan_rule: opt(self.plan_rule),
+            discount_percent: (self.discount_percent != 0)
+                .then(|| dec(self.discount_percent, LINE_COST_SCALE)),
             units,
             cost: dec(self.cost, LINE_COST_SCALE),
             dimensions: self
@@ -130,10 +141,15 @@ pub(crate) struct DebitRecord {
     calls: u32,
     first_event_at: u32,
     last_event_at: u32,
+    plan: String,
+    plan_version: String,
+    correction_id: String,
+    correction_reason: String,
+    corrects: Vec<String>,
     src_offset: i64,
 }
 
-pub(crate) const DEBIT_COLUMNS: &str = "debit_id, kind, account_id, execution_id, subtotal, models, tools, markup_rate, markup, total, calls, toUInt32(first_event_at) AS first_event_at, toUInt32(last_event_at) AS last_event_at, src_offset";
+pub(crate) const DEBIT_COLUMNS: &str = "debit_id, kind, account_id, execution_id, subtotal, models, tools, markup_rate, markup, total, calls, toUInt32(first_event_at) AS first_event_at, toUInt32(last_event_at) AS last_event_at, plan, plan_version, correction_id, correction_reason, corrects, src_offset";
 
 impl DebitRecord {
     /// The debit (without its per-asset breakdown, which ClickHouse keeps only in part: the
@@ -148,6 +164,8 @@ impl DebitRecord {
             kind,
             account_id: self.account_id,
             execution_id: opt(self.execution_id),
+            plan: self.plan,
+            plan_version: opt(self.plan_version),
             subtotal: dec(self.subtotal, DEBIT_SCALE),
             markup_rate: dec(self.markup_rate, DEBIT_SCALE),
             markup: dec(self.markup, DEBIT_SCALE),
@@ -161,6 +179,11 @@ impl DebitRecord {
                 tools: dec(self.tools, DEBIT_SCALE),
                 markup: dec(self.markup, DEBIT_SCALE),
             },
+            correction: (!self.correction_id.is_empty()).then_some(CorrectionRef {
+                correction_id: self.correction_id,
+                reason: self.correction_reason,
+                corrects: self.corrects,
+            }),
         };
         (self.src_offset, d)
     }

@@ -27,8 +27,13 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
     (
         5,
+        "pricing",
+        include_str!("../../deploy/clickhouse/0005_pricing.sql"),
+    ),
+    (
+        6,
         "components_traces",
-        include_str!("../../deploy/clickhouse/0005_components_traces.sql"),
+        include_str!("../../deploy/clickhouse/0006_components_traces.sql"),
     ),
 ];
 

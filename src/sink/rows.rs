@@ -28,10 +28,10 @@ fn ts(t: DateTime<Utc>) -> u32 {
 #[derive(Debug, Clone, Serialize, clickhouse::Row)]
 pub struct TransactionRow {
     pub event_id: String,
-    /// `model_call` or `tool_call` (migration 5).
+    /// `model_call` or `tool_call` (migration 6).
     pub kind: String,
     pub occurred_at: u32,
-    /// The sub-second part of `occurred_at`, in nanoseconds (migration 5).
+    /// The sub-second part of `occurred_at`, in nanoseconds (migration 6).
     pub occurred_at_nanos: u32,
     pub account_id: String,
     pub execution_id: String,
@@ -51,6 +51,12 @@ pub struct TransactionRow {
     pub unit_per: Vec<u64>,
     pub cost: i128,
     pub price_version: String,
+    /// Tier, plan, plan version, plan rule, discount (migration 5).
+    pub tier: String,
+    pub plan: String,
+    pub plan_version: String,
+    pub plan_rule: String,
+    pub discount_percent: i128,
     pub event_partition: i32,
     pub event_offset: i64,
     pub src_partition: i32,
@@ -64,8 +70,11 @@ pub struct DebitRow {
     pub kind: String,
     pub account_id: String,
     pub execution_id: String,
+    /// The plan that set the markup (migration 5).
+    pub plan: String,
+    pub plan_version: String,
     pub subtotal: i128,
-    /// Vendor price of the model calls, and of the tool calls (migration 5):
+    /// Vendor price of the model calls, and of the tool calls (migration 6):
     /// `models + tools + markup = total`.
     pub models: i128,
     pub tools: i128,
@@ -77,6 +86,12 @@ pub struct DebitRow {
     pub last_event_at: u32,
     pub breakdown_assets: Vec<String>,
     pub breakdown_costs: Vec<i128>,
+    /// Parallel to `breakdown_assets`; a correction's id, reason and corrected debits
+    /// (migration 5).
+    pub breakdown_price_versions: Vec<String>,
+    pub correction_id: String,
+    pub correction_reason: String,
+    pub corrects: Vec<String>,
     pub src_partition: i32,
     pub src_offset: i64,
     pub ingested_at: u32,
@@ -134,6 +149,11 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         unit_per: l.units.iter().map(|u| u.per).collect(),
         cost: to_scaled_i128(l.cost, LINE_COST_SCALE)?,
         price_version: l.price_version,
+        tier: l.tier.unwrap_or_default(),
+        plan: l.plan,
+        plan_version: l.plan_version.unwrap_or_default(),
+        plan_rule: l.plan_rule.unwrap_or_default(),
+        discount_percent: to_scaled_i128(l.discount_percent.unwrap_or_default(), LINE_COST_SCALE)?,
         event_partition: l.event_partition,
         event_offset: l.event_offset,
         src_partition: src.partition,
@@ -163,6 +183,8 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         kind: d.kind.as_str().to_string(),
         account_id: d.account_id,
         execution_id: d.execution_id.unwrap_or_default(),
+        plan: d.plan,
+        plan_version: d.plan_version.unwrap_or_default(),
         subtotal: to_scaled_i128(d.subtotal, DEBIT_SCALE)?,
         models: to_scaled_i128(components.models, DEBIT_SCALE)?,
         tools: to_scaled_i128(components.tools, DEBIT_SCALE)?,
@@ -174,6 +196,22 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         last_event_at: ts(d.last_event_at),
         breakdown_assets: d.breakdown.iter().map(|b| b.asset_id.clone()).collect(),
         breakdown_costs: costs,
+        breakdown_price_versions: d
+            .breakdown
+            .iter()
+            .map(|b| b.price_version.clone())
+            .collect(),
+        correction_id: d
+            .correction
+            .as_ref()
+            .map(|c| c.correction_id.clone())
+            .unwrap_or_default(),
+        correction_reason: d
+            .correction
+            .as_ref()
+            .map(|c| c.reason.clone())
+            .unwrap_or_default(),
+        corrects: d.correction.map(|c| c.corrects).unwrap_or_default(),
         src_partition: src.partition,
         src_offset: src.offset,
         ingested_at: src.ingested_at,

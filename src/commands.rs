@@ -24,6 +24,7 @@ use crate::Exit;
 mod catalog_view;
 mod dead_letters;
 mod import;
+mod teardown;
 
 pub use catalog_view::{
     ExportArgs, diff as catalog_diff, export as catalog_export, list as catalog_list,
@@ -31,6 +32,7 @@ pub use catalog_view::{
 
 pub use dead_letters::{ReplayArgs, replay_dead_letters};
 pub use import::{ImportArgs, import_catalog};
+pub use teardown::teardown;
 
 pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
     BufWriter::new(std::io::stdout().lock())

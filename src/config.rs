@@ -69,6 +69,10 @@ pub struct KafkaConfig {
     /// Prepended to every topic name and group id by [`Config::load`], which then clears it
     /// (the loaded names already carry it).
     pub prefix: String,
+    /// The `prefix` that [`Config::load`] applied: what `teardown` is scoped to. Not a
+    /// configuration key.
+    #[serde(skip)]
+    pub applied_prefix: String,
     /// How long one-shot commands wait for a broker to answer before they fail.
     #[serde(with = "values::duration")]
     pub connect_timeout: Duration,
@@ -393,6 +397,7 @@ impl Config {
         let prefix = std::mem::take(&mut self.kafka.prefix);
         if !prefix.is_empty() {
             self.prefix_names(&prefix);
+            self.kafka.applied_prefix = prefix;
         }
     }
 

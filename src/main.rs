@@ -61,6 +61,14 @@ enum Command {
         #[arg(long)]
         clickhouse_only: bool,
     },
+    /// Remove what a prefixed deployment (kafka.prefix, e.g. a trial) made: its Kafka topics,
+    /// consumer groups and ClickHouse database. Lists them; deletes only with --yes; refused
+    /// without a prefix and while a group has members; never touches another prefix.
+    Teardown {
+        /// Delete what is listed.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Price catalog operations.
     Catalog {
         #[command(subcommand)]
@@ -299,6 +307,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Catalog {
             command: CatalogCommand::Import(a),
         } => commands::import_catalog(&cfg, a).await,
+        Command::Teardown { yes } => commands::teardown(&cfg, yes).await,
         Command::Catalog {
             command: CatalogCommand::List { format },
         } => commands::catalog_list(&cfg, format).await,

@@ -80,6 +80,11 @@ enum Command {
         /// Catalog file (JSON array of price versions).
         #[arg(long, value_name = "FILE")]
         catalog: PathBuf,
+        /// Plans file (plan versions and account assignments), as published to the plans
+        /// topic: the same file gives the live pipeline's amounts. Without it every account
+        /// is on the `default` plan.
+        #[arg(long, value_name = "FILE")]
+        plans: Option<PathBuf>,
         /// Markup rate for agent executions, a decimal such as 0.2 (default: rollup.markup_rate).
         #[arg(long, value_name = "RATE", value_parser = parse_decimal)]
         markup_rate: Option<Decimal>,
@@ -92,6 +97,16 @@ enum Command {
         /// Write rejected events to FILE (one JSON object per line) instead of stdout.
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
+    },
+    /// Plans and negotiated prices: check, publish, list (docs/price-catalog.md#plans).
+    Plans {
+        #[command(subcommand)]
+        command: commands::PlansCommand,
+    },
+    /// Accounts: assign a plan.
+    Accounts {
+        #[command(subcommand)]
+        command: commands::AccountsCommand,
     },
     /// Dead-letter operations.
     DeadLetters {
@@ -319,6 +334,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         } => commands::catalog_diff(&cfg, &file, format).await,
         Command::Rate {
             catalog,
+            plans,
             markup_rate,
             lines,
             strict,
@@ -326,11 +342,14 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         } => commands::rate(
             cfg,
             &catalog,
+            plans.as_deref(),
             markup_rate,
             lines,
             strict,
             rejects.as_deref(),
         ),
+        Command::Plans { command } => commands::plans(&cfg, command).await,
+        Command::Accounts { command } => commands::accounts(&cfg, command).await,
         Command::DeadLetters {
             command: DeadLettersCommand::Replay(a),
         } => commands::replay_dead_letters(&cfg, a).await,

@@ -3,6 +3,8 @@
 //! and database, runs the real binary, and computes the oracle with the rating core.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -4,7 +4,9 @@
 //! - `status`: `/metrics`, `/healthz`, `/readyz` (no credential; no account data);
 //! - `executions`: `/v1/executions/...`;
 //! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, top-ups, redemptions);
-//! - `/v1/whoami`: what the presented credential is (the console signs in with it).
+//! - `/v1/whoami`: what the presented credential is (the console signs in with it);
+//! - `console`: the web console's static files at `/console/` (no credential: they hold no
+//!   data; the console reads everything through `/v1` with the key the person signs in with).
 //!
 //! Every `/v1` route is inside [`auth::require`] (`Authorization: Bearer <operator token or
 //! API key>`); handlers take the [`auth::Caller`] and scope by it. Every error answer, also
@@ -14,6 +16,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod executions;
 pub mod status;
@@ -63,6 +66,7 @@ pub fn router(state: HttpState) -> Router {
     ));
     Router::new()
         .merge(status::routes())
+        .merge(console::router())
         .merge(v1)
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method)

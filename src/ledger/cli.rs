@@ -235,27 +235,37 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
                 writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&h)?)?;
                 return Ok(());
             }
+            let mut out = std::io::stdout().lock();
             writeln!(
-                std::io::stdout(),
-                "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  description",
-                "seq",
-                "date",
-                "kind",
-                "credit",
-                "debit",
-                "balance"
+                out,
+                "Ledger order, newest first: seq is the order entries were applied and the balance \
+                 follows it; date is when it happened (a debit: its last call's event time)."
             )?;
-            for e in &h {
+            writeln!(
+                out,
+                "{:>6}  {:<21}  {:<10}  {:>14}  {:>14}  {:>16}  description",
+                "seq", "date", "kind", "credit", "debit", "balance"
+            )?;
+            let marks = client::dates_out_of_order(&h);
+            for (e, late) in h.iter().zip(&marks) {
                 writeln!(
-                    std::io::stdout(),
-                    "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  {}",
+                    out,
+                    "{:>6}  {:<20}{}  {:<10}  {:>14}  {:>14}  {:>16}  {}",
                     e.seq,
                     e.date,
+                    if *late { "*" } else { " " },
                     e.kind,
                     e.credit,
                     e.debit,
                     e.balance,
                     e.description
+                )?;
+            }
+            if marks.iter().any(|m| *m) {
+                writeln!(
+                    out,
+                    "* dated before an entry applied earlier (a late or replayed call, a back-dated grant): \
+                     the list stays in seq order, as the balance does"
                 )?;
             }
             Ok(())

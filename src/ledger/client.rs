@@ -378,6 +378,24 @@ struct HistoryRecord {
 }
 
 /// Entries newest first with `seq < before_seq` (keyset paging), at most `limit`.
+/// For entries in ledger order, newest first (as [`history`] returns them): whether each is
+/// dated earlier than an entry applied before it (a smaller `seq`, further down the list).
+/// Dates are event times, so ledger order and date order can differ; the CLI marks those.
+pub fn dates_out_of_order(newest_first: &[HistoryEntry]) -> Vec<bool> {
+    let mut marks = vec![false; newest_first.len()];
+    let mut latest_below: Option<&str> = None;
+    for (i, e) in newest_first.iter().enumerate().rev() {
+        // RFC 3339 UTC strings of one format compare in time order.
+        if latest_below.is_some_and(|d| e.date.as_str() < d) {
+            marks[i] = true;
+        }
+        if latest_below.is_none_or(|d| e.date.as_str() > d) {
+            latest_below = Some(e.date.as_str());
+        }
+    }
+    marks
+}
+
 pub async fn history(
     ch: &clickhouse::Client,
     account_id: &str,
@@ -422,4 +440,33 @@ pub async fn history(
                 .collect(),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_that_go_back_in_ledger_order_are_marked() {
+        let e = |seq: u64, date: &str| HistoryEntry {
+            seq,
+            date: date.into(),
+            kind: "debit".into(),
+            reference: String::new(),
+            description: String::new(),
+            credit: "0".into(),
+            debit: "1".into(),
+            balance: "0".into(),
+            assets: vec![],
+        };
+        let h = [
+            e(5, "2026-11-04T00:00:00Z"),
+            e(4, "2026-11-01T00:00:00Z"),
+            e(3, "2026-11-03T00:00:00Z"),
+            e(2, "2026-11-02T00:00:00Z"),
+            e(1, "2026-11-02T00:00:00Z"),
+        ];
+        assert_eq!(dates_out_of_order(&h), [false, true, false, false, false]);
+        assert!(dates_out_of_order(&[]).is_empty());
+    }
 }

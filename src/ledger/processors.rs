@@ -16,7 +16,7 @@ use crate::ledger::grant::{GrantRules, parse_grant};
 use crate::ledger::voucher::{VoucherOutcome, VoucherPartition, parse_request};
 use crate::metrics::METRICS;
 use crate::rejection::{DeadLetter, RejectReason, Rejection};
-use crate::stage::{Changelog, InputMsg, Outputs, Positions, Processor};
+use crate::stage::{ChangeSink, Changelog, InputMsg, Outputs, Positions, Processor};
 
 fn dead_letter(
     out: &mut Outputs<'_>,

@@ -83,7 +83,7 @@ impl CatalogFeed {
         self.consumer.assign(&tpl)?;
         let deadline = Instant::now() + timeout;
         while !pending.is_empty() && Instant::now() < deadline {
-            if let Some(p) = self.poll_once(Duration::from_millis(200)) {
+            if let Some(p) = self.poll_once(Duration::from_millis(200), false) {
                 pending.remove(&p);
             }
         }
@@ -91,19 +91,26 @@ impl CatalogFeed {
     }
 
     /// Applies at most one message; returns the partition that reached its end, if any.
-    fn poll_once(&self, wait: Duration) -> Option<i32> {
+    /// `following`: after the initial load, each accepted version is logged at INFO.
+    fn poll_once(&self, wait: Duration, following: bool) -> Option<i32> {
         match self.consumer.poll(wait) {
             Some(Ok(m)) => {
                 let payload = m.payload()?;
                 match Catalog::parse_version(payload) {
                     Ok(v) => {
                         let mut next = Catalog::clone(&self.handle.load());
+                        // Said per version once following (the start-up load is summed up
+                        // in one line by its caller): what an operator publishing expects.
+                        let said = following.then(|| accepted_text(&next, &v));
                         match next.insert(v) {
                             Ok(true) => {
                                 next.updated_at = Some(chrono::Utc::now());
                                 METRICS.catalog_versions.set(next.version_count() as i64);
                                 METRICS.catalog_updates.inc();
                                 self.handle.store(Arc::new(next));
+                                if let Some((key, what)) = said {
+                                    tracing::info!(version = %key, offset = m.offset(), "price version accepted: {what}");
+                                }
                             }
                             Ok(false) => {}
                             Err(e) => {
@@ -131,11 +138,39 @@ impl CatalogFeed {
     /// Follows the topic until `stop` is cancelled. Blocking: call it on its own thread.
     pub fn follow(self, stop: &CancellationToken) {
         while !stop.is_cancelled() {
-            self.poll_once(Duration::from_millis(250));
+            self.poll_once(Duration::from_millis(250), true);
             if let Some(t) = self.handle.load().updated_at {
                 let age = (chrono::Utc::now() - t).num_milliseconds() as f64 / 1000.0;
                 METRICS.catalog_age.set(age);
             }
         }
     }
+}
+
+/// The topic key of `v` and what accepting it does to `current`: a new version (its prices),
+/// or the same version republished with aliases added.
+fn accepted_text(current: &Catalog, v: &PriceVersion) -> (String, String) {
+    let republished = current
+        .lookup(&v.asset_id, v.effective_from)
+        .ok()
+        .filter(|p| p.effective_from == v.effective_from);
+    let what = match republished {
+        Some(p) => {
+            let added: Vec<&str> = v
+                .aliases
+                .iter()
+                .chain(&v.alias_patterns)
+                .filter(|a| !p.spec.aliases.contains(a) && !p.spec.alias_patterns.contains(a))
+                .map(String::as_str)
+                .collect();
+            format!("republished with aliases added: {}", added.join(" "))
+        }
+        None => format!(
+            "{} {} {}",
+            v.asset_type.as_str(),
+            v.vendor,
+            crate::catalog::check::prices_text(v)
+        ),
+    };
+    (v.topic_key(), what)
 }

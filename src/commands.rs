@@ -21,8 +21,13 @@ use usage_aggregator::{bench, kafka, sink};
 
 use crate::Exit;
 
+mod catalog_view;
 mod dead_letters;
 mod import;
+
+pub use catalog_view::{
+    ExportArgs, diff as catalog_diff, export as catalog_export, list as catalog_list,
+};
 
 pub use dead_letters::{ReplayArgs, replay_dead_letters};
 pub use import::{ImportArgs, import_catalog};
@@ -81,7 +86,7 @@ pub async fn setup(cfg: &Config, kafka_part: bool, clickhouse_part: bool) -> any
 }
 
 /// The catalog as published on the topic.
-async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
+pub(crate) async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
     let deadline = Instant::now() + cfg.kafka.connect_timeout;
     loop {
         let (feed, handle) = CatalogFeed::new(cfg)?;
@@ -247,21 +252,7 @@ pub async fn check(
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         for v in &versions {
-            let mut aliases = v.aliases.clone();
-            aliases.extend(v.alias_patterns.iter().map(|p| format!("/{p}/")));
-            let aliases = if aliases.is_empty() {
-                String::new()
-            } else {
-                format!("  aliases: {}", aliases.join(" "))
-            };
-            writeln!(
-                out,
-                "{:<32} {:<12} {:<22} {}{aliases}",
-                v.asset_id,
-                v.asset_type.as_str(),
-                v.version_label(),
-                check::prices_text(v)
-            )?;
+            writeln!(out, "{}", catalog_view::version_line(v))?;
         }
         let assets: std::collections::BTreeSet<&str> =
             versions.iter().map(|v| v.asset_id.as_str()).collect();

@@ -6,7 +6,8 @@
 //! Pure cores: [`grant`] (validation), [`core`] (balances), [`voucher`] (redemption
 //! decisions). Shell: [`processors`] (the two stages' glue on the stage runtime,
 //! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries), [`rows`] (ClickHouse
-//! rows). The HTTP routes are in `crate::http::accounts`.
+//! rows), [`view`] (balances and recent entries in memory for the HTTP API, without
+//! ClickHouse). The HTTP routes are in `crate::http::accounts`.
 
 pub mod cli;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod core;
 pub mod grant;
 pub mod processors;
 pub mod rows;
+pub mod view;
 pub mod voucher;
 
 use std::sync::Arc;

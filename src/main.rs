@@ -143,6 +143,23 @@ enum CatalogCommand {
     },
     /// Convert a price list kept in another tool's format into price versions.
     Import(commands::ImportArgs),
+    /// List the versions published on the catalog topic (what the service prices with).
+    List {
+        /// Output format (json: a catalog file, as `export` writes it).
+        #[arg(long, value_enum, default_value = "text")]
+        format: commands::CheckFormat,
+    },
+    /// Write the catalog topic's versions as a catalog file (to edit and publish back).
+    Export(commands::ExportArgs),
+    /// Compare a catalog file with the catalog topic, version by version, as `publish`
+    /// would judge it. Exit status 0: the same; 1: they differ.
+    Diff {
+        /// Catalog file (JSON array of price versions).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: commands::CheckFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +299,15 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Catalog {
             command: CatalogCommand::Import(a),
         } => commands::import_catalog(&cfg, a).await,
+        Command::Catalog {
+            command: CatalogCommand::List { format },
+        } => commands::catalog_list(&cfg, format).await,
+        Command::Catalog {
+            command: CatalogCommand::Export(a),
+        } => commands::catalog_export(&cfg, a.output.as_deref()).await,
+        Command::Catalog {
+            command: CatalogCommand::Diff { file, format },
+        } => commands::catalog_diff(&cfg, &file, format).await,
         Command::Rate {
             catalog,
             markup_rate,

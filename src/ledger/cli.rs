@@ -53,7 +53,7 @@ pub enum CreditsCommand {
         #[arg(long, default_value = "30s", value_parser = crate::config::values::parse_duration)]
         timeout: Duration,
     },
-    /// The account's balance (from ClickHouse).
+    /// The account's balance, from the ledger's own state in Kafka (not ClickHouse).
     Balance {
         /// Account to show.
         account: String,
@@ -202,11 +202,23 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             print_result(&r)
         }
         CreditsCommand::Balance { account, format } => {
-            let ch = require_clickhouse(cfg).await?;
-            let b = client::balance(&ch, &account)
-                .await
-                .map_err(|e| query_error(cfg, e))?
-                .with_context(|| format!("account {account} has no ledger entries"))?;
+            // From the ledger's own state in Kafka: exact, and without ClickHouse.
+            require_kafka(cfg, &[("topics.ledger_state", &cfg.topics.ledger_state)]).await?;
+            let (c, a) = (cfg.clone(), account.clone());
+            let state = tokio::task::spawn_blocking(move || {
+                crate::ledger::view::follow::read_account(&c, &a, Duration::from_secs(60))
+            })
+            .await??
+            .with_context(|| format!("account {account} has no ledger entries"))?;
+            let b = client::Balance {
+                account_id: account.clone(),
+                balance: state.balance.normalize().to_string(),
+                entries: state.seq,
+                last_entry_at: state
+                    .updated_at
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+            };
             if format == "json" {
                 writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&b)?)?;
             } else {

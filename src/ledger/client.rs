@@ -348,7 +348,7 @@ pub async fn balance(
 }
 
 /// One line of an account's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HistoryEntry {
     pub seq: u64,
     pub date: String,
@@ -359,6 +359,44 @@ pub struct HistoryEntry {
     pub debit: String,
     pub balance: String,
     pub assets: Vec<serde_json::Value>,
+}
+
+impl HistoryEntry {
+    /// The history line of a balance event, as [`history`] reads it back from ClickHouse:
+    /// the date to the second, zero credit or debit as "0", decimals normalized. The ledger
+    /// view serves these from memory; `tests/faults.rs` compares both.
+    pub fn from_event(e: &crate::ledger::core::BalanceEvent) -> HistoryEntry {
+        let (credit, debit) = if e.amount.is_sign_negative() {
+            (Decimal::ZERO, -e.amount)
+        } else {
+            (e.amount, Decimal::ZERO)
+        };
+        let text = |d: Decimal| d.normalize().to_string();
+        HistoryEntry {
+            seq: e.seq,
+            date: e
+                .occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            kind: e.kind.as_str().to_string(),
+            reference: e.reference.clone(),
+            description: e.description.clone(),
+            credit: text(credit),
+            debit: text(debit),
+            balance: text(e.balance_after),
+            assets: e
+                .lines
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "asset_id": l.asset_id,
+                        "calls": l.calls,
+                        "quantities": l.quantities,
+                        "cost": text(l.cost),
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]

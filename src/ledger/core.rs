@@ -517,6 +517,18 @@ impl LedgerPartition {
     }
 }
 
+/// The account and state of a ledger changelog record, when it is an account's (`a/<id>`;
+/// `None` state for a tombstone); other records (grant and debit marks, positions) are not.
+/// Readers of the changelog other than the stage (the HTTP ledger view, `credits balance`)
+/// use it so the key format stays in this file.
+pub fn account_record(key: &[u8], value: Option<&[u8]>) -> Option<(String, Option<AccountState>)> {
+    let account = String::from_utf8(key.strip_prefix(ACCOUNT_PREFIX)?.to_vec()).ok()?;
+    match value {
+        None => Some((account, None)),
+        Some(v) => serde_json::from_slice(v).ok().map(|s| (account, Some(s))),
+    }
+}
+
 /// The crossing of `threshold` by a change from `before` to `after`, if any.
 pub fn crossing(before: Decimal, after: Decimal, threshold: Decimal) -> Option<Crossing> {
     match (before >= threshold, after >= threshold) {

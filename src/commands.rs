@@ -24,6 +24,8 @@ use crate::Exit;
 mod catalog_view;
 mod dead_letters;
 mod import;
+mod plans;
+mod teardown;
 
 pub use catalog_view::{
     ExportArgs, diff as catalog_diff, export as catalog_export, list as catalog_list,
@@ -31,6 +33,8 @@ pub use catalog_view::{
 
 pub use dead_letters::{ReplayArgs, replay_dead_letters};
 pub use import::{ImportArgs, import_catalog};
+pub use plans::{AccountsCommand, PlansCommand, accounts, plans};
+pub use teardown::teardown;
 
 pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
     BufWriter::new(std::io::stdout().lock())
@@ -87,24 +91,13 @@ pub async fn setup(cfg: &Config, kafka_part: bool, clickhouse_part: bool) -> any
 
 /// The catalog as published on the topic.
 pub(crate) async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
-    let deadline = Instant::now() + cfg.kafka.connect_timeout;
-    loop {
-        let (feed, handle) = CatalogFeed::new(cfg)?;
-        let wait = cfg.kafka.connect_timeout + Duration::from_secs(10);
-        match tokio::task::spawn_blocking(move || feed.load_initial(wait)).await? {
-            Ok(_) => return Ok(Catalog::clone(&handle.load())),
-            // A topic just created may not have a leader yet.
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await
-            }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "topics.price_catalog = \"{}\": cannot read the published catalog",
-                    cfg.topics.price_catalog
-                )));
-            }
-        }
-    }
+    plans::published(
+        cfg,
+        CatalogFeed::new,
+        "topics.price_catalog",
+        &cfg.topics.price_catalog,
+    )
+    .await
 }
 
 /// Refuses edits always and retroactive versions unless allowed; returns the versions to
@@ -293,12 +286,17 @@ pub async fn check(
 pub fn rate(
     mut cfg: Config,
     catalog: &Path,
+    plans_file: Option<&Path>,
     markup_rate: Option<Decimal>,
     lines: bool,
     strict: bool,
     rejects: Option<&Path>,
 ) -> anyhow::Result<()> {
     let c = read_catalog(catalog, "--catalog")?;
+    let book = match plans_file {
+        Some(p) => plans::read_plans(p, "--plans", None)?,
+        None => usage_aggregator::plans::PlanBook::default(),
+    };
     if let Some(r) = markup_rate {
         cfg.rollup.markup_rate = r;
         cfg.validate()
@@ -316,7 +314,10 @@ pub fn rate(
     };
     let summary = offline::rate(
         cfg.rollup_config(),
-        &c,
+        usage_aggregator::rating::Pricing {
+            catalog: &c,
+            plans: &book,
+        },
         BufReader::new(std::io::stdin().lock()),
         stdout(),
         lines,

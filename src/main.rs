@@ -61,6 +61,14 @@ enum Command {
         #[arg(long)]
         clickhouse_only: bool,
     },
+    /// Remove what a prefixed deployment (kafka.prefix, e.g. a trial) made: its Kafka topics,
+    /// consumer groups and ClickHouse database. Lists them; deletes only with --yes; refused
+    /// without a prefix and while a group has members; never touches another prefix.
+    Teardown {
+        /// Delete what is listed.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Price catalog operations.
     Catalog {
         #[command(subcommand)]
@@ -72,6 +80,11 @@ enum Command {
         /// Catalog file (JSON array of price versions).
         #[arg(long, value_name = "FILE")]
         catalog: PathBuf,
+        /// Plans file (plan versions and account assignments), as published to the plans
+        /// topic: the same file gives the live pipeline's amounts. Without it every account
+        /// is on the `default` plan.
+        #[arg(long, value_name = "FILE")]
+        plans: Option<PathBuf>,
         /// Markup rate for agent executions, a decimal such as 0.2 (default: rollup.markup_rate).
         #[arg(long, value_name = "RATE", value_parser = parse_decimal)]
         markup_rate: Option<Decimal>,
@@ -84,6 +97,16 @@ enum Command {
         /// Write rejected events to FILE (one JSON object per line) instead of stdout.
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
+    },
+    /// Plans and negotiated prices: check, publish, list (docs/price-catalog.md#plans).
+    Plans {
+        #[command(subcommand)]
+        command: commands::PlansCommand,
+    },
+    /// Accounts: assign a plan.
+    Accounts {
+        #[command(subcommand)]
+        command: commands::AccountsCommand,
     },
     /// Dead-letter operations.
     DeadLetters {
@@ -299,6 +322,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Catalog {
             command: CatalogCommand::Import(a),
         } => commands::import_catalog(&cfg, a).await,
+        Command::Teardown { yes } => commands::teardown(&cfg, yes).await,
         Command::Catalog {
             command: CatalogCommand::List { format },
         } => commands::catalog_list(&cfg, format).await,
@@ -310,6 +334,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         } => commands::catalog_diff(&cfg, &file, format).await,
         Command::Rate {
             catalog,
+            plans,
             markup_rate,
             lines,
             strict,
@@ -317,11 +342,14 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         } => commands::rate(
             cfg,
             &catalog,
+            plans.as_deref(),
             markup_rate,
             lines,
             strict,
             rejects.as_deref(),
         ),
+        Command::Plans { command } => commands::plans(&cfg, command).await,
+        Command::Accounts { command } => commands::accounts(&cfg, command).await,
         Command::DeadLetters {
             command: DeadLettersCommand::Replay(a),
         } => commands::replay_dead_letters(&cfg, a).await,

@@ -286,6 +286,43 @@ fn fault_clickhouse_outage_and_refused_inserts_lose_no_row() {
         "outage: {} answers of balances and recent entries, {topups} top-ups, each equal to the ledger's output",
         served.len()
     );
+    // How far behind the ledger the view is, still without ClickHouse: a top-up's 202 to its
+    // entry on the transactions page (the ledger applies and commits it, the view reads the
+    // committed balance event). A figure, not an assertion.
+    let mut lags = Vec::new();
+    for i in 0..10 {
+        let account = &accounts[i % accounts.len()];
+        let sent = Instant::now();
+        let r = http_call(
+            &listen,
+            "POST",
+            &format!("/v1/accounts/{account}/topups"),
+            Some(OPERATOR_TOKEN),
+            Some(&format!(r#"{{"amount":"10","reference":"lag-{i}"}}"#)),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let grant = r.json()["grant_id"].as_str().unwrap().to_string();
+        while !get(&format!("/v1/accounts/{account}/transactions?limit=5"))["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["reference"] == grant.as_str())
+        {
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "top-up {grant} never served"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lags.push(sent.elapsed().as_millis());
+    }
+    lags.sort();
+    eprintln!(
+        "outage: top-up accepted -> served by the ledger view: median {} ms, max {} ms (ledger.commit_interval {:?})",
+        lags[lags.len() / 2],
+        lags[lags.len() - 1],
+        env.cfg.ledger.commit_interval
+    );
     ch.resume();
     let loader = producer_done;
 

@@ -90,6 +90,8 @@ fn debit(id: &str, account: &str, cost: Decimal) -> Debit {
         kind: DebitKind::ModelCall,
         account_id: account.into(),
         execution_id: None,
+        plan: "default".into(),
+        plan_version: None,
         subtotal: cost,
         markup_rate: rate,
         markup,
@@ -100,10 +102,12 @@ fn debit(id: &str, account: &str, cost: Decimal) -> Debit {
         breakdown: vec![BreakdownLine {
             asset_id: "openai/gpt-4o-mini".into(),
             asset_type: usage_aggregator::catalog::AssetType::Model,
+            price_version: String::new(),
             calls: 1,
             quantities: [("input_tokens".to_string(), Decimal::from(1200))].into(),
             cost,
         }],
+        correction: None,
     }
 }
 

@@ -319,10 +319,24 @@ impl LedgerPartition {
                 ))
             };
         }
-        if d.total.is_sign_negative() {
+        // A correction credits back when negative (re-rating found the original too high);
+        // any other debit is a charge.
+        let correction = d.kind == crate::debit::DebitKind::Correction;
+        if d.total.is_sign_negative() && !correction {
             return Outcome::Refused(Rejection::new(
                 RejectReason::InvalidAmount,
                 format!("debit total must not be negative (value {})", d.total),
+            ));
+        }
+        if correction != d.correction.is_some() {
+            return Outcome::Refused(Rejection::new(
+                RejectReason::InvalidAmount,
+                format!(
+                    "debit {} of kind {} {} a correction reference",
+                    crate::rejection::excerpt(&d.debit_id),
+                    d.kind.as_str(),
+                    if correction { "lacks" } else { "carries" }
+                ),
             ));
         }
         let lines = d

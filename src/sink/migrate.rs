@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "ledger",
         include_str!("../../deploy/clickhouse/0004_ledger.sql"),
     ),
+    (
+        5,
+        "pricing",
+        include_str!("../../deploy/clickhouse/0005_pricing.sql"),
+    ),
 ];
 
 /// True when re-running `stmt` failed only because an earlier, interrupted run of the same

@@ -285,9 +285,7 @@ impl TestEnv {
         let mut out = BTreeMap::new();
         for p in md.topics()[0].partitions() {
             let p = p.id();
-            let (low, high) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
+            let (low, high) = watermarks(&c, topic, p);
             let mut msgs = Vec::new();
             if high > low {
                 let mut tpl = TopicPartitionList::new();
@@ -1005,4 +1003,21 @@ pub fn workload_for(
         ..Default::default()
     };
     Workload::new(spec, &env.catalog()).collect()
+}
+
+/// A partition's (low, high) watermarks. A leader that moves or a metadata cache that lags
+/// (a topic just created, a loaded broker) answers `NotLeaderForPartition` or
+/// `UnknownTopicOrPartition` for a moment: retried for up to 30 s, then the last error.
+pub fn watermarks(c: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return w,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("watermarks of {topic}[{partition}]: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("watermarks of {topic}[{partition}]: {e}"),
+        }
+    }
 }

@@ -474,7 +474,10 @@ mod tests {
             })
             .collect();
         assert!(topics.contains(&"lagtest-debits".to_string()), "{topics:?}");
-        assert!(topics.contains(&"lagtest-priced_usage".to_string()), "{topics:?}");
+        assert!(
+            topics.contains(&"lagtest-priced_usage".to_string()),
+            "{topics:?}"
+        );
         // No unprefixed series (this test process never configures unprefixed topics).
         assert!(!topics.contains(&"debits".to_string()), "{topics:?}");
     }

@@ -3,22 +3,33 @@
 //! ClickHouse ledger out, exactly once under kill -9 (Kafka transactions). See
 //! docs/credits.md for the flow and docs/design.md ("Credits ledger") for the guarantee.
 //!
-//! Pure cores: [`grant`] (validation), [`core`] (balances), [`voucher`] (redemption
-//! decisions). Shell: [`stage`] (a generic transactional consume-transform-produce loop),
-//! [`processors`] (the two stages' glue), [`client`] (CLI/HTTP requests and queries),
-//! [`api`] (HTTP routes), [`rows`] (ClickHouse rows).
+//! Pure cores ([`CORE_FILES`]; tests/core_is_pure.rs holds them to it): [`grant`] and
+//! [`command`] (validation of the command log), [`funding`] (the draw-down order),
+//! [`thresholds`] (alerts, automatic top-ups), [`core`] (balances, expiry, answers),
+//! [`state`], [`entry`] and [`answer`] (records), [`voucher`] (redemption decisions). Shell:
+//! [`stage`] (a generic transactional consume-transform-produce loop), [`processors`] (the
+//! two stages' glue), [`clock`] (writes clock markers when an expiry is due), [`client`]
+//! (CLI/HTTP requests and queries), [`api`] (HTTP routes), [`rows`] (ClickHouse rows).
 
+pub mod answer;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod clock;
+pub mod command;
 pub mod core;
+pub mod entry;
+pub mod funding;
 pub mod grant;
 pub mod processors;
 pub mod rows;
 pub mod stage;
+pub mod state;
+pub mod thresholds;
 pub mod voucher;
 
-use rust_decimal::Decimal;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -27,6 +38,27 @@ use core::LedgerRules;
 use grant::GrantRules;
 use processors::{LedgerProcessor, VoucherProcessor};
 use stage::{Stage, StageError, StageSpec};
+use thresholds::Threshold;
+
+/// The files of the ledger's pure core (under src/ledger/): no I/O, clock or randomness.
+pub const CORE_FILES: [&str; 16] = [
+    "answer.rs",
+    "command.rs",
+    "core.rs",
+    "core/changelog.rs",
+    "core/entry.rs",
+    "core/expiry.rs",
+    "core/queries.rs",
+    "entry.rs",
+    "funding.rs",
+    "grant.rs",
+    "state.rs",
+    "thresholds.rs",
+    "voucher.rs",
+    "voucher/code.rs",
+    "voucher/revoke.rs",
+    "voucher/view.rs",
+];
 
 /// Topics the ledger needs (`setup` creates them). The ledger's inputs, outputs and
 /// changelogs get `output_partitions` partitions, like `debits`: an account's debits and
@@ -42,6 +74,12 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         (t.balances.clone(), o, vec![delete, month]),
         (t.credit_alerts.clone(), o, vec![delete, month]),
         (t.ledger_state.clone(), o, vec![compact]),
+        (
+            t.ledger_results.clone(),
+            o,
+            vec![delete, ("retention.ms", "604800000")],
+        ),
+        (t.topup_requests.clone(), o, vec![delete, month]),
         (t.voucher_requests.clone(), o, vec![delete, month]),
         (
             t.voucher_results.clone(),
@@ -54,18 +92,21 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
 
 /// Ledger rules from configuration (validated by `Config::validate`).
 pub fn rules(cfg: &Config) -> (LedgerRules, GrantRules) {
-    let mut thresholds: Vec<Decimal> = cfg
+    let mut values: Vec<_> = cfg
         .ledger
         .alert_thresholds
         .iter()
         .map(|d| d.normalize())
         .collect();
-    thresholds.sort_by(|a, b| b.cmp(a));
-    thresholds.dedup();
+    values.sort_by(|a, b| b.cmp(a));
+    values.dedup();
     (
         LedgerRules {
-            thresholds,
+            thresholds: values.into_iter().map(Threshold::Credits).collect(),
             debit_horizon: cfg.ledger.debit_dedupe_horizon,
+            expiry_warning_secs: cfg.ledger.expiry_warning.as_secs(),
+            min_topup: cfg.ledger.min_topup,
+            refusal_memory: cfg.ledger.refusal_memory,
         },
         GrantRules {
             min_topup: cfg.ledger.min_topup,
@@ -90,10 +131,20 @@ fn spec(
     }
 }
 
-/// Runs the ledger stage (blocking) until `stop`.
+/// Runs the ledger stage (blocking) until `stop`, with its clock (a thread writing clock
+/// markers to `credit_grants` when an expiry of an owned partition is due).
 pub fn run_ledger(cfg: &Config, stop: &CancellationToken) -> Result<(), StageError> {
     let (rules, grant_rules) = rules(cfg);
-    let mut p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules);
+    let key = crate::marker::MarkerKey::load(&cfg.pipeline)
+        .map_err(|e| StageError::Setup(e.to_string()))?;
+    let board = Arc::new(clock::Deadlines::default());
+    let mut p = LedgerProcessor::new(
+        cfg.topics.clone(),
+        rules,
+        grant_rules,
+        key.clone(),
+        board.clone(),
+    );
     let t = &cfg.topics;
     let s = spec(
         cfg,
@@ -102,7 +153,18 @@ pub fn run_ledger(cfg: &Config, stop: &CancellationToken) -> Result<(), StageErr
         vec![t.debits.clone(), t.credit_grants.clone()],
         &t.ledger_state,
     );
-    Stage::new(cfg, s, &mut p)?.run(stop)
+    let clock_stop = stop.child_token();
+    std::thread::scope(|scope| {
+        let c = clock_stop.clone();
+        let b = board.clone();
+        std::thread::Builder::new()
+            .name("ledger-clock".into())
+            .spawn_scoped(scope, move || clock::run(cfg, &b, &key, &c))
+            .map_err(|e| StageError::Setup(format!("cannot start the ledger clock: {e}")))?;
+        let result = Stage::new(cfg, s, &mut p).and_then(|stage| stage.run(stop));
+        clock_stop.cancel();
+        result
+    })
 }
 
 /// Runs the voucher stage (blocking) until `stop`.

@@ -1,14 +1,14 @@
-//! HTTP endpoints of the credits ledger: balance and paged history from ClickHouse (GET),
-//! top-ups and voucher redemptions (POST, bearer token from `USAGE_AGG_API_TOKEN` or
-//! `ledger.api_token_file`; 401 without it; the token is never logged).
-//!
-//! - `GET  /v1/accounts/{id}/balance` -> `{"account_id","balance","entries","last_entry_at"}`
-//! - `GET  /v1/accounts/{id}/transactions?limit=50&before_seq=N` -> newest first, with
-//!   `next_before_seq` for the next page
-//! - `POST /v1/accounts/{id}/topups` `{"amount":"25.00","reference":"pay_123"}` -> 202
-//! - `POST /v1/accounts/{id}/redemptions` `{"code":"SPRING-2026-X7Q"}` -> 200 granted
-//!
-//! Refusals answer 422 with `{"reason": code, "message": text}`.
+//! HTTP endpoints of the credits ledger (docs/credits.md, "HTTP"). Reads: balance (with open
+//! grants) and paged history from ClickHouse. Writes and ledger queries answer with the
+//! ledger's verdict, read back from `ledger_results` (or `voucher_results`): grants
+//! ([`grants`]), account settings ([`settings`]), vouchers for operators ([`vouchers`]).
+//! Every write needs `Authorization: Bearer <token>` (`USAGE_AGG_API_TOKEN` or
+//! `ledger.api_token_file`; 401 without it, 503 when none is configured; never logged).
+//! Error bodies are `{"error": "...", ...}`; refusals answer 422 with `reason`.
+
+mod grants;
+mod settings;
+mod vouchers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,16 +16,17 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::ledger::client::{self, ClientError, ResultFollower};
-use crate::ledger::grant::{GrantKind, check_account};
-use crate::ledger::voucher::{self, VoucherOutcome, VoucherRequest};
+use crate::ledger::answer::LedgerAnswer;
+use crate::ledger::client::{self, ClientError, LedgerFollower, ResultFollower};
+use crate::ledger::command::Request;
+use crate::ledger::grant::check_account;
 
 /// Environment variable holding the API token.
 pub const TOKEN_ENV: &str = "USAGE_AGG_API_TOKEN";
@@ -34,8 +35,9 @@ pub const TOKEN_ENV: &str = "USAGE_AGG_API_TOKEN";
 pub struct LedgerApi {
     cfg: Config,
     producer: FutureProducer,
-    /// Started on the first redemption (it waits for the results topic to be readable).
-    follower: tokio::sync::OnceCell<ResultFollower>,
+    /// Started on first use (each waits for its results topic to be readable).
+    vouchers: tokio::sync::OnceCell<ResultFollower>,
+    answers: tokio::sync::OnceCell<LedgerFollower>,
     token: Option<String>,
     ch: clickhouse::Client,
 }
@@ -64,10 +66,53 @@ impl LedgerApi {
         Ok(LedgerApi {
             cfg: cfg.clone(),
             producer: client::producer(cfg)?,
-            follower: tokio::sync::OnceCell::new(),
+            vouchers: tokio::sync::OnceCell::new(),
+            answers: tokio::sync::OnceCell::new(),
             token,
             ch,
         })
+    }
+
+    async fn voucher_results(&self) -> Result<&ResultFollower, ClientError> {
+        self.vouchers
+            .get_or_try_init(|| {
+                let cfg = self.cfg.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || ResultFollower::start(&cfg))
+                        .await
+                        .map_err(|e| ClientError::Other(e.to_string()))?
+                }
+            })
+            .await
+    }
+
+    async fn ledger_answers(&self) -> Result<&LedgerFollower, ClientError> {
+        self.answers
+            .get_or_try_init(|| {
+                let cfg = self.cfg.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || LedgerFollower::start(&cfg))
+                        .await
+                        .map_err(|e| ClientError::Other(e.to_string()))?
+                }
+            })
+            .await
+    }
+
+    /// Sends a ledger command and waits `ledger.answer_timeout` for its answer.
+    async fn command(&self, req: &Request) -> Result<LedgerAnswer, ClientError> {
+        let f = self.ledger_answers().await?;
+        f.command(
+            &self.cfg,
+            &self.producer,
+            req,
+            self.cfg.ledger.answer_timeout,
+        )
+        .await
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cfg.ledger.answer_timeout
     }
 }
 
@@ -75,15 +120,35 @@ pub fn router(api: Arc<LedgerApi>) -> Router {
     Router::new()
         .route("/v1/accounts/{account_id}/balance", get(balance))
         .route("/v1/accounts/{account_id}/transactions", get(transactions))
-        .route("/v1/accounts/{account_id}/topups", post(topup))
-        .route("/v1/accounts/{account_id}/redemptions", post(redeem))
+        .route("/v1/accounts/{account_id}/topups", post(grants::topup))
+        .route(
+            "/v1/accounts/{account_id}/adjustments",
+            post(grants::adjust),
+        )
+        .route("/v1/accounts/{account_id}/grants", post(grants::grant))
+        .route("/v1/grants/{grant_id}", get(grants::status))
+        .route(
+            "/v1/accounts/{account_id}/thresholds",
+            get(settings::show).put(settings::thresholds),
+        )
+        .route(
+            "/v1/accounts/{account_id}/auto-topup",
+            put(settings::auto_topup).delete(settings::auto_topup_off),
+        )
+        .route(
+            "/v1/accounts/{account_id}/redemptions",
+            post(vouchers::redeem),
+        )
+        .route("/v1/vouchers", get(vouchers::list).post(vouchers::create))
+        .route("/v1/vouchers/{voucher_id}/revoke", post(vouchers::revoke))
         .with_state(api)
 }
 
+/// 422 with the refusal's reason code.
 fn refused(reason: &str, message: &str) -> Response {
     (
         StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({"reason": reason, "message": message})),
+        Json(json!({"error": message, "reason": reason, "message": message})),
     )
         .into_response()
 }
@@ -95,6 +160,11 @@ fn error(status: StatusCode, message: &str) -> Response {
 fn unavailable(e: &ClientError) -> Response {
     tracing::warn!(error = %e, "ledger request failed");
     error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+}
+
+/// A JSON body that did not parse: 422 naming what was expected.
+fn bad_body(expected: &str) -> Response {
+    refused("invalid_json", &format!("body must be {expected}"))
 }
 
 /// Equal length and bytes, compared without an early exit.
@@ -129,9 +199,16 @@ fn authorize(api: &LedgerApi, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// Checks the path's account id: `None` when valid, else the 422.
+fn bad_account(account: &str) -> Option<Response> {
+    check_account(account)
+        .err()
+        .map(|r| refused(r.reason.as_str(), &r.message))
+}
+
 async fn balance(State(api): State<Arc<LedgerApi>>, Path(account): Path<String>) -> Response {
-    if let Err(r) = check_account(&account) {
-        return refused(r.reason.as_str(), &r.message);
+    if let Some(r) = bad_account(&account) {
+        return r;
     }
     match client::balance(&api.ch, &account).await {
         Ok(Some(b)) => Json(b).into_response(),
@@ -154,8 +231,8 @@ async fn transactions(
     Path(account): Path<String>,
     Query(page): Query<Page>,
 ) -> Response {
-    if let Err(r) = check_account(&account) {
-        return refused(r.reason.as_str(), &r.message);
+    if let Some(r) = bad_account(&account) {
+        return r;
     }
     let limit = page.limit.unwrap_or(50).clamp(1, 1000);
     match client::history(&api.ch, &account, limit, page.before_seq).await {
@@ -170,121 +247,6 @@ async fn transactions(
             }))
             .into_response()
         }
-        Err(e) => unavailable(&e),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TopupBody {
-    amount: serde_json::Value,
-    reference: String,
-}
-
-async fn topup(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    body: Option<Json<TopupBody>>,
-) -> Response {
-    if let Some(r) = authorize(&api, &headers) {
-        return r;
-    }
-    let Some(Json(body)) = body else {
-        return refused(
-            "invalid_json",
-            "body must be {\"amount\": \"25.00\", \"reference\": \"<payment id>\"}",
-        );
-    };
-    let amount = match &body.amount {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let g = match client::build_grant(
-        &api.cfg,
-        GrantKind::Topup,
-        &account,
-        &amount,
-        &body.reference,
-        None,
-    ) {
-        Ok(g) => g,
-        Err(r) => return refused(r.reason.as_str(), &r.message),
-    };
-    match client::send_grant(&api.cfg, &api.producer, &g).await {
-        Ok(()) => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "grant_id": g.grant_id,
-                "account_id": g.account_id,
-                "amount": g.amount.to_string(),
-                "status": "accepted: the balance changes when the ledger applies it (about a second)",
-            })),
-        )
-            .into_response(),
-        Err(e) => unavailable(&e),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RedeemBody {
-    code: String,
-    request_id: Option<String>,
-}
-
-async fn redeem(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    body: Option<Json<RedeemBody>>,
-) -> Response {
-    if let Some(r) = authorize(&api, &headers) {
-        return r;
-    }
-    let Some(Json(body)) = body else {
-        return refused(
-            "invalid_json",
-            "body must be {\"code\": \"<voucher code>\"}",
-        );
-    };
-    if let Err(r) = check_account(&account) {
-        return refused(r.reason.as_str(), &r.message);
-    }
-    let code = match voucher::normalize_code(&body.code) {
-        Ok(c) => c,
-        // A malformed code cannot exist: the same answer as an unknown one.
-        Err(_) => return refused("unknown", "no voucher has this code"),
-    };
-    let started = api
-        .follower
-        .get_or_try_init(|| {
-            let cfg = api.cfg.clone();
-            async move {
-                tokio::task::spawn_blocking(move || ResultFollower::start(&cfg))
-                    .await
-                    .map_err(|e| ClientError::Other(e.to_string()))?
-            }
-        })
-        .await;
-    let follower = match started {
-        Ok(f) => f,
-        Err(e) => return unavailable(&e),
-    };
-    let req = VoucherRequest::Redeem {
-        request_id: body.request_id.unwrap_or_else(|| client::new_id("redeem")),
-        requested_at: chrono::Utc::now(),
-        code_hash: voucher::code_hash(&code),
-        masked: voucher::mask(&code),
-        account_id: account,
-    };
-    match follower
-        .request(&api.cfg, &api.producer, &req, Duration::from_secs(15))
-        .await
-    {
-        Ok(r) if r.outcome == VoucherOutcome::Granted => Json(r).into_response(),
-        Ok(r) => (StatusCode::UNPROCESSABLE_ENTITY, Json(r)).into_response(),
-        Err(e @ ClientError::Timeout(..)) => error(StatusCode::ACCEPTED, &e.to_string()),
         Err(e) => unavailable(&e),
     }
 }

@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "ledger",
         include_str!("../../deploy/clickhouse/0004_ledger.sql"),
     ),
+    (
+        5,
+        "ledger_grants",
+        include_str!("../../deploy/clickhouse/0005_ledger_grants.sql"),
+    ),
 ];
 
 /// True when re-running `stmt` failed only because an earlier, interrupted run of the same

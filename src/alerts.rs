@@ -196,7 +196,17 @@ fn send_alert(
     a: &SpendAlert,
 ) -> anyhow::Result<()> {
     METRICS.alerts_fired.with_label_values(&[&a.rule]).inc();
-    tracing::info!(rule = %a.rule, amount = %a.amount, threshold = %a.threshold, "spend alert");
+    // Who and what, so the operator can act on the line alone (never a metric label).
+    tracing::info!(
+        rule = %a.rule,
+        account_id = %a.account_id,
+        execution_id = %a.execution_id.as_deref().unwrap_or("-"),
+        amount = %a.amount,
+        threshold = %a.threshold,
+        window_start = %a.window_start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        alert_id = %a.alert_id,
+        "spend alert"
+    );
     let payload = serde_json::to_vec(a)?;
     let rec = BaseRecord::to(&cfg.topics.alerts)
         .key(a.account_id.as_bytes())

@@ -33,9 +33,18 @@ pub enum Role {
     Ledger,
 }
 
+/// Creates the labelled series of every stage (core, sink, ledger), so dashboards and alert
+/// rules see zeros instead of missing series.
+pub fn init_labels() {
+    crate::metrics::init_labels();
+    crate::sink::init_labels();
+    crate::ledger::init_labels();
+    crate::http::init_labels();
+}
+
 /// Runs until SIGTERM/SIGINT (or a stage fails).
 pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
-    crate::metrics::init_labels();
+    init_labels();
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     // Leaving early (a start-up error) stops whatever already started.
@@ -59,13 +68,15 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
     let (c, ch_api) = (cfg.clone(), ch.clone());
     let ledger_api =
-        tokio::task::spawn_blocking(move || crate::ledger::api::LedgerApi::new(&c, ch_api));
+        tokio::task::spawn_blocking(move || crate::http::accounts::LedgerApi::new(&c, ch_api));
+    let keys = Arc::new(crate::keys::store::KeyStore::default());
     let http_state = HttpState {
         health: health.clone(),
         engine: engine.clone(),
         clickhouse: Some(ch),
         stall_after: cfg.http.stall_after,
         ledger: Some(Arc::new(ledger_api.await??)),
+        auth: Arc::new(crate::http::auth::Auth::from_config(&cfg, keys.clone())?),
     };
     let http = tokio::spawn(http::serve(listener, http_state, shutdown.clone()));
     tokio::spawn(stages::cancel_on_signal(shutdown.clone()));
@@ -75,6 +86,9 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     if with_sink {
         tokio::spawn(crate::preflight::report_clickhouse(cfg.clone()));
     }
+    // Every instance knows every API key (the compacted api_keys topic).
+    let c = cfg.clone();
+    stages.thread("api-keys", move |stop| keys.follow(&c, &stop))?;
 
     if with_pipeline {
         health.pipeline_enabled.store(true, Ordering::Relaxed);
@@ -97,13 +111,13 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     }
     if with_ledger {
         // Each a transactional stage; a restart restores from its changelog.
-        let c = cfg.clone();
+        let (c, h) = (cfg.clone(), health.clone());
         stages.thread("ledger", move |stop| {
-            Ok(crate::ledger::run_ledger(&c, &stop)?)
+            Ok(crate::ledger::run_ledger(&c, Some(h), &stop)?)
         })?;
-        let c = cfg.clone();
+        let (c, h) = (cfg.clone(), health.clone());
         stages.thread("vouchers", move |stop| {
-            Ok(crate::ledger::run_vouchers(&c, &stop)?)
+            Ok(crate::ledger::run_vouchers(&c, Some(h), &stop)?)
         })?;
     }
     if with_sink {

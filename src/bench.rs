@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod java_baseline;
 pub mod loader;
 pub mod phases;
+pub mod restore;
 
 pub use loader::Loader;
 
@@ -35,6 +36,13 @@ pub struct BenchArgs {
     /// Stages the measured aggregator runs (pipeline alone isolates the sink's share).
     #[arg(long, default_value = "all")]
     pub role: String,
+    /// Instead of the other phases: restore time of one partition holding this many open
+    /// executions (written, the pipeline stopped and restarted `--restores` times).
+    #[arg(long)]
+    pub restore_open: Option<u64>,
+    /// Restarts measured by `--restore-open`.
+    #[arg(long, default_value_t = 3)]
+    pub restores: u32,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench-results.json")]
     pub output: std::path::PathBuf,
@@ -57,6 +65,12 @@ pub struct BenchReport {
     /// Aggregator rate / Kafka `ConsumerPerformance` rate (the headline ratio).
     pub ratio_to_java_consumer: Option<f64>,
     pub time_to_drain_s: f64,
+    /// The pipeline's commits (transactions) during the cold start and their mean duration.
+    pub commits_cold: f64,
+    pub commit_ms_mean_cold: f64,
+    /// The same during the live phase.
+    pub commits_live: f64,
+    pub commit_ms_mean_live: f64,
     pub peak_rss_mib: f64,
     pub cpu_s_per_million_events: f64,
     pub clickhouse_rows: u64,
@@ -77,6 +91,8 @@ pub struct BenchReport {
     /// RSS spread after the first minute of the live phase: (max - min) / 2 / median, in
     /// percent (the soak criterion is within ±10 %); `None` with fewer than two samples.
     pub rss_spread_after_warmup_pct: Option<f64>,
+    /// `--restore-open`: seconds each restart took to restore the pipeline's partitions.
+    pub restore_s: Vec<f64>,
 }
 
 /// One bench run's own topics, groups and ClickHouse database (prefixed with `tag`), and the
@@ -117,6 +133,12 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let env = BenchEnv::create(cfg).await?;
     let mut r = BenchReport::default();
     let loader = Loader::new(&env.cfg)?;
+    if let Some(open) = args.restore_open {
+        restore::phase(&env, &loader, &args, open, &mut r).await?;
+        std::fs::write(&args.output, serde_json::to_vec_pretty(&r)?)?;
+        println!("figures written to {}", args.output.display());
+        return Ok(());
+    }
     let events = phases::preload(&env, &loader, args.events, &mut r)?;
     phases::baseline(&env, events, &mut r)?;
     java_baseline::phase(&env, events, &mut r);

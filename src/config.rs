@@ -104,6 +104,9 @@ pub struct TopicsConfig {
     pub voucher_requests: String,
     pub voucher_results: String,
     pub voucher_state: String,
+    /// Account-scoped API keys (compacted, keyed by key id; digests only): every instance
+    /// follows it (docs/operations.md#access).
+    pub api_keys: String,
     /// Partitions `setup` gives the usage topic (and the state topic, which must match).
     pub partitions: i32,
     pub output_partitions: i32,
@@ -112,7 +115,7 @@ pub struct TopicsConfig {
 
 impl TopicsConfig {
     /// (key, topic name) of every topic, in `setup` order.
-    pub fn all(&self) -> [(&'static str, &String); 16] {
+    pub fn all(&self) -> [(&'static str, &String); 17] {
         [
             ("topics.usage_events", &self.usage_events),
             ("topics.state", &self.state),
@@ -130,6 +133,7 @@ impl TopicsConfig {
             ("topics.voucher_requests", &self.voucher_requests),
             ("topics.voucher_results", &self.voucher_results),
             ("topics.voucher_state", &self.voucher_state),
+            ("topics.api_keys", &self.api_keys),
         ]
     }
 }
@@ -155,6 +159,9 @@ pub struct RollupSection {
     pub closed_horizon: u64,
     pub closed_capacity: usize,
     pub max_event_bytes: usize,
+    /// Priced calls listed per open execution for its live trace (the execution trace API);
+    /// beyond it calls are rolled up and counted but not listed. Memory: ~300 bytes a call.
+    pub max_trace_calls: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +252,18 @@ pub struct HttpConfig {
     /// Time without progress while lag is positive before /readyz fails.
     #[serde(with = "values::duration")]
     pub stall_after: Duration,
+    /// The operator token (every account, every endpoint) from this file; the environment
+    /// variable `USAGE_AGG_API_TOKEN` wins. Formerly `ledger.api_token_file` (still read).
+    pub api_token_file: Option<PathBuf>,
+    /// Failed credential checks a client address may make in a burst before it is throttled.
+    pub auth_failure_burst: u32,
+    /// Failed checks per minute regained by a throttled address (token bucket).
+    pub auth_failures_per_minute: u32,
+    /// Header naming the client address when a trusted proxy sets it (e.g.
+    /// `x-forwarded-for`, rightmost entry); empty: the TCP peer address.
+    pub client_address_header: String,
+    /// Ledger entries kept in memory per account (served without ClickHouse).
+    pub recent_entries: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,7 +316,7 @@ pub struct LedgerConfig {
     /// How long the HTTP API waits for the ledger's answer before a 202 with a status URL.
     #[serde(with = "values::duration")]
     pub answer_timeout: Duration,
-    /// Bearer token of the HTTP write endpoints, from this file (or USAGE_AGG_API_TOKEN).
+    /// Deprecated name of `http.api_token_file` (still read; setting both is an error).
     pub api_token_file: Option<PathBuf>,
 }
 
@@ -372,6 +391,9 @@ impl Config {
         if let Some(f) = &self.ledger.api_token_file {
             self.ledger.api_token_file = Some(resolve("ledger.api_token_file", f));
         }
+        if let Some(f) = &self.http.api_token_file {
+            self.http.api_token_file = Some(resolve("http.api_token_file", f));
+        }
     }
 
     fn apply_prefix(&mut self) {
@@ -409,6 +431,7 @@ impl Config {
             &mut t.voucher_requests,
             &mut t.voucher_results,
             &mut t.voucher_state,
+            &mut t.api_keys,
         ] {
             name.insert_str(0, prefix);
         }
@@ -457,6 +480,7 @@ impl Config {
             closed_horizon: r.closed_horizon,
             closed_capacity: r.closed_capacity,
             max_event_bytes: r.max_event_bytes,
+            max_trace_calls: r.max_trace_calls,
         }
     }
 

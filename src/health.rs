@@ -1,6 +1,7 @@
 //! Health: what each stage reports (progress, lag, reachability) in, the readiness verdict
 //! the HTTP server serves out. A stalled consumer with growing lag is not ready.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +32,16 @@ pub struct Health {
     pub sink_lag: AtomicI64,
     /// While `run` waits for Kafka at start: why it cannot connect (preflight's line).
     pub kafka_wait: Mutex<Option<String>>,
+    /// What each stage on the stage runtime last reported, by stage name.
+    pub stages: Mutex<BTreeMap<&'static str, StageStatus>>,
+}
+
+/// What a stage on the stage runtime (`src/stage.rs`) reports: when it last handled input,
+/// and its lag (input messages behind the high watermarks of its partitions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageStatus {
+    pub last_progress_ms: u64,
+    pub lag: i64,
 }
 
 impl Health {
@@ -38,6 +49,46 @@ impl Health {
         let now = now_ms();
         self.last_progress_ms.store(now, Ordering::Relaxed);
         METRICS.last_progress.set(now as f64 / 1000.0);
+    }
+
+    /// A stage started (it is reported from now on).
+    pub fn stage_started(&self, stage: &'static str) {
+        self.stages
+            .lock()
+            .expect("health lock")
+            .entry(stage)
+            .or_insert(StageStatus {
+                last_progress_ms: now_ms(),
+                lag: 0,
+            });
+    }
+
+    /// A stage handled input just now. The rating pipeline's progress is also the service's
+    /// (`last_progress_ms`, the readiness rule).
+    pub fn stage_progressed(&self, stage: &'static str) {
+        if stage == "pipeline" {
+            self.progressed();
+        }
+        let now = now_ms();
+        self.stages
+            .lock()
+            .expect("health lock")
+            .entry(stage)
+            .or_default()
+            .last_progress_ms = now;
+    }
+
+    /// A stage's lag now; the rating pipeline's is also `pipeline_lag`.
+    pub fn stage_lag(&self, stage: &'static str, lag: i64) {
+        if stage == "pipeline" {
+            self.pipeline_lag.store(lag, Ordering::Relaxed);
+        }
+        self.stages
+            .lock()
+            .expect("health lock")
+            .entry(stage)
+            .or_default()
+            .lag = lag;
     }
 
     /// Records whether ClickHouse answered, and why not.

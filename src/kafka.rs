@@ -258,46 +258,41 @@ pub fn group_config(
     c
 }
 
-/// Topics `setup` creates, with partitions and configs.
 /// A topic to create: name, partitions, configs.
 pub type TopicPlan = (String, i32, Vec<(&'static str, &'static str)>);
 
+/// Every topic `setup` creates, with partitions and configs. The rating pipeline's input and
+/// its changelog get `topics.partitions`; its outputs `topics.output_partitions`, and so do
+/// the credits ledger's inputs, outputs and changelogs: an account's debits and grants must
+/// meet in the same partition number (co-partitioning).
 pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
     let t = &cfg.topics;
     let p = t.partitions;
     let o = t.output_partitions;
+    let week = ("retention.ms", "604800000");
+    let month = ("retention.ms", "2592000000");
+    let delete = ("cleanup.policy", "delete");
+    let compact = ("cleanup.policy", "compact");
     vec![
-        (
-            t.usage_events.clone(),
-            p,
-            vec![("cleanup.policy", "delete"), ("retention.ms", "604800000")],
-        ),
-        (t.state.clone(), p, vec![("cleanup.policy", "compact")]),
-        (
-            t.price_catalog.clone(),
-            1,
-            vec![("cleanup.policy", "compact")],
-        ),
-        (
-            t.debits.clone(),
-            o,
-            vec![("cleanup.policy", "delete"), ("retention.ms", "2592000000")],
-        ),
-        (
-            t.priced_usage.clone(),
-            o,
-            vec![("cleanup.policy", "delete"), ("retention.ms", "604800000")],
-        ),
-        (
-            t.dead_letter.clone(),
-            o,
-            vec![("cleanup.policy", "delete"), ("retention.ms", "2592000000")],
-        ),
-        (t.alerts.clone(), 1, vec![("cleanup.policy", "delete")]),
+        (t.usage_events.clone(), p, vec![delete, week]),
+        (t.state.clone(), p, vec![compact]),
+        (t.price_catalog.clone(), 1, vec![compact]),
+        (t.debits.clone(), o, vec![delete, month]),
+        (t.priced_usage.clone(), o, vec![delete, week]),
+        (t.dead_letter.clone(), o, vec![delete, month]),
+        (t.alerts.clone(), 1, vec![delete]),
+        (t.credit_grants.clone(), o, vec![delete, month]),
+        (t.balances.clone(), o, vec![delete, month]),
+        (t.credit_alerts.clone(), o, vec![delete, month]),
+        (t.ledger_state.clone(), o, vec![compact]),
+        (t.ledger_results.clone(), o, vec![delete, week]),
+        (t.topup_requests.clone(), o, vec![delete, month]),
+        (t.voucher_requests.clone(), o, vec![delete, month]),
+        (t.voucher_results.clone(), o, vec![delete, week]),
+        (t.voucher_state.clone(), o, vec![compact]),
+        // Small and read whole by every instance: one partition, compacted.
+        (t.api_keys.clone(), 1, vec![compact]),
     ]
-    .into_iter()
-    .chain(crate::ledger::planned_topics(cfg))
-    .collect()
 }
 
 /// Creates the planned topics; existing ones are left as they are. Returns what was created.

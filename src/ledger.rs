@@ -7,15 +7,13 @@
 //! [`command`] (validation of the command log), [`funding`] (the draw-down order),
 //! [`thresholds`] (alerts, automatic top-ups), [`core`] (balances, expiry, answers),
 //! [`state`], [`entry`] and [`answer`] (records), [`voucher`] (redemption decisions). Shell:
-//! [`stage`] (a generic transactional consume-transform-produce loop), [`processors`] (the
-//! two stages' glue), [`clock`] (writes clock markers when an expiry is due), [`client`]
-//! (CLI/HTTP requests and queries), [`api`] (HTTP routes), [`rows`] (ClickHouse rows).
+//! [`processors`] (the two stages' glue on the stage runtime, [`crate::stage`], and the
+//! ledger's clock markers), [`client`] (CLI/HTTP requests and queries), [`rows`]
+//! (ClickHouse rows). The HTTP routes are in `crate::http::{accounts, grants, vouchers}`.
 
 pub mod answer;
-pub mod api;
 pub mod cli;
 pub mod client;
-pub mod clock;
 pub mod command;
 pub mod core;
 pub mod entry;
@@ -23,21 +21,22 @@ pub mod funding;
 pub mod grant;
 pub mod processors;
 pub mod rows;
-pub mod stage;
 pub mod state;
 pub mod thresholds;
 pub mod voucher;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::TopicPlan;
+use crate::health::Health;
+use crate::metrics::METRICS;
+use crate::stage::{Stage, StageError, StageSpec};
 use core::LedgerRules;
 use grant::GrantRules;
 use processors::{LedgerProcessor, VoucherProcessor};
-use stage::{Stage, StageError, StageSpec};
 use thresholds::Threshold;
 
 /// The files of the ledger's pure core (under src/ledger/): no I/O, clock or randomness.
@@ -60,34 +59,17 @@ pub const CORE_FILES: [&str; 16] = [
     "voucher/view.rs",
 ];
 
-/// Topics the ledger needs (`setup` creates them). The ledger's inputs, outputs and
-/// changelogs get `output_partitions` partitions, like `debits`: an account's debits and
-/// grants must meet in the same partition number.
-pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
-    let t = &cfg.topics;
-    let o = t.output_partitions;
-    let month = ("retention.ms", "2592000000");
-    let delete = ("cleanup.policy", "delete");
-    let compact = ("cleanup.policy", "compact");
-    vec![
-        (t.credit_grants.clone(), o, vec![delete, month]),
-        (t.balances.clone(), o, vec![delete, month]),
-        (t.credit_alerts.clone(), o, vec![delete, month]),
-        (t.ledger_state.clone(), o, vec![compact]),
-        (
-            t.ledger_results.clone(),
-            o,
-            vec![delete, ("retention.ms", "604800000")],
-        ),
-        (t.topup_requests.clone(), o, vec![delete, month]),
-        (t.voucher_requests.clone(), o, vec![delete, month]),
-        (
-            t.voucher_results.clone(),
-            o,
-            vec![delete, ("retention.ms", "604800000")],
-        ),
-        (t.voucher_state.clone(), o, vec![compact]),
-    ]
+/// How often the ledger looks for a due expiry or warning (and writes a clock marker).
+pub const CLOCK_EVERY: Duration = Duration::from_millis(100);
+
+/// Creates the ledger's labelled series (one per entry kind), so dashboards see zeros.
+pub fn init_labels() {
+    for k in core::EntryKind::ALL {
+        let m = &METRICS.ledger;
+        m.entries.with_label_values(&[k.as_str()]);
+        m.credits.with_label_values(&[k.as_str()]);
+        m.duplicates.with_label_values(&[k.as_str()]);
+    }
 }
 
 /// Ledger rules from configuration (validated by `Config::validate`).
@@ -120,6 +102,8 @@ fn spec(
     group: &str,
     inputs: Vec<String>,
     changelog: &str,
+    health: Option<Arc<Health>>,
+    punctuate_every: Option<Duration>,
 ) -> StageSpec {
     StageSpec {
         name,
@@ -128,23 +112,24 @@ fn spec(
         changelog: changelog.to_string(),
         commit_interval: cfg.ledger.commit_interval,
         max_batch: cfg.ledger.max_batch,
+        punctuate_every,
+        consumer: Vec::new(),
+        health,
     }
 }
 
-/// Runs the ledger stage (blocking) until `stop`, with its clock (a thread writing clock
-/// markers to `credit_grants` when an expiry of an owned partition is due).
-pub fn run_ledger(cfg: &Config, stop: &CancellationToken) -> Result<(), StageError> {
+/// Runs the ledger stage (blocking) until `stop`; progress and lag go to `health`. Every
+/// [`CLOCK_EVERY`] it writes a clock marker to each owned partition with a due expiry or
+/// warning (docs/credits.md, "Expiry: how the ledger observes time").
+pub fn run_ledger(
+    cfg: &Config,
+    health: Option<Arc<Health>>,
+    stop: &CancellationToken,
+) -> Result<(), StageError> {
     let (rules, grant_rules) = rules(cfg);
     let key = crate::marker::MarkerKey::load(&cfg.pipeline)
         .map_err(|e| StageError::Setup(e.to_string()))?;
-    let board = Arc::new(clock::Deadlines::default());
-    let mut p = LedgerProcessor::new(
-        cfg.topics.clone(),
-        rules,
-        grant_rules,
-        key.clone(),
-        board.clone(),
-    );
+    let p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules, key);
     let t = &cfg.topics;
     let s = spec(
         cfg,
@@ -152,24 +137,19 @@ pub fn run_ledger(cfg: &Config, stop: &CancellationToken) -> Result<(), StageErr
         &cfg.ledger.group_id,
         vec![t.debits.clone(), t.credit_grants.clone()],
         &t.ledger_state,
+        health,
+        Some(CLOCK_EVERY),
     );
-    let clock_stop = stop.child_token();
-    std::thread::scope(|scope| {
-        let c = clock_stop.clone();
-        let b = board.clone();
-        std::thread::Builder::new()
-            .name("ledger-clock".into())
-            .spawn_scoped(scope, move || clock::run(cfg, &b, &key, &c))
-            .map_err(|e| StageError::Setup(format!("cannot start the ledger clock: {e}")))?;
-        let result = Stage::new(cfg, s, &mut p).and_then(|stage| stage.run(stop));
-        clock_stop.cancel();
-        result
-    })
+    Stage::new(cfg, s, p)?.run(stop)
 }
 
-/// Runs the voucher stage (blocking) until `stop`.
-pub fn run_vouchers(cfg: &Config, stop: &CancellationToken) -> Result<(), StageError> {
-    let mut p = VoucherProcessor::new(cfg.topics.clone());
+/// Runs the voucher stage (blocking) until `stop`; progress and lag go to `health`.
+pub fn run_vouchers(
+    cfg: &Config,
+    health: Option<Arc<Health>>,
+    stop: &CancellationToken,
+) -> Result<(), StageError> {
+    let p = VoucherProcessor::new(cfg.topics.clone());
     let t = &cfg.topics;
     let s = spec(
         cfg,
@@ -177,6 +157,8 @@ pub fn run_vouchers(cfg: &Config, stop: &CancellationToken) -> Result<(), StageE
         &cfg.ledger.voucher_group_id,
         vec![t.voucher_requests.clone()],
         &t.voucher_state,
+        health,
+        None,
     );
-    Stage::new(cfg, s, &mut p)?.run(stop)
+    Stage::new(cfg, s, p)?.run(stop)
 }

@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod kafka_errors;
+pub mod keys;
 pub mod ledger;
 pub mod loadgen;
 pub mod logging;
@@ -35,6 +36,7 @@ pub mod replay;
 pub mod report;
 pub mod rollup;
 pub mod sink;
+pub mod stage;
 
 /// The rating core: decode, price, roll up, money, outputs. Every decision is a function of
 /// its inputs: no I/O, no clock, no randomness, no import of a shell module. Not a comment

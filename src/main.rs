@@ -107,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         command: usage_aggregator::ledger::cli::VouchersCommand,
     },
+    /// Account-scoped API keys of the HTTP API: create (shown once), list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: usage_aggregator::keys::cli::KeysCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,6 +317,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Vouchers { command } => {
             usage_aggregator::ledger::cli::vouchers(&cfg, command).await
         }
+        Command::Keys { command } => usage_aggregator::keys::cli::keys(&cfg, command).await,
     }
 }
 

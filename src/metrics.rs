@@ -42,17 +42,129 @@ pub struct Metrics {
     pub catalog_rejected: IntCounter,
     pub alerts_fired: IntCounterVec,
     pub ready: IntGauge,
+    /// 1 when a stage of this instance is ready (`/readyz` per stage), by stage.
+    pub stage_ready: IntGaugeVec,
+    /// Failed credential checks of the HTTP API, by reason (`http::auth::Failure`).
+    pub http_auth_failures: IntCounterVec,
     pub ledger: LedgerMetrics,
+    pub stage: StageMetrics,
 }
 
-/// Credits ledger and voucher stages (`usage_agg_ledger_*`). Labels: stage (ledger,
-/// vouchers), kind, reason, threshold (configured values), crossing, action, result.
-pub struct LedgerMetrics {
+/// The stage runtime (`src/stage.rs`), one naming scheme for every stage on it
+/// (`usage_agg_stage_*`, label `stage`: pipeline, alerts, ledger, vouchers).
+pub struct StageMetrics {
     pub input_messages: IntCounterVec,
     pub transactions: IntCounterVec,
     pub commit_seconds: HistogramVec,
     pub restore_seconds: HistogramVec,
     pub last_commit: GaugeVec,
+    pub consumer_lag: IntGaugeVec,
+    pub changelog_records: IntCounterVec,
+    pub changelog_bytes: IntCounterVec,
+    pub produce_latency: HistogramVec,
+    pub produce_errors: IntCounterVec,
+    pub producer_reinits: IntCounterVec,
+}
+
+impl StageMetrics {
+    fn new(r: &Registry) -> StageMetrics {
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+            )
+        };
+        let hv = |name: &str, help: &str| {
+            reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    &["stage"],
+                )
+                .unwrap(),
+            )
+        };
+        StageMetrics {
+            input_messages: cv(
+                "usage_agg_stage_input_messages_total",
+                "Input messages of a stage's committed transactions (added at each commit).",
+                &["stage"],
+            ),
+            transactions: cv(
+                "usage_agg_stage_transactions_total",
+                "Kafka transactions of a stage by outcome (committed, aborted).",
+                &["stage", "outcome"],
+            ),
+            commit_seconds: hv(
+                "usage_agg_stage_commit_seconds",
+                "Time to write the changelog, send the offsets and commit one transaction.",
+            ),
+            restore_seconds: hv(
+                "usage_agg_stage_restore_seconds",
+                "Time to restore one assigned partition from the changelog.",
+            ),
+            last_commit: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "usage_agg_stage_last_commit_timestamp_seconds",
+                        "Unix time of a stage's last committed transaction.",
+                    ),
+                    &["stage"],
+                )
+                .unwrap(),
+            ),
+            consumer_lag: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "usage_agg_stage_consumer_lag_messages",
+                        "Input messages behind the high watermark, per stage and input partition.",
+                    ),
+                    &["stage", "partition"],
+                )
+                .unwrap(),
+            ),
+            changelog_records: cv(
+                "usage_agg_stage_changelog_records_total",
+                "Changelog records written (changed keys and tombstones, with the offsets record).",
+                &["stage"],
+            ),
+            changelog_bytes: cv(
+                "usage_agg_stage_changelog_bytes_total",
+                "Bytes of keys and values written to the changelog.",
+                &["stage"],
+            ),
+            produce_latency: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "usage_agg_stage_produce_latency_seconds",
+                        "Time from produce to broker acknowledgement.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["stage"],
+                )
+                .unwrap(),
+            ),
+            produce_errors: cv(
+                "usage_agg_stage_produce_errors_total",
+                "Output messages that failed delivery (their transaction aborts).",
+                &["stage"],
+            ),
+            producer_reinits: cv(
+                "usage_agg_stage_producer_reinits_total",
+                "Transactional producers re-created after failing for good (fenced).",
+                &["stage"],
+            ),
+        }
+    }
+}
+
+/// Credits ledger and voucher stages (`usage_agg_ledger_*`). Labels: kind, reason, threshold
+/// (configured values), crossing, action, result. Their transactions, commits and restores
+/// are the stage runtime's ([`StageMetrics`]).
+pub struct LedgerMetrics {
     pub entries: IntCounterVec,
     pub credits: CounterVec,
     pub duplicates: IntCounterVec,
@@ -75,46 +187,7 @@ impl LedgerMetrics {
                 IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
             )
         };
-        let hv = |name: &str, help: &str| {
-            reg(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                    &["stage"],
-                )
-                .unwrap(),
-            )
-        };
         LedgerMetrics {
-            input_messages: cv(
-                "usage_agg_ledger_input_messages_total",
-                "Input messages of a ledger stage's committed transactions (added at each commit).",
-                &["stage"],
-            ),
-            transactions: cv(
-                "usage_agg_ledger_transactions_total",
-                "Kafka transactions of a ledger stage by outcome (committed, aborted).",
-                &["stage", "outcome"],
-            ),
-            commit_seconds: hv(
-                "usage_agg_ledger_commit_seconds",
-                "Time to write state, send offsets and commit one transaction.",
-            ),
-            restore_seconds: hv(
-                "usage_agg_ledger_restore_seconds",
-                "Time to restore assigned partitions from the changelog.",
-            ),
-            last_commit: reg(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "usage_agg_ledger_last_commit_timestamp_seconds",
-                        "Unix time of a ledger stage's last committed transaction.",
-                    ),
-                    &["stage"],
-                )
-                .unwrap(),
-            ),
             entries: cv(
                 "usage_agg_ledger_entries_total",
                 "Balance changes applied, by kind (topup, voucher, adjustment, debit).",
@@ -406,8 +479,29 @@ impl Metrics {
                 "Spend alerts emitted.",
                 &["rule"],
             ),
-            ready: gauge("usage_agg_ready", "1 when /readyz passes."),
+            ready: gauge(
+                "usage_agg_ready",
+                "1 when /readyz answers 200 (the stages this instance's HTTP answers depend on are ready).",
+            ),
+            stage_ready: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "usage_agg_stage_ready",
+                        "1 when this instance's stage is ready, by stage (pipeline, sink, ledger, vouchers, alerts, api); see /readyz for why not.",
+                    ),
+                    &["stage"],
+                )
+                .unwrap();
+                r.register(Box::new(g.clone())).unwrap();
+                g
+            },
+            http_auth_failures: counter_vec(
+                "usage_agg_http_auth_failures_total",
+                "Failed credential checks of the HTTP API by reason (missing, malformed, wrong_token, unknown_key, revoked_key, throttled).",
+                &["reason"],
+            ),
             ledger: LedgerMetrics::new(&r),
+            stage: StageMetrics::new(&r),
             registry: r,
         }
     }
@@ -425,8 +519,10 @@ impl Metrics {
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-/// Creates the labelled series of every known label value, so dashboards and alert rules
-/// see zeros instead of missing series.
+/// Creates the labelled series of the rating core's label values (asset types, reasons,
+/// debit kinds, stages), so dashboards and alert rules see zeros instead of missing series.
+/// The sink and the ledger create their own (`sink::init_labels`, `ledger::init_labels`);
+/// `app::init_labels` calls all of them.
 pub fn init_labels() {
     let m = &*METRICS;
     for t in crate::catalog::AssetType::ALL {
@@ -442,27 +538,23 @@ pub fn init_labels() {
         m.debits.with_label_values(&[k.as_str()]);
         m.credits_debited.with_label_values(&[k.as_str()]);
     }
-    for t in crate::sink::tables::NAMES {
-        m.sink_rows.with_label_values(&[t]);
-        m.sink_retries.with_label_values(&[t]);
-        m.sink_duplicates.with_label_values(&[t]);
-        m.sink_insert_latency.with_label_values(&[t]);
-        m.sink_batch_rows.with_label_values(&[t]);
-    }
     for r in ["account_hourly_credits", "execution_credits"] {
         m.alerts_fired.with_label_values(&[r]);
     }
-    for s in ["ledger", "vouchers"] {
-        m.ledger.input_messages.with_label_values(&[s]);
-        m.ledger.transactions.with_label_values(&[s, "committed"]);
-        m.ledger.transactions.with_label_values(&[s, "aborted"]);
-        m.ledger.commit_seconds.with_label_values(&[s]);
-        m.ledger.restore_seconds.with_label_values(&[s]);
-    }
-    for k in crate::ledger::core::EntryKind::ALL {
-        m.ledger.entries.with_label_values(&[k.as_str()]);
-        m.ledger.credits.with_label_values(&[k.as_str()]);
-        m.ledger.duplicates.with_label_values(&[k.as_str()]);
+    for s in STAGES {
+        let st = &m.stage;
+        st.input_messages.with_label_values(&[s]);
+        st.transactions.with_label_values(&[s, "committed"]);
+        st.transactions.with_label_values(&[s, "aborted"]);
+        st.commit_seconds.with_label_values(&[s]);
+        st.restore_seconds.with_label_values(&[s]);
+        st.last_commit.with_label_values(&[s]);
+        st.consumer_lag.with_label_values(&[s, "0"]);
+        st.changelog_records.with_label_values(&[s]);
+        st.changelog_bytes.with_label_values(&[s]);
+        st.produce_latency.with_label_values(&[s]);
+        st.produce_errors.with_label_values(&[s]);
+        st.producer_reinits.with_label_values(&[s]);
     }
     for r in crate::rejection::RejectReason::ALL {
         m.ledger.rejected.with_label_values(&[r.as_str()]);
@@ -475,8 +567,10 @@ pub fn init_labels() {
         .voucher_results
         .with_label_values(&["redeem", "granted"]);
     m.consumer_lag.with_label_values(&["0"]);
-    m.sink_lag.with_label_values(&["debits", "0"]);
 }
+
+/// The stages on the stage runtime (the `stage` label).
+pub const STAGES: [&str; 4] = ["pipeline", "alerts", "ledger", "vouchers"];
 
 /// Names of all metric families (for the dashboard/rule check).
 pub fn metric_names() -> Vec<String> {

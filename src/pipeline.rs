@@ -39,7 +39,9 @@ use crate::kafka;
 use crate::marker::{self, MarkerKey, MarkerKeyError};
 use crate::metrics::METRICS;
 use crate::rejection::DeadLetter;
-use crate::rollup::{Outcome, Output, PartitionRollup, PartitionSnapshot, RollupConfig};
+use crate::rollup::{
+    OpenExecutionView, Outcome, Output, PartitionRollup, PartitionSnapshot, RollupConfig,
+};
 use checkpoint::{Action, Coordinator};
 use output::{Destination, OutputContext, OutputProducer, send, send_with_headers};
 use state_store::{StateLocation, restore_partition, rules_fingerprint, write_snapshot};
@@ -873,6 +875,17 @@ impl Engine {
             .values()
             .find_map(|s| s.rollup.running_cost(execution_id, account_id))
     }
+
+    /// See [`EngineHandle::open_execution`].
+    pub fn open_execution(
+        &self,
+        account_id: &str,
+        execution_id: &str,
+    ) -> Option<OpenExecutionView> {
+        self.parts
+            .values()
+            .find_map(|s| s.rollup.open_execution(account_id, execution_id))
+    }
 }
 
 fn decimal_f64(d: &Debit) -> f64 {
@@ -997,6 +1010,24 @@ pub struct EngineHandle(Arc<Mutex<Engine>>);
 impl EngineHandle {
     pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
         lock(&self.0).running_cost(execution_id, account_id)
+    }
+
+    /// `account_id`'s execution `execution_id`, if it is open on this instance (its input
+    /// partition is owned here): the running totals shaped as its debit (empty `debit_id`,
+    /// markup included), its first `rollup.max_trace_calls` priced calls in rating order,
+    /// each with event id, `occurred_at`, asset id and type, quantity and unit price
+    /// (`credits` per `per`) per unit, price version, cost and the subtotal after it, and
+    /// how many priced calls are not listed. Copied under the pipeline's lock (cost: the
+    /// listed calls). Calls priced before this instance restored the partition (a restart,
+    /// a rebalance) are counted as omitted: the snapshot does not carry the list. `None` once
+    /// the execution closed (its debit is then on the `debits`
+    /// topic and in ClickHouse) or when another instance owns its partition.
+    pub fn open_execution(
+        &self,
+        account_id: &str,
+        execution_id: &str,
+    ) -> Option<OpenExecutionView> {
+        lock(&self.0).open_execution(account_id, execution_id)
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod dedupe;
 mod outputs;
 mod snapshot;
+pub mod trace;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -28,6 +29,7 @@ use crate::rejection::{RejectReason, Rejection, excerpt};
 use dedupe::{DedupeWindow, HashKeyed, Seen};
 use outputs::{dedupe_key, exec_key, execution_debit, single_line_debit, split_key};
 pub use snapshot::PartitionSnapshot;
+pub use trace::{OpenExecutionView, TracedCall};
 
 /// Map keyed by execution key ([`exec_key`]) with a fast, non-cryptographic hash (keys come from our own
 /// producers' ids; flooding them only costs the flooder's partition).
@@ -42,6 +44,9 @@ pub struct RollupConfig {
     pub closed_horizon: u64,
     pub closed_capacity: usize,
     pub max_event_bytes: usize,
+    /// Priced calls listed per open execution for its live trace (not an output: changing
+    /// it changes no debit).
+    pub max_trace_calls: usize,
 }
 
 impl Default for RollupConfig {
@@ -53,6 +58,7 @@ impl Default for RollupConfig {
             closed_horizon: 200_000,
             closed_capacity: 100_000,
             max_event_bytes: event::DEFAULT_MAX_EVENT_BYTES,
+            max_trace_calls: trace::DEFAULT_MAX_TRACE_CALLS,
         }
     }
 }
@@ -104,6 +110,9 @@ struct OpenExecution {
     last_seen_ms: u64,
     #[serde(skip)]
     marker_sent_after: Option<i64>,
+    /// The first `max_trace_calls` priced calls (the live trace).
+    #[serde(skip)]
+    calls: Vec<TracedCall>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,29 +316,16 @@ impl PartitionRollup {
         }
         let priced = price_call(ev, catalog, self.partition, offset);
         if !self.open.contains_key(&key) {
-            self.make_room(out);
-            self.open_by_first_offset.insert(offset, key.clone());
-            self.open.insert(
-                key.clone(),
-                OpenExecution {
-                    account_id: ev.account_id.clone(),
-                    first_event_id: ev.event_id.clone(),
-                    first_offset: offset,
-                    last_offset: offset,
-                    first_event_at: ev.occurred_at,
-                    last_event_at: ev.occurred_at,
-                    calls_seen: 0,
-                    calls_priced: 0,
-                    finished: false,
-                    expected_calls: None,
-                    subtotal: Decimal::ZERO,
-                    breakdown: BTreeMap::new(),
-                    last_seen_ms: now_ms,
-                    marker_sent_after: None,
-                },
-            );
+            self.open_waiting(&key, offset, ev, now_ms, out);
         }
         let open = self.open.get_mut(&key).expect("inserted above");
+        if open.calls_seen == 0 {
+            // The first call names the execution's debit and starts its time span, whether
+            // or not its finish came first: the debit is the same in either order.
+            open.first_event_id.clone_from(&ev.event_id);
+            open.first_event_at = ev.occurred_at;
+            open.last_event_at = ev.occurred_at;
+        }
         open.calls_seen += 1;
         open.last_offset = offset;
         open.last_seen_ms = now_ms;
@@ -353,6 +349,9 @@ impl PartitionRollup {
                     acc.cost += line.cost;
                     for u in &line.units {
                         *acc.quantities.entry(u.unit.clone()).or_default() += u.quantity;
+                    }
+                    if open.calls.len() < self.cfg.max_trace_calls {
+                        open.calls.push(TracedCall::of(&line, subtotal));
                     }
                     let asset_type = line.asset_type;
                     out.push(Output::Line(line));
@@ -387,14 +386,20 @@ impl PartitionRollup {
     ) -> Outcome {
         let exec_id = ev.execution_id.as_deref().unwrap_or_default();
         let key = exec_key(&ev.account_id, exec_id);
-        let Some(open) = self.open.get_mut(&key) else {
+        if !self.open.contains_key(&key) {
             if self.is_closed(&key, &ev.account_id) {
                 return Outcome::Ignored;
             }
-            // An execution with no calls: nothing to bill, but later calls adjust.
-            self.remember_closed(id_hash(&key), id_hash(&ev.account_id), offset);
-            return Outcome::Finished;
-        };
+            if ev.expected_calls.is_none_or(|n| n == 0) {
+                // An execution with no calls: nothing to bill, but later calls adjust.
+                self.remember_closed(id_hash(&key), id_hash(&ev.account_id), offset);
+                return Outcome::Finished;
+            }
+            // The finish came before its calls: wait for them, finished, with nothing
+            // priced yet (the idle rule closes it if they never come).
+            self.open_waiting(&key, offset, ev, now_ms, out);
+        }
+        let open = self.open.get_mut(&key).expect("present or opened above");
         open.finished = true;
         open.expected_calls = ev.expected_calls;
         open.last_offset = offset;
@@ -403,6 +408,40 @@ impl PartitionRollup {
             self.close(&key, offset, out);
         }
         Outcome::Finished
+    }
+
+    /// Opens execution `key` at `offset` with no calls yet (its first call, or a finish
+    /// that came before its calls), making room under the bound first.
+    fn open_waiting(
+        &mut self,
+        key: &str,
+        offset: i64,
+        ev: &UsageEvent,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        self.make_room(out);
+        self.open_by_first_offset.insert(offset, key.to_string());
+        self.open.insert(
+            key.to_string(),
+            OpenExecution {
+                account_id: ev.account_id.clone(),
+                first_event_id: ev.event_id.clone(),
+                first_offset: offset,
+                last_offset: offset,
+                first_event_at: ev.occurred_at,
+                last_event_at: ev.occurred_at,
+                calls_seen: 0,
+                calls_priced: 0,
+                finished: false,
+                expected_calls: None,
+                subtotal: Decimal::ZERO,
+                breakdown: BTreeMap::new(),
+                last_seen_ms: now_ms,
+                marker_sent_after: None,
+                calls: Vec::new(),
+            },
+        );
     }
 
     fn timeout(&mut self, ev: &UsageEvent, out: &mut Vec<Output>) -> Outcome {
@@ -532,6 +571,22 @@ impl PartitionRollup {
             self.cfg.markup_rate,
             String::new(),
         ))
+    }
+
+    /// `account_id`'s execution `execution_id` if it is open here: its running totals (as
+    /// [`Self::running_cost`]) and its first `max_trace_calls` priced calls, copied.
+    pub fn open_execution(
+        &self,
+        account_id: &str,
+        execution_id: &str,
+    ) -> Option<OpenExecutionView> {
+        let o = self.open.get(&exec_key(account_id, execution_id))?;
+        let running = execution_debit(execution_id, o, self.cfg.markup_rate, String::new());
+        Some(OpenExecutionView {
+            calls_omitted: running.calls.saturating_sub(o.calls.len() as u32),
+            calls: o.calls.clone(),
+            running,
+        })
     }
 }
 

@@ -41,6 +41,19 @@ use insert::{FIRST_BACKOFF, Inserter, next_backoff};
 use rows::Source;
 use table::{Accepted, Lane};
 
+/// Creates the sink's labelled series (one per table), so dashboards see zeros.
+pub fn init_labels() {
+    let m = &*METRICS;
+    for t in tables::NAMES {
+        m.sink_rows.with_label_values(&[t]);
+        m.sink_retries.with_label_values(&[t]);
+        m.sink_duplicates.with_label_values(&[t]);
+        m.sink_insert_latency.with_label_values(&[t]);
+        m.sink_batch_rows.with_label_values(&[t]);
+    }
+    m.sink_lag.with_label_values(&["debits", "0"]);
+}
+
 /// A ClickHouse client from configuration (password from env or file, never logged).
 pub fn client(cfg: &ClickHouseConfig) -> anyhow::Result<clickhouse::Client> {
     let mut c = clickhouse::Client::default()

@@ -150,7 +150,7 @@ fn secrets_never_reach_logs_or_http() {
     env.wait_for("the event to be consumed", Duration::from_secs(60), || {
         metric(&env.metrics(), "usage_agg_pipeline_events_consumed_total") >= 1.0
     });
-    let _ = http_get(&listen, "/v1/executions/x1");
+    let _ = api_get(&listen, "/v1/executions/x1");
     let mut seen = env.log("agg.log");
     for path in [
         "/metrics",
@@ -160,8 +160,10 @@ fn secrets_never_reach_logs_or_http() {
         "/v1/executions/nope",
     ] {
         seen.push_str(&http_get(&listen, path).1);
+        seen.push_str(&api_get(&listen, path).1);
     }
     assert!(seen.len() > 1000, "logs were produced at debug level");
     assert!(!seen.contains(kafka_secret), "kafka secret leaked");
     assert!(!seen.contains(ch_secret), "clickhouse secret leaked");
+    assert!(!seen.contains(OPERATOR_TOKEN), "operator token leaked");
 }

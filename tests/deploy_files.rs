@@ -54,7 +54,7 @@ fn every_json_and_yaml_file_parses() {
 
 #[test]
 fn dashboards_and_rules_name_only_exported_metrics() {
-    usage_aggregator::metrics::init_labels();
+    usage_aggregator::app::init_labels();
     let exported: BTreeSet<String> = usage_aggregator::metrics::metric_names()
         .into_iter()
         .collect();
@@ -177,5 +177,50 @@ fn migrations_avoid_what_the_test_server_lacks() {
                 .join("\n");
             assert!(!code.contains(bad), "migration {name} uses {bad}");
         }
+    }
+}
+
+/// Issue 23: the Alertmanager example is valid for Alertmanager itself and routes each kind
+/// of alert where its comments say (amtool from Debian's prometheus-alertmanager, installed
+/// by scripts/services).
+#[test]
+fn alertmanager_example_is_valid_and_routes_spend_alerts_by_account() {
+    let amtool = Path::new("/usr/bin/amtool");
+    assert!(
+        amtool.exists(),
+        "scripts/services installs prometheus-alertmanager (amtool)"
+    );
+    let cfg = root().join("deploy/alertmanager/alertmanager.yml");
+    let out = std::process::Command::new(amtool)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (labels, receiver) in [
+        (
+            "alertname=SpendAlert rule=execution_credits account_id=acct-1 execution_id=x",
+            "billing",
+        ),
+        (
+            "alertname=SpendAlert rule=account_hourly_credits account_id=acct-enterprise-7",
+            "account-managers",
+        ),
+        ("alertname=HighAccountSpend severity=warning", "billing"),
+        ("alertname=NoProgress severity=critical", "pager"),
+        ("alertname=SinkLag severity=warning", "ops"),
+    ] {
+        let out = std::process::Command::new(amtool)
+            .args(["config", "routes", "test"])
+            .arg(format!("--config.file={}", cfg.display()))
+            .args(labels.split(' '))
+            .output()
+            .unwrap();
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(got.trim(), receiver, "{labels}");
     }
 }

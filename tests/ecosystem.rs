@@ -287,7 +287,7 @@ fn aliases_import_and_dimensions_through_pipeline_clickhouse_report_and_api() {
     );
 
     // The execution API: the closed execution with its spend per dimension.
-    let (status, body) = http_get(&env.cfg.http.listen, "/v1/executions/exec-eco-1");
+    let (status, body) = api_get(&env.cfg.http.listen, "/v1/executions/exec-eco-1");
     assert_eq!(status, 200, "{body}");
     let b: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(b["status"], "closed");

@@ -1,7 +1,8 @@
 //! Faults seen in the field (issue 14), end to end: every input of the issue with its right
 //! value through `rate` (the binary, offline) and through the real broker (the service,
 //! `dead-letters replay`, ClickHouse): strict timestamps, a dead letter billed once after
-//! the catalog is fixed, the same ids in two accounts, close markers producers cannot forge.
+//! the catalog is fixed, the same ids in two accounts, close markers producers cannot forge;
+//! and (issue 23) a finish that arrives before its calls.
 
 mod common;
 
@@ -34,6 +35,20 @@ fn forge_call(id: &str) -> String {
     )
 }
 const FORGE_FINISH: &str = r#"{"type":"execution_finished","event_id":"ff","occurred_at":"2026-03-01T10:00:05Z","account_id":"acct-f","execution_id":"exec-forge"}"#;
+
+/// Issue 23: a finish (re-sent) that arrives before its two calls.
+fn finish_first() -> Vec<String> {
+    let finish = r#"{"type":"execution_finished","event_id":"ef","occurred_at":"2026-03-01T10:00:09Z","account_id":"acct-ff","execution_id":"exec-early","expected_calls":2}"#;
+    let mut lines = vec![finish.to_string(), finish.to_string()];
+    for id in ["e1", "e2"] {
+        lines.push(
+            forge_call(id)
+                .replace("exec-forge", "exec-early")
+                .replace("acct-f", "acct-ff"),
+        );
+    }
+    lines
+}
 
 fn forged_marker(after_offset: i64) -> String {
     format!(
@@ -145,6 +160,17 @@ fn rate_gives_every_issue_input_its_value() {
         [s3("agent_execution", "acct-f", "0.0192")]
     );
 
+    // Issue 23: a finish (re-sent) before its calls waits for expected_calls: one debit.
+    let early = finish_first();
+    let out = rate(
+        &shipped(),
+        &early.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        debit_summary(&out),
+        [s3("agent_execution", "acct-ff", "0.0192")]
+    );
+
     // 2. Rejected for unknown_asset: every re-send is rejected (none dropped as a
     // duplicate); once the price exists, the replays are billed once.
     let out = rate(&shipped(), &[NEW_ASSET, NEW_ASSET]);
@@ -189,6 +215,7 @@ fn totals(debits: &[Debit], account: &str) -> Vec<String> {
 fn the_service_gives_every_issue_input_its_value() {
     let mut env = TestEnv::new("field_faults");
     env.cfg.rollup.execution_idle_timeout = Duration::from_secs(5);
+    env.cfg.alerts.execution_credits = Some("0.015".parse().unwrap());
     env.write_config();
     env.setup();
     env.cli(&["catalog", "publish", "config/catalog.json"]);
@@ -261,13 +288,30 @@ fn the_service_gives_every_issue_input_its_value() {
     loader
         .send_to(&usage, 3, "exec-idle", idle.as_bytes())
         .unwrap();
+    // Issue 23: a finish (re-sent) before its two calls.
+    for l in finish_first() {
+        loader.send(&usage, "exec-early", l.as_bytes()).unwrap();
+    }
     loader.flush().unwrap();
 
     env.wait_for(
-        "9 debits and 7 dead letters",
+        "10 debits and 7 dead letters",
         Duration::from_secs(90),
-        || env.debits_by_id().0.len() == 9 && dead_letters(&env).len() == 7,
+        || env.debits_by_id().0.len() == 10 && dead_letters(&env).len() == 7,
     );
+    assert_eq!(
+        totals(&all_debits(&env), "acct-ff"),
+        ["agent_execution 0.0192"]
+    );
+    // Issue 23: its spend alert's log line names the account and the execution.
+    env.wait_for("the spend alert line", Duration::from_secs(30), || {
+        env.log("agg.log").lines().any(|l| {
+            l.contains("spend alert")
+                && l.contains("rule=execution_credits")
+                && l.contains("account_id=acct-ff")
+                && l.contains("execution_id=exec-early")
+        })
+    });
     let debits = all_debits(&env);
     assert_eq!(totals(&debits, "acct-ts"), ["tool_call 0.008"]);
     assert_eq!(
@@ -318,17 +362,17 @@ fn the_service_gives_every_issue_input_its_value() {
         Duration::from_secs(60),
         || env.ch("SELECT count() FROM {db}.debits WHERE execution_id = 'exec-shared'") == "2\n",
     );
-    let (status, body) = http_get(&listen, "/v1/executions/exec-shared?account_id=acct-b");
+    let (status, body) = api_get(&listen, "/v1/executions/exec-shared?account_id=acct-b");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["debits"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(v["debits"][0]["account_id"], "acct-b");
     assert_eq!(v["debits"][0]["total"], "0.0192");
     // Without the account, an id used by two accounts is ambiguous: never summed across them.
-    let (status, body) = http_get(&listen, "/v1/executions/exec-shared");
+    let (status, body) = api_get(&listen, "/v1/executions/exec-shared");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("exists in 2 accounts"), "{body}");
-    let (status, _) = http_get(&listen, "/v1/executions/exec-shared?account_id=acct-x");
+    let (status, _) = api_get(&listen, "/v1/executions/exec-shared?account_id=acct-x");
     assert_eq!(status, 404);
 
     // 2. Publish the price, restart (the rejection must survive in the snapshot), replay.

@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -75,29 +73,8 @@ fn balance_events(env: &TestEnv) -> Vec<(i32, BalanceEvent)> {
 
 /// A minimal HTTP/1.0 POST with an optional bearer token: (status, body).
 fn http_post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let a = http_call(addr, "POST", path, token, Some(body));
+    (a.status, a.body)
 }
 
 /// A debit like the rating pipeline's: a 12-decimal cost, an exact markup (18 decimals).
@@ -140,8 +117,6 @@ fn ledger_env(name: &str) -> TestEnv {
         "USAGE_AGG_KAFKA_PROP_SESSION_TIMEOUT_MS".into(),
         "6000".into(),
     ));
-    env.env
-        .push(("USAGE_AGG_API_TOKEN".into(), "test-token-7f3a".into()));
     env.write_config();
     env.setup();
     wait_for_leaders(&env);
@@ -554,7 +529,7 @@ fn refusals_carry_their_reason_and_apply_nothing() {
     let sink_listen = format!("127.0.0.1:{}", free_port());
     env.spawn_with("sink", "sink.log", &sink_listen, &[]);
     let addr = env.cfg.http.listen.clone();
-    let token = Some("test-token-7f3a");
+    let token = Some(OPERATOR_TOKEN);
     env.wait_for("http", Duration::from_secs(60), || {
         http_get(&addr, "/healthz").0 == 200
     });
@@ -655,17 +630,17 @@ fn refusals_carry_their_reason_and_apply_nothing() {
     }
     // Nothing applied but the one valid top-up.
     env.wait_for("the balance", Duration::from_secs(60), || {
-        http_get(&addr, &format!("/v1/accounts/{acct}/balance")).0 == 200
+        api_get(&addr, &format!("/v1/accounts/{acct}/balance")).0 == 200
     });
     std::thread::sleep(Duration::from_secs(2));
-    let (s, b) = http_get(&addr, &format!("/v1/accounts/{acct}/balance"));
+    let (s, b) = api_get(&addr, &format!("/v1/accounts/{acct}/balance"));
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&b).unwrap();
     assert_eq!(
         (v["balance"].as_str(), v["entries"].as_u64()),
         (Some("25.5"), Some(1))
     );
-    let (s, b) = http_get(&addr, &format!("/v1/accounts/{acct}/transactions?limit=10"));
+    let (s, b) = api_get(&addr, &format!("/v1/accounts/{acct}/transactions?limit=10"));
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["transactions"].as_array().unwrap().len(), 1);
@@ -674,5 +649,5 @@ fn refusals_carry_their_reason_and_apply_nothing() {
     assert!(history.contains("25.5"), "{history}");
     // Secrets stay out of the log.
     let log = env.log("agg.log");
-    assert!(!log.contains("test-token-7f3a") && !log.contains("OLD-PROMO-2020"));
+    assert!(!log.contains(OPERATOR_TOKEN) && !log.contains("OLD-PROMO-2020"));
 }

@@ -310,13 +310,13 @@ fn metrics_match_what_was_sent_and_alerts_fire_once_per_crossing() {
     assert!(m.contains("usage_agg_sink_insert_latency_seconds_bucket"));
 
     // Running cost of the open execution, from memory.
-    let (status, body) = http_get(&env.cfg.http.listen, "/v1/executions/exec-open");
+    let (status, body) = api_get(&env.cfg.http.listen, "/v1/executions/exec-open");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "running");
     assert_eq!(v["subtotal"], "0.045");
     assert_eq!(v["total"], "0.054");
-    let (status, _) = http_get(&env.cfg.http.listen, "/v1/executions/never-seen");
+    let (status, _) = api_get(&env.cfg.http.listen, "/v1/executions/never-seen");
     assert_eq!(status, 404);
 
     // Alerts: each account crosses 0.05 credits in the 10:00 hour once (8 x 0.008 = 0.064).
@@ -350,6 +350,20 @@ fn metrics_match_what_was_sent_and_alerts_fire_once_per_crossing() {
             "usage_agg_alerts_fired_total{rule=\"account_hourly_credits\"}"
         ),
         3.0
+    );
+    // Issue 23: the log line names the account (the metric never does).
+    let log = env.log("agg.log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("spend alert") && l.contains("account_id=a2"))
+        .unwrap_or_else(|| panic!("no spend alert line for a2: {log}"));
+    assert!(
+        line.contains("rule=account_hourly_credits") && line.contains("alert_id=account_hour:a2:"),
+        "{line}"
+    );
+    assert!(
+        !env.metrics().contains("\"a2\""),
+        "no account in any metric"
     );
     let (status, body) = http_get(&env.cfg.http.listen, "/readyz");
     assert_eq!(status, 200, "{body}");

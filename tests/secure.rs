@@ -194,7 +194,7 @@ fn secured_kafka_and_clickhouse_carry_the_whole_service() {
         .find(|d| d.kind == DebitKind::AgentExecution)
         .unwrap();
     let exec = d.execution_id.clone().unwrap();
-    let (status, body) = http_get(&env.cfg.http.listen, &format!("/v1/executions/{exec}"));
+    let (status, body) = api_get(&env.cfg.http.listen, &format!("/v1/executions/{exec}"));
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "closed", "{body}");

@@ -22,6 +22,17 @@ impl Fleet {
     /// Starts `args.instances` aggregators on the bench's topics, groups and database, each
     /// with its own HTTP port; logs go to `$TMPDIR/<tag>.log`.
     pub fn start(env: &BenchEnv, args: &BenchArgs) -> anyhow::Result<Fleet> {
+        Fleet::start_with(env, args, &args.role, &[])
+    }
+
+    /// [`Fleet::start`] with another role and extra environment overrides (e.g. a long
+    /// `rollup.execution_idle_timeout` for the restore phase).
+    pub fn start_with(
+        env: &BenchEnv,
+        args: &BenchArgs,
+        role: &str,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Fleet> {
         let b = &env.cfg;
         let mut cmd = Command::new(std::env::current_exe()?);
         if let Ok(c) = std::env::var("USAGE_AGG_CONFIG") {
@@ -46,9 +57,13 @@ impl Fleet {
             ),
             (env_name("clickhouse.database"), &b.clickhouse.database),
         ]);
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.log", env.tag)))?;
-        cmd.args(["run", "--role", &args.role])
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("{}.log", env.tag)))?;
+        cmd.args(["run", "--role", role])
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra_env.iter().copied())
             .env("USAGE_AGG__LOG__FILTER", "warn")
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -76,6 +91,46 @@ impl Fleet {
     /// Sum of a metric over every instance.
     pub fn metric(&self, name: &str) -> f64 {
         self.listens.iter().map(|l| metric(&scrape(l), name)).sum()
+    }
+
+    /// Sum of a metric's series whose labels contain `labels` (e.g. `stage="pipeline"`).
+    pub fn metric_with(&self, name: &str, labels: &str) -> f64 {
+        self.listens
+            .iter()
+            .map(|l| {
+                scrape(l)
+                    .lines()
+                    .filter(|x| x.starts_with(name) && x.contains(labels))
+                    .filter_map(|x| x.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>()
+            })
+            .sum()
+    }
+
+    /// The rating pipeline's commits so far: (seconds summed, count). Read under both names
+    /// the figure has had (`usage_agg_pipeline_checkpoint_duration_seconds` before the stage
+    /// runtime, `usage_agg_stage_commit_seconds{stage="pipeline"}` since), so one bench
+    /// compares both.
+    pub fn pipeline_commits(&self) -> (f64, f64) {
+        let old = "usage_agg_pipeline_checkpoint_duration_seconds";
+        let new = "usage_agg_stage_commit_seconds";
+        let stage = "stage=\"pipeline\"";
+        (
+            self.metric(&format!("{old}_sum")) + self.metric_with(&format!("{new}_sum"), stage),
+            self.metric(&format!("{old}_count")) + self.metric_with(&format!("{new}_count"), stage),
+        )
+    }
+
+    /// The rating pipeline's partition restores so far: (seconds summed, count), under both
+    /// names (see [`Fleet::pipeline_commits`]).
+    pub fn pipeline_restores(&self) -> (f64, f64) {
+        let old = "usage_agg_pipeline_state_restore_seconds";
+        let new = "usage_agg_stage_restore_seconds";
+        let stage = "stage=\"pipeline\"";
+        (
+            self.metric(&format!("{old}_sum")) + self.metric_with(&format!("{new}_sum"), stage),
+            self.metric(&format!("{old}_count")) + self.metric_with(&format!("{new}_count"), stage),
+        )
     }
 
     /// True when every instance's sink is at most one message behind on each partition of the

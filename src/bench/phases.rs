@@ -144,6 +144,9 @@ pub async fn cold_start(
         .java_consumer_events_per_s
         .map(|j| r.aggregator_events_per_s / j);
     r.peak_rss_mib = peak;
+    let (commit_s, commits) = fleet.pipeline_commits();
+    r.commits_cold = commits;
+    r.commit_ms_mean_cold = commit_s / commits.max(1.0) * 1000.0;
     r.cpu_s_per_million_events = cpu / (events as f64 / 1e6);
     r.clickhouse_rows = rows as u64;
     let sink_cpu = fleet.sink_cpu_s();
@@ -169,6 +172,10 @@ pub async fn cold_start(
         r.cpu_s_per_million_events,
         r.clickhouse_rows,
         r.clickhouse_rows_per_s
+    );
+    println!(
+        "pipeline commits (cold start): {:.0}, {:.1} ms each on average",
+        r.commits_cold, r.commit_ms_mean_cold
     );
     if !pipeline_only {
         println!(
@@ -231,6 +238,7 @@ pub fn live(
     {
         observer.poll(Duration::from_millis(100));
     }
+    let commits_before = fleet.pipeline_commits();
     let live = Instant::now();
     let mut sent = 0u64;
     let mut finishes: HashMap<String, Instant> = HashMap::new();
@@ -283,10 +291,17 @@ pub fn live(
     r.debit_latency_samples = latencies.len();
     r.debit_latency_p50_ms = percentile(&latencies, 0.50);
     r.debit_latency_p99_ms = percentile(&latencies, 0.99);
+    let commits_after = fleet.pipeline_commits();
+    r.commits_live = commits_after.1 - commits_before.1;
+    r.commit_ms_mean_live = (commits_after.0 - commits_before.0) / r.commits_live.max(1.0) * 1000.0;
     r.rss_spread_after_warmup_pct = rss_spread(&r.live_samples, 60.0);
     if let Some(spread) = r.rss_spread_after_warmup_pct {
         println!("live phase: RSS after the first minute within ±{spread:.1} % of its median");
     }
+    println!(
+        "live phase: {:.0} pipeline commits, {:.1} ms each on average",
+        r.commits_live, r.commit_ms_mean_live
+    );
     println!(
         "live phase: {sent} events at {:.0} events/s for {} s; debit latency after execution_finished p50 {:.1} ms, p99 {:.1} ms ({} samples, {} open at end of observation); RSS {:.0} -> {:.0} MiB",
         r.live_rate_events_per_s,

@@ -110,6 +110,7 @@ impl Config {
                 "must be ip:port, e.g. 127.0.0.1:9464 or 0.0.0.0:9464",
             );
         }
+        self.validate_http()?;
         self.validate_clickhouse()?;
         self.validate_ledger()?;
         self.validate_topics()
@@ -220,6 +221,44 @@ impl Config {
                 "clickhouse.database",
                 format!("\"{}\"", c.database),
                 "must be letters, digits and _",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        if let (Some(new), Some(old)) = (&h.api_token_file, &self.ledger.api_token_file) {
+            return Err(ConfigError::invalid(
+                "ledger.api_token_file",
+                old.display(),
+                format!(
+                    "is the old name of http.api_token_file, which is set too ({}); keep http.api_token_file",
+                    new.display()
+                ),
+            ));
+        }
+        for (key, n) in [
+            ("http.auth_failure_burst", h.auth_failure_burst),
+            ("http.auth_failures_per_minute", h.auth_failures_per_minute),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::invalid(key, 0, "must be at least 1"));
+            }
+        }
+        let header = h.client_address_header.trim();
+        if !header.is_empty() && axum::http::HeaderName::try_from(header).is_err() {
+            return Err(ConfigError::invalid(
+                "http.client_address_header",
+                format!("\"{header}\""),
+                "is not a header name; write it like x-forwarded-for, or \"\" for the peer address",
+            ));
+        }
+        if !(1..=10_000).contains(&h.recent_entries) {
+            return Err(ConfigError::invalid(
+                "http.recent_entries",
+                h.recent_entries,
+                "must be 1 to 10000",
             ));
         }
         Ok(())

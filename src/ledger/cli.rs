@@ -472,7 +472,7 @@ async fn auto_topup(cfg: &Config, c: AutoTopupCommand) -> anyhow::Result<()> {
 /// and `topics` exist, so an unreachable broker or a missing topic fails within
 /// `kafka.connect_timeout` with one line naming the key and its value (it hung or waited
 /// 30 s for librdkafka's own error, naming neither).
-async fn require_kafka(cfg: &Config, topics: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) async fn require_kafka(cfg: &Config, topics: &[(&str, &str)]) -> anyhow::Result<()> {
     let k = crate::preflight::Kafka::connect(cfg).await?;
     for (key, topic) in topics {
         k.require_topic(key, topic, false).await?;

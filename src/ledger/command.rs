@@ -8,7 +8,7 @@
 //! {"command":"account_status","request_id":"r-2","account_id":"acct-1"}
 //! {"command":"set_thresholds","request_id":"r-3","account_id":"acct-1","thresholds":["50","20%","0"],"expiry_warning_secs":604800}
 //! {"command":"set_auto_topup","request_id":"r-4","account_id":"acct-1","rule":{"below":"10","refill_to":"100"}}
-//! {"command":"clock","at":"2026-03-01T10:00:00Z","mac":"<hex>"}
+//! {"command":"clock","at":"2026-03-01T10:00:00Z"}   (+ header ua-marker-mac)
 //! ```
 //! In `set_thresholds`, a field left out keeps its value and `null` restores the default.
 
@@ -101,10 +101,7 @@ pub enum Request {
         account_id: String,
         rule: Option<AutoTopup>,
     },
-    Clock {
-        at: DateTime<Utc>,
-        mac: String,
-    },
+    Clock { at: DateTime<Utc> },
 }
 
 impl Request {
@@ -277,31 +274,19 @@ pub fn parse_command(bytes: &[u8], rules: &GrantRules) -> Result<Command, Reject
                 rule,
             }
         }
-        Request::Clock { at, mac } => Command::Clock { at, mac },
+        Request::Clock { at } => Command::Clock { at },
     })
 }
 
-/// The bytes a clock marker's MAC covers: a domain prefix and the instant (RFC 3339, UTC,
-/// microseconds).
-pub fn clock_signed_bytes(at: DateTime<Utc>) -> Vec<u8> {
-    let mut b = b"usage-aggregator ledger clock v1\0".to_vec();
-    b.extend_from_slice(clock_text(at).as_bytes());
-    b
-}
-
-/// The instant as a clock marker writes it.
+/// The instant as a clock marker writes it (RFC 3339, UTC, microseconds).
 pub fn clock_text(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// A clock marker's JSON.
-pub fn clock_marker(at: DateTime<Utc>, mac: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "command": "clock",
-        "at": clock_text(at),
-        "mac": mac,
-    }))
-    .expect("a clock marker serializes")
+/// A clock marker's JSON (its MAC travels in a header, as the pipeline's close markers').
+pub fn clock_marker(at: DateTime<Utc>) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"command": "clock", "at": clock_text(at)}))
+        .expect("a clock marker serializes")
 }
 
 #[cfg(test)]

@@ -56,7 +56,19 @@ struct Chunk {
 /// A fingerprint of the rules that decide outputs; a snapshot written under other rules is
 /// still loaded, with a warning, since replays after the change will differ.
 pub fn rules_fingerprint(cfg: &RollupConfig) -> String {
-    format!("{cfg:?}")
+    // The trace bound decides no output: left out, as the fingerprint was before it existed.
+    let RollupConfig {
+        markup_rate,
+        max_open_executions,
+        dedupe_horizon,
+        closed_horizon,
+        closed_capacity,
+        max_event_bytes,
+        max_trace_calls: _,
+    } = cfg;
+    format!(
+        "RollupConfig {{ markup_rate: {markup_rate:?}, max_open_executions: {max_open_executions:?}, dedupe_horizon: {dedupe_horizon:?}, closed_horizon: {closed_horizon:?}, closed_capacity: {closed_capacity:?}, max_event_bytes: {max_event_bytes:?} }}"
+    )
 }
 
 /// Where the state of one input partition lives.

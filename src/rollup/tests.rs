@@ -147,6 +147,65 @@ fn worked_example_llm_search_database() {
 }
 
 #[test]
+fn open_execution_lists_its_priced_calls_up_to_the_bound() {
+    let mut r = Run::new(RollupConfig {
+        max_trace_calls: 2,
+        ..RollupConfig::default()
+    });
+    r.feed(&call(
+        "c1",
+        Some("x"),
+        "acct",
+        "llm",
+        r#"{"input_tokens":1000}"#,
+    ));
+    // A rejected call is neither priced nor listed.
+    r.feed(&call("c2", Some("x"), "acct", "llm", r#"{"gallons":1}"#));
+    r.feed(&call(
+        "c3",
+        Some("x"),
+        "acct",
+        "search",
+        r#"{"requests":1}"#,
+    ));
+    r.feed(&call("c4", Some("x"), "acct", "db", r#"{"queries":1}"#));
+    assert!(
+        r.rollup.open_execution("other", "x").is_none(),
+        "scoped by account"
+    );
+    let v = r.rollup.open_execution("acct", "x").unwrap();
+    assert_eq!(v.running.subtotal.to_string(), "0.8");
+    assert_eq!(v.running.total.to_string(), "0.96");
+    assert_eq!(v.running.calls, 3);
+    assert_eq!(
+        v.calls_omitted, 1,
+        "the third priced call is beyond the bound"
+    );
+    let listed: Vec<String> = v
+        .calls
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} {}",
+                c.event_id, c.asset_id, c.cost, c.subtotal_after
+            )
+        })
+        .collect();
+    assert_eq!(listed, ["c1 llm 0.5 0.5", "c3 search 0.1 0.6"]);
+    let u = &v.calls[0].units[0];
+    assert_eq!(
+        (u.unit.as_str(), u.quantity, u.credits, u.per),
+        ("input_tokens", d("1000"), d("0.5"), 1000)
+    );
+    assert_eq!(v.calls[0].asset_type, crate::catalog::AssetType::Model);
+    assert!(!v.calls[0].price_version.is_empty());
+    // Closed: no longer open; its debit carries the same totals.
+    r.feed(&finish("f", "x", "acct", None));
+    assert!(r.rollup.open_execution("acct", "x").is_none());
+    assert_eq!(r.debits()[0].total, v.running.total);
+}
+
+#[test]
 fn direct_calls_are_billed_at_vendor_price_at_once() {
     let mut r = Run::new(RollupConfig::default());
     assert_eq!(
@@ -189,6 +248,59 @@ fn expected_calls_hold_the_close_until_all_calls_arrived() {
     ));
     assert_eq!(r.debits().len(), 1);
     assert_eq!(r.debits()[0].total, d("0.24"));
+}
+
+/// Issue 23: a finish that arrives before its calls waits for `expected_calls`; the debit
+/// is the one the usual order gives (same id, times and total), also when the finish is
+/// re-sent and across a snapshot taken while it waits.
+#[test]
+fn a_finish_before_its_calls_waits_for_them() {
+    let calls = [
+        call("c1", Some("x"), "acct", "search", r#"{"requests":1}"#),
+        call("c2", Some("x"), "acct", "db", r#"{"queries":1}"#),
+    ];
+    let fin = finish("f", "x", "acct", Some(2));
+    let mut usual = Run::new(RollupConfig::default());
+    for e in [&calls[0], &calls[1], &fin] {
+        usual.feed(e);
+    }
+    let expected = usual.debits()[0].clone();
+    assert_eq!(expected.total, d("0.36"));
+
+    let mut early = Run::new(RollupConfig::default());
+    assert_eq!(early.feed(&fin), Outcome::Finished);
+    assert_eq!(early.feed(&fin), Outcome::Duplicate);
+    assert_eq!(early.rollup.open_executions(), 1);
+    // A restart while it waits: the snapshot carries the finished, waiting execution.
+    let snap = PartitionSnapshot::from_bytes(&early.rollup.snapshot().to_bytes().unwrap());
+    early.rollup = PartitionRollup::restore(RollupConfig::default(), 0, snap.unwrap(), 0);
+    early.feed(&calls[0]);
+    assert!(early.debits().is_empty(), "one call of two");
+    early.feed(&calls[1]);
+    assert_eq!(early.debits(), [&expected]);
+    assert_eq!(
+        early.feed(&fin),
+        Outcome::Ignored,
+        "re-sent after the close"
+    );
+}
+
+/// Issue 23: when the calls never come, the idle rule closes the waiting execution with
+/// nothing to bill, and a call after that is an adjustment.
+#[test]
+fn a_finish_whose_calls_never_come_closes_idle_with_nothing_billed() {
+    let mut r = Run::new(RollupConfig::default());
+    r.feed(&finish("f", "x", "acct", Some(1)));
+    let idle = r.rollup.idle_executions(60_000, 1_000);
+    assert_eq!(idle.len(), 1);
+    let marker = crate::event::encode_timeout_marker("x", "acct", 0, chrono::Utc::now());
+    assert_eq!(
+        r.feed_from(Origin::Aggregator, std::str::from_utf8(&marker).unwrap()),
+        Outcome::Marker
+    );
+    assert!(r.debits().is_empty());
+    r.feed(&call("c1", Some("x"), "acct", "db", r#"{"queries":1}"#));
+    assert_eq!(r.debits()[0].kind, DebitKind::AgentExecutionAdjustment);
 }
 
 #[test]

@@ -22,8 +22,8 @@ pub fn list_vouchers(cfg: &Config) -> Result<Vec<VoucherState>, ClientError> {
     let mut rc = kafka::reader_config(cfg);
     rc.set("isolation.level", "read_committed");
     rc.set("enable.partition.eof", "true");
-    let reader: BaseConsumer<crate::ledger::stage::ReaderContext> =
-        rc.create_with_context(crate::ledger::stage::ReaderContext)?;
+    let reader: BaseConsumer<crate::stage::ReaderContext> =
+        rc.create_with_context(crate::stage::ReaderContext)?;
     let topic = &cfg.topics.voucher_state;
     let md = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let parts: Vec<i32> = md
@@ -46,7 +46,7 @@ pub fn list_vouchers(cfg: &Config) -> Result<Vec<VoucherState>, ClientError> {
         match reader.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let key = m.key().unwrap_or_default().to_vec();
-                if key != crate::ledger::stage::OFFSETS_KEY {
+                if key != crate::stage::OFFSETS_KEY {
                     latest.insert(key, m.payload().map(<[u8]>::to_vec));
                 }
             }

@@ -1,4 +1,5 @@
-//! An account's alert settings over HTTP, answered by the ledger itself:
+//! An account's alert settings over HTTP, answered by the ledger itself (the operator token
+//! or the account's own key):
 //!
 //! - `GET /v1/accounts/{id}/thresholds`: the account as the ledger holds it (balance, open
 //!   grants, next expiry, thresholds in force, expiry warning, auto top-up)
@@ -8,61 +9,84 @@
 //! - `PUT /v1/accounts/{id}/auto-topup` `{"below": "10", "fixed": "50"}` or
 //!   `{"below": "10", "refill_to": "100"}`; `DELETE` turns it off
 
-use std::sync::Arc;
-
-use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use axum::routing::{get, put};
+use axum::Router;
+use serde_json::Value;
 
-use super::grants::verdict;
-use super::{LedgerApi, authorize, bad_account, bad_body, refused, unavailable};
+use super::HttpState;
+use super::accounts::{LedgerApi, account_for, api, refused, unavailable, verdict};
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiPath};
 use crate::ledger::client::{self, ClientError};
 use crate::ledger::command::Request;
 use crate::ledger::thresholds::{AutoTopup, Threshold};
 
+/// The routes of this file (inside the auth layer).
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route(
+            "/v1/accounts/{account_id}/thresholds",
+            get(show).put(thresholds),
+        )
+        .route(
+            "/v1/accounts/{account_id}/auto-topup",
+            put(auto_topup).delete(auto_topup_off),
+        )
+}
+
+fn ledger_for<'a>(s: &'a HttpState, caller: &Caller, account: &str) -> Result<&'a LedgerApi, Response> {
+    let api = api(s).map_err(IntoResponse::into_response)?;
+    account_for(caller, account).map_err(IntoResponse::into_response)?;
+    Ok(api)
+}
+
 async fn ask(api: &LedgerApi, req: Request) -> Response {
     match api.command(&req).await {
         Ok(a) => verdict(&a),
-        Err(ClientError::Timeout(d, _)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(axum::http::header::RETRY_AFTER, "1")],
-            Json(json!({"error": format!("the ledger did not answer within {d:?}; ask again (a change that was sent is applied once)")})),
-        )
-            .into_response(),
+        Err(ClientError::Timeout(d, _)) => ApiError::unavailable(format!(
+            "the ledger did not answer within {d:?}; ask again (a change that was sent is applied once)"
+        ))
+        .header(header::RETRY_AFTER, "1")
+        .into_response(),
         Err(e) => unavailable(&e),
     }
 }
 
-pub(super) async fn show(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    headers: HeaderMap,
+async fn show(
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
 ) -> Response {
-    if let Some(r) = authorize(&api, &headers).or_else(|| bad_account(&account)) {
-        return r;
-    }
+    let api = match ledger_for(&s, &caller, &account) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let req = Request::AccountStatus {
         request_id: client::new_id("account"),
         account_id: account,
     };
-    ask(&api, req).await
+    ask(api, req).await
 }
 
-pub(super) async fn thresholds(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+const EXPECTED: &str = r#"{"thresholds": ["50", "20%", "0"], "expiry_warning": "7days"}"#;
+
+async fn thresholds(
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+    body: Result<ApiJson<Value>, ApiError>,
 ) -> Response {
-    if let Some(r) = authorize(&api, &headers).or_else(|| bad_account(&account)) {
-        return r;
-    }
-    let expected = r#"{"thresholds": ["50", "20%", "0"], "expiry_warning": "7days"}"#;
-    let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&body) else {
-        return bad_body(expected);
+    let api = match ledger_for(&s, &caller, &account) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let mut m = match body {
+        Ok(ApiJson(Value::Object(m))) => m,
+        Ok(ApiJson(_)) => return refused("invalid_json", &format!("body must be {EXPECTED}")),
+        Err(e) => return e.with("expected", EXPECTED).into_response(),
     };
     if let Some(k) = m
         .keys()
@@ -70,7 +94,7 @@ pub(super) async fn thresholds(
     {
         return refused(
             "unknown_field",
-            &format!("unknown field {k:?}; body must be {expected}"),
+            &format!("unknown field {k:?}; body must be {EXPECTED}"),
         );
     }
     let thresholds = match m.remove("thresholds") {
@@ -120,24 +144,28 @@ pub(super) async fn thresholds(
         thresholds,
         expiry_warning_secs: warning,
     };
-    ask(&api, req).await
+    ask(api, req).await
 }
 
-pub(super) async fn auto_topup(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+async fn auto_topup(
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+    body: Result<ApiJson<AutoTopup>, ApiError>,
 ) -> Response {
-    if let Some(r) = authorize(&api, &headers).or_else(|| bad_account(&account)) {
-        return r;
-    }
-    let rule: AutoTopup = match serde_json::from_slice(&body) {
-        Ok(r) => r,
+    let api = match ledger_for(&s, &caller, &account) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let rule = match body {
+        Ok(ApiJson(r)) => r,
         Err(e) => {
-            return bad_body(&format!(
-                r#"{{"below": "10", "fixed": "50"}} or {{"below": "10", "refill_to": "100"}} ({e})"#
-            ));
+            return e
+                .with(
+                    "expected",
+                    r#"{"below": "10", "fixed": "50"} or {"below": "10", "refill_to": "100"}"#,
+                )
+                .into_response();
         }
     };
     if let Err(e) = rule.validate(api.cfg.ledger.min_topup) {
@@ -148,21 +176,22 @@ pub(super) async fn auto_topup(
         account_id: account,
         rule: Some(rule),
     };
-    ask(&api, req).await
+    ask(api, req).await
 }
 
-pub(super) async fn auto_topup_off(
-    State(api): State<Arc<LedgerApi>>,
-    Path(account): Path<String>,
-    headers: HeaderMap,
+async fn auto_topup_off(
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
 ) -> Response {
-    if let Some(r) = authorize(&api, &headers).or_else(|| bad_account(&account)) {
-        return r;
-    }
+    let api = match ledger_for(&s, &caller, &account) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let req = Request::SetAutoTopup {
         request_id: client::new_id("autotopup"),
         account_id: account,
         rule: None,
     };
-    ask(&api, req).await
+    ask(api, req).await
 }

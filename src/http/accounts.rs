@@ -1,0 +1,267 @@
+//! `/v1/accounts/{id}/...`, the credits ledger over HTTP: balance (with open grants and the
+//! next expiry) and paged history with the funding of each entry (GET), and voucher
+//! redemptions (POST, the operator or the account's own key). Grants are in
+//! [`super::grants`], alert settings in [`super::credit_settings`], vouchers for operators in
+//! [`super::vouchers`]; [`LedgerApi`] is what they share. An account key asking about
+//! another account gets the 404 of an account without entries.
+//!
+//! - `GET  /v1/accounts/{id}/balance` -> `{"account_id","balance","overdraft","entries",
+//!   "last_entry_at","grants":[...],"next_expiry"}`
+//! - `GET  /v1/accounts/{id}/transactions?limit=50&before_seq=N` -> newest first, with
+//!   `next_before_seq` for the next page
+//! - `POST /v1/accounts/{id}/redemptions` `{"code":"SPRING-2026-X7Q"}` -> 200 granted
+//!
+//! Refusals answer 422 with `{"error": text, "reason": code}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rdkafka::producer::FutureProducer;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::HttpState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::config::Config;
+use crate::ledger::answer::{LedgerAnswer, Verdict};
+use crate::ledger::client::{self, ClientError, LedgerFollower, ResultFollower};
+use crate::ledger::command::Request;
+use crate::ledger::grant::check_account;
+use crate::ledger::voucher::{self, VoucherOutcome, VoucherRequest, VoucherResult};
+
+/// What the ledger endpoints need.
+pub struct LedgerApi {
+    pub(super) cfg: Config,
+    pub(super) producer: FutureProducer,
+    /// Started on first use (each waits for its results topic to be readable).
+    vouchers: tokio::sync::OnceCell<ResultFollower>,
+    answers: tokio::sync::OnceCell<LedgerFollower>,
+    ch: clickhouse::Client,
+}
+
+impl LedgerApi {
+    pub fn new(cfg: &Config, ch: clickhouse::Client) -> anyhow::Result<LedgerApi> {
+        Ok(LedgerApi {
+            cfg: cfg.clone(),
+            producer: client::producer(cfg)?,
+            vouchers: tokio::sync::OnceCell::new(),
+            answers: tokio::sync::OnceCell::new(),
+            ch,
+        })
+    }
+
+    /// The follower of `voucher_results`.
+    pub(super) async fn voucher_results(&self) -> Result<&ResultFollower, ClientError> {
+        self.vouchers
+            .get_or_try_init(|| {
+                let cfg = self.cfg.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || ResultFollower::start(&cfg))
+                        .await
+                        .map_err(|e| ClientError::Other(e.to_string()))?
+                }
+            })
+            .await
+    }
+
+    /// The follower of `ledger_results`.
+    pub(super) async fn ledger_answers(&self) -> Result<&LedgerFollower, ClientError> {
+        self.answers
+            .get_or_try_init(|| {
+                let cfg = self.cfg.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || LedgerFollower::start(&cfg))
+                        .await
+                        .map_err(|e| ClientError::Other(e.to_string()))?
+                }
+            })
+            .await
+    }
+
+    /// Sends a voucher command and waits `timeout` for its result.
+    pub(super) async fn voucher(
+        &self,
+        req: &VoucherRequest,
+        timeout: Duration,
+    ) -> Result<VoucherResult, ClientError> {
+        let f = self.voucher_results().await?;
+        f.request(&self.cfg, &self.producer, req, timeout).await
+    }
+
+    /// Sends a ledger command and waits `ledger.answer_timeout` for its answer.
+    pub(super) async fn command(&self, req: &Request) -> Result<LedgerAnswer, ClientError> {
+        let f = self.ledger_answers().await?;
+        f.command(&self.cfg, &self.producer, req, self.timeout())
+            .await
+    }
+
+    /// How long a request waits for the ledger's verdict (`ledger.answer_timeout`).
+    pub(super) fn timeout(&self) -> Duration {
+        self.cfg.ledger.answer_timeout
+    }
+}
+
+/// The routes of this file (inside the auth layer).
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/v1/accounts/{account_id}/balance", get(balance))
+        .route("/v1/accounts/{account_id}/transactions", get(transactions))
+        .route("/v1/accounts/{account_id}/redemptions", post(redeem))
+}
+
+pub(super) fn refused(reason: &str, message: &str) -> Response {
+    ApiError::refused(reason, message).into_response()
+}
+
+pub(super) fn unavailable(e: &ClientError) -> Response {
+    tracing::warn!(error = %e, "ledger request failed");
+    ApiError::unavailable(e.to_string()).into_response()
+}
+
+/// The ledger endpoints of this process, or 503.
+pub(super) fn api(s: &HttpState) -> Result<&Arc<LedgerApi>, ApiError> {
+    s.ledger
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this instance does not serve the credits ledger"))
+}
+
+/// The 404 of an account without entries: also what a key gets for another account.
+pub(super) fn no_entries() -> ApiError {
+    ApiError::not_found("this account has no ledger entries (yet)")
+}
+
+/// Checks the account id and the caller's right to it.
+pub(super) fn account_for(caller: &Caller, account: &str) -> Result<(), ApiError> {
+    caller.may_see(account, no_entries)?;
+    check_account(account).map_err(|r| ApiError::refused(r.reason.as_str(), r.message))
+}
+
+/// A ledger answer as an HTTP answer: 201 applied, 200 already applied or answered, 422
+/// refused (with `error` and `reason`).
+pub(super) fn verdict(a: &LedgerAnswer) -> Response {
+    let mut body = serde_json::to_value(a).expect("an answer serializes");
+    let status = match a.verdict {
+        Verdict::Applied => StatusCode::CREATED,
+        Verdict::AlreadyApplied | Verdict::Answered => StatusCode::OK,
+        Verdict::Refused => {
+            body["error"] = json!(a.message);
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+    };
+    (status, Json(body)).into_response()
+}
+
+/// A voucher result as an HTTP answer: 200, or 422 (with `error`) for a refusal.
+pub(super) fn voucher_answer(r: &VoucherResult) -> Response {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if r.outcome != VoucherOutcome::Refused {
+        return Json(v).into_response();
+    }
+    // The voucher stage's answer, with the `error` every error body has.
+    if let Some(m) = v.as_object_mut() {
+        m.insert("error".into(), json!(r.message));
+    }
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(v)).into_response()
+}
+
+async fn balance(
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+) -> Response {
+    let api = match api(&s).and_then(|a| account_for(&caller, &account).map(|()| a)) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    match client::balance(&api.ch, &account).await {
+        Ok(Some(b)) => Json(b).into_response(),
+        Ok(None) => no_entries().into_response(),
+        Err(e) => unavailable(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<u32>,
+    before_seq: Option<u64>,
+}
+
+async fn transactions(
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Response {
+    let api = match api(&s).and_then(|a| account_for(&caller, &account).map(|()| a)) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let limit = page.limit.unwrap_or(50).clamp(1, 1000);
+    match client::history(&api.ch, &account, limit, page.before_seq).await {
+        Ok(entries) => {
+            let next = (entries.len() as u32 == limit)
+                .then(|| entries.last().map(|e| e.seq))
+                .flatten();
+            Json(json!({
+                "account_id": account,
+                "transactions": entries,
+                "next_before_seq": next,
+            }))
+            .into_response()
+        }
+        Err(e) => unavailable(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemBody {
+    code: String,
+    request_id: Option<String>,
+}
+
+async fn redeem(
+    State(s): State<HttpState>,
+    caller: Caller,
+    ApiPath(account): ApiPath<String>,
+    body: Result<ApiJson<RedeemBody>, ApiError>,
+) -> Response {
+    let api = match api(&s).and_then(|a| account_for(&caller, &account).map(|()| a)) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let body = match body {
+        Ok(ApiJson(b)) => b,
+        Err(e) => {
+            return e
+                .with("expected", "{\"code\": \"<voucher code>\"}")
+                .into_response();
+        }
+    };
+    let code = match voucher::normalize_code(&body.code) {
+        Ok(c) => c,
+        // A malformed code cannot exist: the same answer as an unknown one.
+        Err(_) => return refused("unknown", "no voucher has this code"),
+    };
+    let req = VoucherRequest::Redeem {
+        request_id: body.request_id.unwrap_or_else(|| client::new_id("redeem")),
+        requested_at: chrono::Utc::now(),
+        code_hash: voucher::code_hash(&code),
+        masked: voucher::mask(&code),
+        account_id: account,
+    };
+    match api.voucher(&req, Duration::from_secs(15)).await {
+        Ok(r) => voucher_answer(&r),
+        Err(e @ ClientError::Timeout(..)) => {
+            (StatusCode::ACCEPTED, Json(json!({"status": e.to_string()}))).into_response()
+        }
+        Err(e) => unavailable(&e),
+    }
+}

@@ -1,0 +1,64 @@
+//! The live trace of an open execution: each priced call in (from its [`PricedLine`] and the
+//! execution's subtotal after it), a bounded list out (`rollup.max_trace_calls` calls per
+//! execution; beyond it calls are still rolled up and counted, but not listed), read by the
+//! execution trace API through the pipeline's query handle. Not an output: the trace never
+//! changes a debit, and dropping it changes no replay.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::AssetType;
+use crate::debit::{Debit, PricedLine, PricedUnit};
+
+/// Calls listed per open execution unless configured (`rollup.max_trace_calls`).
+pub const DEFAULT_MAX_TRACE_CALLS: usize = 200;
+
+/// One priced call of an open execution, as the rating core priced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracedCall {
+    pub event_id: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The canonical asset priced (never an alias).
+    pub asset_id: String,
+    pub asset_type: AssetType,
+    /// Per unit: the quantity, the unit price in credits and the quantity it is quoted per
+    /// (`credits` per `per` units), as on the priced line.
+    pub units: Vec<PricedUnit>,
+    /// The catalog version that priced the call.
+    pub price_version: String,
+    /// Credits of this call, before markup (exact).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cost: Decimal,
+    /// The execution's subtotal (sum of its calls' costs, before markup) after this call.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub subtotal_after: Decimal,
+}
+
+impl TracedCall {
+    /// The trace entry of `line`, priced into an execution whose subtotal is now `subtotal`.
+    pub(super) fn of(line: &PricedLine, subtotal: Decimal) -> TracedCall {
+        TracedCall {
+            event_id: line.event_id.clone(),
+            occurred_at: line.occurred_at,
+            asset_id: line.asset_id.clone(),
+            asset_type: line.asset_type,
+            units: line.units.clone(),
+            price_version: line.price_version.clone(),
+            cost: line.cost,
+            subtotal_after: subtotal,
+        }
+    }
+}
+
+/// An open execution as the trace API shows it, copied out of the rollup's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenExecutionView {
+    /// The running totals, shaped as the debit the execution would produce if it closed now
+    /// (`debit_id` empty; `total` includes the markup; `calls` counts every priced call).
+    pub running: Debit,
+    /// The first priced calls in the order they were rated, at most `rollup.max_trace_calls`.
+    pub calls: Vec<TracedCall>,
+    /// Priced calls not in `calls` (beyond the bound): `running.calls - calls.len()`.
+    pub calls_omitted: u32,
+}

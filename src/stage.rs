@@ -1,0 +1,639 @@
+//! The exactly-once stage runtime every stage runs on (rating pipeline, spend alerts, credits
+//! ledger, vouchers): co-partitioned input topics in (consumer group, `read_committed`); a
+//! [`Processor`]'s outputs, its changelog records and the input offsets out, all in one Kafka
+//! transaction per `commit_interval`.
+//!
+//! Kafka Streams' design. A processor sees one record and its [`Outputs`]; the runtime owns
+//! consuming (bursts of up to [`BURST`] messages per wake-up), the transaction (begun with
+//! the first output after a commit), the changelog and the commit. State lives per input
+//! partition number `p`; before each commit the processor writes what changed in `p` since
+//! the last one ([`Processor::changes`]: the last value of each key written, tombstones for
+//! deleted keys) to partition `p` of a compacted changelog topic, with a record under
+//! [`OFFSETS_KEY`] naming the input positions that state corresponds to, and the runtime
+//! sends the consumer offsets into the same transaction (`send_offsets_to_transaction`).
+//!
+//! On assignment the runtime reads changelog partition `p` to its end (`enable.partition.eof`,
+//! never "until offset high-1": under `read_committed` transaction markers leave gaps), checks
+//! that the positions it found equal the group's committed offsets (fetched stable, so a
+//! transaction in flight is waited for), and only then assigns the input partitions at those
+//! positions. A transaction that must abort (a stale generation after a rebalance, a failed
+//! delivery, a commit that cannot finish within `pipeline.transaction_timeout`) is aborted and
+//! every owned partition restored again. A producer that fails for good (fenced) is re-created
+//! with the same `transactional.id` (stable per stage and `kafka.instance_id`), at most
+//! [`txn::MAX_REINITS_PER_MINUTE`] times a minute; a restarted instance fences its crashed
+//! predecessor and aborts its open transaction at once.
+
+mod context;
+pub mod processor;
+pub mod restore;
+mod txn;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::health::now_ms;
+use crate::kafka;
+use crate::metrics::METRICS;
+use context::StageContext;
+use txn::{Reinits, StageProducer, Txn, TxnFailure, txn_call};
+
+pub use crate::kafka::ReaderContext;
+pub use processor::{
+    Changelog, InputMsg, OFFSETS_KEY, Outputs, Processor, Record, StageError, StageSpec,
+};
+pub use restore::{Agreement, Positions, agree};
+
+/// Input messages handled per wake-up at most (then the loop commits, punctuates and
+/// reports if due, and applies a pending rebalance).
+pub const BURST: usize = 2048;
+/// How long the changelog may stay behind the group's committed offsets, or deliver nothing
+/// while read, before a restore gives up.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running stage; [`Stage::run`] drives it on the calling thread.
+pub struct Stage<P: Processor> {
+    cfg: Config,
+    spec: StageSpec,
+    processor: P,
+    txn_id: String,
+    producer: StageProducer,
+    consumer: BaseConsumer<StageContext>,
+    reader: kafka::Reader,
+    /// Owned partition -> next offset per input topic (restored or consumed).
+    owned: BTreeMap<i32, Positions>,
+    /// Partitions with input since the last commit.
+    touched: BTreeSet<i32>,
+    txn: Txn,
+    reinits: Reinits,
+}
+
+impl<P: Processor> Stage<P> {
+    /// Creates the clients, checks the topics and their partition counts, initialises the
+    /// transactional producer (fencing a predecessor of the same slot) and subscribes.
+    pub fn new(cfg: &Config, spec: StageSpec, processor: P) -> Result<Self, StageError> {
+        let txn_id = kafka::transactional_id(cfg, spec.name);
+        let mut cc = kafka::group_config(cfg, &spec.group_id, spec.name, &[]);
+        for (k, v) in [
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+            // Range keeps partition p of every input on the same member (co-partitioning).
+            ("partition.assignment.strategy", "range"),
+            ("enable.partition.eof", "false"),
+            ("fetch.wait.max.ms", "50"),
+            // High watermarks for the lag (StageContext::stats).
+            ("statistics.interval.ms", "1000"),
+        ] {
+            cc.set(k, v);
+        }
+        for (k, v) in &spec.consumer {
+            cc.set(*k, v);
+        }
+        let consumer: BaseConsumer<StageContext> =
+            cc.create_with_context(StageContext::new(spec.name))?;
+        let reader: kafka::Reader = kafka::reader_config(cfg).create_with_context(ReaderContext)?;
+        check_partitions(&reader, &spec)?;
+        let producer = txn::producer(cfg, spec.name, &txn_id)?;
+        let topics: Vec<&str> = spec.inputs.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        if let Some(h) = &spec.health {
+            h.stage_started(spec.name);
+        }
+        Ok(Stage {
+            cfg: cfg.clone(),
+            spec,
+            processor,
+            txn_id,
+            producer,
+            consumer,
+            reader,
+            owned: BTreeMap::new(),
+            touched: BTreeSet::new(),
+            txn: Txn::default(),
+            reinits: Reinits::default(),
+        })
+    }
+
+    /// Runs until `stop` is cancelled; the open transaction is committed on the way out.
+    pub fn run(mut self, stop: &CancellationToken) -> Result<(), StageError> {
+        let mut punctuated = Instant::now();
+        let mut reported = Instant::now();
+        while !stop.is_cancelled() {
+            self.rebalance()?;
+            let n = self.consume();
+            if n > 0
+                && let Some(h) = &self.spec.health
+            {
+                h.stage_progressed(self.spec.name);
+            }
+            if let Some(every) = self.spec.punctuate_every
+                && punctuated.elapsed() >= every
+            {
+                punctuated = Instant::now();
+                let mut out = Outputs {
+                    producer: &self.producer,
+                    txn: &mut self.txn,
+                };
+                self.processor.punctuate(now_ms(), &mut out);
+            }
+            if self.commit_due() {
+                self.commit()?;
+            }
+            if reported.elapsed() >= Duration::from_secs(1) {
+                reported = Instant::now();
+                self.report_lag();
+            }
+        }
+        if self.txn.since.is_some() {
+            self.commit()?;
+        }
+        tracing::info!(stage = self.spec.name, "stage stopped");
+        Ok(())
+    }
+
+    /// Polls and handles up to [`BURST`] messages: the first poll waits (at most until the
+    /// open transaction is due), the others take what is already fetched.
+    fn consume(&mut self) -> usize {
+        let mut wait = Duration::from_millis(100);
+        if let Some(since) = self.txn.since {
+            wait = wait
+                .min((since + self.spec.commit_interval).saturating_duration_since(Instant::now()));
+        }
+        let mut n = 0;
+        while n < BURST {
+            let m = match self.consumer.poll(wait) {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(stage = self.spec.name, error = %e, "consumer error");
+                    break;
+                }
+                None => break,
+            };
+            wait = Duration::ZERO;
+            let (topic, p, offset) = (m.topic(), m.partition(), m.offset());
+            let Some(pos) = self.owned.get_mut(&p) else {
+                continue; // not (or no longer) ours
+            };
+            match pos.get_mut(topic) {
+                Some(next) if offset < *next => continue, // before the restored position
+                Some(next) => *next = offset + 1,
+                None => {
+                    pos.insert(topic.to_string(), offset + 1);
+                }
+            }
+            let input = InputMsg {
+                topic,
+                partition: p,
+                offset,
+                key: m.key(),
+                payload: m.payload().unwrap_or_default(),
+                headers: m.headers(),
+            };
+            self.txn.touch();
+            self.txn.inputs += 1;
+            self.touched.insert(p);
+            let mut out = Outputs {
+                producer: &self.producer,
+                txn: &mut self.txn,
+            };
+            self.processor.process(&input, &mut out);
+            n += 1;
+            if self.consumer.context().flagged.load(Ordering::Acquire) || self.commit_due() {
+                break;
+            }
+        }
+        n
+    }
+
+    fn commit_due(&self) -> bool {
+        self.txn.inputs >= self.spec.max_batch as u64
+            || self
+                .txn
+                .since
+                .is_some_and(|s| s.elapsed() >= self.spec.commit_interval)
+    }
+
+    /// Writes the changed state and positions of the touched partitions, sends the offsets
+    /// and commits. An abortable failure aborts and restores; a fatal one re-creates the
+    /// producer.
+    fn commit(&mut self) -> Result<(), StageError> {
+        let started = Instant::now();
+        let touched = std::mem::take(&mut self.touched);
+        let (mut records, mut bytes) = (0, 0);
+        for p in &touched {
+            let mut log = Changelog {
+                out: Outputs {
+                    producer: &self.producer,
+                    txn: &mut self.txn,
+                },
+                topic: &self.spec.changelog,
+                partition: *p,
+                records: 0,
+                bytes: 0,
+            };
+            self.processor.changes(*p, &mut log);
+            let pos = serde_json::to_vec(&self.owned[p]).expect("positions serialize");
+            log.put(OFFSETS_KEY, &pos);
+            records += log.records;
+            bytes += log.bytes;
+        }
+        if let Some(e) = self.txn.failed.take() {
+            return self.recover(e);
+        }
+        if !self.txn.open {
+            self.txn.reset();
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &touched {
+            for (t, o) in &self.owned[p] {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+            }
+        }
+        let timeout = self.cfg.pipeline.transaction_timeout;
+        let deadline = started + timeout;
+        let (producer, consumer) = (&self.producer, &self.consumer);
+        let result = (|| {
+            if tpl.count() > 0 {
+                let cgm =
+                    consumer
+                        .group_metadata()
+                        .ok_or(TxnFailure::Abort(KafkaError::Global(
+                            RDKafkaErrorCode::State,
+                        )))?;
+                txn_call("send_offsets_to_transaction", deadline, || {
+                    producer.send_offsets_to_transaction(&tpl, &cgm, timeout)
+                })?;
+            }
+            kafka::await_in_flight(producer, deadline);
+            txn_call("commit_transaction", deadline, || {
+                producer.commit_transaction(timeout)
+            })
+        })();
+        match result {
+            Ok(()) => {
+                let m = &METRICS.stage;
+                let stage = [self.spec.name];
+                m.input_messages
+                    .with_label_values(&stage)
+                    .inc_by(self.txn.inputs);
+                m.changelog_records
+                    .with_label_values(&stage)
+                    .inc_by(records);
+                m.changelog_bytes.with_label_values(&stage).inc_by(bytes);
+                m.transactions
+                    .with_label_values(&[self.spec.name, "committed"])
+                    .inc();
+                m.commit_seconds
+                    .with_label_values(&stage)
+                    .observe(started.elapsed().as_secs_f64());
+                m.last_commit
+                    .with_label_values(&stage)
+                    .set(now_ms() as f64 / 1000.0);
+                self.txn.reset();
+                self.processor.committed();
+                Ok(())
+            }
+            Err(TxnFailure::Abort(e)) => {
+                tracing::warn!(stage = self.spec.name, error = %e, "kafka transaction cannot commit; aborting it");
+                self.abort_and_restore("commit failed")
+            }
+            Err(TxnFailure::Fatal(e)) => self.recover(e),
+        }
+    }
+
+    /// Aborts the open transaction (its outputs never become visible) and restores every
+    /// owned partition from its changelog.
+    fn abort_and_restore(&mut self, why: &str) -> Result<(), StageError> {
+        let timeout = self.cfg.pipeline.transaction_timeout;
+        let producer = &self.producer;
+        if self.txn.open
+            && let Err(f) = txn_call("abort_transaction", Instant::now() + timeout, || {
+                producer.abort_transaction(timeout)
+            })
+        {
+            return self.recover(f.into_error());
+        }
+        self.count_abort();
+        tracing::info!(
+            stage = self.spec.name,
+            why,
+            "transaction aborted; restoring state"
+        );
+        self.restore_owned()
+    }
+
+    /// The producer failed for good (fenced: e.g. its transaction outlived the transaction
+    /// timeout while the broker was away). A new one with the same `transactional.id` is
+    /// initialised (which aborts whatever was open) and every owned partition restored.
+    fn recover(&mut self, e: KafkaError) -> Result<(), StageError> {
+        self.reinit(e)?;
+        self.count_abort();
+        self.restore_owned()
+    }
+
+    /// Re-creates the producer with the same `transactional.id`, unless that happened
+    /// [`txn::MAX_REINITS_PER_MINUTE`] times in the last minute already.
+    fn reinit(&mut self, e: KafkaError) -> Result<(), StageError> {
+        if !self.reinits.allow(Instant::now()) {
+            return Err(StageError::TransactionFatal(e));
+        }
+        tracing::warn!(stage = self.spec.name, error = %e, "re-initialising the transactional producer; resuming from the last commit");
+        METRICS
+            .stage
+            .producer_reinits
+            .with_label_values(&[self.spec.name])
+            .inc();
+        self.producer = txn::producer(&self.cfg, self.spec.name, &self.txn_id)?;
+        Ok(())
+    }
+
+    fn count_abort(&mut self) {
+        METRICS
+            .stage
+            .transactions
+            .with_label_values(&[self.spec.name, "aborted"])
+            .inc();
+        self.txn.reset();
+        self.touched.clear();
+        self.processor.aborted();
+    }
+
+    /// Restores every owned partition again and assigns it at the restored positions.
+    fn restore_owned(&mut self) -> Result<(), StageError> {
+        let mut tpl = TopicPartitionList::new();
+        for t in &self.spec.inputs {
+            for p in self.owned.keys() {
+                tpl.add_partition(t, *p);
+            }
+        }
+        self.owned.clear();
+        self.assign_restored(&tpl)
+    }
+
+    /// Applies what the rebalance callback recorded: a revocation aborts the open
+    /// transaction (the next owner redoes that work from the last commit) and forgets the
+    /// partitions; an assignment is restored, then assigned.
+    fn rebalance(&mut self) -> Result<(), StageError> {
+        if !self.consumer.context().flagged.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let pending = self.consumer.context().take();
+        if pending.revoked {
+            let owned = std::mem::take(&mut self.owned);
+            if self.txn.open {
+                let timeout = self.cfg.pipeline.transaction_timeout;
+                let producer = &self.producer;
+                if let Err(f) = txn_call("abort_transaction", Instant::now() + timeout, || {
+                    producer.abort_transaction(timeout)
+                }) {
+                    // Fenced meanwhile: a new producer (its init aborts what was open).
+                    self.reinit(f.into_error())?;
+                }
+                tracing::info!(
+                    stage = self.spec.name,
+                    "open transaction aborted: partitions revoked"
+                );
+            }
+            if self.txn.since.is_some() {
+                self.count_abort();
+            }
+            for p in owned.into_keys() {
+                self.processor.drop_partition(p);
+                METRICS
+                    .stage
+                    .consumer_lag
+                    .with_label_values(&[self.spec.name, &p.to_string()])
+                    .set(0);
+            }
+            self.consumer.context().clear_lag();
+            if let Some(h) = &self.spec.health {
+                h.stage_lag(self.spec.name, 0);
+            }
+        }
+        if let Some(tpl) = pending.assign {
+            self.assign_restored(&tpl)?;
+        }
+        Ok(())
+    }
+
+    /// Restores every partition number of `tpl`, then assigns it at the restored positions.
+    fn assign_restored(&mut self, tpl: &TopicPartitionList) -> Result<(), StageError> {
+        let mut parts: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        for e in tpl.elements() {
+            parts
+                .entry(e.partition())
+                .or_default()
+                .insert(e.topic().to_string());
+        }
+        for (p, topics) in &parts {
+            if topics.len() != self.spec.inputs.len() {
+                return Err(StageError::Setup(format!(
+                    "partition {p} assigned for {topics:?} only; the {} stage needs every input's partition {p} (co-partitioning, range assignor)",
+                    self.spec.name
+                )));
+            }
+        }
+        let started = Instant::now();
+        for p in parts.keys() {
+            let pos = self.restore(*p)?;
+            self.owned.insert(*p, pos);
+        }
+        let mut with_offsets = TopicPartitionList::new();
+        for (p, topics) in &parts {
+            for t in topics {
+                let o = self.owned[p]
+                    .get(t)
+                    .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                with_offsets.add_partition_offset(t, *p, o)?;
+            }
+        }
+        self.consumer.assign(&with_offsets)?;
+        tracing::info!(
+            stage = self.spec.name,
+            partitions = ?parts.keys().collect::<Vec<_>>(),
+            restore_ms = started.elapsed().as_millis() as u64,
+            "partitions assigned"
+        );
+        Ok(())
+    }
+
+    /// Reads changelog partition `p` to its end into the processor; returns the input
+    /// positions it names once they agree with the group's committed offsets.
+    fn restore(&mut self, p: i32) -> Result<Positions, StageError> {
+        let started = Instant::now();
+        let changelog = self.spec.changelog.clone();
+        let err = |why: String| StageError::Restore {
+            topic: changelog.clone(),
+            partition: p,
+            why,
+        };
+        self.processor.drop_partition(p);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.spec.changelog, p, Offset::Beginning)?;
+        self.reader.assign(&tpl)?;
+        // Patience runs while nothing is read (a stalled broker) or while the changelog is
+        // behind the group's committed offsets; a long changelog read never exhausts it.
+        let mut patience = Instant::now() + RESTORE_PATIENCE;
+        let mut in_log: Option<Positions> = None;
+        let mut records = 0u64;
+        let mut at_end = false;
+        let positions = loop {
+            if Instant::now() > patience {
+                let committed = self.committed(p)?;
+                return Err(err(format!(
+                    "the changelog names offsets {in_log:?} but the group committed {committed:?}; \
+                     if the changelog or the group was deleted, delete both to rebuild from the inputs"
+                )));
+            }
+            match self.reader.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let key = m.key().unwrap_or_default();
+                    if key == OFFSETS_KEY {
+                        in_log = Some(
+                            serde_json::from_slice(m.payload().unwrap_or_default())
+                                .map_err(|e| err(format!("offsets record: {e}")))?,
+                        );
+                    } else {
+                        self.processor
+                            .restore(p, key, m.payload())
+                            .map_err(|w| err(format!("offset {}: {w}", m.offset())))?;
+                    }
+                    records += 1;
+                    if records.is_multiple_of(4096) && !at_end {
+                        patience = Instant::now() + RESTORE_PATIENCE;
+                    }
+                    continue;
+                }
+                Some(Err(e)) if kafka::is_partition_eof(&e) => at_end = true,
+                Some(Err(e)) => {
+                    tracing::warn!(stage = self.spec.name, error = %e, "changelog read error")
+                }
+                None => {}
+            }
+            if !at_end {
+                continue;
+            }
+            let committed = self.committed(p)?;
+            match agree(in_log.as_ref(), &committed) {
+                Agreement::Yes(pos) => break pos,
+                Agreement::ChangelogAhead(pos) => {
+                    tracing::warn!(stage = self.spec.name, partition = p, ?committed, changelog = ?pos, "group offsets are behind the changelog (reset?); resuming at the changelog's positions");
+                    break pos;
+                }
+                // The last committed transaction's changelog records are not visible yet
+                // (its markers are still being written): read on.
+                Agreement::ChangelogBehind => at_end = false,
+            }
+        };
+        let _ = self.reader.unassign();
+        self.processor
+            .restored(p, &positions)
+            .map_err(|w| err(format!("at its end: {w}")))?;
+        let secs = started.elapsed().as_secs_f64();
+        METRICS
+            .stage
+            .restore_seconds
+            .with_label_values(&[self.spec.name])
+            .observe(secs);
+        tracing::info!(
+            stage = self.spec.name,
+            partition = p,
+            records,
+            ms = (secs * 1000.0) as u64,
+            ?positions,
+            "partition state restored"
+        );
+        Ok(positions)
+    }
+
+    /// The group's committed offsets for partition `p` of every input (stable offsets).
+    fn committed(&self, p: i32) -> Result<HashMap<String, Option<i64>>, StageError> {
+        let mut tpl = TopicPartitionList::new();
+        for t in &self.spec.inputs {
+            tpl.add_partition(t, p);
+        }
+        let got = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(30))?;
+        Ok(got
+            .elements()
+            .iter()
+            .map(|e| {
+                let o = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.topic().to_string(), o)
+            })
+            .collect())
+    }
+
+    /// Lag per owned partition into the metrics, their sum into [`crate::health::Health`].
+    fn report_lag(&self) {
+        let mut total = 0;
+        for (p, pos) in &self.owned {
+            let lag = self.consumer.context().lag(*p, pos);
+            total += lag;
+            METRICS
+                .stage
+                .consumer_lag
+                .with_label_values(&[self.spec.name, &p.to_string()])
+                .set(lag);
+        }
+        if let Some(h) = &self.spec.health {
+            h.stage_lag(self.spec.name, total);
+        }
+    }
+}
+
+/// The inputs and the changelog exist (waiting a little right after `setup`) and have the
+/// same partition count.
+fn check_partitions(reader: &kafka::Reader, spec: &StageSpec) -> Result<(), StageError> {
+    let mut counts = Vec::new();
+    for t in spec.inputs.iter().chain([&spec.changelog]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let n = loop {
+            let n = match reader.fetch_metadata(Some(t), Duration::from_secs(10)) {
+                Ok(md) => md
+                    .topics()
+                    .first()
+                    .filter(|m| m.error().is_none())
+                    .map(|m| m.partitions().len())
+                    .unwrap_or(0),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, topic = %t, "metadata not available yet");
+                    0
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if n > 0 || Instant::now() >= deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        if n == 0 {
+            return Err(StageError::Setup(format!(
+                "topic {t} does not exist; run `usage-aggregator setup`"
+            )));
+        }
+        counts.push((t.clone(), n));
+    }
+    if counts.iter().any(|(_, n)| *n != counts[0].1) {
+        return Err(StageError::Setup(format!(
+            "the {} stage needs equal partition counts (co-partitioning), found {counts:?}",
+            spec.name
+        )));
+    }
+    Ok(())
+}

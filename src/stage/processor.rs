@@ -1,0 +1,177 @@
+//! The runtime's contract with a stage: what a [`Processor`] sees (one input message), where
+//! it sends (its [`Outputs`], inside the open transaction), what it writes to its changelog
+//! before each commit ([`Changelog`]), and what it must do on restore; the [`StageSpec`] of a
+//! stage and why a stage stops ([`StageError`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+
+use super::restore::Positions;
+use super::txn::{StageProducer, Txn};
+use crate::health::Health;
+
+/// Changelog key of the input positions a partition's state corresponds to (written by the
+/// runtime; processors never see it).
+pub const OFFSETS_KEY: &[u8] = b"~offsets";
+
+/// One input message handed to a processor.
+#[derive(Clone, Copy)]
+pub struct InputMsg<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub headers: Option<&'a BorrowedHeaders>,
+}
+
+/// One output message.
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    /// `None` is a tombstone.
+    pub payload: Option<&'a [u8]>,
+    /// An explicit partition (close markers go back to their input partition); `None`: the
+    /// producer's partitioner on the key.
+    pub partition: Option<i32>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// Where a processor sends: every message goes into the stage's open Kafka transaction (the
+/// runtime begins one with the first message after a commit). A message that cannot be
+/// queued marks the transaction failed: it is aborted at the next commit and every owned
+/// partition is restored, so the processor never handles a send error itself.
+pub struct Outputs<'a> {
+    pub(super) producer: &'a StageProducer,
+    pub(super) txn: &'a mut Txn,
+}
+
+impl Outputs<'_> {
+    /// Sends `payload` to `topic`, partitioned by `key`.
+    pub fn send(&mut self, topic: &str, key: &[u8], payload: &[u8]) {
+        self.send_record(Record {
+            topic,
+            key,
+            payload: Some(payload),
+            partition: None,
+            headers: None,
+        });
+    }
+
+    /// Sends one record.
+    pub fn send_record(&mut self, record: Record<'_>) {
+        self.txn.send(self.producer, record);
+    }
+}
+
+/// The changelog records of one partition, written just before a commit into partition
+/// `partition` of the stage's compacted changelog topic, in the same transaction.
+pub struct Changelog<'a> {
+    pub(super) out: Outputs<'a>,
+    pub(super) topic: &'a str,
+    pub(super) partition: i32,
+    pub(super) records: u64,
+    pub(super) bytes: u64,
+}
+
+impl Changelog<'_> {
+    /// The latest value of `key` (replaces what the changelog held).
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.write(key, Some(value));
+    }
+
+    /// Removes `key` (a tombstone; compaction drops the key).
+    pub fn delete(&mut self, key: &[u8]) {
+        self.write(key, None);
+    }
+
+    fn write(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.records += 1;
+        self.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        let (topic, partition) = (self.topic, self.partition);
+        self.out.send_record(Record {
+            topic,
+            key,
+            payload: value,
+            partition: Some(partition),
+            headers: None,
+        });
+    }
+}
+
+/// A stage's logic: deterministic given its inputs, state per input partition number.
+///
+/// The runtime calls, in order: [`Processor::restore`] for every changelog record of an
+/// assigned partition, then [`Processor::restored`]; [`Processor::process`] for each input
+/// message at or after the restored positions; [`Processor::punctuate`] between batches;
+/// [`Processor::changes`] for each partition that had input, right before a commit; then
+/// [`Processor::committed`], or [`Processor::aborted`] followed by a restore of every owned
+/// partition.
+pub trait Processor: Send {
+    /// Handles one input message; what it sends goes into the open transaction.
+    fn process(&mut self, msg: &InputMsg<'_>, out: &mut Outputs<'_>);
+    /// Time-driven work between messages, every [`StageSpec::punctuate_every`] (wall time
+    /// `now_ms`): e.g. the rating pipeline's idle close markers.
+    fn punctuate(&mut self, _now_ms: u64, _out: &mut Outputs<'_>) {}
+    /// Writes what changed in `partition` since the last call (the last value of each key
+    /// written since; deleted keys as tombstones), and no more: a commit costs what changed.
+    fn changes(&mut self, partition: i32, log: &mut Changelog<'_>);
+    /// Applies one changelog record of `partition` (restore, in log order).
+    fn restore(&mut self, partition: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String>;
+    /// The changelog of `partition` has been read to its end; consumption resumes at
+    /// `positions` (next offset per input topic; empty for a fresh partition).
+    fn restored(&mut self, partition: i32, positions: &Positions) -> Result<(), String>;
+    /// Forgets `partition` (revoked, or about to be restored again).
+    fn drop_partition(&mut self, partition: i32);
+    /// A transaction committed: its outputs are visible (telemetry, gauges).
+    fn committed(&mut self) {}
+    /// The open transaction was aborted; every owned partition is restored next (drop
+    /// anything counted since the last commit).
+    fn aborted(&mut self) {}
+}
+
+/// What a stage reads and writes, and how often it commits.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// Short name: `pipeline`, `alerts`, `ledger`, `vouchers`: the `stage` label of the
+    /// `usage_agg_stage_*` metrics, the suffix of `group.instance.id` and of
+    /// `transactional.id`.
+    pub name: &'static str,
+    pub group_id: String,
+    /// Co-partitioned input topics (same partition count, same keying).
+    pub inputs: Vec<String>,
+    /// Compacted changelog, as many partitions as the inputs.
+    pub changelog: String,
+    /// A transaction commits this long after it began (its first message), or earlier at
+    /// `max_batch` input messages.
+    pub commit_interval: Duration,
+    pub max_batch: usize,
+    /// [`Processor::punctuate`] runs this often; `None`: never.
+    pub punctuate_every: Option<Duration>,
+    /// Consumer properties of this stage over the shared group settings (fetch tuning).
+    pub consumer: Vec<(&'static str, String)>,
+    /// Progress and lag are reported here (readiness), when given.
+    pub health: Option<Arc<Health>>,
+}
+
+/// Why a stage stopped (a restart resumes from its last commit).
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("restore of {topic} partition {partition}: {why}")]
+    Restore {
+        topic: String,
+        partition: i32,
+        why: String,
+    },
+    #[error(
+        "kafka transaction failed for good ({0}); stopping so a restart resumes from the last committed transaction (if another instance uses the same kafka.instance_id, give each a unique one)"
+    )]
+    TransactionFatal(KafkaError),
+}

@@ -1,0 +1,258 @@
+//! The stage's transactional producer: configuration in (one `transactional.id` per stage and
+//! instance slot), an initialised producer out; the open transaction's state ([`Txn`]: begun
+//! lazily, failed on a send error); how a transaction call failed ([`txn_call`]: retry, abort
+//! or fatal, after librdkafka's error classes); and the bound on re-initialisations after
+//! fencing ([`Reinits`], pure).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use super::processor::{Record, StageError};
+use crate::config::Config;
+use crate::kafka;
+use crate::metrics::METRICS;
+
+/// Producer context: acknowledgement latency and failed deliveries of one stage.
+pub struct StageProducerContext {
+    started: Instant,
+    failed: AtomicU64,
+    latency: prometheus::Histogram,
+    errors: prometheus::IntCounter,
+}
+
+impl ClientContext for StageProducerContext {}
+
+impl ProducerContext for StageProducerContext {
+    /// Send time in microseconds since the producer started.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_us: usize) {
+        match result {
+            Ok(_) => {
+                let now = self.started.elapsed().as_micros() as usize;
+                self.latency
+                    .observe(now.saturating_sub(sent_us) as f64 / 1e6);
+            }
+            Err((e, m)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.errors.inc();
+                tracing::warn!(error = %e, topic = m.topic(), "output message failed delivery; its transaction aborts");
+            }
+        }
+    }
+}
+
+/// A stage's transactional producer.
+pub type StageProducer = ThreadedProducer<StageProducerContext>;
+
+/// Creates the producer with `transactional.id` = `txn_id` and initialises its transactions:
+/// this fences a previous incarnation with the same id and aborts its open transaction, so
+/// `read_committed` readers move on at once.
+pub fn producer(
+    cfg: &Config,
+    stage: &'static str,
+    txn_id: &str,
+) -> Result<StageProducer, StageError> {
+    let mut c = kafka::transactional_producer_config(cfg, stage);
+    c.set("transactional.id", txn_id);
+    let ctx = StageProducerContext {
+        started: Instant::now(),
+        failed: AtomicU64::new(0),
+        latency: METRICS.stage.produce_latency.with_label_values(&[stage]),
+        errors: METRICS.stage.produce_errors.with_label_values(&[stage]),
+    };
+    let p: StageProducer = c.create_with_context(ctx)?;
+    let started = Instant::now();
+    let timeout = cfg
+        .pipeline
+        .transaction_timeout
+        .max(Duration::from_secs(30));
+    txn_call(
+        "init_transactions",
+        started + Duration::from_secs(60),
+        || p.init_transactions(timeout),
+    )
+    .map_err(|f| StageError::Kafka(f.into_error()))?;
+    tracing::info!(stage, transactional_id = %txn_id, init_ms = started.elapsed().as_millis() as u64, "transactional producer ready");
+    Ok(p)
+}
+
+/// The transaction of the current interval.
+#[derive(Default)]
+pub struct Txn {
+    /// `begin_transaction` was called (with the first message after a commit).
+    pub open: bool,
+    /// A message could not be queued, or the transaction could not begin.
+    pub failed: Option<KafkaError>,
+    /// When the interval's first input or output came.
+    pub since: Option<Instant>,
+    /// Input messages handled in it.
+    pub inputs: u64,
+}
+
+impl Txn {
+    /// Starts the interval's clock at its first input or output.
+    pub fn touch(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Queues one record in the transaction (beginning it if needed), waiting while the
+    /// producer queue is full; a failure marks the transaction failed.
+    pub fn send(&mut self, producer: &StageProducer, r: Record<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.touch();
+        if !self.open {
+            if let Err(e) = producer.begin_transaction() {
+                tracing::warn!(error = %e, "begin_transaction failed; the transaction is abandoned and the stage resumes from the last commit");
+                self.failed = Some(e);
+                return;
+            }
+            self.open = true;
+        }
+        let sent_us = producer.context().started.elapsed().as_micros() as usize;
+        let mut rec = BaseRecord::with_opaque_to(r.topic, sent_us).key(r.key);
+        if let Some(p) = r.payload {
+            rec = rec.payload(p);
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        if let Some(h) = r.headers {
+            rec = rec.headers(h);
+        }
+        if let Err(e) = kafka::send_with_backpressure(producer, rec) {
+            tracing::warn!(error = %e, topic = r.topic, "produce failed; the transaction is abandoned and the stage resumes from the last commit");
+            self.failed = Some(e);
+        }
+    }
+
+    /// The interval is over (committed or aborted).
+    pub fn reset(&mut self) {
+        *self = Txn::default();
+    }
+}
+
+/// How a transaction call failed.
+#[derive(Debug)]
+pub enum TxnFailure {
+    /// Abort the transaction and resume from the last committed one.
+    Abort(KafkaError),
+    /// The producer cannot go on (fenced, or an unexpected error): re-create it.
+    Fatal(KafkaError),
+}
+
+impl TxnFailure {
+    pub fn into_error(self) -> KafkaError {
+        match self {
+            TxnFailure::Abort(e) | TxnFailure::Fatal(e) => e,
+        }
+    }
+}
+
+/// Retries a transaction call while librdkafka says it is retriable (or a flush timed out,
+/// e.g. while the broker restarts) until `deadline`; classifies anything else.
+pub fn txn_call(
+    what: &str,
+    deadline: Instant,
+    mut f: impl FnMut() -> KafkaResult<()>,
+) -> Result<(), TxnFailure> {
+    loop {
+        let e = match f() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        match classify(&e) {
+            Class::Abort => return Err(TxnFailure::Abort(e)),
+            Class::Fatal => return Err(TxnFailure::Fatal(e)),
+            Class::Retry if Instant::now() >= deadline => return Err(TxnFailure::Abort(e)),
+            Class::Retry => {}
+        }
+        tracing::warn!(error = %e, call = what, "kafka transaction call failed; retrying");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Class {
+    Retry,
+    Abort,
+    Fatal,
+}
+
+fn classify(e: &KafkaError) -> Class {
+    match e {
+        KafkaError::Transaction(t) if t.txn_requires_abort() => Class::Abort,
+        KafkaError::Transaction(t) if t.is_retriable() && !t.is_fatal() => Class::Retry,
+        KafkaError::Flush(_) => Class::Retry,
+        _ => Class::Fatal,
+    }
+}
+
+/// Re-initialisations of a fenced producer allowed per minute; beyond, the stage stops (two
+/// live instances sharing one `kafka.instance_id` would otherwise fence each other forever).
+pub const MAX_REINITS_PER_MINUTE: usize = 3;
+
+/// The re-initialisations of the last minute.
+#[derive(Debug, Default)]
+pub struct Reinits(Vec<Instant>);
+
+impl Reinits {
+    /// Whether one more is allowed at `now` (and records it if so).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.0
+            .retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if self.0.len() >= MAX_REINITS_PER_MINUTE {
+            return false;
+        }
+        self.0.push(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::RDKafkaErrorCode;
+
+    #[test]
+    fn three_reinits_a_minute_then_stop() {
+        let mut r = Reinits::default();
+        let t = Instant::now();
+        assert!(r.allow(t));
+        assert!(r.allow(t + Duration::from_secs(10)));
+        assert!(r.allow(t + Duration::from_secs(20)));
+        assert!(
+            !r.allow(t + Duration::from_secs(30)),
+            "a fourth within the minute"
+        );
+        // A minute after the first, one more is allowed.
+        assert!(r.allow(t + Duration::from_secs(61)));
+        assert!(!r.allow(t + Duration::from_secs(62)));
+    }
+
+    #[test]
+    fn flush_timeouts_are_retried_other_errors_are_fatal() {
+        assert_eq!(
+            classify(&KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
+            Class::Retry
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::Fenced)),
+            Class::Fatal
+        );
+        let mut calls = 0;
+        let past = Instant::now();
+        // Retriable past the deadline: abort, after one try.
+        let r = txn_call("x", past, || {
+            calls += 1;
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+        });
+        assert!(matches!(r, Err(TxnFailure::Abort(_))) && calls == 1);
+    }
+}

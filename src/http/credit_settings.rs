@@ -9,11 +9,11 @@
 //! - `PUT /v1/accounts/{id}/auto-topup` `{"below": "10", "fixed": "50"}` or
 //!   `{"below": "10", "refill_to": "100"}`; `DELETE` turns it off
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::Router;
 use serde_json::Value;
 
 use super::HttpState;
@@ -37,9 +37,13 @@ pub fn routes() -> Router<HttpState> {
         )
 }
 
-fn ledger_for<'a>(s: &'a HttpState, caller: &Caller, account: &str) -> Result<&'a LedgerApi, Response> {
-    let api = api(s).map_err(IntoResponse::into_response)?;
-    account_for(caller, account).map_err(IntoResponse::into_response)?;
+fn ledger_for<'a>(
+    s: &'a HttpState,
+    caller: &Caller,
+    account: &str,
+) -> Result<&'a LedgerApi, ApiError> {
+    let api = api(s)?;
+    account_for(caller, account)?;
     Ok(api)
 }
 
@@ -62,7 +66,7 @@ async fn show(
 ) -> Response {
     let api = match ledger_for(&s, &caller, &account) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let req = Request::AccountStatus {
         request_id: client::new_id("account"),
@@ -81,7 +85,7 @@ async fn thresholds(
 ) -> Response {
     let api = match ledger_for(&s, &caller, &account) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let mut m = match body {
         Ok(ApiJson(Value::Object(m))) => m,
@@ -155,7 +159,7 @@ async fn auto_topup(
 ) -> Response {
     let api = match ledger_for(&s, &caller, &account) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let rule = match body {
         Ok(ApiJson(r)) => r,
@@ -186,7 +190,7 @@ async fn auto_topup_off(
 ) -> Response {
     let api = match ledger_for(&s, &caller, &account) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let req = Request::SetAutoTopup {
         request_id: client::new_id("autotopup"),

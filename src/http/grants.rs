@@ -99,7 +99,10 @@ async fn send(api: &LedgerApi, account: &str, kind: GrantKind, b: GrantBody) -> 
     if let Some(k) = b.kind.as_deref().filter(|k| *k != kind.as_str()) {
         return refused(
             "invalid_field",
-            &format!("kind {k:?} does not match this endpoint ({})", kind.as_str()),
+            &format!(
+                "kind {k:?} does not match this endpoint ({})",
+                kind.as_str()
+            ),
         );
     }
     let Some(reference) = b.reference.as_deref() else {
@@ -151,14 +154,12 @@ fn operator_request<'a>(
     what: &str,
     body: Result<ApiJson<GrantBody>, ApiError>,
     expected: &str,
-) -> Result<(&'a LedgerApi, GrantBody), Response> {
-    let api = api(s).map_err(IntoResponse::into_response)?;
-    account_for(caller, account)
-        .and_then(|()| caller.require_operator(what))
-        .map_err(IntoResponse::into_response)?;
+) -> Result<(&'a LedgerApi, GrantBody), ApiError> {
+    let api = api(s)?;
+    account_for(caller, account).and_then(|()| caller.require_operator(what))?;
     match body {
         Ok(ApiJson(b)) => Ok((api, b)),
-        Err(e) => Err(e.with("expected", expected).into_response()),
+        Err(e) => Err(e.with("expected", expected)),
     }
 }
 
@@ -169,9 +170,16 @@ async fn topup(
     body: Result<ApiJson<GrantBody>, ApiError>,
 ) -> Response {
     let expected = r#"{"amount": "25.00", "reference": "<payment id>"}"#;
-    match operator_request(&s, &caller, &account, "a top-up (a payment)", body, expected) {
+    match operator_request(
+        &s,
+        &caller,
+        &account,
+        "a top-up (a payment)",
+        body,
+        expected,
+    ) {
         Ok((api, b)) => send(api, &account, GrantKind::Topup, b).await,
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -184,7 +192,7 @@ async fn adjust(
     let expected = r#"{"amount": "-5.25", "reason": "<why>", "reference": "<idempotency key>"}"#;
     match operator_request(&s, &caller, &account, "an adjustment", body, expected) {
         Ok((api, b)) => send(api, &account, GrantKind::Adjustment, b).await,
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -197,7 +205,7 @@ async fn grant(
     let expected = r#"{"kind": "topup", "grant_id": "<id>", "amount": "25"}"#;
     let (api, b) = match operator_request(&s, &caller, &account, "a grant", body, expected) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let kind = match b.kind.as_deref() {
         Some("topup") => GrantKind::Topup,
@@ -263,17 +271,21 @@ async fn status(
         grant_id,
     };
     match api.command(&req).await {
-        Ok(a) if a.grant.as_ref().is_some_and(|g| g.state == GrantState::Unknown) => {
+        Ok(a)
+            if a.grant
+                .as_ref()
+                .is_some_and(|g| g.state == GrantState::Unknown) =>
+        {
             let mut body = serde_json::to_value(&a).expect("an answer serializes");
             body["error"] = json!(a.message);
             (StatusCode::NOT_FOUND, Json(body)).into_response()
         }
         Ok(a) => verdict(&a),
-        Err(ClientError::Timeout(d, _)) => ApiError::unavailable(format!(
-            "the ledger did not answer within {d:?}; ask again"
-        ))
-        .header(header::RETRY_AFTER, "1")
-        .into_response(),
+        Err(ClientError::Timeout(d, _)) => {
+            ApiError::unavailable(format!("the ledger did not answer within {d:?}; ask again"))
+                .header(header::RETRY_AFTER, "1")
+                .into_response()
+        }
         Err(e) => unavailable(&e),
     }
 }

@@ -34,11 +34,9 @@ pub fn routes() -> Router<HttpState> {
         .route("/v1/vouchers/{voucher_id}/revoke", post(revoke))
 }
 
-fn operator<'a>(s: &'a HttpState, caller: &Caller, what: &str) -> Result<&'a LedgerApi, Response> {
-    let api = api(s).map_err(IntoResponse::into_response)?;
-    caller
-        .require_operator(what)
-        .map_err(IntoResponse::into_response)?;
+fn operator<'a>(s: &'a HttpState, caller: &Caller, what: &str) -> Result<&'a LedgerApi, ApiError> {
+    let api = api(s)?;
+    caller.require_operator(what)?;
     Ok(api)
 }
 
@@ -91,11 +89,15 @@ async fn create(
 ) -> Response {
     let api = match operator(&s, &caller, "creating a voucher") {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let b = match body {
         Ok(ApiJson(b)) => b,
-        Err(e) => return e.with("expected", r#"{"credits": "15", ...}"#).into_response(),
+        Err(e) => {
+            return e
+                .with("expected", r#"{"credits": "15", ...}"#)
+                .into_response();
+        }
     };
     let valid_for = match duration("valid_for", b.valid_for) {
         Ok(d) => d.unwrap_or(Duration::from_secs(30 * 86_400)),
@@ -134,7 +136,7 @@ async fn create(
 async fn list(State(s): State<HttpState>, caller: Caller) -> Response {
     let api = match operator(&s, &caller, "listing vouchers") {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let cfg = api.cfg.clone();
     match tokio::task::spawn_blocking(move || client::list_vouchers(&cfg)).await {
@@ -147,7 +149,7 @@ async fn list(State(s): State<HttpState>, caller: Caller) -> Response {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
     #[serde(default)]
@@ -158,13 +160,26 @@ async fn revoke(
     State(s): State<HttpState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    body: Option<ApiJson<RevokeBody>>,
+    body: axum::body::Bytes,
 ) -> Response {
     let api = match operator(&s, &caller, "revoking a voucher") {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
-    let reason = body.map(|ApiJson(b)| b.reason).unwrap_or_default();
+    // The body is optional: none (or only whitespace) revokes without a reason.
+    let reason = if body.trim_ascii().is_empty() {
+        String::new()
+    } else {
+        match serde_json::from_slice::<RevokeBody>(&body) {
+            Ok(b) => b.reason,
+            Err(e) => {
+                return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"))
+                    .with("reason", "invalid_json")
+                    .with("expected", "{\"reason\": \"<why>\"} or no body")
+                    .into_response();
+            }
+        }
+    };
     let cfg = api.cfg.clone();
     let found = tokio::task::spawn_blocking(move || client::find_voucher(&cfg, &id)).await;
     let state = match found {

@@ -50,11 +50,10 @@ pub enum Command {
         /// `None` turns the rule off.
         rule: Option<AutoTopup>,
     },
-    /// The ledger's clock for this partition reached `at`; `mac` authenticates it (checked
-    /// by the stage, not here).
+    /// The ledger's clock for this partition reached `at`; the marker's MAC header is
+    /// checked by the processor (it needs the topic, partition and headers), not here.
     Clock {
         at: DateTime<Utc>,
-        mac: String,
     },
 }
 
@@ -101,7 +100,9 @@ pub enum Request {
         account_id: String,
         rule: Option<AutoTopup>,
     },
-    Clock { at: DateTime<Utc> },
+    Clock {
+        at: DateTime<Utc>,
+    },
 }
 
 impl Request {
@@ -324,14 +325,8 @@ mod tests {
         let at = chrono::DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let m = parse_command(&clock_marker(at, "ab"), &GrantRules::default()).unwrap();
-        assert_eq!(
-            m,
-            Command::Clock {
-                at,
-                mac: "ab".into()
-            }
-        );
+        let m = parse_command(&clock_marker(at), &GrantRules::default()).unwrap();
+        assert_eq!(m, Command::Clock { at });
     }
 
     #[test]

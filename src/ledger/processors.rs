@@ -225,7 +225,10 @@ impl Processor for LedgerProcessor {
             match serde_json::from_slice::<Debit>(msg.payload) {
                 Ok(d) => {
                     let hash = xxhash_rust::xxh3::xxh3_64(msg.payload);
-                    (self.part(msg.partition).apply_debit(&d, hash, source), "debit")
+                    (
+                        self.part(msg.partition).apply_debit(&d, hash, source),
+                        "debit",
+                    )
                 }
                 Err(e) => (
                     Effects {
@@ -252,7 +255,13 @@ impl Processor for LedgerProcessor {
                             RejectReason::InvalidField,
                             "clock marker without a valid MAC (another marker key, or forged): the ledger's clock did not move",
                         );
-                        (Effects { refused: Some(r), ..Default::default() }, "clock")
+                        (
+                            Effects {
+                                refused: Some(r),
+                                ..Default::default()
+                            },
+                            "clock",
+                        )
                     }
                 }
                 Ok(cmd) => {
@@ -346,32 +355,6 @@ impl Processor for LedgerProcessor {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_due_partition_is_marked_once_per_deadline_until_resend() {
-        let t0 = DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let later = t0 + chrono::Duration::seconds(60);
-        let deadlines = [(0, t0), (1, later)];
-        let mut marked = HashMap::new();
-        assert_eq!(due_partitions(deadlines.into_iter(), &marked, t0, 0, 10_000), [0]);
-        marked.insert(0, (t0, 0));
-        assert!(due_partitions(deadlines.into_iter(), &marked, t0, 5_000, 10_000).is_empty());
-        // Another deadline of the same partition is marked at once.
-        let moved = [(0, t0 + chrono::Duration::seconds(1))];
-        assert_eq!(due_partitions(moved.into_iter(), &marked, later, 6_000, 10_000), [0]);
-        // The same deadline after the resend time: again, and every due partition.
-        assert_eq!(
-            due_partitions(deadlines.into_iter(), &marked, later, 10_000, 10_000),
-            [0, 1]
-        );
-    }
-}
-
 /// The voucher stage's processor.
 pub struct VoucherProcessor {
     topics: TopicsConfig,
@@ -459,5 +442,37 @@ impl Processor for VoucherProcessor {
 
     fn drop_partition(&mut self, partition: i32) {
         self.parts.remove(&partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_due_partition_is_marked_once_per_deadline_until_resend() {
+        let t0 = DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let later = t0 + chrono::Duration::seconds(60);
+        let deadlines = [(0, t0), (1, later)];
+        let mut marked = HashMap::new();
+        assert_eq!(
+            due_partitions(deadlines.into_iter(), &marked, t0, 0, 10_000),
+            [0]
+        );
+        marked.insert(0, (t0, 0));
+        assert!(due_partitions(deadlines.into_iter(), &marked, t0, 5_000, 10_000).is_empty());
+        // Another deadline of the same partition is marked at once.
+        let moved = [(0, t0 + chrono::Duration::seconds(1))];
+        assert_eq!(
+            due_partitions(moved.into_iter(), &marked, later, 6_000, 10_000),
+            [0]
+        );
+        // The same deadline after the resend time: again, and every due partition.
+        assert_eq!(
+            due_partitions(deadlines.into_iter(), &marked, later, 10_000, 10_000),
+            [0, 1]
+        );
     }
 }

@@ -1,24 +1,27 @@
 //! Spend alerts: debits in (read from the debits topic, where all of an account's debits
 //! share a partition), alert events out, once per threshold crossing.
 //! Rules: credits per account per clock hour of event time, and credits of one execution.
-//! Offsets are committed every [`COMMIT_INTERVAL`] while debits flow, at once when the topic
-//! goes idle, and on shutdown, each time after the alerts sent so far are acknowledged.
+//! A stage on the stage runtime (`src/stage.rs`): the alerts and the consumer offsets commit
+//! in one transaction every [`COMMIT_INTERVAL`], with the changed hourly windows and the
+//! debit ids counted since ([`state`]) on the `alerts_state` changelog; a restart or a
+//! rebalance restores them, so a crossing is announced once.
+
+pub mod state;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::debit::{Debit, DebitKind};
-use crate::kafka;
+use crate::health::Health;
 use crate::metrics::METRICS;
+use crate::stage::{Changelog, InputMsg, Outputs, Positions, Processor, Stage, StageSpec};
 
 /// An alert event on the alerts topic. Its id is deterministic: a replay repeats it exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +55,9 @@ impl Thresholds {
     }
 }
 
-/// The alert rules' state: hourly sums per account, and debit ids already counted.
+/// The alert rules' state of one debits partition: hourly sums per account, and debit ids
+/// already counted; plus what changed since the changelog was last written
+/// ([`state::Tracked`]).
 #[derive(Debug, Default)]
 pub struct SpendAlerts {
     thresholds: Thresholds,
@@ -60,14 +65,20 @@ pub struct SpendAlerts {
     seen: HashSet<String>,
     seen_order: VecDeque<String>,
     newest_hour: i64,
+    seen_capacity: usize,
+    tracked: state::Tracked,
 }
 
+/// Debit ids remembered per partition (a repeated debit is not counted twice).
 const SEEN_CAPACITY: usize = 200_000;
+/// Hourly windows kept per partition before those 6 hours behind the newest are forgotten.
+const MAX_WINDOWS: usize = 100_000;
 
 impl SpendAlerts {
     pub fn new(thresholds: Thresholds) -> Self {
         SpendAlerts {
             thresholds,
+            seen_capacity: SEEN_CAPACITY,
             ..Default::default()
         }
     }
@@ -78,10 +89,12 @@ impl SpendAlerts {
             return Vec::new();
         }
         self.seen_order.push_back(d.debit_id.clone());
-        if self.seen_order.len() > SEEN_CAPACITY
+        self.tracked.seen_pushed += 1;
+        if self.seen_order.len() > self.seen_capacity
             && let Some(old) = self.seen_order.pop_front()
         {
             self.seen.remove(&old);
+            self.tracked.seen_popped += 1;
         }
         let mut alerts = Vec::new();
         if let (Some(t), DebitKind::AgentExecution) = (self.thresholds.execution, d.kind)
@@ -102,10 +115,9 @@ impl SpendAlerts {
             let at = d.first_event_at;
             let hour = at.timestamp() - i64::from(at.minute()) * 60 - i64::from(at.second());
             self.newest_hour = self.newest_hour.max(hour);
-            let e = self
-                .hourly
-                .entry((d.account_id.clone(), hour))
-                .or_insert((Decimal::ZERO, false));
+            let window = (d.account_id.clone(), hour);
+            self.tracked.changed.insert(window.clone());
+            let e = self.hourly.entry(window).or_insert((Decimal::ZERO, false));
             e.0 += d.total;
             if !e.1 && e.0 >= t {
                 e.1 = true;
@@ -123,78 +135,84 @@ impl SpendAlerts {
             }
             // Forget hours far behind the newest one seen (late debits beyond that are rare).
             let horizon = self.newest_hour - 6 * 3600;
-            if self.hourly.len() > 100_000 {
-                self.hourly.retain(|(_, h), _| *h >= horizon);
+            if self.hourly.len() > MAX_WINDOWS {
+                let removed = &mut self.tracked.removed;
+                self.hourly.retain(|w, _| {
+                    let keep = w.1 >= horizon;
+                    if !keep {
+                        removed.push(w.clone());
+                    }
+                    keep
+                });
             }
         }
         alerts
     }
 }
 
-/// Longest time between offset commits while debits keep arriving.
+/// The alerts stage's commit interval: alerts become visible this long after their debit at
+/// most (plus the commit).
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether to commit now: something was read since the last commit, and either the interval
-/// has passed or the last poll came back empty (the topic is idle).
-pub fn commit_due(read_since_commit: u64, since_last_commit: Duration, idle: bool) -> bool {
-    read_since_commit > 0 && (idle || since_last_commit >= COMMIT_INTERVAL)
+/// The alerts stage's processor: one [`SpendAlerts`] per owned debits partition.
+pub struct AlertsProcessor {
+    thresholds: Thresholds,
+    topic: String,
+    parts: HashMap<i32, SpendAlerts>,
 }
 
-/// Runs the alert rules over the debits topic until `stop` is cancelled. Blocking: call it
-/// on its own thread.
-pub fn run(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
-    let c = kafka::group_config(cfg, &cfg.kafka.alerts_group_id, "alerts", &[]);
-    let consumer: BaseConsumer = c.create()?;
-    consumer.subscribe(&[&cfg.topics.debits])?;
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        kafka::producer_config(cfg).create()?;
-    let mut rules = SpendAlerts::new(Thresholds::from_config(cfg));
-    let mut read_since_commit = 0u64;
-    let mut last_commit = Instant::now();
-    // Alerts sent so far are acknowledged, then the offsets of the debits behind them commit.
-    let commit = |mode: CommitMode| -> anyhow::Result<()> {
-        kafka::await_in_flight(&producer, Instant::now() + Duration::from_secs(10));
-        producer.flush(Duration::from_secs(10))?;
-        if let Err(e) = consumer.commit_consumer_state(mode) {
-            tracing::warn!(error = %e, "alerts offset commit failed; uncommitted debits are read again after a restart (alerts are idempotent by alert_id)");
+impl AlertsProcessor {
+    pub fn new(thresholds: Thresholds, alerts_topic: String) -> Self {
+        AlertsProcessor {
+            thresholds,
+            topic: alerts_topic,
+            parts: HashMap::new(),
         }
+    }
+
+    fn part(&mut self, p: i32) -> &mut SpendAlerts {
+        let t = &self.thresholds;
+        self.parts
+            .entry(p)
+            .or_insert_with(|| SpendAlerts::new(t.clone()))
+    }
+}
+
+impl Processor for AlertsProcessor {
+    fn process(&mut self, msg: &InputMsg<'_>, out: &mut Outputs<'_>) {
+        // Not a debit: nothing to count (the rating pipeline writes only debits there).
+        let Ok(d) = serde_json::from_slice::<Debit>(msg.payload) else {
+            return;
+        };
+        for a in self.part(msg.partition).record(&d) {
+            announce(&a);
+            let payload = serde_json::to_vec(&a).expect("alert serializes");
+            out.send(&self.topic, a.account_id.as_bytes(), &payload);
+        }
+    }
+
+    fn changes(&mut self, partition: i32, log: &mut Changelog<'_>) {
+        if let Some(part) = self.parts.get_mut(&partition) {
+            part.write_changes(log);
+        }
+    }
+
+    fn restore(&mut self, partition: i32, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        self.part(partition).restore_record(key, value)
+    }
+
+    fn restored(&mut self, partition: i32, _: &Positions) -> Result<(), String> {
+        self.part(partition).restored();
         Ok(())
-    };
-    while !stop.is_cancelled() {
-        let polled = consumer.poll(Duration::from_millis(200));
-        let idle = polled.is_none();
-        match polled {
-            None => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "alerts consumer error"),
-            Some(Ok(m)) => {
-                if let Some(Ok(d)) = m.payload().map(serde_json::from_slice::<Debit>) {
-                    for a in rules.record(&d) {
-                        send_alert(cfg, &producer, &a)?;
-                    }
-                }
-                read_since_commit += 1;
-                consumer.store_offset_from_message(&m).ok();
-            }
-        }
-        if commit_due(read_since_commit, last_commit.elapsed(), idle) {
-            commit(CommitMode::Async)?;
-            read_since_commit = 0;
-            last_commit = Instant::now();
-        }
     }
-    if read_since_commit > 0 {
-        commit(CommitMode::Sync)?;
-    } else {
-        producer.flush(Duration::from_secs(10))?;
+
+    fn drop_partition(&mut self, partition: i32) {
+        self.parts.remove(&partition);
     }
-    Ok(())
 }
 
-fn send_alert(
-    cfg: &Config,
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    a: &SpendAlert,
-) -> anyhow::Result<()> {
+/// Counts and logs one alert as it is sent.
+fn announce(a: &SpendAlert) {
     METRICS.alerts_fired.with_label_values(&[&a.rule]).inc();
     // Who and what, so the operator can act on the line alone (never a metric label).
     tracing::info!(
@@ -207,11 +225,34 @@ fn send_alert(
         alert_id = %a.alert_id,
         "spend alert"
     );
-    let payload = serde_json::to_vec(a)?;
-    let rec = BaseRecord::to(&cfg.topics.alerts)
-        .key(a.account_id.as_bytes())
-        .payload(payload.as_slice());
-    kafka::send_with_backpressure(producer, rec)?;
+}
+
+/// Runs the alert rules over the debits topic until `stop` is cancelled (the stage runtime,
+/// group `kafka.alerts_group_id`, changelog `topics.alerts_state`). Blocking: call it on its
+/// own thread.
+pub fn run(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
+    run_with(cfg, None, &stop)
+}
+
+/// [`run`], reporting progress and lag to `health`.
+pub fn run_with(
+    cfg: &Config,
+    health: Option<Arc<Health>>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let spec = StageSpec {
+        name: "alerts",
+        group_id: cfg.kafka.alerts_group_id.clone(),
+        inputs: vec![cfg.topics.debits.clone()],
+        changelog: cfg.topics.alerts_state.clone(),
+        commit_interval: COMMIT_INTERVAL,
+        max_batch: usize::MAX,
+        punctuate_every: None,
+        consumer: Vec::new(),
+        health,
+    };
+    let p = AlertsProcessor::new(Thresholds::from_config(cfg), cfg.topics.alerts.clone());
+    Stage::new(cfg, spec, p)?.run(stop)?;
     Ok(())
 }
 
@@ -315,19 +356,6 @@ mod tests {
     }
 
     #[test]
-    fn commits_on_an_interval_under_steady_load_and_at_once_when_idle() {
-        let short = COMMIT_INTERVAL / 4;
-        // Steady load: polls never come back empty, yet the interval forces a commit.
-        assert!(!commit_due(500, short, false));
-        assert!(commit_due(500, COMMIT_INTERVAL, false));
-        // Idle: commit what was read without waiting for the interval.
-        assert!(commit_due(1, short, true));
-        // Nothing read since the last commit: nothing to commit.
-        assert!(!commit_due(0, COMMIT_INTERVAL * 10, true));
-        assert!(!commit_due(0, COMMIT_INTERVAL * 10, false));
-    }
-
-    #[test]
     fn execution_threshold() {
         let mut a = SpendAlerts::new(Thresholds {
             account_hourly: None,
@@ -361,5 +389,54 @@ mod tests {
             ))
             .is_empty()
         );
+    }
+
+    #[test]
+    fn a_restore_from_the_changelog_decides_the_next_debits_identically() {
+        let t = Thresholds {
+            account_hourly: Some(Decimal::from(10)),
+            execution: Some(Decimal::from(2)),
+        };
+        let d = |i: u32, total: &str, minute: u32| {
+            let at = format!("2026-03-01T10:{minute:02}:00Z");
+            debit(
+                &format!("d{i}"),
+                &format!("a{}", i % 3),
+                total,
+                &at,
+                DebitKind::ModelCall,
+            )
+        };
+        let small = |t: &Thresholds| SpendAlerts {
+            seen_capacity: 8,
+            ..SpendAlerts::new(t.clone())
+        };
+        let mut live = small(&t);
+        let mut log = crate::stage::CompactedLog::default();
+        for i in 0..30 {
+            live.record(&d(i, "0.5", i));
+            if i % 7 == 6 {
+                live.write_changes(&mut log);
+            }
+        }
+        live.write_changes(&mut log);
+        // Chunks whose ids all left the memory are deleted: 3 windows, at most 3 chunks.
+        assert!(log.len() <= 6, "{} live records", log.len());
+        let mut restored = small(&t);
+        for (k, v) in log.records() {
+            restored.restore_record(k, Some(v)).unwrap();
+        }
+        restored.restored();
+        assert_eq!(restored.hourly, live.hourly);
+        assert_eq!(restored.seen, live.seen);
+        assert_eq!(restored.newest_hour, live.newest_hour);
+        // A debit counted before the restart stays counted once; new ones cross alike.
+        for i in [3, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40] {
+            assert_eq!(
+                restored.record(&d(i, "0.7", 59)),
+                live.record(&d(i, "0.7", 59))
+            );
+        }
+        assert!(restored.record(&d(38, "99", 1)).is_empty());
     }
 }

@@ -106,8 +106,10 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&c, prices, h)).await??;
         let _ = engine.set(pipeline.handle());
         stages.thread("pipeline", move |stop| Ok(pipeline.run(stop)?))?;
-        let c = cfg.clone();
-        stages.thread("alerts", move |stop| crate::alerts::run(&c, stop))?;
+        let (c, h) = (cfg.clone(), health.clone());
+        stages.thread("alerts", move |stop| {
+            crate::alerts::run_with(&c, Some(h), &stop)
+        })?;
     }
     if with_ledger {
         // Each a transactional stage; a restart restores from its changelog.

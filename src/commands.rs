@@ -105,18 +105,18 @@ async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
 /// Refuses edits always and retroactive versions unless allowed; returns the versions to
 /// send and the retroactive ones accepted.
 fn verdict(changes: &[Change], allow_retroactive: bool) -> anyhow::Result<Vec<String>> {
-    let edits: Vec<&str> = changes
+    let edits: Vec<String> = changes
         .iter()
         .filter_map(|c| match c {
-            Change::Edit { key } => Some(key.as_str()),
+            Change::Edit { key, what } => Some(format!("{key}: {what}")),
             _ => None,
         })
         .collect();
     if !edits.is_empty() {
         anyhow::bail!(
-            "{} version(s) differ from the published version at the same instant: {}; a version in effect is never edited: add a new one with a later effective_from",
+            "{} version(s) differ from the published version at the same instant:\n  {}\na published version is never edited, it may only gain aliases or alias_patterns: add a new version with a later effective_from (see docs/price-catalog.md#aliases)",
             edits.len(),
-            edits.join(", ")
+            edits.join("\n  ")
         );
     }
     let retro: Vec<String> = changes
@@ -147,9 +147,20 @@ pub async fn publish(cfg: &Config, file: &Path, allow_retroactive: bool) -> anyh
     for r in &retro {
         tracing::warn!("publishing a retroactive version (--allow-retroactive): {r}");
     }
+    let mut gained = 0;
     for c in &changes {
-        if let Change::Backfill { key, what } = c {
-            usage_aggregator::logging::stderr_line(&format!("note: {key}: {what}"));
+        match c {
+            Change::Backfill { key, what } => {
+                usage_aggregator::logging::stderr_line(&format!("note: {key}: {what}"))
+            }
+            Change::AliasesAdded { key, added } => {
+                gained += 1;
+                usage_aggregator::logging::stderr_line(&format!(
+                    "note: {key}: republished with aliases added: {}",
+                    added.join(" ")
+                ))
+            }
+            _ => {}
         }
     }
     let unchanged: std::collections::HashSet<&str> = changes
@@ -168,9 +179,14 @@ pub async fn publish(cfg: &Config, file: &Path, allow_retroactive: bool) -> anyh
     let mut out = stdout();
     writeln!(
         out,
-        "published {n} new price versions to {} ({} already there)",
+        "published {n} new price versions to {} ({} already there{})",
         cfg.topics.price_catalog,
-        unchanged.len()
+        unchanged.len(),
+        if gained > 0 {
+            format!(", {gained} of the new ones republished with aliases added")
+        } else {
+            String::new()
+        }
     )?;
     out.flush()?;
     Ok(())

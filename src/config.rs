@@ -88,7 +88,11 @@ pub struct TopicsConfig {
     pub priced_usage: String,
     pub dead_letter: String,
     pub alerts: String,
-    /// Compacted changelog of per-partition rollup snapshots.
+    /// Compacted changelog of the spend alerts stage (hourly windows, debit ids counted);
+    /// as many partitions as `debits`.
+    pub alerts_state: String,
+    /// Compacted changelog of the rating pipeline (open executions, their traces, the
+    /// duplicate and closed-execution memories); as many partitions as `usage_events`.
     pub state: String,
     /// Credits ledger (docs/credits.md): grants in (keyed by account, co-partitioned with
     /// `debits`), balance changes and low-balance alerts out, compacted ledger state.
@@ -115,7 +119,7 @@ pub struct TopicsConfig {
 
 impl TopicsConfig {
     /// (key, topic name) of every topic, in `setup` order.
-    pub fn all(&self) -> [(&'static str, &String); 17] {
+    pub fn all(&self) -> [(&'static str, &String); 18] {
         [
             ("topics.usage_events", &self.usage_events),
             ("topics.state", &self.state),
@@ -124,6 +128,7 @@ impl TopicsConfig {
             ("topics.priced_usage", &self.priced_usage),
             ("topics.dead_letter", &self.dead_letter),
             ("topics.alerts", &self.alerts),
+            ("topics.alerts_state", &self.alerts_state),
             ("topics.credit_grants", &self.credit_grants),
             ("topics.balances", &self.balances),
             ("topics.credit_alerts", &self.credit_alerts),
@@ -421,6 +426,7 @@ impl Config {
             &mut t.priced_usage,
             &mut t.dead_letter,
             &mut t.alerts,
+            &mut t.alerts_state,
             &mut t.state,
             &mut t.credit_grants,
             &mut t.balances,

@@ -281,6 +281,7 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         (t.priced_usage.clone(), o, vec![delete, week]),
         (t.dead_letter.clone(), o, vec![delete, month]),
         (t.alerts.clone(), 1, vec![delete]),
+        (t.alerts_state.clone(), o, vec![compact]),
         (t.credit_grants.clone(), o, vec![delete, month]),
         (t.balances.clone(), o, vec![delete, month]),
         (t.credit_alerts.clone(), o, vec![delete, month]),

@@ -48,7 +48,8 @@ use txn::{Reinits, StageProducer, Txn, TxnFailure, txn_call};
 
 pub use crate::kafka::ReaderContext;
 pub use processor::{
-    Changelog, InputMsg, OFFSETS_KEY, Outputs, Processor, Record, StageError, StageSpec,
+    ChangeSink, Changelog, CompactedLog, InputMsg, OFFSETS_KEY, Outputs, Processor, Record,
+    StageError, StageSpec,
 };
 pub use restore::{Agreement, Positions, agree};
 

@@ -21,10 +21,17 @@ fn bin() -> Command {
 
 /// Runs the import; returns (versions by asset id, stderr).
 fn import(extra: &[&str]) -> (BTreeMap<String, PriceVersion>, String, tempfile::TempDir) {
+    import_from(FIXTURE, extra)
+}
+
+fn import_from(
+    fixture: &str,
+    extra: &[&str],
+) -> (BTreeMap<String, PriceVersion>, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("imported.json");
     let out = bin()
-        .args(["catalog", "import", "--format", "litellm", FIXTURE])
+        .args(["catalog", "import", "--format", "litellm", fixture])
         .args(["--effective-from", "2026-07-01T00:00:00Z", "--output"])
         .arg(&out_path)
         .args(extra)
@@ -280,6 +287,48 @@ fn provider_filter_and_with_catalog_check() {
     assert!(
         err.contains("skipped anthropic/claude-3-5-sonnet-20241022: refused next to config/catalog.json: ambiguous alias"),
         "{err}"
+    );
+}
+
+/// Issue 23: the undated name LiteLLM's map gives (an entry of that name, or its `-latest`
+/// entry) is the asset id; dated names with the same prices are its aliases (key and
+/// provider-prefixed id); a dated name with other prices stays an asset of its own.
+#[test]
+fn dated_names_become_aliases_of_the_undated_asset() {
+    let (v, err, dir) = import_from("tests/fixtures/litellm/dated_names.json", &[]);
+    let aliases = |id: &str| v[id].aliases.join(" ");
+    assert_eq!(
+        v.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "anthropic/claude-3-5-sonnet",
+            "anthropic/claude-3-7-sonnet-20250219",
+            "openai/gpt-4o",
+            "openai/gpt-4o-2024-05-13"
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        aliases("openai/gpt-4o"),
+        "gpt-4o gpt-4o-2024-08-06 openai/gpt-4o-2024-08-06"
+    );
+    assert_eq!(
+        aliases("anthropic/claude-3-5-sonnet"),
+        "anthropic/claude-3-5-sonnet-20241022 anthropic/claude-3-5-sonnet-latest claude-3-5-sonnet claude-3-5-sonnet-20241022 claude-3-5-sonnet-latest"
+    );
+    assert!(
+        err.contains("openai/gpt-4o-2024-08-06 is an alias of openai/gpt-4o (same prices)")
+            && err.contains("openai/gpt-4o-2024-05-13 stays an asset of its own"),
+        "{err}"
+    );
+    // A dated name is billed and recorded under the undated asset.
+    let out = rate(
+        &dir.path().join("imported.json"),
+        r#"{"type":"model_call","event_id":"e","occurred_at":"2026-08-01T00:00:00Z","account_id":"a","asset_id":"gpt-4o-2024-08-06","quantities":{"input_tokens":1000000}}"#,
+    );
+    let line = out.iter().find_map(|r| r.get("line")).unwrap();
+    assert_eq!(
+        (line["asset_id"].as_str(), line["cost"].as_str()),
+        (Some("openai/gpt-4o"), Some("2.5"))
     );
 }
 

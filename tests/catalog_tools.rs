@@ -100,6 +100,54 @@ fn catalog_publish_checks_the_topic_and_refuses_retroactive_versions() {
     let (code, out, err) = cli(&["catalog", "publish", fp, "--allow-retroactive"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("published 1 new price versions"), "{out}");
+    // A published version may gain aliases (issue 23 item 2), and only that.
+    let gpt4o = r#"{"asset_id":"openai/gpt-4o","asset_type":"model","vendor":"openai","effective_from":"2024-01-01T00:00:00Z","prices":{"input_tokens":{"credits":"2.5","per":1000000},"output_tokens":{"credits":"10","per":1000000}},"aliases":["gpt-4o",ALIAS],"alias_patterns":["(openai/)?gpt-4o-[0-9]{4}-[0-9]{2}-[0-9]{2}"]}"#;
+    let write = |name: &str, body: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("[{body}]")).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let added = write("alias.json", gpt4o.replace("ALIAS", r#""gpt-4o-latest""#));
+    let (code, out, err) = cli(&["catalog", "publish", &added]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("published 1 new price versions")
+            && out.contains("1 of the new ones republished with aliases added"),
+        "{out}"
+    );
+    assert!(
+        err.contains(
+            "note: openai/gpt-4o@2024-01-01T00:00:00Z: republished with aliases added: gpt-4o-latest"
+        ),
+        "{err}"
+    );
+    // The feed took it: the topic's version now is the file's.
+    let (code, out, err) = cli(&["catalog", "publish", &added]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("published 0 new price versions") && out.contains("(1 already there)"),
+        "{out}"
+    );
+    // Removing it again, or changing a price with it, is refused, naming what differs.
+    let (code, _, err) = cli(&["catalog", "publish", "config/catalog.json"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("openai/gpt-4o@2024-01-01T00:00:00Z: aliases removed: gpt-4o-latest")
+            && err.contains("it may only gain aliases or alias_patterns"),
+        "{err}"
+    );
+    let repriced = write(
+        "repriced.json",
+        gpt4o
+            .replace("ALIAS", r#""gpt-4o-latest","gpt-4o-new""#)
+            .replace("\"10\"", "\"12\""),
+    );
+    let (code, _, err) = cli(&["catalog", "publish", &repriced, "--allow-retroactive"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("openai/gpt-4o@2024-01-01T00:00:00Z: prices input_tokens 2.5/1000000, output_tokens 10/1000000 -> input_tokens 2.5/1000000, output_tokens 12/1000000"),
+        "{err}"
+    );
     // A topic that is not compacted is refused.
     let mut env2 = TestEnv::new("catdel");
     env2.cfg.topics.price_catalog = env.cfg.topics.debits.clone();

@@ -238,8 +238,70 @@ pub enum Change {
     /// the asset's first version): events that were rejected become billable on replay
     /// (`dead-letters replay`); nothing billed changes. Allowed, and said.
     Backfill { key: String, what: String },
-    /// A different version at the same instant is already published: never allowed.
-    Edit { key: String },
+    /// The published version at the same instant with aliases or patterns added and nothing
+    /// else changed: the one edit of a published version allowed (the catalog topic takes it
+    /// as an update of the same key); `added` lists them, patterns as `/pattern/`.
+    AliasesAdded { key: String, added: Vec<String> },
+    /// A different version at the same instant is already published: never allowed; `what`
+    /// names the fields that differ.
+    Edit { key: String, what: String },
+}
+
+/// The aliases and patterns (`/pattern/`) `new` declares that `old` does not.
+fn added_aliases(old: &PriceVersion, new: &PriceVersion) -> Vec<String> {
+    let names = new.aliases.iter().filter(|a| !old.aliases.contains(a));
+    let patterns = new
+        .alias_patterns
+        .iter()
+        .filter(|p| !old.alias_patterns.contains(p))
+        .map(|p| format!("/{p}/"));
+    names.cloned().chain(patterns).collect()
+}
+
+/// Which fields of a published version `new` changes, for the refusal.
+fn edit_text(old: &PriceVersion, new: &PriceVersion) -> String {
+    let PriceVersion {
+        asset_id: _,
+        asset_type,
+        vendor,
+        effective_from: _,
+        prices,
+        aliases,
+        alias_patterns,
+    } = old;
+    let mut what = Vec::new();
+    if *asset_type != new.asset_type {
+        what.push(format!(
+            "asset_type {} -> {}",
+            asset_type.as_str(),
+            new.asset_type.as_str()
+        ));
+    }
+    if *vendor != new.vendor {
+        what.push(format!("vendor {vendor:?} -> {:?}", new.vendor));
+    }
+    if *prices != new.prices {
+        what.push(format!(
+            "prices {} -> {}",
+            prices_text(old),
+            prices_text(new)
+        ));
+    }
+    let removed: Vec<String> = aliases
+        .iter()
+        .filter(|a| !new.aliases.contains(a))
+        .cloned()
+        .chain(
+            alias_patterns
+                .iter()
+                .filter(|p| !new.alias_patterns.contains(p))
+                .map(|p| format!("/{p}/")),
+        )
+        .collect();
+    if !removed.is_empty() {
+        what.push(format!("aliases removed: {}", removed.join(" ")));
+    }
+    what.join("; ")
 }
 
 /// Compares the versions of `new` with the `published` catalog at `now`. Seeding an empty
@@ -255,8 +317,19 @@ pub fn changes(new: &Catalog, published: &Catalog, now: DateTime<Utc>) -> Vec<Ch
         if let Some(p) = same_instant {
             out.push(if p.spec == *v {
                 Change::Unchanged { key }
+            } else if super::adds_aliases_only(&p.spec, v) {
+                let added = added_aliases(&p.spec, v);
+                if added.is_empty() {
+                    // The same names in another order.
+                    Change::Unchanged { key }
+                } else {
+                    Change::AliasesAdded { key, added }
+                }
             } else {
-                Change::Edit { key }
+                Change::Edit {
+                    key,
+                    what: edit_text(&p.spec, v),
+                }
             });
             continue;
         }
@@ -368,7 +441,10 @@ mod tests {
         assert!(matches!(c[0], Change::Unchanged { .. }));
         let edited = ONE.replace("0.15", "0.2");
         let c = changes(&check_file(edited.as_bytes()).unwrap(), &published, now);
-        assert!(matches!(c[0], Change::Edit { .. }));
+        assert!(
+            matches!(&c[0], Change::Edit { what, .. } if what == "prices t 0.15/1000 -> t 0.2/1000"),
+            "{c:?}"
+        );
         // A new asset in the past reprices nothing billed: a backfill.
         let other = ONE.replace("\"m\"", "\"n\"");
         let c = changes(&check_file(other.as_bytes()).unwrap(), &published, now);
@@ -379,5 +455,43 @@ mod tests {
         // Seeding an empty topic reprices nothing.
         let c = changes(&published, &Catalog::default(), now);
         assert!(matches!(c[0], Change::Future { .. }));
+    }
+
+    #[test]
+    fn a_published_version_may_only_gain_aliases() {
+        let with_in = |base: &str, aliases: &str| {
+            let v = base.replace("\"prices\"", &format!("{aliases}\"prices\""));
+            check_file(v.as_bytes()).unwrap()
+        };
+        let with = |aliases: &str| with_in(ONE, aliases);
+        let now = t("2026-11-29T00:00:00Z");
+        let published = with(r#""aliases":["a","b"],"#);
+        let c = changes(
+            &with(r#""aliases":["b","a","c"],"alias_patterns":["m-[0-9]+"],"#),
+            &published,
+            now,
+        );
+        assert_eq!(
+            c,
+            vec![Change::AliasesAdded {
+                key: "m@2024-01-01T00:00:00Z".into(),
+                added: vec!["c".into(), "/m-[0-9]+/".into()]
+            }]
+        );
+        // The same names in another order are the same version.
+        let c = changes(&with(r#""aliases":["b","a"],"#), &published, now);
+        assert!(matches!(c[0], Change::Unchanged { .. }), "{c:?}");
+        // A name that resolved must keep resolving; prices never change in place.
+        let c = changes(&with(r#""aliases":["a","c"],"#), &published, now);
+        assert!(
+            matches!(&c[0], Change::Edit { what, .. } if what == "aliases removed: b"),
+            "{c:?}"
+        );
+        let repriced = with_in(&ONE.replace("0.15", "0.2"), r#""aliases":["a","b","c"],"#);
+        let c = changes(&repriced, &published, now);
+        assert!(
+            matches!(&c[0], Change::Edit { what, .. } if what.starts_with("prices t 0.15/1000 -> t 0.2/1000")),
+            "{c:?}"
+        );
     }
 }

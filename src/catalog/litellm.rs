@@ -15,6 +15,8 @@ use serde_json::value::RawValue;
 use super::{AssetType, PriceVersion, UnitPrice};
 use crate::money::LINE_COST_SCALE;
 
+pub mod canonical;
+
 /// LiteLLM price key -> (unit name of this catalog, default `per`). Per-token prices become
 /// credits per 1M units, as in the rest of the catalog.
 pub const PRICE_KEYS: &[(&str, &str, u64)] = &[
@@ -120,6 +122,8 @@ pub struct ImportReport {
     pub not_imported_rates: BTreeMap<String, usize>,
     /// Models imported with every price 0 (as written in the file).
     pub zero_priced: Vec<String>,
+    /// Dated models folded into (or kept apart from) their undated asset.
+    pub dated: canonical::Folds,
 }
 
 /// Options of one import.
@@ -200,6 +204,7 @@ pub fn import(
             }
         }
     }
+    report.dated = canonical::fold_dated(&mut by_asset);
     let mut versions = Vec::with_capacity(by_asset.len());
     for (asset, (keys, mut v)) in by_asset {
         v.aliases.retain(|a| *a != asset);

@@ -71,6 +71,16 @@ pub async fn import_catalog(cfg: &Config, a: ImportArgs) -> anyhow::Result<()> {
             "not imported: {key} on {n} models (the standard rate is imported)"
         ));
     }
+    for (dated, canonical) in &report.dated.folded {
+        usage_aggregator::logging::stderr_line(&format!(
+            "{dated} is an alias of {canonical} (same prices)"
+        ));
+    }
+    for (dated, canonical) in &report.dated.apart {
+        usage_aggregator::logging::stderr_line(&format!(
+            "{dated} stays an asset of its own: its prices differ from {canonical}'s"
+        ));
+    }
     if !report.zero_priced.is_empty() {
         usage_aggregator::logging::stderr_line(&format!(
             "priced 0 as written in the file: {}",

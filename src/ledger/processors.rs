@@ -23,7 +23,7 @@ use crate::ledger::voucher::{VoucherOutcome, VoucherPartition, parse_request};
 use crate::marker::{self, MarkerKey};
 use crate::metrics::METRICS;
 use crate::rejection::{DeadLetter, RejectReason, Rejection};
-use crate::stage::{Changelog, InputMsg, Outputs, Positions, Processor, Record};
+use crate::stage::{ChangeSink, Changelog, InputMsg, Outputs, Positions, Processor, Record};
 
 /// A clock marker still not read back this long after it was written (its transaction
 /// aborted, or the stage lagging) is written again; another marker changes nothing.

@@ -77,17 +77,70 @@ pub struct Changelog<'a> {
     pub(super) bytes: u64,
 }
 
-impl Changelog<'_> {
+/// Where a state writes its changed keys: the stage's [`Changelog`], or in unit tests a
+/// [`CompactedLog`].
+pub trait ChangeSink {
     /// The latest value of `key` (replaces what the changelog held).
-    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+    fn put(&mut self, key: &[u8], value: &[u8]);
+    /// Removes `key` (a tombstone; compaction drops the key).
+    fn delete(&mut self, key: &[u8]);
+}
+
+impl ChangeSink for Changelog<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
         self.write(key, Some(value));
     }
 
-    /// Removes `key` (a tombstone; compaction drops the key).
-    pub fn delete(&mut self, key: &[u8]) {
+    fn delete(&mut self, key: &[u8]) {
         self.write(key, None);
     }
+}
 
+/// A changelog in memory, as compaction leaves it (the last value of each key; deleted keys
+/// gone), in the order keys were first written: what a restore would read. For tests of
+/// states that write to a [`ChangeSink`].
+#[derive(Debug, Default, Clone)]
+pub struct CompactedLog {
+    order: Vec<Vec<u8>>,
+    values: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    /// Records written, tombstones included.
+    pub records: usize,
+}
+
+impl CompactedLog {
+    /// The live records, oldest key first.
+    pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.order
+            .iter()
+            .filter_map(|k| self.values.get(k).map(|v| (k.as_slice(), v.as_slice())))
+    }
+
+    /// Live keys.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+impl ChangeSink for CompactedLog {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.records += 1;
+        if self.values.insert(key.to_vec(), value.to_vec()).is_none() {
+            self.order.retain(|k| k != key);
+            self.order.push(key.to_vec());
+        }
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        self.records += 1;
+        self.values.remove(key);
+    }
+}
+
+impl Changelog<'_> {
     fn write(&mut self, key: &[u8], value: Option<&[u8]>) {
         self.records += 1;
         self.bytes += (key.len() + value.map_or(0, <[u8]>::len)) as u64;

@@ -85,6 +85,7 @@ impl TestEnv {
             (&mut t.priced_usage, "priced"),
             (&mut t.dead_letter, "dead"),
             (&mut t.alerts, "alerts"),
+            (&mut t.alerts_state, "alerts_state"),
             (&mut t.state, "state"),
             (&mut t.credit_grants, "grants"),
             (&mut t.balances, "balances"),

@@ -8,7 +8,9 @@
 //!   `/v1/grants/{id}` (a grant's status);
 //! - `credit_settings`: an account's thresholds, expiry warning and auto top-up;
 //! - `vouchers`: `/v1/vouchers` for operators (create, list, revoke);
-//! - `/v1/whoami`: what the presented credential is (the console signs in with it).
+//! - `/v1/whoami`: what the presented credential is (the console signs in with it);
+//! - `console`: the web console's static files at `/console/` (no credential: they hold no
+//!   data; the console reads everything through `/v1` with the key the person signs in with).
 //!
 //! Every `/v1` route is inside [`auth::require`] (`Authorization: Bearer <operator token or
 //! API key>`); handlers take the [`auth::Caller`] and scope by it. Every error answer, also
@@ -18,6 +20,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod console;
 pub mod credit_settings;
 pub mod error;
 pub mod executions;
@@ -74,6 +77,7 @@ pub fn router(state: HttpState) -> Router {
     ));
     Router::new()
         .merge(status::routes())
+        .merge(console::router())
         .merge(v1)
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method)

@@ -11,6 +11,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 
 pub mod dimension;
+mod table;
 
 /// Decimals shown in the text tables (JSON and CSV are exact).
 pub const DISPLAY_DECIMALS: u32 = 4;
@@ -360,32 +361,46 @@ pub fn render_text(r: &Report) -> String {
         "Spend by account ({} accounts)",
         shown(r.accounts.len(), r.accounts_total)
     );
-    let _ = writeln!(
-        o,
-        "{:<28} {:>8} {:>18} {:>18} {:>18}",
-        "account", "debits", "subtotal", "markup", "total"
-    );
-    for a in &r.accounts {
-        let _ = writeln!(
-            o,
-            "{:<28} {:>8} {:>18} {:>18} {:>18}",
-            a.account_id,
-            a.debits,
-            display_amount(a.subtotal),
-            display_amount(a.markup),
-            display_amount(a.total)
-        );
-    }
+    use table::Align::{Left, Right};
+    let rows: Vec<Vec<String>> = r
+        .accounts
+        .iter()
+        .map(|a| {
+            vec![
+                a.account_id.clone(),
+                a.debits.to_string(),
+                display_amount(a.subtotal),
+                display_amount(a.markup),
+                display_amount(a.total),
+            ]
+        })
+        .collect();
+    o.push_str(&table::render(
+        &[
+            ("account", Left),
+            ("debits", Right),
+            ("subtotal", Right),
+            ("markup", Right),
+            ("total", Right),
+        ],
+        &rows,
+    ));
     let _ = writeln!(o, "\nSpend by asset type (vendor cost, before markup)");
-    for t in &r.asset_types {
-        let _ = writeln!(
-            o,
-            "{:<14} {:>10} calls {:>18}",
-            t.asset_type,
-            t.calls,
-            display_amount(t.cost)
-        );
-    }
+    let rows: Vec<Vec<String>> = r
+        .asset_types
+        .iter()
+        .map(|t| {
+            vec![
+                t.asset_type.clone(),
+                t.calls.to_string(),
+                display_amount(t.cost),
+            ]
+        })
+        .collect();
+    o.push_str(&table::render(
+        &[("asset type", Left), ("calls", Right), ("cost", Right)],
+        &rows,
+    ));
     let _ = writeln!(
         o,
         "\nTop executions ({})",
@@ -408,9 +423,15 @@ pub fn render_text(r: &Report) -> String {
         o,
         "\nRejected events (not billed) by reason, by ingestion time"
     );
-    for x in &r.rejects {
-        let _ = writeln!(o, "{:<24} {:>8}", x.reason, x.events);
-    }
+    let rows: Vec<Vec<String>> = r
+        .rejects
+        .iter()
+        .map(|x| vec![x.reason.clone(), x.events.to_string()])
+        .collect();
+    o.push_str(&table::render(
+        &[("reason", Left), ("events", Right)],
+        &rows,
+    ));
     for g in &r.groups {
         o.push_str(&dimension::render(g));
     }

@@ -91,6 +91,53 @@ fn dashboards_and_rules_name_only_exported_metrics() {
     assert!(dashboards[0].contains("\"Spend\"") && dashboards[1].contains("\"Pipeline\""));
 }
 
+/// A prefixed deployment (`kafka.prefix = "trial1-"` gives the database `trial1_usage`) must
+/// see its own rows: no dashboard or Grafana rule names the database (issue 23 item 7).
+#[test]
+fn dashboards_take_the_database_and_datasources_as_variables() {
+    for d in ["spend", "credits", "pipeline"] {
+        let text =
+            std::fs::read_to_string(root().join(format!("deploy/grafana/dashboards/{d}.json")))
+                .unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let vars: Vec<&str> = doc["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        for uid in ["clickhouse", "prometheus"] {
+            assert!(
+                !text.contains(&format!("\"uid\": \"{uid}\"")),
+                "{d}.json names the {uid} datasource by uid: use ${{{uid}}}"
+            );
+            if text.contains(&format!("\"uid\": \"${{{uid}}}\"")) {
+                assert!(vars.contains(&uid), "{d}.json: no {uid} variable");
+            }
+        }
+        let sql = text.matches("\"rawSql\"").count();
+        assert_eq!(
+            text.matches("FROM ${database}.").count(),
+            sql,
+            "{d}.json: every ClickHouse query reads FROM ${{database}}.<table>"
+        );
+        if sql > 0 {
+            assert!(vars.contains(&"database"), "{d}.json: no database variable");
+        }
+    }
+    let rules =
+        std::fs::read_to_string(root().join("deploy/grafana/provisioning/alerting/rules.yml"))
+            .unwrap();
+    assert!(rules.contains("FROM debits") && !rules.contains("usage."));
+    let ds = std::fs::read_to_string(
+        root().join("deploy/grafana/provisioning/datasources/datasources.yml"),
+    )
+    .unwrap();
+    assert!(ds.contains("defaultDatabase: ${GRAFANA_USAGE_DATABASE}"));
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    assert!(compose.contains("GRAFANA_USAGE_DATABASE: ${GRAFANA_USAGE_DATABASE:-usage}"));
+}
+
 #[test]
 fn compose_services_ports_mounts_and_env_match_the_project() {
     let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();

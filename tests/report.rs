@@ -102,6 +102,44 @@ fn report_for_a_billing_period() {
         text.contains("event time 2026-10-01T00:00:00Z .. 2026-11-01T00:00:00Z"),
         "{text}"
     );
+    // Issue 23 item 9: a table's columns line up whatever the width of a cell (an account id
+    // longer than the old fixed 28 columns).
+    let long = "acct-with-a-rather-long-identifier-0042";
+    env.ch(&format!(
+        "INSERT INTO {{db}}.debits VALUES {},{}",
+        debit(
+            "d6",
+            "agent_execution",
+            long,
+            "123.5",
+            "2026-08-20 00:00:00"
+        ),
+        debit(
+            "d7",
+            "model_call",
+            "acct-s",
+            "1234567.5",
+            "2026-08-21 00:00:00"
+        )
+    ));
+    let text = env.cli(&["report", "--from", "2026-08-01", "--to", "2026-08-31"]);
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Spend by account"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(table.len(), 3, "header and two accounts: {text}");
+    assert!(table[2].starts_with(long), "{text}");
+    let ends: Vec<usize> = table.iter().map(|l| l.len()).collect();
+    assert!(ends.iter().all(|e| *e == ends[0]), "totals line up: {text}");
+    let debits_end = table[0].find("debits").unwrap() + "debits".len();
+    assert!(
+        table[1..]
+            .iter()
+            .all(|l| &l[debits_end - 2..debits_end] == " 1"),
+        "debit counts right-aligned under their header: {text}"
+    );
 
     let csv = env.cli(&[
         "report",

@@ -74,8 +74,10 @@ pub async fn build(
     }))
 }
 
-/// Renders one group as a text table.
+/// Renders one group as a text table (costs rounded for display like the rest of the text
+/// report; JSON keeps them exact).
 pub fn render(g: &serde_json::Value) -> String {
+    use super::table::{self, Align::Left, Align::Right};
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(
@@ -83,29 +85,42 @@ pub fn render(g: &serde_json::Value) -> String {
         "\nSpend by dimension {} (cost before markup, credits)",
         g["dimension"].as_str().unwrap_or_default()
     );
-    let _ = writeln!(
-        o,
-        "{:<40} {:>10} {:>9} {:>22}",
-        "value", "calls", "accounts", "cost"
-    );
-    for v in g["values"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            o,
-            "{:<40} {:>10} {:>9} {:>22}",
-            v["value"].as_str().unwrap_or("(none)"),
-            v["calls"],
-            v["accounts"],
-            v["cost"].as_str().unwrap_or_default()
-        );
-    }
-    let _ = writeln!(
-        o,
-        "{:<40} {:>10} {:>9} {:>22}",
-        format!("all ({} values)", g["distinct_values"]),
-        g["calls"],
-        "",
-        g["cost"].as_str().unwrap_or_default()
-    );
+    // serde_json::Value ignores width and alignment when formatted: cells are strings.
+    let num = |v: &serde_json::Value| v.as_u64().map(|n| n.to_string()).unwrap_or_default();
+    let cost = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|c| c.parse::<rust_decimal::Decimal>().ok())
+            .map(super::display_amount)
+            .unwrap_or_default()
+    };
+    let mut rows: Vec<Vec<String>> = g["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            vec![
+                v["value"].as_str().unwrap_or("(none)").to_string(),
+                num(&v["calls"]),
+                num(&v["accounts"]),
+                cost(&v["cost"]),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        format!("all ({} values)", num(&g["distinct_values"])),
+        num(&g["calls"]),
+        String::new(),
+        cost(&g["cost"]),
+    ]);
+    o.push_str(&table::render(
+        &[
+            ("value", Left),
+            ("calls", Right),
+            ("accounts", Right),
+            ("cost", Right),
+        ],
+        &rows,
+    ));
     o
 }
 
@@ -134,8 +149,11 @@ mod tests {
         let t = render(&g);
         assert!(t.contains("Spend by dimension project"), "{t}");
         assert!(
-            t.contains("apollo") && t.contains("(none)") && t.contains("0.6"),
+            t.contains("apollo") && t.contains("(none)") && t.contains("0.6000"),
             "{t}"
         );
+        // Aligned: every table line ends at the cost column's right edge.
+        let ends: Vec<usize> = t.lines().skip(2).map(|l| l.chars().count()).collect();
+        assert!(ends.len() == 4 && ends.iter().all(|e| *e == ends[0]), "{t}");
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::{self, HttpState};
+use crate::ledger::view::follow::SharedLedgerView;
 use crate::pipeline::Pipeline;
 use crate::sink::{self, Sink};
 use stages::Stages;
@@ -67,8 +68,10 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     crate::preflight::announce(&cfg, &format!("{role:?}").to_lowercase());
     let ch = sink::client(&cfg.clickhouse)?.with_database(&cfg.clickhouse.database);
     let (c, ch_api) = (cfg.clone(), ch.clone());
+    let view = Arc::new(SharedLedgerView::new(cfg.http.recent_entries));
+    let v = view.clone();
     let ledger_api =
-        tokio::task::spawn_blocking(move || crate::http::accounts::LedgerApi::new(&c, ch_api));
+        tokio::task::spawn_blocking(move || crate::http::accounts::LedgerApi::new(&c, ch_api, v));
     let keys = Arc::new(crate::keys::store::KeyStore::default());
     let http_state = HttpState {
         health: health.clone(),
@@ -86,9 +89,12 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     if with_sink {
         tokio::spawn(crate::preflight::report_clickhouse(cfg.clone()));
     }
-    // Every instance knows every API key (the compacted api_keys topic).
+    // Every instance knows every API key (the compacted api_keys topic) and every balance
+    // (the ledger's changelog and balances topic): the API answers without ClickHouse.
     let c = cfg.clone();
     stages.thread("api-keys", move |stop| keys.follow(&c, &stop))?;
+    let c = cfg.clone();
+    stages.thread("ledger-view", move |stop| view.follow(&c, &stop))?;
 
     if with_pipeline {
         health.pipeline_enabled.store(true, Ordering::Relaxed);

@@ -269,6 +269,9 @@ pub struct HttpConfig {
     pub client_address_header: String,
     /// Ledger entries kept in memory per account (served without ClickHouse).
     pub recent_entries: usize,
+    /// Balance events per `balances` partition the ledger view reads at start to fill the
+    /// recent entries (older ones come from ClickHouse).
+    pub ledger_view_replay: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -98,50 +98,117 @@ impl Health {
         self.clickhouse_ok.store(ok, Ordering::Relaxed);
     }
 
-    /// Why the service is not ready, or None when it is.
-    pub fn not_ready_reason(&self, stall_after: Duration) -> Option<String> {
+    /// The readiness of each stage this process runs (pipeline, sink, and the stages on the
+    /// stage runtime: ledger, vouchers, alerts), by name; the HTTP server adds its own
+    /// (`api`). While `run` waits for Kafka at start, every stage says so.
+    pub fn stage_readiness(&self, stall_after: Duration) -> BTreeMap<&'static str, StageReadiness> {
         let now = now_ms();
         let stall = stall_after.as_millis() as u64;
-        if let Some(why) = self.kafka_wait.lock().expect("health lock").clone() {
-            return Some(format!("waiting for kafka: {why}"));
+        let idle_for = |last: u64| now.saturating_sub(last) / 1000;
+        let mut out = BTreeMap::new();
+        let waiting = self
+            .kafka_wait
+            .lock()
+            .expect("health lock")
+            .clone()
+            .map(|why| StageReadiness::not_ready(format!("waiting for kafka: {why}")));
+        for (name, st) in self.stages.lock().expect("health lock").iter() {
+            let r = if st.lag > 0 && now.saturating_sub(st.last_progress_ms) > stall {
+                StageReadiness::not_ready(format!(
+                    "made no progress for {} s while {} messages wait",
+                    idle_for(st.last_progress_ms),
+                    st.lag
+                ))
+            } else {
+                StageReadiness::ready(format!("{} messages behind", st.lag.max(0)))
+            };
+            out.insert(*name, r);
         }
         if self.pipeline_enabled.load(Ordering::Relaxed) {
-            if !self.kafka_ok.load(Ordering::Relaxed) {
-                return Some("kafka is not reachable".into());
-            }
-            if !self.catalog_ok.load(Ordering::Relaxed) {
-                return Some("price catalog is empty; publish one with `catalog publish`".into());
-            }
             let lag = self.pipeline_lag.load(Ordering::Relaxed);
             let last = self.last_progress_ms.load(Ordering::Relaxed);
-            if lag > 0 && now.saturating_sub(last) > stall {
-                return Some(format!(
+            let r = if !self.kafka_ok.load(Ordering::Relaxed) {
+                StageReadiness::not_ready("kafka is not reachable")
+            } else if !self.catalog_ok.load(Ordering::Relaxed) {
+                StageReadiness::not_ready(
+                    "price catalog is empty; publish one with `catalog publish`",
+                )
+            } else if lag > 0 && now.saturating_sub(last) > stall {
+                StageReadiness::not_ready(format!(
                     "pipeline made no progress for {} s while {lag} events wait",
-                    now.saturating_sub(last) / 1000
-                ));
-            }
+                    idle_for(last)
+                ))
+            } else {
+                StageReadiness::ready(format!("{} events behind", lag.max(0)))
+            };
+            out.insert("pipeline", r);
         }
         if self.sink_enabled.load(Ordering::Relaxed) {
-            if !self.clickhouse_ok.load(Ordering::Relaxed) {
-                let why = self.clickhouse_error.lock().expect("health lock").clone();
-                return Some(why.unwrap_or_else(|| "clickhouse is not reachable".into()));
-            }
             let lag = self.sink_lag.load(Ordering::Relaxed);
             let last = self.sink_last_progress_ms.load(Ordering::Relaxed);
-            if lag > 0 && now.saturating_sub(last) > stall {
-                return Some(format!(
+            let r = if !self.clickhouse_ok.load(Ordering::Relaxed) {
+                let why = self.clickhouse_error.lock().expect("health lock").clone();
+                StageReadiness::not_ready(
+                    why.unwrap_or_else(|| "clickhouse is not reachable".into()),
+                )
+            } else if lag > 0 && now.saturating_sub(last) > stall {
+                StageReadiness::not_ready(format!(
                     "clickhouse sink made no progress for {} s while {lag} rows wait",
-                    now.saturating_sub(last) / 1000
-                ));
+                    idle_for(last)
+                ))
+            } else {
+                StageReadiness::ready(format!("{} rows behind", lag.max(0)))
+            };
+            out.insert("sink", r);
+        }
+        if let Some(w) = waiting {
+            for r in out.values_mut() {
+                *r = w.clone();
             }
         }
-        None
+        out
+    }
+
+    /// While `run` waits for Kafka at start: why.
+    pub fn waiting_for_kafka(&self) -> Option<String> {
+        self.kafka_wait.lock().expect("health lock").clone()
+    }
+}
+
+/// One stage's readiness on `/readyz`: ready or not, and why in the operator's terms.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StageReadiness {
+    pub ready: bool,
+    pub detail: String,
+}
+
+impl StageReadiness {
+    pub fn ready(detail: impl Into<String>) -> StageReadiness {
+        StageReadiness {
+            ready: true,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_ready(detail: impl Into<String>) -> StageReadiness {
+        StageReadiness {
+            ready: false,
+            detail: detail.into(),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn not_ready(h: &Health) -> Vec<(&'static str, String)> {
+        h.stage_readiness(Duration::from_secs(30))
+            .into_iter()
+            .filter(|(_, r)| !r.ready)
+            .map(|(n, r)| (n, r.detail))
+            .collect()
+    }
 
     #[test]
     fn stalled_with_lag_is_not_ready() {
@@ -150,16 +217,60 @@ mod tests {
         h.kafka_ok.store(true, Ordering::Relaxed);
         h.catalog_ok.store(true, Ordering::Relaxed);
         h.progressed();
-        assert_eq!(h.not_ready_reason(Duration::from_secs(30)), None);
+        assert_eq!(not_ready(&h), vec![]);
         h.pipeline_lag.store(10, Ordering::Relaxed);
         h.last_progress_ms
             .store(now_ms() - 60_000, Ordering::Relaxed);
-        let r = h.not_ready_reason(Duration::from_secs(30)).unwrap();
-        assert!(r.contains("no progress"), "{r}");
+        let r = not_ready(&h);
+        assert!(
+            r[0].0 == "pipeline" && r[0].1.contains("no progress"),
+            "{r:?}"
+        );
         // Idle without lag is healthy.
         h.pipeline_lag.store(0, Ordering::Relaxed);
-        assert_eq!(h.not_ready_reason(Duration::from_secs(30)), None);
+        assert_eq!(not_ready(&h), vec![]);
         h.kafka_ok.store(false, Ordering::Relaxed);
-        assert!(h.not_ready_reason(Duration::from_secs(30)).is_some());
+        assert_eq!(not_ready(&h)[0].0, "pipeline");
+    }
+
+    #[test]
+    fn a_clickhouse_outage_names_the_sink_only() {
+        let h = Health::default();
+        h.pipeline_enabled.store(true, Ordering::Relaxed);
+        h.sink_enabled.store(true, Ordering::Relaxed);
+        h.kafka_ok.store(true, Ordering::Relaxed);
+        h.catalog_ok.store(true, Ordering::Relaxed);
+        h.stage_started("ledger");
+        h.clickhouse(Err(
+            "clickhouse.url = \"http://ch:8123\": connection refused".into(),
+        ));
+        let r = h.stage_readiness(Duration::from_secs(30));
+        assert_eq!(
+            r.keys().copied().collect::<Vec<_>>(),
+            ["ledger", "pipeline", "sink"]
+        );
+        assert_eq!(
+            not_ready(&h),
+            vec![(
+                "sink",
+                "clickhouse.url = \"http://ch:8123\": connection refused".to_string()
+            )]
+        );
+        // A ledger stage stalled while input waits is named too.
+        h.stage_lag("ledger", 5);
+        h.stages
+            .lock()
+            .unwrap()
+            .get_mut("ledger")
+            .unwrap()
+            .last_progress_ms = now_ms() - 60_000;
+        assert_eq!(not_ready(&h).len(), 2);
+        // Waiting for Kafka at start: every stage says so.
+        *h.kafka_wait.lock().unwrap() = Some("connection refused".into());
+        assert!(
+            not_ready(&h)
+                .iter()
+                .all(|(_, d)| d.starts_with("waiting for kafka"))
+        );
     }
 }

@@ -52,11 +52,13 @@ pub struct HttpState {
 
 /// Creates the labelled series of the HTTP API (zeros instead of missing series).
 pub fn init_labels() {
+    let m = &crate::metrics::METRICS;
     for f in auth::Failure::ALL {
-        crate::metrics::METRICS
-            .http_auth_failures
-            .with_label_values(&[f.as_str()]);
+        m.http_auth_failures.with_label_values(&[f.as_str()]);
     }
+    // Every instance runs the API stage; the others appear once this instance runs them
+    // (a series for a stage it does not run would read "not ready").
+    m.stage_ready.with_label_values(&["api"]);
 }
 
 /// Every route: operational ones open, `/v1` ones behind the auth layer.

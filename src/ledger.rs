@@ -9,7 +9,9 @@
 //! [`state`], [`entry`] and [`answer`] (records), [`voucher`] (redemption decisions). Shell:
 //! [`processors`] (the two stages' glue on the stage runtime, [`crate::stage`], and the
 //! ledger's clock markers), [`client`] (CLI/HTTP requests and queries), [`rows`]
-//! (ClickHouse rows). The HTTP routes are in `crate::http::{accounts, grants, vouchers}`.
+//! (ClickHouse rows), [`view`] (balances, open grants and recent entries in memory for the
+//! HTTP API, without ClickHouse). The HTTP routes are in
+//! `crate::http::{accounts, grants, credit_settings, vouchers}`.
 
 pub mod answer;
 pub mod cli;
@@ -23,6 +25,7 @@ pub mod processors;
 pub mod rows;
 pub mod state;
 pub mod thresholds;
+pub mod view;
 pub mod voucher;
 
 use std::sync::Arc;

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub stage_ready: IntGaugeVec,
     /// Failed credential checks of the HTTP API, by reason (`http::auth::Failure`).
     pub http_auth_failures: IntCounterVec,
+    /// Accounts and entries held by this instance's ledger view (`ledger::view`).
+    pub ledger_view_accounts: IntGauge,
+    pub ledger_view_entries: IntGauge,
     pub ledger: LedgerMetrics,
     pub stage: StageMetrics,
 }
@@ -495,6 +498,14 @@ impl Metrics {
                 r.register(Box::new(g.clone())).unwrap();
                 g
             },
+            ledger_view_accounts: gauge(
+                "usage_agg_ledger_view_accounts",
+                "Accounts in this instance's in-memory ledger view (balances served without ClickHouse).",
+            ),
+            ledger_view_entries: gauge(
+                "usage_agg_ledger_view_entries",
+                "Ledger entries held in memory by this instance's ledger view (http.recent_entries per account at most).",
+            ),
             http_auth_failures: counter_vec(
                 "usage_agg_http_auth_failures_total",
                 "Failed credential checks of the HTTP API by reason (missing, malformed, wrong_token, unknown_key, revoked_key, throttled).",

@@ -135,9 +135,10 @@ fn fault_clickhouse_disk_full_then_freed_lands_every_row_once() {
         "/readyz to say the disk is full",
         Duration::from_secs(60),
         || {
-            let (status, body) = http_get(&listen, "/readyz");
-            why = body;
-            status == 503 && why.contains("disk is full")
+            // The sink is not ready, the instance stays in rotation (200).
+            let (status, body) = readyz(&listen);
+            why = not_ready_detail(&body, "sink").unwrap_or_default();
+            status == 200 && why.contains("disk is full")
         },
     );
     eprintln!("/readyz while full: {why}");

@@ -6,7 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use common::*;
+use usage_aggregator::ledger::client::HistoryEntry;
+use usage_aggregator::ledger::core::BalanceEvent;
 use usage_aggregator::loadgen::Generated;
 
 fn workload(env: &TestEnv, executions: u64, direct: u64, seed: u64) -> Vec<Generated> {
@@ -53,16 +57,56 @@ fn assert_clickhouse_exact(env: &TestEnv, oracle: &Oracle) {
     }
 }
 
+/// What the API served during the outage, to hold against the ledger's own output.
+struct Served {
+    account: String,
+    balance: String,
+    entries: u64,
+    transactions: Vec<serde_json::Value>,
+}
+
+/// Every balance event of the `balances` topic by (account, seq).
+fn ledger_events(env: &TestEnv) -> BTreeMap<(String, u64), BalanceEvent> {
+    env.read_topic(&env.cfg.topics.balances)
+        .into_values()
+        .flatten()
+        .map(|(_, _, v)| serde_json::from_slice::<BalanceEvent>(&v).unwrap())
+        .map(|e| ((e.account_id.clone(), e.seq), e))
+        .collect()
+}
+
+/// The last entry the ledger wrote for `account`.
+fn ledger_last(
+    events: &BTreeMap<(String, u64), BalanceEvent>,
+    account: &str,
+) -> Option<BalanceEvent> {
+    events
+        .range((account.to_string(), 0)..=(account.to_string(), u64::MAX))
+        .next_back()
+        .map(|(_, e)| e.clone())
+}
+
 #[test]
 fn fault_clickhouse_outage_and_refused_inserts_lose_no_row() {
     let mut env = TestEnv::new("outage");
     let mut ch = PrivateClickHouse::start(env.dir.path());
     env.cfg.clickhouse.url = ch.url.clone();
     env.write_config();
+    // A short memory, so older pages need ClickHouse.
+    env.env
+        .push(("USAGE_AGG__HTTP__RECENT_ENTRIES".into(), "5".into()));
     env.setup();
     env.cli(&["catalog", "publish", "config/catalog.json"]);
     env.spawn("all", "agg.log");
     let events = workload(&env, 1200, 4000, 21);
+    let mut accounts: Vec<String> = events
+        .iter()
+        .filter_map(|g| serde_json::from_slice::<serde_json::Value>(&g.payload).ok())
+        .filter_map(|v| v["account_id"].as_str().map(str::to_string))
+        .collect();
+    accounts.sort();
+    accounts.dedup();
+    accounts.truncate(3);
     let (first, second) = events.split_at(events.len() / 2);
     let (first, second) = (first.to_vec(), second.to_vec());
     let loader = env.loader();
@@ -80,32 +124,132 @@ fn fault_clickhouse_outage_and_refused_inserts_lose_no_row() {
     env.wait_for("rows in clickhouse", Duration::from_secs(60), || {
         ch_count(&env, "debits") > 0
     });
+    let listen = env.cfg.http.listen.clone();
+    let get = |path: &str| {
+        let (status, body) = api_get(&listen, path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
 
-    // Outage: ClickHouse is gone for 30 s while events flow.
+    // Outage: ClickHouse is gone for 30 s while debits and top-ups flow. Balances and the
+    // recent entries are served throughout from the ledger's own output; /readyz stays 200
+    // and names the sink only.
     ch.stop();
     let (before, _) = env.debits_by_id();
     let outage = Instant::now();
-    let mut saw_not_ready = false;
+    let mut saw_sink_down = false;
+    let mut served = Vec::new();
+    let mut topups = 0;
     while outage.elapsed() < Duration::from_secs(30) {
-        let (s, body) = http_get(&env.cfg.http.listen, "/readyz");
-        if s == 503 && body.contains("clickhouse") {
-            saw_not_ready = true;
+        let (s, body) = readyz(&listen);
+        assert_eq!(s, 200, "/readyz during a clickhouse outage: {body}");
+        let down = body["not_ready"].as_array().cloned().unwrap_or_default();
+        assert!(
+            down.is_empty() || down == [serde_json::json!("sink")],
+            "{body}"
+        );
+        if not_ready_detail(&body, "sink").is_some_and(|d| d.contains("clickhouse")) {
+            saw_sink_down = true;
+        }
+        let account = &accounts[topups % accounts.len()];
+        let r = http_call(
+            &listen,
+            "POST",
+            &format!("/v1/accounts/{account}/topups"),
+            Some(OPERATOR_TOKEN),
+            Some(&format!(
+                r#"{{"amount":"10","reference":"outage-{topups}"}}"#
+            )),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        topups += 1;
+        for account in &accounts {
+            let b = get(&format!("/v1/accounts/{account}/balance"));
+            let t = get(&format!("/v1/accounts/{account}/transactions?limit=5"));
+            assert_eq!(
+                t["partial"], false,
+                "the newest entries come from memory: {t}"
+            );
+            served.push(Served {
+                account: account.clone(),
+                balance: b["balance"].as_str().unwrap().to_string(),
+                entries: b["entries"].as_u64().unwrap(),
+                transactions: t["transactions"].as_array().unwrap().clone(),
+            });
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     let (during, _) = env.debits_by_id();
-    assert!(
-        saw_not_ready,
-        "/readyz reports clickhouse unreachable during the outage"
-    );
+    assert!(saw_sink_down, "/readyz names the sink during the outage");
     assert!(
         during.len() > before.len() + 100,
         "debits kept flowing during the outage: {} -> {}",
         before.len(),
         during.len()
     );
+    // Older history needs ClickHouse: a partial answer that says so, not a 503.
+    let t = get(&format!(
+        "/v1/accounts/{}/transactions?limit=50",
+        accounts[0]
+    ));
+    assert_eq!(
+        (
+            t["partial"].clone(),
+            t["transactions"].as_array().unwrap().len()
+        ),
+        (serde_json::json!(true), 5),
+        "{t}"
+    );
+    assert!(
+        t["unavailable"].as_str().unwrap().contains("clickhouse"),
+        "{t}"
+    );
+
+    // Every answer was the ledger's own: the balance after that entry, those entries.
+    let producer_done = producer.join().unwrap();
+    let ledger = ledger_events(&env);
+    for s in &served {
+        let e = &ledger[&(s.account.clone(), s.entries)];
+        assert_eq!(
+            e.balance_after.to_string(),
+            s.balance,
+            "{} at seq {}",
+            s.account,
+            s.entries
+        );
+        let want: Vec<serde_json::Value> = (s.entries.saturating_sub(4).max(1)..=s.entries)
+            .rev()
+            .map(|seq| {
+                serde_json::to_value(HistoryEntry::from_event(&ledger[&(s.account.clone(), seq)]))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(s.transactions, want, "{} at seq {}", s.account, s.entries);
+    }
+    // And the view catches up with the ledger while ClickHouse is still down, also through
+    // `credits balance` (the ledger's state in Kafka).
+    env.wait_for(
+        "the view equals the ledger",
+        Duration::from_secs(10),
+        || {
+            let ledger = ledger_events(&env);
+            accounts.iter().all(|a| {
+                let last = ledger_last(&ledger, a).unwrap();
+                let b = get(&format!("/v1/accounts/{a}/balance"));
+                b["entries"] == last.seq && b["balance"] == last.balance_after.to_string()
+            })
+        },
+    );
+    let cli: serde_json::Value =
+        serde_json::from_str(&env.cli(&["credits", "balance", &accounts[0], "--format", "json"]))
+            .unwrap();
+    assert_eq!(cli, get(&format!("/v1/accounts/{}/balance", accounts[0])));
+    eprintln!(
+        "outage: {} answers of balances and recent entries, {topups} top-ups, each equal to the ledger's output",
+        served.len()
+    );
     ch.resume();
-    let loader = producer.join().unwrap();
+    let loader = producer_done;
 
     // Refused inserts: a column is missing; rows wait and are retried, never dropped.
     let retries_before = metric(

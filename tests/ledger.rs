@@ -651,3 +651,47 @@ fn refusals_carry_their_reason_and_apply_nothing() {
     let log = env.log("agg.log");
     assert!(!log.contains(OPERATOR_TOKEN) && !log.contains("OLD-PROMO-2020"));
 }
+
+/// `credits history` lists in ledger order (seq, newest first; the balance follows it) and
+/// says so; an entry dated before one applied earlier (a late call's debit) is marked and
+/// the mark explained (issue 23 item 9).
+#[test]
+fn history_is_in_ledger_order_and_marks_dates_that_go_back() {
+    let env = TestEnv::new("history-order");
+    env.cli(&["setup", "--clickhouse-only"]);
+    let row = |seq: u32, at: &str, kind: &str, credit: &str, debit: &str, balance: &str| {
+        format!(
+            "('e{seq}','acct-h',{seq},'{at}','{kind}','r{seq}','',{credit},{debit},{balance},[],[],[],[],0,{seq},'2026-11-29 00:00:00')"
+        )
+    };
+    env.ch(&format!(
+        "INSERT INTO {{db}}.ledger VALUES {}",
+        [
+            row(1, "2026-11-01 09:00:00", "topup", "50", "0", "50"),
+            row(2, "2026-11-02 10:00:00", "debit", "0", "1.5", "48.5"),
+            // Billed after seq 2, but its calls happened the day before.
+            row(3, "2026-11-01 12:00:00", "debit", "0", "0.5", "48"),
+            row(4, "2026-11-03 08:00:00", "debit", "0", "2", "46"),
+        ]
+        .join(",")
+    ));
+    let out = env.cli(&["credits", "history", "acct-h"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("Ledger order, newest first"), "{out}");
+    let seqs: Vec<&str> = lines[2..6]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(seqs, ["4", "3", "2", "1"], "{out}");
+    assert!(lines[3].contains("2026-11-01T12:00:00Z*"), "{out}");
+    for l in [lines[2], lines[4], lines[5]] {
+        assert!(!l.contains("Z*"), "only seq 3 goes back: {out}");
+    }
+    assert!(
+        lines[6].starts_with("* dated before an entry applied earlier"),
+        "{out}"
+    );
+    // In order: no mark, no note.
+    let out = env.cli(&["credits", "history", "acct-h", "--before-seq", "3"]);
+    assert!(!out.contains('*'), "{out}");
+}

@@ -33,6 +33,7 @@ use crate::ledger::answer::{LedgerAnswer, Verdict};
 use crate::ledger::client::{self, ClientError, LedgerFollower, ResultFollower};
 use crate::ledger::command::Request;
 use crate::ledger::grant::check_account;
+use crate::ledger::view::follow::SharedLedgerView;
 use crate::ledger::voucher::{self, VoucherOutcome, VoucherRequest, VoucherResult};
 
 /// What the ledger endpoints need.
@@ -43,16 +44,23 @@ pub struct LedgerApi {
     vouchers: tokio::sync::OnceCell<ResultFollower>,
     answers: tokio::sync::OnceCell<LedgerFollower>,
     ch: clickhouse::Client,
+    /// Balances and recent entries in memory, followed from Kafka (no ClickHouse).
+    pub view: Arc<SharedLedgerView>,
 }
 
 impl LedgerApi {
-    pub fn new(cfg: &Config, ch: clickhouse::Client) -> anyhow::Result<LedgerApi> {
+    pub fn new(
+        cfg: &Config,
+        ch: clickhouse::Client,
+        view: Arc<SharedLedgerView>,
+    ) -> anyhow::Result<LedgerApi> {
         Ok(LedgerApi {
             cfg: cfg.clone(),
             producer: client::producer(cfg)?,
             vouchers: tokio::sync::OnceCell::new(),
             answers: tokio::sync::OnceCell::new(),
             ch,
+            view,
         })
     }
 
@@ -104,6 +112,18 @@ impl LedgerApi {
     /// How long a request waits for the ledger's verdict (`ledger.answer_timeout`).
     pub(super) fn timeout(&self) -> Duration {
         self.cfg.ledger.answer_timeout
+    }
+
+    /// The view, or 503 while this instance is still reading it from Kafka.
+    fn loaded_view(&self) -> Result<&SharedLedgerView, ApiError> {
+        if self.view.is_loaded() {
+            return Ok(&self.view);
+        }
+        Err(ApiError::unavailable(format!(
+            "balances are loading on this instance ({}); retry in a second",
+            self.view.status()
+        ))
+        .header(axum::http::header::RETRY_AFTER, "1"))
     }
 }
 
@@ -170,20 +190,22 @@ pub(super) fn voucher_answer(r: &VoucherResult) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, Json(v)).into_response()
 }
 
+/// `GET /v1/accounts/{id}/balance`: from the ledger view (memory, at most one ledger commit
+/// behind), whatever ClickHouse's state.
 async fn balance(
     State(s): State<HttpState>,
     caller: Caller,
     ApiPath(account): ApiPath<String>,
-) -> Response {
-    let api = match api(&s).and_then(|a| account_for(&caller, &account).map(|()| a)) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    match client::balance(&api.ch, &account).await {
-        Ok(Some(b)) => Json(b).into_response(),
-        Ok(None) => no_entries().into_response(),
-        Err(e) => unavailable(&e),
-    }
+) -> Result<Json<client::Balance>, ApiError> {
+    let api = api(&s)?;
+    account_for(&caller, &account)?;
+    let shared = api.loaded_view()?;
+    let view = shared.view.read().expect("view lock");
+    let a = view
+        .account(&account)
+        .filter(|a| a.seq > 0)
+        .ok_or_else(no_entries)?;
+    Ok(Json(a.balance_answer(&account)))
 }
 
 #[derive(Deserialize)]
@@ -193,31 +215,62 @@ struct Page {
     before_seq: Option<u64>,
 }
 
+/// `GET /v1/accounts/{id}/transactions`: newest first. A page the ledger view holds whole
+/// (the newest `http.recent_entries`) comes from memory; an older one from ClickHouse. When
+/// ClickHouse cannot answer, what memory has of the page is served with `"partial": true`
+/// and `unavailable` naming the entries left out and why (not a 503 for the whole).
 async fn transactions(
     State(s): State<HttpState>,
     caller: Caller,
     ApiPath(account): ApiPath<String>,
     ApiQuery(page): ApiQuery<Page>,
-) -> Response {
-    let api = match api(&s).and_then(|a| account_for(&caller, &account).map(|()| a)) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let api = api(&s)?;
+    account_for(&caller, &account)?;
     let limit = page.limit.unwrap_or(50).clamp(1, 1000);
-    match client::history(&api.ch, &account, limit, page.before_seq).await {
-        Ok(entries) => {
-            let next = (entries.len() as u32 == limit)
-                .then(|| entries.last().map(|e| e.seq))
-                .flatten();
-            Json(json!({
-                "account_id": account,
-                "transactions": entries,
-                "next_before_seq": next,
-            }))
-            .into_response()
+    let memory = {
+        let shared = api.loaded_view()?;
+        let view = shared.view.read().expect("view lock");
+        view.page(&account, limit, page.before_seq)
+    };
+    let (entries, partial, unavailable) = if memory.complete {
+        (memory.entries, false, None)
+    } else {
+        match client::history(&api.ch, &account, limit, page.before_seq).await {
+            Ok(entries) => (entries, false, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "older ledger entries: clickhouse cannot answer");
+                let ranges: Vec<String> = memory
+                    .missing
+                    .iter()
+                    .map(|(lo, hi)| {
+                        if lo == hi {
+                            format!("{lo}")
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect();
+                let why = format!(
+                    "entries with seq {} are only in clickhouse, which cannot answer now ({e}); the others are the ledger's own",
+                    ranges.join(", ")
+                );
+                (memory.entries, true, Some(why))
+            }
         }
-        Err(e) => unavailable(&e),
+    };
+    // seq numbers an account's entries 1, 2, 3, ...: older ones exist below the lowest shown.
+    let next = entries.last().map(|e| e.seq).filter(|s| *s > 1);
+    let mut body = json!({
+        "account_id": account,
+        "transactions": entries,
+        "next_before_seq": next,
+        "partial": partial,
+    });
+    if let Some(why) = unavailable {
+        body["unavailable"] = json!(why);
     }
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::ledger::answer::{LedgerAnswer, Verdict};
 use crate::ledger::client::{self, ClientError, GrantInput, LedgerFollower, ResultFollower};
 use crate::ledger::command::Request;
+use crate::ledger::entry::GrantView;
 use crate::ledger::grant::{GrantKind, Terms};
 use crate::ledger::thresholds::{AutoTopup, Threshold};
 use crate::ledger::voucher::{self, VoucherRequest, VoucherResult};
@@ -144,7 +145,8 @@ pub enum CreditsCommand {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// The account's balance and open grants (from ClickHouse).
+    /// The account's balance and open grants, from the ledger's own state in Kafka (not
+    /// ClickHouse).
     Balance {
         /// Account to show.
         account: String,
@@ -361,11 +363,23 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             print::voucher_result(&r)
         }
         CreditsCommand::Balance { account, format } => {
-            let ch = require_clickhouse(cfg).await?;
-            let b = client::balance(&ch, &account)
-                .await
-                .map_err(|e| query_error(cfg, e))?
-                .with_context(|| format!("account {account} has no ledger entries"))?;
+            // From the ledger's own state in Kafka: exact, and without ClickHouse.
+            require_kafka(cfg, &[("topics.ledger_state", &cfg.topics.ledger_state)]).await?;
+            let (c, a) = (cfg.clone(), account.clone());
+            let state = tokio::task::spawn_blocking(move || {
+                crate::ledger::view::follow::read_account(&c, &a, Duration::from_secs(60))
+            })
+            .await??
+            .with_context(|| format!("account {account} has no ledger entries"))?;
+            let grants: Vec<GrantView> = state.funds.grants.iter().map(GrantView::from).collect();
+            let b = client::Balance::from_ledger(
+                &account,
+                state.balance,
+                state.funds.overdraft,
+                state.seq,
+                state.updated_at,
+                &grants,
+            );
             print::balance(&b, &format)
         }
         CreditsCommand::History {

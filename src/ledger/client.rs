@@ -24,7 +24,9 @@ use crate::ledger::voucher::VoucherRequest;
 use crate::rejection::{RejectReason, Rejection};
 
 pub use follower::{Follower, LedgerFollower, ResultFollower};
-pub use queries::{Balance, HistoryEntry, balance, history, list_vouchers};
+pub use queries::{
+    Balance, HistoryEntry, OpenGrantRow, balance, dates_out_of_order, history, list_vouchers,
+};
 
 /// Why a request did not go through.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,7 @@ mod entry;
 mod expiry;
 mod queries;
 
+pub use changelog::account_record;
 use entry::{EntryIn, FundsChange};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -29,7 +30,9 @@ use crate::debit::Debit;
 use crate::ledger::answer::{CommandKind, EntryRef, LedgerAnswer, Verdict};
 use crate::ledger::command::Command;
 use crate::ledger::grant::{Grant, GrantKind};
-use crate::ledger::state::{AccountState, ClosedBy, GrantMark, RefusalMark};
+use crate::ledger::state::{ClosedBy, GrantMark, RefusalMark};
+
+pub use crate::ledger::state::AccountState;
 use crate::ledger::thresholds::Threshold;
 use crate::money::DEBIT_SCALE;
 use crate::rejection::{RejectReason, Rejection, excerpt};

@@ -561,6 +561,18 @@ pub fn http_get_as(addr: &str, path: &str, credential: Option<&str>) -> (u16, St
     (a.status, a.body)
 }
 
+/// `/readyz`: (status, body as JSON; Null when the server did not answer).
+pub fn readyz(addr: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(addr, "/readyz");
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// The detail of a stage that `/readyz` reports not ready, if it does.
+pub fn not_ready_detail(readyz: &serde_json::Value, stage: &str) -> Option<String> {
+    let s = &readyz["stages"][stage];
+    (s["ready"] == false).then(|| s["detail"].as_str().unwrap_or_default().to_string())
+}
+
 /// An HTTP answer: status (0 when the connection failed), header lines, body.
 #[derive(Debug, Clone, Default)]
 pub struct Answer {

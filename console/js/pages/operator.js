@@ -40,12 +40,14 @@ async function health(box, signal) {
   const sum = (name) => ms.filter((m) => m.name === name).reduce((a, m) => a + Number(m.value), 0);
   const one = (name) => (ms.find((m) => m.name === name) || {}).value;
   let stages = null;
+  let down = ready.text.trim();
   try {
     const j = JSON.parse(ready.text);
     stages = j.stages || null;
+    down = (j.not_ready || []).join(', ') || down;
   } catch { /* plain text */ }
   const rows = [
-    ['Ready', ready.status === 200 ? 'yes' : `no: ${ready.text.trim()}`],
+    ['Ready', ready.status === 200 ? 'yes' : `no: ${down}`],
     ['Pipeline consumer lag (messages)', String(sum('usage_agg_pipeline_consumer_lag_messages'))],
     ['Sink lag (messages)', String(sum('usage_agg_sink_lag_messages'))],
     ['Ledger and other stages lag (messages)', String(sum('usage_agg_stage_consumer_lag_messages'))],
@@ -63,7 +65,7 @@ async function health(box, signal) {
       h('tbody', {}, Object.entries(stages).map(([name, st]) => h('tr', {},
         h('th', { scope: 'row', dataset: { label: 'Stage' } }, name),
         h('td', { dataset: { label: 'Ready' } }, st.ready === false ? 'no' : st.enabled === false ? 'not run here' : 'yes'),
-        h('td', { dataset: { label: 'Why' } }, st.reason || st.why || ''))))) : null,
+        h('td', { dataset: { label: 'Why' } }, st.detail || st.reason || st.why || ''))))) : null,
     rejected.length ? h('p', { class: 'hint' }, `Events rejected by this instance since it started: ${rejected.map((m) => `${m.labels.reason} ${m.value}`).join(', ')}.`) : null);
 }
 

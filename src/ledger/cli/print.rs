@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::{CliExit, refusal_exit};
 use crate::ledger::answer::{AccountView, GrantState, GrantStatus, LedgerAnswer, Verdict};
-use crate::ledger::client::{Balance, HistoryEntry};
+use crate::ledger::client::{Balance, HistoryEntry, dates_out_of_order};
 use crate::ledger::entry::GrantView;
 use crate::ledger::voucher::{VoucherOutcome, VoucherResult};
 
@@ -258,17 +258,19 @@ pub fn history(h: &[HistoryEntry], format: &str) -> anyhow::Result<()> {
     if format == "json" {
         return json(&h);
     }
+    let mut o = out().lock();
     writeln!(
-        out(),
-        "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  description",
-        "seq",
-        "date",
-        "kind",
-        "credit",
-        "debit",
-        "balance"
+        o,
+        "Ledger order, newest first: seq is the order entries were applied and the balance \
+         follows it; date is when it happened (a debit: its last call's event time)."
     )?;
-    for e in h {
+    writeln!(
+        o,
+        "{:>6}  {:<21}  {:<10}  {:>14}  {:>14}  {:>16}  description [funded by]",
+        "seq", "date", "kind", "credit", "debit", "balance"
+    )?;
+    let marks = dates_out_of_order(h);
+    for (e, late) in h.iter().zip(&marks) {
         let funded: Vec<String> = e
             .funded_by
             .iter()
@@ -286,15 +288,23 @@ pub fn history(h: &[HistoryEntry], format: &str) -> anyhow::Result<()> {
             format!("  [{}]", funded.join(", "))
         };
         writeln!(
-            out(),
-            "{:>6}  {:<20}  {:<10}  {:>14}  {:>14}  {:>16}  {}{funded}",
+            o,
+            "{:>6}  {:<20}{}  {:<10}  {:>14}  {:>14}  {:>16}  {}{funded}",
             e.seq,
             e.date,
+            if *late { "*" } else { " " },
             e.kind,
             e.credit,
             e.debit,
             e.balance,
             e.description
+        )?;
+    }
+    if marks.iter().any(|m| *m) {
+        writeln!(
+            o,
+            "* dated before an entry applied earlier (a late or replayed call, a back-dated grant): \
+             the list stays in seq order, as the balance does"
         )?;
     }
     Ok(())

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -15,6 +16,7 @@ use serde::Serialize;
 use super::ClientError;
 use crate::config::Config;
 use crate::kafka;
+use crate::ledger::entry::{BalanceEvent, GrantView};
 use crate::ledger::voucher::VoucherState;
 
 /// Every voucher in the compacted `voucher_state` changelog (blocking).
@@ -71,7 +73,7 @@ pub fn list_vouchers(cfg: &Config) -> Result<Vec<VoucherState>, ClientError> {
 }
 
 /// An open grant as the ledger table's last row of an account holds it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct OpenGrantRow {
     pub grant_id: String,
     pub category: String,
@@ -122,6 +124,51 @@ fn ts(secs: u32) -> String {
         .unwrap_or_default()
 }
 
+impl OpenGrantRow {
+    /// The row of an open grant as the ledger holds it (times to the second, as ClickHouse).
+    pub fn from_view(g: &GrantView) -> OpenGrantRow {
+        OpenGrantRow {
+            grant_id: g.grant_id.clone(),
+            category: g.category.as_str().to_string(),
+            priority: g.priority,
+            expires_at: g.expires_at.map(secs),
+            remaining: g.remaining.normalize().to_string(),
+        }
+    }
+}
+
+fn secs(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Balance {
+    /// The balance answer of an account as the ledger holds it (its state in the changelog,
+    /// or the ledger view): `grants` in draw-down order.
+    pub fn from_ledger(
+        account_id: &str,
+        balance: Decimal,
+        overdraft: Decimal,
+        seq: u64,
+        updated_at: Option<DateTime<Utc>>,
+        grants: &[GrantView],
+    ) -> Balance {
+        let next_expiry = grants
+            .iter()
+            .filter(|g| g.expires_at.is_some())
+            .min_by_key(|g| g.expires_at)
+            .map(OpenGrantRow::from_view);
+        Balance {
+            account_id: account_id.to_string(),
+            balance: balance.normalize().to_string(),
+            overdraft: overdraft.normalize().to_string(),
+            entries: seq,
+            last_entry_at: updated_at.map(secs).unwrap_or_default(),
+            grants: grants.iter().map(OpenGrantRow::from_view).collect(),
+            next_expiry,
+        }
+    }
+}
+
 /// The balance after the account's last entry and its open grants; `None` when it has no
 /// entries.
 pub async fn balance(
@@ -166,7 +213,7 @@ pub async fn balance(
 }
 
 /// What paid for part of an entry (or where part of a grant went).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FundingRow {
     /// Absent for the overdraft.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,7 +223,7 @@ pub struct FundingRow {
 }
 
 /// One line of an account's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HistoryEntry {
     pub seq: u64,
     pub date: String,
@@ -195,6 +242,76 @@ pub struct HistoryEntry {
     pub expires_at: Option<String>,
     pub funded_by: Vec<FundingRow>,
     pub assets: Vec<serde_json::Value>,
+}
+
+impl HistoryEntry {
+    /// The history line of a balance event, as [`history`] reads it back from ClickHouse:
+    /// times to the second, zero credit or debit as "0", decimals normalized. The ledger
+    /// view serves these from memory; `tests/faults.rs` compares both.
+    pub fn from_event(e: &BalanceEvent) -> HistoryEntry {
+        let (credit, debit) = if e.amount.is_sign_negative() {
+            (Decimal::ZERO, -e.amount)
+        } else {
+            (e.amount, Decimal::ZERO)
+        };
+        let text = |d: Decimal| d.normalize().to_string();
+        HistoryEntry {
+            seq: e.seq,
+            date: secs(e.occurred_at),
+            kind: e.kind.as_str().to_string(),
+            reference: e.reference.clone(),
+            description: e.description.clone(),
+            credit: text(credit),
+            debit: text(debit),
+            balance: text(e.balance_after),
+            category: e
+                .grant
+                .as_ref()
+                .map(|g| g.category.as_str().to_string())
+                .unwrap_or_default(),
+            priority: e.grant.as_ref().map(|g| g.priority),
+            expires_at: e.grant.as_ref().and_then(|g| g.expires_at).map(secs),
+            funded_by: e
+                .funded_by
+                .iter()
+                .map(|f| FundingRow {
+                    grant_id: f.grant_id.clone(),
+                    category: f.category.as_str().to_string(),
+                    amount: text(f.amount),
+                })
+                .collect(),
+            assets: e
+                .lines
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "asset_id": l.asset_id,
+                        "calls": l.calls,
+                        "quantities": l.quantities,
+                        "cost": text(l.cost),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// For entries in ledger order, newest first (as [`history`] returns them): whether each is
+/// dated earlier than an entry applied before it (a smaller `seq`, further down the list).
+/// Dates are event times, so ledger order and date order can differ; the CLI marks those.
+pub fn dates_out_of_order(newest_first: &[HistoryEntry]) -> Vec<bool> {
+    let mut marks = vec![false; newest_first.len()];
+    let mut latest_below: Option<&str> = None;
+    for (i, e) in newest_first.iter().enumerate().rev() {
+        // RFC 3339 UTC strings of one format compare in time order.
+        if latest_below.is_some_and(|d| e.date.as_str() < d) {
+            marks[i] = true;
+        }
+        if latest_below.is_none_or(|d| e.date.as_str() > d) {
+            latest_below = Some(e.date.as_str());
+        }
+    }
+    marks
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -277,4 +394,37 @@ pub async fn history(
                 .collect(),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_that_go_back_in_ledger_order_are_marked() {
+        let e = |seq: u64, date: &str| HistoryEntry {
+            seq,
+            date: date.into(),
+            kind: "debit".into(),
+            reference: String::new(),
+            description: String::new(),
+            credit: "0".into(),
+            debit: "1".into(),
+            balance: "0".into(),
+            category: String::new(),
+            priority: None,
+            expires_at: None,
+            funded_by: vec![],
+            assets: vec![],
+        };
+        let h = [
+            e(5, "2026-11-04T00:00:00Z"),
+            e(4, "2026-11-01T00:00:00Z"),
+            e(3, "2026-11-03T00:00:00Z"),
+            e(2, "2026-11-02T00:00:00Z"),
+            e(1, "2026-11-02T00:00:00Z"),
+        ];
+        assert_eq!(dates_out_of_order(&h), [false, true, false, false, false]);
+        assert!(dates_out_of_order(&[]).is_empty());
+    }
 }

@@ -32,6 +32,19 @@ pub(super) fn debit_key(debit_id: &str) -> Vec<u8> {
     key(DEBIT_PREFIX, debit_id)
 }
 
+/// The account and state of a ledger changelog record, when it is an account's (`a/<id>`;
+/// `None` state for a tombstone); other records (grant, refusal and debit marks, the clock,
+/// positions) are not. Readers of the changelog other than the stage (the HTTP ledger view,
+/// `credits balance`) use it so the key format stays in this file. A format-0 record reads
+/// with its balance and no open grants (the stage migrates it on its next change).
+pub fn account_record(k: &[u8], value: Option<&[u8]>) -> Option<(String, Option<AccountState>)> {
+    let account = String::from_utf8(k.strip_prefix(ACCOUNT_PREFIX)?.to_vec()).ok()?;
+    match value {
+        None => Some((account, None)),
+        Some(v) => serde_json::from_slice(v).ok().map(|s| (account, Some(s))),
+    }
+}
+
 impl LedgerPartition {
     /// Stores an account's new state and re-files its next deadline.
     pub(super) fn put_account(&mut self, account: &str, state: AccountState) {

@@ -665,7 +665,9 @@ fn history_is_in_ledger_order_and_marks_dates_that_go_back() {
         )
     };
     env.ch(&format!(
-        "INSERT INTO {{db}}.ledger VALUES {}",
+        // Columns named: later migrations add columns between these (0005: grant terms,
+        // funding, open grants), which take their defaults here.
+        "INSERT INTO {{db}}.ledger (entry_id, account_id, seq, occurred_at, kind, reference, description, credit, debit, balance_after, assets, asset_calls, asset_quantities, asset_costs, src_partition, src_offset, ingested_at) VALUES {}",
         [
             row(1, "2026-11-01 09:00:00", "topup", "50", "0", "50"),
             row(2, "2026-11-02 10:00:00", "debit", "0", "1.5", "48.5"),

@@ -1,4 +1,4 @@
-//! Wiring: the whole topology of `run` on one screen. Catalog feed -> rating pipeline
+//! Wiring: the whole topology of `run` on one screen. Catalog and plans feeds -> rating pipeline
 //! (thread) -> output topics; ClickHouse sink (task), spend alerts (thread) and the credits
 //! ledger and vouchers (threads) read those topics; the HTTP server reports on all of them. One shutdown token: SIGTERM/SIGINT, or any
 //! stage ending on its own, cancels it; each stage then drains within `pipeline.drain_timeout`.
@@ -108,8 +108,17 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
             feed.follow(&stop);
             Ok(())
         })?;
+        let (plans, plans_feed) = catalog::load_plans(&cfg).await?;
+        stages.thread("plans", move |stop| {
+            plans_feed.follow(&stop);
+            Ok(())
+        })?;
+        let pricing = crate::rating::PricingHandle {
+            catalog: prices,
+            plans,
+        };
         let (c, h) = (cfg.clone(), health.clone());
-        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&c, prices, h)).await??;
+        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&c, pricing, h)).await??;
         let _ = engine.set(pipeline.handle());
         stages.thread("pipeline", move |stop| Ok(pipeline.run(stop)?))?;
         let (c, h) = (cfg.clone(), health.clone());

@@ -21,11 +21,20 @@ use usage_aggregator::{bench, kafka, sink};
 
 use crate::Exit;
 
+mod catalog_view;
 mod dead_letters;
 mod import;
+mod plans;
+mod teardown;
+
+pub use catalog_view::{
+    ExportArgs, diff as catalog_diff, export as catalog_export, list as catalog_list,
+};
 
 pub use dead_letters::{ReplayArgs, replay_dead_letters};
 pub use import::{ImportArgs, import_catalog};
+pub use plans::{AccountsCommand, PlansCommand, accounts, plans};
+pub use teardown::teardown;
 
 pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
     BufWriter::new(std::io::stdout().lock())
@@ -81,25 +90,14 @@ pub async fn setup(cfg: &Config, kafka_part: bool, clickhouse_part: bool) -> any
 }
 
 /// The catalog as published on the topic.
-async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
-    let deadline = Instant::now() + cfg.kafka.connect_timeout;
-    loop {
-        let (feed, handle) = CatalogFeed::new(cfg)?;
-        let wait = cfg.kafka.connect_timeout + Duration::from_secs(10);
-        match tokio::task::spawn_blocking(move || feed.load_initial(wait)).await? {
-            Ok(_) => return Ok(Catalog::clone(&handle.load())),
-            // A topic just created may not have a leader yet.
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await
-            }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "topics.price_catalog = \"{}\": cannot read the published catalog",
-                    cfg.topics.price_catalog
-                )));
-            }
-        }
-    }
+pub(crate) async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
+    plans::published(
+        cfg,
+        CatalogFeed::new,
+        "topics.price_catalog",
+        &cfg.topics.price_catalog,
+    )
+    .await
 }
 
 /// Refuses edits always and retroactive versions unless allowed; returns the versions to
@@ -247,21 +245,7 @@ pub async fn check(
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         for v in &versions {
-            let mut aliases = v.aliases.clone();
-            aliases.extend(v.alias_patterns.iter().map(|p| format!("/{p}/")));
-            let aliases = if aliases.is_empty() {
-                String::new()
-            } else {
-                format!("  aliases: {}", aliases.join(" "))
-            };
-            writeln!(
-                out,
-                "{:<32} {:<12} {:<22} {}{aliases}",
-                v.asset_id,
-                v.asset_type.as_str(),
-                v.version_label(),
-                check::prices_text(v)
-            )?;
+            writeln!(out, "{}", catalog_view::version_line(v))?;
         }
         let assets: std::collections::BTreeSet<&str> =
             versions.iter().map(|v| v.asset_id.as_str()).collect();
@@ -302,12 +286,17 @@ pub async fn check(
 pub fn rate(
     mut cfg: Config,
     catalog: &Path,
+    plans_file: Option<&Path>,
     markup_rate: Option<Decimal>,
     lines: bool,
     strict: bool,
     rejects: Option<&Path>,
 ) -> anyhow::Result<()> {
     let c = read_catalog(catalog, "--catalog")?;
+    let book = match plans_file {
+        Some(p) => plans::read_plans(p, "--plans", None)?,
+        None => usage_aggregator::plans::PlanBook::default(),
+    };
     if let Some(r) = markup_rate {
         cfg.rollup.markup_rate = r;
         cfg.validate()
@@ -325,7 +314,10 @@ pub fn rate(
     };
     let summary = offline::rate(
         cfg.rollup_config(),
-        &c,
+        usage_aggregator::rating::Pricing {
+            catalog: &c,
+            plans: &book,
+        },
         BufReader::new(std::io::stdin().lock()),
         stdout(),
         lines,

@@ -69,6 +69,10 @@ pub struct KafkaConfig {
     /// Prepended to every topic name and group id by [`Config::load`], which then clears it
     /// (the loaded names already carry it).
     pub prefix: String,
+    /// The `prefix` that [`Config::load`] applied: what `teardown` is scoped to. Not a
+    /// configuration key.
+    #[serde(skip)]
+    pub applied_prefix: String,
     /// How long one-shot commands wait for a broker to answer before they fail.
     #[serde(with = "values::duration")]
     pub connect_timeout: Duration,
@@ -84,6 +88,8 @@ pub struct KafkaConfig {
 pub struct TopicsConfig {
     pub usage_events: String,
     pub price_catalog: String,
+    /// Compacted: plan versions and account assignments (docs/price-catalog.md#plans).
+    pub plans: String,
     pub debits: String,
     pub priced_usage: String,
     pub dead_letter: String,
@@ -119,11 +125,12 @@ pub struct TopicsConfig {
 
 impl TopicsConfig {
     /// (key, topic name) of every topic, in `setup` order.
-    pub fn all(&self) -> [(&'static str, &String); 18] {
+    pub fn all(&self) -> [(&'static str, &String); 19] {
         [
             ("topics.usage_events", &self.usage_events),
             ("topics.state", &self.state),
             ("topics.price_catalog", &self.price_catalog),
+            ("topics.plans", &self.plans),
             ("topics.debits", &self.debits),
             ("topics.priced_usage", &self.priced_usage),
             ("topics.dead_letter", &self.dead_letter),
@@ -408,6 +415,7 @@ impl Config {
         let prefix = std::mem::take(&mut self.kafka.prefix);
         if !prefix.is_empty() {
             self.prefix_names(&prefix);
+            self.kafka.applied_prefix = prefix;
         }
     }
 
@@ -425,6 +433,7 @@ impl Config {
             &mut self.ledger.voucher_group_id,
             &mut t.usage_events,
             &mut t.price_catalog,
+            &mut t.plans,
             &mut t.debits,
             &mut t.priced_usage,
             &mut t.dead_letter,

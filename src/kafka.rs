@@ -277,6 +277,7 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         (t.usage_events.clone(), p, vec![delete, week]),
         (t.state.clone(), p, vec![compact]),
         (t.price_catalog.clone(), 1, vec![compact]),
+        (t.plans.clone(), 1, vec![compact]),
         (t.debits.clone(), o, vec![delete, month]),
         (t.priced_usage.clone(), o, vec![delete, week]),
         (t.dead_letter.clone(), o, vec![delete, month]),

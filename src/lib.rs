@@ -16,6 +16,7 @@ pub mod catalog_feed;
 pub mod config;
 pub mod debit;
 pub mod event;
+pub mod feed;
 pub mod health;
 pub mod http;
 pub mod kafka;
@@ -29,6 +30,8 @@ pub mod metrics;
 pub mod money;
 pub mod offline;
 pub mod pipeline;
+pub mod plans;
+pub mod plans_feed;
 pub mod preflight;
 pub mod rating;
 pub mod rejection;
@@ -41,11 +44,12 @@ pub mod stage;
 /// The rating core: decode, price, roll up, money, outputs. Every decision is a function of
 /// its inputs: no I/O, no clock, no randomness, no import of a shell module. Not a comment
 /// but a rule: `tests/core_is_pure.rs` reads these modules' sources and fails on any of it.
-pub const CORE_MODULES: [&str; 7] = [
+pub const CORE_MODULES: [&str; 8] = [
     "catalog",
     "debit",
     "event",
     "money",
+    "plans",
     "rating",
     "rejection",
     "rollup",

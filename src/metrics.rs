@@ -40,6 +40,9 @@ pub struct Metrics {
     pub catalog_age: Gauge,
     pub catalog_updates: IntCounter,
     pub catalog_rejected: IntCounter,
+    pub plans_records: IntGauge,
+    pub plans_updates: IntCounter,
+    pub plans_rejected: IntCounter,
     pub alerts_fired: IntCounterVec,
     pub ready: IntGauge,
     /// 1 when a stage of this instance is ready (`/readyz` per stage), by stage.
@@ -476,6 +479,18 @@ impl Metrics {
             catalog_rejected: counter(
                 "usage_agg_catalog_rejected_total",
                 "Catalog messages refused (invalid or conflicting).",
+            ),
+            plans_records: gauge(
+                "usage_agg_plans_records",
+                "Plan versions and account assignments loaded.",
+            ),
+            plans_updates: counter(
+                "usage_agg_plans_updates_total",
+                "Plan book updates applied from the plans topic.",
+            ),
+            plans_rejected: counter(
+                "usage_agg_plans_rejected_total",
+                "Plans topic messages refused (invalid, conflicting, or an assignment to a plan without a version).",
             ),
             alerts_fired: counter_vec(
                 "usage_agg_alerts_fired_total",

@@ -65,6 +65,18 @@ pub fn debit_markup(subtotal: Decimal, rate: Decimal) -> Decimal {
     })
 }
 
+/// A cost after a plan's percentage discount: `exact * (100 - percent) / 100`, before the
+/// line's one rounding ([`round_line_cost`]); `percent` has at most 4 decimals (plans check).
+pub fn discounted(exact: Decimal, percent: Decimal) -> Result<Decimal, MoneyError> {
+    let keep = Decimal::ONE_HUNDRED
+        .checked_sub(percent)
+        .ok_or(MoneyError::Overflow)?;
+    exact
+        .checked_mul(keep)
+        .and_then(|v| v.checked_div(Decimal::ONE_HUNDRED))
+        .ok_or(MoneyError::Overflow)
+}
+
 /// Adds two amounts, failing on overflow.
 pub fn add(a: Decimal, b: Decimal) -> Result<Decimal, MoneyError> {
     a.checked_add(b).ok_or(MoneyError::Overflow)
@@ -146,6 +158,18 @@ mod tests {
         // 1 unit at 1 credit per 3 units is 0.333..., kept to 12 decimals.
         let c = unit_cost(d("1"), d("1"), 3).unwrap();
         assert_eq!(round_line_cost(c), d("0.333333333333"));
+    }
+
+    #[test]
+    fn discounts_apply_before_the_one_rounding() {
+        // 15 % off 0.000375 = 0.00031875 exactly; off 1/3 credit rounds once at 12 decimals.
+        assert_eq!(discounted(d("0.000375"), d("15")).unwrap(), d("0.00031875"));
+        let third = unit_cost(d("1"), d("1"), 3).unwrap();
+        assert_eq!(
+            round_line_cost(discounted(third, d("12.5")).unwrap()),
+            d("0.291666666667")
+        );
+        assert_eq!(discounted(d("0.8"), d("100")).unwrap(), d("0"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{AssetType, CatalogHandle};
+use crate::catalog::AssetType;
 use crate::config::{Config, Delivery};
 use crate::debit::Debit;
 use crate::event::encode_timeout_marker;
@@ -38,6 +38,7 @@ use crate::health::{Health, now_ms};
 use crate::kafka;
 use crate::marker::{self, MarkerKey, MarkerKeyError};
 use crate::metrics::METRICS;
+use crate::rating::PricingHandle;
 use crate::rejection::DeadLetter;
 use crate::rollup::{
     OpenExecutionView, Outcome, Output, PartitionRollup, PartitionSnapshot, RollupConfig,
@@ -209,7 +210,7 @@ pub struct Engine {
     cfg: Config,
     rules: RollupConfig,
     rules_fingerprint: String,
-    catalog: CatalogHandle,
+    pricing: PricingHandle,
     producer: OutputProducer,
     reader: kafka::Reader,
     parts: HashMap<i32, PartitionState>,
@@ -235,7 +236,7 @@ pub struct Engine {
 impl Engine {
     fn new(
         cfg: &Config,
-        catalog: CatalogHandle,
+        pricing: PricingHandle,
         health: Arc<Health>,
         hi_offsets: Arc<Mutex<HashMap<i32, i64>>>,
     ) -> Result<Engine, PipelineError> {
@@ -265,7 +266,7 @@ impl Engine {
             cfg: cfg.clone(),
             rules_fingerprint: rules_fingerprint(&rules),
             rules,
-            catalog,
+            pricing,
             producer,
             reader,
             parts: HashMap::new(),
@@ -399,11 +400,11 @@ impl Engine {
         let st = self.parts.get_mut(&p).expect("checked");
         st.dirty = true;
         let payload = m.payload().unwrap_or_default();
-        let catalog = self.catalog.load();
+        let pricing = self.pricing.load();
         let origin = self.marker_key.origin(m.topic(), p, payload, m.headers());
-        let outcome = st
-            .rollup
-            .process_from(origin, o, payload, &catalog, now_ms(), &mut self.out);
+        let outcome =
+            st.rollup
+                .process_from(origin, o, payload, pricing.get(), now_ms(), &mut self.out);
         self.counts.consumed += 1;
         match outcome {
             Outcome::Priced(t) => self.counts.priced[t as usize] += 1,
@@ -871,9 +872,10 @@ impl Engine {
 
     /// The running cost of an execution open on this instance.
     pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
+        let plans = self.pricing.plans.load();
         self.parts
             .values()
-            .find_map(|s| s.rollup.running_cost(execution_id, account_id))
+            .find_map(|s| s.rollup.running_cost(execution_id, account_id, &plans))
     }
 
     /// See [`EngineHandle::open_execution`].
@@ -882,9 +884,10 @@ impl Engine {
         account_id: &str,
         execution_id: &str,
     ) -> Option<OpenExecutionView> {
+        let plans = self.pricing.plans.load();
         self.parts
             .values()
-            .find_map(|s| s.rollup.open_execution(account_id, execution_id))
+            .find_map(|s| s.rollup.open_execution(account_id, execution_id, &plans))
     }
 }
 
@@ -1040,15 +1043,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// `pricing`: the catalog handle (every account on the `default` plan) or a
+    /// [`PricingHandle`] with the plans too.
     pub fn new(
         cfg: &Config,
-        catalog: CatalogHandle,
+        pricing: impl Into<PricingHandle>,
         health: Arc<Health>,
     ) -> Result<Pipeline, PipelineError> {
         let hi = Arc::new(Mutex::new(HashMap::new()));
         let engine = Arc::new(Mutex::new(Engine::new(
             cfg,
-            catalog,
+            pricing.into(),
             health.clone(),
             hi.clone(),
         )?));

@@ -22,6 +22,8 @@ fn debit(i: u64) -> Debit {
         kind: DebitKind::ModelCall,
         account_id: format!("acct{}", i % 7),
         execution_id: None,
+        plan: "default".into(),
+        plan_version: None,
         subtotal: Decimal::new(1, 3),
         markup_rate: Decimal::ZERO,
         markup: Decimal::ZERO,
@@ -30,6 +32,7 @@ fn debit(i: u64) -> Debit {
         first_event_at: at,
         last_event_at: at,
         breakdown: vec![],
+        correction: None,
     }
 }
 

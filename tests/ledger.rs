@@ -90,6 +90,8 @@ fn debit(id: &str, account: &str, cost: Decimal) -> Debit {
         kind: DebitKind::ModelCall,
         account_id: account.into(),
         execution_id: None,
+        plan: "default".into(),
+        plan_version: None,
         subtotal: cost,
         markup_rate: rate,
         markup,
@@ -100,10 +102,12 @@ fn debit(id: &str, account: &str, cost: Decimal) -> Debit {
         breakdown: vec![BreakdownLine {
             asset_id: "openai/gpt-4o-mini".into(),
             asset_type: usage_aggregator::catalog::AssetType::Model,
+            price_version: String::new(),
             calls: 1,
             quantities: [("input_tokens".to_string(), Decimal::from(1200))].into(),
             cost,
         }],
+        correction: None,
     }
 }
 
@@ -665,7 +669,7 @@ fn history_is_in_ledger_order_and_marks_dates_that_go_back() {
         )
     };
     env.ch(&format!(
-        // Columns named: later migrations add columns between these (0005: grant terms,
+        // Columns named: later migrations add columns between these (0006: grant terms,
         // funding, open grants), which take their defaults here.
         "INSERT INTO {{db}}.ledger (entry_id, account_id, seq, occurred_at, kind, reference, description, credit, debit, balance_after, assets, asset_calls, asset_quantities, asset_costs, src_partition, src_offset, ingested_at) VALUES {}",
         [

@@ -304,6 +304,8 @@ mod tests {
             kind: crate::debit::DebitKind::AgentExecution,
             account_id: "acct".into(),
             execution_id: Some("e1".into()),
+            plan: "default".into(),
+            plan_version: None,
             subtotal: d("0.8"),
             markup_rate: d("0.2"),
             markup: d("0.16"),
@@ -312,6 +314,7 @@ mod tests {
             first_event_at: t,
             last_event_at: t,
             breakdown: vec![],
+            correction: None,
         };
         let running = ExecutionView::running("e1", &open);
         let scaled = |s: &str, scale: u32| {

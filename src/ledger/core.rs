@@ -435,10 +435,24 @@ impl LedgerPartition {
                 ))
             };
         }
-        if d.total.is_sign_negative() {
+        // A correction credits back when negative (re-rating found the original too high);
+        // any other debit is a charge.
+        let correction = d.kind == crate::debit::DebitKind::Correction;
+        if d.total.is_sign_negative() && !correction {
             return Effects::refused(Rejection::new(
                 RejectReason::InvalidAmount,
                 format!("debit total must not be negative (value {})", d.total),
+            ));
+        }
+        if correction != d.correction.is_some() {
+            return Effects::refused(Rejection::new(
+                RejectReason::InvalidAmount,
+                format!(
+                    "debit {} of kind {} {} a correction reference",
+                    crate::rejection::excerpt(&d.debit_id),
+                    d.kind.as_str(),
+                    if correction { "lacks" } else { "carries" }
+                ),
             ));
         }
         let lines = d
@@ -455,6 +469,18 @@ impl LedgerPartition {
             Some(x) => format!("{} {}", d.kind.as_str(), x),
             None => d.kind.as_str().to_string(),
         };
+        // A credit-back (a negative correction) repays the overdraft first and opens the
+        // rest as a paid grant named by the correction's debit id, priority 50, no expiry
+        // (docs/credits.md, "Corrections"); a charge draws down.
+        let change = if d.total.is_sign_negative() {
+            FundsChange::Credit(GrantTerms {
+                category: crate::ledger::funding::Category::Paid,
+                priority: crate::ledger::funding::DEFAULT_PRIORITY,
+                expires_at: None,
+            })
+        } else {
+            FundsChange::Draw
+        };
         let applied = self.entry(EntryIn {
             account: &d.account_id,
             kind: EntryKind::Debit,
@@ -464,7 +490,7 @@ impl LedgerPartition {
             occurred_at: d.last_event_at,
             lines,
             source,
-            change: FundsChange::Draw,
+            change,
         });
         match applied {
             Ok(fx) => {

@@ -75,6 +75,8 @@ fn debit(id: &str, account: &str, total: Decimal) -> Debit {
         kind: DebitKind::ModelCall,
         account_id: account.into(),
         execution_id: None,
+        plan: "default".into(),
+        plan_version: None,
         subtotal: total,
         markup_rate: Decimal::ZERO,
         markup: Decimal::ZERO,
@@ -83,6 +85,7 @@ fn debit(id: &str, account: &str, total: Decimal) -> Debit {
         first_event_at: at(),
         last_event_at: at(),
         breakdown: Vec::new(),
+        correction: None,
     }
 }
 
@@ -189,6 +192,51 @@ fn a_resent_grant_answers_already_applied_and_a_changed_one_is_refused() {
             .duplicate
     );
     assert_eq!(l.account("a").unwrap().balance, d("24"));
+}
+
+#[test]
+fn a_correction_applies_like_a_debit_and_a_negative_one_credits_back() {
+    let mut l = LedgerPartition::new(LedgerRules::default());
+    applied(l.apply_debit(&debit("dc_1", "a", d("0.96")), 1, src("d", 0)));
+    let mut c = debit("co_1", "a", d("-0.12"));
+    c.kind = DebitKind::Correction;
+    c.correction = Some(crate::debit::CorrectionRef {
+        correction_id: "C-1".into(),
+        reason: "typo".into(),
+        corrects: vec!["dc_1".into()],
+    });
+    let (e, _) = applied(l.apply_debit(&c, 2, src("d", 1)));
+    assert_eq!((e.amount, e.balance_after), (d("0.12"), d("-0.84")));
+    // The credit-back repays the overdraft first.
+    assert_eq!(funding(&e), [("overdraft".to_string(), d("0.12"))]);
+    // Beyond the overdraft it opens a paid grant named by the correction.
+    let mut big = debit("co_3", "a", d("-1"));
+    big.kind = DebitKind::Correction;
+    big.correction = c.correction.clone();
+    let (e, _) = applied(l.apply_debit(&big, 5, src("d", 5)));
+    assert_eq!(
+        funding(&e),
+        [
+            ("overdraft".to_string(), d("0.84")),
+            ("co_3".to_string(), d("0.16"))
+        ]
+    );
+    assert_eq!(e.grants.len(), 1);
+    assert_eq!(e.grants[0].category, Category::Paid);
+    // Applied once, like any debit.
+    assert!(l.apply_debit(&c, 2, src("d", 2)).duplicate);
+    // A negative debit that is not a correction, or a correction without its reference.
+    let r = l.apply_debit(&debit("dc_2", "a", d("-1")), 3, src("d", 3));
+    assert!(r.refused.is_some(), "{r:?}");
+    let mut bare = debit("co_2", "a", d("1"));
+    bare.kind = DebitKind::Correction;
+    let r = l.apply_debit(&bare, 4, src("d", 4));
+    assert!(
+        r.refused
+            .as_ref()
+            .is_some_and(|x| x.message.contains("lacks a correction reference")),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! ClickHouse rows of the credits ledger: `balances` topic JSON ([`BalanceEvent`]) in, a
 //! RowBinary [`LedgerRow`] with checked scaled decimals out. Column order matches
-//! deploy/clickhouse/0004_ledger.sql with the columns 0005_ledger_grants.sql adds.
+//! deploy/clickhouse/0004_ledger.sql with the columns 0006_ledger_grants.sql adds.
 
 use rust_decimal::Decimal;
 use serde::Serialize;

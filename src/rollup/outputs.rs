@@ -8,20 +8,26 @@ use super::OpenExecution;
 use crate::debit::{BreakdownLine, Debit, DebitKind, PricedLine};
 use crate::event::UsageEvent;
 use crate::money;
+use crate::plans::ResolvedPlan;
 
-/// The debit of an execution's state (also its running cost, with an empty id).
+/// The debit of an execution's state (also its running cost, with an empty id), marked up
+/// at `plan`'s rate (else `configured_markup`).
 pub(super) fn execution_debit(
     exec_id: &str,
     o: &OpenExecution,
-    markup_rate: Decimal,
+    plan: ResolvedPlan<'_>,
+    configured_markup: Decimal,
     debit_id: String,
 ) -> Debit {
+    let markup_rate = plan.markup_rate(configured_markup);
     let markup = money::debit_markup(o.subtotal, markup_rate);
     Debit {
         debit_id,
         kind: DebitKind::AgentExecution,
         account_id: o.account_id.clone(),
         execution_id: Some(exec_id.to_string()),
+        plan: plan.plan_id.to_string(),
+        plan_version: plan.label.map(str::to_string),
         subtotal: o.subtotal.normalize(),
         markup_rate: markup_rate.normalize(),
         markup,
@@ -32,19 +38,40 @@ pub(super) fn execution_debit(
         breakdown: o
             .breakdown
             .iter()
-            .map(|(asset_id, a)| BreakdownLine {
-                asset_id: asset_id.clone(),
-                asset_type: a.asset_type,
-                calls: a.calls,
-                quantities: a
-                    .quantities
-                    .iter()
-                    .map(|(u, q)| (u.clone(), q.normalize()))
-                    .collect(),
-                cost: a.cost.normalize(),
+            .map(|(key, a)| {
+                let (asset_id, price_version) = split_breakdown_key(key);
+                BreakdownLine {
+                    asset_id: asset_id.to_string(),
+                    asset_type: a.asset_type,
+                    price_version: price_version.to_string(),
+                    calls: a.calls,
+                    quantities: a
+                        .quantities
+                        .iter()
+                        .map(|(u, q)| (u.clone(), q.normalize()))
+                        .collect(),
+                    cost: a.cost.normalize(),
+                }
             })
             .collect(),
+        correction: None,
     }
+}
+
+/// Key of an execution's breakdown entry: one per (asset, price version), U+0000 between
+/// (ids hold no control characters). State written before versions were recorded holds the
+/// asset id alone, read back with an empty version.
+pub(super) fn breakdown_key(asset_id: &str, price_version: &str) -> String {
+    let mut k = String::with_capacity(asset_id.len() + 1 + price_version.len());
+    k.push_str(asset_id);
+    k.push('\0');
+    k.push_str(price_version);
+    k
+}
+
+/// (asset_id, price_version) of a [`breakdown_key`].
+pub(super) fn split_breakdown_key(key: &str) -> (&str, &str) {
+    key.split_once('\0').unwrap_or((key, ""))
 }
 
 /// Key of an execution: (account_id, execution_id). Ids hold no control character (the
@@ -91,6 +118,8 @@ pub(super) fn single_line_debit(
         kind,
         account_id: line.account_id.clone(),
         execution_id: execution_id.map(str::to_string),
+        plan: line.plan.clone(),
+        plan_version: line.plan_version.clone(),
         subtotal: line.cost,
         markup_rate: markup_rate.normalize(),
         markup,
@@ -101,6 +130,7 @@ pub(super) fn single_line_debit(
         breakdown: vec![BreakdownLine {
             asset_id: line.asset_id.clone(),
             asset_type: line.asset_type,
+            price_version: line.price_version.clone(),
             calls: 1,
             quantities: line
                 .units
@@ -109,5 +139,6 @@ pub(super) fn single_line_debit(
                 .collect(),
             cost: line.cost,
         }],
+        correction: None,
     }
 }

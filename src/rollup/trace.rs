@@ -27,6 +27,16 @@ pub struct TracedCall {
     pub units: Vec<PricedUnit>,
     /// The catalog version that priced the call.
     pub price_version: String,
+    /// The tier of that version that priced every unit of the call (`None`: untiered).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tier: Option<String>,
+    /// The plan in force for the account at the call's time (`default` without one), its
+    /// version and the rule of it that changed the price, if any.
+    pub plan: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plan_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plan_rule: Option<String>,
     /// Credits of this call, before markup (exact).
     #[serde(with = "rust_decimal::serde::str")]
     pub cost: Decimal,
@@ -45,6 +55,10 @@ impl TracedCall {
             asset_type: line.asset_type,
             units: line.units.clone(),
             price_version: line.price_version.clone(),
+            tier: line.tier.clone(),
+            plan: line.plan.clone(),
+            plan_version: line.plan_version.clone(),
+            plan_rule: line.plan_rule.clone(),
             cost: line.cost,
             subtotal_after: subtotal,
         }

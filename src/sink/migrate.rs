@@ -27,8 +27,13 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
     (
         5,
+        "pricing",
+        include_str!("../../deploy/clickhouse/0005_pricing.sql"),
+    ),
+    (
+        6,
         "ledger_grants",
-        include_str!("../../deploy/clickhouse/0005_ledger_grants.sql"),
+        include_str!("../../deploy/clickhouse/0006_ledger_grants.sql"),
     ),
 ];
 

@@ -47,6 +47,12 @@ pub struct TransactionRow {
     pub unit_per: Vec<u64>,
     pub cost: i128,
     pub price_version: String,
+    /// Tier, plan, plan version, plan rule, discount (migration 5).
+    pub tier: String,
+    pub plan: String,
+    pub plan_version: String,
+    pub plan_rule: String,
+    pub discount_percent: i128,
     pub event_partition: i32,
     pub event_offset: i64,
     pub src_partition: i32,
@@ -60,6 +66,9 @@ pub struct DebitRow {
     pub kind: String,
     pub account_id: String,
     pub execution_id: String,
+    /// The plan that set the markup (migration 5).
+    pub plan: String,
+    pub plan_version: String,
     pub subtotal: i128,
     pub markup_rate: i128,
     pub markup: i128,
@@ -69,6 +78,12 @@ pub struct DebitRow {
     pub last_event_at: u32,
     pub breakdown_assets: Vec<String>,
     pub breakdown_costs: Vec<i128>,
+    /// Parallel to `breakdown_assets`; a correction's id, reason and corrected debits
+    /// (migration 5).
+    pub breakdown_price_versions: Vec<String>,
+    pub correction_id: String,
+    pub correction_reason: String,
+    pub corrects: Vec<String>,
     pub src_partition: i32,
     pub src_offset: i64,
     pub ingested_at: u32,
@@ -124,6 +139,11 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         unit_per: l.units.iter().map(|u| u.per).collect(),
         cost: to_scaled_i128(l.cost, LINE_COST_SCALE)?,
         price_version: l.price_version,
+        tier: l.tier.unwrap_or_default(),
+        plan: l.plan,
+        plan_version: l.plan_version.unwrap_or_default(),
+        plan_rule: l.plan_rule.unwrap_or_default(),
+        discount_percent: to_scaled_i128(l.discount_percent.unwrap_or_default(), LINE_COST_SCALE)?,
         event_partition: l.event_partition,
         event_offset: l.event_offset,
         src_partition: src.partition,
@@ -150,6 +170,8 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         kind: d.kind.as_str().to_string(),
         account_id: d.account_id,
         execution_id: d.execution_id.unwrap_or_default(),
+        plan: d.plan,
+        plan_version: d.plan_version.unwrap_or_default(),
         subtotal: to_scaled_i128(d.subtotal, DEBIT_SCALE)?,
         markup_rate: to_scaled_i128(d.markup_rate, DEBIT_SCALE)?,
         markup: to_scaled_i128(d.markup, DEBIT_SCALE)?,
@@ -159,6 +181,22 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         last_event_at: ts(d.last_event_at),
         breakdown_assets: d.breakdown.iter().map(|b| b.asset_id.clone()).collect(),
         breakdown_costs: costs,
+        breakdown_price_versions: d
+            .breakdown
+            .iter()
+            .map(|b| b.price_version.clone())
+            .collect(),
+        correction_id: d
+            .correction
+            .as_ref()
+            .map(|c| c.correction_id.clone())
+            .unwrap_or_default(),
+        correction_reason: d
+            .correction
+            .as_ref()
+            .map(|c| c.reason.clone())
+            .unwrap_or_default(),
+        corrects: d.correction.map(|c| c.corrects).unwrap_or_default(),
         src_partition: src.partition,
         src_offset: src.offset,
         ingested_at: src.ingested_at,

@@ -81,6 +81,7 @@ impl TestEnv {
         for (field, base) in [
             (&mut t.usage_events, "usage"),
             (&mut t.price_catalog, "catalog"),
+            (&mut t.plans, "plans"),
             (&mut t.debits, "debits"),
             (&mut t.priced_usage, "priced"),
             (&mut t.dead_letter, "dead"),

@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use usage_aggregator::catalog::Catalog;
 use usage_aggregator::catalog::check::{self, Change};
-use usage_aggregator::catalog_feed::{self, CatalogFeed};
+use usage_aggregator::catalog_feed::CatalogFeed;
 use usage_aggregator::config::Config;
 use usage_aggregator::loadgen::{Workload, WorkloadSpec};
 use usage_aggregator::offline::{self, Rejects};
@@ -21,12 +21,15 @@ use usage_aggregator::{bench, kafka, sink};
 
 use crate::Exit;
 
+mod catalog_publish;
 mod catalog_view;
 mod dead_letters;
 mod import;
 mod plans;
 mod teardown;
 
+pub use catalog_publish::publish;
+use catalog_publish::verdict;
 pub use catalog_view::{
     ExportArgs, diff as catalog_diff, export as catalog_export, list as catalog_list,
 };
@@ -100,96 +103,6 @@ pub(crate) async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
     .await
 }
 
-/// Refuses edits always and retroactive versions unless allowed; returns the versions to
-/// send and the retroactive ones accepted.
-fn verdict(changes: &[Change], allow_retroactive: bool) -> anyhow::Result<Vec<String>> {
-    let edits: Vec<String> = changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Edit { key, what } => Some(format!("{key}: {what}")),
-            _ => None,
-        })
-        .collect();
-    if !edits.is_empty() {
-        anyhow::bail!(
-            "{} version(s) differ from the published version at the same instant:\n  {}\na published version is never edited, it may only gain aliases or alias_patterns: add a new version with a later effective_from (see docs/price-catalog.md#aliases)",
-            edits.len(),
-            edits.join("\n  ")
-        );
-    }
-    let retro: Vec<String> = changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Retroactive { key, what } => Some(format!("{key}: {what}")),
-            _ => None,
-        })
-        .collect();
-    if !retro.is_empty() && !allow_retroactive {
-        anyhow::bail!(
-            "{} version(s) take effect in the past and would reprice past events:\n  {}\ngive them a future effective_from, or pass --allow-retroactive (see docs/price-catalog.md)",
-            retro.len(),
-            retro.join("\n  ")
-        );
-    }
-    Ok(retro)
-}
-
-pub async fn publish(cfg: &Config, file: &Path, allow_retroactive: bool) -> anyhow::Result<()> {
-    let c = read_catalog(file, "FILE")?;
-    let k = Kafka::connect(cfg).await?;
-    k.require_topic("topics.price_catalog", &cfg.topics.price_catalog, true)
-        .await?;
-    let published = published_catalog(cfg).await?;
-    let changes = check::changes(&c, &published, chrono::Utc::now());
-    let retro = verdict(&changes, allow_retroactive)?;
-    for r in &retro {
-        tracing::warn!("publishing a retroactive version (--allow-retroactive): {r}");
-    }
-    let mut gained = 0;
-    for c in &changes {
-        match c {
-            Change::Backfill { key, what } => {
-                usage_aggregator::logging::stderr_line(&format!("note: {key}: {what}"))
-            }
-            Change::AliasesAdded { key, added } => {
-                gained += 1;
-                usage_aggregator::logging::stderr_line(&format!(
-                    "note: {key}: republished with aliases added: {}",
-                    added.join(" ")
-                ))
-            }
-            _ => {}
-        }
-    }
-    let unchanged: std::collections::HashSet<&str> = changes
-        .iter()
-        .filter_map(|ch| match ch {
-            Change::Unchanged { key } => Some(key.as_str()),
-            _ => None,
-        })
-        .collect();
-    let versions: Vec<_> = c
-        .versions()
-        .filter(|v| !unchanged.contains(v.topic_key().as_str()))
-        .cloned()
-        .collect();
-    let n = catalog_feed::publish(cfg, &versions).await?;
-    let mut out = stdout();
-    writeln!(
-        out,
-        "published {n} new price versions to {} ({} already there{})",
-        cfg.topics.price_catalog,
-        unchanged.len(),
-        if gained > 0 {
-            format!(", {gained} of the new ones republished with aliases added")
-        } else {
-            String::new()
-        }
-    )?;
-    out.flush()?;
-    Ok(())
-}
-
 /// Output of `catalog check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CheckFormat {
@@ -230,7 +143,7 @@ pub async fn check(
     };
     let verdict = changes
         .as_deref()
-        .map(|ch| verdict(ch, allow_retroactive))
+        .map(|ch| verdict(ch, allow_retroactive, false))
         .transpose();
     let versions: Vec<_> = c.versions().collect();
     let past = versions.iter().filter(|v| v.effective_from < now).count();

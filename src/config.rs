@@ -120,7 +120,13 @@ pub struct TopicsConfig {
     /// Partitions `setup` gives the usage topic (and the state topic, which must match).
     pub partitions: i32,
     pub output_partitions: i32,
+    /// Copies of every partition `setup` creates (1 for one broker, 3 for a production
+    /// cluster); `setup` refuses a factor larger than the cluster's broker count.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of every topic `setup` creates: with `acks=all` a write needs
+    /// this many in-sync copies (2 with a factor of 3: one broker may fail without stopping
+    /// writes or losing acknowledged ones). 1 ..= `replication_factor`.
+    pub min_insync_replicas: i32,
 }
 
 impl TopicsConfig {

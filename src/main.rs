@@ -149,6 +149,14 @@ enum CatalogCommand {
         /// docs/price-catalog.md).
         #[arg(long)]
         allow_retroactive: bool,
+        /// Publish the file's versions as correction ID of past prices: each replaces the
+        /// published version at its instant (or adds one in the past); see
+        /// docs/price-catalog.md#corrections.
+        #[arg(long, value_name = "ID", requires = "reason")]
+        correction: Option<String>,
+        /// Why the correction is made (with --correction).
+        #[arg(long, requires = "correction")]
+        reason: Option<String>,
     },
     /// Validate a catalog file and list its versions with their prices; reports every
     /// problem with its path.
@@ -316,8 +324,15 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
                 CatalogCommand::Publish {
                     file,
                     allow_retroactive,
+                    correction,
+                    reason,
                 },
-        } => commands::publish(&cfg, &file, allow_retroactive).await,
+        } => {
+            let fix = correction
+                .zip(reason)
+                .map(|(id, reason)| usage_aggregator::catalog::VersionCorrection { id, reason });
+            commands::publish(&cfg, &file, allow_retroactive, fix).await
+        }
         Command::Catalog {
             command:
                 CatalogCommand::Check {

@@ -148,6 +148,39 @@ fn catalog_publish_checks_the_topic_and_refuses_retroactive_versions() {
         err.contains("openai/gpt-4o@2024-01-01T00:00:00Z: prices input_tokens 2.5/1000000, output_tokens 10/1000000 -> input_tokens 2.5/1000000, output_tokens 12/1000000"),
         "{err}"
     );
+    // The same change as a correction (issue 28): it replaces the version at its instant,
+    // under its own key, and the topic then prices with it.
+    let (code, _, err) = cli(&["catalog", "publish", &repriced, "--correction", "fix-1"]);
+    assert_ne!(code, Some(0), "a correction needs a reason");
+    assert!(err.contains("--reason"), "{err}");
+    let fix = [
+        "catalog",
+        "publish",
+        &repriced,
+        "--correction",
+        "fix-1",
+        "--reason",
+        "output price typo",
+    ];
+    let (code, out, err) = cli(&fix);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("published 1 new price versions"), "{out}");
+    assert!(
+        err.contains("correction: openai/gpt-4o@2024-01-01T00:00:00Z#fix-1"),
+        "{err}"
+    );
+    let (_, out, _) = cli(&fix);
+    assert!(
+        out.contains("published 0 new price versions"),
+        "idempotent: {out}"
+    );
+    let (_, list, _) = cli(&["catalog", "list", "--format", "json"]);
+    assert!(
+        list.contains(r#""id": "fix-1""#)
+            && list.contains("output price typo")
+            && list.contains(r#""credits": "12""#),
+        "{list}"
+    );
     // A topic that is not compacted is refused.
     let mut env2 = TestEnv::new("catdel");
     env2.cfg.topics.price_catalog = env.cfg.topics.debits.clone();

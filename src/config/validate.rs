@@ -357,6 +357,16 @@ impl Config {
                 return Err(ConfigError::invalid(key, n, "must be at least 1"));
             }
         }
+        if t.min_insync_replicas < 1 || t.min_insync_replicas > t.replication_factor {
+            return Err(ConfigError::invalid(
+                "topics.min_insync_replicas",
+                t.min_insync_replicas,
+                format!(
+                    "must be between 1 and topics.replication_factor ({})",
+                    t.replication_factor
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -35,17 +35,18 @@ pub enum Role {
 }
 
 /// Creates the labelled series of every stage (core, sink, ledger), so dashboards and alert
-/// rules see zeros instead of missing series.
-pub fn init_labels() {
+/// rules see zeros instead of missing series. The sink's lag series carry the configured
+/// (prefixed) topic names.
+pub fn init_labels(cfg: &Config) {
     crate::metrics::init_labels();
-    crate::sink::init_labels();
+    crate::sink::init_labels(&cfg.topics);
     crate::ledger::init_labels();
     crate::http::init_labels();
 }
 
 /// Runs until SIGTERM/SIGINT (or a stage fails).
 pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
-    init_labels();
+    init_labels(&cfg);
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     // Leaving early (a start-up error) stops whatever already started.

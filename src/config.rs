@@ -107,6 +107,10 @@ pub struct TopicsConfig {
     pub balances: String,
     pub credit_alerts: String,
     pub ledger_state: String,
+    /// The ledger's answers to grants and commands (keyed by account), and the automatic
+    /// top-up requests for the payment service (keyed by account).
+    pub ledger_results: String,
+    pub topup_requests: String,
     /// Voucher commands keyed by code hash, their results, compacted voucher state.
     pub voucher_requests: String,
     pub voucher_results: String,
@@ -128,7 +132,7 @@ pub struct TopicsConfig {
 
 impl TopicsConfig {
     /// (key, topic name) of every topic, in `setup` order.
-    pub fn all(&self) -> [(&'static str, &String); 17] {
+    pub fn all(&self) -> [(&'static str, &String); 19] {
         [
             ("topics.usage_events", &self.usage_events),
             ("topics.state", &self.state),
@@ -143,6 +147,8 @@ impl TopicsConfig {
             ("topics.balances", &self.balances),
             ("topics.credit_alerts", &self.credit_alerts),
             ("topics.ledger_state", &self.ledger_state),
+            ("topics.ledger_results", &self.ledger_results),
+            ("topics.topup_requests", &self.topup_requests),
             ("topics.voucher_requests", &self.voucher_requests),
             ("topics.voucher_results", &self.voucher_results),
             ("topics.voucher_state", &self.voucher_state),
@@ -342,6 +348,15 @@ pub struct LedgerConfig {
     pub max_batch: usize,
     /// Offsets of a debits partition within which a repeated debit_id is a duplicate.
     pub debit_dedupe_horizon: u64,
+    /// How long before a grant expires its `grant_expiring` alert is raised (an account
+    /// may set its own; 0 for none).
+    #[serde(with = "values::duration")]
+    pub expiry_warning: Duration,
+    /// Refused grant ids remembered per ledger partition for their status answer.
+    pub refusal_memory: usize,
+    /// How long the HTTP API waits for the ledger's answer before a 202 with a status URL.
+    #[serde(with = "values::duration")]
+    pub answer_timeout: Duration,
     /// Deprecated name of `http.api_token_file` (still read; setting both is an error).
     pub api_token_file: Option<PathBuf>,
 }
@@ -455,6 +470,8 @@ impl Config {
             &mut t.balances,
             &mut t.credit_alerts,
             &mut t.ledger_state,
+            &mut t.ledger_results,
+            &mut t.topup_requests,
             &mut t.voucher_requests,
             &mut t.voucher_results,
             &mut t.voucher_state,

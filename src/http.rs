@@ -6,7 +6,11 @@
 //! - `stream`: the live streams (server-sent events) of an execution and a conversation;
 //! - `usage`, `conversations`: `/v1/accounts/{id}/usage`, `/v1/accounts/{id}/conversations/{cid}`
 //!   (these and the three above share `traces`: state and routes);
-//! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, top-ups, redemptions);
+//! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, redemptions);
+//! - `grants`: top-ups, adjustments, raw grants (answered with the ledger's verdict) and
+//!   `/v1/grants/{id}` (a grant's status);
+//! - `credit_settings`: an account's thresholds, expiry warning and auto top-up;
+//! - `vouchers`: `/v1/vouchers` for operators (create, list, revoke);
 //! - `/v1/whoami`: what the presented credential is (the console signs in with it);
 //! - `console`: the web console's static files at `/console/` (no credential: they hold no
 //!   data; the console reads everything through `/v1` with the key the person signs in with).
@@ -22,13 +26,16 @@ pub mod accounts;
 pub mod auth;
 pub mod console;
 pub mod conversations;
+pub mod credit_settings;
 pub mod error;
 pub mod executions;
+pub mod grants;
 pub mod params;
 pub mod status;
 pub mod stream;
 pub mod traces;
 pub mod usage;
+pub mod vouchers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +79,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/whoami", get(whoami))
         .merge(traces::routes());
     if state.ledger.is_some() {
-        v1 = v1.merge(accounts::routes());
+        v1 = v1
+            .merge(accounts::routes())
+            .merge(grants::routes())
+            .merge(credit_settings::routes())
+            .merge(vouchers::routes());
     }
     let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
         state.auth.clone(),

@@ -289,6 +289,8 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         (t.balances.clone(), o, vec![delete, month]),
         (t.credit_alerts.clone(), o, vec![delete, month]),
         (t.ledger_state.clone(), o, vec![compact]),
+        (t.ledger_results.clone(), o, vec![delete, week]),
+        (t.topup_requests.clone(), o, vec![delete, month]),
         (t.voucher_requests.clone(), o, vec![delete, month]),
         (t.voucher_results.clone(), o, vec![delete, week]),
         (t.voucher_state.clone(), o, vec![compact]),

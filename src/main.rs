@@ -2,7 +2,8 @@
 //! setup, catalog publish/check, offline rating, dead-letter replay, load generation, spend
 //! report, benchmark),
 //! and an exit status out: 0 done, 1 failed (one `error:` line naming the key and value),
-//! 2 usage or configuration error, 3 `rate --strict` rejected events, 130 interrupted.
+//! 2 usage or configuration error, 3 `rate --strict` rejected events, 75 a credits command
+//! was sent but the ledger gave no verdict in time, 130 interrupted.
 //! A closed stdout (`| head`) ends a command quietly.
 
 // Output is written with `writeln!(..)?` (a closed pipe ends the command): no `println!`.
@@ -297,7 +298,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = e.downcast_ref::<Exit>().map_or(1, |x| x.code);
+            let code = e
+                .downcast_ref::<Exit>()
+                .map(|x| x.code)
+                .or_else(|| {
+                    e.downcast_ref::<usage_aggregator::ledger::cli::CliExit>()
+                        .map(|x| x.code)
+                })
+                .unwrap_or(1);
             guard.error(&render(&e));
             ExitCode::from(code)
         }

@@ -183,6 +183,9 @@ pub struct LedgerMetrics {
     pub accounts_below: IntGaugeVec,
     pub balance_sum: Gauge,
     pub voucher_results: IntCounterVec,
+    pub answers: IntCounterVec,
+    pub topup_requests: IntCounter,
+    pub clock_markers: IntCounter,
 }
 
 impl LedgerMetrics {
@@ -222,7 +225,7 @@ impl LedgerMetrics {
             ),
             alerts: cv(
                 "usage_agg_ledger_alerts_total",
-                "Balance threshold crossings emitted to credit_alerts.",
+                "Alerts emitted to credit_alerts: threshold crossings (threshold: a configured default's value, or \"account\" for an account's own) and grant_expiring (threshold \"\").",
                 &["threshold", "crossing"],
             ),
             accounts: reg(
@@ -256,6 +259,27 @@ impl LedgerMetrics {
                 "usage_agg_ledger_voucher_results_total",
                 "Voucher commands decided, by action and result (created, granted or the refusal reason).",
                 &["action", "result"],
+            ),
+            answers: cv(
+                "usage_agg_ledger_answers_total",
+                "Answers of the ledger to grants and commands, by command and verdict.",
+                &["command", "verdict"],
+            ),
+            topup_requests: reg(
+                r,
+                IntCounter::new(
+                    "usage_agg_ledger_topup_requests_total",
+                    "Automatic top-up requests raised for the payment service.",
+                )
+                .unwrap(),
+            ),
+            clock_markers: reg(
+                r,
+                IntCounter::new(
+                    "usage_agg_ledger_clock_markers_total",
+                    "Clock markers written to credit_grants (a grant's expiry or warning was due).",
+                )
+                .unwrap(),
             ),
         }
     }

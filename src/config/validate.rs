@@ -273,6 +273,27 @@ impl Config {
                 "must be more than 0",
             ));
         }
+        if l.refusal_memory == 0 {
+            return Err(ConfigError::invalid(
+                "ledger.refusal_memory",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if l.expiry_warning.as_secs() > crate::ledger::command::MAX_WARNING_SECS {
+            return Err(ConfigError::invalid(
+                "ledger.expiry_warning",
+                show_duration(l.expiry_warning),
+                "must be at most 3650days",
+            ));
+        }
+        if l.answer_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "ledger.answer_timeout",
+                "0s",
+                "must be more than 0",
+            ));
+        }
         if l.max_batch == 0 {
             return Err(ConfigError::invalid(
                 "ledger.max_batch",

@@ -32,8 +32,13 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
     (
         6,
+        "ledger_grants",
+        include_str!("../../deploy/clickhouse/0006_ledger_grants.sql"),
+    ),
+    (
+        7,
         "components_traces",
-        include_str!("../../deploy/clickhouse/0006_components_traces.sql"),
+        include_str!("../../deploy/clickhouse/0007_components_traces.sql"),
     ),
 ];
 

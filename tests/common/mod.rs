@@ -102,6 +102,8 @@ impl TestEnv {
             (&mut t.balances, "balances"),
             (&mut t.credit_alerts, "credit_alerts"),
             (&mut t.ledger_state, "ledger_state"),
+            (&mut t.ledger_results, "ledger_results"),
+            (&mut t.topup_requests, "topup_requests"),
             (&mut t.voucher_requests, "voucher_requests"),
             (&mut t.voucher_results, "voucher_results"),
             (&mut t.voucher_state, "voucher_state"),

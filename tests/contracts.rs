@@ -162,8 +162,9 @@ fn every_output_message_and_api_answer_follows_its_schema() {
         Some(OPERATOR_TOKEN),
         Some(r#"{"amount":"25","reference":"pay-contracts-1"}"#),
     );
-    assert_eq!(r.status, 202, "{}", r.body);
-    valid("api/topup-accepted.json", &r.json());
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["verdict"], "applied", "{}", r.body);
+    valid("api/grant-answer.json", &r.json());
     let loader = env.loader();
     for e in worked_example(&a, "exec-readme") {
         loader

@@ -61,6 +61,7 @@ pub enum VouchersCommand {
     /// Revoke a voucher: later redemptions are refused `revoked` (credits already granted
     /// stay). Give the CODE (`-` reads stdin) or --id from `vouchers list`.
     Revoke {
+        /// The voucher code, or `-` to read it from stdin.
         #[arg(required_unless_present = "id")]
         code: Option<String>,
         /// The voucher's id as `vouchers list` shows it (at least 8 hex digits).

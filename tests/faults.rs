@@ -287,7 +287,7 @@ fn fault_clickhouse_outage_and_refused_inserts_lose_no_row() {
         "outage: {} answers of balances and recent entries, {topups} top-ups, each equal to the ledger's output",
         served.len()
     );
-    // How far behind the ledger the view is, still without ClickHouse: a top-up's 202 to its
+    // How far behind the ledger the view is, still without ClickHouse: a top-up's answer to its
     // entry on the transactions page (the ledger applies and commits it, the view reads the
     // committed balance event). A figure, not an assertion.
     let mut lags = Vec::new();
@@ -301,8 +301,9 @@ fn fault_clickhouse_outage_and_refused_inserts_lose_no_row() {
             Some(OPERATOR_TOKEN),
             Some(&format!(r#"{{"amount":"10","reference":"lag-{i}"}}"#)),
         );
-        assert_eq!(r.status, 202, "{}", r.body);
-        let grant = r.json()["grant_id"].as_str().unwrap().to_string();
+        // 201: the ledger applied it (its verdict read back); 202: sent, no verdict in time.
+        assert!(r.status == 201 || r.status == 202, "{}", r.body);
+        let grant = format!("lag-{i}");
         while !get(&format!("/v1/accounts/{account}/transactions?limit=5"))["transactions"]
             .as_array()
             .unwrap()

@@ -57,6 +57,16 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 
+    /// 503 for a read only ClickHouse can answer (`what`: "usage", "the execution listing"):
+    /// logs the cause and answers "`what` comes from clickhouse, which cannot answer: cause".
+    pub fn clickhouse_down(what: &str, e: &(dyn std::error::Error + 'static)) -> ApiError {
+        let cause = crate::sink::errors::cause_chain(e);
+        tracing::warn!(error = %cause, "{what}: clickhouse cannot answer");
+        ApiError::unavailable(format!(
+            "{what} comes from clickhouse, which cannot answer: {cause}"
+        ))
+    }
+
     /// 422 refusal of a valid request by a business rule, with its stable reason code.
     pub fn refused(reason: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message).with("reason", reason)

@@ -221,13 +221,7 @@ pub async fn list(
         };
         history::listing::executions(&api.ch, &account, &q, api.markup_rate)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "execution listing failed");
-                ApiError::unavailable(format!(
-                    "the execution listing comes from clickhouse, which cannot answer: {}",
-                    crate::sink::errors::cause_chain(&e)
-                ))
-            })
+            .map_err(|e| ApiError::clickhouse_down("the execution listing", &e))
     };
     match run.await {
         Ok(page) => Json(page).into_response(),

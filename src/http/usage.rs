@@ -32,13 +32,7 @@ pub async fn usage(
         };
         usage::usage(&api.ch, &account, window, &by, api.markup_rate)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "usage query failed");
-                ApiError::unavailable(format!(
-                    "usage comes from clickhouse, which cannot answer: {}",
-                    crate::sink::errors::cause_chain(&e)
-                ))
-            })
+            .map_err(|e| ApiError::clickhouse_down("usage", &e))
     };
     match run.await {
         Ok(u) => Json(u).into_response(),

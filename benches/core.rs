@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
                 r.process(i as i64, e, &catalog, 0, &mut out);
                 out.clear();
             }
-            r.close_all(&mut out);
+            r.close_all(&usage_aggregator::plans::NO_PLANS, &mut out);
             out.clear();
         })
     });
@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
     for (i, e) in events.iter().enumerate() {
         r.process(i as i64, e, &catalog, 0, &mut out);
     }
-    r.close_all(&mut out);
+    r.close_all(&usage_aggregator::plans::NO_PLANS, &mut out);
     let debits: Vec<_> = out
         .iter()
         .filter_map(|o| {

@@ -52,7 +52,7 @@ fn main() {
             outputs += out.len();
             out.clear();
         }
-        r.close_all(&mut out);
+        r.close_all(&usage_aggregator::plans::NO_PLANS, &mut out);
         out.clear();
     }
     println!(

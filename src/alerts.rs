@@ -271,6 +271,8 @@ mod tests {
             kind,
             account_id: account.into(),
             execution_id: Some("x".into()),
+            plan: "default".into(),
+            plan_version: None,
             subtotal: total,
             markup_rate: Decimal::ZERO,
             markup: Decimal::ZERO,
@@ -279,6 +281,8 @@ mod tests {
             first_event_at: t,
             last_event_at: t,
             breakdown: vec![],
+            components: Default::default(),
+            correction: None,
         }
     }
 

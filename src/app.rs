@@ -1,4 +1,4 @@
-//! Wiring: the whole topology of `run` on one screen. Catalog feed -> rating pipeline
+//! Wiring: the whole topology of `run` on one screen. Catalog and plans feeds -> rating pipeline
 //! (thread) -> output topics; ClickHouse sink (task), spend alerts (thread) and the credits
 //! ledger and vouchers (threads) read those topics; the HTTP server reports on all of them. One shutdown token: SIGTERM/SIGINT, or any
 //! stage ending on its own, cancels it; each stage then drains within `pipeline.drain_timeout`.
@@ -35,17 +35,18 @@ pub enum Role {
 }
 
 /// Creates the labelled series of every stage (core, sink, ledger), so dashboards and alert
-/// rules see zeros instead of missing series.
-pub fn init_labels() {
+/// rules see zeros instead of missing series. The sink's lag series carry the configured
+/// (prefixed) topic names.
+pub fn init_labels(cfg: &Config) {
     crate::metrics::init_labels();
-    crate::sink::init_labels();
+    crate::sink::init_labels(&cfg.topics);
     crate::ledger::init_labels();
     crate::http::init_labels();
 }
 
 /// Runs until SIGTERM/SIGINT (or a stage fails).
 pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
-    init_labels();
+    init_labels(&cfg);
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     // Leaving early (a start-up error) stops whatever already started.
@@ -64,6 +65,7 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     let v = view.clone();
     let ledger_api =
         tokio::task::spawn_blocking(move || crate::http::accounts::LedgerApi::new(&c, ch_api, v));
+    let traces = http::traces::TracesApi::new(&cfg, ch.clone(), engine.clone(), shutdown.clone());
     let keys = Arc::new(crate::keys::store::KeyStore::default());
     let http_state = HttpState {
         health: health.clone(),
@@ -71,6 +73,7 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         clickhouse: Some(ch),
         stall_after: cfg.http.stall_after,
         ledger: Some(Arc::new(ledger_api.await??)),
+        traces: Some(Arc::new(traces)),
         auth: Arc::new(crate::http::auth::Auth::from_config(&cfg, keys.clone())?),
     };
     let http = tokio::spawn(http::serve(listener, http_state, shutdown.clone()));
@@ -100,8 +103,17 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
             feed.follow(&stop);
             Ok(())
         })?;
+        let (plans, plans_feed) = catalog::load_plans(&cfg).await?;
+        stages.thread("plans", move |stop| {
+            plans_feed.follow(&stop);
+            Ok(())
+        })?;
+        let pricing = crate::rating::PricingHandle {
+            catalog: prices,
+            plans,
+        };
         let (c, h) = (cfg.clone(), health.clone());
-        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&c, prices, h)).await??;
+        let pipeline = tokio::task::spawn_blocking(move || Pipeline::new(&c, pricing, h)).await??;
         let _ = engine.set(pipeline.handle());
         stages.thread("pipeline", move |stop| Ok(pipeline.run(stop)?))?;
         let (c, h) = (cfg.clone(), health.clone());

@@ -3,7 +3,9 @@
 //! Names sent by producers resolve to a canonical asset through aliases (`catalog/aliases.rs`).
 
 pub mod aliases;
+pub mod correction;
 pub mod litellm;
+pub mod tiers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::money::LINE_COST_SCALE;
+pub use correction::{CorrectionWindow, VersionCorrection, valid_correction_id};
 
 pub mod check;
 
@@ -97,18 +100,34 @@ pub struct PriceVersion {
     /// Regex patterns (regex crate syntax) matched against the whole name sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alias_patterns: Vec<String>,
+    /// Tiered prices: the first tier whose conditions hold prices every unit of a call;
+    /// none matching, `prices` do (the `default` tier). See [`tiers`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<tiers::Tier>,
+    /// Set on a version published by `catalog publish --correction ID`: it replaces the
+    /// version of the same asset and instant (or adds one in the past) for the window up to
+    /// the asset's next version, and `rerate --correction ID` re-prices that window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<VersionCorrection>,
 }
 
 impl PriceVersion {
-    /// Key on the compacted catalog topic: all versions of an asset are kept.
+    /// Key on the compacted catalog topic: all versions of an asset are kept (a correction
+    /// under its own key, so the version it replaces stays on the topic).
     pub fn topic_key(&self) -> String {
         format!("{}@{}", self.asset_id, self.version_label())
     }
 
-    /// The price version label stored with every priced line.
+    /// The price version label stored with every priced line: the effective instant, and
+    /// `#ID` for a version of correction `ID` (`2026-07-01T00:00:00Z#fix-42`).
     pub fn version_label(&self) -> String {
-        self.effective_from
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        let at = self
+            .effective_from
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        match &self.correction {
+            Some(c) => format!("{at}#{}", c.id),
+            None => at,
+        }
     }
 
     /// Checks the version's own rules; names the field and value on failure (the first
@@ -171,20 +190,29 @@ impl PriceVersion {
             }
         }
         for (unit, p) in &self.prices {
-            if p.per == 0 {
-                bad(&format!("prices.{unit}.per"), "must be at least 1".into());
+            for (f, why) in price_problems(&format!("prices.{unit}"), p) {
+                bad(&f, why);
             }
-            if p.credits.is_sign_negative() {
+        }
+        if let Some(c) = &self.correction {
+            if !valid_correction_id(&c.id) {
                 bad(
-                    &format!("prices.{unit}.credits"),
-                    format!("must not be negative, got {}", p.credits),
+                    "correction.id",
+                    format!("must be 1 to 64 bytes of A-Z a-z 0-9 . _ -, got {:?}", c.id),
                 );
             }
-            if p.credits.normalize().scale() > LINE_COST_SCALE {
+            if c.reason.trim().is_empty() || c.reason.len() > 1000 {
                 bad(
-                    &format!("prices.{unit}.credits"),
-                    format!("has more than 12 decimals: {}", p.credits),
+                    "correction.reason",
+                    "must say why, in 1 to 1000 bytes".into(),
                 );
+            }
+        }
+        if self.asset_type == AssetType::Integration && !self.tiers.is_empty() {
+            bad("tiers", "integrations have no prices to tier".into());
+        } else {
+            for (f, why) in tiers::problems(&self.prices, &self.tiers) {
+                bad(&f, why);
             }
         }
         out
@@ -204,6 +232,27 @@ impl PriceVersion {
             })
             .collect()
     }
+}
+
+/// The rules of one unit price at `field` (`prices.input_tokens`), as (field, why).
+pub(crate) fn price_problems(field: &str, p: &UnitPrice) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if p.per == 0 {
+        out.push((format!("{field}.per"), "must be at least 1".into()));
+    }
+    if p.credits.is_sign_negative() {
+        out.push((
+            format!("{field}.credits"),
+            format!("must not be negative, got {}", p.credits),
+        ));
+    }
+    if p.credits.normalize().scale() > LINE_COST_SCALE {
+        out.push((
+            format!("{field}.credits"),
+            format!("has more than 12 decimals: {}", p.credits),
+        ));
+    }
+    out
 }
 
 /// Errors reading or building a catalog.
@@ -243,6 +292,9 @@ pub enum LookupError {
     BeforeFirstVersion(DateTime<Utc>),
 }
 
+/// A price list prepared for lookups: (unit, price), few units each.
+pub type UnitPrices = SmallVec<[(String, UnitPrice); 2]>;
+
 /// A version prepared for pricing: units in a small vector, label precomputed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedVersion {
@@ -251,7 +303,9 @@ pub struct PreparedVersion {
     pub vendor: Arc<str>,
     pub effective_from: DateTime<Utc>,
     pub label: Arc<str>,
-    pub prices: SmallVec<[(String, UnitPrice); 2]>,
+    pub prices: UnitPrices,
+    /// Tiers in declared order: (name, prices); their conditions are in `spec.tiers`.
+    pub tiers: Vec<(Arc<str>, UnitPrices)>,
     pub spec: PriceVersion,
 }
 
@@ -268,7 +322,31 @@ impl PreparedVersion {
                 .iter()
                 .map(|(u, p)| (u.clone(), p.clone()))
                 .collect(),
+            tiers: spec
+                .tiers
+                .iter()
+                .map(|t| {
+                    let prices = t.prices.iter().map(|(u, p)| (u.clone(), p.clone()));
+                    (t.name.as_str().into(), prices.collect())
+                })
+                .collect(),
             spec,
+        }
+    }
+
+    /// The prices that apply to a call with these quantities, and the tier's name: the
+    /// first tier (declared order) whose conditions hold, else the default prices (named
+    /// `default` when the version has tiers; no name when it has none).
+    pub fn tier_for(
+        &self,
+        quantities: &[(String, rust_decimal::Decimal)],
+    ) -> (Option<&str>, &[(String, UnitPrice)]) {
+        if self.tiers.is_empty() {
+            return (None, &self.prices);
+        }
+        match tiers::select(&self.spec.tiers, quantities) {
+            Some(i) => (Some(&self.tiers[i].0), &self.tiers[i].1),
+            None => (Some(tiers::DEFAULT_TIER), &self.prices),
         }
     }
 
@@ -335,6 +413,10 @@ impl Catalog {
             Some(list) => {
                 match list.binary_search_by(|v| v.effective_from.cmp(&spec.effective_from)) {
                     Ok(i) if list[i].spec == spec => return Ok(false),
+                    // A correction replaces the version at its instant; an original never
+                    // replaces a correction (whatever order they are read in).
+                    Ok(i) if spec.correction.is_some() => (i, true),
+                    Ok(i) if list[i].spec.correction.is_some() => return Ok(false),
                     Ok(i) if adds_aliases_only(&list[i].spec, &spec) => (i, true),
                     Ok(_) => {
                         return Err(CatalogError::Conflict {

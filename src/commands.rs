@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use usage_aggregator::catalog::Catalog;
 use usage_aggregator::catalog::check::{self, Change};
-use usage_aggregator::catalog_feed::{self, CatalogFeed};
+use usage_aggregator::catalog_feed::CatalogFeed;
 use usage_aggregator::config::Config;
 use usage_aggregator::loadgen::{Workload, WorkloadSpec};
 use usage_aggregator::offline::{self, Rejects};
@@ -21,11 +21,23 @@ use usage_aggregator::{bench, kafka, sink};
 
 use crate::Exit;
 
+mod catalog_publish;
+mod catalog_view;
 mod dead_letters;
 mod import;
+mod plans;
+mod teardown;
+
+pub use catalog_publish::publish;
+use catalog_publish::verdict;
+pub use catalog_view::{
+    ExportArgs, diff as catalog_diff, export as catalog_export, list as catalog_list,
+};
 
 pub use dead_letters::{ReplayArgs, replay_dead_letters};
 pub use import::{ImportArgs, import_catalog};
+pub use plans::{AccountsCommand, PlansCommand, accounts, plans};
+pub use teardown::teardown;
 
 pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
     BufWriter::new(std::io::stdout().lock())
@@ -81,115 +93,14 @@ pub async fn setup(cfg: &Config, kafka_part: bool, clickhouse_part: bool) -> any
 }
 
 /// The catalog as published on the topic.
-async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
-    let deadline = Instant::now() + cfg.kafka.connect_timeout;
-    loop {
-        let (feed, handle) = CatalogFeed::new(cfg)?;
-        let wait = cfg.kafka.connect_timeout + Duration::from_secs(10);
-        match tokio::task::spawn_blocking(move || feed.load_initial(wait)).await? {
-            Ok(_) => return Ok(Catalog::clone(&handle.load())),
-            // A topic just created may not have a leader yet.
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await
-            }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "topics.price_catalog = \"{}\": cannot read the published catalog",
-                    cfg.topics.price_catalog
-                )));
-            }
-        }
-    }
-}
-
-/// Refuses edits always and retroactive versions unless allowed; returns the versions to
-/// send and the retroactive ones accepted.
-fn verdict(changes: &[Change], allow_retroactive: bool) -> anyhow::Result<Vec<String>> {
-    let edits: Vec<String> = changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Edit { key, what } => Some(format!("{key}: {what}")),
-            _ => None,
-        })
-        .collect();
-    if !edits.is_empty() {
-        anyhow::bail!(
-            "{} version(s) differ from the published version at the same instant:\n  {}\na published version is never edited, it may only gain aliases or alias_patterns: add a new version with a later effective_from (see docs/price-catalog.md#aliases)",
-            edits.len(),
-            edits.join("\n  ")
-        );
-    }
-    let retro: Vec<String> = changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Retroactive { key, what } => Some(format!("{key}: {what}")),
-            _ => None,
-        })
-        .collect();
-    if !retro.is_empty() && !allow_retroactive {
-        anyhow::bail!(
-            "{} version(s) take effect in the past and would reprice past events:\n  {}\ngive them a future effective_from, or pass --allow-retroactive (see docs/price-catalog.md)",
-            retro.len(),
-            retro.join("\n  ")
-        );
-    }
-    Ok(retro)
-}
-
-pub async fn publish(cfg: &Config, file: &Path, allow_retroactive: bool) -> anyhow::Result<()> {
-    let c = read_catalog(file, "FILE")?;
-    let k = Kafka::connect(cfg).await?;
-    k.require_topic("topics.price_catalog", &cfg.topics.price_catalog, true)
-        .await?;
-    let published = published_catalog(cfg).await?;
-    let changes = check::changes(&c, &published, chrono::Utc::now());
-    let retro = verdict(&changes, allow_retroactive)?;
-    for r in &retro {
-        tracing::warn!("publishing a retroactive version (--allow-retroactive): {r}");
-    }
-    let mut gained = 0;
-    for c in &changes {
-        match c {
-            Change::Backfill { key, what } => {
-                usage_aggregator::logging::stderr_line(&format!("note: {key}: {what}"))
-            }
-            Change::AliasesAdded { key, added } => {
-                gained += 1;
-                usage_aggregator::logging::stderr_line(&format!(
-                    "note: {key}: republished with aliases added: {}",
-                    added.join(" ")
-                ))
-            }
-            _ => {}
-        }
-    }
-    let unchanged: std::collections::HashSet<&str> = changes
-        .iter()
-        .filter_map(|ch| match ch {
-            Change::Unchanged { key } => Some(key.as_str()),
-            _ => None,
-        })
-        .collect();
-    let versions: Vec<_> = c
-        .versions()
-        .filter(|v| !unchanged.contains(v.topic_key().as_str()))
-        .cloned()
-        .collect();
-    let n = catalog_feed::publish(cfg, &versions).await?;
-    let mut out = stdout();
-    writeln!(
-        out,
-        "published {n} new price versions to {} ({} already there{})",
-        cfg.topics.price_catalog,
-        unchanged.len(),
-        if gained > 0 {
-            format!(", {gained} of the new ones republished with aliases added")
-        } else {
-            String::new()
-        }
-    )?;
-    out.flush()?;
-    Ok(())
+pub(crate) async fn published_catalog(cfg: &Config) -> anyhow::Result<Catalog> {
+    plans::published(
+        cfg,
+        CatalogFeed::new,
+        "topics.price_catalog",
+        &cfg.topics.price_catalog,
+    )
+    .await
 }
 
 /// Output of `catalog check`.
@@ -232,7 +143,7 @@ pub async fn check(
     };
     let verdict = changes
         .as_deref()
-        .map(|ch| verdict(ch, allow_retroactive))
+        .map(|ch| verdict(ch, allow_retroactive, false))
         .transpose();
     let versions: Vec<_> = c.versions().collect();
     let past = versions.iter().filter(|v| v.effective_from < now).count();
@@ -247,21 +158,7 @@ pub async fn check(
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         for v in &versions {
-            let mut aliases = v.aliases.clone();
-            aliases.extend(v.alias_patterns.iter().map(|p| format!("/{p}/")));
-            let aliases = if aliases.is_empty() {
-                String::new()
-            } else {
-                format!("  aliases: {}", aliases.join(" "))
-            };
-            writeln!(
-                out,
-                "{:<32} {:<12} {:<22} {}{aliases}",
-                v.asset_id,
-                v.asset_type.as_str(),
-                v.version_label(),
-                check::prices_text(v)
-            )?;
+            writeln!(out, "{}", catalog_view::version_line(v))?;
         }
         let assets: std::collections::BTreeSet<&str> =
             versions.iter().map(|v| v.asset_id.as_str()).collect();
@@ -302,12 +199,17 @@ pub async fn check(
 pub fn rate(
     mut cfg: Config,
     catalog: &Path,
+    plans_file: Option<&Path>,
     markup_rate: Option<Decimal>,
     lines: bool,
     strict: bool,
     rejects: Option<&Path>,
 ) -> anyhow::Result<()> {
     let c = read_catalog(catalog, "--catalog")?;
+    let book = match plans_file {
+        Some(p) => plans::read_plans(p, "--plans", None)?,
+        None => usage_aggregator::plans::PlanBook::default(),
+    };
     if let Some(r) = markup_rate {
         cfg.rollup.markup_rate = r;
         cfg.validate()
@@ -325,7 +227,10 @@ pub fn rate(
     };
     let summary = offline::rate(
         cfg.rollup_config(),
-        &c,
+        usage_aggregator::rating::Pricing {
+            catalog: &c,
+            plans: &book,
+        },
         BufReader::new(std::io::stdin().lock()),
         stdout(),
         lines,

@@ -44,6 +44,7 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub sink: SinkConfig,
     pub http: HttpConfig,
+    pub traces: TracesConfig,
     pub alerts: AlertsConfig,
     pub ledger: LedgerConfig,
     pub log: LogConfig,
@@ -69,6 +70,10 @@ pub struct KafkaConfig {
     /// Prepended to every topic name and group id by [`Config::load`], which then clears it
     /// (the loaded names already carry it).
     pub prefix: String,
+    /// The `prefix` that [`Config::load`] applied: what `teardown` is scoped to. Not a
+    /// configuration key.
+    #[serde(skip)]
+    pub applied_prefix: String,
     /// How long one-shot commands wait for a broker to answer before they fail.
     #[serde(with = "values::duration")]
     pub connect_timeout: Duration,
@@ -84,6 +89,8 @@ pub struct KafkaConfig {
 pub struct TopicsConfig {
     pub usage_events: String,
     pub price_catalog: String,
+    /// Compacted: plan versions and account assignments (docs/price-catalog.md#plans).
+    pub plans: String,
     pub debits: String,
     pub priced_usage: String,
     pub dead_letter: String,
@@ -100,6 +107,10 @@ pub struct TopicsConfig {
     pub balances: String,
     pub credit_alerts: String,
     pub ledger_state: String,
+    /// The ledger's answers to grants and commands (keyed by account), and the automatic
+    /// top-up requests for the payment service (keyed by account).
+    pub ledger_results: String,
+    pub topup_requests: String,
     /// Voucher commands keyed by code hash, their results, compacted voucher state.
     pub voucher_requests: String,
     pub voucher_results: String,
@@ -110,16 +121,23 @@ pub struct TopicsConfig {
     /// Partitions `setup` gives the usage topic (and the state topic, which must match).
     pub partitions: i32,
     pub output_partitions: i32,
+    /// Copies of every partition `setup` creates (1 for one broker, 3 for a production
+    /// cluster); `setup` refuses a factor larger than the cluster's broker count.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of every topic `setup` creates: with `acks=all` a write needs
+    /// this many in-sync copies (2 with a factor of 3: one broker may fail without stopping
+    /// writes or losing acknowledged ones). 1 ..= `replication_factor`.
+    pub min_insync_replicas: i32,
 }
 
 impl TopicsConfig {
     /// (key, topic name) of every topic, in `setup` order.
-    pub fn all(&self) -> [(&'static str, &String); 16] {
+    pub fn all(&self) -> [(&'static str, &String); 19] {
         [
             ("topics.usage_events", &self.usage_events),
             ("topics.state", &self.state),
             ("topics.price_catalog", &self.price_catalog),
+            ("topics.plans", &self.plans),
             ("topics.debits", &self.debits),
             ("topics.priced_usage", &self.priced_usage),
             ("topics.dead_letter", &self.dead_letter),
@@ -129,6 +147,8 @@ impl TopicsConfig {
             ("topics.balances", &self.balances),
             ("topics.credit_alerts", &self.credit_alerts),
             ("topics.ledger_state", &self.ledger_state),
+            ("topics.ledger_results", &self.ledger_results),
+            ("topics.topup_requests", &self.topup_requests),
             ("topics.voucher_requests", &self.voucher_requests),
             ("topics.voucher_results", &self.voucher_results),
             ("topics.voucher_state", &self.voucher_state),
@@ -269,6 +289,25 @@ pub struct HttpConfig {
     pub ledger_view_replay: u64,
 }
 
+/// Execution traces and live streams of the HTTP API (docs/operations.md, Traces and streams).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// Messages of each committed output topic (priced_usage, debits) the follower keeps in
+    /// memory, over all partitions: the recent tail traces and streams read without Kafka.
+    pub follow_buffer: usize,
+    /// Events queued per stream client; a client that falls this far behind is dropped with
+    /// a `dropped` event (it reconnects with `Last-Event-ID` and misses nothing).
+    pub stream_buffer: usize,
+    /// Streams served at once by one instance; more answer 503.
+    pub max_streams: usize,
+    /// How long a stream holds a debit read before the last calls it bills.
+    #[serde(with = "values::duration")]
+    pub debit_wait: Duration,
+    /// The dimension (contract v1.1) that names a conversation.
+    pub conversation_dimension: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
@@ -310,6 +349,15 @@ pub struct LedgerConfig {
     pub max_batch: usize,
     /// Offsets of a debits partition within which a repeated debit_id is a duplicate.
     pub debit_dedupe_horizon: u64,
+    /// How long before a grant expires its `grant_expiring` alert is raised (an account
+    /// may set its own; 0 for none).
+    #[serde(with = "values::duration")]
+    pub expiry_warning: Duration,
+    /// Refused grant ids remembered per ledger partition for their status answer.
+    pub refusal_memory: usize,
+    /// How long the HTTP API waits for the ledger's answer before a 202 with a status URL.
+    #[serde(with = "values::duration")]
+    pub answer_timeout: Duration,
     /// Deprecated name of `http.api_token_file` (still read; setting both is an error).
     pub api_token_file: Option<PathBuf>,
 }
@@ -394,6 +442,7 @@ impl Config {
         let prefix = std::mem::take(&mut self.kafka.prefix);
         if !prefix.is_empty() {
             self.prefix_names(&prefix);
+            self.kafka.applied_prefix = prefix;
         }
     }
 
@@ -411,6 +460,7 @@ impl Config {
             &mut self.ledger.voucher_group_id,
             &mut t.usage_events,
             &mut t.price_catalog,
+            &mut t.plans,
             &mut t.debits,
             &mut t.priced_usage,
             &mut t.dead_letter,
@@ -421,6 +471,8 @@ impl Config {
             &mut t.balances,
             &mut t.credit_alerts,
             &mut t.ledger_state,
+            &mut t.ledger_results,
+            &mut t.topup_requests,
             &mut t.voucher_requests,
             &mut t.voucher_results,
             &mut t.voucher_state,

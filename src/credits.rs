@@ -1,7 +1,13 @@
-//! The `credits` and `vouchers` commands: arguments in, requests to Kafka and answers from
-//! the voucher stage or ClickHouse out (text or JSON). A refusal exits non-zero with its
-//! reason code. Voucher codes are read from the argument or stdin (`-`) and printed only by
+//! The `credits` and `vouchers` commands: arguments in, requests to Kafka and the verdict of
+//! the ledger (or the voucher stage), or reads of ClickHouse, out (text or JSON). Exit
+//! status: 0 applied / already applied / answered, 1 refused (`refused (<reason>): ...`) or
+//! failed, 75 sent but no verdict within `--timeout` (ask with `credits grant-status`).
+//! Voucher codes are read from the argument or stdin (`-`) and printed only by
 //! `vouchers create`, once, to the operator who made the code.
+
+mod print;
+mod settings;
+mod vouchers;
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -9,27 +15,93 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use rust_decimal::Decimal;
 
 use crate::config::Config;
-use crate::ledger::client::{self, ClientError, ResultFollower};
-use crate::ledger::grant::GrantKind;
-use crate::ledger::voucher::{self, VoucherDef, VoucherOutcome, VoucherRequest, VoucherResult};
+use crate::ledger::answer::{LedgerAnswer, Verdict};
+use crate::ledger::client::{self, ClientError, GrantInput, LedgerFollower, ResultFollower};
+use crate::ledger::command::Request;
+use crate::ledger::entry::GrantView;
+use crate::ledger::grant::{GrantKind, Terms};
+use crate::ledger::thresholds::{AutoTopup, Threshold};
+use crate::ledger::voucher::{self, VoucherRequest, VoucherResult};
+
+pub use settings::{AutoTopupCommand, ThresholdsCommand};
+pub use vouchers::{VouchersCommand, vouchers};
+
+/// Exit status of a command that was sent but not answered in time (EX_TEMPFAIL).
+pub const EXIT_PENDING: u8 = 75;
+
+/// A verdict that ends the command with a status other than 0 (main maps `code`).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliExit {
+    pub code: u8,
+    pub message: String,
+}
+
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::values::parse_duration(s)
+}
+
+fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    crate::config::values::parse_instant(s)
+}
+
+/// Terms of a grant that adds credits, as options.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TermsArgs {
+    /// 0-100, lower drawn first (default 50).
+    #[arg(long)]
+    priority: Option<String>,
+    /// The credits' remainder is forfeited at this instant (RFC 3339).
+    #[arg(long, value_parser = parse_instant, conflicts_with = "expires_in")]
+    expires_at: Option<DateTime<Utc>>,
+    /// The credits' remainder is forfeited this long after now, e.g. 90days.
+    #[arg(long, value_parser = parse_duration)]
+    expires_in: Option<Duration>,
+}
+
+impl TermsArgs {
+    fn terms(&self, category: Option<String>) -> anyhow::Result<Terms<'_>> {
+        let expires_at = match (self.expires_at, self.expires_in) {
+            (Some(t), _) => Some(t),
+            (None, Some(d)) => Some(client::instant_after(d).map_err(anyhow::Error::msg)?),
+            (None, None) => None,
+        };
+        Ok(Terms {
+            category,
+            priority: self.priority.as_deref(),
+            expires_at: expires_at.map(|t| t.to_rfc3339()),
+        })
+    }
+}
 
 #[derive(Subcommand)]
 pub enum CreditsCommand {
-    /// Add purchased credits (at least ledger.min_topup). REFERENCE is the payment id: the
-    /// idempotency key, so re-running the command never credits twice.
+    /// Add purchased (paid) credits, at least ledger.min_topup, and print the ledger's
+    /// verdict. REFERENCE is the payment id: the idempotency key, so re-running the command
+    /// never credits twice (the second run answers "already applied").
     Topup {
         /// Account to credit.
         account: String,
         /// Credits to add, a decimal such as 25 or 12.50.
+        #[arg(allow_hyphen_values = true)]
         amount: String,
         /// Payment id: the idempotency key.
         #[arg(long)]
         reference: String,
+        #[command(flatten)]
+        terms: TermsArgs,
+        /// Longest wait for the ledger's verdict (then exit 75: ask with grant-status).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Output format.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        format: String,
     },
-    /// Correct a balance (positive or negative) with a reason.
+    /// Correct a balance (positive: a grant of CATEGORY; negative: taken in draw-down
+    /// order) with a reason. Without --reference one is derived from the arguments, so
+    /// re-running the same command applies it once.
     Adjust {
         /// Account to correct.
         account: String,
@@ -39,9 +111,34 @@ pub enum CreditsCommand {
         /// Why the balance is corrected (kept with the entry).
         #[arg(long)]
         reason: String,
-        /// Idempotency key; a new one is generated (and printed) when omitted.
+        /// Idempotency key; derived from the arguments when omitted.
         #[arg(long)]
         reference: Option<String>,
+        /// paid (default) or promotional, for a positive adjustment.
+        #[arg(long, value_parser = ["paid", "promotional"])]
+        category: Option<String>,
+        #[command(flatten)]
+        terms: TermsArgs,
+        /// Longest wait for the ledger's verdict.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Output format.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        format: String,
+    },
+    /// What became of a grant: open (with what is left), used_up, expired, refused (with
+    /// the reason) or unknown, as the ledger has it now.
+    GrantStatus {
+        /// Account the grant was made to.
+        account: String,
+        /// The grant id (a top-up's reference).
+        grant_id: String,
+        /// How long to wait for the ledger's answer on `ledger_results`.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Output format.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        format: String,
     },
     /// Redeem a voucher code for an account (`-` reads the code from stdin).
     Redeem {
@@ -50,10 +147,11 @@ pub enum CreditsCommand {
         /// Voucher code, or `-` to read it from stdin.
         code: String,
         /// Longest wait for the voucher stage's answer.
-        #[arg(long, default_value = "30s", value_parser = crate::config::values::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// The account's balance, from the ledger's own state in Kafka (not ClickHouse).
+    /// The account's balance and open grants, from the ledger's own state in Kafka (not
+    /// ClickHouse).
     Balance {
         /// Account to show.
         account: String,
@@ -75,82 +173,37 @@ pub enum CreditsCommand {
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         format: String,
     },
-}
-
-#[derive(Subcommand)]
-pub enum VouchersCommand {
-    /// Create a voucher. Without CODE a random one is generated and printed once.
-    Create {
-        /// Voucher code; a random one is generated when omitted.
-        code: Option<String>,
-        /// Credits the voucher grants, a decimal such as 20.
-        #[arg(long)]
-        credits: String,
-        /// RFC 3339 (2026-07-01T00:00:00Z); default now.
-        #[arg(long, value_parser = crate::config::values::parse_instant)]
-        valid_from: Option<DateTime<Utc>>,
-        /// RFC 3339; default valid_from + --valid-for.
-        #[arg(long, value_parser = crate::config::values::parse_instant)]
-        valid_until: Option<DateTime<Utc>>,
-        /// Validity when --valid-until is not given, e.g. 30days.
-        #[arg(long, default_value = "30days", value_parser = crate::config::values::parse_duration)]
-        valid_for: Duration,
-        /// How many times it can be redeemed in all.
-        #[arg(long, default_value_t = 1)]
-        max_redemptions: u32,
-        /// Only this account may redeem it.
-        #[arg(long)]
-        account: Option<String>,
-        /// Free text kept with the voucher.
-        #[arg(long, default_value = "")]
-        description: String,
+    /// Low-balance thresholds and the expiry warning of one account.
+    Thresholds {
+        #[command(subcommand)]
+        command: ThresholdsCommand,
     },
-    /// Every voucher with its redemptions (masked codes).
-    List {
-        /// Output format.
-        #[arg(long, value_parser = ["table", "json"], default_value = "table")]
-        format: String,
+    /// The automatic top-up rule of one account (requests for the payment service).
+    AutoTopup {
+        #[command(subcommand)]
+        command: AutoTopupCommand,
     },
 }
 
 fn refusal_exit(reason: &str, message: &str) -> anyhow::Error {
-    anyhow::anyhow!("refused ({reason}): {message}")
-}
-
-fn generate_code() -> String {
-    // 16 characters from a 32-letter alphabet: 80 bits.
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let chars: String = (0..16)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!(
-        "{}-{}-{}-{}",
-        &chars[0..4],
-        &chars[4..8],
-        &chars[8..12],
-        &chars[12..16]
-    )
-}
-
-fn print_result(r: &VoucherResult) -> anyhow::Result<()> {
-    match r.outcome {
-        VoucherOutcome::Refused => Err(refusal_exit(
-            r.reason.map_or("refused", |x| x.as_str()),
-            &r.message,
-        )),
-        _ => {
-            writeln!(
-                std::io::stdout(),
-                "{} ({} left)",
-                r.message,
-                r.redemptions_left
-            )?;
-            if let Some(g) = &r.grant_id {
-                writeln!(std::io::stdout(), "grant {g}")?;
-            }
-            Ok(())
-        }
+    CliExit {
+        code: 1,
+        message: format!("refused ({reason}): {message}"),
     }
+    .into()
+}
+
+fn pending_exit(what: &str, ask: &str) -> anyhow::Error {
+    CliExit {
+        code: EXIT_PENDING,
+        message: format!("{what}; ask later with: {ask}"),
+    }
+    .into()
+}
+
+fn decimal(field: &str, s: &str) -> anyhow::Result<rust_decimal::Decimal> {
+    crate::ledger::grant::parse_amount(s.trim())
+        .map_err(|r| refusal_exit("invalid_field", &format!("{field}: {}", r.message)))
 }
 
 pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
@@ -159,23 +212,79 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             account,
             amount,
             reference,
-        } => grant(cfg, GrantKind::Topup, &account, &amount, &reference, None).await,
+            terms,
+            timeout,
+            format,
+        } => {
+            let input = GrantInput {
+                kind: GrantKind::Topup,
+                account: &account,
+                amount: &amount,
+                reference: &reference,
+                reason: None,
+                terms: terms.terms(None)?,
+            };
+            grant(cfg, &input, timeout, &format).await
+        }
         CreditsCommand::Adjust {
             account,
             amount,
             reason,
             reference,
+            category,
+            terms,
+            timeout,
+            format,
         } => {
-            let reference = reference.unwrap_or_else(|| client::new_id("adj"));
-            grant(
-                cfg,
-                GrantKind::Adjustment,
-                &account,
-                &amount,
-                &reference,
-                Some(&reason),
-            )
-            .await
+            let derived = reference.is_none();
+            let reference = reference.unwrap_or_else(|| {
+                let expires = terms
+                    .expires_at
+                    .map(|t| t.to_rfc3339())
+                    .or(terms.expires_in.map(|d| format!("in {d:?}")))
+                    .unwrap_or_default();
+                client::derived_reference(
+                    "adj",
+                    &[
+                        &account,
+                        amount.trim(),
+                        &reason,
+                        category.as_deref().unwrap_or(""),
+                        terms.priority.as_deref().unwrap_or(""),
+                        &expires,
+                    ],
+                )
+            });
+            if derived {
+                writeln!(
+                    std::io::stdout(),
+                    "reference {reference} (derived from the arguments: running this same command again applies it once; give --reference to make another adjustment)"
+                )?;
+            }
+            let input = GrantInput {
+                kind: GrantKind::Adjustment,
+                account: &account,
+                amount: &amount,
+                reference: &reference,
+                reason: Some(&reason),
+                terms: terms.terms(category)?,
+            };
+            grant(cfg, &input, timeout, &format).await
+        }
+        CreditsCommand::GrantStatus {
+            account,
+            grant_id,
+            timeout,
+            format,
+        } => {
+            let req = Request::GrantStatus {
+                request_id: client::new_id("status"),
+                account_id: account.clone(),
+                grant_id: grant_id.clone(),
+            };
+            let ask = format!("usage-aggregator credits grant-status {account} {grant_id}");
+            let a = command(cfg, &req, timeout, &ask).await?;
+            print::grant_status(&a, &format)
         }
         CreditsCommand::Redeem {
             account,
@@ -198,8 +307,8 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
                 masked: voucher::mask(&code),
                 account_id: account,
             };
-            let r = ask(cfg, &req, timeout).await?;
-            print_result(&r)
+            let r = ask_vouchers(cfg, &req, timeout).await?;
+            print::voucher_result(&r)
         }
         CreditsCommand::Balance { account, format } => {
             // From the ledger's own state in Kafka: exact, and without ClickHouse.
@@ -210,28 +319,16 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             })
             .await??
             .with_context(|| format!("account {account} has no ledger entries"))?;
-            let b = client::Balance {
-                account_id: account.clone(),
-                balance: state.balance.normalize().to_string(),
-                entries: state.seq,
-                last_entry_at: state
-                    .updated_at
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                    .unwrap_or_default(),
-            };
-            if format == "json" {
-                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&b)?)?;
-            } else {
-                writeln!(
-                    std::io::stdout(),
-                    "{}  balance {} credits  ({} entries, last {})",
-                    b.account_id,
-                    b.balance,
-                    b.entries,
-                    b.last_entry_at
-                )?;
-            }
-            Ok(())
+            let grants: Vec<GrantView> = state.funds.grants.iter().map(GrantView::from).collect();
+            let b = client::Balance::from_ledger(
+                &account,
+                state.balance,
+                state.funds.overdraft,
+                state.seq,
+                state.updated_at,
+                &grants,
+            );
+            print::balance(&b, &format)
         }
         CreditsCommand::History {
             account,
@@ -240,49 +337,102 @@ pub async fn credits(cfg: &Config, cmd: CreditsCommand) -> anyhow::Result<()> {
             format,
         } => {
             let ch = require_clickhouse(cfg).await?;
-            let h = client::history(&ch, &account, limit, before_seq)
+            let page = client::HistoryPage {
+                limit,
+                before_seq,
+                window: (None, None),
+            };
+            let h = client::history(&ch, &account, &page)
                 .await
                 .map_err(|e| query_error(cfg, e))?;
-            if format == "json" {
-                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&h)?)?;
-                return Ok(());
-            }
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "Ledger order, newest first: seq is the order entries were applied and the balance \
-                 follows it; date is when it happened (a debit: its last call's event time)."
-            )?;
-            writeln!(
-                out,
-                "{:>6}  {:<21}  {:<10}  {:>14}  {:>14}  {:>16}  description",
-                "seq", "date", "kind", "credit", "debit", "balance"
-            )?;
-            let marks = client::dates_out_of_order(&h);
-            for (e, late) in h.iter().zip(&marks) {
-                writeln!(
-                    out,
-                    "{:>6}  {:<20}{}  {:<10}  {:>14}  {:>14}  {:>16}  {}",
-                    e.seq,
-                    e.date,
-                    if *late { "*" } else { " " },
-                    e.kind,
-                    e.credit,
-                    e.debit,
-                    e.balance,
-                    e.description
-                )?;
-            }
-            if marks.iter().any(|m| *m) {
-                writeln!(
-                    out,
-                    "* dated before an entry applied earlier (a late or replayed call, a back-dated grant): \
-                     the list stays in seq order, as the balance does"
-                )?;
-            }
-            Ok(())
+            print::history(&h, &format)
         }
+        CreditsCommand::Thresholds { command: c } => thresholds(cfg, c).await,
+        CreditsCommand::AutoTopup { command: c } => auto_topup(cfg, c).await,
     }
+}
+
+async fn thresholds(cfg: &Config, c: ThresholdsCommand) -> anyhow::Result<()> {
+    let (req, timeout, format) = match c {
+        ThresholdsCommand::Set {
+            account,
+            thresholds,
+            expiry_warning,
+            timeout,
+        } => {
+            let list = thresholds
+                .iter()
+                .map(|t| t.parse::<Threshold>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| refusal_exit("invalid_field", &e))?;
+            let req = Request::SetThresholds {
+                request_id: client::new_id("thresholds"),
+                account_id: account,
+                thresholds: (!list.is_empty()).then_some(Some(list)),
+                expiry_warning_secs: expiry_warning.map(|d| Some(d.as_secs())),
+            };
+            (req, timeout, "text".to_string())
+        }
+        ThresholdsCommand::Reset { account, timeout } => (
+            Request::SetThresholds {
+                request_id: client::new_id("thresholds"),
+                account_id: account,
+                thresholds: Some(None),
+                expiry_warning_secs: Some(None),
+            },
+            timeout,
+            "text".to_string(),
+        ),
+        ThresholdsCommand::Show {
+            account,
+            timeout,
+            format,
+        } => (
+            Request::AccountStatus {
+                request_id: client::new_id("account"),
+                account_id: account,
+            },
+            timeout,
+            format,
+        ),
+    };
+    let account = req.account_id().unwrap_or_default().to_string();
+    let ask = format!("usage-aggregator credits thresholds show {account}");
+    let a = command(cfg, &req, timeout, &ask).await?;
+    print::account(&a, &format)
+}
+
+async fn auto_topup(cfg: &Config, c: AutoTopupCommand) -> anyhow::Result<()> {
+    let (account, rule, timeout) = match c {
+        AutoTopupCommand::Set {
+            account,
+            below,
+            fixed,
+            refill_to,
+            timeout,
+        } => {
+            let rule = AutoTopup {
+                below: decimal("below", &below)?,
+                fixed: fixed.as_deref().map(|f| decimal("fixed", f)).transpose()?,
+                refill_to: refill_to
+                    .as_deref()
+                    .map(|f| decimal("refill_to", f))
+                    .transpose()?,
+            };
+            rule.validate(cfg.ledger.min_topup)
+                .map_err(|e| refusal_exit("invalid_field", &e))?;
+            (account, Some(rule), timeout)
+        }
+        AutoTopupCommand::Off { account, timeout } => (account, None, timeout),
+    };
+    let req = Request::SetAutoTopup {
+        request_id: client::new_id("autotopup"),
+        account_id: account.clone(),
+        rule,
+    };
+    let ask = format!("usage-aggregator credits thresholds show {account}");
+    let a = command(cfg, &req, timeout, &ask).await?;
+    print::account(&a, "text")
 }
 
 /// What every command that writes to or reads from Kafka checks first: a broker answers
@@ -312,31 +462,73 @@ fn query_error(cfg: &Config, e: ClientError) -> anyhow::Error {
     }
 }
 
-async fn grant(
-    cfg: &Config,
-    kind: GrantKind,
-    account: &str,
-    amount: &str,
-    reference: &str,
-    reason: Option<&str>,
-) -> anyhow::Result<()> {
-    let g = client::build_grant(cfg, kind, account, amount, reference, reason)
-        .map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
-    require_kafka(cfg, &[("topics.credit_grants", &cfg.topics.credit_grants)]).await?;
-    let p = client::producer(cfg)?;
-    client::send_grant(cfg, &p, &g).await?;
-    writeln!(
-        std::io::stdout(),
-        "{} of {} credits for {} sent (grant {}); the ledger applies it once, however often it is sent",
-        kind.as_str(),
-        g.amount,
-        g.account_id,
-        g.grant_id
-    )?;
-    Ok(())
+async fn ledger_follower(cfg: &Config) -> anyhow::Result<LedgerFollower> {
+    let t = &cfg.topics;
+    require_kafka(
+        cfg,
+        &[
+            ("topics.credit_grants", &t.credit_grants),
+            ("topics.ledger_results", &t.ledger_results),
+        ],
+    )
+    .await?;
+    let c = cfg.clone();
+    Ok(tokio::task::spawn_blocking(move || LedgerFollower::start(&c)).await??)
 }
 
-async fn ask(
+/// Sends a grant and prints the ledger's verdict.
+async fn grant(
+    cfg: &Config,
+    input: &GrantInput<'_>,
+    timeout: Duration,
+    format: &str,
+) -> anyhow::Result<()> {
+    let g =
+        client::build_grant(cfg, input).map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
+    let follower = ledger_follower(cfg).await?;
+    let p = client::producer(cfg)?;
+    match follower.grant(cfg, &p, &g, timeout).await {
+        Ok(a) => print::grant_answer(&a, format),
+        Err(ClientError::Timeout(..)) => Err(pending_exit(
+            &format!(
+                "{} {} for {} sent; the ledger gave no verdict within {timeout:?} (it applies it once when it runs)",
+                g.kind.as_str(),
+                g.grant_id,
+                g.account_id
+            ),
+            &format!(
+                "usage-aggregator credits grant-status {} {}",
+                g.account_id, g.grant_id
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends a command and returns the ledger's answer (a refusal is an error).
+async fn command(
+    cfg: &Config,
+    req: &Request,
+    timeout: Duration,
+    ask: &str,
+) -> anyhow::Result<LedgerAnswer> {
+    let follower = ledger_follower(cfg).await?;
+    let p = client::producer(cfg)?;
+    match follower.command(cfg, &p, req, timeout).await {
+        Ok(a) if a.verdict == Verdict::Refused => Err(refusal_exit(
+            a.reason.map_or("refused", |r| r.as_str()),
+            &a.message,
+        )),
+        Ok(a) => Ok(a),
+        Err(ClientError::Timeout(..)) => Err(pending_exit(
+            &format!("the ledger gave no answer within {timeout:?}"),
+            ask,
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn ask_vouchers(
     cfg: &Config,
     req: &VoucherRequest,
     timeout: Duration,
@@ -357,101 +549,5 @@ async fn ask(
         Ok(r) => Ok(r),
         Err(e @ ClientError::Timeout(..)) => Err(anyhow::anyhow!("{e}")),
         Err(e) => Err(e.into()),
-    }
-}
-
-pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> {
-    match cmd {
-        VouchersCommand::Create {
-            code,
-            credits,
-            valid_from,
-            valid_until,
-            valid_for,
-            max_redemptions,
-            account,
-            description,
-        } => {
-            let generated = code.is_none();
-            let code = code.unwrap_or_else(generate_code);
-            let code = voucher::normalize_code(&code).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let credits: Decimal = crate::ledger::grant::parse_amount(credits.trim())
-                .map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
-            let from = valid_from.unwrap_or_else(Utc::now);
-            let until = valid_until.unwrap_or(from + chrono::Duration::from_std(valid_for)?);
-            let def = VoucherDef {
-                code_hash: voucher::code_hash(&code),
-                masked: voucher::mask(&code),
-                credits,
-                valid_from: from,
-                valid_until: until,
-                max_redemptions,
-                account_id: account,
-                description,
-            };
-            def.validate().map_err(|e| refusal_exit("invalid", &e))?;
-            let req = VoucherRequest::Create {
-                request_id: client::new_id("create"),
-                requested_at: Utc::now(),
-                voucher: def,
-            };
-            let r = ask(cfg, &req, Duration::from_secs(30)).await?;
-            print_result(&r)?;
-            if generated {
-                writeln!(
-                    std::io::stdout(),
-                    "code {code}  (shown once: it is stored only as a hash)"
-                )?;
-            }
-            Ok(())
-        }
-        VouchersCommand::List { format } => {
-            // A missing topic listed "0 vouchers".
-            require_kafka(cfg, &[("topics.voucher_state", &cfg.topics.voucher_state)]).await?;
-            let c = cfg.clone();
-            let list = tokio::task::spawn_blocking(move || client::list_vouchers(&c)).await??;
-            if format == "json" {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "voucher": voucher::display(&s.def.masked, &s.def.code_hash),
-                            "credits": s.def.credits.to_string(),
-                            "valid_from": s.def.valid_from,
-                            "valid_until": s.def.valid_until,
-                            "max_redemptions": s.def.max_redemptions,
-                            "redeemed": s.redemptions.len(),
-                            "account_id": s.def.account_id,
-                            "description": s.def.description,
-                        })
-                    })
-                    .collect();
-                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&v)?)?;
-                return Ok(());
-            }
-            writeln!(
-                std::io::stdout(),
-                "{:<24}  {:>10}  {:<20}  {:<20}  {:>9}  account",
-                "voucher",
-                "credits",
-                "valid_from",
-                "valid_until",
-                "used/max"
-            )?;
-            for s in &list {
-                writeln!(
-                    std::io::stdout(),
-                    "{:<24}  {:>10}  {:<20}  {:<20}  {:>9}  {}",
-                    voucher::display(&s.def.masked, &s.def.code_hash),
-                    s.def.credits,
-                    s.def.valid_from.format("%Y-%m-%dT%H:%M:%SZ"),
-                    s.def.valid_until.format("%Y-%m-%dT%H:%M:%SZ"),
-                    format!("{}/{}", s.redemptions.len(), s.def.max_redemptions),
-                    s.def.account_id.as_deref().unwrap_or("any")
-                )?;
-            }
-            writeln!(std::io::stdout(), "{} vouchers", list.len())?;
-            Ok(())
-        }
     }
 }

@@ -1,7 +1,10 @@
 //! Output records of the rating core: priced usage lines and debits, with their stable ids.
 //! Both serialize deterministically (no wall-clock field), so a replay is byte-identical.
 
+pub mod components;
 pub mod json;
+
+pub use components::{Component, Components};
 
 use std::collections::BTreeMap;
 
@@ -17,14 +20,18 @@ pub enum DebitKind {
     ToolCall,
     AgentExecution,
     AgentExecutionAdjustment,
+    /// A re-rating's difference for one (account, execution or direct call): either sign
+    /// (negative credits back), referencing the debits it corrects (`correction`).
+    Correction,
 }
 
 impl DebitKind {
-    pub const ALL: [DebitKind; 4] = [
+    pub const ALL: [DebitKind; 5] = [
         DebitKind::ModelCall,
         DebitKind::ToolCall,
         DebitKind::AgentExecution,
         DebitKind::AgentExecutionAdjustment,
+        DebitKind::Correction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +40,7 @@ impl DebitKind {
             DebitKind::ToolCall => "tool_call",
             DebitKind::AgentExecution => "agent_execution",
             DebitKind::AgentExecutionAdjustment => "agent_execution_adjustment",
+            DebitKind::Correction => "correction",
         }
     }
 }
@@ -42,6 +50,10 @@ impl DebitKind {
 pub struct BreakdownLine {
     pub asset_id: String,
     pub asset_type: crate::catalog::AssetType,
+    /// The price version that priced these calls (one breakdown line per asset and version);
+    /// empty in debits written before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub price_version: String,
     pub calls: u32,
     pub quantities: BTreeMap<String, Decimal>,
     #[serde(with = "rust_decimal::serde::str")]
@@ -55,6 +67,12 @@ pub struct Debit {
     pub kind: DebitKind,
     pub account_id: String,
     pub execution_id: Option<String>,
+    /// The account's plan that set the markup (an execution: at its first call).
+    #[serde(default = "default_plan")]
+    pub plan: String,
+    /// That plan's version (absent: the built-in `default` plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_version: Option<String>,
     #[serde(with = "rust_decimal::serde::str")]
     pub subtotal: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
@@ -66,7 +84,30 @@ pub struct Debit {
     pub calls: u32,
     pub first_event_at: DateTime<Utc>,
     pub last_event_at: DateTime<Utc>,
+    /// Vendor price per asset (sum = `subtotal`).
     pub breakdown: Vec<BreakdownLine>,
+    /// The amount by component, markup as its own line: `models + tools + markup = total`
+    /// ([`components`]). Absent from debits written before it existed (read as zeros: use
+    /// [`Components::of`] on the breakdown there).
+    #[serde(default)]
+    pub components: Components,
+    /// A correction debit's reference (kind `correction` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<CorrectionRef>,
+}
+
+/// What a correction debit corrects and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorrectionRef {
+    /// The catalog correction (`catalog publish --correction ID`).
+    pub correction_id: String,
+    pub reason: String,
+    /// The original debits of the (account, execution or direct call), sorted.
+    pub corrects: Vec<String>,
+}
+
+fn default_plan() -> String {
+    crate::plans::DEFAULT_PLAN.to_string()
 }
 
 impl Debit {
@@ -108,6 +149,25 @@ pub struct PricedLine {
     pub asset_type: crate::catalog::AssetType,
     pub vendor: String,
     pub price_version: String,
+    /// The tier of the price version that priced the call (absent: the version has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The account's plan at `occurred_at` (`default` when none was assigned).
+    #[serde(default = "default_plan")]
+    pub plan: String,
+    /// That plan's version (absent: the built-in `default` plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_version: Option<String>,
+    /// The plan rule that applied (`vendor:anthropic`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_rule: Option<String>,
+    /// The rule's discount, percent, if it was one (the units show list prices).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub discount_percent: Option<Decimal>,
     pub units: Vec<PricedUnit>,
     #[serde(with = "rust_decimal::serde::str")]
     pub cost: Decimal,
@@ -124,6 +184,16 @@ pub struct PricedLine {
 pub enum LineKind {
     ModelCall,
     ToolCall,
+}
+
+impl LineKind {
+    /// The event type the call came as (`model_call`, `tool_call`), as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineKind::ModelCall => "model_call",
+            LineKind::ToolCall => "tool_call",
+        }
+    }
 }
 
 impl PricedLine {
@@ -173,6 +243,12 @@ pub fn execution_debit_id(account_id: &str, execution_id: &str, first_event_id: 
         "ex",
         &["execution", account_id, execution_id, first_event_id],
     )
+}
+
+/// Debit id of a correction: one per (correction, account, execution or direct call), so a
+/// re-rating run repeated or resumed after a crash emits the same ids.
+pub fn correction_debit_id(correction_id: &str, account_id: &str, scope: &str) -> String {
+    hashed_id("co", &["correction", correction_id, account_id, scope])
 }
 
 /// Debit id of a late call's adjustment.

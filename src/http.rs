@@ -2,8 +2,15 @@
 //! `src/http/`; this one wires them, the auth layer and the error fallbacks:
 //!
 //! - `status`: `/metrics`, `/healthz`, `/readyz` (no credential; no account data);
-//! - `executions`: `/v1/executions/...`;
-//! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, top-ups, redemptions);
+//! - `executions`: `/v1/executions/{id}` (the trace) and `/v1/accounts/{id}/executions`;
+//! - `stream`: the live streams (server-sent events) of an execution and a conversation;
+//! - `usage`, `conversations`: `/v1/accounts/{id}/usage`, `/v1/accounts/{id}/conversations/{cid}`
+//!   (these and the three above share `traces`: state and routes);
+//! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, redemptions);
+//! - `grants`: top-ups, adjustments, raw grants (answered with the ledger's verdict) and
+//!   `/v1/grants/{id}` (a grant's status);
+//! - `credit_settings`: an account's thresholds, expiry warning and auto top-up;
+//! - `vouchers`: `/v1/vouchers` for operators (create, list, revoke);
 //! - `/v1/whoami`: what the presented credential is (the console signs in with it);
 //! - `console`: the web console's static files at `/console/` (no credential: they hold no
 //!   data; the console reads everything through `/v1` with the key the person signs in with).
@@ -11,15 +18,24 @@
 //! Every `/v1` route is inside [`auth::require`] (`Authorization: Bearer <operator token or
 //! API key>`); handlers take the [`auth::Caller`] and scope by it. Every error answer, also
 //! axum's own (bad path, query or body, unknown route, wrong method), is the JSON of
-//! [`error::ApiError`]: `{"error": "...", ...}`. Money is a decimal string. No payload or
+//! [`error::ApiError`]: `{"error": "...", ...}`; a query parameter at fault is named in
+//! `parameter` (strict query strings: [`params`]). Money is a decimal string. No payload or
 //! secret is ever logged.
 
 pub mod accounts;
 pub mod auth;
 pub mod console;
+pub mod conversations;
+pub mod credit_settings;
 pub mod error;
 pub mod executions;
+pub mod grants;
+pub mod params;
 pub mod status;
+pub mod stream;
+pub mod traces;
+pub mod usage;
+pub mod vouchers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +55,9 @@ pub struct HttpState {
     pub stall_after: Duration,
     /// Credits ledger endpoints (`/v1/accounts/...`), when this process serves them.
     pub ledger: Option<Arc<accounts::LedgerApi>>,
+    /// Traces, streams, listings and usage (`/v1/executions/...`, `/v1/accounts/...`), when
+    /// this process serves them (always in the binary; unit tests may leave them out).
+    pub traces: Option<Arc<traces::TracesApi>>,
     /// The credentials `/v1` accepts.
     pub auth: Arc<Auth>,
 }
@@ -58,9 +77,13 @@ pub fn init_labels() {
 pub fn router(state: HttpState) -> Router {
     let mut v1 = Router::new()
         .route("/v1/whoami", get(whoami))
-        .merge(executions::routes());
+        .merge(traces::routes());
     if state.ledger.is_some() {
-        v1 = v1.merge(accounts::routes());
+        v1 = v1
+            .merge(accounts::routes())
+            .merge(grants::routes())
+            .merge(credit_settings::routes())
+            .merge(vouchers::routes());
     }
     let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
         state.auth.clone(),

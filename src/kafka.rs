@@ -1,6 +1,8 @@
 //! Kafka plumbing shared by every stage: client configuration from [`Config`], topic
 //! creation for `setup`, and a few blocking helpers.
 
+pub mod partitioner;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -277,6 +279,7 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         (t.usage_events.clone(), p, vec![delete, week]),
         (t.state.clone(), p, vec![compact]),
         (t.price_catalog.clone(), 1, vec![compact]),
+        (t.plans.clone(), 1, vec![compact]),
         (t.debits.clone(), o, vec![delete, month]),
         (t.priced_usage.clone(), o, vec![delete, week]),
         (t.dead_letter.clone(), o, vec![delete, month]),
@@ -286,6 +289,8 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
         (t.balances.clone(), o, vec![delete, month]),
         (t.credit_alerts.clone(), o, vec![delete, month]),
         (t.ledger_state.clone(), o, vec![compact]),
+        (t.ledger_results.clone(), o, vec![delete, week]),
+        (t.topup_requests.clone(), o, vec![delete, month]),
         (t.voucher_requests.clone(), o, vec![delete, month]),
         (t.voucher_results.clone(), o, vec![delete, week]),
         (t.voucher_state.clone(), o, vec![compact]),
@@ -294,10 +299,33 @@ pub fn planned_topics(cfg: &Config) -> Vec<TopicPlan> {
     ]
 }
 
-/// Creates the planned topics; existing ones are left as they are. Returns what was created.
+/// Refuses a replication factor the cluster cannot place: each copy of a partition needs its
+/// own broker, and Kafka would only answer `INVALID_REPLICATION_FACTOR` for the first topic.
+pub fn check_replication_factor(cfg: &Config, brokers: usize) -> anyhow::Result<()> {
+    let rf = cfg.topics.replication_factor;
+    if usize::try_from(rf).is_ok_and(|rf| rf > brokers) {
+        anyhow::bail!(
+            "topics.replication_factor = {rf}: larger than the {brokers} broker(s) of the cluster \
+             at kafka.brokers = \"{}\"; lower it (1 for a single broker) or add brokers",
+            cfg.kafka.brokers
+        );
+    }
+    Ok(())
+}
+
+/// Creates the planned topics with `topics.replication_factor` copies and
+/// `topics.min_insync_replicas`; existing ones are left as they are. Returns what was
+/// created. Fails before creating anything when the factor exceeds the live brokers.
 pub async fn create_topics(cfg: &Config) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg, &[]).create()?;
+    let brokers = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))?
+        .brokers()
+        .len();
+    check_replication_factor(cfg, brokers)?;
     let plan = planned_topics(cfg);
+    let min_isr = cfg.topics.min_insync_replicas.to_string();
     let new: Vec<NewTopic<'_>> = plan
         .iter()
         .map(|(name, parts, configs)| {
@@ -306,7 +334,8 @@ pub async fn create_topics(cfg: &Config) -> anyhow::Result<Vec<String>> {
                     name,
                     *parts,
                     TopicReplication::Fixed(cfg.topics.replication_factor),
-                ),
+                )
+                .set("min.insync.replicas", &min_isr),
                 |t, (k, v)| t.set(k, v),
             )
         })
@@ -401,6 +430,22 @@ mod tests {
             .insert("retry.backoff.ms".into(), "50".into());
         let c = transactional_producer_config(&cfg, "pipeline");
         assert_eq!(c.get("retry.backoff.ms"), Some("50"));
+    }
+
+    #[test]
+    fn setup_refuses_a_replication_factor_above_the_broker_count() {
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = "127.0.0.1:19092".into();
+        cfg.topics.replication_factor = 3;
+        let e = check_replication_factor(&cfg, 1).unwrap_err().to_string();
+        assert!(
+            e.starts_with("topics.replication_factor = 3: larger than the 1 broker(s)"),
+            "{e}"
+        );
+        assert!(e.contains("127.0.0.1:19092"), "{e}");
+        check_replication_factor(&cfg, 3).unwrap();
+        cfg.topics.replication_factor = 1;
+        check_replication_factor(&cfg, 1).unwrap();
     }
 
     #[test]

@@ -3,23 +3,33 @@
 //! ClickHouse ledger out, exactly once under kill -9 (Kafka transactions). See
 //! docs/credits.md for the flow and docs/design.md ("Credits ledger") for the guarantee.
 //!
-//! Pure cores: [`grant`] (validation), [`core`] (balances), [`voucher`] (redemption
-//! decisions). Shell: [`processors`] (the two stages' glue on the stage runtime,
-//! [`crate::stage`]), [`client`] (CLI/HTTP requests and queries), [`view`] (balances and
-//! recent entries in memory for the HTTP API, without ClickHouse). Elsewhere: the HTTP
-//! routes (`crate::http::accounts`), the commands ([`crate::credits`]) and the ClickHouse
-//! rows (`crate::sink::ledger_rows`).
+//! Pure cores ([`CORE_FILES`]; tests/core_is_pure.rs holds them to it): [`grant`] and
+//! [`command`] (validation of the command log), [`funding`] (the draw-down order),
+//! [`thresholds`] (alerts, automatic top-ups), [`core`] (balances, expiry, answers),
+//! [`state`], [`entry`] and [`answer`] (records), [`voucher`] (redemption decisions). Shell:
+//! [`processors`] (the two stages' glue on the stage runtime, [`crate::stage`], and the
+//! ledger's clock markers), [`client`] (CLI/HTTP requests and queries), [`view`] (balances,
+//! open grants and recent entries in memory for the HTTP API, without ClickHouse).
+//! Elsewhere: the HTTP routes (`crate::http::{accounts, grants, credit_settings,
+//! vouchers}`), the commands ([`crate::credits`]) and the ClickHouse rows
+//! (`crate::sink::ledger_rows`).
 
+pub mod answer;
 pub mod client;
+pub mod command;
 pub mod core;
+pub mod entry;
+pub mod funding;
 pub mod grant;
 pub mod processors;
+pub mod state;
+pub mod thresholds;
 pub mod view;
 pub mod voucher;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -29,6 +39,30 @@ use crate::stage::{Stage, StageError, StageSpec};
 use core::LedgerRules;
 use grant::GrantRules;
 use processors::{LedgerProcessor, VoucherProcessor};
+use thresholds::Threshold;
+
+/// The files of the ledger's pure core (under src/ledger/): no I/O, clock or randomness.
+pub const CORE_FILES: [&str; 16] = [
+    "answer.rs",
+    "command.rs",
+    "core.rs",
+    "core/changelog.rs",
+    "core/entry.rs",
+    "core/expiry.rs",
+    "core/queries.rs",
+    "entry.rs",
+    "funding.rs",
+    "grant.rs",
+    "state.rs",
+    "thresholds.rs",
+    "voucher.rs",
+    "voucher/code.rs",
+    "voucher/revoke.rs",
+    "voucher/view.rs",
+];
+
+/// How often the ledger looks for a due expiry or warning (and writes a clock marker).
+pub const CLOCK_EVERY: Duration = Duration::from_millis(100);
 
 /// Creates the ledger's labelled series (one per entry kind), so dashboards see zeros.
 pub fn init_labels() {
@@ -42,18 +76,21 @@ pub fn init_labels() {
 
 /// Ledger rules from configuration (validated by `Config::validate`).
 pub fn rules(cfg: &Config) -> (LedgerRules, GrantRules) {
-    let mut thresholds: Vec<Decimal> = cfg
+    let mut values: Vec<_> = cfg
         .ledger
         .alert_thresholds
         .iter()
         .map(|d| d.normalize())
         .collect();
-    thresholds.sort_by(|a, b| b.cmp(a));
-    thresholds.dedup();
+    values.sort_by(|a, b| b.cmp(a));
+    values.dedup();
     (
         LedgerRules {
-            thresholds,
+            thresholds: values.into_iter().map(Threshold::Credits).collect(),
             debit_horizon: cfg.ledger.debit_dedupe_horizon,
+            expiry_warning_secs: cfg.ledger.expiry_warning.as_secs(),
+            min_topup: cfg.ledger.min_topup,
+            refusal_memory: cfg.ledger.refusal_memory,
         },
         GrantRules {
             min_topup: cfg.ledger.min_topup,
@@ -68,6 +105,7 @@ fn spec(
     inputs: Vec<String>,
     changelog: &str,
     health: Option<Arc<Health>>,
+    punctuate_every: Option<Duration>,
 ) -> StageSpec {
     StageSpec {
         name,
@@ -76,20 +114,24 @@ fn spec(
         changelog: changelog.to_string(),
         commit_interval: cfg.ledger.commit_interval,
         max_batch: cfg.ledger.max_batch,
-        punctuate_every: None,
+        punctuate_every,
         consumer: Vec::new(),
         health,
     }
 }
 
-/// Runs the ledger stage (blocking) until `stop`; progress and lag go to `health`.
+/// Runs the ledger stage (blocking) until `stop`; progress and lag go to `health`. Every
+/// [`CLOCK_EVERY`] it writes a clock marker to each owned partition with a due expiry or
+/// warning (docs/credits.md, "Expiry: how the ledger observes time").
 pub fn run_ledger(
     cfg: &Config,
     health: Option<Arc<Health>>,
     stop: &CancellationToken,
 ) -> Result<(), StageError> {
     let (rules, grant_rules) = rules(cfg);
-    let p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules);
+    let key = crate::marker::MarkerKey::load(&cfg.pipeline)
+        .map_err(|e| StageError::Setup(e.to_string()))?;
+    let p = LedgerProcessor::new(cfg.topics.clone(), rules, grant_rules, key);
     let t = &cfg.topics;
     let s = spec(
         cfg,
@@ -98,6 +140,7 @@ pub fn run_ledger(
         vec![t.debits.clone(), t.credit_grants.clone()],
         &t.ledger_state,
         health,
+        Some(CLOCK_EVERY),
     );
     Stage::new(cfg, s, p)?.run(stop)
 }
@@ -117,6 +160,7 @@ pub fn run_vouchers(
         vec![t.voucher_requests.clone()],
         &t.voucher_state,
         health,
+        None,
     );
     Stage::new(cfg, s, p)?.run(stop)
 }

@@ -17,7 +17,10 @@ pub mod config;
 pub mod credits;
 pub mod debit;
 pub mod event;
+pub mod feed;
+pub mod follow;
 pub mod health;
+pub mod history;
 pub mod http;
 pub mod kafka;
 pub mod kafka_errors;
@@ -30,6 +33,8 @@ pub mod metrics;
 pub mod money;
 pub mod offline;
 pub mod pipeline;
+pub mod plans;
+pub mod plans_feed;
 pub mod preflight;
 pub mod rating;
 pub mod rejection;
@@ -38,16 +43,19 @@ pub mod report;
 pub mod rollup;
 pub mod sink;
 pub mod stage;
+pub mod trace;
 
 /// The rating core: decode, price, roll up, money, outputs. Every decision is a function of
 /// its inputs: no I/O, no clock, no randomness, no import of a shell module. Not a comment
 /// but a rule: `tests/core_is_pure.rs` reads these modules' sources and fails on any of it.
-pub const CORE_MODULES: [&str; 7] = [
+pub const CORE_MODULES: [&str; 9] = [
     "catalog",
     "debit",
     "event",
     "money",
+    "plans",
     "rating",
     "rejection",
     "rollup",
+    "trace",
 ];

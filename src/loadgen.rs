@@ -329,7 +329,7 @@ mod tests {
         for (i, p) in a.iter().enumerate() {
             r.process(i as i64, p, &c, 0, &mut out);
         }
-        r.close_all(&mut out);
+        r.close_all(&crate::plans::NO_PLANS, &mut out);
         let rejected = out
             .iter()
             .filter(|o| matches!(o, Output::Rejected(_)))

@@ -2,7 +2,8 @@
 //! setup, catalog publish/check, offline rating, dead-letter replay, load generation, spend
 //! report, benchmark),
 //! and an exit status out: 0 done, 1 failed (one `error:` line naming the key and value),
-//! 2 usage or configuration error, 3 `rate --strict` rejected events, 130 interrupted.
+//! 2 usage or configuration error, 3 `rate --strict` rejected events, 75 a credits command
+//! was sent but the ledger gave no verdict in time, 130 interrupted.
 //! A closed stdout (`| head`) ends a command quietly.
 
 // Output is written with `writeln!(..)?` (a closed pipe ends the command): no `println!`.
@@ -61,6 +62,14 @@ enum Command {
         #[arg(long)]
         clickhouse_only: bool,
     },
+    /// Remove what a prefixed deployment (kafka.prefix, e.g. a trial) made: its Kafka topics,
+    /// consumer groups and ClickHouse database. Lists them; deletes only with --yes; refused
+    /// without a prefix and while a group has members; never touches another prefix.
+    Teardown {
+        /// Delete what is listed.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Price catalog operations.
     Catalog {
         #[command(subcommand)]
@@ -72,6 +81,11 @@ enum Command {
         /// Catalog file (JSON array of price versions).
         #[arg(long, value_name = "FILE")]
         catalog: PathBuf,
+        /// Plans file (plan versions and account assignments), as published to the plans
+        /// topic: the same file gives the live pipeline's amounts. Without it every account
+        /// is on the `default` plan.
+        #[arg(long, value_name = "FILE")]
+        plans: Option<PathBuf>,
         /// Markup rate for agent executions, a decimal such as 0.2 (default: rollup.markup_rate).
         #[arg(long, value_name = "RATE", value_parser = parse_decimal)]
         markup_rate: Option<Decimal>,
@@ -84,6 +98,16 @@ enum Command {
         /// Write rejected events to FILE (one JSON object per line) instead of stdout.
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
+    },
+    /// Plans and negotiated prices: check, publish, list (docs/price-catalog.md#plans).
+    Plans {
+        #[command(subcommand)]
+        command: commands::PlansCommand,
+    },
+    /// Accounts: assign a plan.
+    Accounts {
+        #[command(subcommand)]
+        command: commands::AccountsCommand,
     },
     /// Dead-letter operations.
     DeadLetters {
@@ -125,6 +149,14 @@ enum CatalogCommand {
         /// docs/price-catalog.md).
         #[arg(long)]
         allow_retroactive: bool,
+        /// Publish the file's versions as correction ID of past prices: each replaces the
+        /// published version at its instant (or adds one in the past); see
+        /// docs/price-catalog.md#corrections.
+        #[arg(long, value_name = "ID", requires = "reason")]
+        correction: Option<String>,
+        /// Why the correction is made (with --correction).
+        #[arg(long, requires = "correction")]
+        reason: Option<String>,
     },
     /// Validate a catalog file and list its versions with their prices; reports every
     /// problem with its path.
@@ -143,6 +175,23 @@ enum CatalogCommand {
     },
     /// Convert a price list kept in another tool's format into price versions.
     Import(commands::ImportArgs),
+    /// List the versions published on the catalog topic (what the service prices with).
+    List {
+        /// Output format (json: a catalog file, as `export` writes it).
+        #[arg(long, value_enum, default_value = "text")]
+        format: commands::CheckFormat,
+    },
+    /// Write the catalog topic's versions as a catalog file (to edit and publish back).
+    Export(commands::ExportArgs),
+    /// Compare a catalog file with the catalog topic, version by version, as `publish`
+    /// would judge it. Exit status 0: the same; 1: they differ.
+    Diff {
+        /// Catalog file (JSON array of price versions).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: commands::CheckFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,7 +298,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = e.downcast_ref::<Exit>().map_or(1, |x| x.code);
+            let code = e
+                .downcast_ref::<Exit>()
+                .map(|x| x.code)
+                .or_else(|| {
+                    e.downcast_ref::<usage_aggregator::credits::CliExit>()
+                        .map(|x| x.code)
+                })
+                .unwrap_or(1);
             guard.error(&render(&e));
             ExitCode::from(code)
         }
@@ -268,8 +324,15 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
                 CatalogCommand::Publish {
                     file,
                     allow_retroactive,
+                    correction,
+                    reason,
                 },
-        } => commands::publish(&cfg, &file, allow_retroactive).await,
+        } => {
+            let fix = correction
+                .zip(reason)
+                .map(|(id, reason)| usage_aggregator::catalog::VersionCorrection { id, reason });
+            commands::publish(&cfg, &file, allow_retroactive, fix).await
+        }
         Command::Catalog {
             command:
                 CatalogCommand::Check {
@@ -282,8 +345,19 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Catalog {
             command: CatalogCommand::Import(a),
         } => commands::import_catalog(&cfg, a).await,
+        Command::Teardown { yes } => commands::teardown(&cfg, yes).await,
+        Command::Catalog {
+            command: CatalogCommand::List { format },
+        } => commands::catalog_list(&cfg, format).await,
+        Command::Catalog {
+            command: CatalogCommand::Export(a),
+        } => commands::catalog_export(&cfg, a.output.as_deref()).await,
+        Command::Catalog {
+            command: CatalogCommand::Diff { file, format },
+        } => commands::catalog_diff(&cfg, &file, format).await,
         Command::Rate {
             catalog,
+            plans,
             markup_rate,
             lines,
             strict,
@@ -291,11 +365,14 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         } => commands::rate(
             cfg,
             &catalog,
+            plans.as_deref(),
             markup_rate,
             lines,
             strict,
             rejects.as_deref(),
         ),
+        Command::Plans { command } => commands::plans(&cfg, command).await,
+        Command::Accounts { command } => commands::accounts(&cfg, command).await,
         Command::DeadLetters {
             command: DeadLettersCommand::Replay(a),
         } => commands::replay_dead_letters(&cfg, a).await,

@@ -36,8 +36,14 @@ pub struct Metrics {
     pub catalog_age: Gauge,
     pub catalog_updates: IntCounter,
     pub catalog_rejected: IntCounter,
+    pub plans_records: IntGauge,
+    pub plans_updates: IntCounter,
+    pub plans_rejected: IntCounter,
     pub alerts_fired: IntCounterVec,
     pub ready: IntGauge,
+    /// Live streams (SSE) served now, and clients dropped for falling behind.
+    pub api_streams: IntGauge,
+    pub api_streams_dropped: IntCounter,
     /// 1 when a stage of this instance is ready (`/readyz` per stage), by stage.
     pub stage_ready: IntGaugeVec,
     /// Failed credential checks of the HTTP API, by reason (`http::auth::Failure`).
@@ -173,6 +179,9 @@ pub struct LedgerMetrics {
     pub accounts_below: IntGaugeVec,
     pub balance_sum: Gauge,
     pub voucher_results: IntCounterVec,
+    pub answers: IntCounterVec,
+    pub topup_requests: IntCounter,
+    pub clock_markers: IntCounter,
 }
 
 impl LedgerMetrics {
@@ -212,7 +221,7 @@ impl LedgerMetrics {
             ),
             alerts: cv(
                 "usage_agg_ledger_alerts_total",
-                "Balance threshold crossings emitted to credit_alerts.",
+                "Alerts emitted to credit_alerts: threshold crossings (threshold: a configured default's value, or \"account\" for an account's own) and grant_expiring (threshold \"\").",
                 &["threshold", "crossing"],
             ),
             accounts: reg(
@@ -246,6 +255,27 @@ impl LedgerMetrics {
                 "usage_agg_ledger_voucher_results_total",
                 "Voucher commands decided, by action and result (created, granted or the refusal reason).",
                 &["action", "result"],
+            ),
+            answers: cv(
+                "usage_agg_ledger_answers_total",
+                "Answers of the ledger to grants and commands, by command and verdict.",
+                &["command", "verdict"],
+            ),
+            topup_requests: reg(
+                r,
+                IntCounter::new(
+                    "usage_agg_ledger_topup_requests_total",
+                    "Automatic top-up requests raised for the payment service.",
+                )
+                .unwrap(),
+            ),
+            clock_markers: reg(
+                r,
+                IntCounter::new(
+                    "usage_agg_ledger_clock_markers_total",
+                    "Clock markers written to credit_grants (a grant's expiry or warning was due).",
+                )
+                .unwrap(),
             ),
         }
     }
@@ -429,10 +459,30 @@ impl Metrics {
                 "usage_agg_catalog_rejected_total",
                 "Catalog messages refused (invalid or conflicting).",
             ),
+            plans_records: gauge(
+                "usage_agg_plans_records",
+                "Plan versions and account assignments loaded.",
+            ),
+            plans_updates: counter(
+                "usage_agg_plans_updates_total",
+                "Plan book updates applied from the plans topic.",
+            ),
+            plans_rejected: counter(
+                "usage_agg_plans_rejected_total",
+                "Plans topic messages refused (invalid, conflicting, or an assignment to a plan without a version).",
+            ),
             alerts_fired: counter_vec(
                 "usage_agg_alerts_fired_total",
                 "Spend alerts emitted.",
                 &["rule"],
+            ),
+            api_streams: gauge(
+                "usage_agg_api_streams",
+                "Live streams (server-sent events) this instance serves now.",
+            ),
+            api_streams_dropped: counter(
+                "usage_agg_api_streams_dropped_total",
+                "Stream clients cut off for falling traces.stream_buffer events behind (they resume with Last-Event-ID).",
             ),
             ready: gauge(
                 "usage_agg_ready",

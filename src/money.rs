@@ -65,6 +65,18 @@ pub fn debit_markup(subtotal: Decimal, rate: Decimal) -> Decimal {
     })
 }
 
+/// A cost after a plan's percentage discount: `exact * (100 - percent) / 100`, before the
+/// line's one rounding ([`round_line_cost`]); `percent` has at most 4 decimals (plans check).
+pub fn discounted(exact: Decimal, percent: Decimal) -> Result<Decimal, MoneyError> {
+    let keep = Decimal::ONE_HUNDRED
+        .checked_sub(percent)
+        .ok_or(MoneyError::Overflow)?;
+    exact
+        .checked_mul(keep)
+        .and_then(|v| v.checked_div(Decimal::ONE_HUNDRED))
+        .ok_or(MoneyError::Overflow)
+}
+
 /// Adds two amounts, failing on overflow.
 pub fn add(a: Decimal, b: Decimal) -> Result<Decimal, MoneyError> {
     a.checked_add(b).ok_or(MoneyError::Overflow)
@@ -86,10 +98,44 @@ pub fn to_scaled_i128(value: Decimal, scale: u32) -> Result<i128, MoneyError> {
         .ok_or(MoneyError::DoesNotFit { value, scale })
 }
 
+/// A low-balance threshold given as a share of the last top-up: `amount * percent / 100`,
+/// rounded half away from zero to [`DEBIT_SCALE`] decimals (the ledger's scale).
+pub fn share_of(amount: Decimal, percent: Decimal) -> Decimal {
+    (amount * percent / Decimal::ONE_HUNDRED)
+        .round_dp_with_strategy(DEBIT_SCALE, RoundingStrategy::MidpointAwayFromZero)
+        .normalize()
+}
+
+/// Decimals of an amount a payment service can charge (an automatic top-up request).
+pub const PAYMENT_SCALE: u32 = 2;
+
+/// An amount to request from the payment service: rounded **up** (away from zero) to
+/// [`PAYMENT_SCALE`] decimals, so a refill never falls short of its target.
+pub fn round_up_to_payment(amount: Decimal) -> Decimal {
+    amount
+        .round_dp_with_strategy(PAYMENT_SCALE, RoundingStrategy::AwayFromZero)
+        .normalize()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    #[test]
+    fn shares_and_payment_amounts_round_as_named() {
+        assert_eq!(share_of(d("50"), d("20")), d("10"));
+        assert_eq!(share_of(d("33.33"), d("10")), d("3.333"));
+        // 1e-18 * 50 % = 5e-19: half away from zero at 18 decimals.
+        assert_eq!(
+            share_of(d("0.000000000000000001"), d("50")),
+            d("0.000000000000000001")
+        );
+        assert_eq!(share_of(d("0.000000000000000001"), d("49")), d("0"));
+        assert_eq!(round_up_to_payment(d("90.001")), d("90.01"));
+        assert_eq!(round_up_to_payment(d("90.00")), d("90"));
+        assert_eq!(round_up_to_payment(d("0.000000000000000001")), d("0.01"));
+    }
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
@@ -112,6 +158,18 @@ mod tests {
         // 1 unit at 1 credit per 3 units is 0.333..., kept to 12 decimals.
         let c = unit_cost(d("1"), d("1"), 3).unwrap();
         assert_eq!(round_line_cost(c), d("0.333333333333"));
+    }
+
+    #[test]
+    fn discounts_apply_before_the_one_rounding() {
+        // 15 % off 0.000375 = 0.00031875 exactly; off 1/3 credit rounds once at 12 decimals.
+        assert_eq!(discounted(d("0.000375"), d("15")).unwrap(), d("0.00031875"));
+        let third = unit_cost(d("1"), d("1"), 3).unwrap();
+        assert_eq!(
+            round_line_cost(discounted(third, d("12.5")).unwrap()),
+            d("0.291666666667")
+        );
+        assert_eq!(discounted(d("0.8"), d("100")).unwrap(), d("0"));
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::io::{BufRead, Write};
 
 use serde::Serialize;
 
-use crate::catalog::Catalog;
 use crate::debit::{Debit, PricedLine};
+use crate::rating::Pricing;
 use crate::rejection::RejectReason;
 use crate::rollup::{Outcome, Output, PartitionRollup, RollupConfig};
 
@@ -68,15 +68,17 @@ pub enum Rejects<'a> {
     To(&'a mut dyn Write),
 }
 
-/// Rates every line of `input` (line number = offset, partition 0) and writes records.
-pub fn rate<R: BufRead, W: Write>(
+/// Rates every line of `input` (line number = offset, partition 0) with the catalog and the
+/// plans (`rate --plans`), and writes records.
+pub fn rate<'a, R: BufRead, W: Write>(
     cfg: RollupConfig,
-    catalog: &Catalog,
+    pricing: impl Into<Pricing<'a>>,
     input: R,
     mut output: W,
     with_lines: bool,
     mut rejects: Rejects<'_>,
 ) -> std::io::Result<RateSummary> {
+    let pricing = pricing.into();
     let mut rollup = PartitionRollup::new(cfg, 0);
     let mut out = Vec::new();
     let mut summary = RateSummary::default();
@@ -91,7 +93,7 @@ pub fn rate<R: BufRead, W: Write>(
             continue;
         }
         summary.events += 1;
-        if rollup.process(offset, &line, catalog, 0, &mut out) == Outcome::Duplicate {
+        if rollup.process(offset, &line, pricing, 0, &mut out) == Outcome::Duplicate {
             summary.duplicates += 1;
         }
         write_outputs(
@@ -105,7 +107,7 @@ pub fn rate<R: BufRead, W: Write>(
         )?;
         offset += 1;
     }
-    rollup.close_all(&mut out);
+    rollup.close_all(pricing.plans, &mut out);
     write_outputs(
         &mut output,
         &mut rejects,

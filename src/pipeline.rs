@@ -17,13 +17,14 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::CatalogHandle;
 use crate::config::Config;
 use crate::debit::Debit;
 use crate::event::encode_timeout_marker;
 use crate::health::{Health, now_ms};
 use crate::marker::{self, MarkerKey, MarkerKeyError};
 use crate::metrics::METRICS;
+use crate::plans::PlansHandle;
+use crate::rating::PricingHandle;
 use crate::rollup::{OpenExecutionView, Output, PartitionRollup, RollupConfig};
 use crate::stage::{
     ChangeSink, Changelog, InputMsg, Outputs, Positions, Processor, Record, Stage, StageError,
@@ -55,7 +56,7 @@ fn lock(
 /// The rating pipeline's processor (see the module documentation).
 pub struct PipelineProcessor {
     rules: RollupConfig,
-    catalog: CatalogHandle,
+    pricing: PricingHandle,
     /// Authenticates the close markers this pipeline writes and reads back.
     marker_key: MarkerKey,
     idle_timeout_ms: u64,
@@ -66,10 +67,10 @@ pub struct PipelineProcessor {
 }
 
 impl PipelineProcessor {
-    pub fn new(cfg: &Config, catalog: CatalogHandle) -> Result<Self, PipelineError> {
+    pub fn new(cfg: &Config, pricing: PricingHandle) -> Result<Self, PipelineError> {
         Ok(PipelineProcessor {
             rules: cfg.rollup_config(),
-            catalog,
+            pricing,
             marker_key: MarkerKey::load(&cfg.pipeline)?,
             idle_timeout_ms: cfg.rollup.execution_idle_timeout.as_millis() as u64,
             parts: Arc::default(),
@@ -80,7 +81,10 @@ impl PipelineProcessor {
 
     /// A query handle on the partitions' state (HTTP).
     pub fn handle(&self) -> EngineHandle {
-        EngineHandle(self.parts.clone())
+        EngineHandle {
+            parts: self.parts.clone(),
+            plans: self.pricing.plans.clone(),
+        }
     }
 
     fn rollup<'a>(
@@ -106,7 +110,7 @@ impl PipelineProcessor {
 
 impl Processor for PipelineProcessor {
     fn process(&mut self, msg: &InputMsg<'_>, out: &mut Outputs<'_>) {
-        let catalog = self.catalog.load();
+        let pricing = self.pricing.load();
         let origin = self
             .marker_key
             .origin(msg.topic, msg.partition, msg.payload, msg.headers);
@@ -117,7 +121,7 @@ impl Processor for PipelineProcessor {
             origin,
             msg.offset,
             msg.payload,
-            &catalog,
+            pricing.get(),
             now_ms(),
             &mut self.out,
         );
@@ -209,15 +213,19 @@ impl Processor for PipelineProcessor {
 
 /// A handle to query the running pipeline's state (HTTP).
 #[derive(Clone)]
-pub struct EngineHandle(Parts);
+pub struct EngineHandle {
+    parts: Parts,
+    plans: PlansHandle,
+}
 
 impl EngineHandle {
     /// The running cost of an execution open on this instance (see
     /// [`PartitionRollup::running_cost`]).
     pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
-        lock(&self.0)
+        let plans = self.plans.load();
+        lock(&self.parts)
             .values()
-            .find_map(|r| r.running_cost(execution_id, account_id))
+            .find_map(|r| r.running_cost(execution_id, account_id, &plans))
     }
 
     /// `account_id`'s execution `execution_id`, if it is open on this instance (its input
@@ -235,9 +243,10 @@ impl EngineHandle {
         account_id: &str,
         execution_id: &str,
     ) -> Option<OpenExecutionView> {
-        lock(&self.0)
+        let plans = self.plans.load();
+        lock(&self.parts)
             .values()
-            .find_map(|r| r.open_execution(account_id, execution_id))
+            .find_map(|r| r.open_execution(account_id, execution_id, &plans))
     }
 }
 
@@ -248,12 +257,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// `pricing`: the catalog handle (every account on the `default` plan) or a
+    /// [`PricingHandle`] with the plans too.
     pub fn new(
         cfg: &Config,
-        catalog: CatalogHandle,
+        pricing: impl Into<PricingHandle>,
         health: Arc<Health>,
     ) -> Result<Pipeline, PipelineError> {
-        let processor = PipelineProcessor::new(cfg, catalog)?;
+        let processor = PipelineProcessor::new(cfg, pricing.into())?;
         let handle = processor.handle();
         let spec = StageSpec {
             name: "pipeline",

@@ -1,5 +1,7 @@
-//! Pricing one call: a validated call event and the catalog in, a [`PricedLine`] or a
-//! rejection out. Point-in-time: the version in force at the event's own `occurred_at`.
+//! Pricing one call: a validated call event, the catalog and the plans in, a [`PricedLine`]
+//! or a rejection out. Point-in-time: the price version in force at the event's own
+//! `occurred_at`, its tier chosen by the call's quantities, and the account's plan in force
+//! then (a discount or unit price overrides of the most specific matching rule).
 
 use rust_decimal::Decimal;
 
@@ -7,7 +9,67 @@ use crate::catalog::{AssetType, Catalog, LookupError};
 use crate::debit::{LineKind, PricedLine, PricedUnit};
 use crate::event::{EventKind, UsageEvent};
 use crate::money;
+use crate::plans::{NO_PLANS, PlanBook};
 use crate::rejection::{RejectReason, Rejection, excerpt};
+
+/// What prices a call: the price catalog and the plan book (both point-in-time).
+#[derive(Debug, Clone, Copy)]
+pub struct Pricing<'a> {
+    pub catalog: &'a Catalog,
+    pub plans: &'a PlanBook,
+}
+
+impl<'a> From<&'a Catalog> for Pricing<'a> {
+    /// The catalog alone: every account on the built-in `default` plan.
+    fn from(catalog: &'a Catalog) -> Self {
+        Pricing {
+            catalog,
+            plans: &NO_PLANS,
+        }
+    }
+}
+
+/// The live pipeline's view of prices: the catalog and the plan book, each swapped whole by
+/// its feed. `From<CatalogHandle>`: a catalog alone (every account on `default`).
+#[derive(Debug, Clone)]
+pub struct PricingHandle {
+    pub catalog: crate::catalog::CatalogHandle,
+    pub plans: crate::plans::PlansHandle,
+}
+
+impl From<crate::catalog::CatalogHandle> for PricingHandle {
+    fn from(catalog: crate::catalog::CatalogHandle) -> Self {
+        PricingHandle {
+            catalog,
+            plans: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(PlanBook::default())),
+        }
+    }
+}
+
+impl PricingHandle {
+    /// The current catalog and plans, held for one call or batch ([`PricingGuard::get`]).
+    pub fn load(&self) -> PricingGuard {
+        PricingGuard {
+            catalog: self.catalog.load(),
+            plans: self.plans.load(),
+        }
+    }
+}
+
+/// Loaded catalog and plans (arc-swap guards).
+pub struct PricingGuard {
+    catalog: arc_swap::Guard<std::sync::Arc<Catalog>>,
+    plans: arc_swap::Guard<std::sync::Arc<PlanBook>>,
+}
+
+impl PricingGuard {
+    pub fn get(&self) -> Pricing<'_> {
+        Pricing {
+            catalog: &self.catalog,
+            plans: &self.plans,
+        }
+    }
+}
 
 /// Refuses a fraction of a unit that counts whole things (`invalid_quantity`): whether a unit
 /// is whole is catalog data ([`Catalog::whole_unit`]: the `whole` flag of the unit's price in
@@ -29,13 +91,17 @@ pub fn check_whole_units(event: &UsageEvent, catalog: &Catalog) -> Result<(), Re
     Ok(())
 }
 
-/// Prices a call event. Never bills an unknown asset, time or unit as 0.
-pub fn price_call(
+/// Prices a call event. Never bills an unknown asset, time or unit as 0. Every unit of the
+/// call is priced at the selected tier (first matching in declared order, else the default
+/// prices); a plan rule then replaces unit prices or takes a percentage off the exact cost,
+/// which is rounded once ([`money::round_line_cost`]).
+pub fn price_call<'a>(
     event: &UsageEvent,
-    catalog: &Catalog,
+    pricing: impl Into<Pricing<'a>>,
     partition: i32,
     offset: i64,
 ) -> Result<PricedLine, Rejection> {
+    let Pricing { catalog, plans } = pricing.into();
     let sent = event.asset_id.as_deref().unwrap_or_default();
     // An alias only names an asset; the price is that asset's, or a rejection, never 0.
     let asset_id = catalog.resolve(sent).unwrap_or(sent);
@@ -60,13 +126,21 @@ pub fn price_call(
                 ),
             ),
         })?;
+    let (tier, prices) = version.tier_for(&event.quantities);
+    let plan = plans.resolve(&event.account_id, event.occurred_at);
+    let rule = if version.asset_type == AssetType::Integration {
+        None
+    } else {
+        plan.rule_for(asset_id, version.asset_type, &version.vendor)
+    };
     let mut units = Vec::with_capacity(event.quantities.len());
     let mut exact = Decimal::ZERO;
     for (unit, quantity) in &event.quantities {
         let (credits, per) = if version.asset_type == AssetType::Integration {
             (Decimal::ZERO, 1)
         } else {
-            let p = version.price_of(unit).ok_or_else(|| {
+            let p = prices.iter().find(|(u, _)| u == unit).map(|(_, p)| p);
+            let p = p.ok_or_else(|| {
                 Rejection::new(
                     RejectReason::UnknownUnit,
                     format!(
@@ -75,8 +149,7 @@ pub fn price_call(
                         excerpt(sent),
                         alias_note(sent, asset_id),
                         version.label,
-                        version
-                            .prices
+                        prices
                             .iter()
                             .map(|(u, _)| u.as_str())
                             .collect::<Vec<_>>()
@@ -84,7 +157,10 @@ pub fn price_call(
                     ),
                 )
             })?;
-            (p.credits, p.per)
+            match rule.and_then(|r| r.unit_prices.get(unit)) {
+                Some(o) => (o.credits, o.per),
+                None => (p.credits, p.per),
+            }
         };
         let c = money::unit_cost(*quantity, credits, per)
             .and_then(|c| money::add(exact, c))
@@ -101,6 +177,15 @@ pub fn price_call(
             credits,
             per,
         });
+    }
+    let discount = rule.and_then(|r| r.discount_percent);
+    if let Some(p) = discount {
+        exact = money::discounted(exact, p).map_err(|e| {
+            Rejection::new(
+                RejectReason::InvalidQuantity,
+                format!("the call cannot be priced with its plan's discount: {e}"),
+            )
+        })?;
     }
     Ok(PricedLine {
         event_id: event.event_id.clone(),
@@ -119,6 +204,11 @@ pub fn price_call(
         asset_type: version.asset_type,
         vendor: version.vendor.to_string(),
         price_version: version.label.to_string(),
+        tier: tier.map(str::to_string),
+        plan: plan.plan_id.to_string(),
+        plan_version: plan.label.map(str::to_string),
+        plan_rule: rule.map(|r| r.applies_to.label()),
+        discount_percent: discount,
         units,
         cost: money::round_line_cost(exact),
         dimensions: event.dimensions.clone(),
@@ -399,3 +489,5 @@ mod tests {
         assert!(l.cost.is_zero());
     }
 }
+#[cfg(test)]
+mod tests_pricing;

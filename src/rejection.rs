@@ -32,10 +32,12 @@ pub enum RejectReason {
     InvalidAmount,
     /// Ledger: a top-up below `ledger.min_topup`.
     TopupBelowMinimum,
+    /// Ledger: a grant whose `expires_at` the ledger's clock has already reached.
+    AlreadyExpired,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 20] = [
+    pub const ALL: [RejectReason; 21] = [
         RejectReason::Oversized,
         RejectReason::InvalidEncoding,
         RejectReason::InvalidJson,
@@ -56,6 +58,7 @@ impl RejectReason {
         RejectReason::InvalidAccount,
         RejectReason::InvalidAmount,
         RejectReason::TopupBelowMinimum,
+        RejectReason::AlreadyExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +83,7 @@ impl RejectReason {
             RejectReason::InvalidAccount => "invalid_account",
             RejectReason::InvalidAmount => "invalid_amount",
             RejectReason::TopupBelowMinimum => "topup_below_minimum",
+            RejectReason::AlreadyExpired => "already_expired",
         }
     }
 }

@@ -22,6 +22,9 @@ fn dec(v: i128, scale: u32) -> Decimal {
         .normalize()
 }
 
+/// A half-open window of event time `[from, to)`; `None` leaves that side open.
+pub type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Which rows a report covers.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReportFilter {
@@ -74,6 +77,7 @@ struct TypeRow {
 struct ExecRow {
     execution_id: String,
     account_id: String,
+    markup: i128,
     total: i128,
     calls: u32,
     breakdown_assets: Vec<String>,
@@ -120,7 +124,27 @@ pub struct ExecutionSpend {
     pub calls: u32,
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
+    /// Vendor price per asset, then `markup`: they add up to `total`.
     pub breakdown: Vec<AssetCost>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub markup: Decimal,
+}
+
+/// Debits in the window by component (`crate::debit::components`): `models + tools +
+/// unclassified + markup = total`. `unclassified` is the vendor price of debits written
+/// before ClickHouse migration 6 (which does not record the split); 0 for every later one.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ComponentSpend {
+    #[serde(with = "rust_decimal::serde::str")]
+    pub models: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub tools: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unclassified: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub markup: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -149,6 +173,8 @@ pub struct Report {
     /// Accounts with debits in the window (`accounts` may show fewer: `top`).
     pub accounts_total: u64,
     pub asset_types: Vec<TypeSpend>,
+    /// The debits' total by component, markup as its own line.
+    pub components: ComponentSpend,
     pub top_executions: Vec<ExecutionSpend>,
     /// Execution debits in the window.
     pub executions_total: u64,
@@ -221,7 +247,7 @@ pub async fn build(ch: &clickhouse::Client, f: &ReportFilter) -> Result<Report, 
         "SELECT asset_type, count() AS calls, sum(cost) AS cost FROM usage_transactions WHERE {tw} GROUP BY asset_type ORDER BY cost DESC, asset_type"
     )), f).fetch_all().await?;
     let execs: Vec<ExecRow> = bind(ch.query(&format!(
-        "SELECT execution_id, account_id, total, calls, breakdown_assets, breakdown_costs FROM debits WHERE {w} AND kind = 'agent_execution' ORDER BY total DESC, debit_id{limit}"
+        "SELECT execution_id, account_id, markup, total, calls, breakdown_assets, breakdown_costs FROM debits WHERE {w} AND kind = 'agent_execution' ORDER BY total DESC, debit_id{limit}"
     )), f).fetch_all().await?;
     // Rejected events: the same window applied to their ingestion time.
     let rw = filter_sql(f, Some("ingested_at"), false);
@@ -234,6 +260,14 @@ pub async fn build(ch: &clickhouse::Client, f: &ReportFilter) -> Result<Report, 
     let (n, accounts_total, subtotal, markup, total): (u64, u64, i128, i128, i128) = bind(
         ch.query(&format!(
             "SELECT count(), uniqExact(account_id), sum(subtotal), sum(markup), sum(total) FROM debits WHERE {w}"
+        )),
+        f,
+    )
+    .fetch_one()
+    .await?;
+    let (models, tools, c_subtotal, c_markup, c_total): (i128, i128, i128, i128, i128) = bind(
+        ch.query(&format!(
+            "SELECT sum(models), sum(tools), sum(subtotal), sum(markup), sum(total) FROM debits WHERE {w}"
         )),
         f,
     )
@@ -269,6 +303,13 @@ pub async fn build(ch: &clickhouse::Client, f: &ReportFilter) -> Result<Report, 
                 cost: dec(t.cost, 12),
             })
             .collect(),
+        components: ComponentSpend {
+            models: dec(models, 18),
+            tools: dec(tools, 18),
+            unclassified: dec(c_subtotal - models - tools, 18),
+            markup: dec(c_markup, 18),
+            total: dec(c_total, 18),
+        },
         top_executions: execs
             .into_iter()
             .map(|e| ExecutionSpend {
@@ -285,6 +326,7 @@ pub async fn build(ch: &clickhouse::Client, f: &ReportFilter) -> Result<Report, 
                 account_id: e.account_id,
                 calls: e.calls,
                 total: dec(e.total, 18),
+                markup: dec(e.markup, 18),
             })
             .collect(),
         executions_total,
@@ -401,6 +443,24 @@ pub fn render_text(r: &Report) -> String {
         &[("asset type", Left), ("calls", Right), ("cost", Right)],
         &rows,
     ));
+    let c = &r.components;
+    let _ = writeln!(
+        o,
+        "\nSpend by component (vendor price, then markup; they add up to the total)"
+    );
+    let mut parts = vec![("models", c.models), ("tools", c.tools)];
+    if !c.unclassified.is_zero() {
+        parts.push(("unclassified (before migration 6)", c.unclassified));
+    }
+    parts.extend([("markup", c.markup), ("total", c.total)]);
+    let rows: Vec<Vec<String>> = parts
+        .into_iter()
+        .map(|(name, amount)| vec![name.to_string(), display_amount(amount)])
+        .collect();
+    o.push_str(&table::render(
+        &[("component", Left), ("amount", Right)],
+        &rows,
+    ));
     let _ = writeln!(
         o,
         "\nTop executions ({})",
@@ -418,6 +478,7 @@ pub fn render_text(r: &Report) -> String {
         for x in &e.breakdown {
             let _ = writeln!(o, "    {:<40} {:>18}", x.asset_id, display_amount(x.cost));
         }
+        let _ = writeln!(o, "    {:<40} {:>18}", "markup", display_amount(e.markup));
     }
     let _ = writeln!(
         o,

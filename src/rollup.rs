@@ -11,23 +11,25 @@
 
 mod changelog;
 pub mod dedupe;
+mod open;
 mod outputs;
 mod snapshot;
 pub mod trace;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{AssetType, Catalog};
+use crate::catalog::AssetType;
 use crate::debit::{self, Debit, DebitKind, PricedLine};
 use crate::event::{self, EventKind, Origin, UsageEvent, id_hash};
 use crate::money;
-use crate::rating::{check_whole_units, price_call};
+use crate::plans::PlanBook;
+use crate::rating::{Pricing, check_whole_units, price_call};
 use crate::rejection::{RejectReason, Rejection, excerpt};
 use dedupe::{DedupeWindow, HashKeyed, Seen};
+use open::{AssetAcc, OpenExecution};
 use outputs::{dedupe_key, exec_key, execution_debit, single_line_debit, split_key};
 pub use snapshot::PartitionSnapshot;
 pub use trace::{OpenExecutionView, TracedCall};
@@ -83,37 +85,6 @@ pub enum Outcome {
     Marker,
     /// A finish or marker that had nothing left to do (stale marker, late finish).
     Ignored,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct AssetAcc {
-    asset_type: AssetType,
-    calls: u32,
-    quantities: BTreeMap<String, Decimal>,
-    cost: Decimal,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct OpenExecution {
-    account_id: String,
-    first_event_id: String,
-    first_offset: i64,
-    last_offset: i64,
-    first_event_at: DateTime<Utc>,
-    last_event_at: DateTime<Utc>,
-    calls_seen: u32,
-    calls_priced: u32,
-    finished: bool,
-    expected_calls: Option<u32>,
-    subtotal: Decimal,
-    breakdown: BTreeMap<String, AssetAcc>,
-    #[serde(skip)]
-    last_seen_ms: u64,
-    #[serde(skip)]
-    marker_sent_after: Option<i64>,
-    /// The first `max_trace_calls` priced calls (the live trace).
-    #[serde(skip)]
-    calls: Vec<TracedCall>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,29 +167,30 @@ impl PartitionRollup {
 
     /// Processes the event at `offset` written by a producer (no close markers accepted).
     /// `now_ms` is wall time, used only for idle markers.
-    pub fn process(
+    pub fn process<'a>(
         &mut self,
         offset: i64,
         payload: &[u8],
-        catalog: &Catalog,
+        pricing: impl Into<Pricing<'a>>,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
-        self.process_from(Origin::Producer, offset, payload, catalog, now_ms, out)
+        self.process_from(Origin::Producer, offset, payload, pricing, now_ms, out)
     }
 
     /// Processes the event at `offset`; `origin` says whether the pipeline authenticated it
     /// as the aggregator's own close marker ([`Origin::Aggregator`]). Only accepted events
     /// enter the duplicate memory: a rejected event can be billed when re-sent.
-    pub fn process_from(
+    pub fn process_from<'a>(
         &mut self,
         origin: Origin,
         offset: i64,
         payload: &[u8],
-        catalog: &Catalog,
+        pricing: impl Into<Pricing<'a>>,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
+        let pricing = pricing.into();
         self.next_offset = offset + 1;
         self.evict_closed(offset);
         let ev = match event::decode_from(payload, self.cfg.max_event_bytes, origin) {
@@ -227,7 +199,7 @@ impl PartitionRollup {
         };
         if ev.kind == EventKind::ExecutionTimeout {
             // A marker is idempotent by itself (a stale one is ignored): no duplicate memory.
-            return self.timeout(&ev, out);
+            return self.timeout(&ev, pricing.plans, out);
         }
         let key = dedupe_key(&ev);
         let content = ev.content_hash();
@@ -251,11 +223,13 @@ impl PartitionRollup {
             }
         }
         let outcome = match ev.kind {
-            EventKind::ModelCall | EventKind::ToolCall => match check_whole_units(&ev, catalog) {
-                Ok(()) => self.call(offset, &ev, catalog, now_ms, out),
-                Err(r) => self.rejected(r, out),
-            },
-            _ => self.finish(offset, &ev, now_ms, out),
+            EventKind::ModelCall | EventKind::ToolCall => {
+                match check_whole_units(&ev, pricing.catalog) {
+                    Ok(()) => self.call(offset, &ev, pricing, now_ms, out),
+                    Err(r) => self.rejected(r, out),
+                }
+            }
+            _ => self.finish(offset, &ev, pricing.plans, now_ms, out),
         };
         if matches!(outcome, Outcome::Rejected(_)) {
             self.dedupe.refuse(offset);
@@ -282,12 +256,12 @@ impl PartitionRollup {
         &mut self,
         offset: i64,
         ev: &UsageEvent,
-        catalog: &Catalog,
+        pricing: Pricing<'_>,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
         let Some(exec_id) = ev.execution_id.as_deref() else {
-            return match price_call(ev, catalog, self.partition, offset) {
+            return match price_call(ev, pricing, self.partition, offset) {
                 Ok(line) => {
                     let asset_type = line.asset_type;
                     let kind = if ev.kind == EventKind::ModelCall {
@@ -306,15 +280,20 @@ impl PartitionRollup {
         };
         let key = exec_key(&ev.account_id, exec_id);
         if !self.open.contains_key(&key) && self.is_closed(&key, &ev.account_id) {
-            return match price_call(ev, catalog, self.partition, offset) {
+            return match price_call(ev, pricing, self.partition, offset) {
                 Ok(line) => {
                     let id = debit::adjustment_debit_id(&ev.account_id, exec_id, &ev.event_id);
+                    // The markup of the plan in force at the late call's own time.
+                    let rate = pricing
+                        .plans
+                        .resolve(&ev.account_id, ev.occurred_at)
+                        .markup_rate(self.cfg.markup_rate);
                     let d = single_line_debit(
                         id,
                         DebitKind::AgentExecutionAdjustment,
                         Some(exec_id),
                         &line,
-                        self.cfg.markup_rate,
+                        rate,
                     );
                     let asset_type = line.asset_type;
                     out.push(Output::Line(line));
@@ -324,9 +303,9 @@ impl PartitionRollup {
                 Err(r) => self.rejected(r, out),
             };
         }
-        let priced = price_call(ev, catalog, self.partition, offset);
+        let priced = price_call(ev, pricing, self.partition, offset);
         if !self.open.contains_key(&key) {
-            self.open_waiting(&key, offset, ev, now_ms, out);
+            self.open_waiting(&key, offset, ev, now_ms, pricing.plans, out);
         }
         self.journal.touch(&key);
         let open = self.open.get_mut(&key).expect("inserted above");
@@ -349,13 +328,8 @@ impl PartitionRollup {
                     open.last_event_at = open.last_event_at.max(ev.occurred_at);
                     let acc = open
                         .breakdown
-                        .entry(line.asset_id.clone())
-                        .or_insert_with(|| AssetAcc {
-                            asset_type: line.asset_type,
-                            calls: 0,
-                            quantities: BTreeMap::new(),
-                            cost: Decimal::ZERO,
-                        });
+                        .entry(outputs::breakdown_key(&line.asset_id, &line.price_version))
+                        .or_insert_with(|| AssetAcc::new(line.asset_type));
                     acc.calls += 1;
                     acc.cost += line.cost;
                     for u in &line.units {
@@ -383,7 +357,7 @@ impl PartitionRollup {
             .get(&key)
             .is_some_and(|o| o.finished && o.expected_calls.is_none_or(|n| o.calls_seen >= n));
         if ready {
-            self.close(&key, offset, out);
+            self.close(&key, offset, pricing.plans, out);
         }
         outcome
     }
@@ -392,6 +366,7 @@ impl PartitionRollup {
         &mut self,
         offset: i64,
         ev: &UsageEvent,
+        plans: &PlanBook,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Outcome {
@@ -408,7 +383,7 @@ impl PartitionRollup {
             }
             // The finish came before its calls: wait for them, finished, with nothing
             // priced yet (the idle rule closes it if they never come).
-            self.open_waiting(&key, offset, ev, now_ms, out);
+            self.open_waiting(&key, offset, ev, now_ms, plans, out);
         }
         self.journal.touch(&key);
         let open = self.open.get_mut(&key).expect("present or opened above");
@@ -417,7 +392,7 @@ impl PartitionRollup {
         open.last_offset = offset;
         open.last_seen_ms = now_ms;
         if ev.expected_calls.is_none_or(|n| open.calls_seen >= n) {
-            self.close(&key, offset, out);
+            self.close(&key, offset, plans, out);
         }
         Outcome::Finished
     }
@@ -430,33 +405,16 @@ impl PartitionRollup {
         offset: i64,
         ev: &UsageEvent,
         now_ms: u64,
+        plans: &PlanBook,
         out: &mut Vec<Output>,
     ) {
-        self.make_room(out);
+        self.make_room(plans, out);
         self.open_by_first_offset.insert(offset, key.to_string());
-        self.open.insert(
-            key.to_string(),
-            OpenExecution {
-                account_id: ev.account_id.clone(),
-                first_event_id: ev.event_id.clone(),
-                first_offset: offset,
-                last_offset: offset,
-                first_event_at: ev.occurred_at,
-                last_event_at: ev.occurred_at,
-                calls_seen: 0,
-                calls_priced: 0,
-                finished: false,
-                expected_calls: None,
-                subtotal: Decimal::ZERO,
-                breakdown: BTreeMap::new(),
-                last_seen_ms: now_ms,
-                marker_sent_after: None,
-                calls: Vec::new(),
-            },
-        );
+        self.open
+            .insert(key.to_string(), OpenExecution::waiting(ev, offset, now_ms));
     }
 
-    fn timeout(&mut self, ev: &UsageEvent, out: &mut Vec<Output>) -> Outcome {
+    fn timeout(&mut self, ev: &UsageEvent, plans: &PlanBook, out: &mut Vec<Output>) -> Outcome {
         let key = exec_key(
             &ev.account_id,
             ev.execution_id.as_deref().unwrap_or_default(),
@@ -464,7 +422,7 @@ impl PartitionRollup {
         match self.open.get(&key) {
             Some(open) if Some(open.last_offset) == ev.after_offset => {
                 let at = open.last_offset;
-                self.close(&key, at, out);
+                self.close(&key, at, plans, out);
                 Outcome::Marker
             }
             _ => Outcome::Ignored,
@@ -472,14 +430,14 @@ impl PartitionRollup {
     }
 
     /// Closes the oldest open executions while the partition is at its bound.
-    fn make_room(&mut self, out: &mut Vec<Output>) {
+    fn make_room(&mut self, plans: &PlanBook, out: &mut Vec<Output>) {
         while self.open.len() >= self.cfg.max_open_executions.max(1) {
             let Some((&first, id)) = self.open_by_first_offset.iter().next() else {
                 break;
             };
             let id = id.clone();
             let at = self.open.get(&id).map_or(first, |o| o.last_offset);
-            self.close(&id, at, out);
+            self.close(&id, at, plans, out);
         }
     }
 
@@ -490,7 +448,7 @@ impl PartitionRollup {
             .is_some_and(|c| c.account_hash == id_hash(account_id))
     }
 
-    fn close(&mut self, key: &str, offset: i64, out: &mut Vec<Output>) {
+    fn close(&mut self, key: &str, offset: i64, plans: &PlanBook, out: &mut Vec<Output>) {
         let Some(open) = self.open.remove(key) else {
             return;
         };
@@ -502,9 +460,12 @@ impl PartitionRollup {
         }
         let (_, exec_id) = split_key(key);
         let id = debit::execution_debit_id(&open.account_id, exec_id, &open.first_event_id);
+        // The markup of the plan in force at the execution's first call.
+        let plan = plans.resolve(&open.account_id, open.first_event_at);
         out.push(Output::Debit(execution_debit(
             exec_id,
             &open,
+            plan,
             self.cfg.markup_rate,
             id,
         )));
@@ -543,12 +504,13 @@ impl PartitionRollup {
         }
     }
 
-    /// Closes every open execution (end of input in offline rating).
-    pub fn close_all(&mut self, out: &mut Vec<Output>) {
+    /// Closes every open execution (end of input in offline rating), each under the plan
+    /// of its account at its first call.
+    pub fn close_all(&mut self, plans: &PlanBook, out: &mut Vec<Output>) {
         let ids: Vec<String> = self.open_by_first_offset.values().cloned().collect();
         for id in ids {
             let at = self.open[&id].last_offset;
-            self.close(&id, at, out);
+            self.close(&id, at, plans, out);
         }
     }
 

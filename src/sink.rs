@@ -42,8 +42,9 @@ use insert::{FIRST_BACKOFF, Inserter, next_backoff};
 use rows::Source;
 use table::{Accepted, Lane};
 
-/// Creates the sink's labelled series (one per table), so dashboards see zeros.
-pub fn init_labels() {
+/// Creates the sink's labelled series (one per table; the lag one per configured output
+/// topic, partition 0), so dashboards and alert rules see zeros.
+pub fn init_labels(topics: &crate::config::TopicsConfig) {
     let m = &*METRICS;
     for t in tables::NAMES {
         m.sink_rows.with_label_values(&[t]);
@@ -52,7 +53,9 @@ pub fn init_labels() {
         m.sink_insert_latency.with_label_values(&[t]);
         m.sink_batch_rows.with_label_values(&[t]);
     }
-    m.sink_lag.with_label_values(&["debits", "0"]);
+    for l in tables::lanes(topics) {
+        m.sink_lag.with_label_values(&[l.topic(), "0"]);
+    }
 }
 
 /// A ClickHouse client from configuration (password from env or file, never logged).
@@ -228,6 +231,31 @@ impl Sink {
         self.health.sink_lag.store(total, Ordering::Relaxed);
     }
 
+    /// The lag of a partition whose resume point is not known yet: its high watermark minus
+    /// the group's committed offset (or its low watermark when nothing is committed).
+    fn waiting_lag(&self, topic: &str, p: i32) {
+        let c = &self.consumer;
+        let t = Duration::from_secs(5);
+        let lag = tokio::task::block_in_place(|| {
+            let (lo, hi) = c.fetch_watermarks(topic, p, t).ok()?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, p);
+            let committed = c.committed_offsets(tpl, t).ok()?;
+            let from = match committed.find_partition(topic, p)?.offset() {
+                Offset::Offset(o) => o,
+                _ => lo,
+            };
+            Some(waiting(hi, from))
+        });
+        if let Some(lag) = lag {
+            METRICS
+                .sink_lag
+                .with_label_values(&[topic, &p.to_string()])
+                .set(lag);
+            self.health.sink_lag.store(lag, Ordering::Relaxed);
+        }
+    }
+
     /// The partition's cursor, loaded from ClickHouse when first seen (retried until
     /// ClickHouse answers).
     async fn cursor(&mut self, lane: usize, p: i32) -> &mut Cursor {
@@ -253,6 +281,11 @@ impl Sink {
                         "cannot read resume point from clickhouse; retrying: {why}"
                     );
                     self.health.clickhouse(Err(why));
+                    // Counted and measured here too: while the resume point cannot be read,
+                    // nothing is inserted, and the rows wait in Kafka (SinkInsertRetries,
+                    // SinkLag).
+                    METRICS.sink_retries.with_label_values(&[l.name()]).inc();
+                    self.waiting_lag(l.topic(), p);
                     tokio::time::sleep(backoff).await;
                     backoff = next_backoff(backoff, self.cfg.sink.max_backoff);
                 }
@@ -410,5 +443,49 @@ impl Sink {
             .sink_last_progress_ms
             .store(now_ms(), Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Messages waiting in a partition read from `from` up to the high watermark `hi`.
+fn waiting(hi: i64, from: i64) -> i64 {
+    (hi - from).max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_series_carry_the_configured_topics() {
+        let mut cfg = Config::default();
+        cfg.prefix_names("lagtest-");
+        init_labels(&cfg.topics);
+        let topics: Vec<String> = METRICS
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "usage_agg_sink_lag_messages")
+            .flat_map(|f| f.get_metric().to_vec())
+            .flat_map(|m| {
+                m.get_label()
+                    .iter()
+                    .filter(|l| l.name() == "topic")
+                    .map(|l| l.value().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(topics.contains(&"lagtest-debits".to_string()), "{topics:?}");
+        assert!(
+            topics.contains(&"lagtest-priced_usage".to_string()),
+            "{topics:?}"
+        );
+        // No unprefixed series (this test process never configures unprefixed topics).
+        assert!(!topics.contains(&"debits".to_string()), "{topics:?}");
+    }
+
+    #[test]
+    fn waiting_rows_count_from_the_committed_offset() {
+        assert_eq!(waiting(1200, 200), 1000);
+        assert_eq!(waiting(5, 7), 0);
     }
 }

@@ -22,6 +22,8 @@ fn debit(i: u64) -> Debit {
         kind: DebitKind::ModelCall,
         account_id: format!("acct{}", i % 7),
         execution_id: None,
+        plan: "default".into(),
+        plan_version: None,
         subtotal: Decimal::new(1, 3),
         markup_rate: Decimal::ZERO,
         markup: Decimal::ZERO,
@@ -30,6 +32,8 @@ fn debit(i: u64) -> Debit {
         first_event_at: at,
         last_event_at: at,
         breakdown: vec![],
+        components: Default::default(),
+        correction: None,
     }
 }
 
@@ -68,10 +72,27 @@ fn alerts_commit_on_an_interval_under_steady_load_and_everything_on_shutdown() {
         .create()
         .unwrap();
     let loader = env.loader();
+    // The stage first joins the group and restores its state; how long that takes depends on
+    // the machine's load and is not what this test measures. One debit, committed, says the
+    // stage is running.
+    let mut sent = 0u64;
+    let d = debit(sent);
+    loader
+        .send(&env.cfg.topics.debits, &d.account_id, &d.encode())
+        .unwrap();
+    loader.flush().unwrap();
+    sent += 1;
+    let joined = Instant::now();
+    while committed(&env, &reader) < 1 {
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "the alerts stage committed nothing within 60 s of its start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A steady stream (a debit every 5 ms for 8 s): the consumer's polls keep returning
     // messages, so only the interval can make it commit.
     let started = Instant::now();
-    let mut sent = 0u64;
     let mut last_check = Instant::now();
     let mut progress = Vec::new();
     while started.elapsed() < Duration::from_secs(8) {

@@ -199,6 +199,26 @@ fn litellm_fixture_converts_every_price_kind_exactly() {
             "model",
             &[("input_tokens", "0.0000000123/1000000000".into())],
         ),
+        // Long-context rates become tiers (asserted in their own test); these are the
+        // default prices.
+        (
+            "gemini/gemini-1.5-pro",
+            "model",
+            &[
+                ("input_tokens", format!("1.25/{m}")),
+                ("output_tokens", format!("5/{m}")),
+            ],
+        ),
+        (
+            "anthropic/claude-sonnet-4-20250514",
+            "model",
+            &[
+                ("cache_creation_input_tokens", format!("3.75/{m}")),
+                ("cached_input_tokens", format!("0.3/{m}")),
+                ("input_tokens", format!("3/{m}")),
+                ("output_tokens", format!("15/{m}")),
+            ],
+        ),
     ];
     for (asset, kind, units) in expect {
         let version = v
@@ -225,8 +245,12 @@ fn litellm_fixture_converts_every_price_kind_exactly() {
     // Every model it cannot express is reported with its reason, never imported.
     for (key, why) in [
         (
-            "gemini/gemini-1.5-pro",
-            "input_cost_per_token_above_128k_tokens",
+            "vertex-char-long-model",
+            "input_cost_per_character_above_128k_tokens",
+        ),
+        (
+            "output-tier-only-model",
+            "without input_cost_per_token_above_200k_tokens: LiteLLM never applies it",
         ),
         ("gpt-4o-search-preview", "search_context_cost_per_query"),
         ("veo-3.0-generate-preview", "output_cost_per_second_1080p"),
@@ -255,7 +279,11 @@ fn litellm_fixture_converts_every_price_kind_exactly() {
         "{err}"
     );
     assert!(
-        err.contains("imported 19 models as 18 price versions"),
+        err.contains("not imported: input_cost_per_token_above_200k_tokens_priority on 1 models"),
+        "{err}"
+    );
+    assert!(
+        err.contains("imported 21 models as 20 price versions"),
         "{err}"
     );
 }
@@ -268,6 +296,7 @@ fn provider_filter_and_with_catalog_check() {
         [
             "anthropic/claude-3-5-sonnet-20241022",
             "anthropic/claude-3-7-sonnet-20250219",
+            "anthropic/claude-sonnet-4-20250514",
             "tavily/search"
         ]
     );
@@ -455,5 +484,115 @@ fn catalog_check_names_both_sides_of_an_ambiguity() {
     assert!(
         text.contains("aliases: gpt-4o-mini /(openai/)?gpt-4o-mini-"),
         "{text}"
+    );
+}
+
+/// LiteLLM's `*_above_Nk_tokens` keys become tiers that bill the boundary as LiteLLM does:
+/// `prompt_tokens` (every input-side token unit) above N prices every tiered unit at its
+/// long-context rate; at N exactly, the base rates.
+#[test]
+fn litellm_long_context_rates_bill_the_boundary_exactly() {
+    let (v, _, dir) = import(&[]);
+    let path = dir.path().join("imported.json");
+    let sonnet = &v["anthropic/claude-sonnet-4-20250514"];
+    assert_eq!(sonnet.tiers.len(), 1);
+    let t = &sonnet.tiers[0];
+    assert_eq!(t.name, "above_200k_tokens");
+    assert_eq!(
+        serde_json::to_value(&t.when).unwrap(),
+        serde_json::json!([{"units": ["input_tokens", "cached_input_tokens", "cache_creation_input_tokens"], "above": 200000}])
+    );
+    let tier_prices: BTreeMap<&str, String> = t
+        .prices
+        .iter()
+        .map(|(u, p)| (u.as_str(), format!("{}/{}", p.credits, p.per)))
+        .collect();
+    let m = 1_000_000;
+    assert_eq!(
+        tier_prices,
+        BTreeMap::from([
+            ("cache_creation_input_tokens", format!("7.5/{m}")),
+            ("cached_input_tokens", format!("0.6/{m}")),
+            ("input_tokens", format!("6/{m}")),
+            ("output_tokens", format!("22.5/{m}")),
+        ])
+    );
+    // The imported file passes the check, which shows the tier.
+    let out = bin()
+        .args(["catalog", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("tier above_200k_tokens (input_tokens+cached_input_tokens+cache_creation_input_tokens above 200000): cache_creation_input_tokens 7.5/1000000"),
+        "{text}"
+    );
+    let ev = |id: &str, asset: &str, q: &str| {
+        format!(
+            r#"{{"type":"model_call","event_id":"{id}","occurred_at":"2026-07-02T00:00:00Z","account_id":"a","asset_id":"{asset}","quantities":{q}}}"#
+        )
+    };
+    let input = [
+        // 150 000 + 30 000 + 20 000 = 200 000 prompt tokens: base rates.
+        ev(
+            "at",
+            "claude-sonnet-4-20250514",
+            r#"{"input_tokens":150000,"cached_input_tokens":30000,"cache_creation_input_tokens":20000,"output_tokens":1000}"#,
+        ),
+        // 200 001: every unit at the long-context rate, output included.
+        ev(
+            "above",
+            "claude-sonnet-4-20250514",
+            r#"{"input_tokens":150001,"cached_input_tokens":30000,"cache_creation_input_tokens":20000,"output_tokens":1000}"#,
+        ),
+        // Output tokens do not count towards the threshold.
+        ev(
+            "output",
+            "claude-sonnet-4-20250514",
+            r#"{"input_tokens":200000,"output_tokens":500000}"#,
+        ),
+        ev(
+            "g128",
+            "gemini/gemini-1.5-pro",
+            r#"{"input_tokens":128000,"output_tokens":100}"#,
+        ),
+        ev(
+            "g128+1",
+            "gemini/gemini-1.5-pro",
+            r#"{"input_tokens":128001,"output_tokens":100}"#,
+        ),
+    ]
+    .join("\n");
+    let records = rate(&path, &input);
+    let lines: BTreeMap<String, &serde_json::Value> = records
+        .iter()
+        .filter_map(|r| r.get("line"))
+        .map(|l| (l["event_id"].as_str().unwrap().to_string(), l))
+        .collect();
+    let got = |id: &str| {
+        (
+            lines[id]["cost"].as_str().unwrap().to_string(),
+            lines[id]["tier"].as_str().unwrap().to_string(),
+        )
+    };
+    // 150000*3 + 30000*0.3 + 20000*3.75 + 1000*15, per million
+    assert_eq!(got("at"), ("0.549".into(), "default".into()));
+    // 150001*6 + 30000*0.6 + 20000*7.5 + 1000*22.5, per million
+    assert_eq!(
+        got("above"),
+        ("1.090506".into(), "above_200k_tokens".into())
+    );
+    assert_eq!(got("output"), ("8.1".into(), "default".into()));
+    // 128000*1.25 + 100*5; 128001*2.5 + 100*10
+    assert_eq!(got("g128"), ("0.1605".into(), "default".into()));
+    assert_eq!(
+        got("g128+1"),
+        ("0.3210025".into(), "above_128k_tokens".into())
     );
 }

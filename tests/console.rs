@@ -397,8 +397,9 @@ fn seed(name: &str) -> Seeded {
             TOKEN,
             &json!({"amount": amount, "reference": reference}),
         );
+        // 201: the ledger's verdict `applied`; 202 only when it did not answer in time.
         assert!(
-            status == 200 || status == 202,
+            status == 201 || status == 202,
             "top-up {acct}: {status} {body}"
         );
     }
@@ -718,6 +719,68 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
         })
         .collect();
     assert_eq!(sub, want_sub, "per-asset breakdown of seq {exec_seq}");
+    let traces = has_traces_api(&s.addr);
+    if traces {
+        // Its calls (the trace API's per-call list): each call's volume, unit prices and cost.
+        let exec_id = e["description"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        b.click(&format!(
+            "tr[data-seq=\"{exec_seq}\"] + tr.detail button.secondary"
+        ))
+        .await;
+        b.wait(
+        "the calls",
+        &format!(
+            "document.querySelector('tr[data-seq=\"{exec_seq}\"] + tr.detail table.calls-table')"
+        ),
+        Duration::from_secs(10),
+    )
+    .await;
+        let shown_calls: Vec<Vec<String>> = serde_json::from_value(b.js(&format!(
+        "return Array.from(document.querySelectorAll('tr[data-seq=\"{exec_seq}\"] + tr.detail table.calls-table tbody tr'), tr => [tr.dataset.event, tr.querySelector('[data-col=volume]').textContent, tr.querySelector('[data-col=prices]').textContent, tr.querySelector('[data-col=cost]').textContent])"), vec![]).await).unwrap();
+        let (_, trace) = api_get(
+            &s.addr,
+            &format!("/v1/executions/{exec_id}?account_id={ACME}"),
+            Some(TOKEN),
+        );
+        let want_calls: Vec<Vec<String>> = trace["calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{trace}"))
+            .iter()
+            .map(|c| {
+                let units = c["units"].as_array().unwrap();
+                let each = |f: &dyn Fn(&Value) -> String| {
+                    units.iter().map(f).collect::<Vec<_>>().join(", ")
+                };
+                vec![
+                    c["event_id"].as_str().unwrap().to_string(),
+                    each(&|u| {
+                        format!(
+                            "{} {}",
+                            u["quantity"].as_str().unwrap(),
+                            u["unit"].as_str().unwrap().replace('_', " ")
+                        )
+                    }),
+                    each(&|u| {
+                        format!(
+                            "{} per {} {}",
+                            u["unit_price"].as_str().unwrap(),
+                            u["per"],
+                            u["unit"].as_str().unwrap().replace('_', " ")
+                        )
+                    }),
+                    c["cost"].as_str().unwrap().to_string(),
+                ]
+            })
+            .collect();
+        assert_eq!(want_calls.len(), 4, "{trace}");
+        assert_eq!(shown_calls, want_calls, "the calls of {exec_id}");
+    }
     shots.extend(both(&b, "transactions").await);
 
     // Older: the second page equals the API's second page.
@@ -741,6 +804,145 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
     b.click("#newer").await;
     let _ = b.ready("transactions", r).await;
     assert_eq!(shown_rows(&b).await, want, "back to page 1");
+
+    if traces {
+        // Usage (last 30 UTC days): every figure equals the API's /usage and executions listing,
+        // and the total equals the ledger's debits.
+        b.click("nav a[data-page=usage]").await;
+        let _ = b.ready("usage", 0).await;
+        let from = (chrono::Utc::now().date_naive() - chrono::Days::new(29))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let usage = |group: &str| {
+            let (st, v) = api_get(
+                &s.addr,
+                &format!("/v1/accounts/{ACME}/usage?from={from}&group_by={group}"),
+                Some(TOKEN),
+            );
+            assert_eq!(st, 200, "{v}");
+            v
+        };
+        let by_asset = usage("asset");
+        for (id, k) in [
+            ("#usage-subtotal", "subtotal"),
+            ("#usage-markup", "markup"),
+            ("#usage-total", "total"),
+        ] {
+            assert_eq!(b.text(id).await, by_asset[k].as_str().unwrap(), "{id}");
+        }
+        assert_eq!(b.text("#usage-calls").await, by_asset["calls"].to_string());
+        let ledger_debits: Decimal = ledger
+            .values()
+            .filter(|e| matches!(e.kind, usage_aggregator::ledger::core::EntryKind::Debit))
+            .map(|e| -e.amount)
+            .sum();
+        assert_eq!(
+            d(by_asset["total"].as_str().unwrap()),
+            ledger_debits,
+            "usage total equals the ledger's debits"
+        );
+        let want_groups = |v: &Value| -> Vec<Vec<String>> {
+            v["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| {
+                    vec![
+                        g["key"].as_str().unwrap().to_string(),
+                        g["calls"].to_string(),
+                        g["amount"].as_str().unwrap().to_string(),
+                    ]
+                })
+                .collect()
+        };
+        assert_eq!(
+            usage_groups(&b, "usage-by-asset").await,
+            want_groups(&by_asset),
+            "by asset"
+        );
+        assert_eq!(
+            usage_groups(&b, "usage-by-day").await,
+            want_groups(&usage("day")),
+            "by day"
+        );
+        assert_eq!(
+            usage_groups(&b, "usage-by-component").await,
+            want_groups(&usage("component")),
+            "by component"
+        );
+        assert_eq!(
+            usage_groups(&b, "usage-by-dimension").await,
+            want_groups(&usage("dimension:project")),
+            "by project"
+        );
+        // The stacked chart by day and asset: each bar segment is that day's credits of that
+        // asset as the API answers for the day (fewer than 8 assets: each has its own series).
+        let segments: Vec<(String, String, String)> = serde_json::from_value(b.js("return Array.from(document.querySelectorAll('#main svg rect[data-series]'), r => [r.dataset.category, r.dataset.series, r.dataset.value])", vec![]).await).unwrap();
+        let mut want_segments = Vec::new();
+        for g in usage("day")["groups"].as_array().unwrap() {
+            let day = g["key"].as_str().unwrap();
+            let next = (chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap()
+                + chrono::Days::new(1))
+            .format("%Y-%m-%d");
+            let (_, u) = api_get(
+                &s.addr,
+                &format!(
+                    "/v1/accounts/{ACME}/usage?from={day}T00:00:00Z&to={next}T00:00:00Z&group_by=asset"
+                ),
+                Some(TOKEN),
+            );
+            let order: Vec<&str> = by_asset["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["key"].as_str().unwrap())
+                .collect();
+            let mut day_groups: Vec<(String, String, String)> = u["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|g| d(g["amount"].as_str().unwrap()) != Decimal::ZERO)
+                .map(|g| {
+                    (
+                        day.to_string(),
+                        g["key"].as_str().unwrap().to_string(),
+                        g["amount"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            day_groups.sort_by_key(|(_, a, _)| order.iter().position(|o| o == a));
+            want_segments.extend(day_groups);
+        }
+        want_segments.sort_by(|a, b| a.0.cmp(&b.0)); // days in calendar order, stable
+        assert!(want_segments.len() > 3, "{want_segments:?}");
+        assert_eq!(
+            segments, want_segments,
+            "the stacked chart by day and asset"
+        );
+        let (_, execs) = api_get(
+            &s.addr,
+            &format!("/v1/accounts/{ACME}/executions?from={from}&limit=500"),
+            Some(TOKEN),
+        );
+        let mut want_top: Vec<(String, String)> = execs["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["execution_id"].as_str().unwrap().to_string(),
+                    x["total"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        want_top.sort_by(|a, b| d(&b.1).cmp(&d(&a.1)).then(a.0.cmp(&b.0)));
+        assert_eq!(want_top.len(), 3, "{execs}");
+        let top: Vec<(String, String)> = serde_json::from_value(b.js("return Array.from(document.querySelectorAll('#usage-top tbody tr'), tr => [tr.dataset.execution, tr.querySelector('[data-col=total]').textContent.trim()])", vec![]).await).unwrap();
+        assert_eq!(top, want_top, "the most expensive executions");
+        shots.extend(both(&b, "usage").await);
+    }
 
     // One account never sees another: globex in the URL answers what a missing account does.
     let (_, globex) = api_get(
@@ -858,11 +1060,41 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
         "the balance after the top-up"
     );
 
+    b.click("nav a[data-page=operator]").await;
+    let _ = b.ready("operator", 0).await;
+    b.wait(
+        "the pipeline's health",
+        "document.getElementById('main').innerText.includes('Pipeline consumer lag')",
+        Duration::from_secs(15),
+    )
+    .await;
+    shots.extend(both(&b, "operator").await);
+
     assert_no_browser_errors(&b).await;
     b.close().await;
     for p in &shots {
         eprintln!("screenshot: {}", p.display());
     }
+}
+
+/// Whether this build serves the traces API (usage, executions listing, the execution trace
+/// with its calls, the event streams). Until it is on main the checks that need it are
+/// skipped, said loudly; once it is, they run.
+fn has_traces_api(addr: &str) -> bool {
+    let (status, body) = api_get(addr, "/v1/accounts/acct-probe/usage", Some(TOKEN));
+    let missing = status == 404 && body.to_string().contains("no endpoint");
+    if missing {
+        eprintln!(
+            "SKIPPED: this build has no traces API (/v1/accounts/{{id}}/usage): the Usage page and an execution's calls are not checked"
+        );
+    }
+    !missing
+}
+
+/// The rows of a Usage table: key, calls, credits.
+async fn usage_groups(b: &Browser, table: &str) -> Vec<Vec<String>> {
+    let v = b.js(&format!("return Array.from(document.querySelectorAll('#{table} tbody tr'), tr => [tr.dataset.key, tr.querySelector('[data-col=calls]').textContent.trim(), tr.querySelector('[data-col=amount]').textContent.trim()])"), vec![]).await;
+    serde_json::from_value(v).unwrap()
 }
 
 /// No script error, refused load or CSP violation in the browser's console (answers 4xx of the

@@ -153,6 +153,41 @@ fn the_core_names_no_io_clock_randomness_or_shell_module() {
     );
 }
 
+/// The credits ledger's pure files (`usage_aggregator::ledger::CORE_FILES`) name no I/O,
+/// clock or randomness, and no module of the ledger's shell (stage, processors, clock,
+/// client, api, cli, rows) nor any other shell module.
+#[test]
+fn the_ledger_core_names_no_io_clock_randomness_or_shell_module() {
+    let core = usage_aggregator::CORE_MODULES;
+    let mut shell: Vec<String> = crate_modules()
+        .into_iter()
+        .filter(|m| !core.contains(&m.as_str()) && m != "ledger")
+        .collect();
+    for m in [
+        "stage",
+        "processors",
+        "clock",
+        "client",
+        "api",
+        "cli",
+        "rows",
+    ] {
+        shell.push(format!("ledger::{m}"));
+    }
+    let mut found = Vec::new();
+    for f in usage_aggregator::ledger::CORE_FILES {
+        let path = src().join("ledger").join(f);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("ledger core file {f}: {e}"));
+        found.extend(violations(&format!("ledger/{f}"), &text, &shell));
+    }
+    assert!(
+        found.is_empty(),
+        "the ledger core must stay free of I/O, clocks, randomness and shell modules:\n{}",
+        found.join("\n")
+    );
+}
+
 /// event.rs, catalog.rs, rating.rs, rollup.rs, money.rs, debit.rs, rejection.rs and their
 /// submodules: a lower count means the file walk broke.
 const CORE_FILES_AT_LEAST: usize = 10;

@@ -54,7 +54,7 @@ fn every_json_and_yaml_file_parses() {
 
 #[test]
 fn dashboards_and_rules_name_only_exported_metrics() {
-    usage_aggregator::app::init_labels();
+    usage_aggregator::app::init_labels(&usage_aggregator::config::Config::default());
     let exported: BTreeSet<String> = usage_aggregator::metrics::metric_names()
         .into_iter()
         .collect();

@@ -366,7 +366,7 @@ fn the_service_gives_every_issue_input_its_value() {
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["debits"].as_array().unwrap().len(), 1, "{body}");
-    assert_eq!(v["debits"][0]["account_id"], "acct-b");
+    assert_eq!(v["account_id"], "acct-b");
     assert_eq!(v["debits"][0]["total"], "0.0192");
     // Without the account, an id used by two accounts is ambiguous: never summed across them.
     let (status, body) = api_get(&listen, "/v1/executions/exec-shared");

@@ -90,6 +90,8 @@ fn debit(id: &str, account: &str, cost: Decimal) -> Debit {
         kind: DebitKind::ModelCall,
         account_id: account.into(),
         execution_id: None,
+        plan: "default".into(),
+        plan_version: None,
         subtotal: cost,
         markup_rate: rate,
         markup,
@@ -100,10 +102,17 @@ fn debit(id: &str, account: &str, cost: Decimal) -> Debit {
         breakdown: vec![BreakdownLine {
             asset_id: "openai/gpt-4o-mini".into(),
             asset_type: usage_aggregator::catalog::AssetType::Model,
+            price_version: String::new(),
             calls: 1,
             quantities: [("input_tokens".to_string(), Decimal::from(1200))].into(),
             cost,
         }],
+        components: usage_aggregator::debit::Components {
+            models: cost,
+            tools: Decimal::ZERO,
+            markup,
+        },
+        correction: None,
     }
 }
 
@@ -184,6 +193,10 @@ fn ledger_crash_kill9_storm_balances_equal_the_oracle_exactly_once() {
             occurred_at: chrono::Utc::now(),
             reason,
             voucher: None,
+            category: None,
+            priority: None,
+            expires_at: None,
+            request_id: None,
         });
     }
     let debits: Vec<Debit> = (0..4_000)
@@ -555,9 +568,20 @@ fn refusals_carry_their_reason_and_apply_nothing() {
     );
     assert_eq!(s, 422);
     assert!(b.contains("invalid_account"), "{b}");
-    // One valid top-up, sent twice.
-    assert_eq!(topup("25.50", "pay-ok", token).0, 202);
-    assert_eq!(topup("25.50", "pay-ok", token).0, 202);
+    // One valid top-up, sent twice: applied, then already applied (the original entry).
+    let (s, b) = topup("25.50", "pay-ok", token);
+    assert_eq!(s, 201, "{b}");
+    assert!(b.contains(r#""verdict":"applied""#), "{b}");
+    let (s, b) = topup("25.50", "pay-ok", token);
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains(r#""verdict":"already_applied""#), "{b}");
+    // The same reference with another amount: the ledger's refusal, not a hope.
+    let (s, b) = topup("30", "pay-ok", token);
+    assert_eq!(s, 422, "{b}");
+    assert!(
+        b.contains("conflicting_duplicate") && b.contains(r#""error""#),
+        "{b}"
+    );
     // An expired voucher is refused with its reason.
     let out = env.cli(&[
         "vouchers",
@@ -650,7 +674,9 @@ fn history_is_in_ledger_order_and_marks_dates_that_go_back() {
         )
     };
     env.ch(&format!(
-        "INSERT INTO {{db}}.ledger VALUES {}",
+        // Columns named: later migrations add columns between these (0006: grant terms,
+        // funding, open grants), which take their defaults here.
+        "INSERT INTO {{db}}.ledger (entry_id, account_id, seq, occurred_at, kind, reference, description, credit, debit, balance_after, assets, asset_calls, asset_quantities, asset_costs, src_partition, src_offset, ingested_at) VALUES {}",
         [
             row(1, "2026-11-01 09:00:00", "topup", "50", "0", "50"),
             row(2, "2026-11-02 10:00:00", "debit", "0", "1.5", "48.5"),

@@ -313,7 +313,7 @@ fn metrics_match_what_was_sent_and_alerts_fire_once_per_crossing() {
     let (status, body) = api_get(&env.cfg.http.listen, "/v1/executions/exec-open");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["status"], "running");
+    assert_eq!(v["status"], "open");
     assert_eq!(v["subtotal"], "0.045");
     assert_eq!(v["total"], "0.054");
     let (status, _) = api_get(&env.cfg.http.listen, "/v1/executions/never-seen");

@@ -53,7 +53,7 @@ fn report_for_a_billing_period() {
         ),
     ];
     env.ch(&format!(
-        "INSERT INTO {{db}}.debits VALUES {}",
+        "INSERT INTO {{db}}.debits (debit_id, kind, account_id, execution_id, subtotal, markup_rate, markup, total, calls, first_event_at, last_event_at, breakdown_assets, breakdown_costs, src_partition, src_offset, ingested_at) VALUES {}",
         rows.join(",")
     ));
     let json = |args: &[&str]| -> serde_json::Value {
@@ -66,6 +66,12 @@ fn report_for_a_billing_period() {
     assert_eq!(
         october["totals"]["total"], "15.123496",
         "exact, by event time"
+    );
+    // Rows without the vendor split (as before migration 6) show it as unclassified; the
+    // components still add up to the total.
+    assert_eq!(
+        october["components"],
+        serde_json::json!({"models": "0", "tools": "0", "unclassified": "15.123496", "markup": "0", "total": "15.123496"})
     );
     assert_eq!(october["accounts"][0]["account_id"], "acct-a");
     assert_eq!(october["accounts"][0]["total"], "10.123496");
@@ -106,7 +112,7 @@ fn report_for_a_billing_period() {
     // longer than the old fixed 28 columns).
     let long = "acct-with-a-rather-long-identifier-0042";
     env.ch(&format!(
-        "INSERT INTO {{db}}.debits VALUES {},{}",
+        "INSERT INTO {{db}}.debits (debit_id, kind, account_id, execution_id, subtotal, markup_rate, markup, total, calls, first_event_at, last_event_at, breakdown_assets, breakdown_costs, src_partition, src_offset, ingested_at) VALUES {},{}",
         debit(
             "d6",
             "agent_execution",

@@ -133,6 +133,7 @@ export function stackedBars({ categories, series, width, height = 240, title, de
       g.append(s('rect', {
         x: (cx - bw / 2).toFixed(2), y: Math.min(ya, yb).toFixed(2), width: bw.toFixed(2),
         height: Math.max(0.5, Math.abs(ya - yb)).toFixed(2), fill: PALETTE[k % PALETTE.length],
+        dataset: { category: c, series: se.name, value: v },
       }, s('title', {}, `${c} · ${se.name}: ${v}`)));
       base = top;
     });

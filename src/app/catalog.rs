@@ -1,6 +1,7 @@
-//! Catalog start-up: the catalog topic (seeded from `pricing.catalog_file` when empty) in; a
-//! loaded [`CatalogHandle`] and the feed that keeps it current out. Waits while no catalog
-//! exists: nothing is ever billed without prices.
+//! Catalog and plans start-up: the catalog topic (seeded from `pricing.catalog_file` when
+//! empty) and the plans topic in; a loaded [`CatalogHandle`] and [`PlansHandle`] and the
+//! feeds that keep them current out. Waits while no catalog exists: nothing is ever billed
+//! without prices (no plans is fine: every account on `default`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,6 +15,21 @@ use crate::catalog_feed::{self, CatalogFeed};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::METRICS;
+use crate::plans::PlansHandle;
+use crate::plans_feed::PlansFeed;
+
+/// Loads the plans topic to its end; returns the handle the pipeline prices with and the
+/// feed to follow on its own thread.
+pub async fn load_plans(cfg: &Config) -> anyhow::Result<(PlansHandle, PlansFeed)> {
+    let (feed, handle) = PlansFeed::plans(cfg)?;
+    let feed = Arc::new(feed);
+    let f = feed.clone();
+    let n = tokio::task::spawn_blocking(move || f.load_initial(Duration::from_secs(15))).await??;
+    METRICS.plans_records.set(n as i64);
+    tracing::info!(records = n, topic = %cfg.topics.plans, "plans loaded");
+    let feed = Arc::into_inner(feed).expect("no other plans feed users");
+    Ok((handle, feed))
+}
 
 /// How often the wait for a catalog says so again (once at first, then at this period).
 const EMPTY_CATALOG_LOG_PERIOD: Duration = Duration::from_secs(60);

@@ -83,7 +83,7 @@ fn field_problems(item: &serde_json::Value, at: &str) -> Vec<Problem> {
             .err()
             .map(|e| problem(item, at, base, &e))
     }
-    const FIELDS: [&str; 7] = [
+    const FIELDS: [&str; 8] = [
         "asset_id",
         "asset_type",
         "vendor",
@@ -91,6 +91,7 @@ fn field_problems(item: &serde_json::Value, at: &str) -> Vec<Problem> {
         "prices",
         "aliases",
         "alias_patterns",
+        "tiers",
     ];
     let Some(obj) = item.as_object() else {
         return Vec::new();
@@ -102,6 +103,7 @@ fn field_problems(item: &serde_json::Value, at: &str) -> Vec<Problem> {
             "asset_type" => field::<super::AssetType>(item, at, k, v),
             "effective_from" => field::<DateTime<Utc>>(item, at, k, v),
             "aliases" | "alias_patterns" => field::<Vec<String>>(item, at, k, v),
+            "tiers" => field::<Vec<super::tiers::Tier>>(item, at, k, v),
             "prices" => match v.as_object() {
                 Some(units) => {
                     out.extend(units.iter().filter_map(|(u, p)| {
@@ -211,16 +213,31 @@ pub fn check_file(bytes: &[u8]) -> Result<Catalog, Problems> {
     }
 }
 
-/// `unit credits/per, ...` of a version, e.g. `input_tokens 0.15/1000000`.
+/// `unit credits/per, ...` of a version, e.g. `input_tokens 0.15/1000000`; each tier after
+/// it as `; tier above_200k_tokens (input_tokens+cached_input_tokens above 200000):
+/// input_tokens 0.3/1000000, ...`.
 pub fn prices_text(v: &PriceVersion) -> String {
     if v.prices.is_empty() {
         return "no direct cost".into();
     }
-    v.prices
-        .iter()
-        .map(|(u, p)| format!("{u} {}/{}", p.credits, p.per))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let list = |prices: &std::collections::BTreeMap<String, super::UnitPrice>| {
+        prices
+            .iter()
+            .map(|(u, p)| format!("{u} {}/{}", p.credits, p.per))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = list(&v.prices);
+    for t in &v.tiers {
+        let when: Vec<String> = t.when.iter().map(|c| c.describe()).collect();
+        s.push_str(&format!(
+            "; tier {} ({}): {}",
+            t.name,
+            when.join(" and "),
+            list(&t.prices)
+        ));
+    }
+    s
 }
 
 /// What publishing `new` onto the `published` catalog would do to one version.
@@ -268,8 +285,33 @@ fn edit_text(old: &PriceVersion, new: &PriceVersion) -> String {
         prices,
         aliases,
         alias_patterns,
+        tiers,
+        correction,
     } = old;
     let mut what = Vec::new();
+    if *tiers != new.tiers {
+        let names = |t: &[crate::catalog::tiers::Tier]| {
+            t.iter()
+                .map(|t| t.name.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        what.push(format!(
+            "tiers [{}] -> [{}]",
+            names(tiers),
+            names(&new.tiers)
+        ));
+    }
+    if *correction != new.correction {
+        let id = |c: &Option<crate::catalog::VersionCorrection>| {
+            c.as_ref().map_or("none".to_string(), |c| c.id.clone())
+        };
+        what.push(format!(
+            "correction {} -> {}",
+            id(correction),
+            id(&new.correction)
+        ));
+    }
     if *asset_type != new.asset_type {
         what.push(format!(
             "asset_type {} -> {}",

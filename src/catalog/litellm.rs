@@ -16,6 +16,7 @@ use super::{AssetType, PriceVersion, UnitPrice};
 use crate::money::LINE_COST_SCALE;
 
 pub mod canonical;
+mod tiers;
 
 /// LiteLLM price key -> (unit name of this catalog, default `per`). Per-token prices become
 /// credits per 1M units, as in the rest of the catalog.
@@ -180,7 +181,11 @@ pub fn import(
             None => {
                 by_asset.insert(model.asset_id.clone(), (vec![key], model));
             }
-            Some((keys, first)) if first.prices == model.prices && first.vendor == model.vendor => {
+            Some((keys, first))
+                if first.prices == model.prices
+                    && first.tiers == model.tiers
+                    && first.vendor == model.vendor =>
+            {
                 // Two names for the same prices: one asset, both names resolve.
                 for a in model.aliases {
                     if !first.aliases.contains(&a) {
@@ -254,12 +259,14 @@ fn convert(
                     prev.credits, up.credits, up.per
                 ));
             }
+        } else if tiers::split_tier_key(k).is_some() {
+            // A long-context rate: becomes a tier below.
+        } else if is_variant(k) {
+            not_imported.push(k.clone());
         } else if is_unexpressible(k) {
             return Err(format!(
                 "{k}: its price depends on the size or options of each call, which the catalog cannot express"
             ));
-        } else if is_variant(k) {
-            not_imported.push(k.clone());
         } else if k.contains("cost") {
             return Err(format!(
                 "{k} is a price key the importer does not know; its unit is not guessed"
@@ -269,6 +276,7 @@ fn convert(
     if prices.is_empty() {
         return Err("no price the catalog can import".into());
     }
+    let tiers = tiers::tiers(&entry.list, &prices)?;
     for k in not_imported {
         *report.not_imported_rates.entry(k).or_default() += 1;
     }
@@ -296,14 +304,18 @@ fn convert(
             vec![key.to_string()]
         },
         alias_patterns: Vec::new(),
+        tiers,
+        correction: None,
         asset_id,
     };
     v.validate().map_err(|e| e.to_string())?;
     Ok(Some(v))
 }
 
-/// Rates for long prompts, per-resolution or per-context-size prices, and price tables:
-/// the price of one call would depend on something the event does not carry.
+/// Rates that depend on something the event does not carry or that LiteLLM applies
+/// otherwise than by prompt tokens (per-resolution, per-context-size, price tables, long
+/// context rates of characters, images or seconds). Token long-context rates are tiers
+/// ([`tiers::split_tier_key`]), checked first.
 fn is_unexpressible(k: &str) -> bool {
     (k.contains("_above_") && k != "cache_creation_input_token_cost_above_1hr")
         || k == "tiered_pricing"
@@ -317,6 +329,8 @@ fn is_unexpressible(k: &str) -> bool {
 /// reporting such a unit is rejected `unknown_unit`, never billed 0).
 fn is_variant(k: &str) -> bool {
     k.ends_with("_batches")
+        || k.contains("_priority_")
+        || k.contains("_flex_")
         || k.ends_with("_priority")
         || k.ends_with("_flex")
         || k.contains("uplift_multiplier")
@@ -330,7 +344,7 @@ fn is_variant(k: &str) -> bool {
 }
 
 /// The price exactly as written: the JSON number's own digits, never through a float.
-fn exact_price(key: &str, raw: &RawValue) -> Result<Decimal, String> {
+pub(super) fn exact_price(key: &str, raw: &RawValue) -> Result<Decimal, String> {
     let text = raw.get().trim();
     let numeric = !text.is_empty()
         && text
@@ -353,7 +367,7 @@ fn exact_price(key: &str, raw: &RawValue) -> Result<Decimal, String> {
 
 /// `price` per unit as credits per `per` units, exactly; `per` grows by 1000 when needed to
 /// stay within the catalog's 12 decimals.
-fn scaled(key: &str, price: Decimal, per: u64) -> Result<UnitPrice, String> {
+pub(super) fn scaled(key: &str, price: Decimal, per: u64) -> Result<UnitPrice, String> {
     let mut per = per;
     loop {
         let credits = price

@@ -118,6 +118,8 @@ fn version(asset: &str, from: &str, aliases: &[&str], patterns: &[&str]) -> Pric
         .into(),
         aliases: aliases.iter().map(|s| s.to_string()).collect(),
         alias_patterns: patterns.iter().map(|s| s.to_string()).collect(),
+        correction: None,
+        tiers: Vec::new(),
     }
 }
 

@@ -194,6 +194,10 @@ fn cross_field_and_format_rules() {
         "pipeline.drain_timeout = 20s: must not exceed kafka.session_timeout (10s)",
     );
     check(
+        &|c| c.topics.min_insync_replicas = 2,
+        "topics.min_insync_replicas = 2: must be between 1 and topics.replication_factor (1)",
+    );
+    check(
         &|c| c.clickhouse.url = "htp:/x".into(),
         "clickhouse.url = \"htp:/x\": scheme \"htp\"",
     );

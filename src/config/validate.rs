@@ -282,6 +282,27 @@ impl Config {
                 "must be more than 0",
             ));
         }
+        if l.refusal_memory == 0 {
+            return Err(ConfigError::invalid(
+                "ledger.refusal_memory",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if l.expiry_warning.as_secs() > crate::ledger::command::MAX_WARNING_SECS {
+            return Err(ConfigError::invalid(
+                "ledger.expiry_warning",
+                show_duration(l.expiry_warning),
+                "must be at most 3650days",
+            ));
+        }
+        if l.answer_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "ledger.answer_timeout",
+                "0s",
+                "must be more than 0",
+            ));
+        }
         if l.max_batch == 0 {
             return Err(ConfigError::invalid(
                 "ledger.max_batch",
@@ -344,6 +365,16 @@ impl Config {
             if n < 1 {
                 return Err(ConfigError::invalid(key, n, "must be at least 1"));
             }
+        }
+        if t.min_insync_replicas < 1 || t.min_insync_replicas > t.replication_factor {
+            return Err(ConfigError::invalid(
+                "topics.min_insync_replicas",
+                t.min_insync_replicas,
+                format!(
+                    "must be between 1 and topics.replication_factor ({})",
+                    t.replication_factor
+                ),
+            ));
         }
         Ok(())
     }

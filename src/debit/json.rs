@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use rust_decimal::Decimal;
 
-use super::{BreakdownLine, Debit, LineKind, PricedLine, PricedUnit};
+use super::{BreakdownLine, Components, Debit, LineKind, PricedLine, PricedUnit};
 
 /// Appends `s` as a JSON string (serde_json's escapes: `\"`, `\\`, `\b \t \n \f \r`, other
 /// control characters as `\u00xx`; everything else as is).
@@ -207,6 +207,10 @@ fn breakdown_line(buf: &mut Vec<u8>, b: &BreakdownLine) {
     string(buf, &b.asset_id);
     key(buf, b",\"asset_type");
     string(buf, b.asset_type.as_str());
+    if !b.price_version.is_empty() {
+        key(buf, b",\"price_version");
+        string(buf, &b.price_version);
+    }
     key(buf, b",\"calls");
     uint(buf, u64::from(b.calls));
     key(buf, b",\"quantities");
@@ -247,6 +251,24 @@ pub fn encode_line(buf: &mut Vec<u8>, l: &PricedLine) {
     string(buf, &l.vendor);
     key(buf, b",\"price_version");
     string(buf, &l.price_version);
+    if let Some(t) = &l.tier {
+        key(buf, b",\"tier");
+        string(buf, t);
+    }
+    key(buf, b",\"plan");
+    string(buf, &l.plan);
+    if let Some(v) = &l.plan_version {
+        key(buf, b",\"plan_version");
+        string(buf, v);
+    }
+    if let Some(r) = &l.plan_rule {
+        key(buf, b",\"plan_rule");
+        string(buf, r);
+    }
+    if let Some(p) = &l.discount_percent {
+        key(buf, b",\"discount_percent");
+        decimal(buf, p);
+    }
     key(buf, b",\"units");
     buf.push(b'[');
     for (i, u) in l.units.iter().enumerate() {
@@ -288,6 +310,12 @@ pub fn encode_debit(buf: &mut Vec<u8>, d: &Debit) {
     string(buf, &d.account_id);
     key(buf, b",\"execution_id");
     opt_string(buf, d.execution_id.as_deref());
+    key(buf, b",\"plan");
+    string(buf, &d.plan);
+    if let Some(v) = &d.plan_version {
+        key(buf, b",\"plan_version");
+        string(buf, v);
+    }
     key(buf, b",\"subtotal");
     decimal(buf, &d.subtotal);
     key(buf, b",\"markup_rate");
@@ -311,6 +339,35 @@ pub fn encode_debit(buf: &mut Vec<u8>, d: &Debit) {
         breakdown_line(buf, b);
     }
     buf.push(b']');
+    key(buf, b",\"components");
+    components(buf, &d.components);
+    if let Some(c) = &d.correction {
+        key(buf, b",\"correction");
+        key(buf, b"{\"correction_id");
+        string(buf, &c.correction_id);
+        key(buf, b",\"reason");
+        string(buf, &c.reason);
+        key(buf, b",\"corrects");
+        buf.push(b'[');
+        for (i, id) in c.corrects.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            string(buf, id);
+        }
+        buf.push(b']');
+        buf.push(b'}');
+    }
+    buf.push(b'}');
+}
+
+fn components(buf: &mut Vec<u8>, c: &Components) {
+    key(buf, b"{\"models");
+    decimal(buf, &c.models);
+    key(buf, b",\"tools");
+    decimal(buf, &c.tools);
+    key(buf, b",\"markup");
+    decimal(buf, &c.markup);
     buf.push(b'}');
 }
 
@@ -381,8 +438,9 @@ mod tests {
 
     prop_compose! {
         fn line()(
-            ids in proptest::collection::vec(text(), 6),
-            opts in proptest::collection::vec(proptest::option::of(text()), 4),
+            ids in proptest::collection::vec(text(), 7),
+            opts in proptest::collection::vec(proptest::option::of(text()), 7),
+            discount in proptest::option::of(dec()),
             model in any::<bool>(),
             at in ts(),
             ty in asset_type(),
@@ -405,6 +463,11 @@ mod tests {
                 asset_type: ty,
                 vendor: ids[3].clone(),
                 price_version: ids[4].clone(),
+                tier: opts[4].clone(),
+                plan: ids[5].clone(),
+                plan_version: opts[5].clone(),
+                plan_rule: opts[6].clone(),
+                discount_percent: discount,
                 units: units
                     .into_iter()
                     .map(|(unit, quantity, credits, per)| PricedUnit { unit, quantity, credits, per })
@@ -419,14 +482,16 @@ mod tests {
 
     prop_compose! {
         fn debit()(
-            ids in proptest::collection::vec(text(), 2),
+            ids in proptest::collection::vec(text(), 3),
             exec in proptest::option::of(text()),
-            kind in 0usize..4,
-            money in proptest::collection::vec(dec(), 4),
+            plan_version in proptest::option::of(text()),
+            kind in 0usize..5,
+            correction in proptest::option::of((text(), text(), proptest::collection::vec(text(), 0..3))),
+            money in proptest::collection::vec(dec(), 7),
             calls in any::<u32>(),
             at in proptest::collection::vec(ts(), 2),
             lines in proptest::collection::vec(
-                (text(), asset_type(), any::<u32>(), proptest::collection::btree_map(text(), dec(), 0..3), dec()),
+                (text(), asset_type(), text(), any::<u32>(), proptest::collection::btree_map(text(), dec(), 0..3), dec()),
                 0..3,
             ),
         ) -> Debit {
@@ -435,6 +500,8 @@ mod tests {
                 kind: DebitKind::ALL[kind],
                 account_id: ids[1].clone(),
                 execution_id: exec,
+                plan: ids[2].clone(),
+                plan_version,
                 subtotal: money[0],
                 markup_rate: money[1],
                 markup: money[2],
@@ -444,14 +511,25 @@ mod tests {
                 last_event_at: at[1],
                 breakdown: lines
                     .into_iter()
-                    .map(|(asset_id, asset_type, calls, quantities, cost)| BreakdownLine {
+                    .map(|(asset_id, asset_type, price_version, calls, quantities, cost)| BreakdownLine {
                         asset_id,
                         asset_type,
+                        price_version,
                         calls,
                         quantities,
                         cost,
                     })
                     .collect(),
+                components: Components {
+                    models: money[4],
+                    tools: money[5],
+                    markup: money[6],
+                },
+                correction: correction.map(|(correction_id, reason, corrects)| crate::debit::CorrectionRef {
+                    correction_id,
+                    reason,
+                    corrects,
+                }),
             }
         }
     }

@@ -37,6 +37,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 400 naming query parameter `name` and the `value` given (at most 100 characters):
+    /// `{"error", "parameter", "value"}`.
+    pub fn parameter(name: &str, value: Option<&str>, message: impl Into<String>) -> ApiError {
+        let e = ApiError::bad_request(message).with("parameter", name);
+        match value {
+            Some(v) => e.with("value", excerpt(v)),
+            None => e,
+        }
+    }
+
     /// 404 with the given message.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
@@ -45,6 +55,16 @@ impl ApiError {
     /// 503: a dependency (Kafka, ClickHouse, a stage) cannot answer now.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    /// 503 for a read only ClickHouse can answer (`what`: "usage", "the execution listing"):
+    /// logs the cause and answers "`what` comes from clickhouse, which cannot answer: cause".
+    pub fn clickhouse_down(what: &str, e: &(dyn std::error::Error + 'static)) -> ApiError {
+        let cause = crate::sink::errors::cause_chain(e);
+        tracing::warn!(error = %cause, "{what}: clickhouse cannot answer");
+        ApiError::unavailable(format!(
+            "{what} comes from clickhouse, which cannot answer: {cause}"
+        ))
     }
 
     /// 422 refusal of a valid request by a business rule, with its stable reason code.
@@ -85,6 +105,15 @@ impl IntoResponse for ApiError {
         }
         r
     }
+}
+
+/// At most 100 characters of a value given by a client, for an error message.
+pub fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().take(100).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// The 404 of a path no route matches.

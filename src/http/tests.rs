@@ -23,6 +23,7 @@ fn app() -> Router {
         clickhouse: None,
         stall_after: Duration::from_secs(30),
         ledger: None,
+        traces: None,
         auth: Arc::new(Auth::for_tests(Some(TOKEN), keys)),
     })
 }
@@ -103,14 +104,14 @@ async fn every_error_answer_is_json_with_an_error_field() {
             "/v1/executions/e1?acount_id=a",
             Some(TOKEN),
             StatusCode::BAD_REQUEST,
-            "unknown field `acount_id`",
+            "unknown query parameter \"acount_id\"",
         ),
         (
             "GET",
             "/v1/executions/e1",
             Some(TOKEN),
-            StatusCode::NOT_FOUND,
-            "execution e1",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "does not serve traces",
         ),
     ] {
         let (s, ctype, body) = call(method, uri, auth).await;

@@ -1,186 +1,111 @@
-//! The ledger core, pure and I/O-free: validated grants and debits of one ledger partition
-//! in (in log order); balance events, threshold-crossing alerts and changelog records out.
+//! The ledger core, pure and I/O-free: the commands of one ledger partition (grants, debits,
+//! status queries, settings, clock markers; in log order) in; balance entries with their
+//! funding, alerts, top-up requests, answers and changelog records out.
 //!
-//! State per partition: each account's balance (exact decimal) and sequence number, the
-//! applied grants (`grant_id` per account, kept for good: a payment reference can be re-sent
-//! days later) and the debits applied within the last `debit_horizon` offsets of the debits
-//! partition (the rating pipeline repeats a debit only within its checkpoint window). Every
-//! change is also a changelog record, so the stage can write the state in the same Kafka
-//! transaction as the outputs and rebuild it on another instance.
+//! State per partition: each account (balance, sequence number, open grants in draw-down
+//! order, overdraft, thresholds announced, settings; [`AccountState`]), the applied grants
+//! (`grant_id` per account, kept for good: a payment reference can be re-sent days later),
+//! the refused grant ids (bounded), the debits applied within the last `debit_horizon`
+//! offsets of the debits partition (the rating pipeline repeats a debit only within its
+//! checkpoint window), and the partition's **clock**: the latest instant of a clock marker
+//! read from `credit_grants`. Time moves only with that clock, so expiries and expiry
+//! warnings land at the same place of the log on every replay (docs/credits.md, "Expiry").
+//! Every change is also a changelog record, so the stage can write the state in the same
+//! Kafka transaction as the outputs and rebuild it on another instance.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod changelog;
+mod entry;
+mod expiry;
+mod queries;
+
+pub use changelog::account_record;
+use entry::{EntryIn, FundsChange};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
 use crate::debit::Debit;
+use crate::ledger::answer::{CommandKind, EntryRef, LedgerAnswer, Verdict};
+use crate::ledger::command::Command;
 use crate::ledger::grant::{Grant, GrantKind};
+use crate::ledger::state::{ClosedBy, GrantMark, RefusalMark};
+
+pub use crate::ledger::state::AccountState;
+use crate::ledger::thresholds::Threshold;
 use crate::money::DEBIT_SCALE;
-use crate::rejection::{RejectReason, Rejection};
+use crate::rejection::{RejectReason, Rejection, excerpt};
+
+pub use crate::ledger::entry::{
+    AlertKind, BalanceEvent, CreditAlert, Crossing, ENTRY_FORMAT, EntryKind, EntryLine,
+    EntrySource, GrantTerms, GrantView, TopupRequest,
+};
 
 /// Largest exact balance magnitude: 28 significant digits with 18 decimals.
 pub const MAX_BALANCE: Decimal = Decimal::from_parts(1_410_065_408, 2, 0, false, 0); // 1e10
 
-/// What changed a balance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum EntryKind {
-    Topup,
-    Voucher,
-    Adjustment,
-    Debit,
-}
-
-impl EntryKind {
-    pub const ALL: [EntryKind; 4] = [
-        EntryKind::Topup,
-        EntryKind::Voucher,
-        EntryKind::Adjustment,
-        EntryKind::Debit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::Topup => "topup",
-            EntryKind::Voucher => "voucher",
-            EntryKind::Adjustment => "adjustment",
-            EntryKind::Debit => "debit",
-        }
-    }
-
-    fn of(kind: GrantKind) -> EntryKind {
-        match kind {
-            GrantKind::Topup => EntryKind::Topup,
-            GrantKind::Voucher => EntryKind::Voucher,
-            GrantKind::Adjustment => EntryKind::Adjustment,
-        }
-    }
-}
-
-/// One asset of a debit entry: what was used and what it cost (before markup).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryLine {
-    pub asset_id: String,
-    pub calls: u32,
-    pub quantities: BTreeMap<String, Decimal>,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub cost: Decimal,
-}
-
-/// Where an entry was read (input topic position).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntrySource {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// A balance change: the `balances` topic message and the ClickHouse `ledger` row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BalanceEvent {
-    /// Unique id of the entry: a hash of (account, kind, reference).
-    pub entry_id: String,
-    pub account_id: String,
-    /// 1, 2, 3, ... per account, in the order the ledger applied the entries.
-    pub seq: u64,
-    pub kind: EntryKind,
-    /// grant_id or debit_id.
-    pub reference: String,
-    pub description: String,
-    /// Signed change: positive for grants, negative for debits.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub balance_before: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub balance_after: Decimal,
-    /// When it happened: the grant's `occurred_at`, the debit's `last_event_at`.
-    pub occurred_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lines: Vec<EntryLine>,
-    pub source: EntrySource,
-}
-
-/// Which way a threshold was crossed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Crossing {
-    /// From `>= threshold` to `< threshold`.
-    Below,
-    /// From `< threshold` back to `>= threshold`.
-    Recovered,
-}
-
-impl Crossing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Crossing::Below => "below",
-            Crossing::Recovered => "recovered",
-        }
-    }
-}
-
-/// A low-balance alert on the `credit_alerts` topic: one per crossing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreditAlert {
-    pub alert_id: String,
-    pub account_id: String,
-    pub crossing: Crossing,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub threshold: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub balance: Decimal,
-    pub seq: u64,
-    pub entry_id: String,
-    pub occurred_at: DateTime<Utc>,
-}
-
 /// Rules of the ledger.
 #[derive(Debug, Clone)]
 pub struct LedgerRules {
-    /// Alert thresholds (`ledger.alert_thresholds`).
-    pub thresholds: Vec<Decimal>,
+    /// Default alert thresholds (`ledger.alert_thresholds`); an account may set its own.
+    pub thresholds: Vec<Threshold>,
     /// Offsets of a debits partition within which a repeated debit_id is a duplicate.
     pub debit_horizon: u64,
+    /// Default seconds before a grant's expiry to raise `grant_expiring` (0: never).
+    pub expiry_warning_secs: u64,
+    /// Smallest top-up (automatic top-up requests are at least this).
+    pub min_topup: Decimal,
+    /// Refused grant ids remembered per partition (for their status), oldest forgotten first.
+    pub refusal_memory: usize,
 }
 
 impl Default for LedgerRules {
     fn default() -> Self {
         LedgerRules {
-            thresholds: vec![Decimal::TEN, Decimal::ZERO],
+            thresholds: vec![
+                Threshold::Credits(Decimal::TEN),
+                Threshold::Credits(Decimal::ZERO),
+            ],
             debit_horizon: 200_000,
+            expiry_warning_secs: 7 * 86_400,
+            min_topup: Decimal::TEN,
+            refusal_memory: 100_000,
         }
     }
 }
 
-/// One account's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountState {
-    #[serde(with = "rust_decimal::serde::str")]
-    pub balance: Decimal,
-    pub seq: u64,
-    pub updated_at: Option<DateTime<Utc>>,
+/// What one input did: entries (with their alerts and top-up requests), the answer to the
+/// caller, a refusal for the dead-letter topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub entries: Vec<BalanceEvent>,
+    pub alerts: Vec<CreditAlert>,
+    pub topups: Vec<TopupRequest>,
+    pub answer: Option<LedgerAnswer>,
+    /// Refused: goes to the dead-letter topic; nothing changed.
+    pub refused: Option<Rejection>,
+    /// Seen before with the same content: nothing changed.
+    pub duplicate: bool,
 }
 
-/// What applying one input did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Applied(Box<BalanceEvent>, Vec<CreditAlert>),
-    /// Seen before with the same content: nothing changes.
-    Duplicate,
-    /// Refused: goes to the dead-letter topic; nothing changes.
-    Refused(Rejection),
+impl Effects {
+    fn refused(r: Rejection) -> Self {
+        Effects {
+            refused: Some(r),
+            ..Default::default()
+        }
+    }
+
+    fn extend(&mut self, other: Effects) {
+        self.entries.extend(other.entries);
+        self.alerts.extend(other.alerts);
+        self.topups.extend(other.topups);
+    }
 }
 
 /// A changelog record: key, and value (`None` deletes the key).
 pub type Change = (Vec<u8>, Option<Vec<u8>>);
-
-#[derive(Serialize, Deserialize)]
-struct DebitMark {
-    offset: i64,
-    hash: u64,
-}
 
 /// String-keyed map with xxh3 instead of SipHash: keys are ids from our own topics, and the
 /// default hasher was ~1 % of the process's CPU during a drain.
@@ -191,16 +116,21 @@ type FastMap<V> = HashMap<String, V, xxhash_rust::xxh3::Xxh3Builder>;
 pub struct LedgerPartition {
     rules: LedgerRules,
     accounts: FastMap<AccountState>,
-    /// "account\0grant_id" -> content hash.
-    grants: FastMap<u64>,
+    /// "account\0grant_id" -> the applied grant.
+    grants: FastMap<GrantMark>,
+    /// "account\0grant_id" -> its last refusal.
+    refusals: FastMap<RefusalMark>,
+    refusal_order: VecDeque<(u64, String)>,
+    refusal_n: u64,
     debits: FastMap<(i64, u64)>,
     debit_order: VecDeque<(i64, String)>,
+    /// The latest clock marker read.
+    clock: Option<DateTime<Utc>>,
+    /// (when something is due, account): expiries and expiry warnings.
+    deadlines: BTreeSet<(DateTime<Utc>, String)>,
+    deadline_of: FastMap<DateTime<Utc>>,
     changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
-
-const ACCOUNT_PREFIX: &[u8] = b"a/";
-const GRANT_PREFIX: &[u8] = b"g/";
-const DEBIT_PREFIX: &[u8] = b"d/";
 
 /// Stable hashed id, length-prefixed parts (same scheme as debit ids).
 pub fn hashed_id(prefix: &str, parts: &[&str]) -> String {
@@ -237,6 +167,29 @@ pub fn exact_balance(before: Decimal, amount: Decimal) -> Result<Decimal, Reject
     Ok(after.normalize())
 }
 
+/// The crossing of `threshold` by a change from `before` to `after`, if any.
+pub fn crossing(before: Decimal, after: Decimal, threshold: Decimal) -> Option<Crossing> {
+    match (before >= threshold, after >= threshold) {
+        (true, false) => Some(Crossing::Below),
+        (false, true) => Some(Crossing::Recovered),
+        _ => None,
+    }
+}
+
+fn grant_key(account_id: &str, grant_id: &str) -> String {
+    format!("{account_id}\0{grant_id}")
+}
+
+impl EntryKind {
+    fn of(kind: GrantKind) -> EntryKind {
+        match kind {
+            GrantKind::Topup => EntryKind::Topup,
+            GrantKind::Voucher => EntryKind::Voucher,
+            GrantKind::Adjustment => EntryKind::Adjustment,
+        }
+    }
+}
+
 impl LedgerPartition {
     pub fn new(rules: LedgerRules) -> Self {
         LedgerPartition {
@@ -258,23 +211,128 @@ impl LedgerPartition {
         self.debits.len()
     }
 
+    /// The partition's clock: the latest clock marker read.
+    pub fn clock(&self) -> Option<DateTime<Utc>> {
+        self.clock
+    }
+
+    /// The earliest instant an expiry or an expiry warning is due: a clock marker at or
+    /// after it makes it happen.
+    pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Applies one command read at `source`. A clock marker must have been authenticated.
+    pub fn apply(&mut self, cmd: Command, source: EntrySource) -> Effects {
+        match cmd {
+            Command::Grant(g) => self.apply_grant(&g, source),
+            Command::Clock { at, .. } => self.tick(at, source),
+            Command::GrantStatus {
+                request_id,
+                account_id,
+                grant_id,
+            } => {
+                let status = self.grant_status(&account_id, &grant_id);
+                let message = format!("grant {} is {}", excerpt(&grant_id), status.state.as_str());
+                Effects {
+                    answer: Some(LedgerAnswer {
+                        request_id: Some(request_id),
+                        account_id,
+                        command: CommandKind::GrantStatus,
+                        verdict: Verdict::Answered,
+                        reason: None,
+                        message,
+                        grant: Some(status),
+                        entry: None,
+                        account: None,
+                    }),
+                    ..Default::default()
+                }
+            }
+            Command::AccountStatus {
+                request_id,
+                account_id,
+            } => self.answered(
+                CommandKind::AccountStatus,
+                request_id,
+                account_id,
+                Vec::new(),
+            ),
+            Command::SetThresholds {
+                request_id,
+                account_id,
+                thresholds,
+                expiry_warning_secs,
+            } => {
+                self.set_thresholds(&account_id, thresholds, expiry_warning_secs);
+                self.answered(
+                    CommandKind::SetThresholds,
+                    request_id,
+                    account_id,
+                    Vec::new(),
+                )
+            }
+            Command::SetAutoTopup {
+                request_id,
+                account_id,
+                rule,
+            } => {
+                let topups = self.set_auto_topup(&account_id, rule);
+                self.answered(CommandKind::SetAutoTopup, request_id, account_id, topups)
+            }
+        }
+    }
+
     /// Applies a validated grant read at `source`.
-    pub fn apply_grant(&mut self, g: &Grant, source: EntrySource) -> Outcome {
-        let key = format!("{}\0{}", g.account_id, g.grant_id);
+    pub fn apply_grant(&mut self, g: &Grant, source: EntrySource) -> Effects {
+        let key = grant_key(&g.account_id, &g.grant_id);
         let hash = g.content_hash();
-        if let Some(prev) = self.grants.get(&key) {
-            return if *prev == hash {
-                Outcome::Duplicate
-            } else {
-                Outcome::Refused(Rejection::new(
-                    RejectReason::ConflictingDuplicate,
-                    format!(
-                        "grant {} was already applied to account {} with another kind or amount",
-                        crate::rejection::excerpt(&g.grant_id),
-                        crate::rejection::excerpt(&g.account_id)
-                    ),
-                ))
-            };
+        if let Some(mark) = self.grants.get(&key) {
+            if mark.hash == hash {
+                let entry = EntryRef {
+                    entry_id: mark.entry_id.clone().unwrap_or_else(|| {
+                        entry_id(&g.account_id, EntryKind::of(g.kind), &g.grant_id)
+                    }),
+                    seq: mark.seq.unwrap_or(0),
+                    amount: Some(g.amount),
+                    balance_after: None,
+                    occurred_at: mark.occurred_at,
+                };
+                let message = format!(
+                    "grant {} was already applied to account {} (entry {}); nothing changed",
+                    excerpt(&g.grant_id),
+                    excerpt(&g.account_id),
+                    entry.seq
+                );
+                let mut fx = self.grant_answer(g, Verdict::AlreadyApplied, None, message);
+                if let Some(a) = fx.answer.as_mut() {
+                    a.entry = Some(entry);
+                }
+                fx.duplicate = true;
+                return fx;
+            }
+            let r = Rejection::new(
+                RejectReason::ConflictingDuplicate,
+                format!(
+                    "grant {} was already applied to account {} with another kind, amount or terms",
+                    excerpt(&g.grant_id),
+                    excerpt(&g.account_id)
+                ),
+            );
+            return self.refuse_grant(g, r);
+        }
+        if let (Some(exp), Some(clock)) = (g.expires_at, self.clock)
+            && exp <= clock
+        {
+            let r = Rejection::new(
+                RejectReason::AlreadyExpired,
+                format!(
+                    "expires_at {} is not after the ledger's clock {} for this account's partition",
+                    exp.to_rfc3339(),
+                    clock.to_rfc3339()
+                ),
+            );
+            return self.refuse_grant(g, r);
         }
         let kind = EntryKind::of(g.kind);
         let description = match (g.kind, &g.reason, &g.voucher) {
@@ -282,47 +340,119 @@ impl LedgerPartition {
             (_, Some(r), _) => r.clone(),
             _ => g.kind.as_str().to_string(),
         };
-        let out = self.apply(
-            &g.account_id,
+        let change = if g.adds_credits() {
+            FundsChange::Credit(GrantTerms {
+                category: g.category(),
+                priority: g.priority(),
+                expires_at: g.expires_at,
+            })
+        } else {
+            FundsChange::Draw
+        };
+        let applied = self.entry(EntryIn {
+            account: &g.account_id,
             kind,
-            &g.grant_id,
+            reference: &g.grant_id,
             description,
-            g.amount,
-            g.occurred_at,
-            Vec::new(),
+            amount: g.amount,
+            occurred_at: g.occurred_at,
+            lines: Vec::new(),
             source,
+            change,
+        });
+        let fx = match applied {
+            Ok(fx) => fx,
+            Err(r) => return self.refuse_grant(g, r),
+        };
+        let e = &fx.entries[0];
+        let opened = g.adds_credits()
+            && self
+                .accounts
+                .get(&g.account_id)
+                .is_some_and(|a| a.funds.get(&g.grant_id).is_some());
+        let mark = GrantMark {
+            hash,
+            kind: Some(g.kind),
+            category: Some(g.category()),
+            priority: Some(g.priority()),
+            expires_at: g.expires_at,
+            amount: Some(g.amount),
+            seq: Some(e.seq),
+            entry_id: Some(e.entry_id.clone()),
+            occurred_at: Some(g.occurred_at),
+            closed: (g.adds_credits() && !opened).then_some(crate::ledger::state::Closed {
+                by: ClosedBy::UsedUp,
+                seq: e.seq,
+                forfeited: Decimal::ZERO,
+            }),
+        };
+        let entry = EntryRef {
+            entry_id: e.entry_id.clone(),
+            seq: e.seq,
+            amount: Some(e.amount),
+            balance_after: Some(e.balance_after),
+            occurred_at: Some(e.occurred_at),
+        };
+        let message = format!(
+            "{} of {} credits applied to {} (entry {}, balance {})",
+            g.kind.as_str(),
+            e.amount,
+            excerpt(&g.account_id),
+            e.seq,
+            e.balance_after
         );
-        if matches!(out, Outcome::Applied(..)) {
-            self.grants.insert(key.clone(), hash);
-            let mut k = GRANT_PREFIX.to_vec();
-            k.extend_from_slice(key.as_bytes());
-            self.changes.insert(k, Some(hash.to_string().into_bytes()));
+        self.put_grant_mark(&key, mark);
+        self.forget_refusal(&key);
+        let mut answer = self.grant_answer(g, Verdict::Applied, None, message);
+        if let Some(a) = answer.answer.as_mut() {
+            a.entry = Some(entry);
         }
-        out
+        Effects {
+            answer: answer.answer,
+            ..fx
+        }
     }
 
     /// Applies a debit read at `source` (its offset drives the duplicate horizon). A debit
-    /// is never refused for a low or negative balance.
-    pub fn apply_debit(&mut self, d: &Debit, content_hash: u64, source: EntrySource) -> Outcome {
+    /// is never refused for a low or negative balance: usage past the last grant is an
+    /// overdraft.
+    pub fn apply_debit(&mut self, d: &Debit, content_hash: u64, source: EntrySource) -> Effects {
         let offset = source.offset;
         self.expire_debits(offset);
         if let Some((_, prev)) = self.debits.get(&d.debit_id) {
             return if *prev == content_hash {
-                Outcome::Duplicate
+                Effects {
+                    duplicate: true,
+                    ..Default::default()
+                }
             } else {
-                Outcome::Refused(Rejection::new(
+                Effects::refused(Rejection::new(
                     RejectReason::ConflictingDuplicate,
                     format!(
                         "debit {} repeated with different content",
-                        crate::rejection::excerpt(&d.debit_id)
+                        excerpt(&d.debit_id)
                     ),
                 ))
             };
         }
-        if d.total.is_sign_negative() {
-            return Outcome::Refused(Rejection::new(
+        // A correction credits back when negative (re-rating found the original too high);
+        // any other debit is a charge.
+        let correction = d.kind == crate::debit::DebitKind::Correction;
+        if d.total.is_sign_negative() && !correction {
+            return Effects::refused(Rejection::new(
                 RejectReason::InvalidAmount,
                 format!("debit total must not be negative (value {})", d.total),
+            ));
+        }
+        if correction != d.correction.is_some() {
+            return Effects::refused(Rejection::new(
+                RejectReason::InvalidAmount,
+                format!(
+                    "debit {} of kind {} {} a correction reference",
+                    crate::rejection::excerpt(&d.debit_id),
+                    d.kind.as_str(),
+                    if correction { "lacks" } else { "carries" }
+                ),
             ));
         }
         let lines = d
@@ -339,30 +469,36 @@ impl LedgerPartition {
             Some(x) => format!("{} {}", d.kind.as_str(), x),
             None => d.kind.as_str().to_string(),
         };
-        let out = self.apply(
-            &d.account_id,
-            EntryKind::Debit,
-            &d.debit_id,
+        // A credit-back (a negative correction) repays the overdraft first and opens the
+        // rest as a paid grant named by the correction's debit id, priority 50, no expiry
+        // (docs/credits.md, "Corrections"); a charge draws down.
+        let change = if d.total.is_sign_negative() {
+            FundsChange::Credit(GrantTerms {
+                category: crate::ledger::funding::Category::Paid,
+                priority: crate::ledger::funding::DEFAULT_PRIORITY,
+                expires_at: None,
+            })
+        } else {
+            FundsChange::Draw
+        };
+        let applied = self.entry(EntryIn {
+            account: &d.account_id,
+            kind: EntryKind::Debit,
+            reference: &d.debit_id,
             description,
-            -d.total,
-            d.last_event_at,
+            amount: -d.total,
+            occurred_at: d.last_event_at,
             lines,
             source,
-        );
-        if matches!(out, Outcome::Applied(..)) {
-            self.debits
-                .insert(d.debit_id.clone(), (offset, content_hash));
-            self.debit_order.push_back((offset, d.debit_id.clone()));
-            let mut k = DEBIT_PREFIX.to_vec();
-            k.extend_from_slice(d.debit_id.as_bytes());
-            let v = serde_json::to_vec(&DebitMark {
-                offset,
-                hash: content_hash,
-            })
-            .expect("mark serializes");
-            self.changes.insert(k, Some(v));
+            change,
+        });
+        match applied {
+            Ok(fx) => {
+                self.remember_debit(&d.debit_id, offset, content_hash);
+                fx
+            }
+            Err(r) => Effects::refused(r),
         }
-        out
     }
 
     fn expire_debits(&mut self, offset: i64) {
@@ -373,168 +509,8 @@ impl LedgerPartition {
             }
             let (_, id) = self.debit_order.pop_front().expect("front exists");
             self.debits.remove(&id);
-            let mut k = DEBIT_PREFIX.to_vec();
-            k.extend_from_slice(id.as_bytes());
-            self.changes.insert(k, None);
+            self.changes.insert(changelog::debit_key(&id), None);
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn apply(
-        &mut self,
-        account_id: &str,
-        kind: EntryKind,
-        reference: &str,
-        description: String,
-        amount: Decimal,
-        occurred_at: DateTime<Utc>,
-        lines: Vec<EntryLine>,
-        source: EntrySource,
-    ) -> Outcome {
-        let state = self.accounts.get(account_id).cloned().unwrap_or_default();
-        let before = state.balance;
-        let after = match exact_balance(before, amount) {
-            Ok(a) => a,
-            Err(r) => return Outcome::Refused(r),
-        };
-        let seq = state.seq + 1;
-        let entry_id = entry_id(account_id, kind, reference);
-        let alerts = self
-            .rules
-            .thresholds
-            .iter()
-            .filter_map(|t| crossing(before, after, *t).map(|c| (*t, c)))
-            .map(|(t, c)| CreditAlert {
-                alert_id: hashed_id(
-                    "ca",
-                    &[account_id, &seq.to_string(), &t.to_string(), c.as_str()],
-                ),
-                account_id: account_id.to_string(),
-                crossing: c,
-                threshold: t,
-                balance: after,
-                seq,
-                entry_id: entry_id.clone(),
-                occurred_at,
-            })
-            .collect();
-        let new_state = AccountState {
-            balance: after,
-            seq,
-            updated_at: Some(occurred_at),
-        };
-        let mut k = ACCOUNT_PREFIX.to_vec();
-        k.extend_from_slice(account_id.as_bytes());
-        self.changes.insert(
-            k,
-            Some(serde_json::to_vec(&new_state).expect("account serializes")),
-        );
-        self.accounts.insert(account_id.to_string(), new_state);
-        Outcome::Applied(
-            Box::new(BalanceEvent {
-                entry_id,
-                account_id: account_id.to_string(),
-                seq,
-                kind,
-                reference: reference.to_string(),
-                description,
-                amount: amount.normalize(),
-                balance_before: before,
-                balance_after: after,
-                occurred_at,
-                lines,
-                source,
-            }),
-            alerts,
-        )
-    }
-
-    /// Changelog records for everything changed since the last call (the last value per key).
-    pub fn take_changes(&mut self) -> Vec<Change> {
-        std::mem::take(&mut self.changes).into_iter().collect()
-    }
-
-    /// Applies one changelog record while restoring (in log order; the last value wins).
-    pub fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
-        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| "key is not utf-8");
-        if let Some(account) = key.strip_prefix(ACCOUNT_PREFIX) {
-            let account = text(account)?;
-            match value {
-                Some(v) => {
-                    let s: AccountState = serde_json::from_slice(v)
-                        .map_err(|e| format!("account state of {account}: {e}"))?;
-                    self.accounts.insert(account, s);
-                }
-                None => {
-                    self.accounts.remove(&account);
-                }
-            }
-        } else if let Some(grant) = key.strip_prefix(GRANT_PREFIX) {
-            let grant = text(grant)?;
-            match value {
-                Some(v) => {
-                    let h = std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or("grant mark is not a number")?;
-                    self.grants.insert(grant, h);
-                }
-                None => {
-                    self.grants.remove(&grant);
-                }
-            }
-        } else if let Some(debit) = key.strip_prefix(DEBIT_PREFIX) {
-            let debit = text(debit)?;
-            match value {
-                Some(v) => {
-                    let m: DebitMark =
-                        serde_json::from_slice(v).map_err(|e| format!("debit mark: {e}"))?;
-                    self.debits.insert(debit, (m.offset, m.hash));
-                }
-                None => {
-                    self.debits.remove(&debit);
-                }
-            }
-        } else {
-            return Err(format!(
-                "unknown ledger state key {:?}",
-                String::from_utf8_lossy(key)
-            ));
-        }
-        Ok(())
-    }
-
-    /// Ends a restore: rebuilds the debit expiry order and forgets the restore's changes.
-    pub fn restored(&mut self) {
-        let mut order: Vec<(i64, String)> = self
-            .debits
-            .iter()
-            .map(|(id, (o, _))| (*o, id.clone()))
-            .collect();
-        order.sort();
-        self.debit_order = order.into();
-        self.changes.clear();
-    }
-}
-
-/// The account and state of a ledger changelog record, when it is an account's (`a/<id>`;
-/// `None` state for a tombstone); other records (grant and debit marks, positions) are not.
-/// Readers of the changelog other than the stage (the HTTP ledger view, `credits balance`)
-/// use it so the key format stays in this file.
-pub fn account_record(key: &[u8], value: Option<&[u8]>) -> Option<(String, Option<AccountState>)> {
-    let account = String::from_utf8(key.strip_prefix(ACCOUNT_PREFIX)?.to_vec()).ok()?;
-    match value {
-        None => Some((account, None)),
-        Some(v) => serde_json::from_slice(v).ok().map(|s| (account, Some(s))),
-    }
-}
-
-/// The crossing of `threshold` by a change from `before` to `after`, if any.
-pub fn crossing(before: Decimal, after: Decimal, threshold: Decimal) -> Option<Crossing> {
-    match (before >= threshold, after >= threshold) {
-        (true, false) => Some(Crossing::Below),
-        (false, true) => Some(Crossing::Recovered),
-        _ => None,
     }
 }
 

@@ -6,6 +6,10 @@
 //! `{"grant_id":"pay_123","kind":"topup","account_id":"acct-1","amount":"25.00",
 //!   "occurred_at":"2026-03-01T10:00:00Z"}`; `kind` is `topup`, `voucher` or `adjustment`
 //! (which needs a `reason`); voucher grants carry `voucher` (masked code and short hash).
+//! Optional terms of a grant that adds credits: `category` (`paid` | `promotional`; top-ups
+//! are paid, voucher grants promotional, adjustments default to paid), `priority` (0-100,
+//! lower drawn first, default 50) and `expires_at` (RFC 3339, after `occurred_at`); and
+//! `request_id`, echoed in the ledger's answer (docs/credits.md, "Answers").
 
 use std::borrow::Cow;
 
@@ -15,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::event::MAX_ID_BYTES;
+use crate::ledger::funding::{Category, DEFAULT_PRIORITY, MAX_PRIORITY};
 use crate::money::DEBIT_SCALE;
 use crate::rejection::{RejectReason, Rejection, excerpt};
 
@@ -59,6 +64,18 @@ pub struct Grant {
     /// Voucher grants: the masked code and short hash (never the code itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voucher: Option<String>,
+    /// `paid` or `promotional` as sent; [`Grant::category`] resolves the kind's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
+    /// 0..=100 as sent; [`Grant::priority`] resolves the default (50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// When the grant's remainder is forfeited (one `expiry` entry); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The caller's request id, echoed in the ledger's answer; not part of the content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Grant {
@@ -66,14 +83,52 @@ impl Grant {
         serde_json::to_vec(self).expect("a grant always serializes")
     }
 
-    /// What makes two sends of the same `grant_id` the same grant: kind and amount. The
-    /// time and the reason text may differ between re-sends (a retried API call).
+    /// What makes two sends of the same `grant_id` the same grant: kind, amount, and the
+    /// terms (category, priority, expiry) where they differ from the kind's defaults, so
+    /// the hashes of grants without terms are those stored before terms existed. The time,
+    /// the reason text and the request id may differ between re-sends (a retried call).
     pub fn content_hash(&self) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(self.kind.as_str().as_bytes());
         h.update(&[0]);
         h.update(self.amount.normalize().to_string().as_bytes());
+        if self.category() != default_category(self.kind) {
+            h.update(b"\0category\0");
+            h.update(self.category().as_str().as_bytes());
+        }
+        if self.priority() != DEFAULT_PRIORITY {
+            h.update(b"\0priority\0");
+            h.update(&[self.priority()]);
+        }
+        if let Some(t) = self.expires_at {
+            h.update(b"\0expires_at\0");
+            h.update(&t.timestamp_micros().to_le_bytes());
+        }
         h.digest()
+    }
+
+    /// The category: as sent, else the kind's default.
+    pub fn category(&self) -> Category {
+        self.category.unwrap_or(default_category(self.kind))
+    }
+
+    /// The priority: as sent, else [`DEFAULT_PRIORITY`].
+    pub fn priority(&self) -> u8 {
+        self.priority.unwrap_or(DEFAULT_PRIORITY)
+    }
+
+    /// True when it adds credits (every kind but a negative adjustment).
+    pub fn adds_credits(&self) -> bool {
+        self.amount > Decimal::ZERO
+    }
+}
+
+/// The category of a kind when none is sent: top-ups paid, voucher grants promotional,
+/// adjustments paid.
+pub fn default_category(kind: GrantKind) -> Category {
+    match kind {
+        GrantKind::Voucher => Category::Promotional,
+        GrantKind::Topup | GrantKind::Adjustment => Category::Paid,
     }
 }
 
@@ -109,6 +164,14 @@ struct Wire<'a> {
     reason: Option<&'a RawValue>,
     #[serde(borrow, default)]
     voucher: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    category: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    priority: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    expires_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    request_id: Option<&'a RawValue>,
 }
 
 fn reject(reason: RejectReason, message: String) -> Rejection {
@@ -280,10 +343,20 @@ pub fn parse_grant(bytes: &[u8], rules: &GrantRules) -> Result<Grant, Rejection>
             "an adjustment needs a reason".into(),
         ));
     }
-    let voucher = match w.voucher.filter(|r| r.get() != "null") {
-        Some(r) => Some(json_string("voucher", r)?.into_owned()),
-        None => None,
+    let voucher = optional_string("voucher", w.voucher)?;
+    let terms = Terms {
+        category: optional_string("category", w.category)?,
+        priority: w.priority.filter(|r| r.get() != "null").map(RawValue::get),
+        expires_at: optional_string("expires_at", w.expires_at)?,
     };
+    let (category, priority, expires_at) = check_terms(kind, amount, occurred_at, &terms)?;
+    let request_id = optional_string("request_id", w.request_id)?;
+    if let Some(why) = request_id.as_deref().and_then(id_problem) {
+        return Err(reject(
+            RejectReason::InvalidField,
+            format!("request_id {why}"),
+        ));
+    }
     Ok(Grant {
         grant_id,
         kind,
@@ -292,114 +365,119 @@ pub fn parse_grant(bytes: &[u8], rules: &GrantRules) -> Result<Grant, Rejection>
         occurred_at,
         reason,
         voucher,
+        category,
+        priority,
+        expires_at,
+        request_id,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn grant(kind: &str, amount: &str) -> String {
-        format!(
-            r#"{{"grant_id":"pay-1","kind":"{kind}","account_id":"acct-1","amount":{amount},"occurred_at":"2026-03-01T10:00:00Z","reason":"goodwill"}}"#
-        )
-    }
-
-    fn reason(bytes: &str) -> RejectReason {
-        parse_grant(bytes.as_bytes(), &GrantRules::default())
-            .unwrap_err()
-            .reason
-    }
-
-    #[test]
-    fn max_grant_constant_is_1e12() {
-        assert_eq!(MAX_GRANT_AMOUNT, Decimal::from(1_000_000_000_000u64));
-    }
-
-    #[test]
-    fn a_valid_topup_round_trips() {
-        let g = parse_grant(
-            grant("topup", "\"25.50\"").as_bytes(),
-            &GrantRules::default(),
-        )
-        .unwrap();
-        assert_eq!(g.amount, Decimal::new(255, 1));
-        assert_eq!(g.kind, GrantKind::Topup);
-        let back = parse_grant(&g.encode(), &GrantRules::default()).unwrap();
-        assert_eq!(back, g);
-        // Numbers are read from their text, exactly.
-        let n = parse_grant(grant("topup", "10.1").as_bytes(), &GrantRules::default()).unwrap();
-        assert_eq!(n.amount.to_string(), "10.1");
-    }
-
-    #[test]
-    fn refusals_carry_their_reason() {
-        assert_eq!(
-            reason(&grant("topup", "\"9.99\"")),
-            RejectReason::TopupBelowMinimum
-        );
-        assert_eq!(
-            reason(&grant("topup", "\"-20\"")),
-            RejectReason::InvalidAmount
-        );
-        assert_eq!(
-            reason(&grant("voucher", "\"0\"")),
-            RejectReason::InvalidAmount
-        );
-        assert_eq!(
-            reason(&grant("adjustment", "\"0\"")),
-            RejectReason::InvalidAmount
-        );
-        assert_eq!(
-            reason(&grant("topup", "\"1e3\"")),
-            RejectReason::InvalidAmount
-        );
-        assert_eq!(
-            reason(&grant("topup", "\"12.\"")),
-            RejectReason::InvalidAmount
-        );
-        assert_eq!(
-            reason(&grant("topup", "\"10.0000000000000000001\"")),
-            RejectReason::InvalidAmount
-        );
-        assert_eq!(
-            reason(&grant("topup", "\"1000000000001\"")),
-            RejectReason::InvalidAmount
-        );
-        assert_eq!(reason(&grant("gift", "\"20\"")), RejectReason::InvalidField);
-        assert_eq!(reason("{"), RejectReason::InvalidJson);
-        assert_eq!(
-            reason(&grant("topup", "\"20\"").replace("\"reason\"", "\"extra\"")),
-            RejectReason::UnknownField
-        );
-        let bad_account = grant("topup", "\"20\"").replace("acct-1", "acct\\u0007");
-        assert_eq!(reason(&bad_account), RejectReason::InvalidAccount);
-        let empty_account = grant("topup", "\"20\"").replace("acct-1", "");
-        assert_eq!(reason(&empty_account), RejectReason::InvalidAccount);
-        let no_reason = grant("adjustment", "\"-5\"").replace(",\"reason\":\"goodwill\"", "");
-        assert_eq!(reason(&no_reason), RejectReason::MissingField);
-        let bad_time = grant("topup", "\"20\"").replace("2026-03-01T10:00:00Z", "yesterday");
-        assert_eq!(reason(&bad_time), RejectReason::InvalidTimestamp);
-    }
-
-    #[test]
-    fn negative_adjustments_and_the_minimum_itself_are_accepted() {
-        let rules = GrantRules::default();
-        assert!(parse_grant(grant("adjustment", "\"-5.25\"").as_bytes(), &rules).is_ok());
-        assert!(parse_grant(grant("topup", "\"10\"").as_bytes(), &rules).is_ok());
-        assert!(parse_grant(grant("voucher", "\"0.01\"").as_bytes(), &rules).is_ok());
-    }
-
-    #[test]
-    fn content_hash_ignores_time_and_reason_but_not_amount() {
-        let rules = GrantRules::default();
-        let a = parse_grant(grant("topup", "\"20\"").as_bytes(), &rules).unwrap();
-        let mut b = a.clone();
-        b.occurred_at = Utc::now();
-        b.reason = None;
-        b.amount = Decimal::new(2000, 2);
-        assert_eq!(a.content_hash(), b.content_hash());
-        b.amount = Decimal::new(21, 0);
-        assert_ne!(a.content_hash(), b.content_hash());
+fn optional_string(field: &str, v: Option<&RawValue>) -> Result<Option<String>, Rejection> {
+    match v.filter(|r| r.get() != "null") {
+        Some(r) => Ok(Some(json_string(field, r)?.into_owned())),
+        None => Ok(None),
     }
 }
+
+/// The terms of a grant as texts (from JSON, the CLI or the HTTP API), before checking.
+#[derive(Debug, Clone, Default)]
+pub struct Terms<'a> {
+    pub category: Option<String>,
+    /// The JSON text or argument of the priority.
+    pub priority: Option<&'a str>,
+    pub expires_at: Option<String>,
+}
+
+/// Checked grant terms: category, priority, expiry (each `None` when not given).
+pub type CheckedTerms = (Option<Category>, Option<u8>, Option<DateTime<Utc>>);
+
+/// Checks the terms of a grant: `category` is `paid` or `promotional` (a top-up is paid, a
+/// voucher grant promotional), `priority` an integer 0..=100, `expires_at` RFC 3339 after
+/// `occurred_at`; none of them on a negative adjustment (it takes credits, in draw-down
+/// order). Reasons `invalid_field`, `invalid_timestamp`.
+pub fn check_terms(
+    kind: GrantKind,
+    amount: Decimal,
+    occurred_at: DateTime<Utc>,
+    t: &Terms<'_>,
+) -> Result<CheckedTerms, Rejection> {
+    let category = match t.category.as_deref() {
+        None => None,
+        Some("paid") => Some(Category::Paid),
+        Some("promotional") => Some(Category::Promotional),
+        Some(other) => {
+            return Err(reject(
+                RejectReason::InvalidField,
+                format!(
+                    "category must be paid or promotional (value {:?})",
+                    excerpt(other)
+                ),
+            ));
+        }
+    };
+    match (kind, category) {
+        (GrantKind::Topup, Some(Category::Promotional)) => {
+            return Err(reject(
+                RejectReason::InvalidField,
+                "category of a top-up is paid (a purchase); give promotional credits as an adjustment or a voucher (value \"promotional\")".into(),
+            ));
+        }
+        (GrantKind::Voucher, Some(Category::Paid)) => {
+            return Err(reject(
+                RejectReason::InvalidField,
+                "category of a voucher grant is promotional (value \"paid\")".into(),
+            ));
+        }
+        _ => {}
+    }
+    let priority = match t.priority {
+        None => None,
+        Some(p) => match p.trim().parse::<u8>() {
+            Ok(n) if n <= MAX_PRIORITY => Some(n),
+            _ => {
+                return Err(reject(
+                    RejectReason::InvalidField,
+                    format!(
+                        "priority must be an integer from 0 to {MAX_PRIORITY}, lower drawn first (value {})",
+                        excerpt(p)
+                    ),
+                ));
+            }
+        },
+    };
+    let expires_at = match t.expires_at.as_deref() {
+        None => None,
+        Some(s) => {
+            let at = DateTime::parse_from_rfc3339(s)
+                .map_err(|_| {
+                    reject(
+                        RejectReason::InvalidTimestamp,
+                        format!("expires_at must be RFC 3339 (value {})", excerpt(s)),
+                    )
+                })?
+                .with_timezone(&Utc);
+            if at <= occurred_at {
+                return Err(reject(
+                    RejectReason::InvalidField,
+                    format!(
+                        "expires_at must be after occurred_at {} (value {s})",
+                        occurred_at.to_rfc3339()
+                    ),
+                ));
+            }
+            Some(at)
+        }
+    };
+    if amount < Decimal::ZERO && (category.is_some() || priority.is_some() || expires_at.is_some())
+    {
+        return Err(reject(
+            RejectReason::InvalidField,
+            "category, priority and expires_at apply to grants that add credits; a negative adjustment takes credits in draw-down order".into(),
+        ));
+    }
+    Ok((category, priority, expires_at))
+}
+
+#[cfg(test)]
+#[path = "grant_tests.rs"]
+mod tests;

@@ -1,6 +1,8 @@
-//! Vouchers, pure: codes (normalized, hashed, masked), definitions, the create and redeem
-//! commands of the `voucher_requests` topic in; per-code state, a result for the caller and
-//! (on success) a voucher [`Grant`] out.
+//! Vouchers, pure: codes (normalized, hashed, masked), definitions, the create, redeem and
+//! revoke commands of the `voucher_requests` topic in; per-code state, a result for the
+//! caller and (on success) a voucher [`Grant`] out: promotional credits with the voucher's
+//! priority and, when the voucher says so, an expiry (`credits_valid_for` after the
+//! redemption, or `credits_expire_at`).
 //!
 //! Codes are secrets. Only `code_hash` (SHA-256 of the normalized code with a domain prefix)
 //! travels in events, state and ClickHouse; logs and results show the masked form
@@ -13,59 +15,18 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::ledger::core::{Change, hashed_id};
 use crate::ledger::grant::{Grant, GrantKind, check_account, id_problem};
 use crate::rejection::{RejectReason, Rejection};
 
-/// Length limits of a voucher code, in characters after normalization.
-pub const CODE_LEN: std::ops::RangeInclusive<usize> = 6..=64;
+mod code;
+mod revoke;
+mod view;
 
-/// Upper-cases and trims a code; refuses anything but `A-Z 0-9 - _`.
-pub fn normalize_code(code: &str) -> Result<String, String> {
-    let c = code.trim().to_ascii_uppercase();
-    if !CODE_LEN.contains(&c.chars().count()) {
-        return Err(format!(
-            "a voucher code has {} to {} characters",
-            CODE_LEN.start(),
-            CODE_LEN.end()
-        ));
-    }
-    if !c
-        .chars()
-        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-    {
-        return Err("a voucher code has only letters, digits, '-' and '_'".into());
-    }
-    Ok(c)
-}
-
-/// SHA-256 (hex) of a normalized code with a domain prefix: the code's identity everywhere.
-pub fn code_hash(normalized: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"usage-aggregator voucher v1\0");
-    h.update(normalized.as_bytes());
-    h.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-}
-
-/// The printable form of a code: its first segment when it is at most half the code
-/// (`SPRING-2026-X7Q` -> `SPRING-****`), else its first three characters (`ABC****`).
-pub fn mask(normalized: &str) -> String {
-    let n = normalized.chars().count();
-    match normalized.find(['-', '_']) {
-        Some(i) if i > 0 && i * 2 <= n => format!("{}****", &normalized[..=i]),
-        _ => format!("{}****", normalized.chars().take(3).collect::<String>()),
-    }
-}
-
-/// `SPRING-**** #1a2b3c4d`: masked code and short hash, for logs and results.
-pub fn display(masked: &str, hash: &str) -> String {
-    format!("{masked} #{}", &hash[..8.min(hash.len())])
-}
+pub use code::{CODE_LEN, code_hash, display, mask, normalize_code};
+pub use revoke::Revocation;
+pub use view::VoucherView;
 
 /// A voucher definition, as created by an operator (no clear-text code).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +43,19 @@ pub struct VoucherDef {
     pub account_id: Option<String>,
     #[serde(default)]
     pub description: String,
+    /// The granted credits expire this many seconds after the redemption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_valid_for_secs: Option<u64>,
+    /// The granted credits expire at this instant (at or after `valid_until`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_expire_at: Option<DateTime<Utc>>,
+    /// Priority of the granted credits (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
+
+/// Longest `credits_valid_for`: ten years.
+pub const MAX_CREDITS_VALID_FOR_SECS: u64 = 3650 * 86_400;
 
 impl VoucherDef {
     /// Checks credits, window and count.
@@ -110,7 +83,42 @@ impl VoucherDef {
         if self.code_hash.len() != 64 || !self.code_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("code_hash must be 64 hex digits".into());
         }
+        match (self.credits_valid_for_secs, self.credits_expire_at) {
+            (Some(_), Some(_)) => {
+                return Err("give credits_valid_for or credits_expire_at, not both".into());
+            }
+            (Some(s), None) if s == 0 || s > MAX_CREDITS_VALID_FOR_SECS => {
+                return Err(format!(
+                    "credits_valid_for must be from 1 second to 3650 days (value {s} seconds)"
+                ));
+            }
+            (None, Some(t)) if t < self.valid_until => {
+                return Err(format!(
+                    "credits_expire_at must be at or after valid_until {} (value {}): a redemption must not grant credits that have expired",
+                    self.valid_until.to_rfc3339(),
+                    t.to_rfc3339()
+                ));
+            }
+            _ => {}
+        }
+        if self
+            .priority
+            .is_some_and(|p| p > crate::ledger::funding::MAX_PRIORITY)
+        {
+            return Err("priority must be from 0 to 100".into());
+        }
         Ok(())
+    }
+
+    /// When the credits of a redemption at `at` expire.
+    pub fn credits_expiry(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match (self.credits_valid_for_secs, self.credits_expire_at) {
+            (Some(s), _) => i64::try_from(s)
+                .ok()
+                .and_then(chrono::Duration::try_seconds)
+                .and_then(|d| at.checked_add_signed(d)),
+            (None, t) => t,
+        }
     }
 }
 
@@ -130,19 +138,30 @@ pub enum VoucherRequest {
         masked: String,
         account_id: String,
     },
+    /// Later redemptions are refused `revoked`; credits already granted stay.
+    Revoke {
+        request_id: String,
+        requested_at: DateTime<Utc>,
+        code_hash: String,
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 impl VoucherRequest {
     pub fn code_hash(&self) -> &str {
         match self {
             VoucherRequest::Create { voucher, .. } => &voucher.code_hash,
-            VoucherRequest::Redeem { code_hash, .. } => code_hash,
+            VoucherRequest::Redeem { code_hash, .. } | VoucherRequest::Revoke { code_hash, .. } => {
+                code_hash
+            }
         }
     }
     pub fn request_id(&self) -> &str {
         match self {
             VoucherRequest::Create { request_id, .. }
-            | VoucherRequest::Redeem { request_id, .. } => request_id,
+            | VoucherRequest::Redeem { request_id, .. }
+            | VoucherRequest::Revoke { request_id, .. } => request_id,
         }
     }
     pub fn encode(&self) -> Vec<u8> {
@@ -162,10 +181,12 @@ pub enum Refusal {
     AlreadyRedeemed,
     AlreadyExists,
     Invalid,
+    /// The voucher was revoked.
+    Revoked,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::Unknown,
         Refusal::NotYetValid,
         Refusal::Expired,
@@ -174,6 +195,7 @@ impl Refusal {
         Refusal::AlreadyRedeemed,
         Refusal::AlreadyExists,
         Refusal::Invalid,
+        Refusal::Revoked,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -185,6 +207,7 @@ impl Refusal {
             Refusal::AlreadyRedeemed => "already_redeemed",
             Refusal::AlreadyExists => "already_exists",
             Refusal::Invalid => "invalid",
+            Refusal::Revoked => "revoked",
         }
     }
 }
@@ -196,6 +219,8 @@ pub enum VoucherOutcome {
     Created,
     Granted,
     Refused,
+    /// The voucher is revoked (now, or by an earlier revoke: once).
+    Revoked,
 }
 
 /// The answer on the `voucher_results` topic (key: `request_id`).
@@ -216,6 +241,9 @@ pub struct VoucherResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
     pub redemptions_left: u32,
+    /// When the granted credits expire (a redemption of a voucher whose credits expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_expire_at: Option<DateTime<Utc>>,
 }
 
 mod opt_dec {
@@ -250,6 +278,8 @@ pub struct VoucherState {
     pub def: VoucherDef,
     pub created_request: String,
     pub redemptions: Vec<Redemption>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
 }
 
 /// Id of the grant a redemption creates: one per (code, account).
@@ -286,6 +316,15 @@ impl VoucherPartition {
                 voucher,
                 ..
             } => (self.create(request_id, voucher), None),
+            VoucherRequest::Revoke {
+                request_id,
+                requested_at,
+                code_hash,
+                reason,
+            } => (
+                self.revoke(request_id, *requested_at, code_hash, reason),
+                None,
+            ),
             VoucherRequest::Redeem {
                 request_id,
                 requested_at,
@@ -309,6 +348,7 @@ impl VoucherPartition {
             credits: Some(def.credits),
             grant_id: None,
             redemptions_left: left,
+            credits_expire_at: None,
         };
         if let Err(why) = def.validate() {
             return result(VoucherOutcome::Refused, Some(Refusal::Invalid), why, 0);
@@ -318,7 +358,8 @@ impl VoucherPartition {
                 .def
                 .max_redemptions
                 .saturating_sub(s.redemptions.len() as u32);
-            return if s.def == *def {
+            // A retried create (same request id) or the same definition: the original answer.
+            return if s.created_request == request_id || s.def == *def {
                 // A re-sent create: same answer, nothing changes.
                 result(
                     VoucherOutcome::Created,
@@ -339,6 +380,7 @@ impl VoucherPartition {
             def: def.clone(),
             created_request: request_id.to_string(),
             redemptions: Vec::new(),
+            revoked: None,
         };
         self.put(state);
         result(
@@ -369,6 +411,7 @@ impl VoucherPartition {
             credits: None,
             grant_id: None,
             redemptions_left: 0,
+            credits_expire_at: None,
         };
         let refuse = |mut r: VoucherResult, reason: Refusal, message: String| {
             r.reason = Some(reason);
@@ -407,6 +450,13 @@ impl VoucherPartition {
                 result,
                 Refusal::AlreadyRedeemed,
                 format!("voucher {shown} was already redeemed by this account"),
+            );
+        }
+        if let Some(r) = &state.revoked {
+            return refuse(
+                result,
+                Refusal::Revoked,
+                format!("voucher {shown} was revoked at {}", r.at.to_rfc3339()),
             );
         }
         if def.account_id.as_deref().is_some_and(|a| a != account_id) {
@@ -455,6 +505,10 @@ impl VoucherPartition {
             occurred_at: at,
             reason: None,
             voucher: Some(shown.clone()),
+            category: None,
+            priority: def.priority,
+            expires_at: def.credits_expiry(at),
+            request_id: None,
         };
         state.redemptions.push(Redemption {
             request_id: request_id.to_string(),
@@ -466,11 +520,12 @@ impl VoucherPartition {
         result.outcome = VoucherOutcome::Granted;
         result.redemptions_left = left - 1;
         result.grant_id = Some(grant_id);
+        result.credits_expire_at = grant.expires_at;
         result.message = format!("voucher {shown} redeemed for {} credits", def.credits);
         (result, Some(grant))
     }
 
-    fn put(&mut self, state: VoucherState) {
+    pub(crate) fn put(&mut self, state: VoucherState) {
         let key = state.def.code_hash.clone();
         self.changes.insert(
             key.clone().into_bytes(),

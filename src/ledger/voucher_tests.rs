@@ -21,6 +21,9 @@ fn def(code: &str, max: u32, account: Option<&str>) -> VoucherDef {
         max_redemptions: max,
         account_id: account.map(str::to_string),
         description: "spring promo".into(),
+        credits_valid_for_secs: None,
+        credits_expire_at: None,
+        priority: None,
     }
 }
 
@@ -108,8 +111,13 @@ fn each_refusal_has_its_reason() {
     );
     let mut other = def("SPRING-2026-X7Q", 2, None);
     other.credits = Decimal::ONE;
+    let another_request = VoucherRequest::Create {
+        request_id: "create-another".into(),
+        requested_at: t(7),
+        voucher: other,
+    };
     assert_eq!(
-        p.handle(&create(&other)).0.reason,
+        p.handle(&another_request).0.reason,
         Some(Refusal::AlreadyExists)
     );
     let mut bad = def("BAD-WINDOW-1", 1, None);
@@ -119,6 +127,91 @@ fn each_refusal_has_its_reason() {
         reason(&mut p, redeem(&vip, "", t(9))),
         Some(Refusal::Invalid)
     );
+}
+
+#[test]
+fn a_voucher_grant_is_promotional_with_the_voucher_expiry_and_priority() {
+    let mut p = VoucherPartition::default();
+    let mut v = def("SPRING-2026-X7Q", 3, None);
+    v.credits_valid_for_secs = Some(90 * 86_400);
+    v.priority = Some(10);
+    p.handle(&create(&v));
+    let (r, g) = p.handle(&redeem(&v, "a", t(9)));
+    let g = g.unwrap();
+    assert_eq!(g.category(), crate::ledger::funding::Category::Promotional);
+    assert_eq!(g.priority(), 10);
+    assert_eq!(g.expires_at, Some(t(9) + chrono::Duration::days(90)));
+    assert_eq!(r.credits_expire_at, g.expires_at);
+    // An absolute expiry must not be before the end of the redemption window.
+    let mut w = def("WINTER-2026-AB", 1, None);
+    w.credits_expire_at = Some(t(19));
+    assert!(w.validate().is_err());
+    w.credits_expire_at = Some(t(21));
+    assert!(w.validate().is_ok());
+    w.credits_valid_for_secs = Some(60);
+    assert!(w.validate().is_err(), "not both");
+}
+
+#[test]
+fn revocation_happens_once_and_refuses_later_redemptions() {
+    let mut p = VoucherPartition::default();
+    let v = def("SPRING-2026-X7Q", 5, None);
+    p.handle(&create(&v));
+    assert_eq!(
+        p.handle(&redeem(&v, "a", t(9))).0.outcome,
+        VoucherOutcome::Granted
+    );
+    let revoke = |id: &str, h: u32| VoucherRequest::Revoke {
+        request_id: id.into(),
+        requested_at: t(h),
+        code_hash: v.code_hash.clone(),
+        reason: "leaked".into(),
+    };
+    let (r, g) = p.handle(&revoke("rv-1", 10));
+    assert_eq!((r.outcome, g), (VoucherOutcome::Revoked, None));
+    let first = p.get(&v.code_hash).unwrap().revoked.clone().unwrap();
+    // A second revoke answers the first and changes nothing.
+    let (r2, _) = p.handle(&revoke("rv-2", 11));
+    assert_eq!(r2.outcome, VoucherOutcome::Revoked);
+    assert!(r2.message.contains(&t(10).to_rfc3339()), "{}", r2.message);
+    assert_eq!(p.get(&v.code_hash).unwrap().revoked, Some(first));
+    let (r3, g3) = p.handle(&redeem(&v, "b", t(12)));
+    assert_eq!((r3.reason, g3), (Some(Refusal::Revoked), None));
+    // The earlier redemption's re-send still gets its original answer.
+    let (r4, _) = p.handle(&redeem(&v, "a", t(9)));
+    assert_eq!(r4.outcome, VoucherOutcome::Granted);
+    let unknown = VoucherRequest::Revoke {
+        request_id: "rv-x".into(),
+        requested_at: t(10),
+        code_hash: code_hash("NOPE-NOPE-NOPE"),
+        reason: String::new(),
+    };
+    assert_eq!(p.handle(&unknown).0.reason, Some(Refusal::Unknown));
+}
+
+#[test]
+fn a_retried_create_with_its_request_id_answers_the_original() {
+    let mut p = VoucherPartition::default();
+    let v = def("SPRING-2026-X7Q", 5, None);
+    p.handle(&create(&v));
+    // The retry computed "now" again: another valid_from, the same request id.
+    let mut later = v.clone();
+    later.valid_from = t(9);
+    let retry = VoucherRequest::Create {
+        request_id: format!("create-{}", v.masked),
+        requested_at: t(9),
+        voucher: later.clone(),
+    };
+    let (r, _) = p.handle(&retry);
+    assert_eq!(r.outcome, VoucherOutcome::Created);
+    assert_eq!(p.get(&v.code_hash).unwrap().def, v);
+    // Another request with another definition is refused.
+    let other = VoucherRequest::Create {
+        request_id: "create-other".into(),
+        requested_at: t(9),
+        voucher: later,
+    };
+    assert_eq!(p.handle(&other).0.reason, Some(Refusal::AlreadyExists));
 }
 
 #[test]

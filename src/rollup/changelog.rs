@@ -14,7 +14,8 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use super::{OpenExecution, PartitionRollup, split_key};
+use super::open::OpenExecution;
+use super::{PartitionRollup, split_key};
 
 const OPEN: u8 = b'o';
 const CLOSED: u8 = b'c';

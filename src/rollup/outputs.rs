@@ -5,36 +5,31 @@
 use rust_decimal::Decimal;
 
 use super::OpenExecution;
-use crate::debit::{BreakdownLine, Debit, DebitKind, PricedLine};
+use crate::debit::{BreakdownLine, Components, Debit, DebitKind, PricedLine};
 use crate::event::UsageEvent;
 use crate::money;
+use crate::plans::ResolvedPlan;
 
-/// The debit of an execution's state (also its running cost, with an empty id).
+/// The debit of an execution's state (also its running cost, with an empty id), marked up
+/// at `plan`'s rate (else `configured_markup`).
 pub(super) fn execution_debit(
     exec_id: &str,
     o: &OpenExecution,
-    markup_rate: Decimal,
+    plan: ResolvedPlan<'_>,
+    configured_markup: Decimal,
     debit_id: String,
 ) -> Debit {
+    let markup_rate = plan.markup_rate(configured_markup);
     let markup = money::debit_markup(o.subtotal, markup_rate);
-    Debit {
-        debit_id,
-        kind: DebitKind::AgentExecution,
-        account_id: o.account_id.clone(),
-        execution_id: Some(exec_id.to_string()),
-        subtotal: o.subtotal.normalize(),
-        markup_rate: markup_rate.normalize(),
-        markup,
-        total: (o.subtotal + markup).normalize(),
-        calls: o.calls_priced,
-        first_event_at: o.first_event_at,
-        last_event_at: o.last_event_at,
-        breakdown: o
-            .breakdown
-            .iter()
-            .map(|(asset_id, a)| BreakdownLine {
-                asset_id: asset_id.clone(),
+    let breakdown: Vec<BreakdownLine> = o
+        .breakdown
+        .iter()
+        .map(|(key, a)| {
+            let (asset_id, price_version) = split_breakdown_key(key);
+            BreakdownLine {
+                asset_id: asset_id.to_string(),
                 asset_type: a.asset_type,
+                price_version: price_version.to_string(),
                 calls: a.calls,
                 quantities: a
                     .quantities
@@ -42,9 +37,43 @@ pub(super) fn execution_debit(
                     .map(|(u, q)| (u.clone(), q.normalize()))
                     .collect(),
                 cost: a.cost.normalize(),
-            })
-            .collect(),
+            }
+        })
+        .collect();
+    Debit {
+        debit_id,
+        kind: DebitKind::AgentExecution,
+        account_id: o.account_id.clone(),
+        execution_id: Some(exec_id.to_string()),
+        plan: plan.plan_id.to_string(),
+        plan_version: plan.label.map(str::to_string),
+        subtotal: o.subtotal.normalize(),
+        markup_rate: markup_rate.normalize(),
+        markup,
+        total: (o.subtotal + markup).normalize(),
+        calls: o.calls_priced,
+        first_event_at: o.first_event_at,
+        last_event_at: o.last_event_at,
+        components: Components::of(&breakdown, markup),
+        breakdown,
+        correction: None,
     }
+}
+
+/// Key of an execution's breakdown entry: one per (asset, price version), U+0000 between
+/// (ids hold no control characters). State written before versions were recorded holds the
+/// asset id alone, read back with an empty version.
+pub(super) fn breakdown_key(asset_id: &str, price_version: &str) -> String {
+    let mut k = String::with_capacity(asset_id.len() + 1 + price_version.len());
+    k.push_str(asset_id);
+    k.push('\0');
+    k.push_str(price_version);
+    k
+}
+
+/// (asset_id, price_version) of a [`breakdown_key`].
+pub(super) fn split_breakdown_key(key: &str) -> (&str, &str) {
+    key.split_once('\0').unwrap_or((key, ""))
 }
 
 /// Key of an execution: (account_id, execution_id). Ids hold no control character (the
@@ -86,11 +115,25 @@ pub(super) fn single_line_debit(
     markup_rate: Decimal,
 ) -> Debit {
     let markup = money::debit_markup(line.cost, markup_rate);
+    let breakdown = vec![BreakdownLine {
+        asset_id: line.asset_id.clone(),
+        asset_type: line.asset_type,
+        price_version: line.price_version.clone(),
+        calls: 1,
+        quantities: line
+            .units
+            .iter()
+            .map(|u| (u.unit.clone(), u.quantity))
+            .collect(),
+        cost: line.cost,
+    }];
     Debit {
         debit_id,
         kind,
         account_id: line.account_id.clone(),
         execution_id: execution_id.map(str::to_string),
+        plan: line.plan.clone(),
+        plan_version: line.plan_version.clone(),
         subtotal: line.cost,
         markup_rate: markup_rate.normalize(),
         markup,
@@ -98,16 +141,8 @@ pub(super) fn single_line_debit(
         calls: 1,
         first_event_at: line.occurred_at,
         last_event_at: line.occurred_at,
-        breakdown: vec![BreakdownLine {
-            asset_id: line.asset_id.clone(),
-            asset_type: line.asset_type,
-            calls: 1,
-            quantities: line
-                .units
-                .iter()
-                .map(|u| (u.unit.clone(), u.quantity))
-                .collect(),
-            cost: line.cost,
-        }],
+        components: Components::of(&breakdown, markup),
+        breakdown,
+        correction: None,
     }
 }

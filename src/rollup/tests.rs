@@ -7,6 +7,8 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 
 use super::*;
+use crate::catalog::Catalog;
+use crate::plans::NO_PLANS;
 
 const CATALOG: &str = r#"[
   {"asset_id":"llm","asset_type":"model","vendor":"openai","effective_from":"2024-01-01T00:00:00Z",
@@ -170,10 +172,10 @@ fn open_execution_lists_its_priced_calls_up_to_the_bound() {
     ));
     r.feed(&call("c4", Some("x"), "acct", "db", r#"{"queries":1}"#));
     assert!(
-        r.rollup.open_execution("other", "x").is_none(),
+        r.rollup.open_execution("other", "x", &NO_PLANS).is_none(),
         "scoped by account"
     );
-    let v = r.rollup.open_execution("acct", "x").unwrap();
+    let v = r.rollup.open_execution("acct", "x", &NO_PLANS).unwrap();
     assert_eq!(v.running.subtotal.to_string(), "0.8");
     assert_eq!(v.running.total.to_string(), "0.96");
     assert_eq!(v.running.calls, 3);
@@ -201,7 +203,7 @@ fn open_execution_lists_its_priced_calls_up_to_the_bound() {
     assert!(!v.calls[0].price_version.is_empty());
     // Closed: no longer open; its debit carries the same totals.
     r.feed(&finish("f", "x", "acct", None));
-    assert!(r.rollup.open_execution("acct", "x").is_none());
+    assert!(r.rollup.open_execution("acct", "x", &NO_PLANS).is_none());
     assert_eq!(r.debits()[0].total, v.running.total);
 }
 
@@ -486,7 +488,7 @@ fn snapshot_restore_continues_identically() {
     for e in &events {
         whole.feed(e);
     }
-    whole.rollup.close_all(&mut whole.out);
+    whole.rollup.close_all(&NO_PLANS, &mut whole.out);
 
     let mut first = Run::new(cfg.clone());
     for e in &events[..cut()] {
@@ -512,7 +514,7 @@ fn snapshot_restore_continues_identically() {
     for e in &events[cut()..] {
         second.feed(e);
     }
-    second.rollup.close_all(&mut second.out);
+    second.rollup.close_all(&NO_PLANS, &mut second.out);
     let mut combined = first.out.clone();
     combined.extend(second.out);
     assert_eq!(combined, whole.out);
@@ -644,7 +646,7 @@ proptest! {
         for p in &stream {
             r.feed(p);
         }
-        r.rollup.close_all(&mut r.out);
+        r.rollup.close_all(&NO_PLANS, &mut r.out);
         prop_assert!(r.rejections().is_empty(), "{:?}", r.rejections());
         prop_assert_eq!(totals(&r.out), oracle(&calls));
         // Debit ids are unique.
@@ -662,7 +664,7 @@ proptest! {
         let run = || {
             let mut r = Run::new(RollupConfig::default());
             for p in &stream { r.feed(p); }
-            r.rollup.close_all(&mut r.out);
+            r.rollup.close_all(&NO_PLANS, &mut r.out);
             r.out.iter().map(|o| match o {
                 Output::Debit(d) => d.encode(),
                 Output::Line(l) => l.encode(),

@@ -9,6 +9,8 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 
 use super::*;
+use crate::catalog::Catalog;
+use crate::plans::NO_PLANS;
 
 const SHIPPED: &str = include_str!("../../config/catalog.json");
 
@@ -335,7 +337,7 @@ fn outcome(log: &[(String, String)], n: u64, salt: u64) -> (Vec<Vec<u8>>, Vec<St
     }
     let (mut debits, mut rejected) = (Vec::new(), Vec::new());
     for core in parts.values_mut() {
-        core.rollup.close_all(&mut core.out);
+        core.rollup.close_all(&NO_PLANS, &mut core.out);
         for o in &core.out {
             match o {
                 Output::Debit(d) => debits.push(d.encode()),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::outputs::{exec_key, execution_debit, split_key};
 use crate::catalog::AssetType;
 use crate::debit::{Debit, PricedLine, PricedUnit};
+use crate::plans::PlanBook;
 
 /// Calls listed per open execution unless configured (`rollup.max_trace_calls`).
 pub const DEFAULT_MAX_TRACE_CALLS: usize = 200;
@@ -29,6 +30,16 @@ pub struct TracedCall {
     pub units: Vec<PricedUnit>,
     /// The catalog version that priced the call.
     pub price_version: String,
+    /// The tier of that version that priced every unit of the call (`None`: untiered).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tier: Option<String>,
+    /// The plan in force for the account at the call's time (`default` without one), its
+    /// version and the rule of it that changed the price, if any.
+    pub plan: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plan_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plan_rule: Option<String>,
     /// Credits of this call, before markup (exact).
     #[serde(with = "rust_decimal::serde::str")]
     pub cost: Decimal,
@@ -47,6 +58,10 @@ impl TracedCall {
             asset_type: line.asset_type,
             units: line.units.clone(),
             price_version: line.price_version.clone(),
+            tier: line.tier.clone(),
+            plan: line.plan.clone(),
+            plan_version: line.plan_version.clone(),
+            plan_rule: line.plan_rule.clone(),
             cost: line.cost,
             subtotal_after: subtotal,
         }
@@ -67,8 +82,14 @@ pub struct OpenExecutionView {
 
 impl super::PartitionRollup {
     /// The running cost of an open execution, for the real-time API: of `account_id`'s
-    /// execution if given, else of the earliest-opened execution with that id.
-    pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
+    /// execution if given, else of the earliest-opened execution with that id, under the
+    /// plan of its account at its first call.
+    pub fn running_cost(
+        &self,
+        execution_id: &str,
+        account_id: Option<&str>,
+        plans: &PlanBook,
+    ) -> Option<Debit> {
         let o = match account_id {
             Some(a) => self.open.get(&exec_key(a, execution_id))?,
             None => self
@@ -80,20 +101,24 @@ impl super::PartitionRollup {
         Some(execution_debit(
             execution_id,
             o,
+            plans.resolve(&o.account_id, o.first_event_at),
             self.cfg.markup_rate,
             String::new(),
         ))
     }
 
     /// `account_id`'s execution `execution_id` if it is open here: its running totals (as
-    /// [`Self::running_cost`]) and its first `max_trace_calls` priced calls, copied.
+    /// [`Self::running_cost`], under the plan of the account at its first call) and its
+    /// first `max_trace_calls` priced calls, copied.
     pub fn open_execution(
         &self,
         account_id: &str,
         execution_id: &str,
+        plans: &PlanBook,
     ) -> Option<OpenExecutionView> {
         let o = self.open.get(&exec_key(account_id, execution_id))?;
-        let running = execution_debit(execution_id, o, self.cfg.markup_rate, String::new());
+        let plan = plans.resolve(&o.account_id, o.first_event_at);
+        let running = execution_debit(execution_id, o, plan, self.cfg.markup_rate, String::new());
         Some(OpenExecutionView {
             calls_omitted: running.calls.saturating_sub(o.calls.len() as u32),
             calls: o.calls.clone(),

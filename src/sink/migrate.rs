@@ -25,6 +25,21 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "ledger",
         include_str!("../../deploy/clickhouse/0004_ledger.sql"),
     ),
+    (
+        5,
+        "pricing",
+        include_str!("../../deploy/clickhouse/0005_pricing.sql"),
+    ),
+    (
+        6,
+        "ledger_grants",
+        include_str!("../../deploy/clickhouse/0006_ledger_grants.sql"),
+    ),
+    (
+        7,
+        "components_traces",
+        include_str!("../../deploy/clickhouse/0007_components_traces.sql"),
+    ),
 ];
 
 /// True when re-running `stmt` failed only because an earlier, interrupted run of the same

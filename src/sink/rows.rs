@@ -28,7 +28,11 @@ fn ts(t: DateTime<Utc>) -> u32 {
 #[derive(Debug, Clone, Serialize, clickhouse::Row)]
 pub struct TransactionRow {
     pub event_id: String,
+    /// `model_call` or `tool_call` (migration 6).
+    pub kind: String,
     pub occurred_at: u32,
+    /// The sub-second part of `occurred_at`, in nanoseconds (migration 6).
+    pub occurred_at_nanos: u32,
     pub account_id: String,
     pub execution_id: String,
     pub agent_id: String,
@@ -47,6 +51,12 @@ pub struct TransactionRow {
     pub unit_per: Vec<u64>,
     pub cost: i128,
     pub price_version: String,
+    /// Tier, plan, plan version, plan rule, discount (migration 5).
+    pub tier: String,
+    pub plan: String,
+    pub plan_version: String,
+    pub plan_rule: String,
+    pub discount_percent: i128,
     pub event_partition: i32,
     pub event_offset: i64,
     pub src_partition: i32,
@@ -60,7 +70,14 @@ pub struct DebitRow {
     pub kind: String,
     pub account_id: String,
     pub execution_id: String,
+    /// The plan that set the markup (migration 5).
+    pub plan: String,
+    pub plan_version: String,
     pub subtotal: i128,
+    /// Vendor price of the model calls, and of the tool calls (migration 6):
+    /// `models + tools + markup = total`.
+    pub models: i128,
+    pub tools: i128,
     pub markup_rate: i128,
     pub markup: i128,
     pub total: i128,
@@ -69,6 +86,12 @@ pub struct DebitRow {
     pub last_event_at: u32,
     pub breakdown_assets: Vec<String>,
     pub breakdown_costs: Vec<i128>,
+    /// Parallel to `breakdown_assets`; a correction's id, reason and corrected debits
+    /// (migration 5).
+    pub breakdown_price_versions: Vec<String>,
+    pub correction_id: String,
+    pub correction_reason: String,
+    pub corrects: Vec<String>,
     pub src_partition: i32,
     pub src_offset: i64,
     pub ingested_at: u32,
@@ -109,7 +132,9 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
     }
     let id = l.line_id();
     let row = TransactionRow {
+        kind: l.kind.as_str().to_string(),
         occurred_at: ts(l.occurred_at),
+        occurred_at_nanos: chrono::Timelike::nanosecond(&l.occurred_at).min(999_999_999),
         account_id: l.account_id,
         execution_id: l.execution_id.unwrap_or_default(),
         agent_id: l.agent_id.unwrap_or_default(),
@@ -124,6 +149,11 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
         unit_per: l.units.iter().map(|u| u.per).collect(),
         cost: to_scaled_i128(l.cost, LINE_COST_SCALE)?,
         price_version: l.price_version,
+        tier: l.tier.unwrap_or_default(),
+        plan: l.plan,
+        plan_version: l.plan_version.unwrap_or_default(),
+        plan_rule: l.plan_rule.unwrap_or_default(),
+        discount_percent: to_scaled_i128(l.discount_percent.unwrap_or_default(), LINE_COST_SCALE)?,
         event_partition: l.event_partition,
         event_offset: l.event_offset,
         src_partition: src.partition,
@@ -141,6 +171,9 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         table: "debits",
         source,
     })?;
+    // From the breakdown, not the message's `components`: debits written before that field
+    // existed get the same split.
+    let components = crate::debit::Components::of(&d.breakdown, d.markup);
     let mut costs = Vec::with_capacity(d.breakdown.len());
     for b in &d.breakdown {
         costs.push(to_scaled_i128(b.cost, LINE_COST_SCALE)?);
@@ -150,7 +183,11 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         kind: d.kind.as_str().to_string(),
         account_id: d.account_id,
         execution_id: d.execution_id.unwrap_or_default(),
+        plan: d.plan,
+        plan_version: d.plan_version.unwrap_or_default(),
         subtotal: to_scaled_i128(d.subtotal, DEBIT_SCALE)?,
+        models: to_scaled_i128(components.models, DEBIT_SCALE)?,
+        tools: to_scaled_i128(components.tools, DEBIT_SCALE)?,
         markup_rate: to_scaled_i128(d.markup_rate, DEBIT_SCALE)?,
         markup: to_scaled_i128(d.markup, DEBIT_SCALE)?,
         total: to_scaled_i128(d.total, DEBIT_SCALE)?,
@@ -159,6 +196,22 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         last_event_at: ts(d.last_event_at),
         breakdown_assets: d.breakdown.iter().map(|b| b.asset_id.clone()).collect(),
         breakdown_costs: costs,
+        breakdown_price_versions: d
+            .breakdown
+            .iter()
+            .map(|b| b.price_version.clone())
+            .collect(),
+        correction_id: d
+            .correction
+            .as_ref()
+            .map(|c| c.correction_id.clone())
+            .unwrap_or_default(),
+        correction_reason: d
+            .correction
+            .as_ref()
+            .map(|c| c.reason.clone())
+            .unwrap_or_default(),
+        corrects: d.correction.map(|c| c.corrects).unwrap_or_default(),
         src_partition: src.partition,
         src_offset: src.offset,
         ingested_at: src.ingested_at,

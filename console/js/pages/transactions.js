@@ -263,17 +263,17 @@ function breakdown(e, account) {
 export function callsTable(t) {
   const calls = t.calls || [];
   if (!calls.length) {
-    return h('p', { class: 'hint' }, `Execution ${t.execution_id}: ${t.calls_count ?? t.calls ?? 0} calls, subtotal ${t.subtotal}, markup ${t.markup}, total ${t.total} (this service gives no per-call list for it).`);
+    return h('p', { class: 'hint' }, `Execution ${t.execution_id}: ${t.calls_priced ?? 0} calls, subtotal ${t.subtotal}, markup ${t.markup}, total ${t.total} (this service gives no per-call list for it).`);
   }
   return h('table', { class: 'sub calls-table' },
     h('caption', {}, `Calls of execution ${t.execution_id} (${t.status})`),
     h('thead', {}, h('tr', {}, ['Time (UTC)', 'Asset', 'Data volume', 'Unit prices', 'Cost', 'Running subtotal'].map((x, i) => h('th', { scope: 'col', class: i >= 4 ? 'num' : null }, x)))),
-    h('tbody', {}, calls.map((c) => h('tr', {},
+    h('tbody', {}, calls.map((c) => h('tr', { dataset: { event: c.event_id } },
       h('td', { dataset: { label: 'Time (UTC)' } }, fmt.dateTime(c.occurred_at)),
       h('td', { dataset: { label: 'Asset' } }, c.asset_id),
-      h('td', { dataset: { label: 'Data volume' } }, fmt.quantities(c.quantities)),
-      h('td', { dataset: { label: 'Unit prices' } }, fmt.quantities(c.unit_prices)),
-      h('td', { class: 'num', dataset: { label: 'Cost' } }, c.cost),
+      h('td', { dataset: { label: 'Data volume', col: 'volume' } }, (c.units || []).map((u) => `${u.quantity} ${u.unit.replace(/_/g, ' ')}`).join(', ')),
+      h('td', { dataset: { label: 'Unit prices', col: 'prices' } }, (c.units || []).map((u) => `${u.unit_price} per ${u.per} ${u.unit.replace(/_/g, ' ')}`).join(', ')),
+      h('td', { class: 'num', dataset: { label: 'Cost', col: 'cost' } }, c.cost),
       h('td', { class: 'num', dataset: { label: 'Running subtotal' } }, c.running_subtotal || '')))),
     h('tfoot', {}, h('tr', {}, h('td', { colspan: '4' }, `Subtotal ${t.subtotal} + markup ${t.markup}`), h('td', { class: 'num', colspan: '2' }, `Total ${t.total}`))));
 }

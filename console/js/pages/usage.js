@@ -1,6 +1,7 @@
 // Usage: credits by day, by asset and by a dimension (e.g. project or team), by component
 // (models, tools), the markup as its own figure, and the most expensive executions.
-// Data: GET /v1/accounts/{id}/usage?from=&to=&group_by=day|asset|component|dimension:KEY and
+// Data: GET /v1/accounts/{id}/usage?from=&to=&group_by=day|asset|component|dimension:KEY (and
+// group_by=asset for each day with usage: the stacked chart by day and asset) and
 // /v1/accounts/{id}/executions?from=&to=&limit= (the executions of the range, ranked here by
 // exact decimal comparison).
 
@@ -8,12 +9,32 @@ import { h, fill, field, announce } from '../dom.js';
 import * as api from '../api.js';
 import * as dec from '../decimal.js';
 import * as fmt from '../format.js';
-import { stackedBars, hbars, mount } from '../chart.js';
+import { stackedBars, hbars, legend, mount } from '../chart.js';
 import { go, href } from '../router.js';
 
 const RANGES = { 7: 'Last 7 days', 30: 'Last 30 days', 90: 'Last 90 days' };
 /** Executions read to rank the most expensive (pages of 500, newest first). */
 const RANK_LIMIT = 2000;
+/** Assets with their own colour in the by-day chart (the largest); the rest stack as one. */
+const STACKED_ASSETS = 7;
+/** Requests in flight at once for the by-day-by-asset figures. */
+const PARALLEL = 6;
+
+/** Each day's credits by asset: one /usage?group_by=asset per day with usage (from, to:
+ * that UTC day), at most PARALLEL at a time. -> {day: usage answer}. */
+async function assetsByDay(get, days, signal) {
+  const out = {};
+  const queue = days.slice();
+  const worker = async () => {
+    while (queue.length && !signal.aborted) {
+      const day = queue.shift();
+      const next = new Date(Date.parse(`${day}T00:00:00Z`) + 86400000).toISOString().replace('.000Z', 'Z');
+      out[day] = await get({ from: `${day}T00:00:00Z`, to: next, group_by: 'asset' });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(PARALLEL, days.length) }, worker));
+  return out;
+}
 
 function dayStart(daysAgo) {
   const d = new Date();
@@ -60,8 +81,11 @@ export async function render(page, { account, params, signal }) {
   const heading = h('h1', {}, 'Usage');
   fill(page, heading, h('p', { class: 'lead' }, `Account ${account}`), h('p', { class: 'loading' }, 'Loading…'));
 
-  const get = (group) => api.get(`${base}/usage`, { ...window, group_by: group }, { signal });
+  const query = (q) => api.get(`${base}/usage`, q, { signal });
+  const get = (group) => query({ ...window, group_by: group });
   const [byDay, byAsset, byComp, byDim] = await Promise.all([get('day'), get('asset'), get('component'), get(`dimension:${dim}`).catch((e) => e)]);
+  if (signal.aborted) return null;
+  const perDayAsset = await assetsByDay(query, byDay.groups.map((g) => g.key), signal);
   if (signal.aborted) return null;
 
   // Most expensive executions of the range: every execution read (up to RANK_LIMIT), ranked
@@ -101,10 +125,22 @@ export async function render(page, { account, params, signal }) {
 
   // By day: a bar per day (vendor price), every day of the range shown.
   const days = daysFrom(from);
-  const perDay = Object.fromEntries(byDay.groups.map((g) => [g.key, g.amount]));
+  // One series per large asset (largest first), the rest as "Other assets"; exact sums.
+  const named = byAsset.groups.slice(0, byAsset.groups.length > STACKED_ASSETS ? STACKED_ASSETS - 1 : STACKED_ASSETS).map((g) => g.key);
+  const series = named.map((a) => ({ name: a, values: {} }));
+  const other = { name: 'Other assets', values: {} };
+  for (const [day, u] of Object.entries(perDayAsset)) {
+    for (const g of u.groups) {
+      const i = named.indexOf(g.key);
+      const se = i >= 0 ? series[i] : other;
+      se.values[day] = dec.add(se.values[day] || '0', g.amount);
+    }
+  }
+  if (Object.keys(other.values).length) series.push(other);
   const dayChart = h('div', { class: 'chart-box' });
-  const daySection = h('section', { class: 'card', 'aria-labelledby': 'ud-h' }, h('h2', { id: 'ud-h' }, 'Credits by day (vendor price)'),
-    dayChart, h('details', {}, h('summary', {}, 'Figures by day'), groupsTable('usage-by-day', 'Credits by day', 'Day (UTC)', byDay)));
+  const daySection = h('section', { class: 'card', 'aria-labelledby': 'ud-h' }, h('h2', { id: 'ud-h' }, 'Credits by day and asset (vendor price)'),
+    dayChart, legend(series.map((se) => se.name)),
+    h('details', {}, h('summary', {}, 'Figures by day'), groupsTable('usage-by-day', 'Credits by day', 'Day (UTC)', byDay)));
 
   // By asset, component, dimension.
   const assetChart = h('div', { class: 'chart-box' });
@@ -130,10 +166,10 @@ export async function render(page, { account, params, signal }) {
         h('td', { class: 'num', dataset: { label: 'Total', col: 'total' } }, x.total))))) : h('p', {}, 'No executions in this range.'));
 
   fill(page, heading, h('p', { class: 'lead' }, `Account ${account}`), h('div', { class: 'grid-2' }, figures, controls),
-    daySection, h('div', { class: 'grid-2' }, assetSection, h('div', {}, compSection, dimSection)), topSection);
+    daySection, h('div', { class: 'grid-2 even' }, assetSection, h('div', {}, compSection, dimSection)), topSection);
   const stops = [
     mount(dayChart, (w) => stackedBars({
-      categories: days, series: [{ name: 'Vendor price', values: perDay }], width: w,
+      categories: days, series, width: w,
       title: `Credits by day, ${RANGES[range].toLowerCase()}`,
       desc: `${byDay.groups.length} days with usage; vendor price ${byDay.subtotal} credits in all, markup ${byDay.markup} on top.`,
     })),

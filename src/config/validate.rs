@@ -9,6 +9,10 @@ use super::values::show_duration;
 use super::{Config, ConfigError, Delivery};
 use crate::money::MAX_MARKUP_RATE_SCALE;
 
+/// The longest `ledger.expiry_warning`: the bound the ledger's command check holds
+/// (`ledger::command::MAX_WARNING_SECS`, a layer above; a test holds them equal).
+pub(super) const MAX_EXPIRY_WARNING_SECS: u64 = 3650 * 86_400;
+
 /// librdkafka properties that have a typed key of their own, and secrets that never go in a
 /// file: (property, what to use instead).
 const OWNED_PROPERTIES: [(&str, &str); 8] = [
@@ -289,7 +293,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if l.expiry_warning.as_secs() > crate::ledger::command::MAX_WARNING_SECS {
+        if l.expiry_warning.as_secs() > MAX_EXPIRY_WARNING_SECS {
             return Err(ConfigError::invalid(
                 "ledger.expiry_warning",
                 show_duration(l.expiry_warning),

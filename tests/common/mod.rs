@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod ledger;
+pub mod sse;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};

@@ -189,7 +189,11 @@ fn voucher_redemptions_answer_granted_or_refused_with_the_reason() {
         422,
         Some("unknown"),
     );
-    assert_refused(&redeem(a, OPERATOR_TOKEN, "bad\\u0007code"), 422, Some("unknown"));
+    assert_refused(
+        &redeem(a, OPERATOR_TOKEN, "bad\\u0007code"),
+        422,
+        Some("unknown"),
+    );
     // Reserved for A: B is refused, A gets it.
     assert_refused(
         &redeem(b, OPERATOR_TOKEN, "MINE-2026-HTTP"),

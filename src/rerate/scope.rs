@@ -282,7 +282,11 @@ fn event_of(l: &PricedLine) -> UsageEvent {
         execution_id: l.execution_id.clone(),
         agent_id: l.agent_id.clone(),
         component: l.component.clone(),
-        quantities: l.units.iter().map(|u| (u.unit.clone(), u.quantity)).collect(),
+        quantities: l
+            .units
+            .iter()
+            .map(|u| (u.unit.clone(), u.quantity))
+            .collect(),
         expected_calls: None,
         after_offset: None,
         dimensions: l.dimensions.clone(),

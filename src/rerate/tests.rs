@@ -41,7 +41,10 @@ const PLANS: &str = r#"{
 fn corrected(fixes: &[String]) -> Catalog {
     let mut c = Catalog::from_json(BASE.as_bytes()).unwrap();
     for f in fixes {
-        assert!(c.insert(Catalog::parse_version(f.as_bytes()).unwrap()).unwrap());
+        assert!(
+            c.insert(Catalog::parse_version(f.as_bytes()).unwrap())
+                .unwrap()
+        );
     }
     c
 }
@@ -54,7 +57,11 @@ fn call(id: &str, account: &str, exec: Option<&str>, at: &str, asset: &str, q: &
     let exec = exec
         .map(|x| format!(r#","execution_id":"{x}""#))
         .unwrap_or_default();
-    let kind = if asset == "t" { "tool_call" } else { "model_call" };
+    let kind = if asset == "t" {
+        "tool_call"
+    } else {
+        "model_call"
+    };
     format!(
         r#"{{"type":"{kind}","event_id":"{id}","occurred_at":"{at}","account_id":"{account}"{exec},"asset_id":"{asset}","quantities":{q}}}"#
     )
@@ -87,7 +94,11 @@ fn events() -> Vec<String> {
             Some(&x),
             at,
             "m",
-            &format!(r#"{{"input_tokens":{},"output_tokens":{}}}"#, 1000 + i * 7, i + 1),
+            &format!(
+                r#"{{"input_tokens":{},"output_tokens":{}}}"#,
+                1000 + i * 7,
+                i + 1
+            ),
         ));
         e.push(call(
             &format!("{x}-2"),

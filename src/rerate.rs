@@ -146,6 +146,7 @@ pub fn decide(
         let lines = &scopes[&key];
         match scope::rerate(&key, lines, &book, pricing, correction) {
             scope::Verdict::Correction(c) => {
+                let c = *c;
                 out.stats.lines_repriced += lines.len() as u64;
                 let row = out.accounts.entry(key.account().to_string()).or_default();
                 row.debits += 1;

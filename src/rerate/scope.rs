@@ -153,13 +153,11 @@ impl DebitBook {
         if self.by_id.contains_key(&d.debit_id) {
             return;
         }
-        if d.kind == DebitKind::AgentExecution {
-            if let Some(x) = &d.execution_id {
-                self.executions
-                    .entry((d.account_id.clone(), x.clone()))
-                    .or_default()
-                    .insert(d.debit_id.clone());
-            }
+        if let (DebitKind::AgentExecution, Some(x)) = (d.kind, &d.execution_id) {
+            self.executions
+                .entry((d.account_id.clone(), x.clone()))
+                .or_default()
+                .insert(d.debit_id.clone());
         }
         if let Some(c) = &d.correction {
             for o in &c.corrects {
@@ -195,7 +193,7 @@ pub(super) struct Corrected {
 
 #[derive(Debug)]
 pub(super) enum Verdict {
-    Correction(Corrected),
+    Correction(Box<Corrected>),
     /// No difference (lines priced again).
     Unchanged(u64),
     /// This correction's debit of the scope is already written (its id).
@@ -461,10 +459,10 @@ pub(super) fn rerate(
             corrects: per_debit.keys().map(|s| s.to_string()).collect(),
         }),
     };
-    Verdict::Correction(Corrected {
+    Verdict::Correction(Box::new(Corrected {
         debit,
         billed_total: billed.total,
         corrected_total: target.total,
         changed,
-    })
+    }))
 }

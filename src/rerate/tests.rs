@@ -290,7 +290,12 @@ fn stacked_corrections_in_either_order_add_up_and_never_repeat() {
     let (_, oracle) = rate(&ev, &corrected(&[f1.clone(), f2.clone()]));
     // fix-1 run, then fix-2 (superseding it at the same instant) run.
     let mut debits = originals.clone();
-    let one = run("fix-1", &corrected(&[f1.clone()]), &lines, &debits);
+    let one = run(
+        "fix-1",
+        &corrected(std::slice::from_ref(&f1)),
+        &lines,
+        &debits,
+    );
     debits.extend(one.to_emit);
     let both = corrected(&[f1.clone(), f2.clone()]);
     let two = run("fix-2", &both, &lines, &debits);

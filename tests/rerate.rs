@@ -242,10 +242,17 @@ fn rerate_killed_many_times_emits_each_difference_once() {
         expected,
         "originals + corrections = rating with the corrected catalog"
     );
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("schema/debit.v1.json")).unwrap())
+            .unwrap();
+    let schema = jsonschema::validator_for(&schema).unwrap();
     for c in all.iter().filter(|d| d.kind == DebitKind::Correction) {
         let r = c.correction.as_ref().unwrap();
         assert_eq!(r.correction_id, "fix-1");
         assert_eq!(c.subtotal + c.markup, c.total);
+        let v: serde_json::Value = serde_json::from_slice(&c.encode()).unwrap();
+        let errors: Vec<String> = schema.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{v}: {errors:?}");
     }
 
     // A second run: nothing new, and it says so.

@@ -413,3 +413,37 @@ proptest::proptest! {
         proptest::prop_assert_eq!(totals(&debits), totals(&oracle));
     }
 }
+
+#[test]
+fn the_difference_is_that_of_the_rounded_line_costs() {
+    // 1 token at 1/3 credit = 0.333333333333, re-priced at 2/3 = 0.666666666667 (each rounded
+    // once, 12 decimals, half away from zero): the correction is 0.333333333334, not the
+    // rounded exact difference 0.333333333333.
+    let base = r#"[{"asset_id":"m","asset_type":"model","vendor":"v","effective_from":"2026-01-01T00:00:00Z",
+       "prices":{"output_tokens":{"credits":"1","per":3}}}]"#;
+    let fix = r#"{"asset_id":"m","asset_type":"model","vendor":"v","effective_from":"2026-01-01T00:00:00Z",
+       "prices":{"output_tokens":{"credits":"2","per":3}},"correction":{"id":"third","reason":"x"}}"#;
+    let old = Catalog::from_json(base.as_bytes()).unwrap();
+    let mut new = old.clone();
+    new.insert(Catalog::parse_version(fix.as_bytes()).unwrap())
+        .unwrap();
+    let ev = vec![call(
+        "e",
+        "a",
+        None,
+        "2026-01-02T00:00:00Z",
+        "m",
+        r#"{"output_tokens":1}"#,
+    )];
+    let (lines, debits) = rate(&ev, &old);
+    assert_eq!(debits[0].total, d("0.333333333333"));
+    let out = run("third", &new, &lines, &debits);
+    assert_eq!(out.to_emit.len(), 1);
+    let c = &out.to_emit[0];
+    assert_eq!(
+        (c.subtotal, c.markup, c.total),
+        (d("0.333333333334"), d("0"), d("0.333333333334"))
+    );
+    let (_, oracle) = rate(&ev, &new);
+    assert_eq!(debits[0].total + c.total, oracle[0].total);
+}

@@ -1,6 +1,6 @@
 //! Dead letters for operators (operator token; an account's key gets 403), from ClickHouse's
 //! `dead_letters` table ([`crate::history::dead_letters`]). When ClickHouse cannot answer,
-//! a 503 says so (`"dead letters come from clickhouse, which cannot answer: ..."`); the
+//! a 503 says so (`"the dead-letter list comes from clickhouse, which cannot answer: ..."`); the
 //! topic itself is what `dead-letters replay` reads.
 //!
 //! - `GET /v1/dead-letters?reason=&from=&to=&limit=50&cursor=` -> `{"dead_letters": [{
@@ -80,7 +80,7 @@ async fn list(State(s): State<HttpState>, caller: Caller, RawQuery(raw): RawQuer
         };
         dead_letters::list(ch, &q)
             .await
-            .map_err(|e| ApiError::clickhouse_down("dead letters", &e))
+            .map_err(|e| ApiError::clickhouse_down("the dead-letter list", &e))
     };
     match run.await {
         Ok(page) => Json(page).into_response(),
@@ -94,7 +94,7 @@ async fn reasons(State(s): State<HttpState>, caller: Caller, RawQuery(raw): RawQ
         let p = Params::parse(raw.as_deref(), &["from", "to"])?;
         dead_letters::by_reason(ch, p.window()?)
             .await
-            .map_err(|e| ApiError::clickhouse_down("dead letters", &e))
+            .map_err(|e| ApiError::clickhouse_down("the dead-letter list", &e))
     };
     match run.await {
         Ok(r) => Json(json!({ "reasons": r })).into_response(),

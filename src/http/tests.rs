@@ -159,7 +159,7 @@ async fn dead_letters_say_plainly_when_clickhouse_cannot_answer() {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let e = v["error"].as_str().unwrap();
         assert!(
-            e.starts_with("dead letters come from clickhouse, which cannot answer"),
+            e.starts_with("the dead-letter list comes from clickhouse, which cannot answer"),
             "{uri}: {e}"
         );
     }

@@ -25,7 +25,10 @@ fn get(addr: &str, path: &str, cred: Option<&str>) -> (u16, Value) {
 
 fn post(addr: &str, path: &str, body: &Value) -> (u16, Value) {
     let a = http_call(addr, "POST", path, Some(TOKEN), Some(&body.to_string()));
-    (a.status, serde_json::from_str(&a.body).unwrap_or(Value::Null))
+    (
+        a.status,
+        serde_json::from_str(&a.body).unwrap_or(Value::Null),
+    )
 }
 
 fn d(v: &Value) -> Decimal {
@@ -49,7 +52,10 @@ fn all_pages(addr: &str, path: &str, key: &str, limit: u32) -> (Vec<Value>, usiz
         let (s, v) = get(addr, &p, Some(TOKEN));
         assert_eq!(s, 200, "{p}: {v}");
         let items = v[key].as_array().unwrap().clone();
-        assert!(items.len() <= limit as usize, "{p}: a page larger than limit");
+        assert!(
+            items.len() <= limit as usize,
+            "{p}: a page larger than limit"
+        );
         pages += 1;
         out.extend(items);
         at = match (&v["next_offset"], &v["next_cursor"]) {
@@ -173,7 +179,10 @@ fn check_api(env: &common::TestEnv, addr: &str, key: &str) {
         assert_eq!(get(addr, path, None).0, 401, "{path} without a credential");
         let (s, v) = get(addr, path, Some(key));
         assert_eq!(s, 403, "{path} with an account key: {v}");
-        assert!(v["error"].as_str().unwrap().contains("operator token"), "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("operator token"),
+            "{v}"
+        );
         // Strict query strings.
         let (s, v) = get(addr, &format!("{path}?limt=5"), Some(TOKEN));
         assert_eq!(s, 400, "{path}?limt=5: {v}");
@@ -191,7 +200,11 @@ fn check_api(env: &common::TestEnv, addr: &str, key: &str) {
         ("/v1/vouchers?offset=-1", "offset"),
     ] {
         let (s, v) = get(addr, path, Some(TOKEN));
-        assert_eq!((s, v["parameter"].as_str()), (400, Some(param)), "{path}: {v}");
+        assert_eq!(
+            (s, v["parameter"].as_str()),
+            (400, Some(param)),
+            "{path}: {v}"
+        );
     }
 
     // Accounts: every account of the ledger, balances equal to its balance answer, lowest
@@ -204,7 +217,13 @@ fn check_api(env: &common::TestEnv, addr: &str, key: &str) {
         .collect();
     assert_eq!(
         ids,
-        ["acct-op-d", "acct-op-b", "acct-op-a", "acct-op-e", "acct-op-c"]
+        [
+            "acct-op-d",
+            "acct-op-b",
+            "acct-op-a",
+            "acct-op-e",
+            "acct-op-c"
+        ]
     );
     for r in &rows {
         let id = r["account_id"].as_str().unwrap();
@@ -217,16 +236,24 @@ fn check_api(env: &common::TestEnv, addr: &str, key: &str) {
     assert_eq!(d(&rows[4]["balance"]), "100.000001".parse().unwrap());
     let (_, low) = get(addr, "/v1/accounts?below=50", Some(TOKEN));
     assert_eq!(low["total"], 2, "{low}");
-    let (_, recent) = get(addr, "/v1/accounts?order=last_activity&limit=1", Some(TOKEN));
+    let (_, recent) = get(
+        addr,
+        "/v1/accounts?order=last_activity&limit=1",
+        Some(TOKEN),
+    );
     assert_eq!(recent["accounts"][0]["account_id"], "acct-op-e", "{recent}");
 
     // Dead letters: the topic's, newest first, across pages of 1.
     let topic = topic_dead_letters(env);
     assert_eq!(topic.len(), 3, "{topic:?}");
-    env.wait_for("3 dead letters in clickhouse", Duration::from_secs(60), || {
-        let (s, v) = get(addr, "/v1/dead-letters", Some(TOKEN));
-        s == 200 && v["dead_letters"].as_array().is_some_and(|a| a.len() == 3)
-    });
+    env.wait_for(
+        "3 dead letters in clickhouse",
+        Duration::from_secs(60),
+        || {
+            let (s, v) = get(addr, "/v1/dead-letters", Some(TOKEN));
+            s == 200 && v["dead_letters"].as_array().is_some_and(|a| a.len() == 3)
+        },
+    );
     let (listed, pages) = all_pages(addr, "/v1/dead-letters", "dead_letters", 1);
     assert_eq!(pages, 3);
     let mut seen = BTreeMap::new();
@@ -256,11 +283,19 @@ fn check_api(env: &common::TestEnv, addr: &str, key: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| (g["reason"].as_str().unwrap().to_string(), g["count"].as_u64().unwrap()))
+        .map(|g| {
+            (
+                g["reason"].as_str().unwrap().to_string(),
+                g["count"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         counts,
-        [("unknown_asset".to_string(), 2), ("invalid_json".to_string(), 1)]
+        [
+            ("unknown_asset".to_string(), 2),
+            ("invalid_json".to_string(), 1)
+        ]
     );
     assert_eq!(r["reasons"][0]["sample"]["reason"], "unknown_asset");
 
@@ -278,10 +313,14 @@ fn check_api(env: &common::TestEnv, addr: &str, key: &str) {
         })
         .collect();
     states.sort();
-    let want: Vec<(String, String)> = [("15", "active"), ("2.50", "revoked"), ("7", "not_yet_valid")]
-        .iter()
-        .map(|(c, s)| (c.to_string(), s.to_string()))
-        .collect();
+    let want: Vec<(String, String)> = [
+        ("15", "active"),
+        ("2.50", "revoked"),
+        ("7", "not_yet_valid"),
+    ]
+    .iter()
+    .map(|(c, s)| (c.to_string(), s.to_string()))
+    .collect();
     assert_eq!(
         states
             .iter()
@@ -364,7 +403,10 @@ async fn operator_endpoints_and_page_show_accounts_dead_letters_and_vouchers() {
         Duration::from_secs(10),
     )
     .await;
-    let shots = [b.shot("operator", DESKTOP).await, b.shot("operator", PHONE).await];
+    let shots = [
+        b.shot("operator", DESKTOP).await,
+        b.shot("operator", PHONE).await,
+    ];
     b.size(DESKTOP).await;
     b.type_into("#accounts-form input[name=below]", "1e3").await;
     b.click("#accounts-form button[type=submit]").await;

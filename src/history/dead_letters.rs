@@ -165,7 +165,11 @@ pub async fn list(ch: &clickhouse::Client, q: &Query) -> Result<Page, clickhouse
         None
     };
     Ok(Page {
-        dead_letters: rows.into_iter().take(q.limit as usize).map(answer).collect(),
+        dead_letters: rows
+            .into_iter()
+            .take(q.limit as usize)
+            .map(answer)
+            .collect(),
         next_cursor,
     })
 }

@@ -9,7 +9,7 @@
 //! `order=balance` (the default): the lowest balance first; `last_activity`: the most recent
 //! first; ties by account id. `below`: only balances strictly below that amount (a decimal).
 //! `total` counts the accounts that match; `next_offset` is `null` on the last page. Amounts
-//! are decimal strings. Strict query string: an unknown or malformed parameter is a 400
+//! are decimal strings (normalized, as the balance answer writes them). Strict query string: an unknown or malformed parameter is a 400
 //! naming it.
 
 use std::str::FromStr;
@@ -42,7 +42,8 @@ pub struct AccountRow {
     pub overdraft: Decimal,
     /// Ledger entries so far (the `seq` of the last one).
     pub entries: u64,
-    /// When the last entry happened (`null` when the ledger has no time for it).
+    /// When the last entry happened, to the second as the balance answer's
+    /// `last_entry_at` (`null` when the ledger has no time for it).
     pub last_activity_at: Option<DateTime<Utc>>,
 }
 
@@ -121,8 +122,8 @@ async fn list(
             .filter(|(_, a)| a.seq > 0)
             .map(|(id, a)| AccountRow {
                 account_id: id.to_string(),
-                balance: a.balance,
-                overdraft: a.overdraft,
+                balance: a.balance.normalize(),
+                overdraft: a.overdraft.normalize(),
                 entries: a.seq,
                 last_activity_at: a.updated_at,
             })
@@ -130,7 +131,18 @@ async fn list(
     };
     let rows = select(rows, order, below);
     let total = rows.len();
-    let page: Vec<AccountRow> = rows.into_iter().skip(offset).take(limit).collect();
+    // Ordered by the exact time; shown to the second.
+    let page: Vec<AccountRow> = rows
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|mut r| {
+            r.last_activity_at = r
+                .last_activity_at
+                .and_then(|t| DateTime::from_timestamp(t.timestamp(), 0));
+            r
+        })
+        .collect();
     let next = (offset + page.len() < total).then_some(offset + page.len());
     Ok(Json(serde_json::json!({
         "accounts": page,
@@ -168,7 +180,11 @@ mod tests {
         let r = select(rows.clone(), Order::Balance, None);
         assert_eq!(ids(&r), ["b", "a", "c", "d"]);
         assert_eq!(
-            ids(&select(rows.clone(), Order::Balance, Some("10".parse().unwrap()))),
+            ids(&select(
+                rows.clone(),
+                Order::Balance,
+                Some("10".parse().unwrap())
+            )),
             ["b", "a"]
         );
         assert_eq!(
@@ -186,7 +202,10 @@ mod tests {
     #[test]
     fn amounts_are_decimals_not_floats() {
         let p = Params::parse(Some("below=1e3"), &["below"]).unwrap();
-        assert_eq!(amount(&p, "below").unwrap_err().body()["parameter"], "below");
+        assert_eq!(
+            amount(&p, "below").unwrap_err().body()["parameter"],
+            "below"
+        );
         let p = Params::parse(Some("below=12.50"), &["below"]).unwrap();
         assert_eq!(amount(&p, "below").unwrap(), Some("12.50".parse().unwrap()));
     }

@@ -37,9 +37,9 @@ fn clickhouse<'a>(
     what: &str,
 ) -> Result<&'a clickhouse::Client, ApiError> {
     caller.require_operator(what)?;
-    s.clickhouse
-        .as_ref()
-        .ok_or_else(|| ApiError::unavailable("this instance has no clickhouse to read dead letters from"))
+    s.clickhouse.as_ref().ok_or_else(|| {
+        ApiError::unavailable("this instance has no clickhouse to read dead letters from")
+    })
 }
 
 /// A reason code of [`RejectReason`], else a 400 naming `reason` and listing the codes.
@@ -63,19 +63,14 @@ fn reason(p: &Params) -> Result<Option<String>, ApiError> {
 async fn list(State(s): State<HttpState>, caller: Caller, RawQuery(raw): RawQuery) -> Response {
     let run = async {
         let ch = clickhouse(&s, &caller, "reading dead letters")?;
-        let p = Params::parse(
-            raw.as_deref(),
-            &["reason", "from", "to", "limit", "cursor"],
-        )?;
+        let p = Params::parse(raw.as_deref(), &["reason", "from", "to", "limit", "cursor"])?;
         let q = Query {
             window: p.window()?,
             reason: reason(&p)?,
             limit: p.number("limit", 1, 1000)?.unwrap_or(50) as u32,
             cursor: p
                 .string("cursor")?
-                .map(|c| {
-                    Cursor::parse(&c).map_err(|e| ApiError::parameter("cursor", Some(&c), e))
-                })
+                .map(|c| Cursor::parse(&c).map_err(|e| ApiError::parameter("cursor", Some(&c), e)))
                 .transpose()?,
         };
         dead_letters::list(ch, &q)

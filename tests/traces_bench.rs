@@ -116,8 +116,10 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// A raw SSE client: counts `call` events until `stop`; false if the stream ended early.
+/// A raw SSE client: counts `call` events until `stop`; false if the stream ended early
+/// (then it says what the stream sent last).
 fn follow(addr: String, path: String, calls: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> bool {
+    let mut last = Vec::new();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -130,8 +132,17 @@ fn follow(addr: String, path: String, calls: Arc<AtomicU64>, stop: Arc<AtomicBoo
     let mut line = String::new();
     while !stop.load(Ordering::Relaxed) {
         match r.read_line(&mut line) {
-            Ok(0) => return false,
+            Ok(0) => {
+                eprintln!("a stream ended early; its last lines: {last:?}");
+                return false;
+            }
             Ok(_) if line.ends_with('\n') => {
+                if !line.starts_with("data: {\"call") {
+                    last.push(line.clone());
+                    if last.len() > 6 {
+                        last.remove(0);
+                    }
+                }
                 if line.starts_with("event: call") {
                     calls.fetch_add(1, Ordering::Relaxed);
                 }

@@ -118,7 +118,13 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// A raw SSE client: counts `call` events until `stop`; false if the stream ended early
 /// (then it says what the stream sent last).
-fn follow(addr: String, path: String, calls: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> bool {
+fn follow(
+    addr: String,
+    path: String,
+    calls: Arc<AtomicU64>,
+    opened: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> bool {
     let mut last = Vec::new();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
@@ -145,6 +151,8 @@ fn follow(addr: String, path: String, calls: Arc<AtomicU64>, stop: Arc<AtomicBoo
                 }
                 if line.starts_with("event: call") {
                     calls.fetch_add(1, Ordering::Relaxed);
+                } else if line.starts_with("event: open") {
+                    opened.fetch_add(1, Ordering::Relaxed);
                 }
                 line.clear();
             }
@@ -173,7 +181,7 @@ fn bench_200_stream_clients_following_one_execution() {
             let due = (t0.elapsed().as_secs_f64() * RATE as f64) as usize;
             while sent < due {
                 let exec = if sent.is_multiple_of(FOLLOWED_EVERY) {
-                    "exec-followed".to_string()
+                    format!("{tag}-followed")
                 } else {
                     format!("{tag}-other-{}", sent % 50)
                 };
@@ -191,14 +199,19 @@ fn bench_200_stream_clients_following_one_execution() {
     let (sent0, cpu0) = run("none");
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
-    let path = format!("/v1/executions/exec-followed/events?account_id={ACCOUNT}&follow=true");
+    let opened = Arc::new(AtomicU64::new(0));
+    let path = format!("/v1/executions/with-followed/events?account_id={ACCOUNT}&follow=true");
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (a, p, c, s) = (addr.clone(), path.clone(), calls.clone(), stop.clone());
-            thread::spawn(move || follow(a, p, c, s))
+            let o = opened.clone();
+            thread::spawn(move || follow(a, p, c, o, s))
         })
         .collect();
-    thread::sleep(Duration::from_secs(5));
+    env.wait_for("every stream open", Duration::from_secs(120), || {
+        opened.load(Ordering::Relaxed) == CLIENTS as u64
+    });
+    thread::sleep(Duration::from_secs(1));
     let before = calls.load(Ordering::Relaxed);
     let (sent1, cpu1) = run("with");
     thread::sleep(Duration::from_secs(2));

@@ -51,7 +51,7 @@ async fn audit(b: &Browser, page: &str) {
 
 /// Types `keys` as a keyboard does (WebDriver key actions: to whatever has the focus).
 async fn press(b: &Browser, keys: &str) {
-    use fantoccini::actions::{KeyAction, KeyActions};
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
     let mut a = KeyActions::new("keyboard".into());
     for c in keys.chars() {
         a = a
@@ -137,6 +137,26 @@ async fn console_pages_pass_the_accessibility_basics() {
     )
     .await;
     audit(&b, "sign-in").await;
+    // The audit finds what it looks for: an unlabelled field, a pale text, a table without
+    // headers, a skipped heading level (the colour set through the CSSOM: the console's CSP
+    // ignores style attributes).
+    b.js(
+        "const d = document.createElement('div'); d.id = 'bad'; d.innerHTML = '<h3>x</h3><input name=q><p>pale</p><table><tr><td>1</td></tr></table>'; d.querySelector('p').style.color = '#bbb'; document.getElementById('sign-in').append(d);",
+        vec![],
+    )
+    .await;
+    let found = b.js(AUDIT, vec![]).await.to_string();
+    for what in [
+        "form control without a label",
+        "contrast 1.",
+        "table without column headers",
+        "table without a caption",
+        "heading level skipped (h1 then h3)",
+    ] {
+        assert!(found.contains(what), "the audit misses {what:?}: {found}");
+    }
+    b.js("document.getElementById('bad').remove()", vec![])
+        .await;
 
     // Keyboard: the first Tab reaches the skip link, Enter moves focus to the content and
     // leaves the page where it is.

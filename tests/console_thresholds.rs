@@ -196,7 +196,7 @@ async fn credits_page_lists_sets_and_removes_thresholds() {
     )
     .await;
     {
-        use fantoccini::actions::{KeyAction, KeyActions};
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
         let enter = '\u{E007}';
         let a = KeyActions::new("keyboard".into())
             .then(KeyAction::Down { value: enter })

@@ -28,7 +28,7 @@ use rust_decimal::Decimal;
 
 use crate::debit::Debit;
 use crate::ledger::answer::{CommandKind, EntryRef, LedgerAnswer, Verdict};
-use crate::ledger::command::Command;
+use crate::ledger::command::{Command, Request};
 use crate::ledger::grant::{Grant, GrantKind};
 use crate::ledger::state::{ClosedBy, GrantMark, RefusalMark};
 
@@ -251,7 +251,14 @@ impl LedgerPartition {
         match cmd {
             Command::Grant(g) => self.apply_grant(&g, source),
             Command::Clock { at, .. } => self.tick(at, source),
-            Command::GrantStatus {
+            Command::Request(r) => self.request(r),
+        }
+    }
+
+    /// Answers a checked query or settings change.
+    fn request(&mut self, r: Request) -> Effects {
+        match r {
+            Request::GrantStatus {
                 request_id,
                 account_id,
                 grant_id,
@@ -273,7 +280,7 @@ impl LedgerPartition {
                     ..Default::default()
                 }
             }
-            Command::AccountStatus {
+            Request::AccountStatus {
                 request_id,
                 account_id,
             } => self.answered(
@@ -282,7 +289,7 @@ impl LedgerPartition {
                 account_id,
                 Vec::new(),
             ),
-            Command::SetThresholds {
+            Request::SetThresholds {
                 request_id,
                 account_id,
                 thresholds,
@@ -296,7 +303,7 @@ impl LedgerPartition {
                     Vec::new(),
                 )
             }
-            Command::SetAutoTopup {
+            Request::SetAutoTopup {
                 request_id,
                 account_id,
                 rule,
@@ -304,6 +311,11 @@ impl LedgerPartition {
                 let topups = self.set_auto_topup(&account_id, rule);
                 self.answered(CommandKind::SetAutoTopup, request_id, account_id, topups)
             }
+            // parse_command makes a clock marker a Command::Clock (after its MAC check).
+            Request::Clock { .. } => Effects::refused(Rejection::new(
+                RejectReason::InvalidField,
+                "a clock marker is applied only as a checked Command::Clock",
+            )),
         }
     }
 
@@ -403,11 +415,7 @@ impl LedgerPartition {
                 .is_some_and(|a| a.funds.get(&g.grant_id).is_some());
         let mark = GrantMark {
             hash,
-            kind: Some(g.kind),
-            category: Some(g.category()),
-            priority: Some(g.priority()),
-            expires_at: g.expires_at,
-            amount: Some(g.amount),
+            facts: crate::ledger::answer::GrantFacts::of(g),
             seq: Some(e.seq),
             entry_id: Some(e.entry_id.clone()),
             occurred_at: Some(g.occurred_at),

@@ -109,6 +109,9 @@ enum Command {
         #[command(subcommand)]
         command: commands::AccountsCommand,
     },
+    /// Re-rate what was billed in a published price correction's windows and emit the
+    /// differences as correction debits, exactly once (docs/price-catalog.md#re-rating-rerate).
+    Rerate(commands::RerateArgs),
     /// Dead-letter operations.
     DeadLetters {
         #[command(subcommand)]
@@ -373,6 +376,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         ),
         Command::Plans { command } => commands::plans(&cfg, command).await,
         Command::Accounts { command } => commands::accounts(&cfg, command).await,
+        Command::Rerate(a) => commands::rerate(&cfg, a).await,
         Command::DeadLetters {
             command: DeadLettersCommand::Replay(a),
         } => commands::replay_dead_letters(&cfg, a).await,

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod catalog;
 pub mod catalog_feed;
 pub mod config;
+pub mod credits;
 pub mod debit;
 pub mod event;
 pub mod feed;

@@ -126,12 +126,12 @@ enum Command {
     /// Credits ledger: top-ups, adjustments, redemptions, balances, history.
     Credits {
         #[command(subcommand)]
-        command: usage_aggregator::ledger::cli::CreditsCommand,
+        command: usage_aggregator::credits::CreditsCommand,
     },
     /// Vouchers: create and list.
     Vouchers {
         #[command(subcommand)]
-        command: usage_aggregator::ledger::cli::VouchersCommand,
+        command: usage_aggregator::credits::VouchersCommand,
     },
     /// Account-scoped API keys of the HTTP API: create (shown once), list, revoke.
     Keys {
@@ -305,7 +305,7 @@ fn main() -> ExitCode {
                 .downcast_ref::<Exit>()
                 .map(|x| x.code)
                 .or_else(|| {
-                    e.downcast_ref::<usage_aggregator::ledger::cli::CliExit>()
+                    e.downcast_ref::<usage_aggregator::credits::CliExit>()
                         .map(|x| x.code)
                 })
                 .unwrap_or(1);
@@ -386,10 +386,8 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
             usage_aggregator::preflight::Kafka::connect(&cfg).await?;
             bench::run(&cfg, a).await
         }
-        Command::Credits { command } => usage_aggregator::ledger::cli::credits(&cfg, command).await,
-        Command::Vouchers { command } => {
-            usage_aggregator::ledger::cli::vouchers(&cfg, command).await
-        }
+        Command::Credits { command } => usage_aggregator::credits::credits(&cfg, command).await,
+        Command::Vouchers { command } => usage_aggregator::credits::vouchers(&cfg, command).await,
         Command::Keys { command } => usage_aggregator::keys::cli::keys(&cfg, command).await,
     }
 }

@@ -355,7 +355,13 @@ impl<P: Processor> Stage<P> {
             .producer_reinits
             .with_label_values(&[self.spec.name])
             .inc();
-        self.producer = txn::producer(&self.cfg, self.spec.name, &self.txn_id)?;
+        let new = txn::producer(&self.cfg, self.spec.name, &self.txn_id)?;
+        let old = std::mem::replace(&mut self.producer, new);
+        // Destroying a client can wait on a request to a broker that is gone; the stage
+        // goes on with the new producer meanwhile.
+        let _ = std::thread::Builder::new()
+            .name(format!("{}-old-producer", self.spec.name))
+            .spawn(move || drop(old));
         Ok(())
     }
 

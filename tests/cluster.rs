@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{PrivateCluster, transaction_state_partition};
 use common::*;
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use usage_aggregator::loadgen::{Workload, WorkloadSpec};
 
@@ -32,6 +33,8 @@ fn java_string_hash_partition_matches_kafka() {
 struct DebitWatch {
     consumer: BaseConsumer,
     seen: usize,
+    /// The latest produce time (ms since the epoch) among the debits received.
+    newest_ms: i64,
 }
 
 impl DebitWatch {
@@ -49,35 +52,51 @@ impl DebitWatch {
                 .unwrap();
         }
         consumer.assign(&tpl).unwrap();
-        DebitWatch { consumer, seen: 0 }
+        DebitWatch {
+            consumer,
+            seen: 0,
+            newest_ms: 0,
+        }
     }
 
     /// Polls for up to `d`; returns the debits received so far.
     fn poll(&mut self, d: Duration) -> usize {
         let until = Instant::now() + d;
         while Instant::now() < until {
-            if let Some(Ok(_)) = self.consumer.poll(Duration::from_millis(20)) {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(20)) {
                 self.seen += 1;
+                if let Some(ts) = m.timestamp().to_millis() {
+                    self.newest_ms = self.newest_ms.max(ts);
+                }
             }
         }
         self.seen
     }
 }
 
-/// Seconds from `since` until more than `before` debits are committed (`None` after
-/// `limit`), acting as the aggregator's supervisor meanwhile (it exits on a fatal Kafka
-/// error; a restart resumes from the last commit).
+/// Milliseconds since the Unix epoch (debits' produce timestamps are in these).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Seconds from `since` (wall time `since_ms`) until a debit produced after it is committed
+/// (`None` after `limit`): a debit of a transaction that was committing at the kill does not
+/// count. Acts as the aggregator's supervisor meanwhile (it exits on a fatal Kafka error or
+/// a stall; a restart resumes from the last commit).
 fn until_next_debit(
     env: &mut TestEnv,
     agg: usize,
     watch: &mut DebitWatch,
-    since: Instant,
-    before: usize,
+    (since, since_ms): (Instant, i64),
     limit: Duration,
     restarts: &mut usize,
 ) -> Option<f64> {
     while since.elapsed() < limit {
-        if watch.poll(Duration::from_millis(50)) > before {
+        watch.poll(Duration::from_millis(50));
+        if watch.newest_ms > since_ms {
             return Some(since.elapsed().as_secs_f64());
         }
         *restarts += env.respawn_if_exited(agg, "all", "aggregator.log");
@@ -99,6 +118,20 @@ fn until_next_debit(
         "no new debit within {limit:?}: /readyz {status} {body}\n{}",
         lines.join("\n")
     );
+    // Post-mortem: every thread's stack (where it waits) and the log, kept outside the
+    // temp dir (USAGE_AGG_TEST_KEEP=dir).
+    if let Ok(keep) = std::env::var("USAGE_AGG_TEST_KEEP") {
+        let pid = env.children[agg].id().to_string();
+        let _ = std::fs::create_dir_all(&keep);
+        if let Ok(out) = std::process::Command::new("gdb")
+            .args(["-p", &pid, "-batch", "-ex", "thread apply all bt"])
+            .output()
+        {
+            let _ = std::fs::write(format!("{keep}/stacks.txt"), out.stdout);
+        }
+        let _ = std::fs::write(format!("{keep}/aggregator.log"), env.log("aggregator.log"));
+        let _ = std::fs::write(format!("{keep}/metrics.txt"), metrics.as_bytes());
+    }
     None
 }
 
@@ -137,6 +170,9 @@ fn cluster_sigkill_partition_leader_then_transaction_coordinator_exactly_once() 
     // A stable transactional id, so the test can find its coordinator (and a restarted
     // process fences the crashed one's transaction at once).
     env.cfg.kafka.instance_id = Some(env.name.clone());
+    // A client stuck after a kill (no error, no progress) ends the process within this; the
+    // test restarts it as a supervisor would.
+    env.cfg.pipeline.stall_exit_after = Duration::from_secs(30);
     env.write_config();
     env.setup();
     env.cli(&["catalog", "publish", "config/catalog.json"]);
@@ -187,8 +223,7 @@ fn cluster_sigkill_partition_leader_then_transaction_coordinator_exactly_once() 
             &mut env,
             agg,
             &mut watch,
-            first,
-            0,
+            (first, 0),
             Duration::from_secs(120),
             &mut restarts
         )
@@ -204,16 +239,15 @@ fn cluster_sigkill_partition_leader_then_transaction_coordinator_exactly_once() 
         .values()
         .filter(|l| **l == victim)
         .count();
-    let before = watch.poll(Duration::from_millis(100));
-    let killed = Instant::now();
+    watch.poll(Duration::from_millis(100));
+    let killed = (Instant::now(), wall_ms());
     cluster.kill(victim);
-    let leader_moved = until_leadership_moved(&cluster, &topic, victim, killed);
+    let leader_moved = until_leadership_moved(&cluster, &topic, victim, killed.0);
     let leader_recovery = until_next_debit(
         &mut env,
         agg,
         &mut watch,
         killed,
-        before,
         Duration::from_secs(90),
         &mut restarts,
     )
@@ -223,22 +257,30 @@ fn cluster_sigkill_partition_leader_then_transaction_coordinator_exactly_once() 
     // 2. The transaction coordinator of the pipeline's transactional id.
     let txn_id = format!("{}-pipeline-{}", env.cfg.kafka.group_id, env.name);
     let coordinator = cluster.transaction_coordinator(&txn_id);
-    let before = watch.poll(Duration::from_millis(100));
+    watch.poll(Duration::from_millis(100));
     let still_producing = !producer.is_finished();
-    let killed = Instant::now();
+    let killed = (Instant::now(), wall_ms());
     cluster.kill(coordinator);
     let coordinator_recovery = until_next_debit(
         &mut env,
         agg,
         &mut watch,
         killed,
-        before,
         Duration::from_secs(90),
         &mut restarts,
     )
     .expect("a debit committed while the coordinator's node is down");
-    let moved_to = cluster.transaction_coordinator(&txn_id);
-    assert_ne!(moved_to, coordinator, "the coordinator moved");
+    let moved_to = loop {
+        let now = cluster.transaction_coordinator(&txn_id);
+        if now != coordinator && now > 0 {
+            break now;
+        }
+        assert!(
+            killed.0.elapsed() < Duration::from_secs(120),
+            "the transaction coordinator of {txn_id} is still node {now}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     cluster.resume(coordinator);
     producer.join().unwrap();
 

@@ -300,8 +300,9 @@ pub struct TracesConfig {
     /// Messages of each committed output topic (priced_usage, debits) the follower keeps in
     /// memory, over all partitions: the recent tail traces and streams read without Kafka.
     pub follow_buffer: usize,
-    /// Events queued per stream client; a client that falls this far behind is dropped with
-    /// a `dropped` event (it reconnects with `Last-Event-ID` and misses nothing).
+    /// Followed messages queued per stream client; a client that falls this far behind
+    /// stops being queued and reads what it missed from the follower's tail (or Kafka) once
+    /// it has caught up: never dropped, nothing missed.
     pub stream_buffer: usize,
     /// Streams served at once by one instance; more answer 503.
     pub max_streams: usize,

@@ -45,9 +45,9 @@ pub struct Metrics {
     pub plans_rejected: IntCounter,
     pub alerts_fired: IntCounterVec,
     pub ready: IntGauge,
-    /// Live streams (SSE) served now, and clients dropped for falling behind.
+    /// Live streams (SSE) served now, and times one fell behind (and caught up losslessly).
     pub api_streams: IntGauge,
-    pub api_streams_dropped: IntCounter,
+    pub api_streams_lagged: IntCounter,
     /// 1 when a stage of this instance is ready (`/readyz` per stage), by stage.
     pub stage_ready: IntGaugeVec,
     /// Failed credential checks of the HTTP API, by reason (`http::auth::Failure`).
@@ -504,9 +504,9 @@ impl Metrics {
                 "usage_agg_api_streams",
                 "Live streams (server-sent events) this instance serves now.",
             ),
-            api_streams_dropped: counter(
-                "usage_agg_api_streams_dropped_total",
-                "Stream clients cut off for falling traces.stream_buffer events behind (they resume with Last-Event-ID).",
+            api_streams_lagged: counter(
+                "usage_agg_api_streams_lagged_total",
+                "Times a live stream fell traces.stream_buffer messages behind; it then read what it missed from the follower's tail or Kafka (nothing lost, the stream stays open).",
             ),
             ready: gauge(
                 "usage_agg_ready",

@@ -193,7 +193,8 @@ pub struct PipelineConfig {
     pub drain_timeout: Duration,
     /// Produced messages not yet acknowledged before consumption pauses.
     pub max_in_flight: usize,
-    /// How outputs, state snapshots and input offsets are made durable together.
+    /// How outputs, state changes and input offsets are made durable together: only
+    /// `exactly_once` (one Kafka transaction per checkpoint); `at_least_once` is refused.
     pub delivery: Delivery,
     /// `exactly_once`: the Kafka transaction timeout (`transaction.timeout.ms`). A transaction
     /// left open by a crashed instance without `kafka.instance_id` is aborted by the broker
@@ -220,8 +221,8 @@ pub enum Delivery {
     /// with transactions (Apache Kafka >= 2.5).
     #[default]
     ExactlyOnce,
-    /// Deterministic replay without transactions: after a crash, outputs since the last
-    /// checkpoint are written again byte for byte; consumers deduplicate by id.
+    /// Removed (docs/design.md "Why there is no at-least-once mode"): still parsed so that
+    /// [`Config::validate`] can refuse it naming the key, the value and what to do instead.
     AtLeastOnce,
 }
 

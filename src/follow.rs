@@ -12,6 +12,7 @@
 //! Started on first use (the first trace or stream), so an instance nobody asks costs
 //! nothing. Reads older than the in-memory tail go to Kafka directly ([`read_range`]).
 
+mod lookup;
 mod read;
 
 use std::collections::{HashMap, VecDeque};
@@ -347,59 +348,6 @@ impl Follower {
         Ok(tail)
     }
 
-    /// Where the ClickHouse sink's consumer group has committed partition `p` of each
-    /// output topic: every message below is in ClickHouse. `None` when it never committed.
-    pub async fn sink_positions(&self, p: i32) -> Result<Option<Positions>, FollowError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.sink_positions_blocking(p))
-            .await
-            .map_err(|e| FollowError::Kafka(e.to_string()))?
-    }
-
-    fn sink_positions_blocking(&self, p: i32) -> Result<Option<Positions>, FollowError> {
-        let cfg = &self.0.cfg;
-        let n = self.lock().partitions;
-        let mut sp = self.0.sink.lock().unwrap_or_else(|e| e.into_inner());
-        if sp.read_at.is_some_and(|t| t.elapsed() < SINK_POSITIONS_TTL) {
-            return Ok(sp.positions.get(p as usize).copied().flatten());
-        }
-        if sp.consumer.is_none() {
-            // Only asks the group's committed offsets (OffsetFetch): never joins the group,
-            // never commits.
-            let mut c = crate::kafka::client_config(cfg, &[("enable.auto.commit", "false")]);
-            c.set("group.id", &cfg.kafka.sink_group_id);
-            sp.consumer = Some(c.create().map_err(|e| FollowError::Kafka(e.to_string()))?);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for i in 0..n {
-            for t in OutputTopic::ALL {
-                tpl.add_partition(t.name(cfg), i);
-            }
-        }
-        let got = sp
-            .consumer
-            .as_ref()
-            .expect("created above")
-            .committed_offsets(tpl, Duration::from_secs(5))
-            .map_err(|e| FollowError::Kafka(e.to_string()))?;
-        let mut positions = vec![Some(Positions::default()); n as usize];
-        for e in got.elements() {
-            let t = if e.topic() == cfg.topics.priced_usage {
-                OutputTopic::Lines
-            } else {
-                OutputTopic::Debits
-            };
-            let slot = &mut positions[e.partition() as usize];
-            match (e.offset(), slot.as_mut()) {
-                (Offset::Offset(o), Some(pos)) => pos.set(t, o),
-                _ => *slot = None,
-            }
-        }
-        sp.positions = positions;
-        sp.read_at = Some(Instant::now());
-        Ok(sp.positions.get(p as usize).copied().flatten())
-    }
-
     /// The follower thread: assign every partition of both topics at the start of what the
     /// in-memory tail can hold, then keep the tail and feed the subscribers.
     fn run(self) {
@@ -500,6 +448,11 @@ impl Follower {
                 }
                 Some(Err(e)) if crate::kafka::is_partition_eof(&e) => {}
                 Some(Err(e)) => tracing::debug!(error = %e, "output follower"),
+                // Idle: past the transactions' control records, so a position reaches the
+                // high watermark ([`Follower::sync`]).
+                None if ready => {
+                    self.advance(&consumer);
+                }
                 None => {}
             }
         }
@@ -511,9 +464,25 @@ impl Follower {
     /// never delivered) and it is ready: before, a position would leave out messages that
     /// were committed before the request.
     fn caught_up(&self, consumer: &BaseConsumer, highs: &[Positions]) -> bool {
-        let Ok(tpl) = consumer.position() else {
+        let Some(at) = self.consumer_positions(consumer) else {
             return false;
         };
+        let done = at
+            .iter()
+            .zip(highs)
+            .all(|(a, h)| OutputTopic::ALL.iter().all(|t| a.get(*t) >= h.get(*t)));
+        if done {
+            let mut s = self.lock();
+            s.positions = at;
+            s.ready = true;
+        }
+        done
+    }
+
+    /// The follower's positions moved up to the consumer's (which are past the control
+    /// records).
+    fn consumer_positions(&self, consumer: &BaseConsumer) -> Option<Vec<Positions>> {
+        let tpl = consumer.position().ok()?;
         let mut at = self.lock().positions.clone();
         for e in tpl.elements() {
             let t = if e.topic() == self.0.cfg.topics.priced_usage {
@@ -526,16 +495,19 @@ impl Follower {
                 pos.set(t, pos.get(t).max(o));
             }
         }
-        let done = at
-            .iter()
-            .zip(highs)
-            .all(|(a, h)| OutputTopic::ALL.iter().all(|t| a.get(*t) >= h.get(*t)));
-        if done {
+        Some(at)
+    }
+
+    /// Moves the positions past the control records read so far (idle follower).
+    fn advance(&self, consumer: &BaseConsumer) {
+        if let Some(at) = self.consumer_positions(consumer) {
             let mut s = self.lock();
-            s.positions = at;
-            s.ready = true;
+            for (pos, new) in s.positions.iter_mut().zip(at) {
+                for t in OutputTopic::ALL {
+                    pos.set(t, pos.get(t).max(new.get(t)));
+                }
+            }
         }
-        done
     }
 
     /// One message: into the tail, then to the subscribers of its key. A subscriber whose

@@ -193,3 +193,112 @@ fn every_stream_client_gets_every_event_also_when_it_falls_behind() {
         "the burst should have overflowed the 2-message queues (the path under test)"
     );
 }
+
+/// Polls `path` until `stop`; every answer's status and body.
+fn poll(
+    addr: String,
+    path: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(u16, String)> {
+    let mut seen = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        seen.push(api_get(&addr, &path));
+        thread::sleep(Duration::from_millis(5));
+    }
+    seen
+}
+
+#[test]
+fn a_trace_polled_while_its_execution_closes_is_found_at_every_poll() {
+    let mut env = TestEnv::new("streams_close");
+    env.cfg.rollup.execution_idle_timeout = Duration::from_secs(3600);
+    env.write_config();
+    env.setup();
+    env.spawn("all", "all.log");
+    let addr = env.cfg.http.listen.clone();
+    env.wait_for("the instance", Duration::from_secs(60), || {
+        api_get(&addr, "/v1/whoami").0 == 200
+    });
+    let loader = env.loader();
+    let topic = env.cfg.topics.usage_events.clone();
+    // Two executions: one whose calls are committed before it closes, one whose calls and
+    // finish arrive together (nothing of it committed before it closes).
+    let (slow, quick) = ("exec-close-slow", "exec-close-quick");
+    for n in 1..=3 {
+        loader.send(&topic, slow, call(slow, n).as_bytes()).unwrap();
+    }
+    loader.flush().unwrap();
+    let with_account = |e: &str| format!("/v1/executions/{e}?account_id={ACCOUNT}");
+    env.wait_for("the open trace", Duration::from_secs(60), || {
+        api_get(&addr, &with_account(slow)).0 == 200
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pollers: Vec<_> = [with_account(slow), format!("/v1/executions/{slow}")]
+        .into_iter()
+        .map(|p| {
+            let (a, s) = (addr.clone(), stop.clone());
+            thread::spawn(move || poll(a, p, s))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    loader.send(&topic, slow, finish(slow).as_bytes()).unwrap();
+    for n in 1..=3 {
+        loader
+            .send(&topic, quick, call(quick, n).as_bytes())
+            .unwrap();
+    }
+    loader
+        .send(&topic, quick, finish(quick).as_bytes())
+        .unwrap();
+    loader.flush().unwrap();
+    // The quick one: polled from its first answer on.
+    let started = Instant::now();
+    let mut quick_seen = Vec::new();
+    loop {
+        let r = api_get(&addr, &with_account(quick));
+        if r.0 == 200 || !quick_seen.is_empty() {
+            quick_seen.push(r);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the quick execution never showed"
+        );
+        if quick_seen.len() > 50 && started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Past the close (and the sink's write to ClickHouse): the slow one is billed.
+    env.wait_for(
+        "the slow execution's debit",
+        Duration::from_secs(60),
+        || {
+            let (s, b) = api_get(&addr, &with_account(slow));
+            s == 200 && b.contains("\"debits\":[{")
+        },
+    );
+    thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = quick_seen;
+    let mut open_then_closed = 0;
+    for p in pollers {
+        let seen = p.join().unwrap();
+        let billed = seen
+            .iter()
+            .filter(|(_, b)| b.contains("\"debits\":[{"))
+            .count();
+        open_then_closed += usize::from(billed > 0 && billed < seen.len());
+        all.extend(seen);
+    }
+    let bad: Vec<&(u16, String)> = all.iter().filter(|(s, _)| *s != 200).collect();
+    eprintln!(
+        "{} polls during the closes, {} not 200",
+        all.len(),
+        bad.len()
+    );
+    assert!(bad.is_empty(), "every poll finds the trace: {bad:?}");
+    assert_eq!(
+        open_then_closed, 2,
+        "both pollers saw the slow execution open, then billed"
+    );
+}

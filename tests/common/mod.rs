@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ledger;
 pub mod sse;
 
 use std::collections::{BTreeMap, HashMap};

@@ -21,6 +21,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use memchr::memmem::Finder;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -193,9 +194,11 @@ async fn send_all(tx: &mpsc::Sender<Event>, events: &mut Vec<StreamEvent>) -> bo
     true
 }
 
-/// A followed message into the stream's state.
-fn apply(state: &mut StreamState, m: &Followed, out: &mut Vec<StreamEvent>) {
+/// A followed message into the stream's state; a line without the stream's needle (see
+/// [`StreamState::line_needle`]) is skipped unparsed.
+fn apply(state: &mut StreamState, needle: &Finder, m: &Followed, out: &mut Vec<StreamEvent>) {
     match m.topic {
+        OutputTopic::Lines if needle.find(&m.payload).is_none() => state.skip_line(m.offset),
         OutputTopic::Lines => {
             if let Ok(l) = serde_json::from_slice::<PricedLine>(&m.payload) {
                 state.line(m.offset, &l, out);
@@ -234,6 +237,8 @@ async fn run(
     if tx.send(named("open", opened)).await.is_err() {
         return;
     }
+    let needle = state.line_needle();
+    let needle = Finder::new(&needle);
     let ended = |s: &StreamState| !follow && s.execution_billed() && s.held() == 0;
     let mut held_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -254,13 +259,13 @@ async fn run(
                     let _ = tx.send(named("error", json!({"error": why, "last_event_id": state.cursor().to_string()}))).await;
                     return;
                 };
-                apply(&mut state, &m, &mut out);
+                apply(&mut state, &needle, &m, &mut out);
                 // Fell behind: once the queue is taken, what was left out of it, in order.
                 if sub.lagging() && sub.rx.is_empty() {
                     match sub.gap().await {
                         Ok(Some(gap)) => {
                             for m in gap.debits.iter().chain(&gap.lines) {
-                                apply(&mut state, m, &mut out);
+                                apply(&mut state, &needle, m, &mut out);
                             }
                         }
                         Ok(None) => {}

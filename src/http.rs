@@ -5,7 +5,7 @@
 //! - `executions`: `/v1/executions/{id}` (the trace) and `/v1/accounts/{id}/executions`;
 //! - `stream`: the live streams (server-sent events) of an execution and a conversation;
 //! - `usage`, `conversations`: `/v1/accounts/{id}/usage`, `/v1/accounts/{id}/conversations/{cid}`
-//!   (these and the three above share `traces`: state and routes);
+//!   (these and the three above share `traces`: state; `trace_routes`: routes);
 //! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, redemptions);
 //! - `account_list`: `/v1/accounts` for operators (every account's balance, last activity);
 //! - `dead_letters`: `/v1/dead-letters` for operators (newest first, counts by reason);
@@ -37,6 +37,7 @@ pub mod grants;
 pub mod params;
 pub mod status;
 pub mod stream;
+pub mod trace_routes;
 pub mod traces;
 pub mod usage;
 pub mod vouchers;
@@ -81,7 +82,7 @@ pub fn init_labels() {
 pub fn router(state: HttpState) -> Router {
     let mut v1 = Router::new()
         .route("/v1/whoami", get(whoami))
-        .merge(traces::routes())
+        .merge(trace_routes::routes())
         .merge(dead_letters::routes());
     if state.ledger.is_some() {
         v1 = v1

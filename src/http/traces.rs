@@ -1,4 +1,5 @@
-//! What the trace, stream, listing and usage endpoints share, and their routes:
+//! What the trace, stream, listing and usage endpoints share (their routes are in
+//! [`super::trace_routes`], so that the handlers' files and this one import no circle):
 //!
 //! - `GET /v1/executions/{id}?account_id=A`: the execution's trace ([`super::executions`])
 //! - `GET /v1/executions/{id}/events?account_id=A[&follow=true]`: its live stream
@@ -15,8 +16,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::Router;
-use axum::routing::get;
 use rust_decimal::Decimal;
 
 use super::HttpState;
@@ -52,33 +51,6 @@ impl TracesApi {
             cfg: cfg.traces.clone(),
         }
     }
-}
-
-/// The routes of the trace, stream, listing, usage and conversation endpoints (inside the
-/// auth layer).
-pub fn routes() -> Router<HttpState> {
-    Router::new()
-        .route(
-            "/v1/executions/{execution_id}",
-            get(super::executions::trace),
-        )
-        .route(
-            "/v1/executions/{execution_id}/events",
-            get(super::stream::execution_events),
-        )
-        .route(
-            "/v1/accounts/{account_id}/executions",
-            get(super::executions::list),
-        )
-        .route("/v1/accounts/{account_id}/usage", get(super::usage::usage))
-        .route(
-            "/v1/accounts/{account_id}/conversations/{conversation_id}",
-            get(super::conversations::view),
-        )
-        .route(
-            "/v1/accounts/{account_id}/conversations/{conversation_id}/events",
-            get(super::stream::conversation_events),
-        )
 }
 
 /// These endpoints' state, or 503 when this process does not serve them.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::funding::{Category, FundingLine, OpenGrant};
 use crate::ledger::thresholds::AutoTopup;
+pub use crate::ledger::thresholds::Crossing;
 
 /// Format of the balance entries this build writes: 2 adds `funded_by`, `grant`, `grants`,
 /// `overdraft` and `next_expiry` (events without `v` are format 1).
@@ -153,25 +154,6 @@ pub struct BalanceEvent {
     /// The open grant that expires next after this entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_expiry: Option<GrantView>,
-}
-
-/// Which way a threshold was crossed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Crossing {
-    /// From `>= threshold` to `< threshold`.
-    Below,
-    /// From `< threshold` back to `>= threshold`.
-    Recovered,
-}
-
-impl Crossing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Crossing::Below => "below",
-            Crossing::Recovered => "recovered",
-        }
-    }
 }
 
 /// What an alert is about.

@@ -16,8 +16,26 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ledger::entry::Crossing;
 use crate::money::{DEBIT_SCALE, round_up_to_payment, share_of};
+
+/// Which way a threshold was crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Crossing {
+    /// From `>= threshold` to `< threshold`.
+    Below,
+    /// From `< threshold` back to `>= threshold`.
+    Recovered,
+}
+
+impl Crossing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Crossing::Below => "below",
+            Crossing::Recovered => "recovered",
+        }
+    }
+}
 
 /// A low-balance threshold: `"10"` (credits; may be negative: an overdraft limit) or
 /// `"20%"` (of the account's last top-up; inactive before its first top-up).

@@ -99,7 +99,11 @@ fn copy(env: &BenchEnv, events: u64, out: &str) -> anyhow::Result<Copied> {
     .create()?;
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka::transactional_producer_config(&env.cfg, "copier").create()?;
-    let timeout = env.cfg.pipeline.transaction_timeout.max(Duration::from_secs(10));
+    let timeout = env
+        .cfg
+        .pipeline
+        .transaction_timeout
+        .max(Duration::from_secs(10));
     producer.init_transactions(timeout)?;
     consumer.subscribe(&[&env.cfg.topics.usage_events])?;
     let started = Instant::now();
@@ -152,7 +156,9 @@ fn copy(env: &BenchEnv, events: u64, out: &str) -> anyhow::Result<Copied> {
             next.insert(m.partition(), m.offset() + 1);
             seen += 1;
         }
-        if open_since.is_some_and(|t| t.elapsed() >= COMMIT_EVERY) || (seen >= events && open_since.is_some()) {
+        if open_since.is_some_and(|t| t.elapsed() >= COMMIT_EVERY)
+            || (seen >= events && open_since.is_some())
+        {
             commit(&next)?;
             commits += 1;
             open_since = None;

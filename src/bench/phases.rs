@@ -147,9 +147,7 @@ pub async fn cold_start(
     r.ratio_to_java_consumer = r
         .java_consumer_events_per_s
         .map(|j| r.aggregator_events_per_s / j);
-    r.ratio_to_copier = r
-        .copier_events_per_s
-        .map(|c| r.aggregator_events_per_s / c);
+    r.ratio_to_copier = r.copier_events_per_s.map(|c| r.aggregator_events_per_s / c);
     r.peak_rss_mib = peak;
     let (commit_s, commits) = fleet.pipeline_commits();
     r.commits_cold = commits;

@@ -437,7 +437,7 @@ pub(crate) mod tests {
     }
 
     prop_compose! {
-        [pub(crate)] fn line()(
+        pub(crate) fn line()(
             ids in proptest::collection::vec(text(), 7),
             opts in proptest::collection::vec(proptest::option::of(text()), 7),
             discount in proptest::option::of(dec()),

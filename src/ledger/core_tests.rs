@@ -555,8 +555,10 @@ fn debit_marks_keyed_by_id_are_read_and_re_keyed_by_digest() {
         ..Default::default()
     });
     // As an earlier build wrote them: one live mark, one deleted again.
-    l.restore(b"d/dc_1", Some(br#"{"offset":5,"hash":1}"#)).unwrap();
-    l.restore(b"d/dc_2", Some(br#"{"offset":6,"hash":2}"#)).unwrap();
+    l.restore(b"d/dc_1", Some(br#"{"offset":5,"hash":1}"#))
+        .unwrap();
+    l.restore(b"d/dc_2", Some(br#"{"offset":6,"hash":2}"#))
+        .unwrap();
     l.restore(b"d/dc_2", None).unwrap();
     l.restored();
     assert_eq!(l.remembered_debits(), 1);
@@ -567,7 +569,11 @@ fn debit_marks_keyed_by_id_are_read_and_re_keyed_by_digest() {
         changes.contains(&(new_key.clone(), Some(br#"{"offset":5,"hash":1}"#.to_vec()))),
         "{changes:?}"
     );
-    assert_eq!(changes.len(), 2, "the deleted mark is left alone: {changes:?}");
+    assert_eq!(
+        changes.len(),
+        2,
+        "the deleted mark is left alone: {changes:?}"
+    );
     // The re-keyed mark reads back, still catches the repeat and still expires.
     let mut r = LedgerPartition::new(LedgerRules {
         debit_horizon: 10,

@@ -306,7 +306,8 @@ impl<'a> Cur<'a> {
         if r.get(i..i + 2) != Some(b"Z\"") || s >= 60 {
             return None;
         }
-        let at = chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?.and_hms_nano_opt(h, mi, s, nanos)?;
+        let at =
+            chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?.and_hms_nano_opt(h, mi, s, nanos)?;
         self.i += i + 2;
         Some((at.and_utc().timestamp(), nanos))
     }

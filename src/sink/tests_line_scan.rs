@@ -186,7 +186,10 @@ fn pinned_lines() {
         base.replace("10:00:00.250Z", "23:59:60.250Z"),
         base.replace("\"0.003\"", "\"0.0000000000001\""),
         base.replace("\"event_partition\":2", "\"event_partition\":-0"),
-        base.replace("\"region\":\"eu\",\"team\":\"a\"", "\"team\":\"a\",\"region\":\"eu\""),
+        base.replace(
+            "\"region\":\"eu\",\"team\":\"a\"",
+            "\"team\":\"a\",\"region\":\"eu\"",
+        ),
         base.replace("\"team\":\"a\"", "\"region\":\"a\""),
         format!("{base} "),
         base.replace("\"cost\":\"0.003\"", "\"cost\":\"00.003\""),
@@ -197,5 +200,11 @@ fn pinned_lines() {
             "{declined}"
         );
     }
-    assert!(transaction_row_serde(&line(&base.replace("\"0.003\"", "\"0.0000000000001\"")), SRC).is_err());
+    assert!(
+        transaction_row_serde(
+            &line(&base.replace("\"0.003\"", "\"0.0000000000001\"")),
+            SRC
+        )
+        .is_err()
+    );
 }

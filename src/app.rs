@@ -55,15 +55,7 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     let engine = Arc::new(OnceLock::new());
     let with_pipeline = matches!(role, Role::All | Role::Pipeline);
     let with_sink = matches!(role, Role::All | Role::Sink);
-    // The credits ledger needs Kafka transactions: `all` leaves it out when the pipeline runs
-    // without them (a broker that lacks them); `--role ledger` always runs it.
-    let with_ledger = role == Role::Ledger
-        || (role == Role::All && cfg.pipeline.delivery == crate::config::Delivery::ExactlyOnce);
-    if role == Role::All && !with_ledger {
-        tracing::warn!(
-            "pipeline.delivery = at_least_once: the credits ledger (it needs Kafka transactions) is not started"
-        );
-    }
+    let with_ledger = matches!(role, Role::All | Role::Ledger);
 
     let listener = crate::preflight::bind_http(&cfg)?;
     crate::preflight::announce(&cfg, &format!("{role:?}").to_lowercase());

@@ -26,6 +26,7 @@ mod catalog_view;
 mod dead_letters;
 mod import;
 mod plans;
+mod rerate;
 mod teardown;
 
 pub use catalog_publish::publish;
@@ -37,6 +38,7 @@ pub use catalog_view::{
 pub use dead_letters::{ReplayArgs, replay_dead_letters};
 pub use import::{ImportArgs, import_catalog};
 pub use plans::{AccountsCommand, PlansCommand, accounts, plans};
+pub use rerate::{RerateArgs, rerate};
 pub use teardown::teardown;
 
 pub(crate) fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {

@@ -193,7 +193,8 @@ pub struct PipelineConfig {
     pub drain_timeout: Duration,
     /// Produced messages not yet acknowledged before consumption pauses.
     pub max_in_flight: usize,
-    /// How outputs, state snapshots and input offsets are made durable together.
+    /// How outputs, state changes and input offsets are made durable together: only
+    /// `exactly_once` (one Kafka transaction per checkpoint); `at_least_once` is refused.
     pub delivery: Delivery,
     /// `exactly_once`: the Kafka transaction timeout (`transaction.timeout.ms`). A transaction
     /// left open by a crashed instance without `kafka.instance_id` is aborted by the broker
@@ -215,8 +216,8 @@ pub enum Delivery {
     /// with transactions (Apache Kafka >= 2.5).
     #[default]
     ExactlyOnce,
-    /// Deterministic replay without transactions: after a crash, outputs since the last
-    /// checkpoint are written again byte for byte; consumers deduplicate by id.
+    /// Removed (docs/design.md "Why there is no at-least-once mode"): still parsed so that
+    /// [`Config::validate`] can refuse it naming the key, the value and what to do instead.
     AtLeastOnce,
 }
 
@@ -295,8 +296,9 @@ pub struct TracesConfig {
     /// Messages of each committed output topic (priced_usage, debits) the follower keeps in
     /// memory, over all partitions: the recent tail traces and streams read without Kafka.
     pub follow_buffer: usize,
-    /// Events queued per stream client; a client that falls this far behind is dropped with
-    /// a `dropped` event (it reconnects with `Last-Event-ID` and misses nothing).
+    /// Followed messages queued per stream client; a client that falls this far behind
+    /// stops being queued and reads what it missed from the follower's tail (or Kafka) once
+    /// it has caught up: never dropped, nothing missed.
     pub stream_buffer: usize,
     /// Streams served at once by one instance; more answer 503.
     pub max_streams: usize,

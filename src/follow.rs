@@ -4,12 +4,15 @@
 //! topic), which traces and streams read instead of Kafka, and (2) a fan-out to the streams
 //! subscribed to an account (the outputs are keyed by `account_id`, so a stream needs one
 //! partition and one key). 200 streams cost one consumer, not 200; each stream has a
-//! bounded queue (`traces.stream_buffer`) and one that falls behind is dropped, never
-//! allowed to grow memory.
+//! bounded queue (`traces.stream_buffer`). A stream whose queue is full is never dropped
+//! and never allowed to grow memory: the follower stops queueing for it and notes where it
+//! stopped ([`Subscription::gap`]); once the stream has taken what was queued it reads the
+//! gap from the tail (or Kafka) and is queued again, so no message is missed.
 //!
 //! Started on first use (the first trace or stream), so an instance nobody asks costs
 //! nothing. Reads older than the in-memory tail go to Kafka directly ([`read_range`]).
 
+mod lookup;
 mod read;
 
 use std::collections::{HashMap, VecDeque};
@@ -114,7 +117,10 @@ struct Ring {
 struct Subscriber {
     id: u64,
     tx: mpsc::Sender<Arc<Followed>>,
-    dropped: Arc<AtomicBool>,
+    /// Set when its queue was full: the positions of the first message not queued; nothing
+    /// is queued for it until the stream takes the gap ([`Subscription::gap`]).
+    paused_from: Option<Positions>,
+    lagging: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -158,10 +164,12 @@ pub struct Follower(Arc<Shared>);
 /// unsubscribes.
 pub struct Subscription {
     pub rx: mpsc::Receiver<Arc<Followed>>,
-    /// Every message of the key at or after these offsets comes through `rx`.
+    /// Every message of the key at or after these offsets comes through `rx`, or, after a
+    /// lag, through [`Subscription::gap`].
     pub from: Positions,
-    /// Set when the stream fell `traces.stream_buffer` messages behind and was cut off.
-    pub dropped: Arc<AtomicBool>,
+    /// Set when the queue was full and messages were left out of it: take [`Subscription::gap`]
+    /// once `rx` is empty.
+    lagging: Arc<AtomicBool>,
     id: u64,
     key: (i32, Box<[u8]>),
     follower: Follower,
@@ -268,7 +276,7 @@ impl Follower {
         }
         let (tx, rx) = mpsc::channel(cap);
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        let dropped = Arc::new(AtomicBool::new(false));
+        let lagging = Arc::new(AtomicBool::new(false));
         let k = (p, Box::<[u8]>::from(key));
         s.subscribers
             .entry(p)
@@ -278,7 +286,8 @@ impl Follower {
             .push(Subscriber {
                 id,
                 tx,
-                dropped: dropped.clone(),
+                paused_from: None,
+                lagging: lagging.clone(),
             });
         s.streams += 1;
         crate::metrics::METRICS.api_streams.set(s.streams as i64);
@@ -287,7 +296,7 @@ impl Follower {
         Ok(Subscription {
             rx,
             from,
-            dropped,
+            lagging,
             id,
             key: k,
             follower: self.clone(),
@@ -337,59 +346,6 @@ impl Follower {
             }
         }
         Ok(tail)
-    }
-
-    /// Where the ClickHouse sink's consumer group has committed partition `p` of each
-    /// output topic: every message below is in ClickHouse. `None` when it never committed.
-    pub async fn sink_positions(&self, p: i32) -> Result<Option<Positions>, FollowError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.sink_positions_blocking(p))
-            .await
-            .map_err(|e| FollowError::Kafka(e.to_string()))?
-    }
-
-    fn sink_positions_blocking(&self, p: i32) -> Result<Option<Positions>, FollowError> {
-        let cfg = &self.0.cfg;
-        let n = self.lock().partitions;
-        let mut sp = self.0.sink.lock().unwrap_or_else(|e| e.into_inner());
-        if sp.read_at.is_some_and(|t| t.elapsed() < SINK_POSITIONS_TTL) {
-            return Ok(sp.positions.get(p as usize).copied().flatten());
-        }
-        if sp.consumer.is_none() {
-            // Only asks the group's committed offsets (OffsetFetch): never joins the group,
-            // never commits.
-            let mut c = crate::kafka::client_config(cfg, &[("enable.auto.commit", "false")]);
-            c.set("group.id", &cfg.kafka.sink_group_id);
-            sp.consumer = Some(c.create().map_err(|e| FollowError::Kafka(e.to_string()))?);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for i in 0..n {
-            for t in OutputTopic::ALL {
-                tpl.add_partition(t.name(cfg), i);
-            }
-        }
-        let got = sp
-            .consumer
-            .as_ref()
-            .expect("created above")
-            .committed_offsets(tpl, Duration::from_secs(5))
-            .map_err(|e| FollowError::Kafka(e.to_string()))?;
-        let mut positions = vec![Some(Positions::default()); n as usize];
-        for e in got.elements() {
-            let t = if e.topic() == cfg.topics.priced_usage {
-                OutputTopic::Lines
-            } else {
-                OutputTopic::Debits
-            };
-            let slot = &mut positions[e.partition() as usize];
-            match (e.offset(), slot.as_mut()) {
-                (Offset::Offset(o), Some(pos)) => pos.set(t, o),
-                _ => *slot = None,
-            }
-        }
-        sp.positions = positions;
-        sp.read_at = Some(Instant::now());
-        Ok(sp.positions.get(p as usize).copied().flatten())
     }
 
     /// The follower thread: assign every partition of both topics at the start of what the
@@ -492,6 +448,11 @@ impl Follower {
                 }
                 Some(Err(e)) if crate::kafka::is_partition_eof(&e) => {}
                 Some(Err(e)) => tracing::debug!(error = %e, "output follower"),
+                // Idle: past the transactions' control records, so a position reaches the
+                // high watermark ([`Follower::sync`]).
+                None if ready => {
+                    self.advance(&consumer);
+                }
                 None => {}
             }
         }
@@ -503,21 +464,9 @@ impl Follower {
     /// never delivered) and it is ready: before, a position would leave out messages that
     /// were committed before the request.
     fn caught_up(&self, consumer: &BaseConsumer, highs: &[Positions]) -> bool {
-        let Ok(tpl) = consumer.position() else {
+        let Some(at) = self.consumer_positions(consumer) else {
             return false;
         };
-        let mut at = self.lock().positions.clone();
-        for e in tpl.elements() {
-            let t = if e.topic() == self.0.cfg.topics.priced_usage {
-                OutputTopic::Lines
-            } else {
-                OutputTopic::Debits
-            };
-            if let (Offset::Offset(o), Some(pos)) = (e.offset(), at.get_mut(e.partition() as usize))
-            {
-                pos.set(t, pos.get(t).max(o));
-            }
-        }
         let done = at
             .iter()
             .zip(highs)
@@ -530,11 +479,44 @@ impl Follower {
         done
     }
 
-    /// One message: into the tail, then to the subscribers of its key.
+    /// The follower's positions moved up to the consumer's (which are past the control
+    /// records).
+    fn consumer_positions(&self, consumer: &BaseConsumer) -> Option<Vec<Positions>> {
+        let tpl = consumer.position().ok()?;
+        let mut at = self.lock().positions.clone();
+        for e in tpl.elements() {
+            let t = if e.topic() == self.0.cfg.topics.priced_usage {
+                OutputTopic::Lines
+            } else {
+                OutputTopic::Debits
+            };
+            if let (Offset::Offset(o), Some(pos)) = (e.offset(), at.get_mut(e.partition() as usize))
+            {
+                pos.set(t, pos.get(t).max(o));
+            }
+        }
+        Some(at)
+    }
+
+    /// Moves the positions past the control records read so far (idle follower).
+    fn advance(&self, consumer: &BaseConsumer) {
+        if let Some(at) = self.consumer_positions(consumer) {
+            let mut s = self.lock();
+            for (pos, new) in s.positions.iter_mut().zip(at) {
+                for t in OutputTopic::ALL {
+                    pos.set(t, pos.get(t).max(new.get(t)));
+                }
+            }
+        }
+    }
+
+    /// One message: into the tail, then to the subscribers of its key. A subscriber whose
+    /// queue is full is paused at this message (see [`Subscription::gap`]), never dropped.
     fn take(&self, msg: Arc<Followed>) {
         let mut s = self.lock();
         let (t, p) = (msg.topic as usize, msg.partition as usize);
         let cap = s.per_partition;
+        let before = s.positions.get(p).copied().unwrap_or_default();
         if let Some(pos) = s.positions.get_mut(p) {
             pos.set(msg.topic, msg.offset + 1);
         }
@@ -550,18 +532,64 @@ impl Follower {
             return;
         };
         if let Some(list) = keys.get_mut(&*msg.key) {
-            list.retain(|sub| match sub.tx.try_send(msg.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    sub.dropped.store(true, Ordering::Release);
-                    crate::metrics::METRICS.api_streams_dropped.inc();
-                    false
+            list.retain_mut(|sub| {
+                if sub.paused_from.is_some() {
+                    return !sub.tx.is_closed();
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                match sub.tx.try_send(msg.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Everything from here on (both topics) is read back from the tail.
+                        let mut from = before;
+                        from.set(msg.topic, before.get(msg.topic).min(msg.offset));
+                        sub.paused_from = Some(from);
+                        sub.lagging.store(true, Ordering::Release);
+                        crate::metrics::METRICS.api_streams_lagged.inc();
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
             });
             if list.is_empty() {
                 keys.remove(&*msg.key);
             }
         }
+    }
+}
+
+impl Subscription {
+    /// True when the queue was full and messages were left out of `rx`.
+    pub fn lagging(&self) -> bool {
+        self.lagging.load(Ordering::Acquire)
+    }
+
+    /// After a lag, once `rx` is empty: the messages of the key left out of the queue, from
+    /// the tail (or Kafka), each topic in offset order; from then on they come through `rx`
+    /// again. `None` when there is no gap.
+    pub async fn gap(&mut self) -> Result<Option<Tail>, FollowError> {
+        let range = {
+            let mut s = self.follower.lock();
+            let to = s
+                .positions
+                .get(self.key.0 as usize)
+                .copied()
+                .unwrap_or_default();
+            let sub = s
+                .subscribers
+                .get_mut(&self.key.0)
+                .and_then(|keys| keys.get_mut(&self.key.1))
+                .and_then(|list| list.iter_mut().find(|x| x.id == self.id));
+            self.lagging.store(false, Ordering::Release);
+            // Unpaused under the lock: every message from `to` on is queued again.
+            sub.and_then(|x| x.paused_from.take())
+                .map(|from| (from, to))
+        };
+        let Some((from, to)) = range else {
+            return Ok(None);
+        };
+        self.follower
+            .read(self.key.0, &self.key.1, from, to)
+            .await
+            .map(Some)
     }
 }

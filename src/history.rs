@@ -7,7 +7,11 @@
 //!
 //! ClickHouse holds `[0, sink)` and the topics `[sink, upto)` of the account's partition
 //! (`sink`: the sink group's committed offsets; every message below them is in ClickHouse).
+//!
+//! Also the other reads of the HTTP API that only ClickHouse answers: an account's
+//! executions ([`listing`]), usage ([`usage`]) and the dead letters ([`dead_letters`]).
 
+pub mod dead_letters;
 pub mod listing;
 pub mod rows;
 pub mod usage;

@@ -7,10 +7,12 @@
 //! - `usage`, `conversations`: `/v1/accounts/{id}/usage`, `/v1/accounts/{id}/conversations/{cid}`
 //!   (these and the three above share `traces`: state and routes);
 //! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, redemptions);
+//! - `account_list`: `/v1/accounts` for operators (every account's balance, last activity);
+//! - `dead_letters`: `/v1/dead-letters` for operators (newest first, counts by reason);
 //! - `grants`: top-ups, adjustments, raw grants (answered with the ledger's verdict) and
 //!   `/v1/grants/{id}` (a grant's status);
 //! - `credit_settings`: an account's thresholds, expiry warning and auto top-up;
-//! - `vouchers`: `/v1/vouchers` for operators (create, list, revoke);
+//! - `vouchers`: `/v1/vouchers` for operators (create, list with state, revoke);
 //! - `/v1/whoami`: what the presented credential is (the console signs in with it);
 //! - `console`: the web console's static files at `/console/` (no credential: they hold no
 //!   data; the console reads everything through `/v1` with the key the person signs in with).
@@ -22,11 +24,13 @@
 //! `parameter` (strict query strings: [`params`]). Money is a decimal string. No payload or
 //! secret is ever logged.
 
+pub mod account_list;
 pub mod accounts;
 pub mod auth;
 pub mod console;
 pub mod conversations;
 pub mod credit_settings;
+pub mod dead_letters;
 pub mod error;
 pub mod executions;
 pub mod grants;
@@ -77,9 +81,11 @@ pub fn init_labels() {
 pub fn router(state: HttpState) -> Router {
     let mut v1 = Router::new()
         .route("/v1/whoami", get(whoami))
-        .merge(traces::routes());
+        .merge(traces::routes())
+        .merge(dead_letters::routes());
     if state.ledger.is_some() {
         v1 = v1
+            .merge(account_list::routes())
             .merge(accounts::routes())
             .merge(grants::routes())
             .merge(credit_settings::routes())

@@ -91,7 +91,7 @@ pub fn reader_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// A producer configuration for `at_least_once` outputs and one-shot tools: acks from all
+/// A producer configuration for non-transactional outputs and one-shot tools: acks from all
 /// replicas. Not idempotent by default: that guarantee does not need it (outputs are
 /// deterministic and deduplicated by id, and no consumer relies on their order). Turn it on
 /// with kafka.properties if wanted.

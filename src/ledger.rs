@@ -8,13 +8,13 @@
 //! [`thresholds`] (alerts, automatic top-ups), [`core`] (balances, expiry, answers),
 //! [`state`], [`entry`] and [`answer`] (records), [`voucher`] (redemption decisions). Shell:
 //! [`processors`] (the two stages' glue on the stage runtime, [`crate::stage`], and the
-//! ledger's clock markers), [`client`] (CLI/HTTP requests and queries), [`rows`]
-//! (ClickHouse rows), [`view`] (balances, open grants and recent entries in memory for the
-//! HTTP API, without ClickHouse). The HTTP routes are in
-//! `crate::http::{accounts, grants, credit_settings, vouchers}`.
+//! ledger's clock markers), [`client`] (CLI/HTTP requests and queries), [`view`] (balances,
+//! open grants and recent entries in memory for the HTTP API, without ClickHouse).
+//! Elsewhere: the HTTP routes (`crate::http::{accounts, grants, credit_settings,
+//! vouchers}`), the commands ([`crate::credits`]) and the ClickHouse rows
+//! (`crate::sink::ledger_rows`).
 
 pub mod answer;
-pub mod cli;
 pub mod client;
 pub mod command;
 pub mod core;
@@ -22,7 +22,6 @@ pub mod entry;
 pub mod funding;
 pub mod grant;
 pub mod processors;
-pub mod rows;
 pub mod state;
 pub mod thresholds;
 pub mod view;

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod catalog;
 pub mod catalog_feed;
 pub mod config;
+pub mod credits;
 pub mod debit;
 pub mod event;
 pub mod feed;
@@ -39,6 +40,7 @@ pub mod rating;
 pub mod rejection;
 pub mod replay;
 pub mod report;
+pub mod rerate;
 pub mod rollup;
 pub mod sink;
 pub mod stage;
@@ -47,7 +49,7 @@ pub mod trace;
 /// The rating core: decode, price, roll up, money, outputs. Every decision is a function of
 /// its inputs: no I/O, no clock, no randomness, no import of a shell module. Not a comment
 /// but a rule: `tests/core_is_pure.rs` reads these modules' sources and fails on any of it.
-pub const CORE_MODULES: [&str; 9] = [
+pub const CORE_MODULES: [&str; 10] = [
     "catalog",
     "debit",
     "event",
@@ -55,6 +57,7 @@ pub const CORE_MODULES: [&str; 9] = [
     "plans",
     "rating",
     "rejection",
+    "rerate",
     "rollup",
     "trace",
 ];

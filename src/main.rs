@@ -109,6 +109,9 @@ enum Command {
         #[command(subcommand)]
         command: commands::AccountsCommand,
     },
+    /// Re-rate what was billed in a published price correction's windows and emit the
+    /// differences as correction debits, exactly once (docs/price-catalog.md#re-rating-rerate).
+    Rerate(commands::RerateArgs),
     /// Dead-letter operations.
     DeadLetters {
         #[command(subcommand)]
@@ -123,12 +126,12 @@ enum Command {
     /// Credits ledger: top-ups, adjustments, redemptions, balances, history.
     Credits {
         #[command(subcommand)]
-        command: usage_aggregator::ledger::cli::CreditsCommand,
+        command: usage_aggregator::credits::CreditsCommand,
     },
     /// Vouchers: create and list.
     Vouchers {
         #[command(subcommand)]
-        command: usage_aggregator::ledger::cli::VouchersCommand,
+        command: usage_aggregator::credits::VouchersCommand,
     },
     /// Account-scoped API keys of the HTTP API: create (shown once), list, revoke.
     Keys {
@@ -302,7 +305,7 @@ fn main() -> ExitCode {
                 .downcast_ref::<Exit>()
                 .map(|x| x.code)
                 .or_else(|| {
-                    e.downcast_ref::<usage_aggregator::ledger::cli::CliExit>()
+                    e.downcast_ref::<usage_aggregator::credits::CliExit>()
                         .map(|x| x.code)
                 })
                 .unwrap_or(1);
@@ -373,6 +376,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
         ),
         Command::Plans { command } => commands::plans(&cfg, command).await,
         Command::Accounts { command } => commands::accounts(&cfg, command).await,
+        Command::Rerate(a) => commands::rerate(&cfg, a).await,
         Command::DeadLetters {
             command: DeadLettersCommand::Replay(a),
         } => commands::replay_dead_letters(&cfg, a).await,
@@ -382,10 +386,8 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
             usage_aggregator::preflight::Kafka::connect(&cfg).await?;
             bench::run(&cfg, a).await
         }
-        Command::Credits { command } => usage_aggregator::ledger::cli::credits(&cfg, command).await,
-        Command::Vouchers { command } => {
-            usage_aggregator::ledger::cli::vouchers(&cfg, command).await
-        }
+        Command::Credits { command } => usage_aggregator::credits::credits(&cfg, command).await,
+        Command::Vouchers { command } => usage_aggregator::credits::vouchers(&cfg, command).await,
         Command::Keys { command } => usage_aggregator::keys::cli::keys(&cfg, command).await,
     }
 }

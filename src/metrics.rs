@@ -21,14 +21,10 @@ pub struct Metrics {
     pub dedupe_entries: IntGauge,
     pub consumer_lag: IntGaugeVec,
     pub produce_latency: Histogram,
-    pub checkpoint_duration: Histogram,
-    pub batch_events: Histogram,
     pub last_progress: Gauge,
     pub produce_errors: IntCounter,
     pub backpressure_paused: IntGauge,
     pub markers_written: IntCounter,
-    pub state_restore_seconds: Histogram,
-    pub transactions: IntCounterVec,
     pub sink_rows: IntCounterVec,
     pub sink_insert_latency: HistogramVec,
     pub sink_batch_rows: HistogramVec,
@@ -45,9 +41,9 @@ pub struct Metrics {
     pub plans_rejected: IntCounter,
     pub alerts_fired: IntCounterVec,
     pub ready: IntGauge,
-    /// Live streams (SSE) served now, and clients dropped for falling behind.
+    /// Live streams (SSE) served now, and times one fell behind (and caught up losslessly).
     pub api_streams: IntGauge,
-    pub api_streams_dropped: IntCounter,
+    pub api_streams_lagged: IntCounter,
     /// 1 when a stage of this instance is ready (`/readyz` per stage), by stage.
     pub stage_ready: IntGaugeVec,
     /// Failed credential checks of the HTTP API, by reason (`http::auth::Failure`).
@@ -380,16 +376,6 @@ impl Metrics {
                 "Time from produce to broker acknowledgement.",
                 LATENCY_BUCKETS.to_vec(),
             ),
-            checkpoint_duration: hist(
-                "usage_agg_pipeline_checkpoint_duration_seconds",
-                "Flush + snapshot + commit time.",
-                LATENCY_BUCKETS.to_vec(),
-            ),
-            batch_events: hist(
-                "usage_agg_pipeline_batch_events",
-                "Events per processed batch.",
-                row_buckets.clone(),
-            ),
             last_progress: reg(
                 &r,
                 Gauge::new(
@@ -397,11 +383,6 @@ impl Metrics {
                     "Unix time the pipeline last advanced an input offset.",
                 )
                 .unwrap(),
-            ),
-            transactions: counter_vec(
-                "usage_agg_pipeline_transactions_total",
-                "Kafka transactions of the exactly_once pipeline by outcome (committed, aborted).",
-                &["outcome"],
             ),
             produce_errors: counter(
                 "usage_agg_pipeline_produce_errors_total",
@@ -414,11 +395,6 @@ impl Metrics {
             markers_written: counter(
                 "usage_agg_pipeline_close_markers_total",
                 "Idle-timeout close markers written to the input topic.",
-            ),
-            state_restore_seconds: hist(
-                "usage_agg_pipeline_state_restore_seconds",
-                "Time to restore a partition's state.",
-                LATENCY_BUCKETS.to_vec(),
             ),
             sink_rows: counter_vec(
                 "usage_agg_sink_rows_inserted_total",
@@ -504,9 +480,9 @@ impl Metrics {
                 "usage_agg_api_streams",
                 "Live streams (server-sent events) this instance serves now.",
             ),
-            api_streams_dropped: counter(
-                "usage_agg_api_streams_dropped_total",
-                "Stream clients cut off for falling traces.stream_buffer events behind (they resume with Last-Event-ID).",
+            api_streams_lagged: counter(
+                "usage_agg_api_streams_lagged_total",
+                "Times a live stream fell traces.stream_buffer messages behind; it then read what it missed from the follower's tail or Kafka (nothing lost, the stream stays open).",
             ),
             ready: gauge(
                 "usage_agg_ready",
@@ -564,9 +540,6 @@ pub fn init_labels() {
     let m = &*METRICS;
     for t in crate::catalog::AssetType::ALL {
         m.events_priced.with_label_values(&[t.as_str()]);
-    }
-    for o in ["committed", "aborted"] {
-        m.transactions.with_label_values(&[o]);
     }
     for r in crate::rejection::RejectReason::ALL {
         m.events_rejected.with_label_values(&[r.as_str()]);

@@ -9,6 +9,7 @@
 //! idempotency key of an event is (account_id, execution_id or none, event_id), the scope of
 //! its Kafka key, so the outcome never depends on which partitions the events land on.
 
+mod changelog;
 pub mod dedupe;
 mod open;
 mod outputs;
@@ -111,6 +112,7 @@ pub struct PartitionRollup {
     closed_order: VecDeque<(i64, u64)>,
     dedupe: DedupeWindow,
     next_offset: i64,
+    journal: changelog::Journal,
 }
 
 impl PartitionRollup {
@@ -125,6 +127,7 @@ impl PartitionRollup {
             closed_order: VecDeque::new(),
             dedupe,
             next_offset: 0,
+            journal: changelog::Journal::default(),
         }
     }
 
@@ -203,7 +206,7 @@ impl PartitionRollup {
         match self.dedupe.check(offset, key, content) {
             Seen::New => {}
             Seen::Duplicate => {
-                self.dedupe.remember(offset, key, content);
+                self.accept(offset, key, content);
                 return Outcome::Duplicate;
             }
             Seen::Conflict => {
@@ -231,9 +234,16 @@ impl PartitionRollup {
         if matches!(outcome, Outcome::Rejected(_)) {
             self.dedupe.refuse(offset);
         } else {
-            self.dedupe.remember(offset, key, content);
+            self.accept(offset, key, content);
         }
         outcome
+    }
+
+    /// Remembers an accepted event (or a duplicate's new last occurrence).
+    fn accept(&mut self, offset: i64, key: u64, content: u64) {
+        self.dedupe.remember(offset, key, content);
+        let entry = (offset, key, content);
+        self.journal.dedupe.push(self.journal.on, entry);
     }
 
     fn rejected(&self, r: Rejection, out: &mut Vec<Output>) -> Outcome {
@@ -297,6 +307,7 @@ impl PartitionRollup {
         if !self.open.contains_key(&key) {
             self.open_waiting(&key, offset, ev, now_ms, pricing.plans, out);
         }
+        self.journal.touch(&key);
         let open = self.open.get_mut(&key).expect("inserted above");
         if open.calls_seen == 0 {
             // The first call names the execution's debit and starts its time span, whether
@@ -374,6 +385,7 @@ impl PartitionRollup {
             // priced yet (the idle rule closes it if they never come).
             self.open_waiting(&key, offset, ev, now_ms, plans, out);
         }
+        self.journal.touch(&key);
         let open = self.open.get_mut(&key).expect("present or opened above");
         open.finished = true;
         open.expected_calls = ev.expected_calls;
@@ -440,6 +452,7 @@ impl PartitionRollup {
         let Some(open) = self.open.remove(key) else {
             return;
         };
+        self.journal.touch(key);
         self.open_by_first_offset.remove(&open.first_offset);
         self.remember_closed(id_hash(key), id_hash(&open.account_id), offset);
         if open.calls_priced == 0 {
@@ -459,6 +472,8 @@ impl PartitionRollup {
     }
 
     fn remember_closed(&mut self, exec_hash: u64, account_hash: u64, offset: i64) {
+        let entry = (exec_hash, account_hash, offset);
+        self.journal.closed.push(self.journal.on, entry);
         self.closed.insert(
             exec_hash,
             ClosedExecution {
@@ -480,9 +495,11 @@ impl PartitionRollup {
     }
 
     fn pop_closed(&mut self) {
-        if let Some((o, h)) = self.closed_order.pop_front()
-            && self.closed.get(&h).is_some_and(|c| c.closed_at == o)
-        {
+        let Some((o, h)) = self.closed_order.pop_front() else {
+            return;
+        };
+        self.journal.closed.popped(1);
+        if self.closed.get(&h).is_some_and(|c| c.closed_at == o) {
             self.closed.remove(&h);
         }
     }
@@ -514,50 +531,6 @@ impl PartitionRollup {
         }
         idle.sort_by_key(|i| i.after_offset);
         idle
-    }
-
-    /// The running cost of an open execution, for the real-time API: of `account_id`'s
-    /// execution if given, else of the earliest-opened execution with that id.
-    pub fn running_cost(
-        &self,
-        execution_id: &str,
-        account_id: Option<&str>,
-        plans: &PlanBook,
-    ) -> Option<Debit> {
-        let o = match account_id {
-            Some(a) => self.open.get(&exec_key(a, execution_id))?,
-            None => self
-                .open_by_first_offset
-                .values()
-                .find(|k| split_key(k).1 == execution_id)
-                .and_then(|k| self.open.get(k))?,
-        };
-        Some(execution_debit(
-            execution_id,
-            o,
-            plans.resolve(&o.account_id, o.first_event_at),
-            self.cfg.markup_rate,
-            String::new(),
-        ))
-    }
-
-    /// `account_id`'s execution `execution_id` if it is open here: its running totals (as
-    /// [`Self::running_cost`], under the plan of the account at its first call) and its
-    /// first `max_trace_calls` priced calls, copied.
-    pub fn open_execution(
-        &self,
-        account_id: &str,
-        execution_id: &str,
-        plans: &PlanBook,
-    ) -> Option<OpenExecutionView> {
-        let o = self.open.get(&exec_key(account_id, execution_id))?;
-        let plan = plans.resolve(&o.account_id, o.first_event_at);
-        let running = execution_debit(execution_id, o, plan, self.cfg.markup_rate, String::new());
-        Some(OpenExecutionView {
-            calls_omitted: running.calls.saturating_sub(o.calls.len() as u32),
-            calls: o.calls.clone(),
-            running,
-        })
     }
 }
 

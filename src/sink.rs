@@ -13,6 +13,7 @@
 pub mod cursor;
 pub mod errors;
 pub mod insert;
+pub mod ledger_rows;
 pub mod line_scan;
 pub mod migrate;
 pub mod rows;

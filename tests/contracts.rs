@@ -167,6 +167,11 @@ fn every_output_message_and_api_answer_follows_its_schema() {
     valid("api/grant-answer.json", &r.json());
     let loader = env.loader();
     for e in worked_example(&a, "exec-readme") {
+        // In a conversation too (the documented dimension), for the conversation answers.
+        let e = e.replace(
+            "\"quantities\"",
+            "\"dimensions\":{\"conversation_id\":\"conv-readme\"},\"quantities\"",
+        );
         loader
             .send(&env.cfg.topics.usage_events, "exec-readme", e.as_bytes())
             .unwrap();
@@ -274,6 +279,53 @@ fn every_output_message_and_api_answer_follows_its_schema() {
     );
     let x = ok(&exec_path, &key_a, "api/execution.json");
     assert_eq!(x["total"], "0.96", "{x}");
+    let l = ok(
+        &format!("/v1/accounts/{a}/executions"),
+        &key_a,
+        "api/executions.json",
+    );
+    assert_eq!(l["executions"][0]["total"], "0.96", "{l}");
+    for group in ["asset", "day", "component", "dimension:conversation_id"] {
+        let u = ok(
+            &format!("/v1/accounts/{a}/usage?group_by={group}"),
+            &key_a,
+            "api/usage.json",
+        );
+        assert_eq!(u["total"], "0.96", "{u}");
+    }
+    let c = ok(
+        &format!("/v1/accounts/{a}/conversations/conv-readme"),
+        &key_a,
+        "api/conversation.json",
+    );
+    assert_eq!(c["total"], "0.96", "{c}");
+    // The stream's events: the history (4 calls, the debit), open, end.
+    let mut events = Vec::new();
+    let mut s = common::sse::SseStream::open(
+        &listen,
+        &format!("/v1/executions/exec-readme/events?account_id={a}"),
+        None,
+    )
+    .expect("the stream");
+    while let Some(e) = s.next(Duration::from_secs(30)) {
+        valid(
+            "api/stream-event.json",
+            &serde_json::json!({"event": e.event, "data": e.data}),
+        );
+        let end = e.event == "end";
+        events.push(e.event);
+        if end {
+            break;
+        }
+    }
+    assert_eq!(
+        events,
+        ["call", "call", "call", "call", "debit", "open", "end"],
+        "every event of the stream validated"
+    );
+    // The schema can fail: money as a number.
+    let bad = serde_json::json!({"event": "end", "data": {"reason": "billed", "running": {"calls": 4, "subtotal": 0.8, "markup": "0.16", "total": "0.96", "billed": "0.96"}}});
+    assert!(!schema("api/stream-event.json").is_valid(&bad));
     let (status, ready) = readyz(&listen);
     assert_eq!(status, 200);
     valid("api/readyz.json", &ready);

@@ -12,10 +12,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::sse::{Sse, SseStream};
 use common::*;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -414,88 +413,6 @@ fn every_trace_of_a_50k_event_workload_equals_rate_lines_closed_and_open() {
         assert_trace_equals_rate(t, lines, debits, true);
     }
     assert!(open_keys.len() >= 50, "{}", open_keys.len());
-}
-
-/// One server-sent event: its name, id and JSON data (comments and keep-alives skipped).
-#[derive(Debug, Clone)]
-struct Sse {
-    event: String,
-    id: Option<String>,
-    data: Value,
-}
-
-/// An event stream read over HTTP/1.0 with the operator token.
-struct SseStream(BufReader<TcpStream>);
-
-impl SseStream {
-    /// Opens `path` on `addr` (with `Last-Event-ID` when given); None unless it answers 200.
-    fn open(addr: &str, path: &str, last_event_id: Option<&str>) -> Option<SseStream> {
-        let mut s = TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let resume = last_event_id
-            .map(|id| format!("Last-Event-ID: {id}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR_TOKEN}\r\nAccept: text/event-stream\r\n{resume}\r\n"
-        )
-        .ok()?;
-        let mut r = BufReader::new(s);
-        let mut status = String::new();
-        r.read_line(&mut status).ok()?;
-        if status.split_whitespace().nth(1) != Some("200") {
-            eprintln!("stream {path} on {addr}: {status}");
-            return None;
-        }
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).ok()? == 0 {
-                return None;
-            }
-            if h.trim().is_empty() {
-                return Some(SseStream(r));
-            }
-        }
-    }
-
-    /// The next event; None when the stream ended or broke, or nothing came for `wait`.
-    fn next(&mut self, wait: Duration) -> Option<Sse> {
-        let deadline = Instant::now() + wait;
-        let (mut event, mut id, mut data) = (String::new(), None, String::new());
-        loop {
-            let mut line = String::new();
-            match self.0.read_line(&mut line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if Instant::now() > deadline {
-                        return None;
-                    }
-                    continue;
-                }
-                Err(_) => return None,
-            }
-            let line = line.trim_end_matches(['\r', '\n']);
-            if line.is_empty() {
-                if !data.is_empty() {
-                    let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
-                    return Some(Sse { event, id, data });
-                }
-                (event, id, data) = (String::new(), None, String::new());
-            } else if let Some(v) = line.strip_prefix("event:") {
-                event = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("id:") {
-                id = Some(v.trim().to_string());
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
-            }
-        }
-    }
 }
 
 fn sse_call(n: u32, exec: &str) -> String {

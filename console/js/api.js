@@ -72,6 +72,17 @@ export async function post(path, body, { signal } = {}) {
   return answer(res, path);
 }
 
+/** PUT path with a JSON body -> {status, body}; throws ApiError for non-2xx. */
+export async function put(path, body, { signal } = {}) {
+  const res = await fetch(path, {
+    method: 'PUT',
+    headers: headers({ 'Content-Type': 'application/json' }),
+    body: JSON.stringify(body),
+    signal,
+  });
+  return answer(res, path);
+}
+
 /** DELETE path -> {status, body}. */
 export async function del(path, { signal } = {}) {
   const res = await fetch(path, { method: 'DELETE', headers: headers(), signal });

@@ -154,6 +154,12 @@ function signOut() {
 }
 
 function init() {
+  // The skip link moves focus to the content; followed as a link it would set the hash the
+  // router reads as a page (#main: "no page main").
+  document.querySelector('a.skip').addEventListener('click', (ev) => {
+    ev.preventDefault();
+    document.getElementById('main').focus();
+  });
   document.getElementById('sign-in-form').addEventListener('submit', signInSubmit);
   document.getElementById('sign-out').addEventListener('click', signOut);
   document.getElementById('account-form').addEventListener('submit', (ev) => {

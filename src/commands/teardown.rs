@@ -117,19 +117,9 @@ pub async fn teardown(cfg: &Config, yes: bool) -> anyhow::Result<()> {
         "teardown of kafka.prefix = \"{prefix}\" ({}):",
         cfg.kafka.brokers
     )?;
-    writeln!(
-        out,
-        "  kafka topics ({}): {}",
-        p.topics.len(),
-        p.topics.join(" ")
-    )?;
     let names: Vec<&str> = p.groups.iter().map(|(g, _)| g.as_str()).collect();
-    writeln!(
-        out,
-        "  kafka consumer groups ({}): {}",
-        names.len(),
-        names.join(" ")
-    )?;
+    writeln!(out, "{}", listed("kafka topics", &p.topics))?;
+    writeln!(out, "{}", listed("kafka consumer groups", &names))?;
     match &p.database {
         Some((db, tables)) => writeln!(out, "  clickhouse database: {db} ({tables} tables)")?,
         None => writeln!(
@@ -200,9 +190,30 @@ pub async fn teardown(cfg: &Config, yes: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `  WHAT (N): a b c`, or `  WHAT (0): none` (no trailing space).
+fn listed(what: &str, names: &[impl AsRef<str>]) -> String {
+    if names.is_empty() {
+        return format!("  {what} (0): none");
+    }
+    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    format!("  {what} ({}): {}", names.len(), names.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::owned_group;
+    use super::{listed, owned_group};
+
+    #[test]
+    fn an_empty_list_says_none_without_a_trailing_space() {
+        assert_eq!(
+            listed("kafka consumer groups", &[] as &[&str]),
+            "  kafka consumer groups (0): none"
+        );
+        assert_eq!(
+            listed("kafka topics", &["a", "b"]),
+            "  kafka topics (2): a b"
+        );
+    }
 
     #[test]
     fn only_configured_groups_and_their_derived_ones_are_owned() {

@@ -262,3 +262,28 @@ fn effective_settings_never_show_the_password() {
         "{s}"
     );
 }
+
+#[test]
+fn at_least_once_is_refused_naming_key_value_and_the_way_out() {
+    jail(|j| {
+        let e = load_err(j, "[pipeline]\ndelivery = \"at_least_once\"\n");
+        assert!(
+            e.contains("pipeline.delivery")
+                && e.contains("\"at_least_once\"")
+                && e.contains("removed")
+                && e.contains("exactly_once"),
+            "{e}"
+        );
+        j.create_file("ok.toml", "[pipeline]\ndelivery = \"exactly_once\"\n")?;
+        Config::load(Some(Path::new("ok.toml"))).unwrap();
+        Ok(())
+    });
+}
+
+#[test]
+fn expiry_warning_bound_is_the_ledgers() {
+    assert_eq!(
+        super::validate::MAX_EXPIRY_WARNING_SECS,
+        crate::ledger::command::MAX_WARNING_SECS
+    );
+}

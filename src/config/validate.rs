@@ -6,8 +6,12 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 
 use super::values::show_duration;
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, Delivery};
 use crate::money::MAX_MARKUP_RATE_SCALE;
+
+/// The longest `ledger.expiry_warning`: the bound the ledger's command check holds
+/// (`ledger::command::MAX_WARNING_SECS`, a layer above; a test holds them equal).
+pub(super) const MAX_EXPIRY_WARNING_SECS: u64 = 3650 * 86_400;
 
 /// librdkafka properties that have a typed key of their own, and secrets that never go in a
 /// file: (property, what to use instead).
@@ -77,6 +81,15 @@ impl Config {
                 "pipeline.checkpoint_interval",
                 &"0s",
                 "must be more than 0s",
+            );
+        }
+        if self.pipeline.delivery == Delivery::AtLeastOnce {
+            return invalid(
+                "pipeline.delivery",
+                &"\"at_least_once\"",
+                "at_least_once was removed: every stage needs Kafka transactions (Apache Kafka >= 2.5, \
+                 or a compatible broker with transactions enabled); set pipeline.delivery = \"exactly_once\" \
+                 (see README, \"Delivery\")",
             );
         }
         if self.pipeline.max_in_flight == 0 {
@@ -280,7 +293,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if l.expiry_warning.as_secs() > crate::ledger::command::MAX_WARNING_SECS {
+        if l.expiry_warning.as_secs() > MAX_EXPIRY_WARNING_SECS {
             return Err(ConfigError::invalid(
                 "ledger.expiry_warning",
                 show_duration(l.expiry_warning),

@@ -117,7 +117,7 @@ impl LedgerApi {
     }
 
     /// The view, or 503 while this instance is still reading it from Kafka.
-    fn loaded_view(&self) -> Result<&SharedLedgerView, ApiError> {
+    pub(super) fn loaded_view(&self) -> Result<&SharedLedgerView, ApiError> {
         if self.view.is_loaded() {
             return Ok(&self.view);
         }

@@ -50,6 +50,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("js/pages/credits.js", "text/javascript; charset=utf-8"),
     asset!("js/pages/live.js", "text/javascript; charset=utf-8"),
     asset!("js/pages/operator.js", "text/javascript; charset=utf-8"),
+    asset!("js/pages/thresholds.js", "text/javascript; charset=utf-8"),
     asset!("js/pages/transactions.js", "text/javascript; charset=utf-8"),
     asset!("js/pages/usage.js", "text/javascript; charset=utf-8"),
 ];

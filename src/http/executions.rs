@@ -63,26 +63,80 @@ async fn trace_of(
         account_id: account.clone(),
         execution_id: id.to_string(),
     };
-    let committed = history::read(&api.follower, &api.ch, &filter, None).await;
+    let mut committed = history::read(&api.follower, &api.ch, &filter, None).await;
+    // Neither open here nor committed yet: it may have closed a moment ago, its debit (and
+    // its calls) still in the pipeline's open transaction. Wait until the follower has read
+    // what was written before this request, then look again (twice: the first look may
+    // precede the producer's send by milliseconds).
+    for _ in 0..2 {
+        let missing = live.is_none()
+            && committed
+                .as_ref()
+                .is_ok_and(|c| c.lines.is_empty() && c.debits.is_empty());
+        if !missing {
+            break;
+        }
+        let p = api.follower.partition_of(&account).map_err(unavailable)?;
+        api.follower
+            .sync(Some(p), SYNC_WAIT)
+            .await
+            .map_err(unavailable)?;
+        committed = history::read(&api.follower, &api.ch, &filter, None).await;
+    }
     assemble(id, &account, live, committed, api.markup_rate)
 }
 
+/// How long a lookup waits for the follower to read what was written before it.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
 /// The account of an execution the operator asked without `account_id`: the open one on
-/// this instance, else the one ClickHouse knows; several accounts answer 409.
+/// this instance, else those the output topics' recent tail and ClickHouse know (waiting, when
+/// none does, for what was written before the request); several accounts answer 409.
 async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
     if let Some(d) = api.engine.get().and_then(|e| e.running_cost(id, None)) {
         return Ok(d.account_id);
     }
-    let accounts: Vec<String> = api
+    api.follower.ensure_started().await.map_err(unavailable)?;
+    let mut accounts = api.follower.accounts_of(id).await;
+    let older = api
         .ch
-        .query("SELECT DISTINCT account_id FROM usage_transactions WHERE execution_id = ? LIMIT 100")
+        .query(
+            "SELECT DISTINCT account_id FROM usage_transactions WHERE execution_id = ? LIMIT 100",
+        )
         .bind(id)
-        .fetch_all()
-        .await
-        .map_err(|e| {
+        .fetch_all::<String>()
+        .await;
+    match older {
+        Ok(a) => accounts.extend(a),
+        // The recent tail still answers for what it holds.
+        Err(e) if !accounts.is_empty() => {
+            tracing::debug!(error = %e, "execution lookup in clickhouse failed; answered from the output topics");
+        }
+        Err(e) => {
             tracing::warn!(error = %e, "execution lookup in clickhouse failed");
-            ApiError::unavailable("clickhouse cannot be reached; give account_id to read the execution from the output topics")
-        })?;
+            return Err(ApiError::unavailable(
+                "clickhouse cannot be reached and the output topics' recent tail does not hold this execution; give account_id to read it from the output topics",
+            ));
+        }
+    }
+    if accounts.is_empty() {
+        // Closed a moment ago: its first committed message may still be on its way.
+        for _ in 0..2 {
+            api.follower
+                .sync(None, SYNC_WAIT)
+                .await
+                .map_err(unavailable)?;
+            accounts = api.follower.accounts_of(id).await;
+            if !accounts.is_empty() {
+                break;
+            }
+        }
+    }
+    let accounts: Vec<String> = accounts.into_iter().collect();
     match accounts.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(not_found(id)),

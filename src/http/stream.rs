@@ -7,19 +7,21 @@
 //!
 //! Events: `call` and `debit` (with `id: P.L.D`, the position to resume after), `open` once
 //! the history is sent, `end` after the execution's debit (unless `follow=true`),
-//! `dropped` when the client fell `traces.stream_buffer` events behind (it reconnects with
-//! `Last-Event-ID` and misses nothing), `error` when the stream cannot go on. A comment
-//! every 15 s keeps idle connections open.
+//! `error` when the stream cannot go on (it reconnects with `Last-Event-ID` and misses
+//! nothing). A slow client is never cut off and never misses an event: when its queue of
+//! followed messages is full, it reads what it missed from the follower's tail (or Kafka)
+//! once it has caught up ([`Subscription::gap`]). A comment every 15 s keeps idle
+//! connections open.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use memchr::memmem::Finder;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -29,7 +31,7 @@ use super::error::ApiPath;
 use super::params::{ApiError, Params, check_id};
 use super::traces::{self, TracesApi};
 use crate::debit::{Debit, PricedLine};
-use crate::follow::{OutputTopic, Subscription};
+use crate::follow::{Followed, OutputTopic, Subscription};
 use crate::history::{self, Committed};
 use crate::trace::stream::{Filter, StreamCursor, StreamEvent, StreamState};
 
@@ -192,8 +194,25 @@ async fn send_all(tx: &mpsc::Sender<Event>, events: &mut Vec<StreamEvent>) -> bo
     true
 }
 
-/// The stream's task: history, then live messages until the end, the client leaves, or the
-/// client falls behind.
+/// A followed message into the stream's state; a line without the stream's needle (see
+/// [`StreamState::line_needle`]) is skipped unparsed.
+fn apply(state: &mut StreamState, needle: &Finder, m: &Followed, out: &mut Vec<StreamEvent>) {
+    match m.topic {
+        OutputTopic::Lines if needle.find(&m.payload).is_none() => state.skip_line(m.offset),
+        OutputTopic::Lines => {
+            if let Ok(l) = serde_json::from_slice::<PricedLine>(&m.payload) {
+                state.line(m.offset, &l, out);
+            }
+        }
+        OutputTopic::Debits => {
+            if let Ok(d) = serde_json::from_slice::<Debit>(&m.payload) {
+                state.debit(m.offset, &d, out);
+            }
+        }
+    }
+}
+
+/// The stream's task: history, then live messages until the end or the client leaves.
 async fn run(
     mut state: StreamState,
     hist: Committed,
@@ -218,6 +237,8 @@ async fn run(
     if tx.send(named("open", opened)).await.is_err() {
         return;
     }
+    let needle = state.line_needle();
+    let needle = Finder::new(&needle);
     let ended = |s: &StreamState| !follow && s.execution_billed() && s.held() == 0;
     let mut held_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -234,23 +255,25 @@ async fn run(
         tokio::select! {
             m = sub.rx.recv() => {
                 let Some(m) = m else {
-                    let (name, why) = if sub.dropped.load(Ordering::Acquire) {
-                        ("dropped", "this client fell behind (traces.stream_buffer events) and was dropped; reconnect with Last-Event-ID to resume where it stopped")
-                    } else {
-                        ("error", "the output follower stopped; reconnect with Last-Event-ID to resume")
-                    };
-                    let _ = tx.send(named(name, json!({"error": why, "last_event_id": state.cursor().to_string()}))).await;
+                    let why = "the output follower stopped; reconnect with Last-Event-ID to resume";
+                    let _ = tx.send(named("error", json!({"error": why, "last_event_id": state.cursor().to_string()}))).await;
                     return;
                 };
-                match m.topic {
-                    OutputTopic::Lines => {
-                        if let Ok(l) = serde_json::from_slice::<PricedLine>(&m.payload) {
-                            state.line(m.offset, &l, &mut out);
+                apply(&mut state, &needle, &m, &mut out);
+                // Fell behind: once the queue is taken, what was left out of it, in order.
+                if sub.lagging() && sub.rx.is_empty() {
+                    match sub.gap().await {
+                        Ok(Some(gap)) => {
+                            for m in gap.debits.iter().chain(&gap.lines) {
+                                apply(&mut state, &needle, m, &mut out);
+                            }
                         }
-                    }
-                    OutputTopic::Debits => {
-                        if let Ok(d) = serde_json::from_slice::<Debit>(&m.payload) {
-                            state.debit(m.offset, &d, &mut out);
+                        Ok(None) => {}
+                        Err(e) => {
+                            let why = format!("the stream fell behind and what it missed cannot be read ({e}); reconnect with Last-Event-ID to resume");
+                            let _ = send_all(&tx, &mut out).await;
+                            let _ = tx.send(named("error", json!({"error": why, "last_event_id": state.cursor().to_string()}))).await;
+                            return;
                         }
                     }
                 }

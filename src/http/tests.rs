@@ -130,3 +130,39 @@ async fn whoami_names_the_scope() {
     // Operational endpoints need no credential.
     assert_eq!(call("GET", "/healthz", None).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn dead_letters_say_plainly_when_clickhouse_cannot_answer() {
+    let keys = Arc::new(KeyStore::default());
+    keys.mark_loaded();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let app = router(HttpState {
+        health: Arc::new(Health::default()),
+        engine: Arc::new(std::sync::OnceLock::new()),
+        clickhouse: Some(clickhouse::Client::default().with_url(url)),
+        stall_after: Duration::from_secs(30),
+        ledger: None,
+        traces: None,
+        auth: Arc::new(Auth::for_tests(Some(TOKEN), keys)),
+    });
+    for uri in ["/v1/dead-letters", "/v1/dead-letters/reasons"] {
+        let req = Request::builder()
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let e = v["error"].as_str().unwrap();
+        assert!(
+            e.starts_with("the dead-letter list comes from clickhouse, which cannot answer"),
+            "{uri}: {e}"
+        );
+    }
+}

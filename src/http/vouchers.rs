@@ -6,13 +6,15 @@
 //!   "max_redemptions", "account_id", "description", "credits_valid_for",
 //!   "credits_expire_at", "priority", "request_id"]}` -> 200 with the result (and `code`
 //!   once, when it was generated)
-//! - `GET /v1/vouchers` -> `{"vouchers": [...]}` (masked codes, ids)
+//! - `GET /v1/vouchers?state=&limit=50&offset=0` -> `{"vouchers": [{..., "state"}], "total",
+//!   "next_offset"}` (masked codes, ids; the oldest first), `state` one of `active`,
+//!   `not_yet_valid`, `expired`, `used_up`, `revoked` (now); strict query string
 //! - `POST /v1/vouchers/{id}/revoke` `{"reason": "..."}` -> 200 revoked (also when it was
 //!   already), 404 for an unknown id
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +26,7 @@ use super::HttpState;
 use super::accounts::{LedgerApi, api, refused, unavailable, voucher_answer};
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath};
+use super::params::Params;
 use crate::ledger::client::{self, ClientError, VoucherInput};
 use crate::ledger::voucher::{VoucherRequest, VoucherView};
 
@@ -133,16 +136,70 @@ async fn create(
     ask(api, &built.request, extra).await
 }
 
-async fn list(State(s): State<HttpState>, caller: Caller) -> Response {
+/// What a voucher is at `now`: revoked, used up, not yet valid, expired or active.
+pub fn state(v: &VoucherView, now: chrono::DateTime<chrono::Utc>) -> &'static str {
+    if v.revoked.is_some() {
+        "revoked"
+    } else if v.redeemed >= v.max_redemptions {
+        "used_up"
+    } else if now < v.valid_from {
+        "not_yet_valid"
+    } else if now >= v.valid_until {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+const STATES: [&str; 5] = ["active", "not_yet_valid", "expired", "used_up", "revoked"];
+
+async fn list(State(s): State<HttpState>, caller: Caller, RawQuery(raw): RawQuery) -> Response {
     let api = match operator(&s, &caller, "listing vouchers") {
         Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let page = (|| {
+        let p = Params::parse(raw.as_deref(), &["state", "limit", "offset"])?;
+        let want = match p.get("state") {
+            None => None,
+            Some(v) if STATES.contains(&v) => Some(v.to_string()),
+            Some(v) => {
+                return Err(ApiError::parameter(
+                    "state",
+                    Some(v),
+                    format!("state must be one of {}", STATES.join(", ")),
+                ));
+            }
+        };
+        let limit = p.number("limit", 1, 1000)?.unwrap_or(50) as usize;
+        let offset = p.number("offset", 0, u64::from(u32::MAX))?.unwrap_or(0) as usize;
+        Ok((want, limit, offset))
+    })();
+    let (want, limit, offset) = match page {
+        Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let cfg = api.cfg.clone();
     match tokio::task::spawn_blocking(move || client::list_vouchers(&cfg)).await {
         Ok(Ok(list)) => {
-            let views: Vec<VoucherView> = list.iter().map(VoucherView::from).collect();
-            Json(json!({"vouchers": views})).into_response()
+            let now = chrono::Utc::now();
+            let rows: Vec<serde_json::Value> = list
+                .iter()
+                .map(VoucherView::from)
+                .filter_map(|v| {
+                    let st = state(&v, now);
+                    if want.as_deref().is_some_and(|w| w != st) {
+                        return None;
+                    }
+                    let mut j = serde_json::to_value(&v).expect("a voucher view serializes");
+                    j["state"] = json!(st);
+                    Some(j)
+                })
+                .collect();
+            let total = rows.len();
+            let shown: Vec<_> = rows.into_iter().skip(offset).take(limit).collect();
+            let next = (offset + shown.len() < total).then_some(offset + shown.len());
+            Json(json!({"vouchers": shown, "total": total, "next_offset": next})).into_response()
         }
         Ok(Err(e)) => unavailable(&e),
         Err(e) => unavailable(&ClientError::Other(e.to_string())),

@@ -50,7 +50,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn keys(cfg: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
     let topic = [("topics.api_keys", cfg.topics.api_keys.as_str())];
-    crate::ledger::cli::require_kafka(cfg, &topic).await?;
+    crate::credits::require_kafka(cfg, &topic).await?;
     match cmd {
         KeysCommand::Create {
             account,

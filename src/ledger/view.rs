@@ -123,6 +123,11 @@ impl LedgerView {
         self.accounts.get(account)
     }
 
+    /// Every account known with its view, in no particular order (`GET /v1/accounts`).
+    pub fn all(&self) -> impl Iterator<Item = (&str, &AccountView)> {
+        self.accounts.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// Accounts known.
     pub fn accounts(&self) -> usize {
         self.accounts.len()

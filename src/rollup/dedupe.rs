@@ -45,6 +45,8 @@ pub struct DedupeWindow {
     order: VecDeque<(i64, u64, u64)>,
     /// Offsets (ascending) of decodable events that were rejected, within the horizon.
     refused: VecDeque<i64>,
+    /// Entries evicted since creation (the changelog's chunks are deleted by this count).
+    evicted: u64,
 }
 
 impl DedupeWindow {
@@ -66,6 +68,7 @@ impl DedupeWindow {
                 break;
             }
             self.order.pop_front();
+            self.evicted += 1;
             if let Some(list) = self.by_id.get_mut(&id) {
                 list.retain(|(c, last)| !(*c == content && *last == o));
                 if list.is_empty() {
@@ -130,6 +133,11 @@ impl DedupeWindow {
 
     pub fn len(&self) -> usize {
         self.order.len()
+    }
+
+    /// Entries evicted since creation.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,15 +1,18 @@
 //! The live trace of an open execution: each priced call in (from its [`PricedLine`] and the
 //! execution's subtotal after it), a bounded list out (`rollup.max_trace_calls` calls per
 //! execution; beyond it calls are still rolled up and counted, but not listed), read by the
-//! execution trace API through the pipeline's query handle. Not an output: the trace never
+//! execution trace API through the pipeline's query handle (with the running cost, from the
+//! rollup's state). Not an output: the trace never
 //! changes a debit, and dropping it changes no replay.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::outputs::{exec_key, execution_debit, split_key};
 use crate::catalog::AssetType;
 use crate::debit::{Debit, PricedLine, PricedUnit};
+use crate::plans::PlanBook;
 
 /// Calls listed per open execution unless configured (`rollup.max_trace_calls`).
 pub const DEFAULT_MAX_TRACE_CALLS: usize = 200;
@@ -75,4 +78,51 @@ pub struct OpenExecutionView {
     pub calls: Vec<TracedCall>,
     /// Priced calls not in `calls` (beyond the bound): `running.calls - calls.len()`.
     pub calls_omitted: u32,
+}
+
+impl super::PartitionRollup {
+    /// The running cost of an open execution, for the real-time API: of `account_id`'s
+    /// execution if given, else of the earliest-opened execution with that id, under the
+    /// plan of its account at its first call.
+    pub fn running_cost(
+        &self,
+        execution_id: &str,
+        account_id: Option<&str>,
+        plans: &PlanBook,
+    ) -> Option<Debit> {
+        let o = match account_id {
+            Some(a) => self.open.get(&exec_key(a, execution_id))?,
+            None => self
+                .open_by_first_offset
+                .values()
+                .find(|k| split_key(k).1 == execution_id)
+                .and_then(|k| self.open.get(k))?,
+        };
+        Some(execution_debit(
+            execution_id,
+            o,
+            plans.resolve(&o.account_id, o.first_event_at),
+            self.cfg.markup_rate,
+            String::new(),
+        ))
+    }
+
+    /// `account_id`'s execution `execution_id` if it is open here: its running totals (as
+    /// [`Self::running_cost`], under the plan of the account at its first call) and its
+    /// first `max_trace_calls` priced calls, copied.
+    pub fn open_execution(
+        &self,
+        account_id: &str,
+        execution_id: &str,
+        plans: &PlanBook,
+    ) -> Option<OpenExecutionView> {
+        let o = self.open.get(&exec_key(account_id, execution_id))?;
+        let plan = plans.resolve(&o.account_id, o.first_event_at);
+        let running = execution_debit(execution_id, o, plan, self.cfg.markup_rate, String::new());
+        Some(OpenExecutionView {
+            calls_omitted: running.calls.saturating_sub(o.calls.len() as u32),
+            calls: o.calls.clone(),
+            running,
+        })
+    }
 }

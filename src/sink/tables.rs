@@ -5,10 +5,10 @@
 //! `impl Table` here, its name in the `tables!` list, and a migration in
 //! `deploy/clickhouse/` listed in `migrate::MIGRATIONS`.
 
+use super::ledger_rows::LedgerRow;
 use super::rows::{self, DeadLetterRow, DebitRow, RowError, Source, TransactionRow};
 use super::table::{Lane, Table, TableLane};
 use crate::config::TopicsConfig;
-use crate::ledger::rows::LedgerRow;
 
 /// `usage_transactions`: one row per priced line, from `priced_usage`.
 pub struct Transactions;
@@ -58,7 +58,7 @@ impl Table for DeadLetters {
     }
 }
 
-/// `ledger`: one row per credits-ledger entry, from `balances` (`crate::ledger::rows`).
+/// `ledger`: one row per credits-ledger entry, from `balances` (`crate::sink::ledger_rows`).
 pub struct Ledger;
 
 impl Table for Ledger {
@@ -69,7 +69,7 @@ impl Table for Ledger {
         &topics.balances
     }
     fn parse(payload: &[u8], src: Source) -> Result<(String, LedgerRow), RowError> {
-        crate::ledger::rows::ledger_row(payload, src)
+        super::ledger_rows::ledger_row(payload, src)
     }
 }
 

@@ -1,16 +1,15 @@
 //! The runtime's contract with a stage: what a [`Processor`] sees (one input message), where
 //! it sends (its [`Outputs`], inside the open transaction), what it writes to its changelog
 //! before each commit ([`Changelog`]), and what it must do on restore; the [`StageSpec`] of a
-//! stage and why a stage stops ([`StageError`]).
+//! stage.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+use rdkafka::message::BorrowedHeaders;
 
 use super::restore::Positions;
-use super::txn::{StageProducer, Txn};
+use super::txn::{Record, StageProducer, Txn};
 use crate::health::Health;
 
 /// Changelog key of the input positions a partition's state corresponds to (written by the
@@ -26,18 +25,6 @@ pub struct InputMsg<'a> {
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
     pub headers: Option<&'a BorrowedHeaders>,
-}
-
-/// One output message.
-pub struct Record<'a> {
-    pub topic: &'a str,
-    pub key: &'a [u8],
-    /// `None` is a tombstone.
-    pub payload: Option<&'a [u8]>,
-    /// An explicit partition (close markers go back to their input partition); `None`: the
-    /// producer's partitioner on the key.
-    pub partition: Option<i32>,
-    pub headers: Option<OwnedHeaders>,
 }
 
 /// Where a processor sends: every message goes into the stage's open Kafka transaction (the
@@ -208,23 +195,4 @@ pub struct StageSpec {
     pub consumer: Vec<(&'static str, String)>,
     /// Progress and lag are reported here (readiness), when given.
     pub health: Option<Arc<Health>>,
-}
-
-/// Why a stage stopped (a restart resumes from its last commit).
-#[derive(Debug, thiserror::Error)]
-pub enum StageError {
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("{0}")]
-    Setup(String),
-    #[error("restore of {topic} partition {partition}: {why}")]
-    Restore {
-        topic: String,
-        partition: i32,
-        why: String,
-    },
-    #[error(
-        "kafka transaction failed for good ({0}); stopping so a restart resumes from the last committed transaction (if another instance uses the same kafka.instance_id, give each a unique one)"
-    )]
-    TransactionFatal(KafkaError),
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use super::processor::{Record, StageError};
+use super::error::StageError;
 use crate::config::Config;
 use crate::kafka;
 use crate::metrics::METRICS;
@@ -23,6 +23,9 @@ pub struct StageProducerContext {
     failed: AtomicU64,
     latency: prometheus::Histogram,
     errors: prometheus::IntCounter,
+    /// The rating pipeline's figures also under the names its dashboards and alert rules
+    /// were written against (`usage_agg_pipeline_produce_*`).
+    legacy: Option<(prometheus::Histogram, prometheus::IntCounter)>,
 }
 
 impl ClientContext for StageProducerContext {}
@@ -34,12 +37,18 @@ impl ProducerContext for StageProducerContext {
         match result {
             Ok(_) => {
                 let now = self.started.elapsed().as_micros() as usize;
-                self.latency
-                    .observe(now.saturating_sub(sent_us) as f64 / 1e6);
+                let secs = now.saturating_sub(sent_us) as f64 / 1e6;
+                self.latency.observe(secs);
+                if let Some((latency, _)) = &self.legacy {
+                    latency.observe(secs);
+                }
             }
             Err((e, m)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.errors.inc();
+                if let Some((_, errors)) = &self.legacy {
+                    errors.inc();
+                }
                 tracing::warn!(error = %e, topic = m.topic(), "output message failed delivery; its transaction aborts");
             }
         }
@@ -64,6 +73,12 @@ pub fn producer(
         failed: AtomicU64::new(0),
         latency: METRICS.stage.produce_latency.with_label_values(&[stage]),
         errors: METRICS.stage.produce_errors.with_label_values(&[stage]),
+        legacy: (stage == "pipeline").then(|| {
+            (
+                METRICS.produce_latency.clone(),
+                METRICS.produce_errors.clone(),
+            )
+        }),
     };
     let p: StageProducer = c.create_with_context(ctx)?;
     let started = Instant::now();
@@ -79,6 +94,18 @@ pub fn producer(
     .map_err(|f| StageError::Kafka(f.into_error()))?;
     tracing::info!(stage, transactional_id = %txn_id, init_ms = started.elapsed().as_millis() as u64, "transactional producer ready");
     Ok(p)
+}
+
+/// One output message.
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    /// `None` is a tombstone.
+    pub payload: Option<&'a [u8]>,
+    /// An explicit partition (close markers go back to their input partition); `None`: the
+    /// producer's partitioner on the key.
+    pub partition: Option<i32>,
+    pub headers: Option<OwnedHeaders>,
 }
 
 /// The transaction of the current interval.

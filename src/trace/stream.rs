@@ -291,6 +291,29 @@ impl StreamState {
         }
     }
 
+    /// Bytes the JSON of every line this stream wants holds (lines are written compact, as
+    /// `serde_json` writes them): a line without them is skipped unparsed
+    /// ([`StreamState::skip_line`]), so a stream pays little for its account's other calls.
+    pub fn line_needle(&self) -> Vec<u8> {
+        let j = |v: &str| serde_json::to_string(v).unwrap_or_default();
+        match &self.filter {
+            Filter::Execution { execution_id, .. } => {
+                format!("\"execution_id\":{}", j(execution_id)).into_bytes()
+            }
+            Filter::Conversation { key, value, .. } => {
+                format!("{}:{}", j(key), j(value)).into_bytes()
+            }
+        }
+    }
+
+    /// A priced line at `offset` that is not the stream's (see [`StreamState::line_needle`]):
+    /// only the cursor moves, as [`StreamState::line`] does for a line it does not want.
+    pub fn skip_line(&mut self, offset: i64) {
+        if offset >= self.resume.lines && offset >= self.next.lines {
+            self.next.lines = offset + 1;
+        }
+    }
+
     /// A priced line at `offset` of the lines topic (in offset order).
     pub fn line(&mut self, offset: i64, l: &PricedLine, out: &mut Vec<StreamEvent>) {
         if offset < self.next.lines && offset >= self.resume.lines {

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ledger;
+pub mod sse;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};

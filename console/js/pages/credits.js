@@ -1,11 +1,12 @@
 // Credits: the balance, a top-up (minimum 10: a refusal is shown with the ledger's reason), a
-// voucher redemption, the account's thresholds and recent alerts.
+// voucher redemption, the account's low-balance thresholds (./thresholds.js).
 // Data: GET /v1/accounts/{id}/balance; POST /v1/accounts/{id}/topups (operator token only: a
 // top-up is a payment) and /redemptions (the account's key or the operator).
 
 import { h, fill, field, announce } from '../dom.js';
 import * as api from '../api.js';
 import * as dec from '../decimal.js';
+import { thresholds } from './thresholds.js';
 
 function reference() {
   const r = new Uint8Array(8);
@@ -114,14 +115,16 @@ export async function render(page, { account, signal, session }) {
     }
   });
 
+  const th = thresholds(account, signal);
   fill(page, heading, h('p', { class: 'lead' }, `Account ${account}`),
     h('section', { class: 'card', 'aria-labelledby': 'cb-h' }, h('h2', { id: 'cb-h' }, 'Balance'), balanceOut),
     h('section', { class: 'card', 'aria-labelledby': 'tu-h' }, h('h2', { id: 'tu-h' }, 'Top up'),
       session.operator
         ? [topupForm, topupOut]
         : h('p', { id: 'topup-note' }, 'A top-up is a payment: it comes from the payment service, or from an operator signed in with the operator token. Vouchers can be redeemed here.')),
-    h('section', { class: 'card', 'aria-labelledby': 'rv-h' }, h('h2', { id: 'rv-h' }, 'Redeem a voucher'), redeemForm, redeemOut));
-  await loadBalance();
+    h('section', { class: 'card', 'aria-labelledby': 'rv-h' }, h('h2', { id: 'rv-h' }, 'Redeem a voucher'), redeemForm, redeemOut),
+    th.section);
+  await Promise.all([loadBalance(), th.load()]);
   announce('Credits loaded');
   return null;
 }

@@ -145,7 +145,18 @@ export async function render(page, { account, params, signal }) {
     announce(`Debit of ${d.total} credits`);
   };
 
+  // Screen readers hear the first call at once, then the latest count at most every 5 s (a
+  // busy run must not flood them), and every debit.
   let announced = 0;
+  let lastSaid = 0;
+  let pending = null;
+  const sayCalls = () => {
+    pending = null;
+    if (signal.aborted || state.calls === announced) return;
+    announced = state.calls;
+    lastSaid = Date.now();
+    announce(`${state.calls} call${state.calls === 1 ? '' : 's'}, running total ${figs.total.textContent} credits`);
+  };
   const onEvent = (ev) => {
     let data = {};
     try {
@@ -172,9 +183,8 @@ export async function render(page, { account, params, signal }) {
     } else if (ev.event === 'error' || ev.event === 'dropped') {
       fill(problem, h('p', { class: 'hint' }, `${data.error || ev.event}; resuming…`));
     }
-    if (state.calls !== announced && state.calls % 10 === 1) {
-      announced = state.calls;
-      announce(`${state.calls} calls, running total ${figs.total.textContent}`);
+    if (state.calls !== announced && !pending) {
+      pending = setTimeout(sayCalls, Math.max(0, lastSaid + 5000 - Date.now()));
     }
   };
 

@@ -69,63 +69,153 @@ async function health(box, signal) {
     rejected.length ? h('p', { class: 'hint' }, `Events rejected by this instance since it started: ${rejected.map((m) => `${m.labels.reason} ${m.value}`).join(', ')}.`) : null);
 }
 
+/** A "More" button that appends the next page: `next()` loads it and returns whether more remain. */
+function more(label, next) {
+  const b = h('button', { type: 'button', class: 'secondary' }, label);
+  b.addEventListener('click', async () => {
+    b.disabled = true;
+    try {
+      if (await next()) b.disabled = false;
+      else b.remove();
+    } catch (e) {
+      b.replaceWith(api.errorFor(e));
+    }
+  });
+  return b;
+}
+
+function table(id, caption, heads, numeric) {
+  const body = h('tbody', {});
+  const t = h('table', { class: 'cards', id },
+    h('caption', { class: 'visually-hidden' }, caption),
+    h('thead', {}, h('tr', {}, heads.map((t, i) => h('th', { scope: 'col', class: numeric.includes(i) ? 'num' : null }, t)))),
+    body);
+  return { t, body };
+}
+
+const PAGE = 20;
+
 async function accounts(box, signal) {
-  const a = await api.get('/v1/accounts', { order: 'balance', limit: 20 }, { signal });
-  const list = a.accounts || [];
-  fill(box, list.length ? h('table', { class: 'cards', id: 'low-balances' },
-    h('caption', { class: 'visually-hidden' }, 'Accounts with the lowest balances'),
-    h('thead', {}, h('tr', {}, ['Account', 'Balance', 'Below threshold', 'Last entry (UTC)'].map((t, i) => h('th', { scope: 'col', class: i === 1 ? 'num' : null }, t)))),
-    h('tbody', {}, list.map((x) => h('tr', {},
-      h('td', { dataset: { label: 'Account' } }, h('a', { href: href('transactions', { account: x.account_id }) }, x.account_id)),
-      h('td', { class: 'num', dataset: { label: 'Balance' } }, x.balance),
-      h('td', { dataset: { label: 'Below threshold' } }, (x.below || x.below_thresholds || []).join(', ') || '—'),
-      h('td', { dataset: { label: 'Last entry (UTC)' } }, fmt.dateTime(x.last_entry_at)))))) : h('p', {}, 'No accounts yet.'));
+  const below = h('input', { name: 'below', inputmode: 'decimal', autocomplete: 'off', placeholder: 'e.g. 10' });
+  const order = h('select', { name: 'order' },
+    h('option', { value: 'balance' }, 'Lowest balance first'),
+    h('option', { value: 'last_activity' }, 'Most recent activity first'),
+    h('option', { value: 'account_id' }, 'Account id'));
+  const out = h('div', { id: 'accounts-out' });
+  const form = h('form', { class: 'filters', id: 'accounts-form', novalidate: true },
+    field('Order', order), field('Balance below (credits)', below, 'Optional; an exact decimal such as 10 or 2.50.'),
+    h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Show')));
+  const load = async () => {
+    const heads = ['Account', 'Balance', 'Overdraft', 'Entries', 'Last activity (UTC)'];
+    const { t, body } = table('low-balances', 'Accounts', heads, [1, 2, 3]);
+    const q = { order: order.value, below: below.value.trim(), limit: PAGE };
+    const page = async (offset) => {
+      const a = await api.get('/v1/accounts', { ...q, offset }, { signal });
+      for (const x of a.accounts || []) {
+        body.append(h('tr', {},
+          h('th', { scope: 'row', dataset: { label: 'Account' } }, h('a', { href: href('transactions', { account: x.account_id }) }, x.account_id)),
+          h('td', { class: 'num', dataset: { label: 'Balance' } }, x.balance),
+          h('td', { class: 'num', dataset: { label: 'Overdraft' } }, x.overdraft),
+          h('td', { class: 'num', dataset: { label: 'Entries' } }, String(x.entries)),
+          h('td', { dataset: { label: 'Last activity (UTC)' } }, fmt.dateTime(x.last_activity_at) || '—')));
+      }
+      return a;
+    };
+    const first = await page(0);
+    let next = first.next_offset;
+    const count = h('p', { class: 'hint', id: 'accounts-total' }, `${first.total} account${first.total === 1 ? '' : 's'}${q.below ? ` below ${q.below}` : ''}.`);
+    fill(out, first.total ? [count, t] : h('p', {}, q.below ? `No account below ${q.below}.` : 'No accounts yet.'),
+      next != null ? more('More accounts', async () => { next = (await page(next)).next_offset; return next != null; }) : null);
+  };
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    try {
+      await load();
+      announce('Accounts updated');
+    } catch (e) {
+      fill(out, api.errorFor(e));
+      if (e instanceof api.ApiError && e.body.parameter === 'below') below.focus();
+    }
+  });
+  fill(box, form, out);
+  await load();
+}
+
+function dlSource(d) {
+  return `${d.source_topic} partition ${d.source_partition}, offset ${d.source_offset}`;
 }
 
 async function deadLetters(box, signal) {
-  const d = await api.get('/v1/dead-letters', { group_by: 'reason' }, { signal });
-  const groups = d.reasons || d.groups || [];
-  fill(box, groups.length ? h('table', { class: 'cards', id: 'dead-letters' },
-    h('caption', { class: 'visually-hidden' }, 'Dead letters by reason'),
-    h('thead', {}, h('tr', {}, ['Reason', 'Count', 'Last (UTC)', 'Sample'].map((t, i) => h('th', { scope: 'col', class: i === 1 ? 'num' : null }, t)))),
-    h('tbody', {}, groups.map((g) => h('tr', {},
-      h('td', { dataset: { label: 'Reason' } }, h('code', {}, g.reason)),
-      h('td', { class: 'num', dataset: { label: 'Count' } }, String(g.count)),
-      h('td', { dataset: { label: 'Last (UTC)' } }, fmt.dateTime(g.last_at || g.last_rejected_at)),
-      h('td', { dataset: { label: 'Sample' } }, h('code', {}, (g.sample && (g.sample.message || g.sample.payload)) || g.message || '')))))) : h('p', {}, 'No dead letters.'));
+  const [byReason, recent] = [h('div', {}), h('div', {})];
+  fill(box, h('h3', {}, 'By reason'), byReason, h('h3', {}, 'Most recent'), recent);
+  const r = await api.get('/v1/dead-letters/reasons', {}, { signal });
+  const groups = r.reasons || [];
+  if (!groups.length) {
+    fill(byReason, h('p', {}, 'No dead letters.'));
+    fill(recent, null);
+    return;
+  }
+  const g = table('dead-letters', 'Dead letters by reason', ['Reason', 'Count', 'Last (UTC)', 'Sample'], [1]);
+  for (const x of groups) {
+    g.body.append(h('tr', {},
+      h('th', { scope: 'row', dataset: { label: 'Reason' } }, h('code', {}, x.reason)),
+      h('td', { class: 'num', dataset: { label: 'Count' } }, String(x.count)),
+      h('td', { dataset: { label: 'Last (UTC)' } }, fmt.dateTime(x.last_at)),
+      h('td', { dataset: { label: 'Sample' } }, x.sample.message, h('br', {}), h('span', { class: 'hint' }, dlSource(x.sample)))));
+  }
+  fill(byReason, g.t);
+  const d = table('recent-dead-letters', 'Most recent dead letters', ['Dead-lettered (UTC)', 'Reason', 'Source', 'Message'], []);
+  const page = async (cursor) => {
+    const p = await api.get('/v1/dead-letters', { limit: PAGE, cursor }, { signal });
+    for (const x of p.dead_letters || []) {
+      d.body.append(h('tr', {},
+        h('td', { dataset: { label: 'Dead-lettered (UTC)' } }, fmt.dateTime(x.dead_lettered_at)),
+        h('td', { dataset: { label: 'Reason' } }, h('code', {}, x.reason)),
+        h('td', { dataset: { label: 'Source' } }, dlSource(x)),
+        h('td', { dataset: { label: 'Message' } }, x.message)));
+    }
+    return p.next_cursor;
+  };
+  let next = await page(undefined);
+  fill(recent, d.t, next ? more('Older dead letters', async () => { next = await page(next); return Boolean(next); }) : null);
 }
+
+const STATES = { active: 'active', not_yet_valid: 'not yet valid', expired: 'expired', used_up: 'used up', revoked: 'revoked' };
 
 async function vouchers(box, signal) {
   const listBox = h('div', {});
   const out = h('div', { 'aria-live': 'polite', id: 'voucher-result' });
   const load = async () => {
-    const v = await api.get('/v1/vouchers', {}, { signal });
-    const list = v.vouchers || [];
-    fill(listBox, list.length ? h('table', { class: 'cards', id: 'vouchers' },
-      h('caption', { class: 'visually-hidden' }, 'Vouchers'),
-      h('thead', {}, h('tr', {}, ['Voucher', 'Credits', 'Used', 'Valid (UTC)', 'State', ''].map((t) => h('th', { scope: 'col' }, t)))),
-      h('tbody', {}, list.map((x) => {
-        const d = x.def || x;
-        const revoke = h('button', { type: 'button', class: 'secondary', 'aria-label': `Revoke ${d.masked}` }, 'Revoke');
+    const { t, body } = table('vouchers', 'Vouchers', ['Voucher', 'Credits', 'Redeemed', 'Valid (UTC)', 'State', 'Action'], [1]);
+    const page = async (offset) => {
+      const v = await api.get('/v1/vouchers', { limit: PAGE, offset }, { signal });
+      for (const x of v.vouchers || []) {
+        const revoke = h('button', { type: 'button', class: 'secondary', 'aria-label': `Revoke ${x.voucher}` }, 'Revoke');
         revoke.addEventListener('click', async () => {
           revoke.disabled = true;
           try {
-            await api.post(`/v1/vouchers/${api.seg(d.code_hash || x.code_hash)}/revoke`, {});
-            fill(out, h('p', { class: 'ok', role: 'status' }, `Revoked ${d.masked}.`));
+            await api.post(`/v1/vouchers/${api.seg(x.id)}/revoke`, {});
+            fill(out, h('p', { class: 'ok', role: 'status' }, `Revoked ${x.voucher}.`));
             await load();
           } catch (e) {
             fill(out, api.errorFor(e));
             revoke.disabled = false;
           }
         });
-        return h('tr', {},
-          h('td', { dataset: { label: 'Voucher' } }, h('code', {}, d.masked), d.description ? ` ${d.description}` : ''),
-          h('td', { dataset: { label: 'Credits' } }, d.credits),
-          h('td', { dataset: { label: 'Used' } }, `${x.redemptions ?? x.used ?? 0} / ${d.max_redemptions}`),
-          h('td', { dataset: { label: 'Valid (UTC)' } }, `${fmt.dateTime(d.valid_from)} – ${d.valid_until ? fmt.dateTime(d.valid_until) : 'no end'}`),
-          h('td', { dataset: { label: 'State' } }, x.revoked_at ? `revoked ${fmt.dateTime(x.revoked_at)}` : 'active'),
-          h('td', {}, x.revoked_at ? '' : revoke));
-      }))) : h('p', {}, 'No vouchers yet.'));
+        body.append(h('tr', { dataset: { id: x.id } },
+          h('th', { scope: 'row', dataset: { label: 'Voucher' } }, h('code', {}, x.voucher), x.description ? ` ${x.description}` : ''),
+          h('td', { class: 'num', dataset: { label: 'Credits' } }, x.credits),
+          h('td', { dataset: { label: 'Redeemed' } }, `${x.redeemed} of ${x.max_redemptions}`),
+          h('td', { dataset: { label: 'Valid (UTC)' } }, `${fmt.dateTime(x.valid_from)} – ${fmt.dateTime(x.valid_until)}`),
+          h('td', { class: 'state', dataset: { label: 'State', state: x.state } }, STATES[x.state] || x.state),
+          h('td', { dataset: { label: 'Action' } }, x.state === 'revoked' ? '' : revoke)));
+      }
+      return v;
+    };
+    const first = await page(0);
+    let next = first.next_offset;
+    fill(listBox, first.total ? t : h('p', {}, 'No vouchers yet.'),
+      next != null ? more('More vouchers', async () => { next = (await page(next)).next_offset; return next != null; }) : null);
   };
   const credits = h('input', { name: 'credits', inputmode: 'decimal', required: true, autocomplete: 'off' });
   const maxR = h('input', { name: 'max_redemptions', inputmode: 'numeric', required: true, value: '1', autocomplete: 'off' });
@@ -148,15 +238,15 @@ async function vouchers(box, signal) {
       fill(out, api.errorFor(e));
     }
   });
-  await load();
   fill(box, form, out, listBox);
+  await load();
 }
 
 export async function render(page, { signal }) {
   const parts = [
     ['op-health', 'Pipeline health', health],
-    ['op-accounts', 'Lowest balances', accounts],
-    ['op-dead', 'Dead letters by reason', deadLetters],
+    ['op-accounts', 'Accounts by balance', accounts],
+    ['op-dead', 'Dead letters', deadLetters],
     ['op-vouchers', 'Vouchers', vouchers],
   ];
   const boxes = parts.map(([id]) => h('div', { id: `${id}-body` }, h('p', { class: 'loading' }, 'Loading…')));

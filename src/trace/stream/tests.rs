@@ -169,3 +169,38 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// Skipping the lines without the needle, unparsed, gives the same events and cursor as
+/// parsing every line: the needle is in every wanted line's encoding.
+#[test]
+fn lines_skipped_by_the_needle_change_nothing() {
+    let (lines, debits) = rate(&events());
+    let conversation = Filter::Conversation {
+        account_id: "acct".into(),
+        key: "project".into(),
+        value: "a".into(),
+    };
+    for filter in [execution(), conversation] {
+        let mut whole = StreamState::new(filter.clone(), d("0.2"), StreamCursor::start(0));
+        let want = run(&mut whole, &lines, &debits, &[]);
+        let mut s = StreamState::new(filter, d("0.2"), StreamCursor::start(0));
+        let needle = s.line_needle();
+        let finder = memchr::memmem::Finder::new(&needle);
+        let mut got = Vec::new();
+        let mut skipped = 0;
+        for (o, l) in &lines {
+            if finder.find(&l.encode()).is_none() {
+                s.skip_line(*o);
+                skipped += 1;
+            } else {
+                s.line(*o, l, &mut got);
+            }
+        }
+        for (o, x) in &debits {
+            s.debit(*o, x, &mut got);
+        }
+        assert!(skipped > 0, "the other execution's call is skipped");
+        assert_eq!(got, want);
+        assert_eq!(s.cursor(), whole.cursor());
+    }
+}

@@ -5,9 +5,9 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::rows::{RowError, Source};
 use crate::ledger::core::BalanceEvent;
 use crate::money::{DEBIT_SCALE, LINE_COST_SCALE, to_scaled_i128};
-use crate::sink::rows::{RowError, Source};
 
 /// One ledger row: a grant (`credit`), a debit or an expiry (`debit`), its funding and the
 /// account after it.

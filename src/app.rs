@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod kafka_probe;
 pub mod stages;
+pub mod watchdog;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -97,7 +98,9 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         stages.thread("kafka-probe", move |stop| kafka_probe::run(&c, &h, &stop))?;
         let Some((prices, feed)) = catalog::load(&cfg, &health, &shutdown).await? else {
             // Stopped while waiting for a catalog: the stages so far drain as on any stop.
-            return stages.join(cfg.pipeline.drain_timeout).await;
+            return stages
+                .join(cfg.pipeline.drain_timeout, stop_within(&cfg))
+                .await;
         };
         stages.thread("catalog", move |stop| {
             feed.follow(&stop);
@@ -137,8 +140,20 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         stages.task("sink", move |stop| sink.run(stop));
     }
 
+    let h = health.clone();
+    let after = cfg.pipeline.stall_exit_after;
+    stages.task("watchdog", move |stop| watchdog::run(h, after, stop));
+
     shutdown.cancelled().await;
-    let result = stages.join(cfg.pipeline.drain_timeout).await;
+    let result = stages
+        .join(cfg.pipeline.drain_timeout, stop_within(&cfg))
+        .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
     result
+}
+
+/// How long the stage threads have, in all, to stop after shutdown: a drain, then a commit
+/// and an abort of the open transaction, each bounded by `pipeline.transaction_timeout`.
+fn stop_within(cfg: &Config) -> Duration {
+    cfg.pipeline.drain_timeout + cfg.pipeline.transaction_timeout * 3
 }

@@ -201,6 +201,11 @@ pub struct PipelineConfig {
     /// after this long; must stay below the broker's `transaction.max.timeout.ms`.
     #[serde(with = "values::duration")]
     pub transaction_timeout: Duration,
+    /// A Kafka stage (rating pipeline, ledger, vouchers, alerts) that made no progress for
+    /// this long while its input waits is stuck: the process exits with status 1 so its
+    /// supervisor restarts it from the last commit. `0s`: never.
+    #[serde(with = "values::duration")]
+    pub stall_exit_after: Duration,
     /// File holding the secret that authenticates close markers (at least 32 bytes);
     /// `USAGE_AGG_MARKER_KEY` takes precedence. Neither: a public development key, with a
     /// warning. Every instance must share the key.

@@ -169,6 +169,40 @@ impl Health {
         out
     }
 
+    /// The first Kafka stage (the rating pipeline, or one on the stage runtime) that has had
+    /// input waiting and made no progress for longer than `after`, and why in the
+    /// operator's terms; `None` while every one moves (or `after` is zero). The ClickHouse
+    /// sink is not judged here: it waits out a ClickHouse outage by design.
+    pub fn stalled(&self, after: Duration) -> Option<String> {
+        if after.is_zero() || self.kafka_wait.lock().expect("health lock").is_some() {
+            return None;
+        }
+        let now = now_ms();
+        let limit = after.as_millis() as u64;
+        let stuck = |lag: i64, last: u64| lag > 0 && now.saturating_sub(last) > limit;
+        let idle = |last: u64| now.saturating_sub(last) / 1000;
+        if self.pipeline_enabled.load(Ordering::Relaxed) {
+            let lag = self.pipeline_lag.load(Ordering::Relaxed);
+            let last = self.last_progress_ms.load(Ordering::Relaxed);
+            if stuck(lag, last) {
+                return Some(format!(
+                    "pipeline made no progress for {} s while {lag} events wait",
+                    idle(last)
+                ));
+            }
+        }
+        let stages = self.stages.lock().expect("health lock");
+        stages.iter().find_map(|(name, st)| {
+            stuck(st.lag, st.last_progress_ms).then(|| {
+                format!(
+                    "stage {name} made no progress for {} s while {} messages wait",
+                    idle(st.last_progress_ms),
+                    st.lag
+                )
+            })
+        })
+    }
+
     /// While `run` waits for Kafka at start: why.
     pub fn waiting_for_kafka(&self) -> Option<String> {
         self.kafka_wait.lock().expect("health lock").clone()
@@ -231,6 +265,46 @@ mod tests {
         assert_eq!(not_ready(&h), vec![]);
         h.kafka_ok.store(false, Ordering::Relaxed);
         assert_eq!(not_ready(&h)[0].0, "pipeline");
+    }
+
+    #[test]
+    fn a_kafka_stage_stuck_past_the_limit_is_stalled_the_sink_never() {
+        let h = Health::default();
+        let limit = Duration::from_secs(60);
+        h.pipeline_enabled.store(true, Ordering::Relaxed);
+        h.sink_enabled.store(true, Ordering::Relaxed);
+        h.progressed();
+        h.pipeline_lag.store(28, Ordering::Relaxed);
+        assert_eq!(h.stalled(limit), None, "waiting, but not for long");
+        h.last_progress_ms
+            .store(now_ms() - 90_000, Ordering::Relaxed);
+        assert_eq!(
+            h.stalled(limit).as_deref(),
+            Some("pipeline made no progress for 90 s while 28 events wait")
+        );
+        assert_eq!(h.stalled(Duration::ZERO), None, "0s: never");
+        // Idle without input waiting is not stuck.
+        h.pipeline_lag.store(0, Ordering::Relaxed);
+        assert_eq!(h.stalled(limit), None);
+        // A ClickHouse sink waiting out an outage is not judged.
+        h.sink_lag.store(500, Ordering::Relaxed);
+        assert_eq!(h.stalled(limit), None);
+        // A stage on the stage runtime is.
+        h.stage_started("ledger");
+        h.stage_lag("ledger", 5);
+        h.stages
+            .lock()
+            .unwrap()
+            .get_mut("ledger")
+            .unwrap()
+            .last_progress_ms = now_ms() - 61_000;
+        assert_eq!(
+            h.stalled(limit).as_deref(),
+            Some("stage ledger made no progress for 61 s while 5 messages wait")
+        );
+        // While Kafka is unreachable at start, `run` waits by design.
+        *h.kafka_wait.lock().unwrap() = Some("connection refused".into());
+        assert_eq!(h.stalled(limit), None);
     }
 
     #[test]

@@ -175,6 +175,12 @@ impl Sink {
                             self.apply_revokes();
                             self.accept(&m).await;
                         }
+                        // Fatal (e.g. `FencedInstanceId` after the group coordinator's node
+                        // was SIGKILLed): this consumer never delivers again; the process
+                        // exits and its supervisor restarts it from the committed offsets.
+                        Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
+                            anyhow::bail!("sink consumer failed for good: {e}")
+                        }
                         Err(e) => tracing::warn!(error = %e, "sink consumer error"),
                     }
                 }

@@ -134,7 +134,7 @@ impl<P: Processor> Stage<P> {
         let mut reported = Instant::now();
         while !stop.is_cancelled() {
             self.rebalance()?;
-            let n = self.consume();
+            let n = self.consume()?;
             if n > 0
                 && let Some(h) = &self.spec.health
             {
@@ -167,7 +167,10 @@ impl<P: Processor> Stage<P> {
 
     /// Polls and handles up to [`BURST`] messages: the first poll waits (at most until the
     /// open transaction is due), the others take what is already fetched.
-    fn consume(&mut self) -> usize {
+    /// A fatal consumer error (e.g. `FencedInstanceId`, seen after a group coordinator's node
+    /// was SIGKILLed on the 3-broker cluster) ends the stage: that consumer never delivers
+    /// again, and the process's supervisor restarts it from the last commit.
+    fn consume(&mut self) -> Result<usize, StageError> {
         let mut wait = Duration::from_millis(100);
         if let Some(since) = self.txn.since {
             wait = wait
@@ -177,6 +180,9 @@ impl<P: Processor> Stage<P> {
         while n < BURST {
             let m = match self.consumer.poll(wait) {
                 Some(Ok(m)) => m,
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                    return Err(StageError::Kafka(e));
+                }
                 Some(Err(e)) => {
                     tracing::warn!(stage = self.spec.name, error = %e, "consumer error");
                     break;
@@ -216,7 +222,7 @@ impl<P: Processor> Stage<P> {
                 break;
             }
         }
-        n
+        Ok(n)
     }
 
     fn commit_due(&self) -> bool {
@@ -358,7 +364,13 @@ impl<P: Processor> Stage<P> {
             .producer_reinits
             .with_label_values(&[self.spec.name])
             .inc();
-        self.producer = txn::producer(&self.cfg, self.spec.name, &self.txn_id)?;
+        let new = txn::producer(&self.cfg, self.spec.name, &self.txn_id)?;
+        let old = std::mem::replace(&mut self.producer, new);
+        // Destroying a client can wait on a request to a broker that is gone; the stage
+        // goes on with the new producer meanwhile.
+        let _ = std::thread::Builder::new()
+            .name(format!("{}-old-producer", self.spec.name))
+            .spawn(move || drop(old));
         Ok(())
     }
 

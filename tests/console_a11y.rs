@@ -305,8 +305,8 @@ async fn console_pages_pass_the_accessibility_basics() {
         Duration::from_secs(30),
     )
     .await;
-    let shot = b.shot("live-closed", DESKTOP).await;
-    let phone = b.shot("live-closed", PHONE).await;
+    let shot = b.shot("live-a11y", DESKTOP).await;
+    let phone = b.shot("live-a11y", PHONE).await;
     b.close().await;
     eprintln!(
         "screenshot: {}\nscreenshot: {}",

@@ -404,8 +404,8 @@ async fn operator_endpoints_and_page_show_accounts_dead_letters_and_vouchers() {
     )
     .await;
     let shots = [
-        b.shot("operator", DESKTOP).await,
-        b.shot("operator", PHONE).await,
+        b.shot("operator-lists", DESKTOP).await,
+        b.shot("operator-lists", PHONE).await,
     ];
     b.size(DESKTOP).await;
     b.type_into("#accounts-form input[name=below]", "1e3").await;

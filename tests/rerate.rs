@@ -98,13 +98,21 @@ fn rerate_killed_many_times_emits_each_difference_once() {
     env.setup();
     env.spawn("all", "agg.log");
     let loader = env.loader();
-    for g in workload_for(&env, 300, 1500, 41, 12, START) {
+    // ~9k events by default; RERATE_TEST_SCALE=6 gives the issue's ~50k.
+    let scale: u64 = std::env::var("RERATE_TEST_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut events = 0;
+    for g in workload_for(&env, 300 * scale, 1500 * scale, 41, 12, START) {
+        events += 1;
         loader
             .send(&env.cfg.topics.usage_events, &g.key, &g.payload)
             .unwrap();
     }
     loader.flush().unwrap();
-    let billed = env.wait_for_oracle(Duration::from_secs(180));
+    eprintln!("{events} events");
+    let billed = env.wait_for_oracle(Duration::from_secs(180 * scale));
     let originals = debits(&env);
     assert_eq!(originals.len(), billed.debits.len());
 

@@ -60,15 +60,34 @@ impl Stages {
         ));
     }
 
-    /// Waits for every stage after shutdown: threads until they return (each drains within
-    /// its own deadline), tasks within `drain_timeout`. Returns the last failure.
-    pub async fn join(self, drain_timeout: Duration) -> anyhow::Result<()> {
+    /// Waits for every stage after shutdown: threads within `threads_within` in all (each
+    /// drains within its own deadline; one stuck in a client call is left behind and the
+    /// process exits without it, failed: a restart resumes from the last commit), tasks
+    /// within `drain_timeout`. Returns the last failure.
+    pub async fn join(
+        self,
+        drain_timeout: Duration,
+        threads_within: Duration,
+    ) -> anyhow::Result<()> {
         let mut result = Ok(());
+        let until = tokio::time::Instant::now() + threads_within;
         for (name, t) in self.threads {
-            match tokio::task::spawn_blocking(move || t.join()).await? {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e.context(format!("{name} failed"))),
-                Err(_) => result = Err(anyhow::anyhow!("{name} panicked")),
+            let joined = tokio::task::spawn_blocking(move || t.join());
+            match tokio::time::timeout_at(until, joined).await {
+                Ok(joined) => match joined? {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => result = Err(e.context(format!("{name} failed"))),
+                    Err(_) => result = Err(anyhow::anyhow!("{name} panicked")),
+                },
+                Err(_) => {
+                    tracing::error!(
+                        stage = name,
+                        "did not stop within {threads_within:?} of shutdown; exiting without it (a restart resumes from the last commit)"
+                    );
+                    result = Err(anyhow::anyhow!(
+                        "{name} did not stop within {threads_within:?} of shutdown"
+                    ));
+                }
             }
         }
         for (name, t) in self.tasks {
@@ -151,7 +170,10 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), shutdown.cancelled())
             .await
             .expect("the failure cancels the token");
-        let e = stages.join(Duration::from_secs(10)).await.unwrap_err();
+        let e = stages
+            .join(Duration::from_secs(10), Duration::from_secs(10))
+            .await
+            .unwrap_err();
         assert!(
             format!("{e:#}").contains("fails failed: broker gone"),
             "{e:#}"
@@ -171,6 +193,33 @@ mod tests {
             })
             .unwrap();
         shutdown.cancel();
-        stages.join(Duration::from_secs(10)).await.unwrap();
+        stages
+            .join(Duration::from_secs(10), Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_thread_stuck_past_the_deadline_is_left_behind_as_a_failure() {
+        let shutdown = CancellationToken::new();
+        let mut stages = Stages::new(shutdown.clone());
+        // Stuck in a client call that ignores the token (for 3 s, far past the deadline).
+        stages
+            .thread("stuck", |_| {
+                std::thread::sleep(Duration::from_secs(3));
+                Ok(())
+            })
+            .unwrap();
+        shutdown.cancel();
+        let started = std::time::Instant::now();
+        let e = stages
+            .join(Duration::from_secs(1), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            e.to_string().contains("stuck did not stop within 300ms"),
+            "{e:#}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 mod kafka;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use usage_aggregator::config::Config;
 use usage_aggregator::debit::{Debit, PricedLine};
 use usage_aggregator::preflight::Kafka;
 use usage_aggregator::rating::Pricing;
-use usage_aggregator::rerate::{self, Correction, Outcome};
+use usage_aggregator::rerate::{self, Correction, Outcome, ScopeKey};
 
 use super::plans::published_plans;
 use super::{published_catalog, stdout};
@@ -67,16 +68,32 @@ pub async fn rerate(cfg: &Config, a: RerateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Fence earlier runs first (not in a dry run, which writes nothing and fences nothing);
     // then lines before debits: a line's debit is committed with it or later, never before.
-    let (producer, lines, debits) = tokio::task::spawn_blocking(move || {
+    let win = windows.clone();
+    let (producer, lines_read, lines, debits) = tokio::task::spawn_blocking(move || {
         let p = if dry {
             None
         } else {
             Some(kafka::producer(&c2)?)
         };
-        let lines: Vec<PricedLine> =
-            kafka::read_all(&c2, "topics.priced_usage", &c2.topics.priced_usage, timeout)?;
-        let debits: Vec<Debit> = kafka::read_all(&c2, "topics.debits", &c2.topics.debits, timeout)?;
-        anyhow::Ok((p, lines, debits))
+        // Two passes over the lines, so that memory holds only the affected scopes' lines:
+        // which scopes have a line in a window, then every line of those scopes. (Lines
+        // committed between the passes join only a scope already found.)
+        let (key, topic) = ("topics.priced_usage", &c2.topics.priced_usage);
+        let mut touched = BTreeSet::new();
+        let mut lines_read = 0u64;
+        kafka::read_all(&c2, key, topic, timeout, |l: &PricedLine| {
+            lines_read += 1;
+            if win.iter().any(|w| w.covers(&l.asset_id, l.occurred_at)) {
+                touched.insert(ScopeKey::of(l));
+            }
+            false
+        })?;
+        let lines: Vec<PricedLine> = kafka::read_all(&c2, key, topic, timeout, |l| {
+            touched.contains(&ScopeKey::of(l))
+        })?;
+        let debits: Vec<Debit> =
+            kafka::read_all(&c2, "topics.debits", &c2.topics.debits, timeout, |_| true)?;
+        anyhow::Ok((p, lines_read, lines, debits))
     })
     .await??;
     let read_ms = started.elapsed().as_millis();
@@ -113,7 +130,7 @@ pub async fn rerate(cfg: &Config, a: RerateArgs) -> anyhow::Result<()> {
     }
     writeln!(
         w,
-        "source: {} ({} lines) and {} ({} debits), read_committed, whole topics; read in {read_ms} ms, re-rated in {decide_ms} ms",
+        "source: {} ({lines_read} lines, {} of the affected scopes kept) and {} ({} debits), read_committed, whole topics; read in {read_ms} ms, re-rated in {decide_ms} ms",
         cfg.topics.priced_usage, out.stats.lines_read, cfg.topics.debits, out.stats.debits_read
     )?;
     report(&mut w, &out)?;

@@ -178,6 +178,17 @@ impl Config {
                 "must be between 3s and 30m (brokers allow 6s to 30m by default)",
             ));
         }
+        let stall = self.pipeline.stall_exit_after;
+        if !stall.is_zero() && stall < self.pipeline.transaction_timeout * 2 {
+            return Err(ConfigError::invalid(
+                "pipeline.stall_exit_after",
+                show_duration(stall),
+                format!(
+                    "must be 0s (never) or at least twice pipeline.transaction_timeout ({}): a commit that fails may take that long to abort",
+                    show_duration(self.pipeline.transaction_timeout)
+                ),
+            ));
+        }
         if self.pipeline.drain_timeout > k.session_timeout {
             return Err(ConfigError::invalid(
                 "pipeline.drain_timeout",

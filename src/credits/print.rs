@@ -41,17 +41,20 @@ fn grant_line(g: &GrantView) -> String {
 
 fn status_line(s: &GrantStatus) -> String {
     let mut parts = vec![format!("grant {}: {}", s.grant_id, s.state.as_str())];
-    if let (Some(a), Some(r)) = (s.amount, s.remaining) {
+    if let (Some(a), Some(r)) = (s.facts.amount, s.remaining) {
         parts.push(format!("{r} of {a} left"));
     }
-    if let Some(c) = s.category {
+    if let Some(c) = s.facts.category {
         parts.push(c.as_str().to_string());
     }
-    if let Some(p) = s.priority {
+    if let Some(p) = s.facts.priority {
         parts.push(format!("priority {p}"));
     }
-    if s.amount.is_some_and(|a| a > rust_decimal::Decimal::ZERO) {
-        parts.push(expiry(s.expires_at));
+    if s.facts
+        .amount
+        .is_some_and(|a| a > rust_decimal::Decimal::ZERO)
+    {
+        parts.push(expiry(s.facts.expires_at));
     }
     if let Some(f) = s.forfeited {
         parts.push(format!("{f} forfeited at expiry"));

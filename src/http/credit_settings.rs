@@ -17,7 +17,7 @@ use axum::routing::{get, put};
 use serde_json::Value;
 
 use super::HttpState;
-use super::accounts::{LedgerApi, account_for, api, refused, unavailable, verdict};
+use super::accounts::{LedgerApi, account_for, api, unavailable, verdict};
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath};
 use crate::ledger::client::{self, ClientError};
@@ -63,16 +63,13 @@ async fn show(
     State(s): State<HttpState>,
     caller: Caller,
     ApiPath(account): ApiPath<String>,
-) -> Response {
-    let api = match ledger_for(&s, &caller, &account) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let api = ledger_for(&s, &caller, &account)?;
     let req = Request::AccountStatus {
         request_id: client::new_id("account"),
         account_id: account,
     };
-    ask(api, req).await
+    Ok(ask(api, req).await)
 }
 
 const EXPECTED: &str = r#"{"thresholds": ["50", "20%", "0"], "expiry_warning": "7days"}"#;
@@ -82,24 +79,26 @@ async fn thresholds(
     caller: Caller,
     ApiPath(account): ApiPath<String>,
     body: Result<ApiJson<Value>, ApiError>,
-) -> Response {
-    let api = match ledger_for(&s, &caller, &account) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let api = ledger_for(&s, &caller, &account)?;
     let mut m = match body {
         Ok(ApiJson(Value::Object(m))) => m,
-        Ok(ApiJson(_)) => return refused("invalid_json", &format!("body must be {EXPECTED}")),
-        Err(e) => return e.with("expected", EXPECTED).into_response(),
+        Ok(ApiJson(_)) => {
+            return Err(ApiError::refused(
+                "invalid_json",
+                format!("body must be {EXPECTED}"),
+            ));
+        }
+        Err(e) => return Err(e.with("expected", EXPECTED)),
     };
     if let Some(k) = m
         .keys()
         .find(|k| !["thresholds", "expiry_warning"].contains(&k.as_str()))
     {
-        return refused(
+        return Err(ApiError::refused(
             "unknown_field",
-            &format!("unknown field {k:?}; body must be {EXPECTED}"),
-        );
+            format!("unknown field {k:?}; body must be {EXPECTED}"),
+        ));
     }
     let thresholds = match m.remove("thresholds") {
         None => None,
@@ -112,18 +111,15 @@ async fn thresholds(
                     Value::Number(n) => n.to_string().parse::<Threshold>(),
                     other => Err(format!("threshold {other} is not a string")),
                 };
-                match t {
-                    Ok(t) => list.push(t),
-                    Err(e) => return refused("invalid_field", &e),
-                }
+                list.push(t.map_err(|e| ApiError::refused("invalid_field", e))?);
             }
             Some(Some(list))
         }
         Some(other) => {
-            return refused(
+            return Err(ApiError::refused(
                 "invalid_field",
-                &format!("thresholds must be a list or null (value {other})"),
-            );
+                format!("thresholds must be a list or null (value {other})"),
+            ));
         }
     };
     let warning = match m.remove("expiry_warning") {
@@ -131,15 +127,20 @@ async fn thresholds(
         Some(Value::Null) => Some(None),
         Some(Value::String(s)) => match crate::config::values::parse_duration(&s) {
             Ok(d) => Some(Some(d.as_secs())),
-            Err(e) => return refused("invalid_field", &format!("expiry_warning: {e}")),
+            Err(e) => {
+                return Err(ApiError::refused(
+                    "invalid_field",
+                    format!("expiry_warning: {e}"),
+                ));
+            }
         },
         Some(other) => {
-            return refused(
+            return Err(ApiError::refused(
                 "invalid_field",
-                &format!(
+                format!(
                     "expiry_warning must be a duration such as \"7days\" or null (value {other})"
                 ),
-            );
+            ));
         }
     };
     let req = Request::SetThresholds {
@@ -148,7 +149,7 @@ async fn thresholds(
         thresholds,
         expiry_warning_secs: warning,
     };
-    ask(api, req).await
+    Ok(ask(api, req).await)
 }
 
 async fn auto_topup(
@@ -156,46 +157,33 @@ async fn auto_topup(
     caller: Caller,
     ApiPath(account): ApiPath<String>,
     body: Result<ApiJson<AutoTopup>, ApiError>,
-) -> Response {
-    let api = match ledger_for(&s, &caller, &account) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let rule = match body {
-        Ok(ApiJson(r)) => r,
-        Err(e) => {
-            return e
-                .with(
-                    "expected",
-                    r#"{"below": "10", "fixed": "50"} or {"below": "10", "refill_to": "100"}"#,
-                )
-                .into_response();
-        }
-    };
-    if let Err(e) = rule.validate(api.cfg.ledger.min_topup) {
-        return refused("invalid_field", &e);
-    }
-    let req = Request::SetAutoTopup {
-        request_id: client::new_id("autotopup"),
-        account_id: account,
-        rule: Some(rule),
-    };
-    ask(api, req).await
+) -> Result<Response, ApiError> {
+    let api = ledger_for(&s, &caller, &account)?;
+    let ApiJson(rule) = body.map_err(|e| {
+        e.with(
+            "expected",
+            r#"{"below": "10", "fixed": "50"} or {"below": "10", "refill_to": "100"}"#,
+        )
+    })?;
+    rule.validate(api.cfg.ledger.min_topup)
+        .map_err(|e| ApiError::refused("invalid_field", e))?;
+    Ok(set_auto_topup(api, account, Some(rule)).await)
 }
 
 async fn auto_topup_off(
     State(s): State<HttpState>,
     caller: Caller,
     ApiPath(account): ApiPath<String>,
-) -> Response {
-    let api = match ledger_for(&s, &caller, &account) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let api = ledger_for(&s, &caller, &account)?;
+    Ok(set_auto_topup(api, account, None).await)
+}
+
+async fn set_auto_topup(api: &LedgerApi, account: String, rule: Option<AutoTopup>) -> Response {
     let req = Request::SetAutoTopup {
         request_id: client::new_id("autotopup"),
         account_id: account,
-        rule: None,
+        rule,
     };
     ask(api, req).await
 }

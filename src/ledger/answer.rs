@@ -113,11 +113,12 @@ pub struct RefusalView {
     pub message: String,
 }
 
-/// A grant's status (answers to grants and to `grant_status`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GrantStatus {
-    pub grant_id: String,
-    pub state: GrantState,
+/// What the ledger keeps of an applied grant and shows in its status: the kind, the terms
+/// as resolved (category, priority, expiry) and the amount granted. Every field `None` for a
+/// grant applied before the ledger kept them (format 0). Flattened into [`GrantStatus`] and
+/// the ledger's grant marks: the same JSON fields in both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantFacts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<GrantKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,13 +127,35 @@ pub struct GrantStatus {
     pub priority: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
-    /// Credits granted.
+    /// Credits granted (negative for a negative adjustment).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "rust_decimal::serde::str_option"
     )]
     pub amount: Option<Decimal>,
+}
+
+impl GrantFacts {
+    /// The facts of a grant as applied (its terms resolved to their defaults).
+    pub fn of(g: &crate::ledger::grant::Grant) -> Self {
+        GrantFacts {
+            kind: Some(g.kind),
+            category: Some(g.category()),
+            priority: Some(g.priority()),
+            expires_at: g.expires_at,
+            amount: Some(g.amount),
+        }
+    }
+}
+
+/// A grant's status (answers to grants and to `grant_status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantStatus {
+    pub grant_id: String,
+    pub state: GrantState,
+    #[serde(flatten)]
+    pub facts: GrantFacts,
     /// Credits left (0 once closed).
     #[serde(
         default,
@@ -164,11 +187,7 @@ impl GrantStatus {
         GrantStatus {
             grant_id: grant_id.to_string(),
             state: GrantState::Unknown,
-            kind: None,
-            category: None,
-            priority: None,
-            expires_at: None,
-            amount: None,
+            facts: GrantFacts::default(),
             remaining: None,
             forfeited: None,
             applied: None,

@@ -28,28 +28,9 @@ pub const MAX_WARNING_SECS: u64 = 3650 * 86_400;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Grant(Grant),
-    GrantStatus {
-        request_id: String,
-        account_id: String,
-        grant_id: String,
-    },
-    AccountStatus {
-        request_id: String,
-        account_id: String,
-    },
-    SetThresholds {
-        request_id: String,
-        account_id: String,
-        /// `None`: unchanged; `Some(None)`: the default; `Some(Some(list))`: the list.
-        thresholds: Option<Option<Vec<Threshold>>>,
-        expiry_warning_secs: Option<Option<u64>>,
-    },
-    SetAutoTopup {
-        request_id: String,
-        account_id: String,
-        /// `None` turns the rule off.
-        rule: Option<AutoTopup>,
-    },
+    /// A status query or a settings change, its ids and limits checked by
+    /// [`parse_command`]; never [`Request::Clock`] (that is [`Command::Clock`]).
+    Request(Request),
     /// The ledger's clock for this partition reached `at`; the marker's MAC header is
     /// checked by the processor (it needs the topic, partition and headers), not here.
     Clock {
@@ -195,43 +176,34 @@ pub fn parse_command(bytes: &[u8], rules: &GrantRules) -> Result<Command, Reject
         };
         Rejection::new(reason, format!("command is not valid: {msg}"))
     })?;
-    Ok(match w {
-        Request::GrantStatus {
-            request_id,
-            account_id,
-            grant_id,
-        } => {
-            check_ids(&request_id, &account_id)?;
-            if let Some(why) = id_problem(&grant_id) {
+    if let Request::Clock { at } = w {
+        return Ok(Command::Clock { at });
+    }
+    check_request(&w, rules)?;
+    Ok(Command::Request(w))
+}
+
+/// Checks a query or settings change: its ids, and the limits of what it sets.
+fn check_request(w: &Request, rules: &GrantRules) -> Result<(), Rejection> {
+    let (Some(request_id), Some(account_id)) = (w.request_id(), w.account_id()) else {
+        return Ok(());
+    };
+    check_ids(request_id, account_id)?;
+    match w {
+        Request::GrantStatus { grant_id, .. } => {
+            if let Some(why) = id_problem(grant_id) {
                 return Err(Rejection::new(
                     RejectReason::InvalidField,
                     format!("grant_id {why}"),
                 ));
             }
-            Command::GrantStatus {
-                request_id,
-                account_id,
-                grant_id,
-            }
-        }
-        Request::AccountStatus {
-            request_id,
-            account_id,
-        } => {
-            check_ids(&request_id, &account_id)?;
-            Command::AccountStatus {
-                request_id,
-                account_id,
-            }
         }
         Request::SetThresholds {
-            request_id,
-            account_id,
             thresholds,
             expiry_warning_secs,
+            ..
         } => {
-            check_ids(&request_id, &account_id)?;
-            if let Some(Some(list)) = &thresholds
+            if let Some(Some(list)) = thresholds
                 && list.len() > MAX_THRESHOLDS
             {
                 return Err(Rejection::new(
@@ -242,7 +214,7 @@ pub fn parse_command(bytes: &[u8], rules: &GrantRules) -> Result<Command, Reject
                     ),
                 ));
             }
-            if let Some(Some(w)) = expiry_warning_secs
+            if let Some(Some(w)) = *expiry_warning_secs
                 && w > MAX_WARNING_SECS
             {
                 return Err(Rejection::new(
@@ -252,31 +224,14 @@ pub fn parse_command(bytes: &[u8], rules: &GrantRules) -> Result<Command, Reject
                     ),
                 ));
             }
-            Command::SetThresholds {
-                request_id,
-                account_id,
-                thresholds,
-                expiry_warning_secs,
-            }
         }
-        Request::SetAutoTopup {
-            request_id,
-            account_id,
-            rule,
-        } => {
-            check_ids(&request_id, &account_id)?;
-            if let Some(r) = &rule {
-                r.validate(rules.min_topup)
-                    .map_err(|m| Rejection::new(RejectReason::InvalidField, m))?;
-            }
-            Command::SetAutoTopup {
-                request_id,
-                account_id,
-                rule,
-            }
+        Request::SetAutoTopup { rule: Some(r), .. } => {
+            r.validate(rules.min_topup)
+                .map_err(|m| Rejection::new(RejectReason::InvalidField, m))?;
         }
-        Request::Clock { at } => Command::Clock { at },
-    })
+        Request::AccountStatus { .. } | Request::SetAutoTopup { .. } | Request::Clock { .. } => {}
+    }
+    Ok(())
 }
 
 /// The instant as a clock marker writes it (RFC 3339, UTC, microseconds).
@@ -306,21 +261,21 @@ mod tests {
         assert!(matches!(g, Ok(Command::Grant(_))));
         let s = parse(r#"{"command":"set_thresholds","request_id":"r","account_id":"a","thresholds":["50","20%"]}"#).unwrap();
         match s {
-            Command::SetThresholds {
+            Command::Request(Request::SetThresholds {
                 thresholds: Some(Some(t)),
                 expiry_warning_secs: None,
                 ..
-            } => assert_eq!(t.len(), 2),
+            }) => assert_eq!(t.len(), 2),
             other => panic!("{other:?}"),
         }
         let reset = parse(r#"{"command":"set_thresholds","request_id":"r","account_id":"a","thresholds":null,"expiry_warning_secs":null}"#).unwrap();
         assert!(matches!(
             reset,
-            Command::SetThresholds {
+            Command::Request(Request::SetThresholds {
                 thresholds: Some(None),
                 expiry_warning_secs: Some(None),
                 ..
-            }
+            })
         ));
         let at = chrono::DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z")
             .unwrap()

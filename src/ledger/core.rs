@@ -28,7 +28,7 @@ use rust_decimal::Decimal;
 
 use crate::debit::Debit;
 use crate::ledger::answer::{CommandKind, EntryRef, LedgerAnswer, Verdict};
-use crate::ledger::command::Command;
+use crate::ledger::command::{Command, Request};
 use crate::ledger::grant::{Grant, GrantKind};
 use crate::ledger::state::{ClosedBy, GrantMark, RefusalMark};
 
@@ -42,8 +42,14 @@ pub use crate::ledger::entry::{
     EntrySource, GrantTerms, GrantView, TopupRequest,
 };
 
-/// Largest exact balance magnitude: 28 significant digits with 18 decimals.
+/// Largest balance magnitude a grant may bring an account to (away from zero): 1e10 credits.
 pub const MAX_BALANCE: Decimal = Decimal::from_parts(1_410_065_408, 2, 0, false, 0); // 1e10
+
+/// Largest exact balance magnitude of any entry. 28 significant digits with 18 decimals hold
+/// +-7.9e10; 5e10 leaves what the ledger must record whatever the balance (usage, and the
+/// credit-back of a negative correction) 4e10 credits of room beyond where grants stop, so a
+/// credit-back to an account that grants filled to [`MAX_BALANCE`] is still paid.
+pub const MAX_LEDGER_BALANCE: Decimal = Decimal::from_parts(2_755_359_744, 11, 0, false, 0); // 5e10
 
 /// Rules of the ledger.
 #[derive(Debug, Clone)]
@@ -161,24 +167,42 @@ pub fn entry_id(account_id: &str, kind: EntryKind, reference: &str) -> String {
     hashed_id("le", &[account_id, kind.as_str(), reference])
 }
 
-/// `before + amount`, exact, within +-[`MAX_BALANCE`], at most 18 decimals.
+/// `before + amount`, exact, within +-[`MAX_LEDGER_BALANCE`], at most 18 decimals.
 pub fn exact_balance(before: Decimal, amount: Decimal) -> Result<Decimal, Rejection> {
     let refuse = || {
         Rejection::new(
             RejectReason::InvalidAmount,
             format!(
-                "balance {before} + {amount} leaves the exact range of +-1e10 credits with 18 decimals"
+                "balance {before} + {amount} leaves the exact range of +-5e10 credits with 18 decimals"
             ),
         )
     };
     if amount.normalize().scale() > DEBIT_SCALE {
         return Err(refuse());
     }
+    // An exact sum that does not fit 96 bits is rounded by `checked_add`: its magnitude is
+    // then above 7.9e10, so the range check below refuses it.
     let after = before.checked_add(amount).ok_or_else(refuse)?;
-    if after.abs() >= MAX_BALANCE {
+    if after.abs() >= MAX_LEDGER_BALANCE {
         return Err(refuse());
     }
     Ok(after.normalize())
+}
+
+/// Checks that a grant of `amount` keeps the balance within +-[`MAX_BALANCE`], or brings it
+/// closer to zero (a negative adjustment on an account that credit-backs took past it).
+/// Grants stop there; debits and credit-backs go on to [`MAX_LEDGER_BALANCE`].
+pub fn grant_in_range(before: Decimal, amount: Decimal) -> Result<(), Rejection> {
+    let after = before.checked_add(amount);
+    match after {
+        Some(a) if a.abs() < MAX_BALANCE || a.abs() <= before.abs() => Ok(()),
+        _ => Err(Rejection::new(
+            RejectReason::InvalidAmount,
+            format!(
+                "balance {before} + {amount} would leave +-1e10 credits: grants stop there (usage and credit-backs always land)"
+            ),
+        )),
+    }
 }
 
 /// The crossing of `threshold` by a change from `before` to `after`, if any.
@@ -241,7 +265,14 @@ impl LedgerPartition {
         match cmd {
             Command::Grant(g) => self.apply_grant(&g, source),
             Command::Clock { at, .. } => self.tick(at, source),
-            Command::GrantStatus {
+            Command::Request(r) => self.request(r),
+        }
+    }
+
+    /// Answers a checked query or settings change.
+    fn request(&mut self, r: Request) -> Effects {
+        match r {
+            Request::GrantStatus {
                 request_id,
                 account_id,
                 grant_id,
@@ -263,7 +294,7 @@ impl LedgerPartition {
                     ..Default::default()
                 }
             }
-            Command::AccountStatus {
+            Request::AccountStatus {
                 request_id,
                 account_id,
             } => self.answered(
@@ -272,7 +303,7 @@ impl LedgerPartition {
                 account_id,
                 Vec::new(),
             ),
-            Command::SetThresholds {
+            Request::SetThresholds {
                 request_id,
                 account_id,
                 thresholds,
@@ -286,7 +317,7 @@ impl LedgerPartition {
                     Vec::new(),
                 )
             }
-            Command::SetAutoTopup {
+            Request::SetAutoTopup {
                 request_id,
                 account_id,
                 rule,
@@ -294,6 +325,11 @@ impl LedgerPartition {
                 let topups = self.set_auto_topup(&account_id, rule);
                 self.answered(CommandKind::SetAutoTopup, request_id, account_id, topups)
             }
+            // parse_command makes a clock marker a Command::Clock (after its MAC check).
+            Request::Clock { .. } => Effects::refused(Rejection::new(
+                RejectReason::InvalidField,
+                "a clock marker is applied only as a checked Command::Clock",
+            )),
         }
     }
 
@@ -348,6 +384,13 @@ impl LedgerPartition {
             );
             return self.refuse_grant(g, r);
         }
+        let before = self
+            .accounts
+            .get(&g.account_id)
+            .map_or(Decimal::ZERO, |a| a.balance);
+        if let Err(r) = grant_in_range(before, g.amount) {
+            return self.refuse_grant(g, r);
+        }
         let kind = EntryKind::of(g.kind);
         let description = match (g.kind, &g.reason, &g.voucher) {
             (GrantKind::Voucher, _, Some(v)) => format!("voucher {v}"),
@@ -386,11 +429,7 @@ impl LedgerPartition {
                 .is_some_and(|a| a.funds.get(&g.grant_id).is_some());
         let mark = GrantMark {
             hash,
-            kind: Some(g.kind),
-            category: Some(g.category()),
-            priority: Some(g.priority()),
-            expires_at: g.expires_at,
-            amount: Some(g.amount),
+            facts: crate::ledger::answer::GrantFacts::of(g),
             seq: Some(e.seq),
             entry_id: Some(e.entry_id.clone()),
             occurred_at: Some(g.occurred_at),
@@ -532,3 +571,7 @@ impl LedgerPartition {
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "core_range_tests.rs"]
+mod range_tests;

@@ -175,7 +175,7 @@ fn a_resent_grant_answers_already_applied_and_a_changed_one_is_refused() {
     assert_eq!(refused(fx), RejectReason::ConflictingDuplicate);
     // Its status: applied with 25, and the refusal remembered.
     let s = l.grant_status("a", "pay-1");
-    assert_eq!((s.state, s.amount), (GrantState::Open, Some(d("25"))));
+    assert_eq!((s.state, s.facts.amount), (GrantState::Open, Some(d("25"))));
     assert_eq!(
         s.refusal.unwrap().reason,
         RejectReason::ConflictingDuplicate
@@ -274,7 +274,10 @@ fn usage_past_zero_is_an_overdraft_the_next_grant_repays_first() {
         ]
     );
     let s = l.grant_status("a", "pay-2");
-    assert_eq!((s.amount, s.remaining), (Some(d("20")), Some(d("17"))));
+    assert_eq!(
+        (s.facts.amount, s.remaining),
+        (Some(d("20")), Some(d("17")))
+    );
     // A new account's debit is an overdraft from the start, never refused.
     let (e, _) = applied(l.apply_debit(&debit("dc_2", "b", d("3")), 2, src("d", 1)));
     assert_eq!(funding(&e), [("overdraft".to_string(), d("-3"))]);
@@ -376,11 +379,11 @@ fn a_negative_adjustment_draws_like_a_debit_and_cannot_carry_terms() {
 fn status_and_account_answers() {
     let mut l = LedgerPartition::new(LedgerRules::default());
     let s = l.apply(
-        Command::GrantStatus {
+        Command::Request(Request::GrantStatus {
             request_id: "r".into(),
             account_id: "a".into(),
             grant_id: "nope".into(),
-        },
+        }),
         src("g", 0),
     );
     let a = s.answer.unwrap();
@@ -411,12 +414,12 @@ fn per_account_thresholds_replace_the_defaults_and_follow_a_share_of_the_last_to
         src("g", 0),
     ));
     let fx = l.apply(
-        Command::SetThresholds {
+        Command::Request(Request::SetThresholds {
             request_id: "r".into(),
             account_id: "a".into(),
             thresholds: Some(Some(vec!["50".parse().unwrap(), "20%".parse().unwrap()])),
             expiry_warning_secs: None,
-        },
+        }),
         src("g", 1),
     );
     assert!(fx.alerts.is_empty(), "setting thresholds is not a crossing");
@@ -445,12 +448,12 @@ fn per_account_thresholds_replace_the_defaults_and_follow_a_share_of_the_last_to
     );
     // Back to the defaults.
     l.apply(
-        Command::SetThresholds {
+        Command::Request(Request::SetThresholds {
             request_id: "r2".into(),
             account_id: "a".into(),
             thresholds: Some(None),
             expiry_warning_secs: Some(None),
-        },
+        }),
         src("g", 3),
     );
     assert!(!l.account_view("a").custom_thresholds);
@@ -466,11 +469,11 @@ fn auto_topup_requests_once_per_crossing_and_never_credits() {
         refill_to: Some(d("100")),
     };
     let fx = l.apply(
-        Command::SetAutoTopup {
+        Command::Request(Request::SetAutoTopup {
             request_id: "r".into(),
             account_id: "a".into(),
             rule: Some(rule.clone()),
-        },
+        }),
         src("g", 1),
     );
     assert!(fx.topups.is_empty(), "30 is not below 10");
@@ -497,7 +500,7 @@ fn auto_topup_requests_once_per_crossing_and_never_credits() {
     assert_ne!(fx.topups[0].request_id, t.request_id);
     // Set while below: requested at once.
     let fx = l.apply(
-        Command::SetAutoTopup {
+        Command::Request(Request::SetAutoTopup {
             request_id: "r2".into(),
             account_id: "b".into(),
             rule: Some(AutoTopup {
@@ -505,7 +508,7 @@ fn auto_topup_requests_once_per_crossing_and_never_credits() {
                 fixed: Some(d("50")),
                 refill_to: None,
             }),
-        },
+        }),
         src("g", 3),
     );
     assert_eq!(fx.topups[0].amount, d("50"));

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::answer::GrantFacts;
 use crate::ledger::funding::{Category, DEFAULT_PRIORITY, Funds, OpenGrant};
-use crate::ledger::grant::GrantKind;
 use crate::ledger::thresholds::{AccountSettings, Threshold, derive_below, effective};
 
 /// Format of the account records this build writes.
@@ -172,20 +172,8 @@ pub struct Closed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantMark {
     pub hash: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<GrantKind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub category: Option<Category>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<u8>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<DateTime<Utc>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "rust_decimal::serde::str_option"
-    )]
-    pub amount: Option<Decimal>,
+    #[serde(flatten)]
+    pub facts: GrantFacts,
     /// The entry that applied it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
@@ -209,11 +197,7 @@ impl GrantMark {
             .ok_or("grant mark is neither a record nor a number")?;
         Ok(GrantMark {
             hash,
-            kind: None,
-            category: None,
-            priority: None,
-            expires_at: None,
-            amount: None,
+            facts: GrantFacts::default(),
             seq: None,
             entry_id: None,
             occurred_at: None,

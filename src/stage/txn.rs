@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
@@ -214,9 +214,28 @@ enum Class {
 
 fn classify(e: &KafkaError) -> Class {
     match e {
-        KafkaError::Transaction(t) if t.txn_requires_abort() => Class::Abort,
-        KafkaError::Transaction(t) if t.is_retriable() && !t.is_fatal() => Class::Retry,
+        KafkaError::Transaction(t) => txn_class(
+            t.code(),
+            t.txn_requires_abort(),
+            t.is_retriable(),
+            t.is_fatal(),
+        ),
         KafkaError::Flush(_) => Class::Retry,
+        _ => Class::Fatal,
+    }
+}
+
+/// A transaction API error's class from librdkafka's flags.
+fn txn_class(code: RDKafkaErrorCode, requires_abort: bool, retriable: bool, fatal: bool) -> Class {
+    match code {
+        // An earlier call (send_offsets_to_transaction, commit_transaction) timed out and
+        // still runs inside librdkafka: retriable in name, but it may wait on a coordinator
+        // that is gone for good (a broker handle decommissioned after a SIGKILL,
+        // confluentinc/librdkafka#5511); a new producer with the same transactional.id
+        // fences it and aborts its transaction at once.
+        RDKafkaErrorCode::Conflict | RDKafkaErrorCode::PreviousInProgress => Class::Fatal,
+        _ if requires_abort => Class::Abort,
+        _ if retriable && !fatal => Class::Retry,
         _ => Class::Fatal,
     }
 }
@@ -245,7 +264,6 @@ impl Reinits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::error::RDKafkaErrorCode;
 
     #[test]
     fn three_reinits_a_minute_then_stop() {
@@ -271,6 +289,29 @@ mod tests {
         );
         assert_eq!(
             classify(&KafkaError::MessageProduction(RDKafkaErrorCode::Fenced)),
+            Class::Fatal
+        );
+        // A producer whose earlier call still runs cannot abort: a new one is needed.
+        for code in [
+            RDKafkaErrorCode::Conflict,
+            RDKafkaErrorCode::PreviousInProgress,
+        ] {
+            assert_eq!(
+                txn_class(code, false, true, false),
+                Class::Fatal,
+                "{code:?}"
+            );
+        }
+        assert_eq!(
+            txn_class(RDKafkaErrorCode::OperationTimedOut, false, true, false),
+            Class::Retry
+        );
+        assert_eq!(
+            txn_class(RDKafkaErrorCode::InvalidProducerEpoch, true, false, false),
+            Class::Abort
+        );
+        assert_eq!(
+            txn_class(RDKafkaErrorCode::Fenced, false, false, true),
             Class::Fatal
         );
         let mut calls = 0;

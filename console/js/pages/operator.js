@@ -161,7 +161,7 @@ async function deadLetters(box, signal) {
       h('th', { scope: 'row', dataset: { label: 'Reason' } }, h('code', {}, x.reason)),
       h('td', { class: 'num', dataset: { label: 'Count' } }, String(x.count)),
       h('td', { dataset: { label: 'Last (UTC)' } }, fmt.dateTime(x.last_at)),
-      h('td', { dataset: { label: 'Sample' } }, x.sample.message, h('br', {}), h('span', { class: 'hint' }, dlSource(x.sample)))));
+      h('td', { dataset: { label: 'Sample' } }, h('span', {}, x.sample.message, h('br', {}), h('span', { class: 'hint' }, dlSource(x.sample))))));
   }
   fill(byReason, g.t);
   const d = table('recent-dead-letters', 'Most recent dead letters', ['Dead-lettered (UTC)', 'Reason', 'Source', 'Message'], []);

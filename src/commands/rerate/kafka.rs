@@ -78,7 +78,8 @@ pub fn emit(
     Ok(n)
 }
 
-/// Every committed message of `topic` parsed as `T`, each partition read from its start to
+/// Every committed message of `topic` parsed as `T` that `keep` accepts (the others are
+/// dropped as they are read: memory holds only what is kept), each partition read from its start to
 /// its end (partition EOF: for a `read_committed` reader, the last stable offset). Refuses a
 /// partition whose first offset is not 0 (retention deleted its start: what was billed there
 /// can no longer be read whole), naming `key`, the topic, partition and offset.
@@ -87,6 +88,7 @@ pub fn read_all<T: DeserializeOwned>(
     key: &str,
     topic: &str,
     timeout: Duration,
+    mut keep: impl FnMut(&T) -> bool,
 ) -> anyhow::Result<Vec<T>> {
     let mut c = kafka::reader_config(cfg);
     c.set("isolation.level", "read_committed")
@@ -134,14 +136,16 @@ pub fn read_all<T: DeserializeOwned>(
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let Some(bytes) = m.payload() else { continue };
-                let v = serde_json::from_slice(bytes).with_context(|| {
+                let v: T = serde_json::from_slice(bytes).with_context(|| {
                     format!(
                         "{key} = \"{topic}\": partition {} offset {}: not readable",
                         m.partition(),
                         m.offset()
                     )
                 })?;
-                out.push(v);
+                if keep(&v) {
+                    out.push(v);
+                }
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 pending.remove(&p);

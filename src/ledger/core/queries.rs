@@ -36,7 +36,7 @@ impl LedgerPartition {
             .accounts
             .get(account)
             .and_then(|a| a.funds.get(grant_id));
-        let state = match (&m.amount, &m.closed, open) {
+        let state = match (&m.facts.amount, &m.closed, open) {
             (None, _, _) => GrantState::Applied,
             (Some(a), _, _) if *a < Decimal::ZERO => GrantState::Applied,
             (_, Some(c), _) if c.by == ClosedBy::Expired => GrantState::Expired,
@@ -52,11 +52,7 @@ impl LedgerPartition {
         GrantStatus {
             grant_id: grant_id.to_string(),
             state,
-            kind: m.kind,
-            category: m.category,
-            priority: m.priority,
-            expires_at: m.expires_at,
-            amount: m.amount,
+            facts: m.facts.clone(),
             remaining,
             forfeited: m
                 .closed
@@ -66,7 +62,7 @@ impl LedgerPartition {
             applied: m.seq.map(|seq| crate::ledger::answer::EntryRef {
                 entry_id: m.entry_id.clone().unwrap_or_default(),
                 seq,
-                amount: m.amount,
+                amount: m.facts.amount,
                 balance_after: None,
                 occurred_at: m.occurred_at,
             }),

@@ -5,6 +5,7 @@
 
 mod errors;
 mod layers;
+mod ledger;
 mod validate;
 pub mod values;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use errors::{ConfigError, ENV_PREFIX};
 use layers::{EnvLayer, Layer, defaults_figment, layer_of};
 pub use layers::{PROP_ENV_PREFIX, kafka_env_properties};
+pub use ledger::LedgerConfig;
 use values::show_duration;
 
 use crate::rollup::RollupConfig;
@@ -331,41 +333,6 @@ pub struct AlertsConfig {
 pub enum LogFormat {
     Human,
     Json,
-}
-
-/// The credits ledger and vouchers (docs/credits.md).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LedgerConfig {
-    /// Consumer group of the ledger stage (debits + credit_grants).
-    pub group_id: String,
-    /// Consumer group of the voucher stage (voucher_requests).
-    pub voucher_group_id: String,
-    /// Smallest top-up, credits (> 0).
-    #[serde(with = "values::decimal")]
-    pub min_topup: Decimal,
-    /// Balances whose crossing (downwards, then back up) raises a credit alert.
-    #[serde(with = "values::decimal_list")]
-    pub alert_thresholds: Vec<Decimal>,
-    /// How long one Kafka transaction collects input before it commits; at most a quarter
-    /// of `pipeline.transaction_timeout`.
-    #[serde(with = "values::duration")]
-    pub commit_interval: Duration,
-    /// Input messages per transaction at most.
-    pub max_batch: usize,
-    /// Offsets of a debits partition within which a repeated debit_id is a duplicate.
-    pub debit_dedupe_horizon: u64,
-    /// How long before a grant expires its `grant_expiring` alert is raised (an account
-    /// may set its own; 0 for none).
-    #[serde(with = "values::duration")]
-    pub expiry_warning: Duration,
-    /// Refused grant ids remembered per ledger partition for their status answer.
-    pub refusal_memory: usize,
-    /// How long the HTTP API waits for the ledger's answer before a 202 with a status URL.
-    #[serde(with = "values::duration")]
-    pub answer_timeout: Duration,
-    /// Deprecated name of `http.api_token_file` (still read; setting both is an error).
-    pub api_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,9 +1,11 @@
 //! End-to-end benchmark: the running services in; figures (printed, and written as JSON)
 //! out. Phases ([`phases`]): preload a generated workload into a fresh usage topic, drain it
 //! with a plain consumer (baseline) and with Apache Kafka's own `ConsumerPerformance`
-//! ([`java_baseline`], skipped when its jars are missing), drain it with the aggregator from a
+//! ([`java_baseline`], skipped when its jars are missing) and with an exactly-once
+//! pass-through copier ([`copier`], the limit of a read-process-write job), drain it with the aggregator from a
 //! cold start ([`fleet`]), then a live phase at half the measured rate for debit latency.
 
+pub mod copier;
 pub mod fleet;
 pub mod java_baseline;
 pub mod loader;
@@ -60,10 +62,18 @@ pub struct BenchReport {
     pub java_consumer_events_per_s: Option<f64>,
     /// Why the Kafka `ConsumerPerformance` baseline was skipped, if it was.
     pub java_consumer_skipped: Option<String>,
+    /// The exactly-once pass-through copier ([`copier`]); `None` when skipped.
+    pub copier_events_per_s: Option<f64>,
+    pub copier_cpu_s_per_million_events: Option<f64>,
+    pub copier_skipped: Option<String>,
     pub aggregator_events_per_s: f64,
     pub ratio_to_baseline: f64,
     /// Aggregator rate / Kafka `ConsumerPerformance` rate (the headline ratio).
     pub ratio_to_java_consumer: Option<f64>,
+    /// Aggregator rate / copier rate (the "≥ 50 % of the copier" target).
+    pub ratio_to_copier: Option<f64>,
+    /// Aggregator CPU per event / copier CPU per event.
+    pub cpu_ratio_to_copier: Option<f64>,
     pub time_to_drain_s: f64,
     /// The pipeline's commits (transactions) during the cold start and their mean duration.
     pub commits_cold: f64,
@@ -79,6 +89,9 @@ pub struct BenchReport {
     pub sink_cpu_s: f64,
     /// Rows inserted per CPU second of the sink's threads (the "rows/s per core" target).
     pub clickhouse_rows_per_sink_cpu_s: f64,
+    /// CPU seconds per million events by thread group from start to caught up (stage
+    /// threads by name, `tokio-rt-worker` = sink, `librdkafka` = every client's threads).
+    pub thread_cpu_s_per_million: std::collections::BTreeMap<String, f64>,
     pub live_rate_events_per_s: f64,
     pub live_events: u64,
     pub debit_latency_samples: usize,
@@ -142,6 +155,7 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let events = phases::preload(&env, &loader, args.events, &mut r)?;
     phases::baseline(&env, events, &mut r)?;
     java_baseline::phase(&env, events, &mut r);
+    copier::phase(&env, events, &mut r).await;
     let fleet = fleet::Fleet::start(&env, &args)?;
     let measured = async {
         let rss = phases::cold_start(&fleet, events, args.role == "pipeline", &mut r).await?;

@@ -1,6 +1,7 @@
 //! Kafka plumbing shared by every stage: client configuration from [`Config`], topic
 //! creation for `setup`, and a few blocking helpers.
 
+pub mod acls;
 pub mod partitioner;
 
 use std::time::{Duration, Instant};

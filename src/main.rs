@@ -44,6 +44,29 @@ struct Cli {
     command: Command,
 }
 
+/// One principal per role (`User:NAME` as the broker's authenticator names it).
+#[derive(clap::Args)]
+struct AclsArgs {
+    /// Platform runtimes: write usage events only.
+    #[arg(long, default_value = "User:usage-runtime")]
+    runtime: String,
+    /// `run --role pipeline` (rating pipeline, spend alerts).
+    #[arg(long, default_value = "User:usage-pipeline")]
+    pipeline: String,
+    /// `run --role sink` (ClickHouse sink).
+    #[arg(long, default_value = "User:usage-sink")]
+    sink: String,
+    /// `run --role ledger` (credits ledger, vouchers, top-up and voucher endpoints).
+    #[arg(long, default_value = "User:usage-ledger")]
+    ledger: String,
+    /// Analysts and dashboards: read the billing outputs.
+    #[arg(long, default_value = "User:usage-reader")]
+    reader: String,
+    /// Consumer groups of the reader principal start with this.
+    #[arg(long, default_value = "analytics-")]
+    reader_group_prefix: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: rating pipeline, ClickHouse sink, spend alerts, HTTP endpoints.
@@ -70,6 +93,9 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Print the Kafka ACLs of each role (one principal per role), one `kafka-acls --add`
+    /// argument list per line, for `scripts/kafka-acls` (docs/operations.md#kafka-acls).
+    Acls(AclsArgs),
     /// Price catalog operations.
     Catalog {
         #[command(subcommand)]
@@ -349,6 +375,24 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<()> {
             command: CatalogCommand::Import(a),
         } => commands::import_catalog(&cfg, a).await,
         Command::Teardown { yes } => commands::teardown(&cfg, yes).await,
+        Command::Acls(a) => {
+            let who = usage_aggregator::kafka::acls::Principals {
+                runtime: a.runtime,
+                pipeline: a.pipeline,
+                sink: a.sink,
+                ledger: a.ledger,
+                reader: a.reader,
+                reader_group_prefix: a.reader_group_prefix,
+            };
+            let mut out = std::io::stdout().lock();
+            for g in usage_aggregator::kafka::acls::grants(&cfg, &who) {
+                std::io::Write::write_all(
+                    &mut out,
+                    format!("{}\n", g.args().join(" ")).as_bytes(),
+                )?;
+            }
+            Ok(())
+        }
         Command::Catalog {
             command: CatalogCommand::List { format },
         } => commands::catalog_list(&cfg, format).await,

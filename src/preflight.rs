@@ -201,6 +201,12 @@ impl Kafka {
             if t.error() == Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
                 return Ok(None);
             }
+            if t.error() == Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) {
+                return Err(PreflightError(format!(
+                    "topic {topic}: operation Describe is not allowed to this principal on {} (Kafka ACL: TOPIC_AUTHORIZATION_FAILED); create the role's ACLs with scripts/kafka-acls (docs/operations.md#kafka-acls)",
+                    self.brokers
+                )));
+            }
             let settled = t.error().is_none()
                 && !t.partitions().is_empty()
                 && t.partitions()

@@ -14,10 +14,13 @@ pub mod cursor;
 pub mod errors;
 pub mod insert;
 pub mod ledger_rows;
+pub mod line_scan;
 pub mod migrate;
 pub mod rows;
 pub mod table;
 pub mod tables;
+#[cfg(test)]
+mod tests_line_scan;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -163,6 +163,17 @@ impl Fleet {
             .sum()
     }
 
+    /// CPU seconds by thread group, summed over every instance ([`threads_cpu_s`]).
+    pub fn threads_cpu_s(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut out = std::collections::BTreeMap::new();
+        for p in &self.pids {
+            for (k, v) in threads_cpu_s(*p) {
+                *out.entry(k).or_insert(0.0) += v;
+            }
+        }
+        out
+    }
+
     /// SIGTERM to every instance, then waits for them to exit.
     pub async fn stop(self) {
         for pid in &self.pids {
@@ -180,6 +191,42 @@ impl Fleet {
     }
 }
 
+/// CPU seconds of every thread of `pid`, by thread group: the stage threads by their own
+/// name (`pipeline`, `ledger`, `vouchers`, `alerts`), `tokio-rt-worker` (the sink and the
+/// idle HTTP server), `librdkafka` (every `rdk:` thread: the clients' broker, main and
+/// producer threads of all stages), the rest by name.
+pub fn threads_cpu_s(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        let group = if comm.starts_with("rdk:") {
+            "librdkafka"
+        } else {
+            comm
+        };
+        *out.entry(group.to_string()).or_insert(0.0) += task_cpu_s(&t.path());
+    }
+    out
+}
+
+/// CPU seconds (utime + stime) of one `/proc/PID/task/TID` directory.
+fn task_cpu_s(task: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime, clock ticks of 1/100 s, as in `proc_stats`.
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+}
+
 /// CPU seconds of the threads of `pid` whose name starts with `prefix` (`/proc/PID/task`).
 pub fn thread_cpu_s(pid: u32, prefix: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -191,19 +238,13 @@ pub fn thread_cpu_s(pid: u32, prefix: &str) -> f64 {
             std::fs::read_to_string(t.path().join("comm"))
                 .is_ok_and(|c| c.trim_end().starts_with(prefix))
         })
-        .map(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            let fields: Vec<f64> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(|v| v.parse().unwrap_or(0.0))
-                .collect();
-            // utime and stime, clock ticks of 1/100 s, as in `proc_stats`.
-            (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
-        })
+        .map(|t| task_cpu_s(&t.path()))
         .sum()
+}
+
+/// CPU seconds (user + system) of a process so far (`/proc/PID/stat`).
+pub fn proc_cpu_s(pid: u32) -> f64 {
+    proc_stats(pid).2
 }
 
 /// The environment variable that overrides a config key: `a.b_c` -> `USAGE_AGG__A__B_C`.

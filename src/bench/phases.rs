@@ -52,6 +52,10 @@ pub fn baseline(env: &BenchEnv, events: u64, r: &mut BenchReport) -> anyhow::Res
             ("auto.offset.reset", "earliest"),
             ("enable.auto.commit", "false"),
             ("fetch.max.bytes", "16777216"),
+            (
+                "fetch.queue.backoff.ms",
+                super::copier::FETCH_QUEUE_BACKOFF_MS,
+            ),
         ],
     )
     .create()?;
@@ -143,12 +147,22 @@ pub async fn cold_start(
     r.ratio_to_java_consumer = r
         .java_consumer_events_per_s
         .map(|j| r.aggregator_events_per_s / j);
+    r.ratio_to_copier = r.copier_events_per_s.map(|c| r.aggregator_events_per_s / c);
     r.peak_rss_mib = peak;
     let (commit_s, commits) = fleet.pipeline_commits();
     r.commits_cold = commits;
     r.commit_ms_mean_cold = commit_s / commits.max(1.0) * 1000.0;
     r.cpu_s_per_million_events = cpu / (events as f64 / 1e6);
+    r.cpu_ratio_to_copier = r
+        .copier_cpu_s_per_million_events
+        .map(|c| r.cpu_s_per_million_events / c);
     r.clickhouse_rows = rows as u64;
+    let per_million = events as f64 / 1e6;
+    r.thread_cpu_s_per_million = fleet
+        .threads_cpu_s()
+        .into_iter()
+        .map(|(k, v)| (k, v / per_million))
+        .collect();
     let sink_cpu = fleet.sink_cpu_s();
     r.sink_cpu_s = sink_cpu;
     r.clickhouse_rows_per_sink_cpu_s = if sink_cpu > 0.0 {
@@ -177,11 +191,33 @@ pub async fn cold_start(
         "pipeline commits (cold start): {:.0}, {:.1} ms each on average",
         r.commits_cold, r.commit_ms_mean_cold
     );
+    let by_thread: Vec<String> = r
+        .thread_cpu_s_per_million
+        .iter()
+        .filter(|(_, v)| **v >= 0.05)
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect();
+    println!(
+        "CPU s per 1M events by thread (cold start): {}",
+        by_thread.join(", ")
+    );
     if !pipeline_only {
         println!(
             "clickhouse sink: {} rows for {:.1} CPU s of its threads = {:.0} rows/s per core of sink CPU",
             r.clickhouse_rows, sink_cpu, r.clickhouse_rows_per_sink_cpu_s
         );
+    }
+    match (r.ratio_to_copier, r.cpu_ratio_to_copier) {
+        (Some(q), Some(c)) => println!(
+            "aggregator / exactly-once copier: {:.0}% of its rate ({:.0} / {:.0} events/s), {:.1}x its CPU per event ({:.2} / {:.2} CPU s per 1M)",
+            q * 100.0,
+            r.aggregator_events_per_s,
+            r.copier_events_per_s.unwrap_or_default(),
+            c,
+            r.cpu_s_per_million_events,
+            r.copier_cpu_s_per_million_events.unwrap_or_default()
+        ),
+        _ => println!("aggregator / exactly-once copier: not measured (baseline skipped)"),
     }
     match r.ratio_to_java_consumer {
         Some(q) => println!(

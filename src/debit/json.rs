@@ -372,7 +372,7 @@ fn components(buf: &mut Vec<u8>, c: &Components) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::catalog::AssetType;
     use crate::debit::DebitKind;
@@ -437,7 +437,7 @@ mod tests {
     }
 
     prop_compose! {
-        fn line()(
+        pub(crate) fn line()(
             ids in proptest::collection::vec(text(), 7),
             opts in proptest::collection::vec(proptest::option::of(text()), 7),
             discount in proptest::option::of(dec()),

@@ -8,6 +8,7 @@
 //! newest first, with their totals (`crate::history::listing`).
 
 use std::collections::HashSet;
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -65,15 +66,16 @@ async fn trace_of(
     };
     let mut committed = history::read(&api.follower, &api.ch, &filter, None).await;
     // Neither open here nor committed yet: it may have closed a moment ago, its debit (and
-    // its calls) still in the pipeline's open transaction. Wait until the follower has read
-    // what was written before this request, then look again (twice: the first look may
-    // precede the producer's send by milliseconds).
-    for _ in 0..2 {
+    // its calls) still in the pipeline's open transaction, or not even sent yet (outputs go
+    // out with the transaction). Until a pipeline transaction has surely passed, wait until
+    // the follower has read what was written before, then look again.
+    let until = Instant::now() + settle(api);
+    loop {
         let missing = live.is_none()
             && committed
                 .as_ref()
                 .is_ok_and(|c| c.lines.is_empty() && c.debits.is_empty());
-        if !missing {
+        if !missing || Instant::now() >= until {
             break;
         }
         let p = api.follower.partition_of(&account).map_err(unavailable)?;
@@ -82,12 +84,20 @@ async fn trace_of(
             .await
             .map_err(unavailable)?;
         committed = history::read(&api.follower, &api.ch, &filter, None).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assemble(id, &account, live, committed, api.markup_rate)
 }
 
 /// How long a lookup waits for the follower to read what was written before it.
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long a lookup that finds nothing keeps looking: two pipeline transactions and a
+/// margin, so an execution that closed just before is found (an unknown id's 404 waits
+/// this long).
+fn settle(api: &TracesApi) -> std::time::Duration {
+    api.follower.config().pipeline.checkpoint_interval * 2 + std::time::Duration::from_millis(300)
+}
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable(e.to_string())
@@ -123,18 +133,15 @@ async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
             ));
         }
     }
-    if accounts.is_empty() {
-        // Closed a moment ago: its first committed message may still be on its way.
-        for _ in 0..2 {
-            api.follower
-                .sync(None, SYNC_WAIT)
-                .await
-                .map_err(unavailable)?;
-            accounts = api.follower.accounts_of(id).await;
-            if !accounts.is_empty() {
-                break;
-            }
-        }
+    // Closed a moment ago: its first committed message may still be on its way.
+    let until = Instant::now() + settle(api);
+    while accounts.is_empty() && Instant::now() < until {
+        api.follower
+            .sync(None, SYNC_WAIT)
+            .await
+            .map_err(unavailable)?;
+        accounts = api.follower.accounts_of(id).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let accounts: Vec<String> = accounts.into_iter().collect();
     match accounts.as_slice() {

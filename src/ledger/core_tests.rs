@@ -546,7 +546,53 @@ fn debit_ids_are_forgotten_beyond_the_horizon_with_a_tombstone() {
     applied(l.apply_debit(&debit("dc_2", "a", d("1")), 2, src("d", 11)));
     assert_eq!(l.remembered_debits(), 1);
     let changes = l.take_changes();
+    let gone = super::changelog::debit_key(super::debit_digest("dc_1"));
+    assert!(gone.starts_with(b"h/") && gone.len() == 34, "{gone:?}");
+    assert!(changes.contains(&(gone, None)), "{changes:?}");
+}
+
+#[test]
+fn debit_marks_keyed_by_id_are_read_and_re_keyed_by_digest() {
+    let mut l = LedgerPartition::new(LedgerRules {
+        debit_horizon: 10,
+        ..Default::default()
+    });
+    // As an earlier build wrote them: one live mark, one deleted again.
+    l.restore(b"d/dc_1", Some(br#"{"offset":5,"hash":1}"#))
+        .unwrap();
+    l.restore(b"d/dc_2", Some(br#"{"offset":6,"hash":2}"#))
+        .unwrap();
+    l.restore(b"d/dc_2", None).unwrap();
+    l.restored();
+    assert_eq!(l.remembered_debits(), 1);
+    let changes = l.take_changes();
+    let new_key = super::changelog::debit_key(super::debit_digest("dc_1"));
     assert!(changes.contains(&(b"d/dc_1".to_vec(), None)), "{changes:?}");
+    assert!(
+        changes.contains(&(new_key.clone(), Some(br#"{"offset":5,"hash":1}"#.to_vec()))),
+        "{changes:?}"
+    );
+    assert_eq!(
+        changes.len(),
+        2,
+        "the deleted mark is left alone: {changes:?}"
+    );
+    // The re-keyed mark reads back, still catches the repeat and still expires.
+    let mut r = LedgerPartition::new(LedgerRules {
+        debit_horizon: 10,
+        ..Default::default()
+    });
+    for (k, v) in &changes {
+        r.restore(k, v.as_deref()).unwrap();
+    }
+    r.restored();
+    assert!(r.take_changes().is_empty());
+    assert!(
+        r.apply_debit(&debit("dc_1", "a", d("1")), 1, src("d", 7))
+            .duplicate
+    );
+    applied(r.apply_debit(&debit("dc_3", "a", d("1")), 3, src("d", 16)));
+    assert!(r.take_changes().contains(&(new_key, None)));
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! with checked scaled decimals out. Column order matches deploy/clickhouse/0001_tables.sql
 //! with the columns of later migrations where they put them (`ALTER ... AFTER`).
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::debit::{Debit, PricedLine};
@@ -21,8 +20,9 @@ pub enum RowError {
     Money(#[from] MoneyError),
 }
 
-fn ts(t: DateTime<Utc>) -> u32 {
-    t.timestamp().clamp(0, i64::from(u32::MAX)) as u32
+/// Unix seconds as a ClickHouse `DateTime` (clamped to its range).
+pub(super) fn ts(secs: i64) -> u32 {
+    secs.clamp(0, i64::from(u32::MAX)) as u32
 }
 
 #[derive(Debug, Clone, Serialize, clickhouse::Row)]
@@ -119,7 +119,20 @@ pub struct Source {
     pub ingested_at: u32,
 }
 
+/// A `priced_usage` message to its id and row: the fast decoder of the service's own layout
+/// ([`super::line_scan`]), else serde, which decides every error.
 pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, TransactionRow), RowError> {
+    match super::line_scan::transaction_row(bytes, src) {
+        Some(r) => Ok(r),
+        None => transaction_row_serde(bytes, src),
+    }
+}
+
+/// [`transaction_row`] by serde: any layout serde reads, and the error messages.
+pub fn transaction_row_serde(
+    bytes: &[u8],
+    src: Source,
+) -> Result<(String, TransactionRow), RowError> {
     let l: PricedLine = serde_json::from_slice(bytes).map_err(|source| RowError::Json {
         table: "usage_transactions",
         source,
@@ -133,7 +146,7 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
     let id = l.line_id();
     let row = TransactionRow {
         kind: l.kind.as_str().to_string(),
-        occurred_at: ts(l.occurred_at),
+        occurred_at: ts(l.occurred_at.timestamp()),
         occurred_at_nanos: chrono::Timelike::nanosecond(&l.occurred_at).min(999_999_999),
         account_id: l.account_id,
         execution_id: l.execution_id.unwrap_or_default(),
@@ -192,8 +205,8 @@ pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowErr
         markup: to_scaled_i128(d.markup, DEBIT_SCALE)?,
         total: to_scaled_i128(d.total, DEBIT_SCALE)?,
         calls: d.calls,
-        first_event_at: ts(d.first_event_at),
-        last_event_at: ts(d.last_event_at),
+        first_event_at: ts(d.first_event_at.timestamp()),
+        last_event_at: ts(d.last_event_at.timestamp()),
         breakdown_assets: d.breakdown.iter().map(|b| b.asset_id.clone()).collect(),
         breakdown_costs: costs,
         breakdown_price_versions: d

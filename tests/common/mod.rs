@@ -848,6 +848,8 @@ pub struct PrivateBroker {
     pub dir: PathBuf,
     port: u16,
     secure_port: Option<u16>,
+    /// KRaft's StandardAuthorizer and one SCRAM user per role (`USAGE_AGG_KAFKA_AUTHORIZER`).
+    acls: bool,
     pub child: Option<Child>,
 }
 
@@ -862,7 +864,33 @@ impl PrivateBroker {
         Self::start_with(dir, true)
     }
 
+    /// [`PrivateBroker::start_secure`] with KRaft's StandardAuthorizer: the plaintext listener
+    /// is the super user, the SASL_SSL one has SCRAM users `usage-<role>` (passwords:
+    /// [`PrivateBroker::role_password`]) that may do only what an ACL allows.
+    pub fn start_with_acls(dir: &Path) -> PrivateBroker {
+        let mut b = Self::start_with_options(dir, true, true);
+        b.resume();
+        b
+    }
+
+    /// The password of SCRAM user `usage-<role>` of a broker with ACLs.
+    pub fn role_password(&self, role: &str) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .join(format!("secrets/kafka-usage-{role}.password")),
+        )
+        .unwrap()
+        .trim()
+        .to_string()
+    }
+
     fn start_with(dir: &Path, secure: bool) -> PrivateBroker {
+        let mut b = Self::start_with_options(dir, secure, false);
+        b.resume();
+        b
+    }
+
+    fn start_with_options(dir: &Path, secure: bool, acls: bool) -> PrivateBroker {
         let dir = dir.join("broker");
         std::fs::create_dir_all(&dir).unwrap();
         // Two consecutive free ports: the broker's and its KRaft controller's.
@@ -880,16 +908,15 @@ impl PrivateBroker {
                 }
             }
         });
-        let mut b = PrivateBroker {
+        PrivateBroker {
             addr: format!("127.0.0.1:{port}"),
             secure_addr: secure_port.map(|p| format!("127.0.0.1:{p}")),
             dir,
             port,
             secure_port,
+            acls,
             child: None,
-        };
-        b.resume();
-        b
+        }
     }
 
     /// The throwaway CA that signed the secured listener's certificate.
@@ -921,7 +948,11 @@ impl PrivateBroker {
             self.port.to_string(),
         ];
         args.extend(self.secure_port.map(|p| p.to_string()));
-        let child = Command::new(root().join("scripts/services"))
+        let mut cmd = Command::new(root().join("scripts/services"));
+        if self.acls {
+            cmd.env("USAGE_AGG_KAFKA_AUTHORIZER", "1");
+        }
+        let child = cmd
             .args(&args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,19 +1,24 @@
 //! The partition's state as changelog records: every write to the state goes through here
 //! (so it is also a record of the next commit), and a restore reads the records back.
 //! Keys: `a/<account>` account, `g/<account>\0<grant_id>` applied grant, `r/<account>\0
-//! <grant_id>` refusal, `d/<debit_id>` debit mark, `c/clock` the partition's clock.
+//! <grant_id>` refusal, `h/<32 hex digits>` debit mark (the debit id's digest,
+//! [`super::debit_digest`]), `c/clock` the partition's clock. Debit marks of earlier builds,
+//! `d/<debit_id>`, still read; a restore re-keys the live ones (tombstone + `h/` record in
+//! the next commit).
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{Change, LedgerPartition};
+use super::{Change, DebitDigest, LedgerPartition, debit_digest};
 use crate::ledger::state::{AccountState, Closed, ClosedBy, GrantMark, RefusalMark};
 
 const ACCOUNT_PREFIX: &[u8] = b"a/";
 const GRANT_PREFIX: &[u8] = b"g/";
 const REFUSAL_PREFIX: &[u8] = b"r/";
-const DEBIT_PREFIX: &[u8] = b"d/";
+const DEBIT_PREFIX: &[u8] = b"h/";
+/// Debit marks keyed by the id, as written before the digests.
+const LEGACY_DEBIT_PREFIX: &[u8] = b"d/";
 pub(super) const CLOCK_KEY: &[u8] = b"c/clock";
 
 #[derive(Serialize, Deserialize)]
@@ -28,8 +33,12 @@ fn key(prefix: &[u8], id: &str) -> Vec<u8> {
     k
 }
 
-pub(super) fn debit_key(debit_id: &str) -> Vec<u8> {
-    key(DEBIT_PREFIX, debit_id)
+pub(super) fn debit_key(digest: DebitDigest) -> Vec<u8> {
+    key(DEBIT_PREFIX, &format!("{digest:032x}"))
+}
+
+fn debit_mark(offset: i64, hash: u64) -> Vec<u8> {
+    serde_json::to_vec(&DebitMark { offset, hash }).expect("mark serializes")
 }
 
 /// The account and state of a ledger changelog record, when it is an account's (`a/<id>`;
@@ -104,11 +113,11 @@ impl LedgerPartition {
         }
     }
 
-    pub(super) fn remember_debit(&mut self, debit_id: &str, offset: i64, hash: u64) {
-        self.debits.insert(debit_id.to_string(), (offset, hash));
-        self.debit_order.push_back((offset, debit_id.to_string()));
-        let v = serde_json::to_vec(&DebitMark { offset, hash }).expect("mark serializes");
-        self.changes.insert(debit_key(debit_id), Some(v));
+    pub(super) fn remember_debit(&mut self, digest: DebitDigest, offset: i64, hash: u64) {
+        self.debits.insert(digest, (offset, hash));
+        self.debit_order.push_back((offset, digest));
+        self.changes
+            .insert(debit_key(digest), Some(debit_mark(offset, hash)));
     }
 
     /// Remembers the last refusal of a grant id; the oldest beyond `refusal_memory` are
@@ -197,18 +206,21 @@ impl LedgerPartition {
                     self.refusals.remove(&refusal);
                 }
             }
-        } else if let Some(debit) = k.strip_prefix(DEBIT_PREFIX) {
+        } else if let Some(hex) = k.strip_prefix(DEBIT_PREFIX) {
+            let digest = std::str::from_utf8(hex)
+                .ok()
+                .filter(|h| h.len() == 32)
+                .and_then(|h| u128::from_str_radix(h, 16).ok())
+                .ok_or("debit mark key is not 32 hex digits")?;
+            self.restore_debit(digest, value)?;
+        } else if let Some(debit) = k.strip_prefix(LEGACY_DEBIT_PREFIX) {
             let debit = text(debit)?;
+            let digest = debit_digest(&debit);
+            self.restore_debit(digest, value)?;
             match value {
-                Some(v) => {
-                    let m: DebitMark =
-                        serde_json::from_slice(v).map_err(|e| format!("debit mark: {e}"))?;
-                    self.debits.insert(debit, (m.offset, m.hash));
-                }
-                None => {
-                    self.debits.remove(&debit);
-                }
-            }
+                Some(_) => self.legacy_debits.insert(digest, debit),
+                None => self.legacy_debits.remove(&digest),
+            };
         } else {
             return Err(format!(
                 "unknown ledger state key {:?}",
@@ -218,13 +230,28 @@ impl LedgerPartition {
         Ok(())
     }
 
+    fn restore_debit(&mut self, digest: DebitDigest, value: Option<&[u8]>) -> Result<(), String> {
+        match value {
+            Some(v) => {
+                let m: DebitMark =
+                    serde_json::from_slice(v).map_err(|e| format!("debit mark: {e}"))?;
+                self.debits.insert(digest, (m.offset, m.hash));
+            }
+            None => {
+                self.debits.remove(&digest);
+            }
+        }
+        Ok(())
+    }
+
     /// Ends a restore: rebuilds the orders and the deadlines, migrates accounts of format 0
-    /// (their new records go out with the next commit) and forgets the restore's changes.
+    /// and debit marks keyed by the id (their new records go out with the next commit) and
+    /// forgets the restore's other changes.
     pub fn restored(&mut self) {
-        let mut order: Vec<(i64, String)> = self
+        let mut order: Vec<(i64, DebitDigest)> = self
             .debits
             .iter()
-            .map(|(id, (o, _))| (*o, id.clone()))
+            .map(|(digest, (o, _))| (*o, *digest))
             .collect();
         order.sort();
         self.debit_order = order.into();
@@ -237,6 +264,13 @@ impl LedgerPartition {
         self.refusal_n = refusals.last().map_or(0, |(n, _)| *n);
         self.refusal_order = refusals.into();
         self.changes.clear();
+        for (digest, id) in std::mem::take(&mut self.legacy_debits) {
+            self.changes.insert(key(LEGACY_DEBIT_PREFIX, &id), None);
+            if let Some((offset, hash)) = self.debits.get(&digest) {
+                self.changes
+                    .insert(debit_key(digest), Some(debit_mark(*offset, *hash)));
+            }
+        }
         let old: Vec<String> = self
             .accounts
             .iter()

@@ -81,7 +81,20 @@ fn acl_list(broker: &PrivateBroker) -> String {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    // Kafka lists the resources in no fixed order (a CI run listed the same ACLs in another
+    // order the second time): one sorted line per (resource, binding).
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut resource = "";
+    let mut lines: Vec<String> = Vec::new();
+    for l in text.lines() {
+        if l.starts_with("Current ACLs for resource") {
+            resource = l;
+        } else if !l.trim().is_empty() {
+            lines.push(format!("{resource} {}", l.trim()));
+        }
+    }
+    lines.sort();
+    lines.join("\n")
 }
 
 fn apply_acls(env: &TestEnv, broker: &PrivateBroker) -> Duration {

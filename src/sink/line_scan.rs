@@ -1,7 +1,7 @@
 //! Fast path of the sink's `priced_usage` decoder: the bytes of a priced line as
 //! `debit::json::encode_line` writes them in; the ClickHouse row out, in one pass, without
 //! serde, `Decimal` or chrono's parser; or `None` for anything outside that exact layout,
-//! which the serde path ([`super::rows::transaction_row`]) then decodes or refuses with its
+//! which the serde path ([`super::rows::transaction_row_serde`]) then decodes or refuses with its
 //! own message.
 //!
 //! Accepted: the encoder's field order and compact layout, strings without escapes or raw
@@ -14,11 +14,20 @@
 //! means "invalid": both paths give the same row or the same refusal for every input
 //! (property-tested below on arbitrary and mutated lines).
 
-use super::rows::{Source, TransactionRow, ts};
+use super::rows::{RowError, Source, TransactionRow, transaction_row_serde, ts};
 use crate::money::LINE_COST_SCALE;
 
+/// A `priced_usage` message to its id and row: this file's fast path ([`scan`]), else serde,
+/// which decides every error.
+pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, TransactionRow), RowError> {
+    match scan(bytes, src) {
+        Some(r) => Ok(r),
+        None => transaction_row_serde(bytes, src),
+    }
+}
+
 /// The row of a priced line in the encoder's layout, or `None` (the serde path decides).
-pub fn transaction_row(bytes: &[u8], src: Source) -> Option<(String, TransactionRow)> {
+pub fn scan(bytes: &[u8], src: Source) -> Option<(String, TransactionRow)> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut c = Cur { s: text, i: 0 };
     c.lit(b"{\"event_id\":")?;

@@ -119,16 +119,8 @@ pub struct Source {
     pub ingested_at: u32,
 }
 
-/// A `priced_usage` message to its id and row: the fast decoder of the service's own layout
-/// ([`super::line_scan`]), else serde, which decides every error.
-pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, TransactionRow), RowError> {
-    match super::line_scan::transaction_row(bytes, src) {
-        Some(r) => Ok(r),
-        None => transaction_row_serde(bytes, src),
-    }
-}
-
-/// [`transaction_row`] by serde: any layout serde reads, and the error messages.
+/// A `priced_usage` message to its id and row by serde: any layout serde reads, and the
+/// error messages (the sink tries [`super::line_scan::transaction_row`]'s fast path first).
 pub fn transaction_row_serde(
     bytes: &[u8],
     src: Source,

@@ -6,6 +6,7 @@
 //! `deploy/clickhouse/` listed in `migrate::MIGRATIONS`.
 
 use super::ledger_rows::LedgerRow;
+use super::line_scan;
 use super::rows::{self, DeadLetterRow, DebitRow, RowError, Source, TransactionRow};
 use super::table::{Lane, Table, TableLane};
 use crate::config::TopicsConfig;
@@ -22,7 +23,7 @@ impl Table for Transactions {
         &topics.priced_usage
     }
     fn parse(payload: &[u8], src: Source) -> Result<(String, TransactionRow), RowError> {
-        rows::transaction_row(payload, src)
+        line_scan::transaction_row(payload, src)
     }
 }
 

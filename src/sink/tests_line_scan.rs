@@ -19,7 +19,7 @@ const SRC: Source = Source {
 
 /// Both paths on one payload: when the fast one answers, serde must give the same id and row.
 fn agree(bytes: &[u8]) -> Result<bool, TestCaseError> {
-    let Some((id, row)) = line_scan::transaction_row(bytes, SRC) else {
+    let Some((id, row)) = line_scan::scan(bytes, SRC) else {
         return Ok(false);
     };
     let text = String::from_utf8_lossy(bytes);
@@ -168,7 +168,7 @@ proptest! {
 fn pinned_lines() {
     let line = |s: &str| s.as_bytes().to_vec();
     let base = r#"{"event_id":"e1","kind":"model_call","occurred_at":"2026-03-01T10:00:00.250Z","account_id":"acct","execution_id":"x1","agent_id":null,"component":"planner","asset_id":"gpt-4o","asset_name_sent":"gpt-4o-latest","asset_type":"model","vendor":"openai","price_version":"v3","tier":"standard","plan":"default","units":[{"unit":"input_tokens","quantity":"1200","credits":"0.0000025","per":1}],"cost":"0.003","dimensions":{"region":"eu","team":"a"},"event_partition":2,"event_offset":41}"#;
-    let (id, row) = line_scan::transaction_row(base.as_bytes(), SRC).expect("fast path");
+    let (id, row) = line_scan::scan(base.as_bytes(), SRC).expect("fast path");
     assert_eq!(id, "acct\nx1\ne1");
     assert_eq!(row.occurred_at, 1_772_359_200);
     assert_eq!(row.occurred_at_nanos, 250_000_000);
@@ -196,7 +196,7 @@ fn pinned_lines() {
         base.replace("2026-03-01", "2026-02-30"),
     ] {
         assert!(
-            line_scan::transaction_row(&line(&declined), SRC).is_none(),
+            line_scan::scan(&line(&declined), SRC).is_none(),
             "{declined}"
         );
     }

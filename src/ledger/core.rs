@@ -42,14 +42,7 @@ pub use crate::ledger::entry::{
     EntrySource, GrantTerms, GrantView, TopupRequest,
 };
 
-/// Largest balance magnitude a grant may bring an account to (away from zero): 1e10 credits.
-pub const MAX_BALANCE: Decimal = Decimal::from_parts(1_410_065_408, 2, 0, false, 0); // 1e10
-
-/// Largest exact balance magnitude of any entry. 28 significant digits with 18 decimals hold
-/// +-7.9e10; 5e10 leaves what the ledger must record whatever the balance (usage, and the
-/// credit-back of a negative correction) 4e10 credits of room beyond where grants stop, so a
-/// credit-back to an account that grants filled to [`MAX_BALANCE`] is still paid.
-pub const MAX_LEDGER_BALANCE: Decimal = Decimal::from_parts(2_755_359_744, 11, 0, false, 0); // 5e10
+pub use crate::ledger::funding::{MAX_BALANCE, MAX_LEDGER_BALANCE};
 
 /// Rules of the ledger.
 #[derive(Debug, Clone)]

@@ -79,7 +79,7 @@ impl FromStr for Threshold {
         Decimal::from_str_exact(t)
             .ok()
             .filter(|d| ok && d.normalize().scale() <= DEBIT_SCALE)
-            .filter(|d| d.abs() < crate::ledger::core::MAX_BALANCE)
+            .filter(|d| d.abs() < crate::ledger::funding::MAX_BALANCE)
             .map(|d| Threshold::Credits(d.normalize()))
             .ok_or_else(|| {
                 format!("threshold {s:?}: give credits such as 10 or -5, or a share of the last top-up such as 20%")
@@ -141,7 +141,7 @@ impl AutoTopup {
     /// Checks the rule: one of `fixed` (at least `min_topup`) and `refill_to` (above
     /// `below`); amounts with at most 18 decimals inside the exact range.
     pub fn validate(&self, min_topup: Decimal) -> Result<(), String> {
-        let in_range = |d: Decimal| d.abs() < crate::ledger::core::MAX_BALANCE;
+        let in_range = |d: Decimal| d.abs() < crate::ledger::funding::MAX_BALANCE;
         if !in_range(self.below) || self.below.normalize().scale() > DEBIT_SCALE {
             return Err(format!("auto top-up below {} is out of range", self.below));
         }

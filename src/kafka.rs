@@ -362,7 +362,7 @@ pub async fn create_topics(cfg: &Config) -> anyhow::Result<Vec<String>> {
 fn wait_for_leaders(cfg: &Config, plan: &[TopicPlan], timeout: Duration) -> anyhow::Result<()> {
     use rdkafka::consumer::Consumer;
     let reader: Reader = reader_config(cfg).create_with_context(ReaderContext)?;
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         let md = reader.fetch_metadata(None, Duration::from_secs(10))?;
         let missing: Vec<String> = plan
@@ -384,11 +384,60 @@ fn wait_for_leaders(cfg: &Config, plan: &[TopicPlan], timeout: Duration) -> anyh
         if missing.is_empty() {
             return Ok(());
         }
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             anyhow::bail!("topics without a partition leader after {timeout:?}: {missing:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Reads `partitions` of `topic` from their first to their last offset (the high watermark
+/// when this is called; the consumer needs `enable.partition.eof = true`), calling
+/// `on_message` for each message in partition order. `check(partition, low, high)` may
+/// refuse a partition before anything is read (e.g. one whose start was deleted by
+/// retention). Fails naming `what` when a partition has not reached its end within
+/// `timeout`; read errors are logged and retried. The one "read a topic whole" loop of the
+/// CLI commands (`replay`, `rerate`).
+pub fn read_to_end<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut(i32, i64, i64) -> anyhow::Result<()>,
+    mut on_message: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::Consumer;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut pending = std::collections::HashSet::new();
+    for &p in partitions {
+        let (low, high) = watermarks(consumer, topic, p, timeout)?;
+        check(p, low, high)?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+            pending.insert(p);
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while !pending.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: partitions {pending:?} did not reach their end within {timeout:?}"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => on_message(&m)?,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, topic, "read error, retrying"),
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// `fetch_watermarks` that rides out the moments after a topic's creation or a leader
@@ -401,14 +450,14 @@ pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
     timeout: Duration,
 ) -> rdkafka::error::KafkaResult<(i64, i64)> {
     use rdkafka::consumer::Consumer;
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         match consumer.fetch_watermarks(topic, partition, timeout) {
             Err(KafkaError::MetadataFetch(
                 RDKafkaErrorCode::NotLeaderForPartition
                 | RDKafkaErrorCode::LeaderNotAvailable
                 | RDKafkaErrorCode::UnknownTopicOrPartition,
-            )) if std::time::Instant::now() < deadline => {
+            )) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
             r => return r,

@@ -10,14 +10,13 @@
 //! repeats its deterministic `debit_id`, which the ledger applies once).
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+
 use serde::Serialize;
 
 use crate::config::Config;
@@ -159,52 +158,36 @@ pub fn read_dead_letters(cfg: &Config, timeout: Duration) -> anyhow::Result<Vec<
         !partitions.is_empty(),
         "dead-letter topic {topic} does not exist; run `usage-aggregator setup`"
     );
-    let mut tpl = TopicPartitionList::new();
-    let mut pending = HashSet::new();
-    for p in partitions {
-        let (low, high) = crate::kafka::watermarks(&consumer, topic, p, timeout)?;
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-            pending.insert(p);
-        }
-    }
     let mut out = Vec::new();
-    if pending.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + timeout;
-    while !pending.is_empty() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "timed out reading {topic}: partitions {pending:?} did not reach their end within {timeout:?}"
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let Some(bytes) = m.payload() else { continue };
-                match serde_json::from_slice::<DeadLetter>(bytes) {
-                    Ok(letter) => out.push(ReadLetter {
-                        letter,
-                        rejected_at: m
-                            .timestamp()
-                            .to_millis()
-                            .and_then(DateTime::from_timestamp_millis),
-                    }),
-                    Err(e) => tracing::warn!(
-                        partition = m.partition(),
-                        offset = m.offset(),
-                        error = %e,
-                        "skipping a message of the dead-letter topic that is not a dead letter"
-                    ),
-                }
+    crate::kafka::read_to_end(
+        &consumer,
+        topic,
+        &partitions,
+        timeout,
+        &format!("timed out reading {topic}"),
+        |_, _, _| Ok(()),
+        |m| {
+            let Some(bytes) = m.payload() else {
+                return Ok(());
+            };
+            match serde_json::from_slice::<DeadLetter>(bytes) {
+                Ok(letter) => out.push(ReadLetter {
+                    letter,
+                    rejected_at: m
+                        .timestamp()
+                        .to_millis()
+                        .and_then(DateTime::from_timestamp_millis),
+                }),
+                Err(e) => tracing::warn!(
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    error = %e,
+                    "skipping a message of the dead-letter topic that is not a dead letter"
+                ),
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "dead-letter read error, retrying"),
-            None => {}
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 

@@ -2,14 +2,12 @@
 //! `read_committed` to its end, refusing a topic whose start was deleted by retention), the
 //! correction debits out in Kafka transactions of a fixed `transactional.id`.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
+use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use usage_aggregator::config::Config;
 use usage_aggregator::debit::Debit;
@@ -108,51 +106,37 @@ pub fn read_all<T: DeserializeOwned>(
         !partitions.is_empty(),
         "{key} = \"{topic}\": the topic does not exist; run `usage-aggregator setup`"
     );
-    let mut tpl = TopicPartitionList::new();
-    let mut pending = HashSet::new();
-    for p in partitions {
-        let (low, high) = kafka::watermarks(&consumer, topic, p, timeout)?;
-        if low > 0 {
-            return Err(anyhow!(
-                "{key} = \"{topic}\": partition {p} starts at offset {low} (older messages were deleted by retention); rerate reads what was billed from the whole topic and would miss them (re-rating from ClickHouse is not built)"
-            ));
-        }
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-            pending.insert(p);
-        }
-    }
     let mut out = Vec::new();
-    if pending.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + timeout;
-    while !pending.is_empty() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{key} = \"{topic}\": partitions {pending:?} did not reach their end within {timeout:?}"
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let Some(bytes) = m.payload() else { continue };
-                let v: T = serde_json::from_slice(bytes).with_context(|| {
-                    format!(
-                        "{key} = \"{topic}\": partition {} offset {}: not readable",
-                        m.partition(),
-                        m.offset()
-                    )
-                })?;
-                if keep(&v) {
-                    out.push(v);
-                }
+    kafka::read_to_end(
+        &consumer,
+        topic,
+        &partitions,
+        timeout,
+        &format!("{key} = \"{topic}\""),
+        |p, low, _| {
+            if low > 0 {
+                return Err(anyhow!(
+                    "{key} = \"{topic}\": partition {p} starts at offset {low} (older messages were deleted by retention); rerate reads what was billed from the whole topic and would miss them (re-rating from ClickHouse is not built)"
+                ));
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
+            Ok(())
+        },
+        |m| {
+            let Some(bytes) = m.payload() else {
+                return Ok(());
+            };
+            let v: T = serde_json::from_slice(bytes).with_context(|| {
+                format!(
+                    "{key} = \"{topic}\": partition {} offset {}: not readable",
+                    m.partition(),
+                    m.offset()
+                )
+            })?;
+            if keep(&v) {
+                out.push(v);
             }
-            Some(Err(e)) => tracing::warn!(error = %e, topic, "read error, retrying"),
-            None => {}
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(out)
 }

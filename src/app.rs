@@ -66,15 +66,23 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     let v = view.clone();
     let ledger_api =
         tokio::task::spawn_blocking(move || crate::http::accounts::LedgerApi::new(&c, ch_api, v));
-    let traces = http::traces::TracesApi::new(&cfg, ch.clone(), engine.clone(), shutdown.clone());
+    let traces = Arc::new(http::traces::TracesApi::new(
+        &cfg,
+        ch.clone(),
+        engine.clone(),
+        shutdown.clone(),
+    ));
     let keys = Arc::new(crate::keys::store::KeyStore::default());
+    let ledger_api = Arc::new(ledger_api.await??);
+    let alerts_view = ledger_api.alerts.clone();
+    let voucher_list = ledger_api.voucher_list.clone();
     let http_state = HttpState {
         health: health.clone(),
         engine: engine.clone(),
         clickhouse: Some(ch),
         stall_after: cfg.http.stall_after,
-        ledger: Some(Arc::new(ledger_api.await??)),
-        traces: Some(Arc::new(traces)),
+        ledger: Some(ledger_api),
+        traces: Some(traces.clone()),
         auth: Arc::new(crate::http::auth::Auth::from_config(&cfg, keys.clone())?),
     };
     let http = tokio::spawn(http::serve(listener, http_state, shutdown.clone()));
@@ -85,12 +93,32 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     if with_sink {
         tokio::spawn(crate::preflight::report_clickhouse(cfg.clone()));
     }
+    if cfg.traces.follow_on_start {
+        // Failing here (say the topics are not set up yet) is retried on first use.
+        let follower = traces.follower.clone();
+        tokio::spawn(async move {
+            if let Err(e) = follower.ensure_started().await {
+                tracing::warn!(error = %e, "the output follower did not start; retried on the first trace or stream");
+            }
+        });
+    }
     // Every instance knows every API key (the compacted api_keys topic) and every balance
     // (the ledger's changelog and balances topic): the API answers without ClickHouse.
     let c = cfg.clone();
     stages.thread("api-keys", move |stop| keys.follow(&c, &stop))?;
     let c = cfg.clone();
     stages.thread("ledger-view", move |stop| view.follow(&c, &stop))?;
+    // Each account's recent alerts, both kinds, for the API (no ClickHouse either).
+    use crate::alerts::view::follow::Source;
+    for (name, source) in [
+        ("credit-alerts-view", Source::Credit),
+        ("spend-alerts-view", Source::Spend),
+    ] {
+        let (c, a) = (cfg.clone(), alerts_view.clone());
+        stages.thread(name, move |stop| a.follow(&c, source, &stop))?;
+    }
+    let c = cfg.clone();
+    stages.thread("voucher-list", move |stop| voucher_list.follow(&c, &stop))?;
 
     if with_pipeline {
         health.pipeline_enabled.store(true, Ordering::Relaxed);
@@ -145,9 +173,13 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
     stages.task("watchdog", move |stop| watchdog::run(h, after, stop));
 
     shutdown.cancelled().await;
-    let result = stages
-        .join(cfg.pipeline.drain_timeout, stop_within(&cfg))
-        .await;
+    // A stage the watchdog found stuck (e.g. blocked in a transaction call) will not return:
+    // the others get the drain deadline, not the stuck one's commit and abort deadlines too.
+    let within = match health.stalled(cfg.pipeline.stall_exit_after) {
+        Some(_) => cfg.pipeline.drain_timeout,
+        None => stop_within(&cfg),
+    };
+    let result = stages.join(cfg.pipeline.drain_timeout, within).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
     result
 }

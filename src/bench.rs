@@ -32,6 +32,11 @@ pub struct BenchArgs {
     /// `--live-seconds` with `--live-rate` is the soak test.
     #[arg(long, default_value_t = 30)]
     pub sample_seconds: u64,
+    /// `linger.ms` of the live phase's sending client: its finish → debit latency starts at
+    /// the send call, so the default is the clients' own default (librdkafka's and, since
+    /// Kafka 4.0, the Java producer's), not the preload's 20 ms.
+    #[arg(long, default_value_t = 5)]
+    pub live_linger_ms: u32,
     /// Aggregator processes sharing the consumer groups (scale-out run).
     #[arg(long, default_value_t = 1)]
     pub instances: u32,
@@ -125,7 +130,7 @@ impl BenchEnv {
         // have the run's sink re-read every earlier run's messages (and count their CPU).
         b.prefix_names(&format!("{tag}."));
         b.clickhouse.database = tag.clone();
-        b.http.listen = "127.0.0.1:19464".into();
+        b.http.listen = "127.0.0.1:0".into();
         println!("bench {tag}: topics {tag}.*, clickhouse database {tag}");
         crate::kafka::create_topics(&b).await?;
         let ch = crate::sink::client(&b.clickhouse)?;
@@ -159,7 +164,8 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let fleet = fleet::Fleet::start(&env, &args)?;
     let measured = async {
         let rss = phases::cold_start(&fleet, events, args.role == "pipeline", &mut r).await?;
-        phases::live(&env, &loader, &fleet, &args, rss, &mut r)
+        let live_loader = Loader::with_linger(&env.cfg, args.live_linger_ms)?;
+        phases::live(&env, &live_loader, &fleet, &args, rss, &mut r)
     }
     .await;
     fleet.stop().await; // also when a phase failed: no aggregator is left running

@@ -309,6 +309,11 @@ pub struct TracesConfig {
     pub stream_buffer: usize,
     /// Streams served at once by one instance; more answer 503.
     pub max_streams: usize,
+    /// Start the follower of the output topics with the process (from the sink's position)
+    /// instead of on the first trace or stream: then a stream of an execution that began
+    /// after the start opens without reading Kafka. `false` saves an instance nobody reads
+    /// traces from the follower's CPU.
+    pub follow_on_start: bool,
     /// How long a stream holds a debit read before the last calls it bills.
     #[serde(with = "values::duration")]
     pub debit_wait: Duration,

@@ -18,7 +18,10 @@ use clap::Subcommand;
 
 use crate::config::Config;
 use crate::ledger::answer::{LedgerAnswer, Verdict};
-use crate::ledger::client::{self, ClientError, GrantInput, LedgerFollower, ResultFollower};
+use crate::ledger::client::follower::Answer;
+use crate::ledger::client::{
+    self, ClientError, Follower, GrantInput, LedgerFollower, ResultFollower,
+};
 use crate::ledger::command::Request;
 use crate::ledger::entry::GrantView;
 use crate::ledger::grant::{GrantKind, Terms};
@@ -462,18 +465,26 @@ fn query_error(cfg: &Config, e: ClientError) -> anyhow::Error {
     }
 }
 
+/// A follower of the answers topic `A` comes on (`answers`), started on a blocking thread once
+/// it and the topic the requests go to (`requests`) are checked to exist: (key, topic) each.
+async fn follower<A: Answer>(
+    cfg: &Config,
+    requests: (&str, &str),
+    answers: (&str, &str),
+) -> anyhow::Result<Follower<A>> {
+    require_kafka(cfg, &[requests, answers]).await?;
+    let c = cfg.clone();
+    Ok(tokio::task::spawn_blocking(move || Follower::<A>::start(&c)).await??)
+}
+
 async fn ledger_follower(cfg: &Config) -> anyhow::Result<LedgerFollower> {
     let t = &cfg.topics;
-    require_kafka(
+    follower(
         cfg,
-        &[
-            ("topics.credit_grants", &t.credit_grants),
-            ("topics.ledger_results", &t.ledger_results),
-        ],
+        ("topics.credit_grants", &t.credit_grants),
+        ("topics.ledger_results", &t.ledger_results),
     )
-    .await?;
-    let c = cfg.clone();
-    Ok(tokio::task::spawn_blocking(move || LedgerFollower::start(&c)).await??)
+    .await
 }
 
 /// Sends a grant and prints the ledger's verdict.
@@ -534,16 +545,12 @@ async fn ask_vouchers(
     timeout: Duration,
 ) -> anyhow::Result<VoucherResult> {
     let t = &cfg.topics;
-    require_kafka(
+    let follower: ResultFollower = follower(
         cfg,
-        &[
-            ("topics.voucher_requests", &t.voucher_requests),
-            ("topics.voucher_results", &t.voucher_results),
-        ],
+        ("topics.voucher_requests", &t.voucher_requests),
+        ("topics.voucher_results", &t.voucher_results),
     )
     .await?;
-    let c = cfg.clone();
-    let follower = tokio::task::spawn_blocking(move || ResultFollower::start(&c)).await??;
     let p = client::producer(cfg)?;
     match follower.request(cfg, &p, req, timeout).await {
         Ok(r) => Ok(r),

@@ -3,6 +3,7 @@
 
 pub mod components;
 pub mod json;
+pub mod scan;
 
 pub use components::{Component, Components};
 

@@ -394,7 +394,7 @@ pub fn encode_timeout_marker(
 }
 
 #[cfg(test)]
-mod tests_scan;
+pub(crate) mod tests_scan;
 
 #[cfg(test)]
 mod tests;

@@ -1,21 +1,25 @@
 //! One follower per process of the committed output topics (`priced_usage`, `debits`,
 //! `read_committed`): their messages in, as they commit, whichever instance rated them; out,
 //! (1) a bounded in-memory tail of each partition (`traces.follow_buffer` messages per
-//! topic), which traces and streams read instead of Kafka, and (2) a fan-out to the streams
-//! subscribed to an account (the outputs are keyed by `account_id`, so a stream needs one
-//! partition and one key). 200 streams cost one consumer, not 200; each stream has a
-//! bounded queue (`traces.stream_buffer`). A stream whose queue is full is never dropped
-//! and never allowed to grow memory: the follower stops queueing for it and notes where it
-//! stopped ([`Subscription::gap`]); once the stream has taken what was queued it reads the
-//! gap from the tail (or Kafka) and is queued again, so no message is missed.
+//! topic), which traces and streams read instead of Kafka, with an index of the execution
+//! ids it names ([`Follower::accounts_of`]), and (2) a fan-out to the streams subscribed to
+//! an account or to one of its executions ([`fanout`]: the outputs are keyed by
+//! `account_id`, so a stream needs one partition and one key). 200 streams cost one
+//! consumer, not 200.
 //!
-//! Started on first use (the first trace or stream), so an instance nobody asks costs
-//! nothing. Reads older than the in-memory tail go to Kafka directly ([`read_range`]).
+//! Started with the process (`traces.follow_on_start`, else on the first trace or stream),
+//! from where the ClickHouse sink stands, so it has read everything a trace or stream reads
+//! from the topics. Each partition's [`ring`] keeps the tail and the execution ids of what
+//! it let go of: a read of an execution none of whose messages it let go of (one that
+//! began after the follower, or has not begun) needs no Kafka; other reads older than the
+//! tail go to Kafka directly ([`read_range`]).
 
+mod fanout;
 mod lookup;
 mod read;
+mod ring;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,12 +27,13 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka::partitioner::Partitioner;
+pub use fanout::{Interest, Subscription, execution_ids};
 pub use read::read_range;
+use ring::Ring;
 
 /// Which output topic a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +64,27 @@ pub struct Followed {
     pub offset: i64,
     pub key: Box<[u8]>,
     pub payload: Box<[u8]>,
+    /// The execution ids the payload names ([`execution_ids`]), read once here.
+    pub execution_ids: Box<[Arc<str>]>,
+}
+
+impl Followed {
+    pub fn new(
+        topic: OutputTopic,
+        partition: i32,
+        offset: i64,
+        key: Box<[u8]>,
+        payload: Box<[u8]>,
+    ) -> Followed {
+        Followed {
+            topic,
+            partition,
+            offset,
+            execution_ids: execution_ids(&payload).into_iter().map(Arc::from).collect(),
+            key,
+            payload,
+        }
+    }
 }
 
 /// Next offsets in one partition of each output topic.
@@ -106,22 +132,8 @@ pub enum FollowError {
     Stopped,
 }
 
-/// The recent messages of one partition of one topic: every committed message from
-/// `covered_from` on.
-#[derive(Debug, Default)]
-struct Ring {
-    covered_from: i64,
-    msgs: VecDeque<Arc<Followed>>,
-}
-
-struct Subscriber {
-    id: u64,
-    tx: mpsc::Sender<Arc<Followed>>,
-    /// Set when its queue was full: the positions of the first message not queued; nothing
-    /// is queued for it until the stream takes the gap ([`Subscription::gap`]).
-    paused_from: Option<Positions>,
-    lagging: Arc<AtomicBool>,
-}
+/// Per execution id in the tail: (account key, messages naming it).
+type ExecutionIndex = HashMap<Arc<str>, Vec<(Box<[u8]>, u32)>>;
 
 #[derive(Default)]
 struct State {
@@ -130,7 +142,10 @@ struct State {
     rings: [Vec<Ring>; 2],
     positions: Vec<Positions>,
     /// Per partition, per key: the subscribed streams.
-    subscribers: HashMap<i32, HashMap<Box<[u8]>, Vec<Subscriber>>>,
+    subscribers: HashMap<i32, HashMap<Box<[u8]>, fanout::KeySubscribers>>,
+    /// Per execution id in the tail: its accounts (the outputs' key) and how many tail
+    /// messages name it ([`Follower::accounts_of`]).
+    executions: ExecutionIndex,
     streams: usize,
     ready: bool,
     failed: Option<String>,
@@ -156,40 +171,12 @@ struct SinkPositions {
 
 const SINK_POSITIONS_TTL: Duration = Duration::from_millis(250);
 
+/// How far behind its tail's size a starting follower reads, to reach the sink's position.
+const CATCH_UP_TAILS: i64 = 10;
+
 /// A handle on the process's follower (cheap to clone).
 #[derive(Clone)]
 pub struct Follower(Arc<Shared>);
-
-/// A stream's subscription: the messages of its key from `from` on. Dropping it
-/// unsubscribes.
-pub struct Subscription {
-    pub rx: mpsc::Receiver<Arc<Followed>>,
-    /// Every message of the key at or after these offsets comes through `rx`, or, after a
-    /// lag, through [`Subscription::gap`].
-    pub from: Positions,
-    /// Set when the queue was full and messages were left out of it: take [`Subscription::gap`]
-    /// once `rx` is empty.
-    lagging: Arc<AtomicBool>,
-    id: u64,
-    key: (i32, Box<[u8]>),
-    follower: Follower,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let mut s = self.follower.lock();
-        s.streams = s.streams.saturating_sub(1);
-        if let Some(keys) = s.subscribers.get_mut(&self.key.0)
-            && let Some(list) = keys.get_mut(&self.key.1)
-        {
-            list.retain(|x| x.id != self.id);
-            if list.is_empty() {
-                keys.remove(&self.key.1);
-            }
-        }
-        crate::metrics::METRICS.api_streams.set(s.streams as i64);
-    }
-}
 
 impl Follower {
     /// A follower for `cfg`'s output topics, not started; it stops with `stop`.
@@ -267,76 +254,43 @@ impl Follower {
             .unwrap_or_default()
     }
 
-    /// Subscribes to the messages of `key` in partition `p` from the follower's position on.
-    pub fn subscribe(&self, p: i32, key: &[u8]) -> Result<Subscription, FollowError> {
-        let cap = self.0.cfg.traces.stream_buffer.max(1);
-        let mut s = self.lock();
-        if s.streams >= self.0.cfg.traces.max_streams {
-            return Err(FollowError::TooManyStreams(s.streams));
-        }
-        let (tx, rx) = mpsc::channel(cap);
-        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        let lagging = Arc::new(AtomicBool::new(false));
-        let k = (p, Box::<[u8]>::from(key));
-        s.subscribers
-            .entry(p)
-            .or_default()
-            .entry(k.1.clone())
-            .or_default()
-            .push(Subscriber {
-                id,
-                tx,
-                paused_from: None,
-                lagging: lagging.clone(),
-            });
-        s.streams += 1;
-        crate::metrics::METRICS.api_streams.set(s.streams as i64);
-        let from = s.positions.get(p as usize).copied().unwrap_or_default();
-        drop(s);
-        Ok(Subscription {
-            rx,
-            from,
-            lagging,
-            id,
-            key: k,
-            follower: self.clone(),
-        })
-    }
-
-    /// The messages of `key` in `[from, to)` of partition `p`: from memory where it holds
-    /// them, else from Kafka.
+    /// The messages of `key` in `[from, to)` of partition `p` (those naming `execution`
+    /// only, when given): from memory where it holds them or knows there are none
+    /// ([`ring`]: an execution none of whose messages it let go of), else from Kafka.
     pub async fn read(
         &self,
         p: i32,
         key: &[u8],
+        execution: Option<&str>,
         from: Positions,
         to: Positions,
     ) -> Result<Tail, FollowError> {
+        let wanted = |m: &Followed| {
+            *m.key == *key && execution.is_none_or(|e| m.execution_ids.iter().any(|x| &**x == e))
+        };
         let mut tail = Tail::default();
         for t in OutputTopic::ALL {
             let (start, end) = (from.get(t), to.get(t));
             if start >= end {
                 continue;
             }
-            let (covered_from, mut msgs) = {
+            let (kafka, mut msgs) = {
                 let s = self.lock();
                 let ring = &s.rings[t as usize][p as usize];
-                let msgs: Vec<Arc<Followed>> = ring
-                    .msgs
-                    .iter()
-                    .filter(|m| m.offset >= start && m.offset < end && *m.key == *key)
-                    .cloned()
-                    .collect();
-                (ring.covered_from, msgs)
+                (
+                    ring.kafka_part(execution, start, end),
+                    ring.range(start, end, wanted),
+                )
             };
-            if start < covered_from {
+            if let Some((start, upto)) = kafka {
+                tracing::debug!(?execution, topic = ?t, partition = p, start, upto, "history older than the follower knows: read from kafka");
                 let cfg = self.0.cfg.clone();
                 let key = key.to_vec();
-                let upto = covered_from.min(end);
                 let mut older =
                     tokio::task::spawn_blocking(move || read_range(&cfg, t, p, start, upto, &key))
                         .await
                         .map_err(|e| FollowError::Kafka(e.to_string()))??;
+                older.retain(|m| wanted(m));
                 older.append(&mut msgs);
                 msgs = older;
             }
@@ -348,6 +302,38 @@ impl Follower {
         Ok(tail)
     }
 
+    /// Like [`Follower::read`] for one execution, from memory only: `None` when the tail no
+    /// longer holds `from`.
+    pub fn read_in_memory(
+        &self,
+        p: i32,
+        key: &[u8],
+        execution: &str,
+        from: Positions,
+        to: Positions,
+    ) -> Option<Tail> {
+        let wanted =
+            |m: &Followed| *m.key == *key && m.execution_ids.iter().any(|x| &**x == execution);
+        let s = self.lock();
+        let mut tail = Tail::default();
+        for t in OutputTopic::ALL {
+            let ring = s.rings[t as usize].get(p as usize)?;
+            let (start, end) = (from.get(t), to.get(t));
+            if start >= end {
+                continue;
+            }
+            if ring.kafka_part(Some(execution), start, end).is_some() {
+                return None;
+            }
+            let msgs = ring.range(start, end, wanted);
+            match t {
+                OutputTopic::Lines => tail.lines = msgs,
+                OutputTopic::Debits => tail.debits = msgs,
+            }
+        }
+        Some(tail)
+    }
+
     /// The follower thread: assign every partition of both topics at the start of what the
     /// in-memory tail can hold, then keep the tail and feed the subscribers.
     fn run(self) {
@@ -357,6 +343,7 @@ impl Follower {
             s.failed = Some(e.to_string());
             // Streams end with an error event; the next request starts a new follower.
             s.subscribers.clear();
+            s.executions.clear();
             s.ready = false;
             drop(s);
             self.0.started.store(false, Ordering::Release);
@@ -392,6 +379,13 @@ impl Follower {
         }
         let n = counts[0];
         let per_partition = (cfg.traces.follow_buffer / n as usize).max(1);
+        // From where the ClickHouse sink stands (what traces and streams read from the
+        // topics), so that the ring knows which executions that range names; at least the
+        // last `per_partition`, at most CATCH_UP_TAILS times that.
+        let sink = self.sink_committed(n).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "output follower: the sink's offsets are unknown");
+            vec![None; n as usize]
+        });
         let mut tpl = TopicPartitionList::new();
         let mut starts = vec![Positions::default(); n as usize];
         let mut highs = starts.clone();
@@ -400,7 +394,12 @@ impl Follower {
                 let (low, high) = consumer
                     .fetch_watermarks(t.name(cfg), p, Duration::from_secs(10))
                     .map_err(k)?;
-                let start = low.max(high - per_partition as i64);
+                let keep = per_partition as i64;
+                let sink_at = sink[p as usize].map_or(low, |s| s.get(t));
+                let start = (high - keep)
+                    .min(sink_at)
+                    .max(high - keep * CATCH_UP_TAILS)
+                    .max(low);
                 starts[p as usize].set(t, start);
                 highs[p as usize].set(t, high);
                 tpl.add_partition_offset(t.name(cfg), p, Offset::Offset(start))
@@ -412,15 +411,10 @@ impl Follower {
             let mut s = self.lock();
             s.partitions = n;
             s.per_partition = per_partition;
+            s.executions.clear();
             s.positions = starts.clone();
             for t in OutputTopic::ALL {
-                s.rings[t as usize] = starts
-                    .iter()
-                    .map(|pos| Ring {
-                        covered_from: pos.get(t),
-                        msgs: VecDeque::new(),
-                    })
-                    .collect();
+                s.rings[t as usize] = starts.iter().map(|pos| Ring::new(pos.get(t))).collect();
             }
             s.failed = None;
         }
@@ -437,13 +431,13 @@ impl Follower {
                     } else {
                         OutputTopic::Debits
                     };
-                    let msg = Arc::new(Followed {
-                        topic: t,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().unwrap_or_default().into(),
-                        payload: m.payload().unwrap_or_default().into(),
-                    });
+                    let msg = Arc::new(Followed::new(
+                        t,
+                        m.partition(),
+                        m.offset(),
+                        m.key().unwrap_or_default().into(),
+                        m.payload().unwrap_or_default().into(),
+                    ));
                     self.take(msg);
                 }
                 Some(Err(e)) if crate::kafka::is_partition_eof(&e) => {}
@@ -520,76 +514,38 @@ impl Follower {
         if let Some(pos) = s.positions.get_mut(p) {
             pos.set(msg.topic, msg.offset + 1);
         }
-        if let Some(ring) = s.rings[t].get_mut(p) {
-            ring.msgs.push_back(msg.clone());
-            while ring.msgs.len() > cap {
-                if let Some(old) = ring.msgs.pop_front() {
-                    ring.covered_from = old.offset + 1;
-                }
-            }
-        }
-        let Some(keys) = s.subscribers.get_mut(&msg.partition) else {
-            return;
+        let evicted = match s.rings[t].get_mut(p) {
+            // As many evicted execution ids as messages kept (a few thousand at least).
+            Some(ring) => ring.push(msg.clone(), cap, cap.max(4096)),
+            None => Vec::new(),
         };
-        if let Some(list) = keys.get_mut(&*msg.key) {
-            list.retain_mut(|sub| {
-                if sub.paused_from.is_some() {
-                    return !sub.tx.is_closed();
-                }
-                match sub.tx.try_send(msg.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // Everything from here on (both topics) is read back from the tail.
-                        let mut from = before;
-                        from.set(msg.topic, before.get(msg.topic).min(msg.offset));
-                        sub.paused_from = Some(from);
-                        sub.lagging.store(true, Ordering::Release);
-                        crate::metrics::METRICS.api_streams_lagged.inc();
-                        true
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
-            });
-            if list.is_empty() {
-                keys.remove(&*msg.key);
-            }
+        index(&mut s.executions, &msg, 1);
+        for old in &evicted {
+            index(&mut s.executions, old, -1);
         }
+        fanout::deliver(&mut s, &msg, before);
     }
 }
 
-impl Subscription {
-    /// True when the queue was full and messages were left out of `rx`.
-    pub fn lagging(&self) -> bool {
-        self.lagging.load(Ordering::Acquire)
-    }
-
-    /// After a lag, once `rx` is empty: the messages of the key left out of the queue, from
-    /// the tail (or Kafka), each topic in offset order; from then on they come through `rx`
-    /// again. `None` when there is no gap.
-    pub async fn gap(&mut self) -> Result<Option<Tail>, FollowError> {
-        let range = {
-            let mut s = self.follower.lock();
-            let to = s
-                .positions
-                .get(self.key.0 as usize)
-                .copied()
-                .unwrap_or_default();
-            let sub = s
-                .subscribers
-                .get_mut(&self.key.0)
-                .and_then(|keys| keys.get_mut(&self.key.1))
-                .and_then(|list| list.iter_mut().find(|x| x.id == self.id));
-            self.lagging.store(false, Ordering::Release);
-            // Unpaused under the lock: every message from `to` on is queued again.
-            sub.and_then(|x| x.paused_from.take())
-                .map(|from| (from, to))
-        };
-        let Some((from, to)) = range else {
-            return Ok(None);
-        };
-        self.follower
-            .read(self.key.0, &self.key.1, from, to)
-            .await
-            .map(Some)
+/// Counts `msg` in (`+1`) or out of (`-1`) the tail's execution index.
+fn index(executions: &mut ExecutionIndex, msg: &Followed, by: i32) {
+    for e in msg.execution_ids.iter() {
+        if by > 0 {
+            let accounts = executions.entry(e.clone()).or_default();
+            match accounts.iter_mut().find(|(k, _)| *k == msg.key) {
+                Some((_, n)) => *n += 1,
+                None => accounts.push((msg.key.clone(), 1)),
+            }
+        } else if let Some(accounts) = executions.get_mut(&**e) {
+            if let Some(i) = accounts.iter().position(|(k, _)| *k == msg.key) {
+                accounts[i].1 -= 1;
+                if accounts[i].1 == 0 {
+                    accounts.swap_remove(i);
+                }
+            }
+            if accounts.is_empty() {
+                executions.remove(&**e);
+            }
+        }
     }
 }

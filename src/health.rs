@@ -37,11 +37,19 @@ pub struct Health {
 }
 
 /// What a stage on the stage runtime (`src/stage.rs`) reports: when it last handled input,
-/// and its lag (input messages behind the high watermarks of its partitions).
+/// its lag (input messages behind the high watermarks of its partitions), and the Kafka
+/// client call its thread is inside, if any, with when that call began (ms since the epoch).
+///
+/// `in_call` exists because the lag cannot tell a stuck stage: librdkafka serves a consumer's
+/// statistics (the lag's source) only when its thread polls, so a thread blocked in a
+/// transaction call keeps reporting its last lag, typically 0 (confluentinc/librdkafka#5511:
+/// `send_offsets_to_transaction` waiting without end on a coordinator whose node was
+/// SIGKILLed; seen in `tests/cluster.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StageStatus {
     pub last_progress_ms: u64,
     pub lag: i64,
+    pub in_call: Option<(&'static str, u64)>,
 }
 
 impl Health {
@@ -60,7 +68,19 @@ impl Health {
             .or_insert(StageStatus {
                 last_progress_ms: now_ms(),
                 lag: 0,
+                in_call: None,
             });
+    }
+
+    /// A stage's thread enters a Kafka client call that may block (`Some(call)`, e.g.
+    /// `"commit"`), or has left it (`None`).
+    pub fn stage_in_call(&self, stage: &'static str, call: Option<&'static str>) {
+        self.stages
+            .lock()
+            .expect("health lock")
+            .entry(stage)
+            .or_default()
+            .in_call = call.map(|c| (c, now_ms()));
     }
 
     /// A stage handled input just now. The rating pipeline's progress is also the service's
@@ -113,7 +133,14 @@ impl Health {
             .clone()
             .map(|why| StageReadiness::not_ready(format!("waiting for kafka: {why}")));
         for (name, st) in self.stages.lock().expect("health lock").iter() {
-            let r = if st.lag > 0 && now.saturating_sub(st.last_progress_ms) > stall {
+            let r = if let Some((call, since)) = st.in_call
+                && now.saturating_sub(since) > stall
+            {
+                StageReadiness::not_ready(format!(
+                    "inside one kafka {call} call for {} s",
+                    idle_for(since)
+                ))
+            } else if st.lag > 0 && now.saturating_sub(st.last_progress_ms) > stall {
                 StageReadiness::not_ready(format!(
                     "made no progress for {} s while {} messages wait",
                     idle_for(st.last_progress_ms),
@@ -133,6 +160,8 @@ impl Health {
                 StageReadiness::not_ready(
                     "price catalog is empty; publish one with `catalog publish`",
                 )
+            } else if let Some(r) = out.get("pipeline").filter(|r| !r.ready) {
+                r.clone() // the stage runtime's verdict, e.g. blocked in a commit
             } else if lag > 0 && now.saturating_sub(last) > stall {
                 StageReadiness::not_ready(format!(
                     "pipeline made no progress for {} s while {lag} events wait",
@@ -192,6 +221,18 @@ impl Health {
             }
         }
         let stages = self.stages.lock().expect("health lock");
+        let in_call = stages.iter().find_map(|(name, st)| {
+            let (call, since) = st.in_call?;
+            (now.saturating_sub(since) > limit).then(|| {
+                format!(
+                    "stage {name} has been inside one kafka {call} call for {} s",
+                    idle(since)
+                )
+            })
+        });
+        if in_call.is_some() {
+            return in_call;
+        }
         stages.iter().find_map(|(name, st)| {
             stuck(st.lag, st.last_progress_ms).then(|| {
                 format!(
@@ -305,6 +346,43 @@ mod tests {
         // While Kafka is unreachable at start, `run` waits by design.
         *h.kafka_wait.lock().unwrap() = Some("connection refused".into());
         assert_eq!(h.stalled(limit), None);
+    }
+
+    #[test]
+    fn a_stage_blocked_in_a_kafka_call_is_stalled_whatever_its_lag_says() {
+        let h = Health::default();
+        let limit = Duration::from_secs(30);
+        h.stage_started("pipeline");
+        h.stage_lag("pipeline", 0);
+        h.stage_in_call("pipeline", Some("commit"));
+        assert_eq!(h.stalled(limit), None, "inside a call, but not for long");
+        let begun = |ago: u64| {
+            h.stages
+                .lock()
+                .unwrap()
+                .get_mut("pipeline")
+                .unwrap()
+                .in_call = Some(("commit", now_ms() - ago));
+        };
+        begun(31_000);
+        assert_eq!(
+            h.stalled(limit).as_deref(),
+            Some("stage pipeline has been inside one kafka commit call for 31 s"),
+            "lag 0 (a blocked thread's statistics are not served) does not hide it"
+        );
+        assert_eq!(
+            h.stage_readiness(limit)["pipeline"],
+            StageReadiness::not_ready("inside one kafka commit call for 31 s")
+        );
+        // The pipeline's own readiness (kafka, catalog, lag) keeps that verdict.
+        h.pipeline_enabled.store(true, Ordering::Relaxed);
+        h.kafka_ok.store(true, Ordering::Relaxed);
+        h.catalog_ok.store(true, Ordering::Relaxed);
+        h.progressed();
+        assert!(!h.stage_readiness(limit)["pipeline"].ready);
+        h.stage_in_call("pipeline", None);
+        assert_eq!(h.stalled(limit), None, "the call returned");
+        assert!(h.stage_readiness(limit)["pipeline"].ready);
     }
 
     #[test]

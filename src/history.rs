@@ -9,10 +9,14 @@
 //! (`sink`: the sink group's committed offsets; every message below them is in ClickHouse).
 //!
 //! Also the other reads of the HTTP API that only ClickHouse answers: an account's
-//! executions ([`listing`]), usage ([`usage`]) and the dead letters ([`dead_letters`]).
+//! executions ([`listing`]), usage ([`usage`]) and the dead letters ([`dead_letters`]), the
+//! listings paged alike ([`page`]).
 
+pub mod batch;
+pub mod cache;
 pub mod dead_letters;
 pub mod listing;
+pub mod page;
 pub mod rows;
 pub mod usage;
 
@@ -72,7 +76,13 @@ pub async fn read(
         // ClickHouse unreachable and no committed sink offsets: the topics from the start.
         Err(e) => (Positions::default(), Some(e.to_string())),
     };
-    let tail = follower.read(p, account.as_bytes(), from, upto).await?;
+    let execution = match filter {
+        Filter::Execution { execution_id, .. } => Some(execution_id.as_str()),
+        Filter::Conversation { .. } => None,
+    };
+    let tail = follower
+        .read(p, account.as_bytes(), execution, from, upto)
+        .await?;
     let mut c = Committed {
         partition: p,
         upto,
@@ -80,12 +90,25 @@ pub async fn read(
         ..Committed::default()
     };
     if c.clickhouse_error.is_none() {
-        match rows::read(ch, filter, p, from).await {
+        let got = match filter {
+            Filter::Execution {
+                account_id,
+                execution_id,
+            } => {
+                batch::BATCHER
+                    .execution(ch, account_id, execution_id, p, from)
+                    .await
+            }
+            Filter::Conversation { .. } => rows::read(ch, filter, p, from)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match got {
             Ok((lines, debits)) => {
                 c.lines = lines;
                 c.debits = debits;
             }
-            Err(e) => c.clickhouse_error = Some(e.to_string()),
+            Err(e) => c.clickhouse_error = Some(e),
         }
     }
     c.lines

@@ -7,7 +7,9 @@
 //! - `usage`, `conversations`: `/v1/accounts/{id}/usage`, `/v1/accounts/{id}/conversations/{cid}`
 //!   (these and the three above share `traces`: state; `trace_routes`: routes);
 //! - `accounts`: `/v1/accounts/{id}/...` (balance, transactions, redemptions);
-//! - `account_list`: `/v1/accounts` for operators (every account's balance, last activity);
+//! - `account_list`: `/v1/accounts` for operators (every account's balance, last activity;
+//!   those below one of their thresholds);
+//! - `alerts`: `/v1/accounts/{id}/alerts` (an account's recent credit and spend alerts);
 //! - `dead_letters`: `/v1/dead-letters` for operators (newest first, counts by reason);
 //! - `grants`: top-ups, adjustments, raw grants (answered with the ledger's verdict) and
 //!   `/v1/grants/{id}` (a grant's status);
@@ -26,6 +28,7 @@
 
 pub mod account_list;
 pub mod accounts;
+pub mod alerts;
 pub mod auth;
 pub mod console;
 pub mod conversations;
@@ -88,6 +91,7 @@ pub fn router(state: HttpState) -> Router {
         v1 = v1
             .merge(account_list::routes())
             .merge(accounts::routes())
+            .merge(alerts::routes())
             .merge(grants::routes())
             .merge(credit_settings::routes())
             .merge(vouchers::routes());

@@ -68,6 +68,38 @@ impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 /// A reader: assigns partitions, never joins a group, ends reads at partition EOF.
 pub type Reader = rdkafka::consumer::BaseConsumer<ReaderContext>;
 
+/// The partition ids of `topic`, asking the brokers every 2 s until it exists; `None` when
+/// `stop` is cancelled first. `missing` runs after each answer without the topic (to log once
+/// and say so in a readiness answer, say). The followers' start (ledger view, vouchers, alerts).
+pub fn wait_for_partitions(
+    reader: &Reader,
+    topic: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    mut missing: impl FnMut(),
+) -> Option<Vec<i32>> {
+    use rdkafka::consumer::Consumer;
+    loop {
+        if stop.is_cancelled() {
+            return None;
+        }
+        let parts: Vec<i32> = reader
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|md| {
+                md.topics()
+                    .first()
+                    .filter(|t| t.error().is_none())
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            })
+            .unwrap_or_default();
+        if !parts.is_empty() {
+            return Some(parts);
+        }
+        missing();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 /// A plain consumer configuration (no group semantics used), for readers that assign;
 /// create it with `create_with_context(ReaderContext)`.
 pub fn reader_config(cfg: &Config) -> ClientConfig {

@@ -343,3 +343,6 @@ mod tests {
         assert!(debits >= 500, "{debits}");
     }
 }
+
+#[cfg(test)]
+mod tests_scan;

@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 mod stage;
@@ -22,10 +22,7 @@ pub struct Metrics {
     pub credits_debited: CounterVec,
     pub open_executions: IntGauge,
     pub dedupe_entries: IntGauge,
-    pub consumer_lag: IntGaugeVec,
-    pub produce_latency: Histogram,
     pub last_progress: Gauge,
-    pub produce_errors: IntCounter,
     pub backpressure_paused: IntGauge,
     pub markers_written: IntCounter,
     pub sink_rows: IntCounterVec,
@@ -47,6 +44,10 @@ pub struct Metrics {
     /// Live streams (SSE) served now, and times one fell behind (and caught up losslessly).
     pub api_streams: IntGauge,
     pub api_streams_lagged: IntCounter,
+    /// Reads of an output partition straight from Kafka (what the follower's memory holds
+    /// neither the messages of nor knows there are none), and the messages they scanned.
+    pub api_follow_kafka_reads: IntCounter,
+    pub api_follow_kafka_scanned: IntCounter,
     /// 1 when a stage of this instance is ready (`/readyz` per stage), by stage.
     pub stage_ready: IntGaugeVec,
     /// Failed credential checks of the HTTP API, by reason (`http::auth::Failure`).
@@ -194,12 +195,6 @@ impl Metrics {
             )
         };
         let gauge = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).unwrap());
-        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
-            reg(
-                &r,
-                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap(),
-            )
-        };
         let hist_vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             reg(
                 &r,
@@ -252,22 +247,6 @@ impl Metrics {
                 "usage_agg_rollup_dedupe_entries",
                 "Event ids held in duplicate memory.",
             ),
-            consumer_lag: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "usage_agg_pipeline_consumer_lag_messages",
-                        "Messages behind the high watermark, per input partition.",
-                    ),
-                    &["partition"],
-                )
-                .unwrap(),
-            ),
-            produce_latency: hist(
-                "usage_agg_pipeline_produce_latency_seconds",
-                "Time from produce to broker acknowledgement.",
-                LATENCY_BUCKETS.to_vec(),
-            ),
             last_progress: reg(
                 &r,
                 Gauge::new(
@@ -275,10 +254,6 @@ impl Metrics {
                     "Unix time the pipeline last advanced an input offset.",
                 )
                 .unwrap(),
-            ),
-            produce_errors: counter(
-                "usage_agg_pipeline_produce_errors_total",
-                "Output messages that failed delivery.",
             ),
             backpressure_paused: gauge(
                 "usage_agg_pipeline_backpressure_paused",
@@ -376,6 +351,14 @@ impl Metrics {
                 "usage_agg_api_streams_lagged_total",
                 "Times a live stream fell traces.stream_buffer messages behind; it then read what it missed from the follower's tail or Kafka (nothing lost, the stream stays open).",
             ),
+            api_follow_kafka_reads: counter(
+                "usage_agg_api_follow_kafka_reads_total",
+                "Reads of an output partition straight from Kafka for a trace's or stream's history (or a lagging stream's gap) that the follower's memory could not answer.",
+            ),
+            api_follow_kafka_scanned: counter(
+                "usage_agg_api_follow_kafka_scanned_total",
+                "Messages those reads scanned (every key of the partition).",
+            ),
             ready: gauge(
                 "usage_agg_ready",
                 "1 when /readyz answers 200 (the stages this instance's HTTP answers depend on are ready).",
@@ -468,7 +451,6 @@ pub fn init_labels() {
     m.ledger
         .voucher_results
         .with_label_values(&["redeem", "granted"]);
-    m.consumer_lag.with_label_values(&["0"]);
 }
 
 /// The stages on the stage runtime (the `stage` label).

@@ -490,4 +490,4 @@ mod tests {
     }
 }
 #[cfg(test)]
-mod tests_pricing;
+pub(crate) mod tests_pricing;

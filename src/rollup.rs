@@ -538,3 +538,5 @@ impl PartitionRollup {
 mod tests;
 #[cfg(test)]
 mod tests_field_faults;
+#[cfg(test)]
+mod tests_pricing;

@@ -2,7 +2,8 @@
 //! own consumer group; batched RowBinary inserts out, each row exactly once.
 //!
 //! Exactly once without merges: every row keeps its output-topic partition and offset. When a
-//! partition is first seen, the sink asks ClickHouse for the highest offset it holds and the
+//! partition is assigned (the stage runtime's rule: restore, then assign; see
+//! docs/design.md "The sink and the stage runtime"), the sink asks ClickHouse for the highest offset it holds and the
 //! ids of recent rows ([`cursor`]); older messages are skipped, and a repeated id (a replay of
 //! the rating pipeline) is not inserted again. Offsets are committed only after the insert
 //! succeeded ([`insert`]: transient faults retried forever, refused rows dead-lettered).
@@ -22,16 +23,14 @@ pub mod tables;
 #[cfg(test)]
 mod tests_line_scan;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -40,13 +39,15 @@ use crate::health::{Health, now_ms};
 use crate::kafka;
 use crate::metrics::METRICS;
 use crate::rejection::{DeadLetter, RejectReason, Rejection};
+use crate::stage::{Positions, StageContext};
 use cursor::{Cursor, Resumed};
 use insert::{FIRST_BACKOFF, Inserter, next_backoff};
 use rows::Source;
 use table::{Accepted, Lane};
 
 /// Creates the sink's labelled series (one per table; the lag one per configured output
-/// topic, partition 0), so dashboards and alert rules see zeros.
+/// topic, partition 0; the stage runtime's with `stage="sink"`), so dashboards and alert
+/// rules see zeros.
 pub fn init_labels(topics: &crate::config::TopicsConfig) {
     let m = &*METRICS;
     for t in tables::NAMES {
@@ -59,6 +60,13 @@ pub fn init_labels(topics: &crate::config::TopicsConfig) {
     for l in tables::lanes(topics) {
         m.sink_lag.with_label_values(&[l.topic(), "0"]);
     }
+    // The stage runtime's series the sink feeds (no transactions, changelog or producer).
+    let st = &m.stage;
+    st.input_messages.with_label_values(&[STAGE]);
+    st.commit_seconds.with_label_values(&[STAGE]);
+    st.restore_seconds.with_label_values(&[STAGE]);
+    st.last_commit.with_label_values(&[STAGE]);
+    st.consumer_lag.with_label_values(&[STAGE, "0"]);
 }
 
 /// A ClickHouse client from configuration (password from env or file, never logged).
@@ -73,57 +81,28 @@ pub fn client(cfg: &ClickHouseConfig) -> anyhow::Result<clickhouse::Client> {
     Ok(c)
 }
 
-/// Consumer context: revoked partitions are dropped (their buffered rows too) before they
-/// are handed to another member; watermarks feed the lag metric.
-struct SinkContext {
-    revoked: Mutex<Vec<(String, i32)>>,
-    /// Per partition: high watermark, and whether everything fetched was delivered.
-    hi: Mutex<HashMap<(String, i32), (i64, bool)>>,
-}
-
-impl ClientContext for SinkContext {
-    fn stats(&self, stats: Statistics) {
-        let mut hi = self.hi.lock().expect("hi lock");
-        for (t, ts) in &stats.topics {
-            for (p, s) in &ts.partitions {
-                if *p >= 0 && s.hi_offset >= 0 {
-                    // Fetched to the end with nothing left in the fetch queue: caught up. The
-                    // offsets between the last message and the end are transaction markers,
-                    // which are never delivered, so `hi - next` would show a phantom lag.
-                    let caught_up = s.fetchq_cnt == 0 && s.next_offset >= s.hi_offset;
-                    hi.insert((t.clone(), *p), (s.hi_offset, caught_up));
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for SinkContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = r {
-            let mut rv = self.revoked.lock().expect("revoked lock");
-            for e in tpl.elements() {
-                rv.push((e.topic().to_string(), e.partition()));
-            }
-        }
-    }
-}
-
 /// The sink task: one loop over every table's lane.
 pub struct Sink {
     cfg: Config,
-    consumer: Arc<StreamConsumer<SinkContext>>,
+    consumer: Arc<StreamConsumer<StageContext>>,
     producer: FutureProducer,
     health: Arc<Health>,
     inserter: Inserter,
     lanes: Vec<Box<dyn Lane>>,
     /// Resume cursor per (lane index, output partition), loaded when first seen.
     cursors: HashMap<(usize, i32), Cursor>,
+    /// Messages read per lane since its last write (`usage_agg_stage_input_messages_total`).
+    read: Vec<u64>,
+    /// Assigned partitions whose resume point is not loaded yet (topic, partition).
+    unresumed: Vec<(String, i32)>,
 }
+
+/// The sink's name in the stage runtime's metrics (`usage_agg_stage_*{stage="sink"}`).
+const STAGE: &str = "sink";
 
 impl Sink {
     pub fn new(cfg: &Config, health: Arc<Health>) -> anyhow::Result<Sink> {
-        let c = kafka::group_config(
+        let mut c = kafka::group_config(
             cfg,
             &cfg.kafka.sink_group_id,
             "sink",
@@ -132,11 +111,12 @@ impl Sink {
                 ("queued.max.messages.kbytes", "65536"),
             ],
         );
-        let consumer: StreamConsumer<SinkContext> = c.create_with_context(SinkContext {
-            revoked: Mutex::new(Vec::new()),
-            hi: Mutex::new(HashMap::new()),
-        })?;
+        // Eager assignors only: `StageContext` revokes everything, then assigns whole.
+        c.set("partition.assignment.strategy", "range,roundrobin");
+        let consumer: StreamConsumer<StageContext> =
+            c.create_with_context(StageContext::new(STAGE))?;
         let lanes = tables::lanes(&cfg.topics);
+        let lanes_len = lanes.len();
         let topics: Vec<&str> = lanes.iter().map(|l| l.topic()).collect();
         consumer.subscribe(&topics)?;
         health.sink_enabled.store(true, Ordering::Relaxed);
@@ -153,6 +133,8 @@ impl Sink {
             health,
             lanes,
             cursors: HashMap::new(),
+            read: vec![0; lanes_len],
+            unresumed: Vec::new(),
         })
     }
 
@@ -172,7 +154,7 @@ impl Sink {
                 m = consumer.recv() => {
                     match m {
                         Ok(m) => {
-                            self.apply_revokes();
+                            self.rebalance().await?;
                             self.accept(&m).await;
                         }
                         // Fatal (e.g. `FencedInstanceId` after the group coordinator's node
@@ -185,7 +167,7 @@ impl Sink {
                     }
                 }
                 _ = tick.tick() => {
-                    self.apply_revokes();
+                    self.rebalance().await?;
                     if last_ping.elapsed() > Duration::from_secs(2) {
                         let r = self.inserter.ch.query("SELECT 1").execute().await;
                         self.health.clickhouse(
@@ -202,67 +184,121 @@ impl Sink {
         Ok(())
     }
 
-    /// Forgets revoked partitions: their cursors and buffered rows (not committed, so the
-    /// next owner reads them again).
-    fn apply_revokes(&mut self) {
-        let revoked: Vec<(String, i32)> = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .revoked
-                .lock()
-                .expect("revoked lock"),
-        );
-        for (topic, p) in revoked {
-            if let Some(lane) = self.lane_of(&topic) {
-                self.cursors.remove(&(lane, p));
-                self.lanes[lane].drop_partition(p);
-            }
+    /// The stage runtime's rebalance rule (`crate::stage`), with ClickHouse as the state: a
+    /// revocation forgets every cursor and buffered row (not committed, so the next owner
+    /// reads them again); an assignment first loads each partition's resume point from
+    /// ClickHouse (retried while it is down), then assigns at the group's committed offsets.
+    async fn rebalance(&mut self) -> anyhow::Result<()> {
+        if !self.consumer.context().flagged.load(Ordering::Acquire) {
+            return Ok(());
         }
+        let pending = self.consumer.context().take();
+        if pending.revoked {
+            for ((lane, p), _) in std::mem::take(&mut self.cursors) {
+                self.lanes[lane].drop_partition(p);
+                METRICS
+                    .stage
+                    .consumer_lag
+                    .with_label_values(&[STAGE, &p.to_string()])
+                    .set(0);
+            }
+            self.read.iter_mut().for_each(|n| *n = 0);
+            self.consumer.context().clear_lag();
+        }
+        let assigned: Option<Vec<(String, i32)>> = pending.assign.map(|tpl| {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect()
+        });
+        if let Some(mut parts) = assigned {
+            // In the tables' order (usage lines and debits first), partition by partition.
+            parts.sort_by_key(|(t, p)| (self.lane_of(t).unwrap_or(usize::MAX), *p));
+            self.unresumed = parts.clone();
+            for (topic, p) in &parts {
+                if let Some(lane) = self.lane_of(topic) {
+                    let started = Instant::now();
+                    self.cursor(lane, *p).await;
+                    self.unresumed.retain(|(t, q)| (t, q) != (topic, p));
+                    METRICS
+                        .stage
+                        .restore_seconds
+                        .with_label_values(&[STAGE])
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (topic, p) in &parts {
+                tpl.add_partition(topic, *p);
+            }
+            self.consumer.assign(&tpl)?;
+            tracing::info!(
+                stage = STAGE,
+                partitions = tpl.count(),
+                "partitions assigned"
+            );
+        }
+        Ok(())
     }
 
+    /// Lag per (topic, partition) under the sink's names, per partition number (summed
+    /// over the topics) under the stage runtime's, and in all into [`Health`].
     fn update_lag(&self) {
-        let hi = self.consumer.context().hi.lock().expect("hi lock").clone();
+        let ctx = self.consumer.context();
         let mut total = 0;
-        for ((topic, p), (h, caught_up)) in hi {
-            let Some(lane) = self.lane_of(&topic) else {
-                continue;
-            };
-            if let Some(c) = self.cursors.get(&(lane, p)) {
-                let lag = if caught_up { 0 } else { (h - c.next).max(0) };
+        let mut owned: BTreeMap<i32, Positions> = BTreeMap::new();
+        for ((lane, p), c) in &self.cursors {
+            let topic = self.lanes[*lane].topic();
+            owned
+                .entry(*p)
+                .or_default()
+                .insert(topic.to_string(), c.next);
+            if let Some(lag) = ctx.topic_lag(topic, *p, c.next) {
                 total += lag;
                 METRICS
                     .sink_lag
-                    .with_label_values(&[&topic, &p.to_string()])
+                    .with_label_values(&[topic, &p.to_string()])
                     .set(lag);
             }
+        }
+        for (p, pos) in &owned {
+            METRICS
+                .stage
+                .consumer_lag
+                .with_label_values(&[STAGE, &p.to_string()])
+                .set(ctx.lag(*p, pos));
         }
         self.health.sink_lag.store(total, Ordering::Relaxed);
     }
 
-    /// The lag of a partition whose resume point is not known yet: its high watermark minus
-    /// the group's committed offset (or its low watermark when nothing is committed).
-    fn waiting_lag(&self, topic: &str, p: i32) {
+    /// The lag of the partitions whose resume point is not known yet (assigned, waiting for
+    /// ClickHouse): each one's high watermark minus the group's committed offset (or its low
+    /// watermark when nothing is committed), per partition and summed into [`Health`].
+    fn waiting_lag(&self) {
         let c = &self.consumer;
         let t = Duration::from_secs(5);
-        let lag = tokio::task::block_in_place(|| {
-            let (lo, hi) = c.fetch_watermarks(topic, p, t).ok()?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, p);
-            let committed = c.committed_offsets(tpl, t).ok()?;
-            let from = match committed.find_partition(topic, p)?.offset() {
-                Offset::Offset(o) => o,
-                _ => lo,
-            };
-            Some(waiting(hi, from))
-        });
-        if let Some(lag) = lag {
-            METRICS
-                .sink_lag
-                .with_label_values(&[topic, &p.to_string()])
-                .set(lag);
-            self.health.sink_lag.store(lag, Ordering::Relaxed);
+        let mut total = 0;
+        for (topic, p) in &self.unresumed {
+            let lag = tokio::task::block_in_place(|| {
+                let (lo, hi) = c.fetch_watermarks(topic, *p, t).ok()?;
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, *p);
+                let committed = c.committed_offsets(tpl, t).ok()?;
+                let from = match committed.find_partition(topic, *p)?.offset() {
+                    Offset::Offset(o) => o,
+                    _ => lo,
+                };
+                Some(waiting(hi, from))
+            });
+            if let Some(lag) = lag {
+                total += lag;
+                METRICS
+                    .sink_lag
+                    .with_label_values(&[topic, &p.to_string()])
+                    .set(lag);
+            }
         }
+        self.health.sink_lag.store(total, Ordering::Relaxed);
     }
 
     /// The partition's cursor, loaded from ClickHouse when first seen (retried until
@@ -294,7 +330,7 @@ impl Sink {
                     // nothing is inserted, and the rows wait in Kafka (SinkInsertRetries,
                     // SinkLag).
                     METRICS.sink_retries.with_label_values(&[l.name()]).inc();
-                    self.waiting_lag(l.topic(), p);
+                    self.waiting_lag();
                     tokio::time::sleep(backoff).await;
                     backoff = next_backoff(backoff, self.cfg.sink.max_backoff);
                 }
@@ -348,6 +384,7 @@ impl Sink {
             offset: o,
             ingested_at: (now_ms() / 1000) as u32,
         };
+        self.read[lane] += 1;
         let cursor = self.cursors.get_mut(&(lane, p)).expect("cursor loaded");
         match self.lanes[lane].accept(cursor, payload, src, Instant::now()) {
             Ok(Accepted::Buffered) => {}
@@ -415,6 +452,7 @@ impl Sink {
     /// Inserts a table's batch, dead-letters what ClickHouse refused, then commits every
     /// offset read from the table's topic so far (inserted or skipped).
     async fn write(&mut self, lane: usize) -> anyhow::Result<()> {
+        let started = Instant::now();
         let written = self.lanes[lane].write(&self.inserter).await;
         let name = self.lanes[lane].name();
         if let Some(w) = written {
@@ -451,6 +489,16 @@ impl Sink {
         self.health
             .sink_last_progress_ms
             .store(now_ms(), Ordering::Relaxed);
+        let m = &METRICS.stage;
+        m.input_messages
+            .with_label_values(&[STAGE])
+            .inc_by(std::mem::take(&mut self.read[lane]));
+        m.commit_seconds
+            .with_label_values(&[STAGE])
+            .observe(started.elapsed().as_secs_f64());
+        m.last_commit
+            .with_label_values(&[STAGE])
+            .set(now_ms() as f64 / 1000.0);
         Ok(())
     }
 }

@@ -31,6 +31,7 @@ pub mod restore;
 mod txn;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,11 @@ use crate::config::Config;
 use crate::health::now_ms;
 use crate::kafka;
 use crate::metrics::METRICS;
-use context::StageContext;
+
 use txn::{Reinits, StageProducer, Txn, TxnFailure, txn_call};
 
 pub use crate::kafka::ReaderContext;
+pub use context::StageContext;
 pub use error::StageError;
 pub use processor::{
     ChangeSink, Changelog, CompactedLog, InputMsg, OFFSETS_KEY, Outputs, Processor, StageSpec,
@@ -63,13 +65,21 @@ pub const BURST: usize = 2048;
 /// while read, before a restore gives up.
 const RESTORE_PATIENCE: Duration = Duration::from_secs(60);
 
+/// How long a transaction's closing calls may take before the producer is taken as stuck:
+/// each call retries until `transaction_timeout` has passed and the last may itself take
+/// that long, so twice that, and 5 s of slack for a loaded box.
+fn call_limit(transaction_timeout: Duration) -> Duration {
+    transaction_timeout * 2 + Duration::from_secs(5)
+}
+
 /// A running stage; [`Stage::run`] drives it on the calling thread.
 pub struct Stage<P: Processor> {
     cfg: Config,
     spec: StageSpec,
     processor: P,
     txn_id: String,
-    producer: StageProducer,
+    /// Shared with the thread a transaction's closing calls run on ([`txn::bounded`]).
+    producer: Arc<StageProducer>,
     consumer: BaseConsumer<StageContext>,
     reader: kafka::Reader,
     /// Owned partition -> next offset per input topic (restored or consumed).
@@ -107,7 +117,7 @@ impl<P: Processor> Stage<P> {
             cc.create_with_context(StageContext::new(spec.name))?;
         let reader: kafka::Reader = kafka::reader_config(cfg).create_with_context(ReaderContext)?;
         replay::check_partitions(&reader, &spec)?;
-        let producer = txn::producer(cfg, spec.name, &txn_id)?;
+        let producer = Arc::new(txn::producer(cfg, spec.name, &txn_id)?);
         let topics: Vec<&str> = spec.inputs.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         if let Some(h) = &spec.health {
@@ -233,10 +243,26 @@ impl<P: Processor> Stage<P> {
                 .is_some_and(|s| s.elapsed() >= self.spec.commit_interval)
     }
 
+    /// [`Stage::commit_now`], reported to [`crate::health::Health`] as a Kafka call in
+    /// progress while it runs: its transaction calls can block without end on a lost
+    /// coordinator, and the stall watchdog must see that whatever the last lag said.
+    fn commit(&mut self) -> Result<(), StageError> {
+        self.in_call(Some("commit"));
+        let r = self.commit_now();
+        self.in_call(None);
+        r
+    }
+
+    fn in_call(&self, call: Option<&'static str>) {
+        if let Some(h) = &self.spec.health {
+            h.stage_in_call(self.spec.name, call);
+        }
+    }
+
     /// Writes the changed state and positions of the touched partitions, sends the offsets
     /// and commits. An abortable failure aborts and restores; a fatal one re-creates the
     /// producer.
-    fn commit(&mut self) -> Result<(), StageError> {
+    fn commit_now(&mut self) -> Result<(), StageError> {
         let started = Instant::now();
         let touched = std::mem::take(&mut self.touched);
         let (mut records, mut bytes) = (0, 0);
@@ -272,24 +298,34 @@ impl<P: Processor> Stage<P> {
         }
         let timeout = self.cfg.pipeline.transaction_timeout;
         let deadline = started + timeout;
-        let (producer, consumer) = (&self.producer, &self.consumer);
-        let result = (|| {
-            if tpl.count() > 0 {
-                let cgm =
-                    consumer
-                        .group_metadata()
-                        .ok_or(TxnFailure::Abort(KafkaError::Global(
-                            RDKafkaErrorCode::State,
-                        )))?;
-                txn_call("send_offsets_to_transaction", deadline, || {
-                    producer.send_offsets_to_transaction(&tpl, &cgm, timeout)
-                })?;
-            }
-            kafka::await_in_flight(producer, deadline);
-            txn_call("commit_transaction", deadline, || {
-                producer.commit_transaction(timeout)
-            })
-        })();
+        let cgm = match tpl.count() {
+            0 => Ok(None),
+            _ => self
+                .consumer
+                .group_metadata()
+                .map(Some)
+                .ok_or(TxnFailure::Abort(KafkaError::Global(
+                    RDKafkaErrorCode::State,
+                ))),
+        };
+        let result = cgm.and_then(|cgm| {
+            txn::bounded(
+                "commit",
+                &self.producer,
+                call_limit(timeout),
+                move |producer| {
+                    if let Some(cgm) = cgm {
+                        txn_call("send_offsets_to_transaction", deadline, || {
+                            producer.send_offsets_to_transaction(&tpl, &cgm, timeout)
+                        })?;
+                    }
+                    kafka::await_in_flight(producer, deadline);
+                    txn_call("commit_transaction", deadline, || {
+                        producer.commit_transaction(timeout)
+                    })
+                },
+            )
+        });
         match result {
             Ok(()) => {
                 let m = &METRICS.stage;
@@ -325,12 +361,8 @@ impl<P: Processor> Stage<P> {
     /// Aborts the open transaction (its outputs never become visible) and restores every
     /// owned partition from its changelog.
     fn abort_and_restore(&mut self, why: &str) -> Result<(), StageError> {
-        let timeout = self.cfg.pipeline.transaction_timeout;
-        let producer = &self.producer;
         if self.txn.open
-            && let Err(f) = txn_call("abort_transaction", Instant::now() + timeout, || {
-                producer.abort_transaction(timeout)
-            })
+            && let Err(f) = self.abort_transaction()
         {
             return self.recover(f.into_error());
         }
@@ -341,6 +373,18 @@ impl<P: Processor> Stage<P> {
             "transaction aborted; restoring state"
         );
         self.restore_owned()
+    }
+
+    /// Aborts the open transaction, retried while retriable for `transaction_timeout`, on a
+    /// thread bounded by [`call_limit`].
+    fn abort_transaction(&self) -> Result<(), TxnFailure> {
+        let timeout = self.cfg.pipeline.transaction_timeout;
+        let deadline = Instant::now() + timeout;
+        txn::bounded("abort", &self.producer, call_limit(timeout), move |p| {
+            txn_call("abort_transaction", deadline, || {
+                p.abort_transaction(timeout)
+            })
+        })
     }
 
     /// The producer failed for good (fenced: e.g. its transaction outlived the transaction
@@ -365,7 +409,7 @@ impl<P: Processor> Stage<P> {
             .with_label_values(&[self.spec.name])
             .inc();
         let new = txn::producer(&self.cfg, self.spec.name, &self.txn_id)?;
-        let old = std::mem::replace(&mut self.producer, new);
+        let old = std::mem::replace(&mut self.producer, Arc::new(new));
         // Destroying a client can wait on a request to a broker that is gone; the stage
         // goes on with the new producer meanwhile.
         let _ = std::thread::Builder::new()
@@ -408,11 +452,10 @@ impl<P: Processor> Stage<P> {
         if pending.revoked {
             let owned = std::mem::take(&mut self.owned);
             if self.txn.open {
-                let timeout = self.cfg.pipeline.transaction_timeout;
-                let producer = &self.producer;
-                if let Err(f) = txn_call("abort_transaction", Instant::now() + timeout, || {
-                    producer.abort_transaction(timeout)
-                }) {
+                self.in_call(Some("abort_transaction"));
+                let aborted = self.abort_transaction();
+                self.in_call(None);
+                if let Err(f) = aborted {
                     // Fenced meanwhile: a new producer (its init aborts what was open).
                     self.reinit(f.into_error())?;
                 }
@@ -495,13 +538,6 @@ impl<P: Processor> Stage<P> {
                 .consumer_lag
                 .with_label_values(&[self.spec.name, &p.to_string()])
                 .set(lag);
-            if self.spec.name == "pipeline" {
-                // The name dashboards and alert rules were written against.
-                METRICS
-                    .consumer_lag
-                    .with_label_values(&[&p.to_string()])
-                    .set(lag);
-            }
         }
         if let Some(h) = &self.spec.health {
             h.stage_lag(self.spec.name, total);

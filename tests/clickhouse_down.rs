@@ -159,9 +159,8 @@ fn with_clickhouse_down_traces_come_from_the_topics_reads_say_503_and_the_sink_a
         ));
     }
     eprintln!("the scrape fed to promtool:\n{input}");
-    // Rows wait for ClickHouse and the lag says so. Known undercount: while the sink blocks
-    // on one partition's resume point, only that partition's lag is measured (the lines
-    // and the debit of this test may wait in others).
+    // Rows wait for ClickHouse and the lag says so: while the sink waits for the resume
+    // points, every assigned partition still waiting is measured.
     assert!(
         lag > 0.0,
         "the rows waiting for ClickHouse are counted (lag {lag})"

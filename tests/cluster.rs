@@ -10,10 +10,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{PrivateCluster, transaction_state_partition};
+use common::cluster::{DebitWatch, PrivateCluster, transaction_state_partition, wall_ms};
 use common::*;
-use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use usage_aggregator::loadgen::{Workload, WorkloadSpec};
 
 #[test]
@@ -26,60 +24,6 @@ fn java_string_hash_partition_matches_kafka() {
         transaction_state_partition("Aa", 7),
         transaction_state_partition("BB", 7)
     );
-}
-
-/// Counts the debits a `read_committed` consumer of every debits partition has received:
-/// a consumer follows leader changes, where a watermark query to a dead leader only fails.
-struct DebitWatch {
-    consumer: BaseConsumer,
-    seen: usize,
-    /// The latest produce time (ms since the epoch) among the debits received.
-    newest_ms: i64,
-}
-
-impl DebitWatch {
-    fn new(env: &TestEnv) -> DebitWatch {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &env.cfg.kafka.brokers)
-            .set("group.id", format!("{}-watch", env.name))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in 0..env.cfg.topics.output_partitions {
-            tpl.add_partition_offset(&env.cfg.topics.debits, p, rdkafka::Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        DebitWatch {
-            consumer,
-            seen: 0,
-            newest_ms: 0,
-        }
-    }
-
-    /// Polls for up to `d`; returns the debits received so far.
-    fn poll(&mut self, d: Duration) -> usize {
-        let until = Instant::now() + d;
-        while Instant::now() < until {
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(20)) {
-                self.seen += 1;
-                if let Some(ts) = m.timestamp().to_millis() {
-                    self.newest_ms = self.newest_ms.max(ts);
-                }
-            }
-        }
-        self.seen
-    }
-}
-
-/// Milliseconds since the Unix epoch (debits' produce timestamps are in these).
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Seconds from `since` (wall time `since_ms`) until a debit produced after it is committed
@@ -109,7 +53,7 @@ fn until_next_debit(
         .filter(|l| {
             !l.starts_with('#')
                 && (l.contains("pipeline_transactions")
-                    || l.contains("pipeline_consumer_lag")
+                    || l.contains("stage_consumer_lag")
                     || l.contains("events_consumed")
                     || l.contains("last_progress"))
         })

@@ -131,15 +131,6 @@ async fn bench_transactions_first_paint_10000_entries() {
     );
 }
 
-/// CPU seconds (user + system) the process has used so far (/proc/PID/stat, clock ticks).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
 /// One console's Live page as the service sees it: the SSE stream of an execution, resumed
 /// with `Last-Event-ID` when the service ends it (`dropped`), as the page does; counts the
 /// `call` events and the reconnections.
@@ -209,28 +200,12 @@ async fn bench_live_cpu_with_50_consoles() {
     let account = "acct-live-bench";
     // A steady workload for `SECS` seconds: RATE calls per second over CONSOLES executions.
     let run = |tag: &str| {
-        let start_cpu = cpu_seconds(pid);
-        let t0 = Instant::now();
-        let mut sent = 0usize;
-        while t0.elapsed() < Duration::from_secs(SECS) {
-            let due = (t0.elapsed().as_secs_f64() * RATE as f64) as usize;
-            while sent < due {
-                let exec = format!("{tag}-exec-{}", sent % CONSOLES);
-                let id = format!("{tag}-{sent}");
-                loader
-                    .send(
-                        &topic,
-                        &exec,
-                        direct_call(&id, account, Some(&exec), sent).as_bytes(),
-                    )
-                    .unwrap();
-                sent += 1;
-            }
-            loader.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let cpu = cpu_seconds(pid) - start_cpu;
-        (sent, cpu / t0.elapsed().as_secs_f64())
+        common::bench::steady_load(&loader, &topic, RATE, SECS, pid, |n| {
+            let exec = format!("{tag}-exec-{}", n % CONSOLES);
+            let id = format!("{tag}-{n}");
+            let e = direct_call(&id, account, Some(&exec), n);
+            (exec, e)
+        })
     };
     // Warm up (partitions assigned, follower caught up), then no console.
     let _ = tokio::task::block_in_place(|| run("warm"));

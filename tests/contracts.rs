@@ -329,6 +329,53 @@ fn every_output_message_and_api_answer_follows_its_schema() {
     let (status, ready) = readyz(&listen);
     assert_eq!(status, 200);
     valid("api/readyz.json", &ready);
+    // Recent alerts (the alerts view): the top-up's recovery and both spend rules.
+    let alerts_path = format!("/v1/accounts/{a}/alerts");
+    env.wait_for("a's alerts listed", Duration::from_secs(30), || {
+        let r = call("GET", &alerts_path, Some(&key_a), None);
+        if r.status != 200 {
+            return false;
+        }
+        let kinds: Vec<Value> = r.json()["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|x| x["kind"].clone())
+            .collect();
+        ["low_balance", "execution_credits", "account_hourly_credits"]
+            .iter()
+            .all(|k| kinds.contains(&Value::from(*k)))
+    });
+    let al = ok(&alerts_path, &key_a, "api/alerts.json");
+    let low = al["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "low_balance")
+        .unwrap();
+    assert_eq!(
+        (&low["crossing"], &low["balance"]),
+        (&Value::from("recovered"), &Value::from("25")),
+        "{al}"
+    );
+    ok(&alerts_path, OPERATOR_TOKEN, "api/alerts.json");
+    // Accounts below a threshold: b (a direct call, no top-up) below 10 and 0; a is not.
+    let below = ok(
+        "/v1/accounts/below-thresholds",
+        OPERATOR_TOKEN,
+        "api/accounts-below-thresholds.json",
+    );
+    let listed: Vec<&Value> = below["accounts"].as_array().unwrap().iter().collect();
+    assert!(
+        listed.iter().all(|x| x["account_id"] != a.as_str()),
+        "{below}"
+    );
+    let b_row = listed
+        .iter()
+        .find(|x| x["account_id"] == b.as_str())
+        .unwrap();
+    assert_eq!(b_row["below"][0]["threshold"], "10", "{below}");
     // A refused redemption (422) is the voucher stage's answer with the error field.
     let r = call(
         "POST",
@@ -366,6 +413,27 @@ fn every_output_message_and_api_answer_follows_its_schema() {
             Some(OPERATOR_TOKEN),
             Some(r#"{"amount":"1","reference":"too-small"}"#),
             422,
+        ),
+        (
+            "GET",
+            &format!("/v1/accounts/{b}/alerts") as &str,
+            Some(key_a.as_str()),
+            None,
+            404,
+        ),
+        (
+            "GET",
+            &format!("/v1/accounts/{a}/alerts?limt=1") as &str,
+            Some(key_a.as_str()),
+            None,
+            400,
+        ),
+        (
+            "GET",
+            "/v1/accounts/below-thresholds",
+            Some(key_a.as_str()),
+            None,
+            403,
         ),
         ("GET", "/v1/nowhere", Some(OPERATOR_TOKEN), None, 404),
         ("DELETE", "/v1/whoami", Some(OPERATOR_TOKEN), None, 405),

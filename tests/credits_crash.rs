@@ -13,8 +13,15 @@
 //! model, each expiry once and only of a grant with credits left; every voucher decision;
 //! one top-up request per crossing; and every refusal still a refusal (dead-lettered once
 //! per send, answered `refused` once per send, its status `refused`, never an entry).
+//!
+//! Here the run and its checks; credits_crash/model.rs the independent draw-down model,
+//! credits_crash/send.rs what is sent (the plan's steps, the feeder, the payment service).
 
 mod common;
+#[path = "credits_crash/model.rs"]
+mod model;
+#[path = "credits_crash/send.rs"]
+mod send;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -24,14 +31,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::ledger::*;
 use common::*;
+use model::*;
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
+use send::*;
 use usage_aggregator::debit::Debit;
 use usage_aggregator::ledger::answer::{LedgerAnswer, Verdict};
 use usage_aggregator::ledger::client;
 use usage_aggregator::ledger::command::Request;
 use usage_aggregator::ledger::core::{BalanceEvent, EntryKind, GrantTerms, TopupRequest};
-use usage_aggregator::ledger::funding::{Category, FundingCategory};
+use usage_aggregator::ledger::funding::Category;
 use usage_aggregator::ledger::grant::{Grant, GrantKind};
 use usage_aggregator::ledger::thresholds::AutoTopup;
 use usage_aggregator::ledger::voucher::{self, VoucherOutcome, VoucherRequest, VoucherResult};
@@ -40,119 +49,6 @@ const ACCOUNTS: usize = 30;
 /// Accounts 0..AUTO have an automatic top-up rule: below 10, buy 25.
 const AUTO: usize = 8;
 const KILLS: usize = 50;
-
-/// One funding line: grant (none: the overdraft), category, amount.
-type Line = (Option<String>, FundingCategory, Decimal);
-
-struct Open {
-    id: String,
-    terms: GrantTerms,
-    seq: u64,
-    left: Decimal,
-}
-
-/// The draw-down order written out again: lower priority number, soonest expiry (none
-/// last), promotional before paid, oldest. Picks the next grant by a minimum each time
-/// (the ledger keeps a sorted list).
-#[derive(Default)]
-struct Model {
-    open: Vec<Open>,
-    overdraft: Decimal,
-}
-
-fn category(c: Category) -> FundingCategory {
-    match c {
-        Category::Paid => FundingCategory::Paid,
-        Category::Promotional => FundingCategory::Promotional,
-    }
-}
-
-impl Model {
-    fn first(&self) -> Option<usize> {
-        (0..self.open.len()).min_by_key(|&i| {
-            let g = &self.open[i];
-            let promo_first = u8::from(g.terms.category == Category::Paid);
-            (
-                g.terms.priority,
-                g.terms.expires_at.is_none(),
-                g.terms.expires_at,
-                promo_first,
-                g.seq,
-            )
-        })
-    }
-
-    fn draw(&mut self, mut x: Decimal) -> Vec<Line> {
-        let mut lines = Vec::new();
-        while x > Decimal::ZERO {
-            let Some(i) = self.first() else {
-                self.overdraft += x;
-                lines.push((None, FundingCategory::Overdraft, -x));
-                break;
-            };
-            let g = &mut self.open[i];
-            let take = x.min(g.left);
-            g.left -= take;
-            x -= take;
-            lines.push((Some(g.id.clone()), category(g.terms.category), -take));
-            if g.left.is_zero() {
-                self.open.remove(i);
-            }
-        }
-        lines
-    }
-
-    fn credit(&mut self, id: &str, terms: &GrantTerms, x: Decimal, seq: u64) -> Vec<Line> {
-        let mut lines = Vec::new();
-        let repaid = self.overdraft.min(x);
-        if repaid > Decimal::ZERO {
-            self.overdraft -= repaid;
-            lines.push((None, FundingCategory::Overdraft, repaid));
-        }
-        if x > repaid {
-            lines.push((Some(id.into()), category(terms.category), x - repaid));
-            self.open.push(Open {
-                id: id.into(),
-                terms: terms.clone(),
-                seq,
-                left: x - repaid,
-            });
-        }
-        lines
-    }
-
-    fn expire(&mut self, id: &str) -> Option<Vec<Line>> {
-        let i = self.open.iter().position(|g| g.id == id)?;
-        let g = self.open.remove(i);
-        Some(vec![(Some(g.id), category(g.terms.category), -g.left)])
-    }
-
-    fn balance(&self) -> Decimal {
-        self.open.iter().map(|g| g.left).sum::<Decimal>() - self.overdraft
-    }
-}
-
-fn norm(lines: Vec<Line>) -> Vec<Line> {
-    lines
-        .into_iter()
-        .map(|(g, c, a)| (g, c, a.normalize()))
-        .collect()
-}
-
-enum Step {
-    Grant(usize),
-    Bad(usize),
-    Conflict(usize),
-    Debit(usize),
-    Redeem(usize),
-}
-
-/// What the feeder sent: the grants as first sent (expiries fixed at that moment).
-struct Sent {
-    grants: Vec<Grant>,
-    bad_sends: usize,
-    conflict_sends: usize,
-}
 
 #[test]
 fn credits_kill9_storm_mixed_grants_vouchers_autotopups_and_refusals_stay_exact() {
@@ -203,19 +99,14 @@ fn credits_kill9_storm_mixed_grants_vouchers_autotopups_and_refusals_stay_exact(
     let mut grants: Vec<(Grant, Option<u64>)> = Vec::new();
     for i in 0..360 {
         let account = accounts[rng.random_range(0..ACCOUNTS)].clone();
-        let mut g = Grant {
-            grant_id: format!("pay-{i}"),
-            kind: GrantKind::Topup,
-            account_id: account,
-            amount: Decimal::new(rng.random_range(1_000..6_000), 2),
-            occurred_at: Utc::now(),
-            reason: None,
-            voucher: None,
-            category: None,
-            priority: None,
-            expires_at: None,
-            request_id: None,
-        };
+        let amount = Decimal::new(rng.random_range(1_000..6_000), 2);
+        let mut g = Grant::new(
+            format!("pay-{i}"),
+            GrantKind::Topup,
+            account,
+            amount,
+            Utc::now(),
+        );
         let mut expires_in = None;
         match i % 6 {
             0 => g.priority = Some(rng.random_range(0..=100)),
@@ -685,152 +576,4 @@ fn expiring_open(events: &[(i32, BalanceEvent)], now: DateTime<Utc>) -> usize {
         .flat_map(|e| &e.grants)
         .filter(|g| g.expires_at.is_some_and(|t| t < now))
         .count()
-}
-
-/// Sends the plan, paced so that the storm falls on it; returns what was sent.
-fn feed(
-    cfg: &usage_aggregator::config::Config,
-    plan: Vec<Step>,
-    grants: &[(Grant, Option<u64>)],
-    debits: &[Debit],
-    redeems: &[(String, usize, usize)],
-    accounts: &[String],
-    codes: &[String],
-) -> Sent {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let gp = client::producer(cfg).unwrap();
-    let loader = usage_aggregator::bench::Loader::new(cfg).unwrap();
-    let mut fixed: HashMap<usize, Grant> = HashMap::new();
-    let mut deferred = Vec::new();
-    let (mut bad_sends, mut conflict_sends) = (0, 0);
-    let send = |g: &Grant| rt.block_on(client::send_grant(cfg, &gp, g)).unwrap();
-    for (n, s) in plan.iter().enumerate() {
-        match s {
-            Step::Grant(i) => {
-                let g = fixed.entry(*i).or_insert_with(|| {
-                    let (g, expires_in) = &grants[*i];
-                    let mut g = g.clone();
-                    g.occurred_at = Utc::now();
-                    if let Some(s) = expires_in {
-                        g.expires_at = Some(g.occurred_at + chrono::Duration::seconds(*s as i64));
-                    }
-                    g
-                });
-                send(g);
-            }
-            Step::Bad(i) => {
-                let g = Grant {
-                    grant_id: format!("bad-{i}"),
-                    kind: GrantKind::Topup,
-                    account_id: accounts[i % accounts.len()].clone(),
-                    amount: Decimal::new(500 + *i as i64 * 10, 2),
-                    occurred_at: Utc::now(),
-                    reason: None,
-                    voucher: None,
-                    category: None,
-                    priority: None,
-                    expires_at: None,
-                    request_id: None,
-                };
-                send(&g);
-                bad_sends += 1;
-            }
-            Step::Conflict(i) => deferred.push(*i),
-            Step::Debit(i) => loader
-                .send(
-                    &cfg.topics.debits,
-                    &debits[*i].account_id,
-                    &debits[*i].encode(),
-                )
-                .unwrap(),
-            Step::Redeem(i) => {
-                let (id, who, v) = &redeems[*i];
-                let code = voucher::normalize_code(&codes[*v]).unwrap();
-                let req = VoucherRequest::Redeem {
-                    request_id: id.clone(),
-                    requested_at: Utc::now(),
-                    code_hash: voucher::code_hash(&code),
-                    masked: voucher::mask(&code),
-                    account_id: accounts[*who].clone(),
-                };
-                rt.block_on(client::send_voucher_request(cfg, &gp, &req))
-                    .unwrap();
-            }
-        }
-        // A conflicting re-send goes after the original's first send.
-        deferred.retain(|i| match fixed.get(i) {
-            Some(g) => {
-                let mut c = g.clone();
-                c.amount += Decimal::ONE;
-                send(&c);
-                conflict_sends += 1;
-                false
-            }
-            None => true,
-        });
-        if n % 40 == 39 {
-            loader.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(350));
-        }
-    }
-    loader.flush().unwrap();
-    assert!(deferred.is_empty());
-    let mut grants: Vec<Grant> = fixed.into_values().collect();
-    grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
-    Sent {
-        grants,
-        bad_sends,
-        conflict_sends,
-    }
-}
-
-/// The payment service: reads `topup_requests` (read_committed) and pays each request with
-/// a top-up whose grant id is the request id, until `stop`. Returns the requests paid.
-fn pay_requests(
-    cfg: &usage_aggregator::config::Config,
-    name: &str,
-    stop: &AtomicBool,
-) -> Vec<String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("{name}-payer"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    c.subscribe(&[&cfg.topics.topup_requests]).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let p = client::producer(cfg).unwrap();
-    let mut paid = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let Some(Ok(m)) = c.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let r: TopupRequest = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        let g = Grant {
-            grant_id: r.request_id.clone(),
-            kind: GrantKind::Topup,
-            account_id: r.account_id.clone(),
-            amount: r.amount,
-            occurred_at: Utc::now(),
-            reason: None,
-            voucher: None,
-            category: None,
-            priority: None,
-            expires_at: None,
-            request_id: None,
-        };
-        rt.block_on(client::send_grant(cfg, &p, &g)).unwrap();
-        paid.push(r.request_id);
-    }
-    paid
 }

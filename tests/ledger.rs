@@ -46,17 +46,14 @@ fn ledger_crash_kill9_storm_balances_equal_the_oracle_exactly_once() {
             )
         };
         grants.push(Grant {
-            grant_id: format!("pay-{i}"),
-            kind,
-            account_id: account,
-            amount,
-            occurred_at: chrono::Utc::now(),
             reason,
-            voucher: None,
-            category: None,
-            priority: None,
-            expires_at: None,
-            request_id: None,
+            ..Grant::new(
+                format!("pay-{i}"),
+                kind,
+                account,
+                amount,
+                chrono::Utc::now(),
+            )
         });
     }
     let debits: Vec<Debit> = (0..4_000)

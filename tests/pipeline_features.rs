@@ -306,7 +306,7 @@ fn metrics_match_what_was_sent_and_alerts_fire_once_per_crossing() {
         "usage_agg_rating_credits_debited_total{kind=\"tool_call\"}",
     );
     assert!((credits - 24.0 * 0.008).abs() < 1e-9, "{credits}");
-    assert!(m.contains("usage_agg_pipeline_produce_latency_seconds_bucket"));
+    assert!(m.contains("usage_agg_stage_produce_latency_seconds_bucket{stage=\"pipeline\""));
     assert!(m.contains("usage_agg_sink_insert_latency_seconds_bucket"));
 
     // Running cost of the open execution, from memory.

@@ -302,3 +302,65 @@ fn a_trace_polled_while_its_execution_closes_is_found_at_every_poll() {
         "both pollers saw the slow execution open, then billed"
     );
 }
+
+/// The follower knows which executions the messages it let go of named: a stream of an
+/// execution with none there (here one not begun yet) opens without reading Kafka, though
+/// its history range (from the sink's position: no sink runs here) lies far below the
+/// follower's 2-message tail. Before, every such stream scanned that range from Kafka.
+/// An execution whose calls left the tail still gets all of them (from Kafka).
+#[test]
+fn a_new_executions_stream_reads_no_history_from_kafka() {
+    const CALLS: u32 = 5;
+    let mut env = TestEnv::new("streams_new");
+    env.cfg.rollup.execution_idle_timeout = Duration::from_secs(3600);
+    env.cfg.traces.follow_buffer = 8;
+    env.write_config();
+    env.setup();
+    env.spawn("pipeline", "pipeline.log");
+    let addr = env.cfg.http.listen.clone();
+    env.wait_for("the instance", Duration::from_secs(60), || {
+        api_get(&addr, "/v1/whoami").0 == 200
+    });
+    let loader = env.loader();
+    let topic = env.cfg.topics.usage_events.clone();
+    let send = |exec: &str, calls: u32| {
+        for n in 1..=calls {
+            loader.send(&topic, exec, call(exec, n).as_bytes()).unwrap();
+        }
+        loader.send(&topic, exec, finish(exec).as_bytes()).unwrap();
+        loader.flush().unwrap();
+    };
+    let (old, new) = ("exec-evicted", "exec-new");
+    send(old, 30);
+    env.wait_for("the old execution's debit", Duration::from_secs(60), || {
+        let (s, b) = api_get(&addr, &format!("/v1/executions/{old}?account_id={ACCOUNT}"));
+        s == 200 && b.contains("\"debits\":[{")
+    });
+    let reads = || metric(&env.metrics(), "usage_agg_api_follow_kafka_reads_total");
+    let before = reads();
+    let path = |exec: &str| format!("/v1/executions/{exec}/events?account_id={ACCOUNT}");
+    let mut s = SseStream::open(&addr, &path(new), None).expect("the new execution's stream");
+    let open = s.next(Duration::from_secs(30)).expect("the open event");
+    assert_eq!(open.event, "open", "{open:?}");
+    assert_eq!(open.data["history_events"], 0, "{open:?}");
+    assert_eq!(
+        reads(),
+        before,
+        "opening a new execution's stream read Kafka"
+    );
+    send(new, CALLS);
+    let mut events = vec![open];
+    events.extend(read_to_end(s, Duration::ZERO));
+    assert_every_event(new, CALLS, &events, false);
+    assert_eq!(reads(), before, "following a new execution read Kafka");
+
+    // Executions whose messages left the tail: everything, from Kafka.
+    for (exec, calls) in [(old, 30), (new, CALLS)] {
+        let s = SseStream::open(&addr, &path(exec), None).expect("the stream");
+        assert_every_event(exec, calls, &read_to_end(s, Duration::ZERO), true);
+    }
+    assert!(
+        reads() > before,
+        "the evicted executions' history came from Kafka"
+    );
+}

@@ -3,8 +3,11 @@
 //! `--release` for the figures in docs/performance.md.
 //! - the trace of a 1,000-call execution: latency of 200 lookups open (live state) and
 //!   closed (ClickHouse + the output topics' tail), p50 / p99 / max;
-//! - 200 SSE clients following one execution while the pipeline rates a steady load in the
-//!   same account: the server's CPU with and without them.
+//! - 200 SSE clients following 100 executions while the pipeline rates 20k events/s in the
+//!   same account: the service's CPU with and without them, in the same run.
+//!
+//! `USAGE_AGG_BENCH_BIN=path` runs another build of the service (a "before") under the
+//! same harness.
 
 mod common;
 
@@ -14,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::bench::cpu_seconds;
 use common::*;
 
 const ACCOUNT: &str = "acct-bench";
@@ -48,83 +52,179 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// `n` lookups of `path`: p50, p99 and max in ms (each answer checked for its calls).
-fn lookups(addr: &str, path: &str, n: usize, calls: usize) -> (f64, f64, f64) {
+/// `n` lookups of `path`: p50, p99 and max in ms (each answer checked for its calls), the
+/// median and p99 of each `Server-Timing` span the service gave (plus `outside`: the
+/// client's time minus the service's `total`), and the spans of the slowest lookups.
+fn lookups(addr: &str, path: &str, n: usize, calls: usize) -> ((f64, f64, f64), String) {
     let mut ms = Vec::with_capacity(n);
+    let mut spans: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut each: Vec<(f64, String)> = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let (status, body) = api_get(addr, path);
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(status, 200, "{path}: {body}");
+        let a = http_call(addr, "GET", path, Some(OPERATOR_TOKEN), None);
+        let took = t.elapsed().as_secs_f64() * 1000.0;
+        ms.push(took);
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
         assert!(
-            body.contains(&format!("\"calls_listed\":{calls}")),
+            a.body.contains(&format!("\"calls_listed\":{calls}")),
             "{path}: {}",
-            &body[..200]
+            &a.body[..200]
         );
+        let header = a.header("server-timing").unwrap_or_default();
+        for span in header.split(',') {
+            if let Some((name, dur)) = span.trim().split_once(";dur=") {
+                let dur: f64 = dur.parse().unwrap_or(0.0);
+                if name == "total" {
+                    spans.entry("outside".into()).or_default().push(took - dur);
+                }
+                spans.entry(name.to_string()).or_default().push(dur);
+            }
+        }
+        each.push((took, header.to_string()));
     }
     ms.sort_by(f64::total_cmp);
+    each.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slowest = each
+        .iter()
+        .take(3)
+        .map(|(t, h)| format!("{t:.1} ms: {h}"))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let spans = spans
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            format!("{k} {:.2}/{:.2}", percentile(&v, 0.5), percentile(&v, 0.99))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     (
-        percentile(&ms, 0.5),
-        percentile(&ms, 0.99),
-        *ms.last().unwrap(),
+        (
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            *ms.last().unwrap(),
+        ),
+        format!("{spans}; slowest: {slowest}"),
     )
+}
+
+fn send_execution(env: &TestEnv, exec: &str, calls: usize, close: bool) {
+    let loader = env.loader();
+    let topic = env.cfg.topics.usage_events.clone();
+    for n in 1..=calls {
+        loader
+            .send(&topic, exec, call(exec, &format!("{exec}-c{n}")).as_bytes())
+            .unwrap();
+    }
+    if close {
+        loader.send(&topic, exec, finish(exec).as_bytes()).unwrap();
+    }
+    loader.flush().unwrap();
 }
 
 #[test]
 #[ignore = "benchmark: prints figures; run with --ignored --nocapture"]
 fn bench_trace_of_a_1000_call_execution() {
     const CALLS: usize = 1000;
+    const COLD: usize = 20;
     let (env, addr) = start("bench_trace");
-    let loader = env.loader();
-    let topic = env.cfg.topics.usage_events.clone();
     let (open, closed) = ("exec-bench-open", "exec-bench-closed");
-    for exec in [open, closed] {
-        for n in 1..=CALLS {
-            loader
-                .send(&topic, exec, call(exec, &format!("{exec}-c{n}")).as_bytes())
-                .unwrap();
-        }
+    send_execution(&env, open, CALLS, false);
+    send_execution(&env, closed, CALLS, true);
+    let colds: Vec<String> = (0..COLD).map(|i| format!("exec-bench-cold-{i}")).collect();
+    for c in &colds {
+        send_execution(&env, c, CALLS, true);
     }
-    loader
-        .send(&topic, closed, finish(closed).as_bytes())
-        .unwrap();
-    loader.flush().unwrap();
     let path = |e: &str| format!("/v1/executions/{e}?account_id={ACCOUNT}");
     let listed = format!("\"calls_listed\":{CALLS}");
-    env.wait_for("both traces", Duration::from_secs(120), || {
+    env.wait_for("both traces", Duration::from_secs(180), || {
         let o = api_get(&addr, &path(open));
         let c = api_get(&addr, &path(closed));
         o.1.contains(&listed) && c.1.contains(&listed) && c.1.contains("\"status\":\"closed\"")
     });
-    // The sink has written the closed one: it comes from ClickHouse, as an older one would.
-    thread::sleep(Duration::from_secs(3));
-    let o = lookups(&addr, &path(open), 200, CALLS);
-    let c = lookups(&addr, &path(closed), 200, CALLS);
-    let n = lookups(&addr, &format!("/v1/executions/{closed}"), 200, CALLS);
+    // The sink has written the closed ones: they come from ClickHouse, as older ones would.
+    env.wait_for("the sink", Duration::from_secs(120), || {
+        let q = format!(
+            "SELECT count() FROM {{db}}.usage_transactions WHERE execution_id = '{}'",
+            colds.last().unwrap()
+        );
+        env.ch(&q).trim() == CALLS.to_string()
+    });
+    thread::sleep(Duration::from_secs(2));
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    // Each cold execution looked up once: its first lookup, ClickHouse then the tail.
+    let mut cold_ms = Vec::new();
+    for c in &colds {
+        let t = Instant::now();
+        let (status, body) = api_get(&addr, &path(c));
+        cold_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&listed) && body.contains("\"status\":\"closed\""));
+    }
+    cold_ms.sort_by(f64::total_cmp);
+    let (o, os) = lookups(&addr, &path(open), 200, CALLS);
+    let (c, cs) = lookups(&addr, &path(closed), 200, CALLS);
+    let (n, ns) = lookups(&addr, &format!("/v1/executions/{closed}"), 200, CALLS);
+    // The open one again while the pipeline rates other executions of the account (its
+    // live state is then read beside the rating loop).
+    let busy_rate = env_or("TRACES_BENCH_BUSY_RATE", 5_000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (stop, loader) = (stop.clone(), env.loader());
+        let topic = env.cfg.topics.usage_events.clone();
+        thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut sent = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let due = (t0.elapsed().as_secs_f64() * busy_rate as f64) as usize;
+                while sent < due {
+                    let exec = format!("exec-busy-{}", sent / 50);
+                    let e = call(&exec, &format!("busy-{sent}"));
+                    loader.send(&topic, &exec, e.as_bytes()).unwrap();
+                    sent += 1;
+                }
+                loader.flush().unwrap();
+                thread::sleep(Duration::from_millis(10));
+            }
+            sent as f64 / t0.elapsed().as_secs_f64()
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    let (b, bs) = lookups(&addr, &path(open), 200, CALLS);
+    let busy_load = load();
+    stop.store(true, Ordering::Relaxed);
+    let busy_sent = sender.join().unwrap();
     eprintln!(
-        "trace of a {CALLS}-call execution, 200 sequential lookups each (ms p50 / p99 / max):\n  open (live state): {:.1} / {:.1} / {:.1}\n  closed (ClickHouse + tail): {:.1} / {:.1} / {:.1}\n  closed, operator without account_id: {:.1} / {:.1} / {:.1}",
-        o.0, o.1, o.2, c.0, c.1, c.2, n.0, n.1, n.2
+        "trace of a {CALLS}-call execution, 200 sequential lookups each (ms p50 / p99 / max; Server-Timing spans p50/p99), load {}:\n  open (live state): {:.1} / {:.1} / {:.1}  [{os}]\n  open, while {busy_sent:.0} events/s are sent (load {}): {:.1} / {:.1} / {:.1}  [{bs}]\n  closed: {:.1} / {:.1} / {:.1}  [{cs}]\n  closed, operator without account_id: {:.1} / {:.1} / {:.1}  [{ns}]\n  first lookup of {COLD} other closed ones (ClickHouse): p50 {:.1} / max {:.1}",
+        load().trim(),
+        o.0,
+        o.1,
+        o.2,
+        busy_load.trim(),
+        b.0,
+        b.1,
+        b.2,
+        c.0,
+        c.1,
+        c.2,
+        n.0,
+        n.1,
+        n.2,
+        percentile(&cold_ms, 0.5),
+        cold_ms.last().unwrap(),
     );
 }
 
-/// CPU seconds (user + system) the process has used so far (/proc/PID/stat, clock ticks).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
 /// A raw SSE client: counts `call` events until `stop`; false if the stream ended early
-/// (then it says what the stream sent last).
+/// (then it says what the stream sent last); the calls it got.
 fn follow(
     addr: String,
     path: String,
     calls: Arc<AtomicU64>,
     opened: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-) -> bool {
+) -> (bool, u64) {
+    let mut mine = 0;
     let mut last = Vec::new();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
@@ -140,7 +240,7 @@ fn follow(
         match r.read_line(&mut line) {
             Ok(0) => {
                 eprintln!("a stream ended early; its last lines: {last:?}");
-                return false;
+                return (false, mine);
             }
             Ok(_) if line.ends_with('\n') => {
                 if !line.starts_with("data: {\"call") {
@@ -151,6 +251,7 @@ fn follow(
                 }
                 if line.starts_with("event: call") {
                     calls.fetch_add(1, Ordering::Relaxed);
+                    mine += 1;
                 } else if line.starts_with("event: open") {
                     opened.fetch_add(1, Ordering::Relaxed);
                 }
@@ -159,76 +260,160 @@ fn follow(
             _ => {}
         }
     }
-    true
+    (true, mine)
 }
 
+/// CPU seconds (user + system) of the threads of process `pid` named `name`.
+fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| {
+            let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+                .split_whitespace()
+                .collect();
+            (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+        })
+        .sum()
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 200 SSE clients following 100 executions (2 each, `follow=true`) while the pipeline rates
+/// `TRACES_BENCH_RATE` events/s (default 20,000) in the same account: each followed execution
+/// gets 10 calls/s (1,000/s in all, 2,000 events/s to the clients); the rest go to other
+/// executions of the account, 50 calls each then their finish (so debits flow too). Three
+/// phases of `TRACES_BENCH_SECS` s (default 20) in one run: a warm-up, without clients,
+/// with clients. "The clients' cost" is the service's CPU (user + system, /proc) per second
+/// with clients minus without, over the CPU without: the extra CPU in % of the service's.
 #[test]
 #[ignore = "benchmark: prints figures; run with --ignored --nocapture"]
-fn bench_200_stream_clients_following_one_execution() {
+fn bench_200_stream_clients_following_executions() {
     const CLIENTS: usize = 200;
-    const RATE: usize = 200; // calls per second in the account
-    const FOLLOWED_EVERY: usize = 20; // one call in 20 is the followed execution's
-    const SECS: u64 = 20;
+    const FOLLOWED: usize = 100;
+    const FOLLOWED_RATE: usize = 10; // calls per second per followed execution
+    const CALLS_PER_OTHER: usize = 50;
+    let rate = env_or("TRACES_BENCH_RATE", 20_000);
+    let secs = env_or("TRACES_BENCH_SECS", 20) as u64;
     let (env, addr) = start("bench_streams");
     let pid = env.children[0].id();
     let loader = env.loader();
     let topic = env.cfg.topics.usage_events.clone();
+    let priced = |env: &TestEnv| metric(&env.metrics(), "usage_agg_rating_events_priced_total");
     let run = |tag: &str| {
         let start_cpu = cpu_seconds(pid);
+        let start_follower = thread_cpu_seconds(pid, "follower");
+        let start_priced = priced(&env);
         let t0 = Instant::now();
-        let mut sent = 0usize;
-        while t0.elapsed() < Duration::from_secs(SECS) {
-            let due = (t0.elapsed().as_secs_f64() * RATE as f64) as usize;
+        let (mut sent, mut followed_sent, mut other, mut in_other) = (0usize, 0usize, 0usize, 0);
+        let followed_every = rate / (FOLLOWED * FOLLOWED_RATE);
+        while t0.elapsed() < Duration::from_secs(secs) {
+            let due = (t0.elapsed().as_secs_f64() * rate as f64) as usize;
             while sent < due {
-                let exec = if sent.is_multiple_of(FOLLOWED_EVERY) {
-                    format!("{tag}-followed")
+                if followed_every > 0 && sent.is_multiple_of(followed_every) {
+                    let exec = format!("{tag}-f{}", followed_sent % FOLLOWED);
+                    let e = call(&exec, &format!("{tag}-{sent}"));
+                    loader.send(&topic, &exec, e.as_bytes()).unwrap();
+                    followed_sent += 1;
                 } else {
-                    format!("{tag}-other-{}", sent % 50)
-                };
-                let e = call(&exec, &format!("{tag}-{sent}"));
-                loader.send(&topic, &exec, e.as_bytes()).unwrap();
+                    let exec = format!("{tag}-o{other}");
+                    let e = call(&exec, &format!("{tag}-{sent}"));
+                    loader.send(&topic, &exec, e.as_bytes()).unwrap();
+                    in_other += 1;
+                    if in_other == CALLS_PER_OTHER {
+                        loader
+                            .send(&topic, &exec, finish(&exec).as_bytes())
+                            .unwrap();
+                        other += 1;
+                        in_other = 0;
+                    }
+                }
                 sent += 1;
             }
             loader.flush().unwrap();
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(10));
         }
+        let elapsed = t0.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid) - start_cpu;
-        (sent, cpu / t0.elapsed().as_secs_f64())
+        let follower = thread_cpu_seconds(pid, "follower") - start_follower;
+        let rated = priced(&env) - start_priced;
+        (
+            sent,
+            followed_sent,
+            cpu / elapsed,
+            rated / elapsed,
+            follower / elapsed,
+        )
     };
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let _ = run("warm");
-    let (sent0, cpu0) = run("none");
+    let (sent0, _, cpu0, rated0, follower0) = run("none");
+    let load0 = load();
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let opened = Arc::new(AtomicU64::new(0));
-    let path = format!("/v1/executions/with-followed/events?account_id={ACCOUNT}&follow=true");
+    let reads = |env: &TestEnv| metric(&env.metrics(), "usage_agg_api_follow_kafka_reads_total");
+    let reads0 = reads(&env);
+    let opening = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (a, p, c, s) = (addr.clone(), path.clone(), calls.clone(), stop.clone());
+        .map(|i| {
+            let path = format!(
+                "/v1/executions/with-f{}/events?account_id={ACCOUNT}&follow=true",
+                i % FOLLOWED
+            );
+            let (a, c, s) = (addr.clone(), calls.clone(), stop.clone());
             let o = opened.clone();
-            thread::spawn(move || follow(a, p, c, o, s))
+            thread::spawn(move || follow(a, path, c, o, s))
         })
         .collect();
     env.wait_for("every stream open", Duration::from_secs(120), || {
         opened.load(Ordering::Relaxed) == CLIENTS as u64
     });
+    let open_s = opening.elapsed().as_secs_f64();
+    let open_reads = reads(&env) - reads0;
     thread::sleep(Duration::from_secs(1));
     let before = calls.load(Ordering::Relaxed);
-    let (sent1, cpu1) = run("with");
-    thread::sleep(Duration::from_secs(2));
+    let (sent1, followed1, cpu1, rated1, follower1) = run("with");
+    let load1 = load();
+    // Everything sent reaches the clients (the pipeline's commit interval, then the stream).
+    let expected = (followed1 * CLIENTS / FOLLOWED) as u64;
+    let t = Instant::now();
+    while calls.load(Ordering::Relaxed) - before < expected && t.elapsed() < Duration::from_secs(30)
+    {
+        thread::sleep(Duration::from_millis(100));
+    }
     let delivered = calls.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
-    let ended = clients
+    let results: Vec<(bool, u64)> = clients
         .into_iter()
-        .map(|c| c.join().unwrap_or(false))
-        .filter(|ok| !ok)
-        .count();
+        .map(|c| c.join().unwrap_or((false, 0)))
+        .collect();
+    let ended = results.iter().filter(|(ok, _)| !ok).count();
+    let got: Vec<u64> = results.iter().map(|(_, n)| *n).collect();
+    let (least, most) = (
+        got.iter().min().copied().unwrap_or(0),
+        got.iter().max().copied().unwrap_or(0),
+    );
     let lagged = metric(&env.metrics(), "usage_agg_api_streams_lagged_total");
-    let followed = sent1.div_ceil(FOLLOWED_EVERY) as u64;
     eprintln!(
-        "{CLIENTS} SSE clients following one execution ({SECS} s at {RATE} calls/s in the account, 1 in {FOLLOWED_EVERY} the followed execution's):\n  no client: {:.1} % of a core ({sent0} calls)\n  {CLIENTS} clients: {:.1} % of a core ({sent1} calls; {delivered} call events delivered of {} expected; {ended} streams ended early; queues overflowed {lagged} times)\n  the clients' share: {:.1} % of a core",
+        "{CLIENTS} SSE clients following {FOLLOWED} executions ({FOLLOWED_RATE} calls/s each), {secs} s per phase at {rate} events/s sent in one account:\n  no client: service CPU {:.1} % of a core (follower thread {:.1} %); {sent0} events sent, {rated0:.0} events/s rated; load {}\n  opening: {CLIENTS} streams open in {open_s:.1} s, {open_reads} history reads from kafka\n  {CLIENTS} clients: service CPU {:.1} % of a core (follower thread {:.1} %); {sent1} events sent, {rated1:.0} events/s rated; {delivered} call events delivered of {expected} expected ({} per client expected, got {least}..{most}); {ended} streams ended early; queues overflowed {lagged} times; load {}\n  the clients' cost: {:+.1} % of a core = {:+.1} % of the service's CPU without them",
         cpu0 * 100.0,
+        follower0 * 100.0,
+        load0.trim(),
         cpu1 * 100.0,
-        followed * CLIENTS as u64,
-        (cpu1 - cpu0) * 100.0
+        follower1 * 100.0,
+        followed1 / FOLLOWED,
+        load1.trim(),
+        (cpu1 - cpu0) * 100.0,
+        (cpu1 - cpu0) / cpu0 * 100.0,
     );
 }

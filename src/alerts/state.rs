@@ -22,11 +22,12 @@ pub struct Tracked {
     pub(super) changed: HashSet<(String, i64)>,
     /// Windows forgotten since the last commit.
     pub(super) removed: Vec<(String, i64)>,
+    /// The ids counted since the last write, as text (the memory keeps digests; the
+    /// changelog's chunks keep the ids, as before).
+    pub(super) fresh: Vec<String>,
     /// Debit ids pushed into and popped from the memory, ever (this process).
     pub(super) seen_pushed: u64,
     pub(super) seen_popped: u64,
-    /// `seen_pushed` at the last write.
-    written: u64,
     /// Chunks on the changelog: (chunk number, `seen_pushed` after its last id).
     chunks: VecDeque<(u64, u64)>,
     next_chunk: u64,
@@ -62,19 +63,16 @@ impl SpendAlerts {
                 log.put(&window_key(&w.0, w.1), &v);
             }
         }
-        let new = ((t.seen_pushed - t.written) as usize).min(self.seen_order.len());
+        // Only the ids still in the memory (more than its capacity may have come since).
+        let new = t.fresh.len().min(self.seen_order.len());
         if new > 0 {
-            let ids: Vec<&String> = self
-                .seen_order
-                .iter()
-                .skip(self.seen_order.len() - new)
-                .collect();
-            let v = serde_json::to_vec(&ids).expect("ids serialize");
+            let ids = &t.fresh[t.fresh.len() - new..];
+            let v = serde_json::to_vec(ids).expect("ids serialize");
             log.put(&chunk_key(t.next_chunk), &v);
             t.chunks.push_back((t.next_chunk, t.seen_pushed));
             t.next_chunk += 1;
         }
-        t.written = t.seen_pushed;
+        t.fresh.clear();
         while let Some(&(n, end)) = t.chunks.front() {
             if end > t.seen_popped {
                 break;
@@ -134,8 +132,9 @@ impl SpendAlerts {
         let t = &mut self.tracked;
         for (n, ids) in std::mem::take(&mut t.restoring) {
             for id in ids {
-                if self.seen.insert(id.clone()) {
-                    self.seen_order.push_back(id);
+                let h = super::digest(&id);
+                if self.seen.insert(h) {
+                    self.seen_order.push_back(h);
                     t.seen_pushed += 1;
                     if self.seen_order.len() > self.seen_capacity
                         && let Some(old) = self.seen_order.pop_front()
@@ -148,7 +147,7 @@ impl SpendAlerts {
             t.chunks.push_back((n, t.seen_pushed));
             t.next_chunk = n + 1;
         }
-        t.written = t.seen_pushed;
+        t.fresh.clear();
         t.changed.clear();
         t.removed.clear();
         self.newest_hour = self.hourly.keys().map(|(_, h)| *h).max().unwrap_or(0);

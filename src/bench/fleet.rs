@@ -74,8 +74,8 @@ impl Fleet {
             tag: env.tag.clone(),
             sink_batch_age: b.sink.batch_age,
         };
-        for i in 0..args.instances.max(1) {
-            let listen = format!("127.0.0.1:{}", 19464 + i);
+        for _ in 0..args.instances.max(1) {
+            let listen = format!("127.0.0.1:{}", free_port()?);
             let child = cmd.env("USAGE_AGG__HTTP__LISTEN", &listen).spawn()?;
             fleet.pids.push(child.id());
             fleet.children.push(child);
@@ -316,6 +316,14 @@ fn sink_caught_up(text: &str, tag: &str) -> bool {
         }
     }
     any
+}
+
+/// A TCP port free on 127.0.0.1 right now (the OS picks it): benches of several agents on one
+/// box no longer collide on a fixed port.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[cfg(test)]

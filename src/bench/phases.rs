@@ -362,7 +362,7 @@ pub struct LiveSample {
     pub rss_mib: f64,
     /// CPU seconds of the aggregator processes in the window, per million events sent.
     pub cpu_s_per_million: f64,
-    /// `usage_agg_pipeline_consumer_lag_messages`, summed over partitions.
+    /// `usage_agg_stage_consumer_lag_messages{stage="pipeline"}`, summed over partitions.
     pub pipeline_lag: f64,
     /// `usage_agg_sink_lag_messages`, summed over topics and partitions.
     pub sink_lag: f64,
@@ -420,7 +420,10 @@ impl Window {
             } else {
                 f64::NAN
             },
-            pipeline_lag: fleet.metric("usage_agg_pipeline_consumer_lag_messages"),
+            pipeline_lag: fleet.metric_with(
+                "usage_agg_stage_consumer_lag_messages",
+                "stage=\"pipeline\"",
+            ),
             sink_lag: fleet.metric("usage_agg_sink_lag_messages"),
             latency_p50_ms: percentile(&lat, 0.50),
             latency_p99_ms: percentile(&lat, 0.99),

@@ -15,43 +15,7 @@ use crate::ledger::voucher::{self, VoucherRequest, VoucherView};
 pub enum VouchersCommand {
     /// Create a voucher. Without CODE a random one is generated and printed once. Re-running
     /// the same command (same CODE and options) answers the original voucher.
-    Create {
-        /// Voucher code; a random one is generated when omitted.
-        code: Option<String>,
-        /// Credits the voucher grants, a decimal such as 20.
-        #[arg(long)]
-        credits: String,
-        /// RFC 3339 (2026-07-01T00:00:00Z); default now.
-        #[arg(long, value_parser = parse_instant)]
-        valid_from: Option<DateTime<Utc>>,
-        /// RFC 3339; default valid_from + --valid-for.
-        #[arg(long, value_parser = parse_instant)]
-        valid_until: Option<DateTime<Utc>>,
-        /// Validity when --valid-until is not given, e.g. 30days.
-        #[arg(long, default_value = "30days", value_parser = parse_duration)]
-        valid_for: Duration,
-        /// How many times it can be redeemed in all.
-        #[arg(long, default_value_t = 1)]
-        max_redemptions: u32,
-        /// Only this account may redeem it.
-        #[arg(long)]
-        account: Option<String>,
-        /// Free text kept with the voucher.
-        #[arg(long, default_value = "")]
-        description: String,
-        /// The granted credits expire this long after each redemption, e.g. 90days.
-        #[arg(long, value_parser = parse_duration, conflicts_with = "credits_expire_at")]
-        credits_valid_for: Option<Duration>,
-        /// The granted credits expire at this instant (at or after --valid-until).
-        #[arg(long, value_parser = parse_instant)]
-        credits_expire_at: Option<DateTime<Utc>>,
-        /// Priority of the granted credits, 0-100 (default 50).
-        #[arg(long)]
-        priority: Option<u8>,
-        /// Request id: re-sending with it answers the original creation.
-        #[arg(long)]
-        request_id: Option<String>,
-    },
+    Create(CreateArgs),
     /// Every voucher with its redemptions (masked codes).
     List {
         /// Output format.
@@ -73,36 +37,70 @@ pub enum VouchersCommand {
     },
 }
 
+// `vouchers create`'s options, the fields of a [`VoucherInput`] (no doc comment: the
+// subcommand's help is the variant's).
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Voucher code; a random one is generated when omitted.
+    code: Option<String>,
+    /// Credits the voucher grants, a decimal such as 20.
+    #[arg(long)]
+    credits: String,
+    /// RFC 3339 (2026-07-01T00:00:00Z); default now.
+    #[arg(long, value_parser = parse_instant)]
+    valid_from: Option<DateTime<Utc>>,
+    /// RFC 3339; default valid_from + --valid-for.
+    #[arg(long, value_parser = parse_instant)]
+    valid_until: Option<DateTime<Utc>>,
+    /// Validity when --valid-until is not given, e.g. 30days.
+    #[arg(long, default_value = "30days", value_parser = parse_duration)]
+    valid_for: Duration,
+    /// How many times it can be redeemed in all.
+    #[arg(long, default_value_t = 1)]
+    max_redemptions: u32,
+    /// Only this account may redeem it.
+    #[arg(long)]
+    account: Option<String>,
+    /// Free text kept with the voucher.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// The granted credits expire this long after each redemption, e.g. 90days.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "credits_expire_at")]
+    credits_valid_for: Option<Duration>,
+    /// The granted credits expire at this instant (at or after --valid-until).
+    #[arg(long, value_parser = parse_instant)]
+    credits_expire_at: Option<DateTime<Utc>>,
+    /// Priority of the granted credits, 0-100 (default 50).
+    #[arg(long)]
+    priority: Option<u8>,
+    /// Request id: re-sending with it answers the original creation.
+    #[arg(long)]
+    request_id: Option<String>,
+}
+
+impl From<CreateArgs> for VoucherInput {
+    fn from(a: CreateArgs) -> VoucherInput {
+        VoucherInput {
+            code: a.code,
+            credits: a.credits,
+            valid_from: a.valid_from,
+            valid_until: a.valid_until,
+            valid_for: a.valid_for,
+            max_redemptions: a.max_redemptions,
+            account: a.account,
+            description: a.description,
+            credits_valid_for: a.credits_valid_for,
+            credits_expire_at: a.credits_expire_at,
+            priority: a.priority,
+            request_id: a.request_id,
+        }
+    }
+}
+
 pub async fn vouchers(cfg: &Config, cmd: VouchersCommand) -> anyhow::Result<()> {
     match cmd {
-        VouchersCommand::Create {
-            code,
-            credits,
-            valid_from,
-            valid_until,
-            valid_for,
-            max_redemptions,
-            account,
-            description,
-            credits_valid_for,
-            credits_expire_at,
-            priority,
-            request_id,
-        } => {
-            let input = VoucherInput {
-                code,
-                credits,
-                valid_from,
-                valid_until,
-                valid_for,
-                max_redemptions,
-                account,
-                description,
-                credits_valid_for,
-                credits_expire_at,
-                priority,
-                request_id,
-            };
+        VouchersCommand::Create(args) => {
+            let input = VoucherInput::from(args);
             let built = client::build_voucher(&input)
                 .map_err(|r| refusal_exit(r.reason.as_str(), &r.message))?;
             if built.generated {

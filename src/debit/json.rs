@@ -481,7 +481,7 @@ pub(crate) mod tests {
     }
 
     prop_compose! {
-        fn debit()(
+        pub(crate) fn debit()(
             ids in proptest::collection::vec(text(), 3),
             exec in proptest::option::of(text()),
             plan_version in proptest::option::of(text()),

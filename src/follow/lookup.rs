@@ -44,11 +44,19 @@ impl Follower {
 
     fn sink_positions_blocking(&self, p: i32) -> Result<Option<Positions>, FollowError> {
         let n = self.lock().partitions;
-        let cfg = self.0.cfg.clone();
-        self.with_consumer(|consumer, sp| {
+        {
+            let sp = self.0.sink.lock().unwrap_or_else(|e| e.into_inner());
             if sp.read_at.is_some_and(|t| t.elapsed() < SINK_POSITIONS_TTL) {
                 return Ok(sp.positions.get(p as usize).copied().flatten());
             }
+        }
+        Ok(self.sink_committed(n)?.get(p as usize).copied().flatten())
+    }
+
+    /// Where the sink's group has committed each of the `n` partitions (`None`: never).
+    pub(super) fn sink_committed(&self, n: i32) -> Result<Vec<Option<Positions>>, FollowError> {
+        let cfg = self.0.cfg.clone();
+        self.with_consumer(|consumer, sp| {
             let mut tpl = TopicPartitionList::new();
             for i in 0..n {
                 for t in OutputTopic::ALL {
@@ -71,9 +79,9 @@ impl Follower {
                     _ => *slot = None,
                 }
             }
-            sp.positions = positions;
+            sp.positions = positions.clone();
             sp.read_at = Some(Instant::now());
-            Ok(sp.positions.get(p as usize).copied().flatten())
+            Ok(positions)
         })
     }
 
@@ -127,20 +135,32 @@ impl Follower {
     }
 
     /// The accounts with a priced call or a debit of execution `execution_id` in the
-    /// follower's tail (the outputs' key is the account).
+    /// follower's tail (the outputs' key is the account), from the tail's execution index.
+    /// The index also counts an id named deeper in a message (a dimension of that name):
+    /// when it gives several accounts, the tail's messages are read to keep only those
+    /// naming it at the top.
     pub async fn accounts_of(&self, execution_id: &str) -> BTreeSet<String> {
+        let candidates: Vec<Box<[u8]>> = {
+            let s = self.lock();
+            s.executions
+                .get(execution_id)
+                .map(|a| a.iter().map(|(k, _)| k.clone()).collect())
+                .unwrap_or_default()
+        };
+        let text = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+        if candidates.len() <= 1 {
+            return candidates.iter().map(|k| text(k)).collect();
+        }
         let msgs: Vec<_> = {
             let s = self.lock();
             s.rings
                 .iter()
                 .flatten()
-                .flat_map(|r| r.msgs.iter().cloned())
+                .flat_map(|r| r.msgs.iter())
+                .filter(|m| m.execution_ids.iter().any(|e| &**e == execution_id))
+                .cloned()
                 .collect()
         };
-        let needle = format!(
-            "\"execution_id\":{}",
-            serde_json::to_string(execution_id).unwrap_or_default()
-        );
         let id = execution_id.to_string();
         tokio::task::spawn_blocking(move || {
             #[derive(serde::Deserialize)]
@@ -148,9 +168,7 @@ impl Follower {
                 execution_id: Option<String>,
                 account_id: String,
             }
-            let finder = memchr::memmem::Finder::new(needle.as_bytes());
             msgs.iter()
-                .filter(|m| finder.find(&m.payload).is_some())
                 .filter_map(|m| serde_json::from_slice::<Ids>(&m.payload).ok())
                 .filter(|x| x.execution_id.as_deref() == Some(id.as_str()))
                 .map(|x| x.account_id)

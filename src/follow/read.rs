@@ -31,6 +31,7 @@ pub fn read_range(
         return Ok(out);
     }
     let topic = t.name(cfg);
+    crate::metrics::METRICS.api_follow_kafka_reads.inc();
     let consumer: BaseConsumer<ReaderContext> = reader_config(cfg)
         .create_with_context(ReaderContext)
         .map_err(k)?;
@@ -52,19 +53,20 @@ pub fn read_range(
                     break;
                 }
                 scanned += 1;
+                crate::metrics::METRICS.api_follow_kafka_scanned.inc();
                 if scanned > MAX_SCANNED {
                     return Err(FollowError::Kafka(format!(
                         "{topic}/{p} from offset {from} to {to} is more than {MAX_SCANNED} messages to scan"
                     )));
                 }
                 if m.key() == Some(key) {
-                    out.push(Arc::new(Followed {
-                        topic: t,
-                        partition: p,
-                        offset: m.offset(),
-                        key: key.into(),
-                        payload: m.payload().unwrap_or_default().into(),
-                    }));
+                    out.push(Arc::new(Followed::new(
+                        t,
+                        p,
+                        m.offset(),
+                        key.into(),
+                        m.payload().unwrap_or_default().into(),
+                    )));
                 }
                 if m.offset() + 1 >= to {
                     break;

@@ -5,41 +5,16 @@
 //! second after it was dead-lettered). Payloads are cut to [`PAYLOAD_EXCERPT`] characters
 //! here: `dead-letters replay` reads them whole from the topic.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use super::page::Cursor;
+use super::page::window_secs;
 use super::rows::at;
 use crate::report::Window;
 
 /// Characters of a payload an answer carries (the rest is left out, `payload_truncated`).
 pub const PAYLOAD_EXCERPT: u32 = 500;
-
-/// Where a page starts: after the dead letter that ended the previous one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    pub at: u32,
-    pub id: String,
-}
-
-impl Cursor {
-    /// The opaque text a page hands out (`next_cursor`).
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.at, self.id))
-    }
-
-    pub fn parse(text: &str) -> Result<Cursor, String> {
-        let bad = || "cursor is not one this API handed out (next_cursor of a page)".to_string();
-        let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
-        let raw = String::from_utf8(raw).map_err(|_| bad())?;
-        let (at, id) = raw.split_once(':').ok_or_else(bad)?;
-        Ok(Cursor {
-            at: at.parse().map_err(|_| bad())?,
-            id: id.to_string(),
-        })
-    }
-}
 
 /// What to list.
 #[derive(Debug, Clone, Default)]
@@ -102,11 +77,6 @@ pub struct ReasonCount {
     pub sample: DeadLetter,
 }
 
-fn secs(t: Option<DateTime<Utc>>, or: i64) -> i64 {
-    t.map_or(or, |t| t.timestamp())
-        .clamp(0, i64::from(u32::MAX))
-}
-
 const COLUMNS: &str = "dead_letter_id, reason, message, source_topic, source_partition, source_offset, toUInt32(ingested_at) AS stored, substringUTF8(payload, 1, ?) AS payload, toUInt8(lengthUTF8(payload) > ?) AS payload_truncated";
 
 fn answer(r: Row) -> DeadLetter {
@@ -125,7 +95,7 @@ fn answer(r: Row) -> DeadLetter {
 
 /// One page of dead letters, newest first.
 pub async fn list(ch: &clickhouse::Client, q: &Query) -> Result<Page, clickhouse::error::Error> {
-    let (from, to) = (secs(q.window.0, 0), secs(q.window.1, i64::from(u32::MAX)));
+    let (from, to) = window_secs(&q.window);
     let (c_at, c_id) = q
         .cursor
         .as_ref()
@@ -186,7 +156,7 @@ pub async fn by_reason(
     ch: &clickhouse::Client,
     window: Window,
 ) -> Result<Vec<ReasonCount>, clickhouse::error::Error> {
-    let (from, to) = (secs(window.0, 0), secs(window.1, i64::from(u32::MAX)));
+    let (from, to) = window_secs(&window);
     let counts: Vec<Count> = ch
         .query(
             "SELECT reason, count() AS count, argMax(dead_letter_id, (ingested_at, dead_letter_id)) AS last_id \
@@ -230,20 +200,4 @@ pub async fn by_reason(
             })
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_foreign_ones_are_refused() {
-        let c = Cursor {
-            at: 1_700_000_000,
-            id: "usage_events/2/17".into(),
-        };
-        assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
-        assert!(Cursor::parse("not-a-cursor!").is_err());
-        assert!(Cursor::parse(&URL_SAFE_NO_PAD.encode("x:y")).is_err());
-    }
 }

@@ -3,41 +3,16 @@
 //! An execution is listed once its first calls are in ClickHouse (the sink's batch age,
 //! about a second after they commit); its trace (`GET /v1/executions/{id}`) has no such gap.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+pub use super::page::Cursor;
+use super::page::window_secs;
 use super::rows::{at, dec};
 use crate::money::{self, DEBIT_SCALE, LINE_COST_SCALE};
 use crate::report::Window;
 use crate::trace::Status;
-
-/// Where a page starts: after the execution that ended the previous one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    pub first_at: u32,
-    pub execution_id: String,
-}
-
-impl Cursor {
-    /// The opaque text a page hands out (`next_cursor`).
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.first_at, self.execution_id))
-    }
-
-    pub fn parse(text: &str) -> Result<Cursor, String> {
-        let bad = || "cursor is not one this API handed out (next_cursor of a page)".to_string();
-        let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
-        let raw = String::from_utf8(raw).map_err(|_| bad())?;
-        let (at, id) = raw.split_once(':').ok_or_else(bad)?;
-        Ok(Cursor {
-            first_at: at.parse().map_err(|_| bad())?,
-            execution_id: id.to_string(),
-        })
-    }
-}
 
 /// What to list.
 #[derive(Debug, Clone)]
@@ -97,11 +72,6 @@ struct DebitAgg {
     total: i128,
 }
 
-fn secs(t: Option<DateTime<Utc>>, or: i64) -> i64 {
-    t.map_or(or, |t| t.timestamp())
-        .clamp(0, i64::from(u32::MAX))
-}
-
 /// One page of `account`'s executions; `markup_rate` prices the markup of open ones.
 pub async fn executions(
     ch: &clickhouse::Client,
@@ -109,12 +79,12 @@ pub async fn executions(
     q: &Query,
     markup_rate: Decimal,
 ) -> Result<Page, clickhouse::error::Error> {
-    let (from, to) = (secs(q.window.0, 0), secs(q.window.1, i64::from(u32::MAX)));
+    let (from, to) = window_secs(&q.window);
     let (c_at, c_id) = q
         .cursor
         .as_ref()
         .map_or((i64::from(u32::MAX), String::new()), |c| {
-            (i64::from(c.first_at), c.execution_id.clone())
+            (i64::from(c.at), c.id.clone())
         });
     let rows: Vec<LineAgg> = ch
         .query(
@@ -184,27 +154,11 @@ pub async fn executions(
         next_cursor: more.then(|| {
             let last = &rows[rows.len() - 1];
             Cursor {
-                first_at: last.first_at,
-                execution_id: last.execution_id.clone(),
+                at: last.first_at,
+                id: last.execution_id.clone(),
             }
             .encode()
         }),
         executions,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_are_opaque_and_checked() {
-        let c = Cursor {
-            first_at: 1_772_359_200,
-            execution_id: "exec:1/é".into(),
-        };
-        assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
-        assert!(Cursor::parse("nope!").is_err());
-        assert!(Cursor::parse(&URL_SAFE_NO_PAD.encode("x:y")).is_err());
-    }
 }

@@ -269,6 +269,38 @@ pub async fn read(
     ))
 }
 
+/// Lines and debits of `account`'s `executions` in partition `p` below `below`, in offset
+/// order: one query per table for all of them ([`super::batch`]).
+pub async fn read_executions(
+    ch: &clickhouse::Client,
+    account: &str,
+    executions: &[String],
+    p: i32,
+    below: Positions,
+) -> Result<(Vec<(i64, PricedLine)>, Vec<(i64, Debit)>), clickhouse::error::Error> {
+    // `has(array, column)`: 18.16 has no `IN` over an array parameter.
+    let lines: Vec<LineRecord> = ch
+        .query(&format!("SELECT {LINE_COLUMNS} FROM usage_transactions WHERE account_id = ? AND has(?, execution_id) AND src_partition = ? AND src_offset < ? ORDER BY src_offset"))
+        .bind(account)
+        .bind(executions)
+        .bind(p)
+        .bind(below.lines)
+        .fetch_all()
+        .await?;
+    let debits: Vec<DebitRecord> = ch
+        .query(&format!("SELECT {DEBIT_COLUMNS} FROM debits WHERE account_id = ? AND has(?, execution_id) AND src_partition = ? AND src_offset < ? ORDER BY src_offset"))
+        .bind(account)
+        .bind(executions)
+        .bind(p)
+        .bind(below.debits)
+        .fetch_all()
+        .await?;
+    Ok((
+        lines.into_iter().map(LineRecord::into_line).collect(),
+        debits.into_iter().map(DebitRecord::into_debit).collect(),
+    ))
+}
+
 /// Where ClickHouse stands in partition `p` of each output topic (one past the highest
 /// source offset it holds): the position below which it holds everything, when the sink's
 /// group never committed.

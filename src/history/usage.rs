@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::page::window_secs;
 use super::rows::dec;
 use crate::money::{self, LINE_COST_SCALE};
 use crate::report::Window;
@@ -124,11 +125,6 @@ struct UnitRow {
     quantity: i128,
 }
 
-fn secs(t: Option<chrono::DateTime<chrono::Utc>>, or: i64) -> i64 {
-    t.map_or(or, |t| t.timestamp())
-        .clamp(0, i64::from(u32::MAX))
-}
-
 /// `account`'s usage in `window` (by the calls' `occurred_at`), grouped.
 pub async fn usage(
     ch: &clickhouse::Client,
@@ -137,7 +133,7 @@ pub async fn usage(
     by: &GroupBy,
     markup_rate: Decimal,
 ) -> Result<Usage, clickhouse::error::Error> {
-    let (from, to) = (secs(window.0, 0), secs(window.1, i64::from(u32::MAX)));
+    let (from, to) = window_secs(&window);
     let key = by.sql();
     let bind_key = |q: clickhouse::query::Query| match by {
         GroupBy::Dimension(k) => q.bind(k),

@@ -6,6 +6,13 @@
 //!   -> `{"accounts": [{"account_id", "balance", "overdraft", "entries",
 //!   "last_activity_at"}], "total", "next_offset"}`
 //!
+//! - `GET /v1/accounts/below-thresholds?limit=50&offset=0` -> `{"accounts": [{"account_id",
+//!   "balance", "overdraft", "entries", "last_activity_at", "below": [{"threshold",
+//!   "value"}]}], "total", "next_offset"}`: the accounts the ledger has announced to be
+//!   below one of their thresholds (its own state, followed from its changelog), the lowest
+//!   balance first; `below` names each such threshold as configured (`"10"`, `"20%"`) with
+//!   its value in credits now, highest first
+//!
 //! `order=balance` (the default): the lowest balance first; `last_activity`: the most recent
 //! first; ties by account id. `below`: only balances strictly below that amount (a decimal).
 //! `total` counts the accounts that match; `next_offset` is `null` on the last page. Amounts
@@ -28,7 +35,9 @@ use super::params::{ApiError, Params};
 
 /// The routes of this file (inside the auth layer).
 pub fn routes() -> Router<HttpState> {
-    Router::new().route("/v1/accounts", get(list))
+    Router::new()
+        .route("/v1/accounts", get(list))
+        .route("/v1/accounts/below-thresholds", get(below_thresholds))
 }
 
 /// One account of the list.
@@ -45,6 +54,14 @@ pub struct AccountRow {
     /// When the last entry happened, to the second as the balance answer's
     /// `last_entry_at` (`null` when the ledger has no time for it).
     pub last_activity_at: Option<DateTime<Utc>>,
+}
+
+/// A threshold an account is below: as configured, and its value in credits now.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BelowRow {
+    pub threshold: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub value: Decimal,
 }
 
 /// How the list is ordered.
@@ -103,6 +120,78 @@ fn amount(p: &Params, name: &str) -> Result<Option<Decimal>, ApiError> {
     }
 }
 
+/// Rows of the view's accounts that pass `keep` (to the second, as the balance answer).
+fn rows(
+    view: &crate::ledger::view::LedgerView,
+    keep: impl Fn(&crate::ledger::view::AccountView) -> bool,
+) -> Vec<(AccountRow, Vec<BelowRow>)> {
+    view.all()
+        .filter(|(_, a)| a.seq > 0 && keep(a))
+        .map(|(id, a)| {
+            let row = AccountRow {
+                account_id: id.to_string(),
+                balance: a.balance.normalize(),
+                overdraft: a.overdraft.normalize(),
+                entries: a.seq,
+                last_activity_at: a.updated_at,
+            };
+            let below = a
+                .below
+                .iter()
+                .map(|(t, v)| BelowRow {
+                    threshold: t.to_string(),
+                    value: v.normalize(),
+                })
+                .collect();
+            (row, below)
+        })
+        .collect()
+}
+
+fn to_second(mut r: AccountRow) -> AccountRow {
+    r.last_activity_at = r
+        .last_activity_at
+        .and_then(|t| DateTime::from_timestamp(t.timestamp(), 0));
+    r
+}
+
+async fn below_thresholds(
+    State(s): State<HttpState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let api = api(&s)?;
+    caller.require_operator("listing accounts below their thresholds")?;
+    let p = Params::parse(raw.as_deref(), &["limit", "offset"])?;
+    let limit = p.number("limit", 1, 1000)?.unwrap_or(50) as usize;
+    let offset = p.number("offset", 0, u64::from(u32::MAX))?.unwrap_or(0) as usize;
+    let mut found = {
+        let shared = api.loaded_view()?;
+        let view = shared.view.read().expect("view lock");
+        rows(&view, |a| !a.below.is_empty())
+    };
+    found.sort_by(|a, b| {
+        (a.0.balance.cmp(&b.0.balance)).then_with(|| a.0.account_id.cmp(&b.0.account_id))
+    });
+    let total = found.len();
+    let page: Vec<serde_json::Value> = found
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(r, below)| {
+            let mut j = serde_json::to_value(to_second(r)).expect("a row serializes");
+            j["below"] = serde_json::json!(below);
+            j
+        })
+        .collect();
+    let next = (offset + page.len() < total).then_some(offset + page.len());
+    Ok(Json(serde_json::json!({
+        "accounts": page,
+        "total": total,
+        "next_offset": next,
+    })))
+}
+
 async fn list(
     State(s): State<HttpState>,
     caller: Caller,
@@ -118,16 +207,7 @@ async fn list(
     let rows: Vec<AccountRow> = {
         let shared = api.loaded_view()?;
         let view = shared.view.read().expect("view lock");
-        view.all()
-            .filter(|(_, a)| a.seq > 0)
-            .map(|(id, a)| AccountRow {
-                account_id: id.to_string(),
-                balance: a.balance.normalize(),
-                overdraft: a.overdraft.normalize(),
-                entries: a.seq,
-                last_activity_at: a.updated_at,
-            })
-            .collect()
+        rows(&view, |_| true).into_iter().map(|(r, _)| r).collect()
     };
     let rows = select(rows, order, below);
     let total = rows.len();
@@ -136,12 +216,7 @@ async fn list(
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|mut r| {
-            r.last_activity_at = r
-                .last_activity_at
-                .and_then(|t| DateTime::from_timestamp(t.timestamp(), 0));
-            r
-        })
+        .map(to_second)
         .collect();
     let next = (offset + page.len() < total).then_some(offset + page.len());
     Ok(Json(serde_json::json!({

@@ -29,6 +29,7 @@ use serde_json::json;
 use super::HttpState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath};
+use crate::alerts::view::follow::SharedAlertsView;
 use crate::config::Config;
 use crate::http::params::Params;
 use crate::ledger::answer::{LedgerAnswer, Verdict};
@@ -48,6 +49,10 @@ pub struct LedgerApi {
     ch: clickhouse::Client,
     /// Balances and recent entries in memory, followed from Kafka (no ClickHouse).
     pub view: Arc<SharedLedgerView>,
+    /// Each account's recent alerts in memory, followed from Kafka (no ClickHouse).
+    pub alerts: Arc<SharedAlertsView>,
+    /// Every voucher in memory, followed from the vouchers stage's changelog.
+    pub voucher_list: Arc<crate::ledger::voucher::follow::SharedVoucherList>,
 }
 
 impl LedgerApi {
@@ -63,6 +68,8 @@ impl LedgerApi {
             answers: tokio::sync::OnceCell::new(),
             ch,
             view,
+            alerts: Arc::default(),
+            voucher_list: Arc::default(),
         })
     }
 

@@ -47,6 +47,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("js/format.js", "text/javascript; charset=utf-8"),
     asset!("js/router.js", "text/javascript; charset=utf-8"),
     asset!("js/session.js", "text/javascript; charset=utf-8"),
+    asset!("js/pages/alerts.js", "text/javascript; charset=utf-8"),
     asset!("js/pages/credits.js", "text/javascript; charset=utf-8"),
     asset!("js/pages/live.js", "text/javascript; charset=utf-8"),
     asset!("js/pages/operator.js", "text/javascript; charset=utf-8"),

@@ -22,7 +22,6 @@ use super::params::{ApiError, Params, check_id};
 use super::traces::{self, TracesApi};
 use crate::history::{self, Committed, HistoryError};
 use crate::rollup::{OpenExecutionView, TracedCall};
-use crate::trace::stream::Filter;
 use crate::trace::{self, DebitSummary, ExecutionTrace, Omitted, Source, TraceInput};
 
 pub async fn trace(
@@ -31,9 +30,31 @@ pub async fn trace(
     ApiPath(id): ApiPath<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    match trace_of(&s, &caller, &id, raw.as_deref()).await {
-        Ok(t) => Json(t).into_response(),
+    let t0 = Instant::now();
+    let mut timing = Timing::default();
+    match trace_of(&s, &caller, &id, raw.as_deref(), &mut timing).await {
+        Ok(t) => {
+            let t1 = Instant::now();
+            let mut r = Json(t).into_response();
+            timing.span("json", t1);
+            timing.span("total", t0);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&timing.0.join(", ")) {
+                r.headers_mut().insert("server-timing", v);
+            }
+            r
+        }
         Err(e) => e.into_response(),
+    }
+}
+
+/// The `Server-Timing` header of a trace: where its time went, in ms.
+#[derive(Default)]
+struct Timing(Vec<String>);
+
+impl Timing {
+    fn span(&mut self, name: &str, since: Instant) {
+        let ms = since.elapsed().as_secs_f64() * 1000.0;
+        self.0.push(format!("{name};dur={ms:.2}"));
     }
 }
 
@@ -42,7 +63,9 @@ async fn trace_of(
     caller: &Caller,
     id: &str,
     raw: Option<&str>,
+    timing: &mut Timing,
 ) -> Result<ExecutionTrace, ApiError> {
+    let t = Instant::now();
     check_id("execution_id", id)?;
     let p = Params::parse(raw, &["account_id"])?;
     let requested = p.string("account_id")?;
@@ -56,15 +79,18 @@ async fn trace_of(
         Some(a) => a,
         None => account_of(api, id).await?,
     };
+    timing.span("account", t);
+    let t = Instant::now();
     let live = api
         .engine
         .get()
         .and_then(|e| e.open_execution(&account, id));
-    let filter = Filter::Execution {
-        account_id: account.clone(),
-        execution_id: id.to_string(),
-    };
-    let mut committed = history::read(&api.follower, &api.ch, &filter, None).await;
+    timing.span("live", t);
+    let t = Instant::now();
+    let read =
+        || history::cache::read_execution(&api.history, &api.follower, &api.ch, &account, id);
+    let mut committed = read().await;
+    timing.span("history", t);
     // Neither open here nor committed yet: it may have closed a moment ago, its debit (and
     // its calls) still in the pipeline's open transaction, or not even sent yet (outputs go
     // out with the transaction). Until a pipeline transaction has surely passed, wait until
@@ -83,10 +109,13 @@ async fn trace_of(
             .sync(Some(p), SYNC_WAIT)
             .await
             .map_err(unavailable)?;
-        committed = history::read(&api.follower, &api.ch, &filter, None).await;
+        committed = read().await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assemble(id, &account, live, committed, api.markup_rate)
+    let t = Instant::now();
+    let trace = assemble(id, &account, live, committed, api.markup_rate);
+    timing.span("assemble", t);
+    trace
 }
 
 /// How long a lookup waits for the follower to read what was written before it.
@@ -112,14 +141,26 @@ async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
     }
     api.follower.ensure_started().await.map_err(unavailable)?;
     let mut accounts = api.follower.accounts_of(id).await;
-    let older = api
-        .ch
-        .query(
-            "SELECT DISTINCT account_id FROM usage_transactions WHERE execution_id = ? LIMIT 100",
-        )
-        .bind(id)
-        .fetch_all::<String>()
-        .await;
+    // The tail names it (its index answers at once): no ClickHouse scan. An id reused by
+    // another account whose messages left the tail is not looked for (give account_id).
+    let older = if !accounts.is_empty() {
+        Ok(Vec::new())
+    } else if let Some(known) = api.history.accounts(id) {
+        Ok(known)
+    } else {
+        let a = api
+            .ch
+            .query(
+                "SELECT DISTINCT account_id FROM usage_transactions WHERE execution_id = ? LIMIT 100",
+            )
+            .bind(id)
+            .fetch_all::<String>()
+            .await;
+        if let Ok(a) = &a {
+            api.history.keep_accounts(id, a.clone());
+        }
+        a
+    };
     match older {
         Ok(a) => accounts.extend(a),
         // The recent tail still answers for what it holds.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use memchr::memmem::Finder;
 use serde_json::json;
@@ -30,8 +30,8 @@ use super::auth::Caller;
 use super::error::ApiPath;
 use super::params::{ApiError, Params, check_id};
 use super::traces::{self, TracesApi};
-use crate::debit::{Debit, PricedLine};
-use crate::follow::{Followed, OutputTopic, Subscription};
+use crate::debit::PricedLine;
+use crate::follow::{Followed, Interest, OutputTopic, Subscription};
 use crate::history::{self, Committed};
 use crate::trace::stream::{Filter, StreamCursor, StreamEvent, StreamState};
 
@@ -141,9 +141,14 @@ async fn open(
             "this event id is not of this stream (another account's partition)",
         ));
     }
+    // An execution's stream gets only that execution's messages.
+    let interest = match &filter {
+        Filter::Execution { execution_id, .. } => Interest::Execution(execution_id.clone()),
+        Filter::Conversation { .. } => Interest::All,
+    };
     let sub = api
         .follower
-        .subscribe(p, filter.account_id().as_bytes())
+        .subscribe(p, filter.account_id().as_bytes(), interest)
         .map_err(|e| unavailable(&e))?;
     let hist = history::read(&api.follower, &api.ch, &filter, Some(sub.from))
         .await
@@ -164,20 +169,19 @@ async fn open(
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<Event, Infallible>(e), rx))
     });
-    Ok(Sse::new(body)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(15))
-                .text("keep-alive"),
-        )
-        .into_response())
+    // The keep-alive comment comes from the stream's task (every KEEP_ALIVE): axum's would
+    // re-arm a timer at every event.
+    Ok(Sse::new(body).into_response())
 }
+
+/// How often an idle stream sends a comment, so proxies keep the connection open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 fn sse(e: &StreamEvent) -> Event {
     Event::default()
         .event(e.name())
         .id(e.id().to_string())
-        .data(e.data().to_string())
+        .data(e.data())
 }
 
 fn named(name: &str, data: serde_json::Value) -> Event {
@@ -205,7 +209,7 @@ fn apply(state: &mut StreamState, needle: &Finder, m: &Followed, out: &mut Vec<S
             }
         }
         OutputTopic::Debits => {
-            if let Ok(d) = serde_json::from_slice::<Debit>(&m.payload) {
+            if let Ok(d) = crate::debit::scan::decode(&m.payload) {
                 state.debit(m.offset, &d, out);
             }
         }
@@ -240,8 +244,10 @@ async fn run(
     let needle = state.line_needle();
     let needle = Finder::new(&needle);
     let ended = |s: &StreamState| !follow && s.execution_billed() && s.held() == 0;
+    // Since when a debit is held for its last calls: released after `debit_wait` at most.
     let mut held_since: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut keep_alive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     loop {
         if ended(&state) {
             let _ = tx
@@ -252,6 +258,14 @@ async fn run(
                 .await;
             return;
         }
+        // No timer while nothing is held: an idle stream wakes for its messages, its
+        // client leaving and the keep-alive only.
+        let release = async {
+            match held_since {
+                Some(t) => tokio::time::sleep_until((t + debit_wait).into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             m = sub.rx.recv() => {
                 let Some(m) = m else {
@@ -260,6 +274,12 @@ async fn run(
                     return;
                 };
                 apply(&mut state, &needle, &m, &mut out);
+                // A pipeline commit comes as a batch: what the follower queued meanwhile
+                // goes out with it, in one write to the client rather than one each.
+                tokio::task::yield_now().await;
+                while let Ok(m) = sub.rx.try_recv() {
+                    apply(&mut state, &needle, &m, &mut out);
+                }
                 // Fell behind: once the queue is taken, what was left out of it, in order.
                 if sub.lagging() && sub.rx.is_empty() {
                     match sub.gap().await {
@@ -278,17 +298,20 @@ async fn run(
                     }
                 }
             }
-            _ = tick.tick() => {
-                if tx.is_closed() {
+            () = release => {
+                state.release(true, &mut out);
+            }
+            _ = keep_alive.tick() => {
+                if tx.send(Event::default().comment("keep-alive")).await.is_err() {
                     return;
                 }
-                if state.held() == 0 {
-                    held_since = None;
-                } else if held_since.get_or_insert_with(Instant::now).elapsed() >= debit_wait {
-                    state.release(true, &mut out);
-                    held_since = None;
-                }
             }
+            () = tx.closed() => return,
+        }
+        if state.held() == 0 {
+            held_since = None;
+        } else if held_since.is_none() {
+            held_since = Some(Instant::now());
         }
         if !send_all(&tx, &mut out).await {
             return;

@@ -23,11 +23,14 @@ use super::auth::Caller;
 use super::params::{ApiError, check_id};
 use crate::config::{Config, TracesConfig};
 use crate::follow::Follower;
+use crate::history::cache::HistoryCache;
 use crate::pipeline::EngineHandle;
 
 /// The state of these endpoints.
 pub struct TracesApi {
     pub follower: Follower,
+    /// Executions' committed histories kept between lookups.
+    pub history: HistoryCache,
     pub ch: clickhouse::Client,
     /// The rating pipeline of this process, when it runs one (open executions' live state).
     pub engine: Arc<OnceLock<EngineHandle>>,
@@ -45,6 +48,7 @@ impl TracesApi {
     ) -> TracesApi {
         TracesApi {
             follower: Follower::new(cfg, stop),
+            history: HistoryCache::default(),
             ch,
             engine,
             markup_rate: cfg.rollup.markup_rate,

@@ -8,7 +8,9 @@
 //!   once, when it was generated)
 //! - `GET /v1/vouchers?state=&limit=50&offset=0` -> `{"vouchers": [{..., "state"}], "total",
 //!   "next_offset"}` (masked codes, ids; the oldest first), `state` one of `active`,
-//!   `not_yet_valid`, `expired`, `used_up`, `revoked` (now); strict query string
+//!   `not_yet_valid`, `expired`, `used_up`, `revoked` (now); strict query string. From the
+//!   voucher list in memory ([`crate::ledger::voucher::follow`]: the vouchers stage's
+//!   changelog, followed), after it has read what was committed before the request
 //! - `POST /v1/vouchers/{id}/revoke` `{"reason": "..."}` -> 200 revoked (also when it was
 //!   already), 404 for an unknown id
 
@@ -179,31 +181,43 @@ async fn list(State(s): State<HttpState>, caller: Caller, RawQuery(raw): RawQuer
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let cfg = api.cfg.clone();
-    match tokio::task::spawn_blocking(move || client::list_vouchers(&cfg)).await {
-        Ok(Ok(list)) => {
-            let now = chrono::Utc::now();
-            let rows: Vec<serde_json::Value> = list
-                .iter()
-                .map(VoucherView::from)
-                .filter_map(|v| {
-                    let st = state(&v, now);
-                    if want.as_deref().is_some_and(|w| w != st) {
-                        return None;
-                    }
-                    let mut j = serde_json::to_value(&v).expect("a voucher view serializes");
-                    j["state"] = json!(st);
-                    Some(j)
-                })
-                .collect();
-            let total = rows.len();
-            let shown: Vec<_> = rows.into_iter().skip(offset).take(limit).collect();
-            let next = (offset + shown.len() < total).then_some(offset + shown.len());
-            Json(json!({"vouchers": shown, "total": total, "next_offset": next})).into_response()
-        }
-        Ok(Err(e)) => unavailable(&e),
-        Err(e) => unavailable(&ClientError::Other(e.to_string())),
+    let list = api.voucher_list.clone();
+    if !list.is_loaded() {
+        return ApiError::unavailable(
+            "vouchers are loading on this instance (reading the voucher state); retry in a second",
+        )
+        .header(axum::http::header::RETRY_AFTER, "1")
+        .into_response();
     }
+    // What was committed before this request is in the list (a voucher just created).
+    let cfg = api.cfg.clone();
+    let l = list.clone();
+    match tokio::task::spawn_blocking(move || l.sync(&cfg, Duration::from_secs(2))).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            tracing::debug!("voucher list: not caught up within 2 s; listing what it has")
+        }
+        Ok(Err(e)) => return unavailable(&ClientError::Other(e.to_string())),
+        Err(e) => return unavailable(&ClientError::Other(e.to_string())),
+    }
+    let now = chrono::Utc::now();
+    let rows: Vec<serde_json::Value> = list
+        .all()
+        .into_iter()
+        .filter_map(|v| {
+            let st = state(&v, now);
+            if want.as_deref().is_some_and(|w| w != st) {
+                return None;
+            }
+            let mut j = serde_json::to_value(&v).expect("a voucher view serializes");
+            j["state"] = json!(st);
+            Some(j)
+        })
+        .collect();
+    let total = rows.len();
+    let shown: Vec<_> = rows.into_iter().skip(offset).take(limit).collect();
+    let next = (offset + shown.len() < total).then_some(offset + shown.len());
+    Json(json!({"vouchers": shown, "total": total, "next_offset": next})).into_response()
 }
 
 #[derive(Deserialize)]

@@ -136,7 +136,7 @@ pub fn grants(cfg: &Config, who: &Principals) -> Vec<Grant> {
         groups(&[&who.reader], &[&who.reader_group_prefix], true),
     ];
     // What every `run` process reads: its HTTP API's sources (API keys, the ledger's state
-    // and answers, the committed outputs, prices and plans), and the readers' groups
+    // and answers, the committed outputs, both alerts topics, prices and plans), and the readers' groups
     // (`<kafka.group_id>-reader`, `-follower`, the feeds'), which only track positions.
     let shared = [
         &t.api_keys,
@@ -147,6 +147,8 @@ pub fn grants(cfg: &Config, who: &Principals) -> Vec<Grant> {
         &t.debits,
         &t.priced_usage,
         &t.balances,
+        &t.alerts,
+        &t.credit_alerts,
         &t.price_catalog,
         &t.plans,
     ];

@@ -106,17 +106,12 @@ pub fn build_grant(cfg: &Config, input: &GrantInput<'_>) -> Result<Grant, Reject
     let now = Utc::now();
     let (category, priority, expires_at) = check_terms(input.kind, amount, now, &input.terms)?;
     Ok(Grant {
-        grant_id: input.reference.to_string(),
-        kind: input.kind,
-        account_id: input.account.to_string(),
-        amount,
-        occurred_at: now,
         reason: input.reason.map(str::to_string),
-        voucher: None,
         category,
         priority,
         expires_at,
         request_id: Some(new_id("req")),
+        ..Grant::new(input.reference, input.kind, input.account, amount, now)
     })
 }
 

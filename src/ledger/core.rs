@@ -566,5 +566,13 @@ impl LedgerPartition {
 mod tests;
 
 #[cfg(test)]
+#[path = "core_state_tests.rs"]
+mod state_tests;
+
+#[cfg(test)]
+#[path = "core_model_tests.rs"]
+mod model_tests;
+
+#[cfg(test)]
 #[path = "core_range_tests.rs"]
 mod range_tests;

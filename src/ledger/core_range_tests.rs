@@ -22,18 +22,10 @@ fn src(offset: i64) -> EntrySource {
 }
 
 fn grant(id: &str, kind: GrantKind, amount: &str) -> Grant {
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
     Grant {
-        grant_id: id.into(),
-        kind,
-        account_id: "a".into(),
-        amount: d(amount),
-        occurred_at: Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap(),
         reason: (kind == GrantKind::Adjustment).then(|| "fix".into()),
-        voucher: None,
-        category: None,
-        priority: None,
-        expires_at: None,
-        request_id: None,
+        ..Grant::new(id, kind, "a", d(amount), at)
     }
 }
 

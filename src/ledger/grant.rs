@@ -79,6 +79,31 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// A grant of `amount` credits with no reason, voucher, terms or request id (the kind's
+    /// defaults); set those with struct update syntax (`Grant { reason, ..Grant::new(..) }`).
+    /// Not validated: [`parse`] and the client's builders are.
+    pub fn new(
+        grant_id: impl Into<String>,
+        kind: GrantKind,
+        account_id: impl Into<String>,
+        amount: Decimal,
+        occurred_at: DateTime<Utc>,
+    ) -> Grant {
+        Grant {
+            grant_id: grant_id.into(),
+            kind,
+            account_id: account_id.into(),
+            amount,
+            occurred_at,
+            reason: None,
+            voucher: None,
+            category: None,
+            priority: None,
+            expires_at: None,
+            request_id: None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a grant always serializes")
     }

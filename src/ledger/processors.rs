@@ -13,7 +13,6 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::config::TopicsConfig;
-use crate::debit::Debit;
 use crate::event::Origin;
 use crate::ledger::command::{Command, Ids, clock_marker, parse_command};
 use crate::ledger::core::{AlertKind, Change, Effects, EntrySource, LedgerPartition, LedgerRules};
@@ -222,7 +221,7 @@ impl Processor for LedgerProcessor {
             offset: msg.offset,
         };
         let (fx, kind) = if msg.topic == self.topics.debits {
-            match serde_json::from_slice::<Debit>(msg.payload) {
+            match crate::debit::scan::decode(msg.payload) {
                 Ok(d) => {
                     let hash = xxhash_rust::xxh3::xxh3_64(msg.payload);
                     (

@@ -22,6 +22,7 @@ use rust_decimal::Decimal;
 
 use crate::ledger::client::{Balance, HistoryEntry};
 use crate::ledger::core::{AccountState, BalanceEvent, GrantView};
+use crate::ledger::thresholds::Threshold;
 
 /// One account: its balance, open grants and overdraft now, and its newest entries
 /// (ascending `seq`, no repeats).
@@ -35,6 +36,9 @@ pub struct AccountView {
     /// Entries applied so far (the `seq` of the last one).
     pub seq: u64,
     pub updated_at: Option<DateTime<Utc>>,
+    /// The thresholds the ledger has announced the account to be below (its changelog's
+    /// `below`), each with its value in credits now, highest first.
+    pub below: Vec<(Threshold, Decimal)>,
     recent: VecDeque<Arc<BalanceEvent>>,
 }
 
@@ -68,6 +72,8 @@ pub struct LedgerView {
     accounts: HashMap<String, AccountView>,
     keep: usize,
     entries: usize,
+    /// `ledger.alert_thresholds`: the thresholds of an account without its own.
+    defaults: Vec<Threshold>,
 }
 
 impl LedgerView {
@@ -79,9 +85,17 @@ impl LedgerView {
         }
     }
 
-    /// Applies an account record of the ledger's changelog: the state moves forward only
-    /// (a record older than events already applied changes nothing).
+    /// Sets the thresholds of accounts without their own (`ledger.alert_thresholds`).
+    pub fn set_default_thresholds(&mut self, defaults: Vec<Threshold>) {
+        self.defaults = defaults;
+    }
+
+    /// Applies an account record of the ledger's changelog: the balance moves forward only
+    /// (a record older than events already applied changes nothing); the thresholds the
+    /// account is below are the record's, the latest read (records of an account are in
+    /// order on its partition, and a change of thresholds moves no `seq`).
     pub fn restore(&mut self, account: &str, state: &AccountState) {
+        self.set_below(account, state);
         let a = self.accounts.entry(account.to_string()).or_default();
         if state.seq > a.seq {
             a.balance = state.balance;
@@ -90,6 +104,19 @@ impl LedgerView {
             a.seq = state.seq;
             a.updated_at = state.updated_at;
         }
+    }
+
+    /// Takes only the thresholds the account is below from an account record of the
+    /// ledger's changelog, followed after start-up: the balance and entries move with the
+    /// balances topic alone then (a record read ahead of its entries would otherwise show a
+    /// balance whose newest entries are not yet in memory).
+    pub fn set_below(&mut self, account: &str, state: &AccountState) {
+        let a = self.accounts.entry(account.to_string()).or_default();
+        a.below = state
+            .effective(&self.defaults)
+            .into_iter()
+            .filter(|(t, _)| state.below.contains(&t.to_string()))
+            .collect();
     }
 
     /// Applies a balance event: kept among the account's newest entries (a repeat of a kept

@@ -21,6 +21,7 @@ use crate::ledger::grant::{Grant, GrantKind, check_account, id_problem};
 use crate::rejection::{RejectReason, Rejection};
 
 mod code;
+pub mod follow;
 mod revoke;
 mod view;
 
@@ -498,17 +499,16 @@ impl VoucherPartition {
         }
         let grant_id = voucher_grant_id(code_hash, account_id);
         let grant = Grant {
-            grant_id: grant_id.clone(),
-            kind: GrantKind::Voucher,
-            account_id: account_id.to_string(),
-            amount: def.credits,
-            occurred_at: at,
-            reason: None,
             voucher: Some(shown.clone()),
-            category: None,
             priority: def.priority,
             expires_at: def.credits_expiry(at),
-            request_id: None,
+            ..Grant::new(
+                grant_id.clone(),
+                GrantKind::Voucher,
+                account_id,
+                def.credits,
+                at,
+            )
         };
         state.redemptions.push(Redemption {
             request_id: request_id.to_string(),

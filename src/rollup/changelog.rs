@@ -6,6 +6,11 @@
 //!   commit; a tombstone once every entry of the chunk left the bounded memory;
 //! - `d<chunk>` -> the same for the duplicate memory's entries (accepted events).
 //!
+//! A commit whose new entries are few rewrites the newest chunk with them added, up to
+//! [`MERGE_UP_TO`] entries, instead of starting a chunk of its own: a partition with a trickle
+//! of events keeps about `horizon / MERGE_UP_TO` live chunks, not one per commit, and the
+//! compacted topic a restore reads stays that small.
+//!
 //! A restore applies the records in log order, then replays the chunks in order through the
 //! same functions that built them, so the memories (and every decision that reads them) are
 //! the ones of the last commit. The next offset comes from the runtime's positions. The live
@@ -22,6 +27,9 @@ const CLOSED: u8 = b'c';
 const DEDUPE: u8 = b'd';
 /// First byte of an open execution's value (the bincode layout of [`OpenExecution`]).
 const OPEN_FORMAT: u8 = 1;
+/// A chunk takes the next commits' entries while it holds fewer than this many (a rewrite of
+/// at most ~6 KB; a busier partition's commits start chunks of their own).
+pub(super) const MERGE_UP_TO: usize = 256;
 
 /// Entries of a FIFO memory written in chunks: the entries added since the last write, and
 /// which chunks on the changelog still hold an entry in memory.
@@ -34,6 +42,9 @@ pub(super) struct Chunks<T> {
     /// Chunks on the changelog: (number, `pushed` after its last entry).
     live: VecDeque<(u64, u64)>,
     next: u64,
+    /// The entries of the newest live chunk while it is small enough to take more
+    /// ([`MERGE_UP_TO`]); empty when the next write starts a chunk.
+    tail: Vec<T>,
     /// While restoring: the chunks read so far, by number.
     restoring: BTreeMap<u64, Vec<T>>,
 }
@@ -46,6 +57,7 @@ impl<T> Default for Chunks<T> {
             popped: 0,
             live: VecDeque::new(),
             next: 0,
+            tail: Vec::new(),
             restoring: BTreeMap::new(),
         }
     }
@@ -65,11 +77,26 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> Chunks<T> {
 
     fn write(&mut self, tag: u8, put: &mut impl FnMut(&[u8], Option<&[u8]>)) {
         if !self.pending.is_empty() {
-            let v = bincode::serialize(&self.pending).expect("chunk serializes");
-            put(&chunk_key(tag, self.next), Some(&v));
-            self.live.push_back((self.next, self.pushed));
-            self.next += 1;
-            self.pending.clear();
+            let merge = !self.tail.is_empty()
+                && self.live.back().is_some_and(|&(n, _)| n + 1 == self.next)
+                && self.tail.len() + self.pending.len() <= MERGE_UP_TO;
+            if merge {
+                // The newest chunk again, with the new entries after its own.
+                self.tail.append(&mut self.pending);
+                let v = bincode::serialize(&self.tail).expect("chunk serializes");
+                put(&chunk_key(tag, self.next - 1), Some(&v));
+                self.live.back_mut().expect("live chunk").1 = self.pushed;
+            } else {
+                let v = bincode::serialize(&self.pending).expect("chunk serializes");
+                put(&chunk_key(tag, self.next), Some(&v));
+                self.live.push_back((self.next, self.pushed));
+                self.next += 1;
+                self.tail.clear();
+                if self.pending.len() < MERGE_UP_TO {
+                    self.tail.append(&mut self.pending);
+                }
+                self.pending.clear();
+            }
         }
         while let Some(&(n, end)) = self.live.front() {
             if end > self.popped {
@@ -77,6 +104,9 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> Chunks<T> {
             }
             put(&chunk_key(tag, n), None);
             self.live.pop_front();
+        }
+        if self.live.is_empty() {
+            self.tail.clear();
         }
     }
 

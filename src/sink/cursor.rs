@@ -6,11 +6,16 @@
 //! [`held`] is the one ClickHouse read.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 
-/// Ids of the last `cap` rows of one output partition (hashed: ~40 B each).
+use crate::rollup::dedupe::PassThroughHasher;
+
+/// Ids of the last `cap` rows of one output partition (hashed: ~40 B each). The set is keyed
+/// by the ids' xxh3 hashes as they are, without hashing them again with SipHash (`insert`
+/// was ~12 % of the sink threads' samples in a 20k events/s profile).
 pub struct RecentIds {
     cap: usize,
-    set: HashSet<u64>,
+    set: HashSet<u64, BuildHasherDefault<PassThroughHasher>>,
     order: VecDeque<u64>,
 }
 
@@ -18,7 +23,7 @@ impl RecentIds {
     pub fn new(cap: usize) -> Self {
         RecentIds {
             cap,
-            set: HashSet::new(),
+            set: HashSet::default(),
             order: VecDeque::new(),
         }
     }

@@ -172,7 +172,7 @@ pub fn transaction_row_serde(
 }
 
 pub fn debit_row(bytes: &[u8], src: Source) -> Result<(String, DebitRow), RowError> {
-    let d: Debit = serde_json::from_slice(bytes).map_err(|source| RowError::Json {
+    let d: Debit = crate::debit::scan::decode(bytes).map_err(|source| RowError::Json {
         table: "debits",
         source,
     })?;

@@ -1,4 +1,4 @@
-//! The stage consumer's context: rebalance events in (recorded for the loop, which restores
+//! The stage consumer's context (the ClickHouse sink's too): rebalance events in (recorded for the loop, which restores
 //! state before it assigns anything; a revocation unassigns at once) and librdkafka's
 //! statistics in (each input partition's high watermark, or "caught up"); the pending
 //! rebalance work and the lag of owned partitions out.
@@ -60,6 +60,16 @@ impl StageContext {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Messages of `topic`'s partition `p` behind its high watermark at `next`: `None` before
+    /// the statistics have seen it, 0 once caught up.
+    pub fn topic_lag(&self, topic: &str, p: i32, next: i64) -> Option<i64> {
+        let high = self.high.lock().expect("statistics lock");
+        match high.get(&(topic.to_string(), p))? {
+            Some(h) => Some((h - next).max(0)),
+            None => Some(0),
+        }
     }
 
     /// Forgets the statistics (partitions revoked).

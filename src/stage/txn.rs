@@ -4,6 +4,7 @@
 //! or fatal, after librdkafka's error classes); and the bound on re-initialisations after
 //! fencing ([`Reinits`], pure).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,9 +24,6 @@ pub struct StageProducerContext {
     failed: AtomicU64,
     latency: prometheus::Histogram,
     errors: prometheus::IntCounter,
-    /// The rating pipeline's figures also under the names its dashboards and alert rules
-    /// were written against (`usage_agg_pipeline_produce_*`).
-    legacy: Option<(prometheus::Histogram, prometheus::IntCounter)>,
 }
 
 impl ClientContext for StageProducerContext {}
@@ -39,16 +37,10 @@ impl ProducerContext for StageProducerContext {
                 let now = self.started.elapsed().as_micros() as usize;
                 let secs = now.saturating_sub(sent_us) as f64 / 1e6;
                 self.latency.observe(secs);
-                if let Some((latency, _)) = &self.legacy {
-                    latency.observe(secs);
-                }
             }
             Err((e, m)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.errors.inc();
-                if let Some((_, errors)) = &self.legacy {
-                    errors.inc();
-                }
                 tracing::warn!(error = %e, topic = m.topic(), "output message failed delivery; its transaction aborts");
             }
         }
@@ -73,12 +65,6 @@ pub fn producer(
         failed: AtomicU64::new(0),
         latency: METRICS.stage.produce_latency.with_label_values(&[stage]),
         errors: METRICS.stage.produce_errors.with_label_values(&[stage]),
-        legacy: (stage == "pipeline").then(|| {
-            (
-                METRICS.produce_latency.clone(),
-                METRICS.produce_errors.clone(),
-            )
-        }),
     };
     let p: StageProducer = c.create_with_context(ctx)?;
     let started = Instant::now();
@@ -182,6 +168,45 @@ impl TxnFailure {
     }
 }
 
+/// Runs `calls` (a transaction's closing calls on `producer`) on a thread of its own and
+/// waits for them at most `limit`.
+///
+/// Why a thread: librdkafka can block a transaction call without end once the node of the
+/// transaction coordinator was SIGKILLed (`send_offsets_to_transaction` waits on a
+/// coordinator handle that never comes back: confluentinc/librdkafka#5511; seen in
+/// `tests/cluster.rs`), whatever timeout it was given. Past `limit` the producer is taken as
+/// failed for good ([`TxnFailure::Fatal`]): the stage re-creates it with the same
+/// `transactional.id`, which fences the stuck one and aborts its open transaction; the
+/// stuck thread is left behind with the old producer (a late answer is refused as fenced).
+pub fn bounded(
+    what: &'static str,
+    producer: &Arc<StageProducer>,
+    limit: Duration,
+    calls: impl FnOnce(&StageProducer) -> Result<(), TxnFailure> + Send + 'static,
+) -> Result<(), TxnFailure> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let p = Arc::clone(producer);
+    std::thread::Builder::new()
+        .name("txn-call".into())
+        .spawn(move || {
+            let _ = tx.send(calls(&p));
+        })
+        .map_err(|_| TxnFailure::Abort(KafkaError::Global(RDKafkaErrorCode::Fail)))?;
+    match rx.recv_timeout(limit) {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(
+                call = what,
+                limit_s = limit.as_secs(),
+                "kafka transaction call did not return in time; the producer is re-created (confluentinc/librdkafka#5511)"
+            );
+            Err(TxnFailure::Fatal(KafkaError::Global(
+                RDKafkaErrorCode::OperationTimedOut,
+            )))
+        }
+    }
+}
+
 /// Retries a transaction call while librdkafka says it is retriable (or a flush timed out,
 /// e.g. while the broker restarts) until `deadline`; classifies anything else.
 pub fn txn_call(
@@ -264,6 +289,45 @@ impl Reinits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A producer that never connects (no broker behind the address): enough to hold.
+    fn idle_producer() -> Arc<StageProducer> {
+        let ctx = StageProducerContext {
+            started: Instant::now(),
+            failed: AtomicU64::new(0),
+            latency: METRICS.stage.produce_latency.with_label_values(&["test"]),
+            errors: METRICS.stage.produce_errors.with_label_values(&["test"]),
+        };
+        let p: StageProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create_with_context(ctx)
+            .unwrap();
+        Arc::new(p)
+    }
+
+    #[test]
+    fn a_call_that_does_not_return_in_time_is_fatal_for_the_producer() {
+        let p = idle_producer();
+        let r = bounded("commit", &p, Duration::from_millis(100), |_| {
+            std::thread::sleep(Duration::from_secs(2));
+            Ok(())
+        });
+        match r {
+            Err(TxnFailure::Fatal(e)) => assert_eq!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::OperationTimedOut)
+            ),
+            other => panic!("expected fatal, got {other:?}"),
+        }
+        // Answers within the limit come back as they are.
+        assert!(bounded("commit", &p, Duration::from_secs(5), |_| Ok(())).is_ok());
+        let aborted = bounded("commit", &p, Duration::from_secs(5), |_| {
+            Err(TxnFailure::Abort(KafkaError::Global(
+                RDKafkaErrorCode::State,
+            )))
+        });
+        assert!(matches!(aborted, Err(TxnFailure::Abort(_))));
+    }
 
     #[test]
     fn three_reinits_a_minute_then_stop() {

@@ -151,27 +151,47 @@ impl StreamEvent {
         }
     }
 
-    /// The SSE data: one JSON object.
-    pub fn data(&self) -> serde_json::Value {
-        match self {
+    /// The SSE data: one JSON object, written straight from the event (no intermediate
+    /// `Value`: a stream writes one per client per call). Keys in alphabetical order.
+    pub fn data(&self) -> String {
+        #[derive(Serialize)]
+        struct CallData<'a> {
+            call: &'a TraceCall,
+            execution_id: &'a Option<String>,
+            running: &'a Running,
+        }
+        #[derive(Serialize)]
+        struct DebitData<'a> {
+            components: &'a Components,
+            debit: &'a DebitSummary,
+            execution_id: &'a Option<String>,
+            running: &'a Running,
+        }
+        let json = match self {
             StreamEvent::Call {
                 execution_id,
                 call,
                 running,
                 ..
-            } => {
-                serde_json::json!({"execution_id": execution_id, "call": call, "running": running})
-            }
+            } => serde_json::to_string(&CallData {
+                call,
+                execution_id,
+                running,
+            }),
             StreamEvent::Debit {
                 execution_id,
                 debit,
                 components,
                 running,
                 ..
-            } => {
-                serde_json::json!({"execution_id": execution_id, "debit": debit, "components": components, "running": running})
-            }
-        }
+            } => serde_json::to_string(&DebitData {
+                components,
+                debit,
+                execution_id,
+                running,
+            }),
+        };
+        json.unwrap_or_default()
     }
 }
 

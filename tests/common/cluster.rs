@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message};
 
-use super::root;
+use super::{TestEnv, root};
 
 pub const NODES: i32 = 3;
 
@@ -19,21 +19,50 @@ pub struct PrivateCluster {
     pub dir: PathBuf,
     base: u16,
     children: BTreeMap<i32, Child>,
+    /// KRaft's StandardAuthorizer and a SASL_SSL listener with one SCRAM user per role
+    /// (`USAGE_AGG_KAFKA_AUTHORIZER`).
+    acls: bool,
 }
 
 impl PrivateCluster {
     /// Starts the three nodes together (the quorum needs a majority before any is ready)
     /// and waits until each has started.
     pub fn start(dir: &Path) -> PrivateCluster {
+        Self::start_with(dir, false)
+    }
+
+    /// [`Self::start`] with KRaft's StandardAuthorizer on every node: the PLAINTEXT listeners
+    /// are the super user; each node's SASL_SSL listener (its client port + 2) has SCRAM users
+    /// `usage-<role>` that may do only what an ACL allows ([`Self::secured`]).
+    pub fn start_with_acls(dir: &Path) -> PrivateCluster {
+        Self::start_with(dir, true)
+    }
+
+    /// The listeners and secrets of a cluster started with [`Self::start_with_acls`].
+    pub fn secured(&self) -> super::acls::Secured {
+        assert!(self.acls, "a cluster started with ACLs");
+        super::acls::Secured {
+            admin: self.bootstrap(),
+            secure: (1..=NODES)
+                .map(|n| format!("127.0.0.1:{}", self.port(n) + 2))
+                .collect::<Vec<_>>()
+                .join(","),
+            ca: self.dir.join("tls/ca.pem"),
+            secrets: self.dir.join("secrets"),
+        }
+    }
+
+    fn start_with(dir: &Path, acls: bool) -> PrivateCluster {
         let dir = dir.join("cluster");
         std::fs::create_dir_all(&dir).unwrap();
-        // Node N uses BASE + 3(N-1) (clients) and the next port (controller). Below the
+        // Node N uses BASE + 3(N-1) (clients), the next port (controller) and the one after
+        // (SASL_SSL, with ACLs). Below the
         // kernel's ephemeral range (32768+), so no outgoing connection takes one of them
         // while the nodes format their storage before they bind.
         let base = loop {
             let b = 21000 + (rand::random::<u16>() % 7900);
             if (0..NODES as u16).all(|i| {
-                [0, 1]
+                [0, 1, 2]
                     .iter()
                     .all(|o| std::net::TcpListener::bind(("127.0.0.1", b + 3 * i + o)).is_ok())
             }) {
@@ -44,6 +73,7 @@ impl PrivateCluster {
             dir,
             base,
             children: BTreeMap::new(),
+            acls,
         };
         let before: Vec<usize> = (1..=NODES).map(|n| c.started_count(n)).collect();
         for n in 1..=NODES {
@@ -84,7 +114,11 @@ impl PrivateCluster {
             .append(true)
             .open(self.dir.join(format!("node{n}.out")))
             .unwrap();
-        let child = Command::new(root().join("scripts/services"))
+        let mut cmd = Command::new(root().join("scripts/services"));
+        if self.acls {
+            cmd.env("USAGE_AGG_KAFKA_AUTHORIZER", "1");
+        }
+        let child = cmd
             .args([
                 "cluster-node",
                 self.dir.to_str().unwrap(),
@@ -197,4 +231,71 @@ impl Drop for PrivateCluster {
             let _ = c.wait();
         }
     }
+}
+
+/// Counts the debits a `read_committed` consumer of every debits partition has received:
+/// a consumer follows leader changes, where a watermark query to a dead leader only fails.
+pub struct DebitWatch {
+    consumer: BaseConsumer,
+    pub seen: usize,
+    /// The latest produce time (ms since the epoch) among the debits received.
+    pub newest_ms: i64,
+    /// The same per debits partition.
+    pub newest_per_partition: BTreeMap<i32, i64>,
+    /// Every debit received: (debit id, produce time, receive time), in ms since the epoch.
+    pub received: Vec<(String, i64, i64)>,
+}
+
+impl DebitWatch {
+    pub fn new(env: &TestEnv) -> DebitWatch {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &env.cfg.kafka.brokers)
+            .set("group.id", format!("{}-watch", env.name))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..env.cfg.topics.output_partitions {
+            tpl.add_partition_offset(&env.cfg.topics.debits, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        DebitWatch {
+            consumer,
+            seen: 0,
+            newest_ms: 0,
+            newest_per_partition: BTreeMap::new(),
+            received: Vec::new(),
+        }
+    }
+
+    /// Polls for up to `d`; returns the debits received so far.
+    pub fn poll(&mut self, d: Duration) -> usize {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(20)) {
+                self.seen += 1;
+                if let Some(ts) = m.timestamp().to_millis() {
+                    self.newest_ms = self.newest_ms.max(ts);
+                    let p = self.newest_per_partition.entry(m.partition()).or_default();
+                    *p = (*p).max(ts);
+                    if let Ok(d) = serde_json::from_slice::<usage_aggregator::debit::Debit>(
+                        m.payload().unwrap_or_default(),
+                    ) {
+                        self.received.push((d.debit_id, ts, wall_ms()));
+                    }
+                }
+            }
+        }
+        self.seen
+    }
+}
+
+/// Milliseconds since the Unix epoch (debits' produce timestamps are in these).
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

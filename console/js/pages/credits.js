@@ -1,5 +1,6 @@
 // Credits: the balance, a top-up (minimum 10: a refusal is shown with the ledger's reason), a
-// voucher redemption, the account's low-balance thresholds (./thresholds.js).
+// voucher redemption, the account's low-balance thresholds (./thresholds.js) and its recent
+// alerts (./alerts.js).
 // Data: GET /v1/accounts/{id}/balance; POST /v1/accounts/{id}/topups (operator token only: a
 // top-up is a payment) and /redemptions (the account's key or the operator).
 
@@ -7,6 +8,7 @@ import { h, fill, field, announce } from '../dom.js';
 import * as api from '../api.js';
 import * as dec from '../decimal.js';
 import { thresholds } from './thresholds.js';
+import { alerts } from './alerts.js';
 
 function reference() {
   const r = new Uint8Array(8);
@@ -116,6 +118,7 @@ export async function render(page, { account, signal, session }) {
   });
 
   const th = thresholds(account, signal);
+  const al = alerts(account, signal);
   fill(page, heading, h('p', { class: 'lead' }, `Account ${account}`),
     h('section', { class: 'card', 'aria-labelledby': 'cb-h' }, h('h2', { id: 'cb-h' }, 'Balance'), balanceOut),
     h('section', { class: 'card', 'aria-labelledby': 'tu-h' }, h('h2', { id: 'tu-h' }, 'Top up'),
@@ -123,8 +126,8 @@ export async function render(page, { account, signal, session }) {
         ? [topupForm, topupOut]
         : h('p', { id: 'topup-note' }, 'A top-up is a payment: it comes from the payment service, or from an operator signed in with the operator token. Vouchers can be redeemed here.')),
     h('section', { class: 'card', 'aria-labelledby': 'rv-h' }, h('h2', { id: 'rv-h' }, 'Redeem a voucher'), redeemForm, redeemOut),
-    th.section);
-  await Promise.all([loadBalance(), th.load()]);
+    th.section, al.section);
+  await Promise.all([loadBalance(), th.load(), al.load()]);
   announce('Credits loaded');
   return null;
 }

@@ -1,7 +1,9 @@
 // Operator (operator token only): pipeline health (/readyz per stage, lag and last progress
-// from /metrics), accounts with the lowest balances and those below a threshold, dead letters
-// by reason with a sample, vouchers (create, list, revoke). Each section loads on its own and
-// says plainly when the service cannot answer it.
+// from /metrics), accounts below one of their low-balance thresholds (the ledger's own state),
+// accounts by balance (lowest first; a balance filter), dead letters by reason with a sample,
+// vouchers (create, list, revoke). Each section loads on its own and says plainly when the
+// service cannot answer it (dead letters come from ClickHouse: without it, that section says
+// so and the others still work).
 
 import { h, fill, field, announce } from '../dom.js';
 import * as api from '../api.js';
@@ -37,7 +39,9 @@ function ago(secondsText) {
 async function health(box, signal) {
   const [ready, metrics] = await Promise.all([api.getText('/readyz', { signal }), api.getText('/metrics', { signal })]);
   const ms = parseMetrics(metrics.text);
-  const sum = (name) => ms.filter((m) => m.name === name).reduce((a, m) => a + Number(m.value), 0);
+  const sum = (name, stage) => ms.filter((m) => m.name === name && (!stage || m.labels.stage === stage)).reduce((a, m) => a + Number(m.value), 0);
+  // The stages' lag beside the two shown on their own lines (the pipeline's, the sink's).
+  const otherStages = (name) => ms.filter((m) => m.name === name && m.labels.stage !== 'pipeline' && m.labels.stage !== 'sink').reduce((a, m) => a + Number(m.value), 0);
   const one = (name) => (ms.find((m) => m.name === name) || {}).value;
   let stages = null;
   let down = ready.text.trim();
@@ -48,9 +52,9 @@ async function health(box, signal) {
   } catch { /* plain text */ }
   const rows = [
     ['Ready', ready.status === 200 ? 'yes' : `no: ${down}`],
-    ['Pipeline consumer lag (messages)', String(sum('usage_agg_pipeline_consumer_lag_messages'))],
+    ['Pipeline consumer lag (messages)', String(sum('usage_agg_stage_consumer_lag_messages', 'pipeline'))],
     ['Sink lag (messages)', String(sum('usage_agg_sink_lag_messages'))],
-    ['Ledger and other stages lag (messages)', String(sum('usage_agg_stage_consumer_lag_messages'))],
+    ['Ledger and other stages lag (messages)', String(otherStages('usage_agg_stage_consumer_lag_messages'))],
     ['Open executions', String(sum('usage_agg_rollup_open_executions'))],
     ['Debits emitted by this instance', String(sum('usage_agg_rating_debits_total'))],
     ['Last pipeline progress', ago(one('usage_agg_pipeline_last_progress_timestamp_seconds'))],
@@ -141,6 +145,30 @@ async function accounts(box, signal) {
   await load();
 }
 
+async function belowThresholds(box, signal) {
+  const heads = ['Account', 'Balance', 'Below', 'Entries', 'Last activity (UTC)'];
+  const { t, body } = table('below-thresholds', 'Accounts below a threshold', heads, [1, 3]);
+  const page = async (offset) => {
+    const a = await api.get('/v1/accounts/below-thresholds', { limit: PAGE, offset }, { signal });
+    for (const x of a.accounts || []) {
+      const below = x.below.map((b) => (b.threshold === b.value ? b.value : `${b.threshold} (${b.value})`)).join(', ');
+      body.append(h('tr', { dataset: { account: x.account_id } },
+        h('th', { scope: 'row', dataset: { label: 'Account' } }, h('a', { href: href('credits', { account: x.account_id }) }, x.account_id)),
+        h('td', { class: 'num balance', dataset: { label: 'Balance' } }, x.balance),
+        h('td', { class: 'below', dataset: { label: 'Below' } }, below),
+        h('td', { class: 'num', dataset: { label: 'Entries' } }, String(x.entries)),
+        h('td', { dataset: { label: 'Last activity (UTC)' } }, fmt.dateTime(x.last_activity_at) || '—')));
+    }
+    return a;
+  };
+  const first = await page(0);
+  let next = first.next_offset;
+  const count = h('p', { class: 'hint', id: 'below-total' },
+    `${first.total} account${first.total === 1 ? ' is' : 's are'} below one of their thresholds (the lowest balance first; “Below” lists each threshold with its value in credits).`);
+  fill(box, first.total ? [count, t] : h('p', { id: 'below-none' }, 'No account is below its thresholds.'),
+    next != null ? more('More accounts below a threshold', async () => { next = (await page(next)).next_offset; return next != null; }) : null);
+}
+
 function dlSource(d) {
   return `${d.source_topic} partition ${d.source_partition}, offset ${d.source_offset}`;
 }
@@ -148,7 +176,17 @@ function dlSource(d) {
 async function deadLetters(box, signal) {
   const [byReason, recent] = [h('div', {}), h('div', {})];
   fill(box, h('h3', {}, 'By reason'), byReason, h('h3', {}, 'Most recent'), recent);
-  const r = await api.get('/v1/dead-letters/reasons', {}, { signal });
+  let r;
+  try {
+    r = await api.get('/v1/dead-letters/reasons', {}, { signal });
+  } catch (e) {
+    if (!(e instanceof api.ApiError) || e.status !== 503) throw e;
+    fill(box, h('div', { class: 'error', role: 'alert', id: 'dead-letters-unavailable', dataset: { status: '503' } },
+      h('p', {}, h('strong', {}, 'Dead letters cannot be listed right now.'),
+        ' They are read from ClickHouse, which does not answer; the rest of this page does not need it.'),
+      h('p', {}, `The service said: ${e.message}`)));
+    return;
+  }
   const groups = r.reasons || [];
   if (!groups.length) {
     fill(byReason, h('p', {}, 'No dead letters.'));
@@ -245,6 +283,7 @@ async function vouchers(box, signal) {
 export async function render(page, { signal }) {
   const parts = [
     ['op-health', 'Pipeline health', health],
+    ['op-below', 'Accounts below a threshold', belowThresholds],
     ['op-accounts', 'Accounts by balance', accounts],
     ['op-dead', 'Dead letters', deadLetters],
     ['op-vouchers', 'Vouchers', vouchers],

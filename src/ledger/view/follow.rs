@@ -1,7 +1,8 @@
 //! Keeps a [`LedgerView`] current from Kafka (blocking thread, `read_committed`): at start
 //! the ledger stage's compacted changelog (`topics.ledger_state`, account records only) to
 //! its end, then the `balances` topic from the last `http.ledger_view_replay` events of
-//! each partition, followed for good. Loaded once every balances partition was read to its
+//! each partition, followed for good, and the changelog followed on beside it (which
+//! thresholds an account is below is in its account records only). Loaded once every balances partition was read to its
 //! end: from then on the view is at most one ledger commit interval (plus one fetch) behind
 //! the ledger, whether ClickHouse is up or not.
 
@@ -68,6 +69,10 @@ impl SharedLedgerView {
             rc.create_with_context(ReaderContext)?
         };
         let t = &cfg.topics;
+        self.view
+            .write()
+            .expect("view lock")
+            .set_default_thresholds(crate::ledger::rules(cfg).0.thresholds);
         self.waiting(format!("reading {} (the ledger's state)", t.ledger_state));
         let Some(state_parts) = wait_for_topic(&reader, &t.ledger_state, stop, self) else {
             return Ok(());
@@ -115,11 +120,35 @@ impl SharedLedgerView {
             }
         }
         self.waiting(format!("reading the last events of {}", t.balances));
+        // The changelog is followed on (its own reader, where it stopped): which thresholds
+        // an account is below is in its account records only.
+        let states = reader;
+        let reader: Reader = {
+            let mut rc = kafka::reader_config(cfg);
+            rc.set("fetch.wait.max.ms", "100");
+            rc.create_with_context(ReaderContext)?
+        };
         reader.assign(&tpl)?;
         let mut at_end = HashSet::new();
         let mut events = 0u64;
         let mut gauges = Instant::now();
         while !stop.is_cancelled() {
+            for _ in 0..1000 {
+                match states.poll(Duration::ZERO) {
+                    Some(Ok(m)) => {
+                        if let Some((account, Some(s))) =
+                            account_record(m.key().unwrap_or_default(), m.payload())
+                        {
+                            self.view
+                                .write()
+                                .expect("view lock")
+                                .set_below(&account, &s);
+                        }
+                    }
+                    Some(Err(_)) => {}
+                    None => break,
+                }
+            }
             match reader.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     match serde_json::from_slice::<BalanceEvent>(m.payload().unwrap_or_default()) {
@@ -218,29 +247,12 @@ fn wait_for_topic(
     view: &SharedLedgerView,
 ) -> Option<Vec<i32>> {
     let mut warned = false;
-    loop {
-        if stop.is_cancelled() {
-            return None;
-        }
-        let parts: Vec<i32> = reader
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .ok()
-            .and_then(|md| {
-                md.topics()
-                    .first()
-                    .filter(|t| t.error().is_none())
-                    .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            })
-            .unwrap_or_default();
-        if !parts.is_empty() {
-            return Some(parts);
-        }
+    kafka::wait_for_partitions(reader, topic, stop, || {
         if !warned {
             let why = format!("topic {topic} does not exist yet; run `usage-aggregator setup`");
             tracing::warn!("ledger view: {why}");
             view.waiting(why);
             warned = true;
         }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    })
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::super::*;
+use super::MERGE_UP_TO;
 use crate::catalog::Catalog;
 use crate::plans::NO_PLANS;
 
@@ -187,4 +188,37 @@ fn unknown_records_are_refused_with_their_key() {
     assert!(e.contains("zz"), "{e}");
     let e = r.restore_record(b"oa\0x", Some(&[9, 1])).unwrap_err();
     assert!(e.contains("format 9"), "{e}");
+}
+
+#[test]
+fn a_trickle_of_commits_fills_chunks_instead_of_one_each() {
+    let c = Catalog::from_json(CATALOG.as_bytes()).unwrap();
+    let mut r = PartitionRollup::new(RollupConfig::default(), 0);
+    r.record_changes();
+    let mut log = Log::default();
+    let mut out = Vec::new();
+    // One direct call per commit: each is remembered by the duplicate memory.
+    let n = 3 * MERGE_UP_TO + 10;
+    for o in 0..n {
+        let e = format!(
+            r#"{{"type":"tool_call","event_id":"t{o}","occurred_at":"2026-03-01T10:00:00Z","account_id":"a","asset_id":"search","quantities":{{"requests":1}}}}"#
+        );
+        feed(&mut r, &c, o, &e, &mut out);
+        r.write_changes(|k, v| log.write(k, v));
+    }
+    let chunks = log.values.keys().filter(|k| k[0] == b'd').count();
+    assert_eq!(chunks, 4, "{n} entries in chunks of up to {MERGE_UP_TO}");
+    // The restored memory refuses a repeat of the first and of the last event alike.
+    let mut again = restore_default(&log, n as i64);
+    let mut out = Vec::new();
+    for o in [0, n - 1] {
+        let e = format!(
+            r#"{{"type":"tool_call","event_id":"t{o}","occurred_at":"2026-03-01T10:00:00Z","account_id":"a","asset_id":"search","quantities":{{"requests":1}}}}"#
+        );
+        feed(&mut again, &c, n + o, &e, &mut out);
+    }
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Debit(_))),
+        "{out:?}"
+    );
 }

@@ -4,7 +4,8 @@
 //!
 //! One job per file, all re-exported here so a test imports `common::*` (or `common::NAME`):
 //! test_env.rs (the environment and its processes), topics.rs (reading topics back),
-//! oracle.rs (the rating core's expected result, workloads), http.rs (API calls, metrics),
+//! oracle.rs (the rating core's expected result, workloads), ports.rs (reserved ports for
+//! the processes a test starts), http.rs (API calls, metrics),
 //! clickhouse.rs (queries, a private ClickHouse), broker.rs (a private broker), and the helpers
 //! of some tests: acls.rs, bench.rs, cluster.rs, ledger.rs, sse.rs.
 #![allow(dead_code)]
@@ -17,6 +18,7 @@ pub mod cluster;
 mod http;
 pub mod ledger;
 mod oracle;
+mod ports;
 pub mod sse;
 mod test_env;
 mod topics;
@@ -29,6 +31,8 @@ pub use clickhouse::*;
 pub use http::*;
 #[allow(unused_imports)]
 pub use oracle::*;
+#[allow(unused_imports)]
+pub use ports::*;
 #[allow(unused_imports)]
 pub use test_env::*;
 #[allow(unused_imports)]
@@ -54,28 +58,6 @@ pub fn clickhouse_is_modern() -> bool {
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The first of `n` consecutive ports, each free now, below the kernel's ephemeral range
-/// (32768+) and above the private cluster's (tests/common/cluster.rs: 21000-28907). For a
-/// private broker or ClickHouse, which binds its ports seconds after they are chosen (a
-/// broker formats its storage first): an ephemeral port ([`free_port`]) can be taken by any
-/// outgoing connection meanwhile (a CI run lost a private broker's controller port so).
-pub fn quiet_ports(n: u16) -> u16 {
-    loop {
-        let base = 29_000 + rand::random::<u16>() % (32_700 - 29_000 - n);
-        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
 }
 
 pub fn unique(name: &str) -> String {

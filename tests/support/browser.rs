@@ -25,14 +25,6 @@ pub struct Browser {
     pub downloads: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Where screenshots are written (created).
 pub fn screenshot_dir() -> PathBuf {
     let dir = std::env::var_os("USAGE_AGG_SCREENSHOTS")
@@ -53,7 +45,7 @@ impl Browser {
                 "{bin} is missing: `scripts/services up` installs Debian's chromium and chromium-driver"
             );
         }
-        let port = free_port();
+        let port = super::common::free_port();
         let mut cmd = Command::new(CHROMEDRIVER);
         cmd.arg(format!("--port={port}"))
             .stdin(Stdio::null())

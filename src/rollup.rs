@@ -540,3 +540,5 @@ mod tests;
 mod tests_field_faults;
 #[cfg(test)]
 mod tests_pricing;
+#[cfg(test)]
+mod tests_props;

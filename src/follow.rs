@@ -391,9 +391,9 @@ impl Follower {
         let mut highs = starts.clone();
         for t in OutputTopic::ALL {
             for p in 0..n {
-                let (low, high) = consumer
-                    .fetch_watermarks(t.name(cfg), p, Duration::from_secs(10))
-                    .map_err(k)?;
+                let (low, high) =
+                    crate::kafka::watermarks(&consumer, t.name(cfg), p, Duration::from_secs(10))
+                        .map_err(k)?;
                 let keep = per_partition as i64;
                 let sink_at = sink[p as usize].map_or(low, |s| s.get(t));
                 let start = (high - keep)

@@ -82,7 +82,8 @@ impl SharedAlertsView {
         let replay = i64::try_from(cfg.http.ledger_view_replay).unwrap_or(i64::MAX);
         let mut tpl = TopicPartitionList::new();
         for p in &parts {
-            let (low, high) = reader.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+            let (low, high) =
+                crate::kafka::watermarks(&reader, topic, *p, Duration::from_secs(10))?;
             tpl.add_partition_offset(
                 topic,
                 *p,

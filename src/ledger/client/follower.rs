@@ -205,7 +205,7 @@ fn end_offsets(reader: &BaseConsumer, topic: &str) -> Result<TopicPartitionList,
         .map(|t| t.partitions())
         .unwrap_or_default()
     {
-        let (_, high) = reader.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        let (_, high) = crate::kafka::watermarks(reader, topic, p.id(), Duration::from_secs(10))?;
         tpl.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
     }
     if tpl.count() == 0 {

@@ -85,7 +85,7 @@ impl SharedLedgerView {
         // Where each balances partition is read from: the last `replay` events before now.
         let mut tpl = TopicPartitionList::new();
         for p in &parts {
-            let (low, high) = reader.fetch_watermarks(&t.balances, *p, Duration::from_secs(10))?;
+            let (low, high) = kafka::watermarks(&reader, &t.balances, *p, Duration::from_secs(10))?;
             let from = high
                 .saturating_sub(i64::try_from(replay).unwrap_or(i64::MAX))
                 .max(low);

@@ -67,8 +67,13 @@ impl SharedVoucherList {
             parts
                 .iter()
                 .map(|p| {
-                    r.fetch_watermarks(&cfg.topics.voucher_state, *p, Duration::from_secs(5))
-                        .map(|(_, high)| (*p, high))
+                    crate::kafka::watermarks(
+                        r,
+                        &cfg.topics.voucher_state,
+                        *p,
+                        Duration::from_secs(5),
+                    )
+                    .map(|(_, high)| (*p, high))
                 })
                 .collect::<Result<_, _>>()?
         };

@@ -17,13 +17,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, Sse};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use memchr::memmem::Finder;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::HttpState;
 use super::auth::Caller;
@@ -32,7 +32,7 @@ use super::params::{ApiError, Params, check_id};
 use super::traces::{self, TracesApi};
 use crate::debit::PricedLine;
 use crate::follow::{Followed, Interest, OutputTopic, Subscription};
-use crate::history::{self, Committed};
+use crate::history;
 use crate::trace::stream::{Filter, StreamCursor, StreamEvent, StreamState};
 
 pub async fn execution_events(
@@ -158,44 +158,75 @@ async fn open(
             "the stream's history is unavailable: clickhouse cannot be reached ({e})"
         )));
     }
-    let state = StreamState::new(
+    let mut state = StreamState::new(
         filter,
         api.markup_rate,
         resume.unwrap_or(StreamCursor::start(p)),
     );
-    let (tx, rx) = mpsc::channel::<Event>(64);
-    let wait = api.cfg.debit_wait;
-    tokio::spawn(run(state, hist, sub, follow, wait, tx));
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<Event, Infallible>(e), rx))
-    });
-    // The keep-alive comment comes from the stream's task (every KEEP_ALIVE): axum's would
-    // re-arm a timer at every event.
-    Ok(Sse::new(body).into_response())
+    // The history and `open` are the body's first chunk.
+    let mut out = Vec::new();
+    // Debits first: each waits for its calls, which then come in order.
+    for (o, d) in &hist.debits {
+        state.debit(*o, d, &mut out);
+    }
+    for (o, l) in &hist.lines {
+        state.line(*o, l, &mut out);
+    }
+    let mut first = Vec::new();
+    let history = out.len();
+    for e in out.drain(..) {
+        frame(&mut first, &e);
+    }
+    let opened = json!({"partition": hist.partition, "history_events": history, "follow": follow, "position": state.cursor().to_string()});
+    named(&mut first, "open", &opened);
+    let needle = Finder::new(&state.line_needle()).into_owned();
+    let mut keep_alive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let live = Live {
+        state,
+        sub,
+        needle,
+        follow,
+        debit_wait: api.cfg.debit_wait,
+        held_since: None,
+        keep_alive,
+        out,
+        done: false,
+    };
+    // One task per stream: the connection's. hyper polls the body when it can write, the
+    // body waits on the follower's queue (no task and channel between them: a hand-over
+    // per event between two tasks was most of a stream's CPU). The client leaving drops
+    // the body, and with it the subscription.
+    let body = futures::stream::once(std::future::ready(Ok::<Bytes, Infallible>(Bytes::from(
+        first,
+    ))))
+    .chain(futures::stream::unfold(live, Live::next_chunk));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// How often an idle stream sends a comment, so proxies keep the connection open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-fn sse(e: &StreamEvent) -> Event {
-    Event::default()
-        .event(e.name())
-        .id(e.id().to_string())
-        .data(e.data())
+/// One event in the SSE wire format (event, id, data; the data is compact JSON, one line).
+fn frame(buf: &mut Vec<u8>, e: &StreamEvent) {
+    use std::io::Write;
+    let _ = write!(buf, "event: {}\nid: {}\ndata: ", e.name(), e.id());
+    e.write_data(buf);
+    buf.extend_from_slice(b"\n\n");
 }
 
-fn named(name: &str, data: serde_json::Value) -> Event {
-    Event::default().event(name).data(data.to_string())
-}
-
-/// Sends `events`; false once the client is gone.
-async fn send_all(tx: &mpsc::Sender<Event>, events: &mut Vec<StreamEvent>) -> bool {
-    for e in events.drain(..) {
-        if tx.send(sse(&e)).await.is_err() {
-            return false;
-        }
-    }
-    true
+/// An event without id (`open`, `end`, `error`).
+fn named(buf: &mut Vec<u8>, name: &str, data: &serde_json::Value) {
+    use std::io::Write;
+    let _ = write!(buf, "event: {name}\ndata: {data}\n\n");
 }
 
 /// A followed message into the stream's state; a line without the stream's needle (see
@@ -216,105 +247,109 @@ fn apply(state: &mut StreamState, needle: &Finder, m: &Followed, out: &mut Vec<S
     }
 }
 
-/// The stream's task: history, then live messages until the end or the client leaves.
-async fn run(
-    mut state: StreamState,
-    hist: Committed,
-    mut sub: Subscription,
+/// A stream after its history: live messages until the end or the client leaves.
+struct Live {
+    state: StreamState,
+    sub: Subscription,
+    needle: Finder<'static>,
     follow: bool,
     debit_wait: Duration,
-    tx: mpsc::Sender<Event>,
-) {
-    let mut out = Vec::new();
-    // Debits first: each waits for its calls, which then come in order.
-    for (o, d) in &hist.debits {
-        state.debit(*o, d, &mut out);
+    /// Since when a debit is held for its last calls: released after `debit_wait` at most.
+    held_since: Option<Instant>,
+    keep_alive: tokio::time::Interval,
+    out: Vec<StreamEvent>,
+    /// The last chunk (`end` or `error`) was given.
+    done: bool,
+}
+
+impl Live {
+    /// The body's next chunk: every event that is ready, as one write to the client; `None`
+    /// after `end` or `error`.
+    async fn next_chunk(mut self) -> Option<(Result<Bytes, Infallible>, Live)> {
+        if self.done {
+            return None;
+        }
+        let mut buf = Vec::new();
+        while buf.is_empty() {
+            self.step(&mut buf).await;
+        }
+        Some((Ok(Bytes::from(buf)), self))
     }
-    for (o, l) in &hist.lines {
-        state.line(*o, l, &mut out);
-    }
-    let history = out.len();
-    if !send_all(&tx, &mut out).await {
-        return;
-    }
-    let opened = json!({"partition": hist.partition, "history_events": history, "follow": follow, "position": state.cursor().to_string()});
-    if tx.send(named("open", opened)).await.is_err() {
-        return;
-    }
-    let needle = state.line_needle();
-    let needle = Finder::new(&needle);
-    let ended = |s: &StreamState| !follow && s.execution_billed() && s.held() == 0;
-    // Since when a debit is held for its last calls: released after `debit_wait` at most.
-    let mut held_since: Option<Instant> = None;
-    let mut keep_alive =
-        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
-    loop {
-        if ended(&state) {
-            let _ = tx
-                .send(named(
-                    "end",
-                    json!({"reason": "billed", "running": state.running()}),
-                ))
-                .await;
+
+    /// Waits for the next thing to happen and writes what it makes to `buf`.
+    async fn step(&mut self, buf: &mut Vec<u8>) {
+        let ended = !self.follow && self.state.execution_billed() && self.state.held() == 0;
+        if ended {
+            let running = json!({"reason": "billed", "running": self.state.running()});
+            named(buf, "end", &running);
+            self.done = true;
             return;
         }
-        // No timer while nothing is held: an idle stream wakes for its messages, its
-        // client leaving and the keep-alive only.
-        let release = async {
+        // No timer while nothing is held: an idle stream wakes for its messages and the
+        // keep-alive only.
+        let held_since = self.held_since;
+        let wait = self.debit_wait;
+        let release = async move {
             match held_since {
-                Some(t) => tokio::time::sleep_until((t + debit_wait).into()).await,
+                Some(t) => tokio::time::sleep_until((t + wait).into()).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            m = sub.rx.recv() => {
+            m = self.sub.rx.recv() => {
                 let Some(m) = m else {
                     let why = "the output follower stopped; reconnect with Last-Event-ID to resume";
-                    let _ = tx.send(named("error", json!({"error": why, "last_event_id": state.cursor().to_string()}))).await;
+                    self.fail(buf, why.to_string());
                     return;
                 };
-                apply(&mut state, &needle, &m, &mut out);
+                apply(&mut self.state, &self.needle, &m, &mut self.out);
                 // A pipeline commit comes as a batch: what the follower queued meanwhile
                 // goes out with it, in one write to the client rather than one each.
                 tokio::task::yield_now().await;
-                while let Ok(m) = sub.rx.try_recv() {
-                    apply(&mut state, &needle, &m, &mut out);
+                while let Ok(m) = self.sub.rx.try_recv() {
+                    apply(&mut self.state, &self.needle, &m, &mut self.out);
                 }
                 // Fell behind: once the queue is taken, what was left out of it, in order.
-                if sub.lagging() && sub.rx.is_empty() {
-                    match sub.gap().await {
+                if self.sub.lagging() && self.sub.rx.is_empty() {
+                    match self.sub.gap().await {
                         Ok(Some(gap)) => {
                             for m in gap.debits.iter().chain(&gap.lines) {
-                                apply(&mut state, &needle, m, &mut out);
+                                apply(&mut self.state, &self.needle, m, &mut self.out);
                             }
                         }
                         Ok(None) => {}
                         Err(e) => {
                             let why = format!("the stream fell behind and what it missed cannot be read ({e}); reconnect with Last-Event-ID to resume");
-                            let _ = send_all(&tx, &mut out).await;
-                            let _ = tx.send(named("error", json!({"error": why, "last_event_id": state.cursor().to_string()}))).await;
+                            self.fail(buf, why);
                             return;
                         }
                     }
                 }
             }
             () = release => {
-                state.release(true, &mut out);
+                self.state.release(true, &mut self.out);
             }
-            _ = keep_alive.tick() => {
-                if tx.send(Event::default().comment("keep-alive")).await.is_err() {
-                    return;
-                }
+            _ = self.keep_alive.tick() => {
+                buf.extend_from_slice(b": keep-alive\n\n");
             }
-            () = tx.closed() => return,
         }
-        if state.held() == 0 {
-            held_since = None;
-        } else if held_since.is_none() {
-            held_since = Some(Instant::now());
+        if self.state.held() == 0 {
+            self.held_since = None;
+        } else if self.held_since.is_none() {
+            self.held_since = Some(Instant::now());
         }
-        if !send_all(&tx, &mut out).await {
-            return;
+        for e in self.out.drain(..) {
+            frame(buf, &e);
         }
+    }
+
+    /// The events so far, then `error` with the position to resume after; the last chunk.
+    fn fail(&mut self, buf: &mut Vec<u8>, why: String) {
+        for e in self.out.drain(..) {
+            frame(buf, &e);
+        }
+        let err = json!({"error": why, "last_event_id": self.state.cursor().to_string()});
+        named(buf, "error", &err);
+        self.done = true;
     }
 }

@@ -154,6 +154,13 @@ impl StreamEvent {
     /// The SSE data: one JSON object, written straight from the event (no intermediate
     /// `Value`: a stream writes one per client per call). Keys in alphabetical order.
     pub fn data(&self) -> String {
+        let mut out = Vec::new();
+        self.write_data(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// [`StreamEvent::data`] appended to `out` (compact JSON: no line break in it).
+    pub fn write_data(&self, out: &mut Vec<u8>) {
         #[derive(Serialize)]
         struct CallData<'a> {
             call: &'a TraceCall,
@@ -167,31 +174,38 @@ impl StreamEvent {
             execution_id: &'a Option<String>,
             running: &'a Running,
         }
-        let json = match self {
+        let written = match self {
             StreamEvent::Call {
                 execution_id,
                 call,
                 running,
                 ..
-            } => serde_json::to_string(&CallData {
-                call,
-                execution_id,
-                running,
-            }),
+            } => serde_json::to_writer(
+                &mut *out,
+                &CallData {
+                    call,
+                    execution_id,
+                    running,
+                },
+            ),
             StreamEvent::Debit {
                 execution_id,
                 debit,
                 components,
                 running,
                 ..
-            } => serde_json::to_string(&DebitData {
-                components,
-                debit,
-                execution_id,
-                running,
-            }),
+            } => serde_json::to_writer(
+                &mut *out,
+                &DebitData {
+                    components,
+                    debit,
+                    execution_id,
+                    running,
+                },
+            ),
         };
-        json.unwrap_or_default()
+        // Serializing these types into a Vec cannot fail (no map with non-string keys).
+        debug_assert!(written.is_ok());
     }
 }
 

@@ -2,6 +2,7 @@
 //! Both serialize deterministically (no wall-clock field), so a replay is byte-identical.
 
 pub mod components;
+pub(crate) mod cursor;
 pub mod json;
 pub mod scan;
 

@@ -17,9 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
+use super::cursor::{Cur, DecimalText};
 use super::{BreakdownLine, Components, CorrectionRef, Debit, DebitKind};
 use crate::catalog::AssetType;
 
@@ -35,7 +35,7 @@ pub fn decode(bytes: &[u8]) -> Result<Debit, serde_json::Error> {
 /// The debit in the encoder's layout, or `None` (serde decides).
 pub fn scan(bytes: &[u8]) -> Option<Debit> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut c = Cur { s: text, i: 0 };
+    let mut c = Cur::new(text);
     c.lit(b"{\"debit_id\":")?;
     let debit_id = c.string()?;
     c.lit(b",\"kind\":")?;
@@ -92,7 +92,7 @@ pub fn scan(bytes: &[u8]) -> Option<Debit> {
     c.lit(b"}")?;
     let correction = c.optional(b",\"correction\":", Cur::correction)?;
     c.lit(b"}")?;
-    if c.i != text.len() {
+    if !c.at_end() {
         return None;
     }
     Some(Debit {
@@ -119,107 +119,19 @@ pub fn scan(bytes: &[u8]) -> Option<Debit> {
     })
 }
 
-/// A position in the text being decoded.
-struct Cur<'a> {
-    s: &'a str,
-    i: usize,
+/// What only a debit has: its decimals as `Decimal`, breakdown lines, the correction.
+trait DebitFields {
+    fn decimal(&mut self) -> Option<Decimal>;
+    fn breakdown_line(&mut self) -> Option<BreakdownLine>;
+    fn correction(&mut self) -> Option<CorrectionRef>;
 }
 
-impl<'a> Cur<'a> {
-    fn rest(&self) -> &'a [u8] {
-        &self.s.as_bytes()[self.i..]
-    }
-
-    /// Consumes `l` exactly, or declines.
-    fn lit(&mut self, l: &[u8]) -> Option<()> {
-        self.eat_lit(l).then_some(())
-    }
-
-    fn eat_lit(&mut self, l: &[u8]) -> bool {
-        let hit = self.rest().starts_with(l);
-        if hit {
-            self.i += l.len();
-        }
-        hit
-    }
-
-    fn eat(&mut self, b: u8) -> bool {
-        self.eat_lit(&[b])
-    }
-
-    /// An optional member: absent (`Some(None)`), present and decoded (`Some(Some(v))`), or
-    /// present and declined (`None`).
-    fn optional<T>(
-        &mut self,
-        key: &[u8],
-        value: impl FnOnce(&mut Self) -> Option<T>,
-    ) -> Option<Option<T>> {
-        if self.eat_lit(key) {
-            value(self).map(Some)
-        } else {
-            Some(None)
-        }
-    }
-
-    /// A string without escapes or raw control characters.
-    fn str(&mut self) -> Option<&'a str> {
-        self.lit(b"\"")?;
-        let rest = self.rest();
-        let end = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[end] != b'"' || rest[..end].iter().any(|&b| b < 0x20) {
-            return None;
-        }
-        let start = self.i;
-        self.i += end + 1;
-        // Both ends sit next to an ASCII quote, so they are character boundaries.
-        Some(&self.s[start..start + end])
-    }
-
-    fn string(&mut self) -> Option<String> {
-        self.str().map(str::to_string)
-    }
-
-    /// `0|[1-9][0-9]*` as a `u64`; `None` past it.
-    fn uint(&mut self) -> Option<u64> {
-        let rest = self.rest();
-        let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        if n == 0 || (n > 1 && rest[0] == b'0') || n > 20 {
-            return None;
-        }
-        let mut v: u64 = 0;
-        for &d in &rest[..n] {
-            v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-        }
-        self.i += n;
-        Some(v)
-    }
-
+impl DebitFields for Cur<'_> {
     /// A decimal string as `Decimal::from_str` reads it (`rust_decimal::serde::str`): the
     /// digits as the mantissa, the fraction's length as the scale (trailing zeros kept), the
     /// sign (none on a zero). At most 28 digit characters, so nothing is rounded.
     fn decimal(&mut self) -> Option<Decimal> {
-        self.lit(b"\"")?;
-        let rest = self.rest();
-        let end = memchr::memchr(b'"', rest)?;
-        let text = &rest[..end];
-        let (neg, body) = match text.split_first() {
-            Some((b'-', body)) => (true, body),
-            _ => (false, text),
-        };
-        let (whole, frac) = match memchr::memchr(b'.', body) {
-            Some(dot) => (&body[..dot], &body[dot + 1..]),
-            None => (body, &body[..0]),
-        };
-        let valid = |d: &[u8]| d.iter().all(u8::is_ascii_digit);
-        if whole.is_empty()
-            || (whole.len() > 1 && whole[0] == b'0')
-            || !valid(whole)
-            || !valid(frac)
-            || (frac.is_empty() && body.len() != whole.len())
-            || whole.len() + frac.len() > 28
-        {
-            return None;
-        }
+        let DecimalText { neg, whole, frac } = self.decimal_text()?;
         let mut m: i128 = 0;
         for &d in whole.iter().chain(frac) {
             m = m * 10 + i128::from(d - b'0');
@@ -227,45 +139,7 @@ impl<'a> Cur<'a> {
         let mut d = Decimal::try_from_i128_with_scale(m, u32::try_from(frac.len()).ok()?).ok()?;
         // `from_str` builds through `Decimal::from_parts`, which drops the sign of a zero.
         d.set_sign_negative(neg && m != 0);
-        self.i += end + 1;
         Some(d)
-    }
-
-    /// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`.
-    fn timestamp(&mut self) -> Option<DateTime<Utc>> {
-        self.lit(b"\"")?;
-        let r = self.rest();
-        if r.len() < 21 {
-            return None;
-        }
-        let num = |a: usize, b: usize| -> Option<u32> {
-            r[a..b].iter().try_fold(0u32, |v, &d| {
-                d.is_ascii_digit().then(|| v * 10 + u32::from(d - b'0'))
-            })
-        };
-        let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
-        if seps.iter().any(|&(i, c)| r[i] != c) {
-            return None;
-        }
-        let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-        let (h, mi, s) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-        let mut i = 19;
-        let mut nanos = 0;
-        if r[i] == b'.' {
-            let n = r[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
-            if n == 0 || n > 9 {
-                return None;
-            }
-            nanos = num(i + 1, i + 1 + n)? * 10u32.pow(9 - n as u32);
-            i += 1 + n;
-        }
-        if r.get(i..i + 2) != Some(b"Z\"") || s >= 60 {
-            return None;
-        }
-        let at =
-            chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?.and_hms_nano_opt(h, mi, s, nanos)?;
-        self.i += i + 2;
-        Some(at.and_utc())
     }
 
     fn breakdown_line(&mut self) -> Option<BreakdownLine> {

@@ -15,6 +15,7 @@
 //! (property-tested below on arbitrary and mutated lines).
 
 use super::rows::{RowError, Source, TransactionRow, transaction_row_serde, ts};
+use crate::debit::cursor::{Cur, DecimalText};
 use crate::money::LINE_COST_SCALE;
 
 /// A `priced_usage` message to its id and row: this file's fast path ([`scan`]), else serde,
@@ -29,7 +30,7 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
 /// The row of a priced line in the encoder's layout, or `None` (the serde path decides).
 pub fn scan(bytes: &[u8], src: Source) -> Option<(String, TransactionRow)> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut c = Cur { s: text, i: 0 };
+    let mut c = Cur::new(text);
     c.lit(b"{\"event_id\":")?;
     let event_id = c.str()?;
     c.lit(b",\"kind\":")?;
@@ -38,7 +39,8 @@ pub fn scan(bytes: &[u8], src: Source) -> Option<(String, TransactionRow)> {
         _ => return None,
     };
     c.lit(b",\"occurred_at\":")?;
-    let (secs, nanos) = c.timestamp()?;
+    let at = c.timestamp()?;
+    let (secs, nanos) = (at.timestamp(), at.timestamp_subsec_nanos());
     c.lit(b",\"account_id\":")?;
     let account_id = c.str()?;
     c.lit(b",\"execution_id\":")?;
@@ -108,7 +110,7 @@ pub fn scan(bytes: &[u8], src: Source) -> Option<(String, TransactionRow)> {
     c.lit(b",\"event_offset\":")?;
     let event_offset = c.int()?;
     c.lit(b"}")?;
-    if c.i != text.len() {
+    if !c.at_end() {
         return None;
     }
     let execution = execution_id.unwrap_or_default();
@@ -148,127 +150,17 @@ pub fn scan(bytes: &[u8], src: Source) -> Option<(String, TransactionRow)> {
     Some((id, row))
 }
 
-/// A position in the text being decoded.
-struct Cur<'a> {
-    s: &'a str,
-    i: usize,
+/// What only a priced line's row needs: decimals as the column's scaled integer.
+trait LineFields {
+    fn decimal(&mut self) -> Option<i128>;
 }
 
-impl<'a> Cur<'a> {
-    fn rest(&self) -> &'a [u8] {
-        &self.s.as_bytes()[self.i..]
-    }
-
-    /// Consumes `l` exactly, or declines.
-    fn lit(&mut self, l: &[u8]) -> Option<()> {
-        self.eat_lit(l).then_some(())
-    }
-
-    fn eat_lit(&mut self, l: &[u8]) -> bool {
-        let hit = self.rest().starts_with(l);
-        if hit {
-            self.i += l.len();
-        }
-        hit
-    }
-
-    fn eat(&mut self, b: u8) -> bool {
-        self.eat_lit(&[b])
-    }
-
-    /// An optional member: absent (`Some(None)`), present and decoded (`Some(Some(v))`), or
-    /// present and declined (`None`).
-    fn optional<T>(
-        &mut self,
-        key: &[u8],
-        value: impl FnOnce(&mut Self) -> Option<T>,
-    ) -> Option<Option<T>> {
-        if self.eat_lit(key) {
-            value(self).map(Some)
-        } else {
-            Some(None)
-        }
-    }
-
-    /// A string without escapes or raw control characters.
-    fn str(&mut self) -> Option<&'a str> {
-        self.lit(b"\"")?;
-        let rest = self.rest();
-        let end = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[end] != b'"' || rest[..end].iter().any(|&b| b < 0x20) {
-            return None;
-        }
-        let start = self.i;
-        self.i += end + 1;
-        // Both ends sit next to an ASCII quote, so they are character boundaries.
-        Some(&self.s[start..start + end])
-    }
-
-    fn opt_str(&mut self) -> Option<Option<&'a str>> {
-        if self.eat_lit(b"null") {
-            return Some(None);
-        }
-        self.str().map(Some)
-    }
-
-    /// `-?(0|[1-9][0-9]*)`: the digits' value and sign; `None` past `u64`.
-    fn digits(&mut self) -> Option<(bool, u64)> {
-        let neg = self.eat(b'-');
-        let rest = self.rest();
-        let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        if n == 0 || (n > 1 && rest[0] == b'0') || n > 20 {
-            return None;
-        }
-        let mut v: u64 = 0;
-        for &d in &rest[..n] {
-            v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-        }
-        self.i += n;
-        Some((neg, v))
-    }
-
-    fn uint(&mut self) -> Option<u64> {
-        match self.digits()? {
-            (false, v) => Some(v),
-            _ => None,
-        }
-    }
-
-    fn int(&mut self) -> Option<i64> {
-        match self.digits()? {
-            (false, v) => i64::try_from(v).ok(),
-            // serde_json reads `-0` as a float.
-            (true, 0) => None,
-            (true, v) => 0i64.checked_sub_unsigned(v),
-        }
-    }
-
+impl LineFields for Cur<'_> {
     /// A decimal string as the scaled integer of a `Decimal(38, LINE_COST_SCALE)` column:
     /// the value `to_scaled_i128(Decimal::from_str(s), LINE_COST_SCALE)` gives; `None` when
     /// that would be an error or the text is not in the encoder's form.
     fn decimal(&mut self) -> Option<i128> {
-        self.lit(b"\"")?;
-        let rest = self.rest();
-        let end = memchr::memchr(b'"', rest)?;
-        let text = &rest[..end];
-        let (neg, body) = match text.split_first() {
-            Some((b'-', body)) => (true, body),
-            _ => (false, text),
-        };
-        let (whole, frac) = match memchr::memchr(b'.', body) {
-            Some(dot) => (&body[..dot], &body[dot + 1..]),
-            None => (body, &body[..0]),
-        };
-        let valid = |d: &[u8]| d.iter().all(u8::is_ascii_digit);
-        if whole.is_empty()
-            || (whole.len() > 1 && whole[0] == b'0')
-            || !valid(whole)
-            || !valid(frac)
-            || (frac.is_empty() && body.len() != whole.len())
-            || whole.len() + frac.len() > 28
-        {
-            return None;
-        }
+        let DecimalText { neg, whole, frac } = self.decimal_text()?;
         // `to_scaled_i128` normalizes first: trailing zeros of the fraction do not count.
         let kept = frac.len() - frac.iter().rev().take_while(|&&d| d == b'0').count();
         let scale = u32::try_from(kept).ok()?;
@@ -280,44 +172,6 @@ impl<'a> Cur<'a> {
             v = v * 10 + i128::from(d - b'0');
         }
         let v = v.checked_mul(10i128.pow(LINE_COST_SCALE - scale))?;
-        self.i += end + 1;
         Some(if neg { -v } else { v })
-    }
-
-    /// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z` as (Unix seconds, nanoseconds).
-    fn timestamp(&mut self) -> Option<(i64, u32)> {
-        self.lit(b"\"")?;
-        let r = self.rest();
-        if r.len() < 21 {
-            return None;
-        }
-        let num = |a: usize, b: usize| -> Option<u32> {
-            r[a..b].iter().try_fold(0u32, |v, &d| {
-                d.is_ascii_digit().then(|| v * 10 + u32::from(d - b'0'))
-            })
-        };
-        let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
-        if seps.iter().any(|&(i, c)| r[i] != c) {
-            return None;
-        }
-        let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-        let (h, mi, s) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-        let mut i = 19;
-        let mut nanos = 0;
-        if r[i] == b'.' {
-            let n = r[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
-            if n == 0 || n > 9 {
-                return None;
-            }
-            nanos = num(i + 1, i + 1 + n)? * 10u32.pow(9 - n as u32);
-            i += 1 + n;
-        }
-        if r.get(i..i + 2) != Some(b"Z\"") || s >= 60 {
-            return None;
-        }
-        let at =
-            chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?.and_hms_nano_opt(h, mi, s, nanos)?;
-        self.i += i + 2;
-        Some((at.and_utc().timestamp(), nanos))
     }
 }

@@ -8,55 +8,21 @@ pub(crate) const ACME: &str = "acct-acme";
 pub(crate) const GLOBEX: &str = "acct-globex";
 pub(crate) const DIRECT_CALLS: usize = 56;
 
-/// GET with an optional bearer token: (status, JSON body or the text as a JSON string).
+/// GET with an optional bearer token (`common::http_call`): (status, JSON body or the text
+/// as a JSON string).
 pub(crate) fn api_get(addr: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string())),
-    )
+    let a = common::http_call(addr, "GET", path, token, None);
+    let body = serde_json::from_str(&a.body).unwrap_or_else(|_| Value::String(a.body.clone()));
+    (a.status, body)
 }
 
+/// POST a JSON body with the bearer token: (status, JSON body or null).
 pub(crate) fn api_post(addr: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.to_string();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let a = common::http_call(addr, "POST", path, Some(token), Some(&body.to_string()));
+    (
+        a.status,
+        serde_json::from_str(&a.body).unwrap_or(Value::Null),
     )
-    .unwrap();
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let b = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    (status, serde_json::from_str(b).unwrap_or(Value::Null))
 }
 
 /// An RFC 3339 time `minutes` before now, to the second.

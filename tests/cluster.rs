@@ -269,27 +269,7 @@ fn cluster_sigkill_partition_leader_then_transaction_coordinator_exactly_once() 
     std::thread::sleep(Duration::from_secs(1));
 
     assert!(oracle.events >= total + 80, "no event lost from the input");
-    let (by_id, raw) = env.debits_by_id();
-    assert_eq!(
-        raw,
-        oracle.debits.len(),
-        "read_committed: 0 repeated debits"
-    );
-    for (id, bytes) in &oracle.debits {
-        assert_eq!(by_id.get(id), Some(bytes), "debit {id} equals the oracle");
-    }
-    let count = |t: &str| -> usize { env.read_topic(t).values().map(Vec::len).sum() };
-    assert_eq!(
-        count(&env.cfg.topics.priced_usage),
-        oracle.lines.len(),
-        "read_committed: each priced line once"
-    );
-    assert_eq!(
-        count(&env.cfg.topics.dead_letter),
-        oracle.rejected,
-        "read_committed: each dead letter once"
-    );
-    assert_clickhouse_exact(&env, &oracle);
+    assert_outputs_exactly_once(&env, &oracle);
 
     eprintln!(
         "cluster failover: 3 nodes up in {:.1}s; {total} events ({} debits, {} lines, {} dead letters); \

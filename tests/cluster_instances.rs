@@ -358,27 +358,7 @@ fn cluster_acls_then_instances_scale_and_rolling_restart_exactly_once() {
     watch.poll(Duration::from_secs(2));
 
     assert!(oracle.events >= sent, "no event lost from the input");
-    let (by_id, raw) = env.debits_by_id();
-    assert_eq!(
-        raw,
-        oracle.debits.len(),
-        "read_committed: 0 repeated debits"
-    );
-    for (id, bytes) in &oracle.debits {
-        assert_eq!(by_id.get(id), Some(bytes), "debit {id} equals the oracle");
-    }
-    let count = |t: &str| -> usize { env.read_topic(t).values().map(Vec::len).sum() };
-    assert_eq!(
-        count(&env.cfg.topics.priced_usage),
-        oracle.lines.len(),
-        "read_committed: each priced line once"
-    );
-    assert_eq!(
-        count(&env.cfg.topics.dead_letter),
-        oracle.rejected,
-        "read_committed: each dead letter once"
-    );
-    assert_clickhouse_exact(&env, &oracle);
+    assert_outputs_exactly_once(&env, &oracle);
     env.wait_for("the ledger's balances", Duration::from_secs(120), || {
         !env.read_topic(&env.cfg.topics.balances).is_empty()
     });

@@ -17,46 +17,6 @@ fn workload(env: &TestEnv, executions: u64, direct: u64, seed: u64) -> Vec<Gener
     workload_for(env, executions, direct, seed, 25, "2026-05-01T00:00:00Z")
 }
 
-fn ch_count(env: &TestEnv, table: &str) -> usize {
-    env.ch(&format!("SELECT count() FROM {{db}}.{table}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn assert_clickhouse_exact(env: &TestEnv, oracle: &Oracle) {
-    let db = &env.cfg.clickhouse.database;
-    let n = oracle.debits.len();
-    assert_eq!(
-        env.ch(&format!(
-            "SELECT count(), uniqExact(debit_id) FROM {db}.debits"
-        ))
-        .trim(),
-        format!("{n}\t{n}")
-    );
-    let l = oracle.lines.len();
-    assert_eq!(
-        env.ch(&format!(
-            "SELECT count(), uniqExact(event_id) FROM {db}.usage_transactions"
-        ))
-        .trim(),
-        format!("{l}\t{l}")
-    );
-    let sums = parse_tsv_map(&env.ch(&format!(
-        "SELECT account_id, toString(sum(total)) FROM {db}.debits GROUP BY account_id"
-    )));
-    for (account, total) in oracle.totals_per_account() {
-        assert_eq!(
-            sums[&account]
-                .parse::<rust_decimal::Decimal>()
-                .unwrap()
-                .normalize(),
-            total,
-            "{account}"
-        );
-    }
-}
-
 /// What the API served during the outage, to hold against the ledger's own output.
 struct Served {
     account: String,

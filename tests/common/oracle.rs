@@ -146,6 +146,33 @@ pub fn ch_count(env: &TestEnv, table: &str) -> usize {
         .unwrap()
 }
 
+/// The output topics as a `read_committed` reader sees them hold the oracle's debits (byte
+/// for byte), priced lines and dead letters each once, and ClickHouse holds them exactly
+/// once ([`assert_clickhouse_exact`]).
+pub fn assert_outputs_exactly_once(env: &TestEnv, oracle: &Oracle) {
+    let (by_id, raw) = env.debits_by_id();
+    assert_eq!(
+        raw,
+        oracle.debits.len(),
+        "read_committed: 0 repeated debits"
+    );
+    for (id, bytes) in &oracle.debits {
+        assert_eq!(by_id.get(id), Some(bytes), "debit {id} equals the oracle");
+    }
+    let count = |t: &str| -> usize { env.read_topic(t).values().map(Vec::len).sum() };
+    assert_eq!(
+        count(&env.cfg.topics.priced_usage),
+        oracle.lines.len(),
+        "read_committed: each priced line once"
+    );
+    assert_eq!(
+        count(&env.cfg.topics.dead_letter),
+        oracle.rejected,
+        "read_committed: each dead letter once"
+    );
+    assert_clickhouse_exact(env, oracle);
+}
+
 /// ClickHouse holds every debit and priced line of the oracle exactly once
 /// (`count() = uniqExact(id)`), and the sums per account equal the oracle's to the last digit.
 pub fn assert_clickhouse_exact(env: &TestEnv, oracle: &Oracle) {

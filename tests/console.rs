@@ -36,7 +36,7 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
     let b = Browser::start().await;
     b.goto(&format!("{base}/console/")).await;
     let mut shots = both(&b, "sign-in").await;
-    sign_in(&b, &s.acme_key, "").await;
+    b.sign_in(&s.acme_key, Some("")).await;
     let r = b.ready("transactions", 0).await;
     assert_eq!(
         b.text("#who-text").await,
@@ -453,7 +453,7 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
         json!(0),
         "the key is gone"
     );
-    sign_in(&b, TOKEN, ACME).await;
+    b.sign_in(TOKEN, Some(ACME)).await;
     let n = b.ready("transactions", 0).await;
     b.click("nav a[data-page=credits]").await;
     let _ = b.ready("credits", n).await;

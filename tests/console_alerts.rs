@@ -354,14 +354,7 @@ async fn below_thresholds_and_recent_alerts_without_clickhouse() {
     let b = Browser::start().await;
     let base = format!("http://{addr}/console/");
     b.goto(&base).await;
-    b.wait(
-        "the sign-in form",
-        "!document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
-    )
-    .await;
-    b.type_into("#key-input", &key).await;
-    b.click("#sign-in-form button[type=submit]").await;
+    b.sign_in(&key, None).await;
     b.ready("transactions", 0).await;
     b.open(&format!("{base}#/credits?account={A}"), "credits")
         .await;
@@ -448,14 +441,7 @@ async fn below_thresholds_and_recent_alerts_without_clickhouse() {
     // As the operator: the accounts below a threshold as the API lists them; dead letters
     // say ClickHouse cannot answer; the other sections still work.
     b.click("#sign-out").await;
-    b.wait(
-        "the sign-in form",
-        "!document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
-    )
-    .await;
-    b.type_into("#key-input", TOKEN).await;
-    b.click("#sign-in-form button[type=submit]").await;
+    b.sign_in(TOKEN, None).await;
     b.ready("operator", 0).await;
     b.wait(
         "the operator sections",

@@ -103,15 +103,7 @@ async fn bench_transactions_first_paint_10000_entries() {
     let b = Browser::start().await;
     let base = format!("http://{addr}");
     b.goto(&format!("{base}/console/")).await;
-    b.wait(
-        "the sign-in form",
-        "!document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
-    )
-    .await;
-    b.type_into("#key-input", common::OPERATOR_TOKEN).await;
-    b.type_into("#sign-in-account", account).await;
-    b.click("#sign-in-form button[type=submit]").await;
+    b.sign_in(common::OPERATOR_TOKEN, Some(account)).await;
     let _ = b.ready("transactions", 0).await;
     let url = format!("{base}/console/#/transactions?account={account}");
     let mut runs = Vec::new();

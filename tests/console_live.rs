@@ -144,15 +144,7 @@ async fn live_page_shows_each_call_as_it_is_priced_and_the_debit() {
     let base = format!("http://{addr}");
     let b = Browser::start().await;
     b.goto(&format!("{base}/console/")).await;
-    b.wait(
-        "the sign-in form",
-        "!document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
-    )
-    .await;
-    b.type_into("#key-input", common::OPERATOR_TOKEN).await;
-    b.type_into("#sign-in-account", ACCOUNT).await;
-    b.click("#sign-in-form button[type=submit]").await;
+    b.sign_in(common::OPERATOR_TOKEN, Some(ACCOUNT)).await;
     let _ = b.ready("transactions", 0).await;
     b.open(
         &format!("{base}/console/#/live?account={ACCOUNT}&execution={EXEC}"),

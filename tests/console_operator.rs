@@ -344,14 +344,7 @@ async fn operator_endpoints_and_page_show_accounts_dead_letters_and_vouchers() {
     let b = Browser::start().await;
     let base = format!("http://{addr}");
     b.goto(&format!("{base}/console/")).await;
-    b.wait(
-        "the sign-in form",
-        "!document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
-    )
-    .await;
-    b.type_into("#key-input", TOKEN).await;
-    b.click("#sign-in-form button[type=submit]").await;
+    b.sign_in(TOKEN, None).await;
     b.ready("operator", 0).await;
     b.wait(
         "the operator tables",

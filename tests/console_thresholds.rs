@@ -110,14 +110,7 @@ async fn credits_page_lists_sets_and_removes_thresholds() {
 
     let b = Browser::start().await;
     b.goto(&format!("http://{addr}/console/")).await;
-    b.wait(
-        "the sign-in form",
-        "!document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
-    )
-    .await;
-    b.type_into("#key-input", &key).await;
-    b.click("#sign-in-form button[type=submit]").await;
+    b.sign_in(&key, None).await;
     b.ready("transactions", 0).await;
     b.open(
         &format!("http://{addr}/console/#/credits?account={ACCOUNT}"),

@@ -94,18 +94,6 @@ pub(crate) async fn shown_rows(b: &Browser) -> Vec<Vec<String>> {
     serde_json::from_value(v).unwrap()
 }
 
-pub(crate) async fn sign_in(b: &Browser, key: &str, account: &str) {
-    b.wait(
-        "the sign-in form",
-        "!document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
-    )
-    .await;
-    b.type_into("#key-input", key).await;
-    b.type_into("#sign-in-account", account).await;
-    b.click("#sign-in-form button[type=submit]").await;
-}
-
 /// The CSV file the browser downloaded, once complete (no `.crdownload` left and the same
 /// content twice 100 ms apart); removed after reading.
 pub(crate) async fn downloaded_csv(b: &Browser) -> String {

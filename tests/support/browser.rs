@@ -160,6 +160,22 @@ impl Browser {
         }
     }
 
+    /// Signs in to the console once its form shows: `key` (an account key or the operator
+    /// token), and with the operator token the account to look at, if given.
+    pub async fn sign_in(&self, key: &str, account: Option<&str>) {
+        self.wait(
+            "the sign-in form",
+            "!document.getElementById('sign-in').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+        self.type_into("#key-input", key).await;
+        if let Some(a) = account {
+            self.type_into("#sign-in-account", a).await;
+        }
+        self.click("#sign-in-form button[type=submit]").await;
+    }
+
     /// Waits for the console to have shown `page` (`data-ready` on the body) after `after`.
     pub async fn ready(&self, page: &str, after: u64) -> u64 {
         let v = self

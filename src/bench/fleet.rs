@@ -362,19 +362,27 @@ mod tests {
     #[test]
     fn thread_cpu_counts_only_named_threads() {
         let me = std::process::id();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let spin = std::thread::Builder::new()
             .name("cpu-probe-x".into())
-            .spawn(|| {
+            .spawn(move || {
+                // Spin until /proc shows this thread's CPU (its clock ticks are 10 ms; on a
+                // loaded box a fixed 300 ms of wall time may get no tick), at most 30 s.
                 let t = std::time::Instant::now();
                 let mut n = 0u64;
-                while t.elapsed() < Duration::from_millis(300) {
-                    n = n.wrapping_add(std::hint::black_box(1));
+                while thread_cpu_s(me, "cpu-probe-x") == 0.0
+                    && t.elapsed() < Duration::from_secs(30)
+                {
+                    for _ in 0..100_000 {
+                        n = n.wrapping_add(std::hint::black_box(1));
+                    }
                 }
+                done_tx.send(()).unwrap();
                 std::thread::sleep(Duration::from_millis(200));
                 n
             })
             .unwrap();
-        std::thread::sleep(Duration::from_millis(350));
+        done_rx.recv().unwrap();
         let busy = thread_cpu_s(me, "cpu-probe-x");
         assert_eq!(thread_cpu_s(me, "no-such-thread"), 0.0);
         spin.join().unwrap();

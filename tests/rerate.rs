@@ -9,7 +9,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::{ChildStderr, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -76,6 +77,21 @@ fn per_account(debits: &[Debit]) -> BTreeMap<String, Decimal> {
         *t.entry(d.account_id.clone()).or_default() += d.total;
     }
     t.into_iter().map(|(k, v)| (k, v.normalize())).collect()
+}
+
+/// One message per "rerate: committed transaction" line the run writes to stderr; the
+/// channel closes when the run's stderr does (it exited or was killed).
+fn watch_commits(stderr: ChildStderr) -> Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if line.starts_with("rerate: committed transaction") && tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn rerate_cmd(env: &TestEnv, extra: &[&str]) -> Command {
@@ -191,24 +207,21 @@ fn rerate_killed_many_times_emits_each_difference_once() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
+        // The run's commits, as it reports them on stderr, counted on a thread.
+        let commits = watch_commits(child.stderr.take().unwrap());
         let how = if i % 4 == 3 {
+            // A random instant before emitting: never later than the run's first commit
+            // (under load a run can finish inside the random delay, and every later
+            // run would then have nothing left to emit).
             let delay = 200 + next() % dry_ms.max(1);
-            std::thread::sleep(Duration::from_millis(delay));
-            format!("after {delay} ms")
+            match commits.recv_timeout(Duration::from_millis(delay)) {
+                Err(RecvTimeoutError::Timeout) => format!("after {delay} ms"),
+                _ => format!("at its first commit (before {delay} ms)"),
+            }
         } else {
             // Kill after the k-th commit of this run.
             let k = 1 + next() % 6;
-            let mut seen = 0;
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-                let Ok(line) = line else { break };
-                if line.starts_with("rerate: committed transaction") {
-                    seen += 1;
-                    if seen == k {
-                        break;
-                    }
-                }
-            }
+            let seen = commits.iter().take(k as usize).count();
             format!("after commit {seen} of this run (aimed at {k})")
         };
         let finished = child.try_wait().unwrap().is_some();

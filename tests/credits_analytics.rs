@@ -55,9 +55,10 @@ fn the_credits_queries_of_the_analytics_page_answer_the_known_figures() {
         http_get(&addr, "/healthz").0 == 200
     });
     let (a, b) = (format!("{}-a", env.name), format!("{}-b", env.name));
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc3339();
     // A: paid 100; promotional 20 (priority 10, drawn first); promotional 5 drawn last that
-    // expires in 4 s. B: paid 50 and promotional 8 (promotional drawn first at equal terms).
+    // expires 20 s after it is granted (time enough on a loaded machine: a grant that has
+    // expired when the ledger reads it is refused). B: paid 50 and promotional 8
+    // (promotional drawn first at equal terms).
     post(
         &addr,
         &format!("/v1/accounts/{a}/topups"),
@@ -68,6 +69,7 @@ fn the_credits_queries_of_the_analytics_page_answer_the_known_figures() {
         &format!("/v1/accounts/{a}/adjustments"),
         r#"{"amount":"20","reason":"welcome","reference":"adj-a1","category":"promotional","priority":10}"#,
     );
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(20)).to_rfc3339();
     post(
         &addr,
         &format!("/v1/accounts/{a}/adjustments"),

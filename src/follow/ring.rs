@@ -9,21 +9,28 @@
 //! message on ([`Ring::kafka_part`]). The ids are kept in [`GENERATIONS`] generations of at
 //! most `id_cap / GENERATIONS` ids; when the oldest is dropped, `exact_from` moves up to
 //! the next one's start and below it reads go to Kafka as before.
+//!
+//! An id is kept as its 64-bit hash ([`crate::event::id_hash`], 8 bytes where the string
+//! cost ~70 once its message was let go): two ids with one hash only make a lookup read a
+//! range from Kafka it did not need, never skip one it needed.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use super::Followed;
+use crate::event::id_hash;
+use crate::rollup::dedupe::PassThroughHasher;
 
 /// Generations of evicted execution ids kept per ring.
 pub const GENERATIONS: usize = 4;
 
-/// The execution ids named by the evicted messages from `from` on (to the next
-/// generation's `from`).
+/// The execution ids (their hashes) named by the evicted messages from `from` on (to the
+/// next generation's `from`).
 #[derive(Debug)]
 struct Generation {
     from: i64,
-    ids: HashSet<Arc<str>>,
+    ids: HashSet<u64, BuildHasherDefault<PassThroughHasher>>,
 }
 
 /// The recent messages of one partition of one topic: every committed message from
@@ -77,7 +84,8 @@ impl Ring {
             };
             self.covered_from = old.offset + 1;
             for e in old.execution_ids.iter() {
-                if self.evicted.back().is_some_and(|g| g.ids.contains(e)) {
+                let e = id_hash(e);
+                if self.evicted.back().is_some_and(|g| g.ids.contains(&e)) {
                     continue;
                 }
                 if self
@@ -87,7 +95,7 @@ impl Ring {
                 {
                     self.evicted.push_back(Generation {
                         from: old.offset,
-                        ids: HashSet::new(),
+                        ids: HashSet::default(),
                     });
                     if self.evicted.len() > GENERATIONS {
                         self.evicted.pop_front();
@@ -95,7 +103,7 @@ impl Ring {
                     }
                 }
                 if let Some(g) = self.evicted.back_mut() {
-                    g.ids.insert(e.clone());
+                    g.ids.insert(e);
                 }
             }
             out.push(old);
@@ -114,10 +122,11 @@ impl Ring {
         let Some(e) = execution else {
             return Some((start, upto));
         };
+        let e = id_hash(e);
         let first = self
             .evicted
             .iter()
-            .find(|g| g.ids.contains(e))
+            .find(|g| g.ids.contains(&e))
             .map(|g| g.from);
         let (from, to) = match first {
             // Below `exact_from` the ring knows nothing; above, the execution has a message

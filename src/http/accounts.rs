@@ -123,6 +123,12 @@ impl LedgerApi {
         self.cfg.ledger.answer_timeout
     }
 
+    /// How long a voucher request waits for the voucher stage's verdict: 15 s, or
+    /// `ledger.answer_timeout` when that is longer (redeeming also waits for the ledger).
+    pub(super) fn voucher_timeout(&self) -> Duration {
+        self.cfg.ledger.answer_timeout.max(Duration::from_secs(15))
+    }
+
     /// The view, or 503 while this instance is still reading it from Kafka.
     pub(super) fn loaded_view(&self) -> Result<&SharedLedgerView, ApiError> {
         if self.view.is_loaded() {
@@ -339,7 +345,7 @@ async fn redeem(
         masked: voucher::mask(&code),
         account_id: account,
     };
-    match api.voucher(&req, Duration::from_secs(15)).await {
+    match api.voucher(&req, api.voucher_timeout()).await {
         Ok(r) => voucher_answer(&r),
         Err(e @ ClientError::Timeout(..)) => {
             (StatusCode::ACCEPTED, Json(json!({"status": e.to_string()}))).into_response()

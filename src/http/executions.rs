@@ -122,10 +122,12 @@ async fn trace_of(
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long a lookup that finds nothing keeps looking: two pipeline transactions and a
-/// margin, so an execution that closed just before is found (an unknown id's 404 waits
-/// this long).
+/// margin, at least 1 s, so an execution that closed just before is found also when a
+/// commit is slow (an unknown id's 404 waits this long).
 fn settle(api: &TracesApi) -> std::time::Duration {
-    api.follower.config().pipeline.checkpoint_interval * 2 + std::time::Duration::from_millis(300)
+    let two_commits = api.follower.config().pipeline.checkpoint_interval * 2
+        + std::time::Duration::from_millis(300);
+    two_commits.max(std::time::Duration::from_secs(1))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {

@@ -46,7 +46,7 @@ fn operator<'a>(s: &'a HttpState, caller: &Caller, what: &str) -> Result<&'a Led
 }
 
 async fn ask(api: &LedgerApi, req: &VoucherRequest, extra: Option<(&str, String)>) -> Response {
-    match api.voucher(req, Duration::from_secs(15)).await {
+    match api.voucher(req, api.voucher_timeout()).await {
         Ok(r) => {
             let mut resp = voucher_answer(&r);
             if let Some((k, v)) = extra

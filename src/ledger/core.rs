@@ -133,7 +133,8 @@ pub struct LedgerPartition {
     refusal_n: u64,
     /// Debit digest -> (offset, content hash) within the horizon.
     debits: HashMap<DebitDigest, (i64, u64), xxhash_rust::xxh3::Xxh3Builder>,
-    debit_order: VecDeque<(i64, DebitDigest)>,
+    /// The digests of `debits` in offset order (16 B a debit: the offset is the map's).
+    debit_order: VecDeque<DebitDigest>,
     /// During a restore: debit marks of the format keyed by the id (`d/<id>`), to be
     /// re-keyed by digest when the restore ends.
     legacy_debits: HashMap<DebitDigest, String>,
@@ -550,11 +551,12 @@ impl LedgerPartition {
 
     fn expire_debits(&mut self, offset: i64) {
         let horizon = self.rules.debit_horizon as i64;
-        while let Some((o, _)) = self.debit_order.front() {
-            if offset.saturating_sub(*o) <= horizon {
+        while let Some(digest) = self.debit_order.front() {
+            let o = self.debits.get(digest).map_or(i64::MIN, |(o, _)| *o);
+            if offset.saturating_sub(o) <= horizon {
                 break;
             }
-            let (_, digest) = self.debit_order.pop_front().expect("front exists");
+            let digest = self.debit_order.pop_front().expect("front exists");
             self.debits.remove(&digest);
             self.changes.insert(changelog::debit_key(digest), None);
         }

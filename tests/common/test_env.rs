@@ -71,6 +71,9 @@ impl TestEnv {
         cfg.sink.batch_age = Duration::from_millis(300);
         cfg.http.listen = format!("127.0.0.1:{}", free_port());
         cfg.http.stall_after = Duration::from_secs(5);
+        // The HTTP API's wait for the ledger's verdict (then a 202): long enough for a
+        // loaded CI machine, where a first top-up also waits for the ledger to join.
+        cfg.ledger.answer_timeout = Duration::from_secs(60);
         cfg.log.filter = "info".into();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.toml");

@@ -115,7 +115,7 @@ impl LedgerPartition {
 
     pub(super) fn remember_debit(&mut self, digest: DebitDigest, offset: i64, hash: u64) {
         self.debits.insert(digest, (offset, hash));
-        self.debit_order.push_back((offset, digest));
+        self.debit_order.push_back(digest);
         self.changes
             .insert(debit_key(digest), Some(debit_mark(offset, hash)));
     }
@@ -254,7 +254,7 @@ impl LedgerPartition {
             .map(|(digest, (o, _))| (*o, *digest))
             .collect();
         order.sort();
-        self.debit_order = order.into();
+        self.debit_order = order.into_iter().map(|(_, digest)| digest).collect();
         let mut refusals: Vec<(u64, String)> = self
             .refusals
             .iter()

@@ -220,7 +220,7 @@ fn rerate_killed_many_times_emits_each_difference_once() {
             }
         } else {
             // Kill after the k-th commit of this run.
-            let k = 1 + next() % 6;
+            let k = 1 + next() % 3;
             let seen = commits.iter().take(k as usize).count();
             format!("after commit {seen} of this run (aimed at {k})")
         };

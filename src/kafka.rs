@@ -346,9 +346,17 @@ pub fn check_replication_factor(cfg: &Config, brokers: usize) -> anyhow::Result<
     Ok(())
 }
 
+/// How long `create_topics` retries a topic the controller refuses with
+/// InvalidReplicationFactor although the metadata lists enough brokers: the state of a
+/// cluster whose brokers are registered but not unfenced yet (starting, or fenced for a late
+/// heartbeat under load).
+const FENCED_BROKERS_WAIT: Duration = Duration::from_secs(60);
+
 /// Creates the planned topics with `topics.replication_factor` copies and
 /// `topics.min_insync_replicas`; existing ones are left as they are. Returns what was
-/// created. Fails before creating anything when the factor exceeds the live brokers.
+/// created. Fails before creating anything when the factor exceeds the live brokers; a
+/// refusal of the factor by a cluster whose brokers are not unfenced yet is retried for
+/// [`FENCED_BROKERS_WAIT`].
 pub async fn create_topics(cfg: &Config) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg, &[]).create()?;
     let brokers = admin
@@ -377,12 +385,32 @@ pub async fn create_topics(cfg: &Config) -> anyhow::Result<Vec<String>> {
         .operation_timeout(Some(Duration::from_secs(30)))
         .request_timeout(Some(Duration::from_secs(45)));
     let mut created = Vec::new();
-    for r in admin.create_topics(&new, &opts).await? {
-        match r {
-            Ok(name) => created.push(name),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, e)) => anyhow::bail!("cannot create topic {name}: {e}"),
+    let mut pending = new;
+    let started = Instant::now();
+    while !pending.is_empty() {
+        let mut retry = Vec::new();
+        for r in admin.create_topics(&pending, &opts).await? {
+            match r {
+                Ok(name) => created.push(name),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // The brokers are in the metadata (checked above) but none is unfenced yet
+                // (starting, or fenced a moment for a late heartbeat): retried for a minute.
+                Err((name, RDKafkaErrorCode::InvalidReplicationFactor))
+                    if started.elapsed() < FENCED_BROKERS_WAIT =>
+                {
+                    retry.push(name)
+                }
+                Err((name, e)) => anyhow::bail!("cannot create topic {name}: {e}"),
+            }
         }
+        if !retry.is_empty() {
+            tracing::warn!(
+                topics = retry.len(),
+                "the cluster refused the replication factor for now (no unfenced broker?); retrying"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        pending.retain(|t| retry.iter().any(|r| r == t.name));
     }
     wait_for_leaders(cfg, &plan, Duration::from_secs(30))?;
     Ok(created)

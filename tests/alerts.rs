@@ -90,12 +90,16 @@ fn alerts_commit_on_an_interval_under_steady_load_and_everything_on_shutdown() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A steady stream (a debit every 5 ms for 8 s): the consumer's polls keep returning
+    // A steady stream (a debit every 5 ms for 8 s, longer on a loaded machine until the
+    // offsets have advanced 4 times, 120 s at most): the consumer's polls keep returning
     // messages, so only the interval can make it commit.
     let started = Instant::now();
     let mut last_check = Instant::now();
-    let mut progress = Vec::new();
-    while started.elapsed() < Duration::from_secs(8) {
+    let mut progress: Vec<i64> = Vec::new();
+    let increases = |p: &[i64]| p.windows(2).filter(|w| w[1] > w[0]).count();
+    while started.elapsed() < Duration::from_secs(8)
+        || (increases(&progress) < 4 && started.elapsed() < Duration::from_secs(120))
+    {
         let d = debit(sent);
         loader
             .send(&env.cfg.topics.debits, &d.account_id, &d.encode())
@@ -108,7 +112,7 @@ fn alerts_commit_on_an_interval_under_steady_load_and_everything_on_shutdown() {
         }
     }
     loader.flush().unwrap();
-    let increases = progress.windows(2).filter(|w| w[1] > w[0]).count();
+    let increases = increases(&progress);
     assert!(
         increases >= 4,
         "committed offsets advanced only {increases} times during the stream: {progress:?}"

@@ -511,8 +511,12 @@ fn refusals_carry_their_reason_and_apply_nothing() {
     let v: serde_json::Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["transactions"].as_array().unwrap().len(), 1);
     assert_eq!(v["transactions"][0]["kind"], "topup");
-    let history = env.cli(&["credits", "history", &acct]);
-    assert!(history.contains("25.5"), "{history}");
+    // `credits history` reads ClickHouse, which the sink fills in its own time.
+    env.wait_for(
+        "the top-up in credits history",
+        Duration::from_secs(60),
+        || env.cli(&["credits", "history", &acct]).contains("25.5"),
+    );
     // Secrets stay out of the log.
     let log = env.log("agg.log");
     assert!(!log.contains(OPERATOR_TOKEN) && !log.contains("OLD-PROMO-2020"));

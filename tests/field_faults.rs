@@ -379,7 +379,7 @@ fn the_service_gives_every_issue_input_its_value() {
     let fixed = env.dir.path().join("fixed.json");
     std::fs::write(&fixed, fixed_catalog()).unwrap();
     env.cli(&["catalog", "publish", fixed.to_str().unwrap()]);
-    assert!(env.terminate(0, Duration::from_secs(30)), "clean shutdown");
+    assert!(env.terminate(0, Duration::from_secs(60)), "clean shutdown");
     env.spawn("all", "agg2.log");
     let versions = env.catalog().version_count() as f64 + 1.0;
     env.wait_for("the fixed catalog", Duration::from_secs(60), || {

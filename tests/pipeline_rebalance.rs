@@ -79,7 +79,7 @@ fn rebalance_one_instance_stops_mid_stream() {
     let (mut env, b, producer) = two_instances("rebalance", 1200, 3000, 400);
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        env.terminate(b, Duration::from_secs(20)),
+        env.terminate(b, Duration::from_secs(60)),
         "b drains and exits cleanly on SIGTERM"
     );
     producer.join().unwrap();

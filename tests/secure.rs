@@ -452,7 +452,7 @@ fn kafka_security_failures_fail_fast_naming_listener_and_mechanism() {
         "{why}"
     );
     assert!(
-        env.terminate(0, Duration::from_secs(20)),
+        env.terminate(0, Duration::from_secs(60)),
         "SIGTERM ends the wait"
     );
     let log = env.log("wrong.log");

@@ -60,7 +60,7 @@ fn stderr_that_nobody_reads_never_blocks_processing() {
     let (status, body) = http_get(&env.cfg.http.listen, "/readyz");
     assert_eq!(status, 200, "{body}");
     assert!(
-        env.terminate(0, Duration::from_secs(20)),
+        env.terminate(0, Duration::from_secs(60)),
         "SIGTERM stops the service promptly and cleanly even with stderr stuck"
     );
     // What the pipe held: within one log line of its 64 KiB capacity, so it was full while

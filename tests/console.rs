@@ -128,7 +128,7 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
         .send_keys("\u{E007}")
         .await
         .unwrap();
-    b.wait("the breakdown", &format!("document.querySelector('tr[data-seq=\"{exec_seq}\"] + tr.detail:not([hidden]) table.sub')"), Duration::from_secs(5)).await;
+    b.wait("the breakdown", &format!("document.querySelector('tr[data-seq=\"{exec_seq}\"] + tr.detail:not([hidden]) table.sub')"), Duration::from_secs(30)).await;
     let sub: Vec<Vec<String>> = serde_json::from_value(b.js(&format!(
         "return Array.from(document.querySelectorAll('tr[data-seq=\"{exec_seq}\"] + tr.detail table.sub tbody tr'), tr => Array.from(tr.cells, c => c.textContent.trim()))"), vec![]).await).unwrap();
     let e = entries
@@ -168,7 +168,7 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
         &format!(
             "document.querySelector('tr[data-seq=\"{exec_seq}\"] + tr.detail table.calls-table')"
         ),
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
         let shown_calls: Vec<Vec<String>> = serde_json::from_value(b.js(&format!(
@@ -387,7 +387,7 @@ async fn console_pages_show_the_api_and_the_ledger_figures() {
             page,
         )
         .await;
-        b.wait("the page's answer", "!document.querySelector('#main .loading') && (document.querySelector('#main [role=alert]') || document.querySelector('#entries'))", Duration::from_secs(10)).await;
+        b.wait("the page's answer", "!document.querySelector('#main .loading') && (document.querySelector('#main [role=alert]') || document.querySelector('#entries'))", Duration::from_secs(30)).await;
         let text = b
             .js("return document.getElementById('main').innerText", vec![])
             .await;

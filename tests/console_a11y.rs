@@ -133,7 +133,7 @@ async fn console_pages_pass_the_accessibility_basics() {
     b.wait(
         "the sign-in form",
         "!document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     audit(&b, "sign-in").await;
@@ -256,7 +256,7 @@ async fn console_pages_pass_the_accessibility_basics() {
     b.wait(
         "the region says what is followed",
         "document.getElementById('announce').textContent.includes('Following execution exec-a11y-live')",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     audit(&b, "live (waiting)").await;

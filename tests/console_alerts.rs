@@ -408,7 +408,7 @@ async fn below_thresholds_and_recent_alerts_without_clickhouse() {
         .wait(
             "Not found for B's alerts",
             "(document.querySelector('#alerts-list [role=alert]') || {}).textContent",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         )
         .await;
     assert!(err.as_str().unwrap().starts_with("Not found"), "{err}");

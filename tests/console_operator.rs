@@ -393,7 +393,7 @@ async fn operator_endpoints_and_page_show_accounts_dead_letters_and_vouchers() {
     b.wait(
         "two accounts below 50",
         "document.querySelectorAll('#low-balances tbody tr').length === 2",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
     let shots = [
@@ -407,7 +407,7 @@ async fn operator_endpoints_and_page_show_accounts_dead_letters_and_vouchers() {
         .wait(
             "the refusal of 1e3",
             "(document.querySelector('#accounts-out [role=alert]') || {}).textContent",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         )
         .await;
     assert!(err.as_str().unwrap().contains("below"), "{err}");

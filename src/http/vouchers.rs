@@ -189,13 +189,18 @@ async fn list(State(s): State<HttpState>, caller: Caller, RawQuery(raw): RawQuer
         .header(axum::http::header::RETRY_AFTER, "1")
         .into_response();
     }
-    // What was committed before this request is in the list (a voucher just created).
+    // What was committed before this request is in the list (a voucher just created),
+    // waiting at most `ledger.answer_timeout` for this instance to have read it.
     let cfg = api.cfg.clone();
     let l = list.clone();
-    match tokio::task::spawn_blocking(move || l.sync(&cfg, Duration::from_secs(2))).await {
+    let wait = api.timeout();
+    match tokio::task::spawn_blocking(move || l.sync(&cfg, wait)).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => {
-            tracing::debug!("voucher list: not caught up within 2 s; listing what it has")
+            tracing::debug!(
+                ?wait,
+                "voucher list: not caught up in time; listing what it has"
+            )
         }
         Ok(Err(e)) => return unavailable(&ClientError::Other(e.to_string())),
         Err(e) => return unavailable(&ClientError::Other(e.to_string())),

@@ -71,7 +71,7 @@ async fn browser_decimal_arithmetic_equals_rust_decimal() {
     b.wait(
         "the sign-in form",
         "document.getElementById('sign-in') && !document.getElementById('sign-in').hidden",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 

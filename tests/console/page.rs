@@ -97,7 +97,7 @@ pub(crate) async fn shown_rows(b: &Browser) -> Vec<Vec<String>> {
 /// The CSV file the browser downloaded, once complete (no `.crdownload` left and the same
 /// content twice 100 ms apart); removed after reading.
 pub(crate) async fn downloaded_csv(b: &Browser) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut last: Option<String> = None;
     loop {
         let files: Vec<std::path::PathBuf> = std::fs::read_dir(b.downloads.path())

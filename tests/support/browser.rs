@@ -166,7 +166,7 @@ impl Browser {
         self.wait(
             "the sign-in form",
             "!document.getElementById('sign-in').hidden",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         )
         .await;
         self.type_into("#key-input", key).await;

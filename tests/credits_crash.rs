@@ -295,8 +295,12 @@ fn credits_kill9_storm_mixed_grants_vouchers_autotopups_and_refusals_stay_exact(
     let distinct_debits: HashSet<&str> = debits.iter().map(|d| d.debit_id.as_str()).collect();
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut last = usize::MAX;
+    let mut missing = String::new();
     let (events, requests) = loop {
-        assert!(Instant::now() < deadline, "the ledger did not settle");
+        assert!(
+            Instant::now() < deadline,
+            "the ledger did not settle in 300 s; at the last look: {missing}"
+        );
         std::thread::sleep(Duration::from_secs(3));
         let events = balance_events(&env);
         let requests: Vec<TopupRequest> = read_all(&env, &cfg.topics.topup_requests)
@@ -306,13 +310,31 @@ fn credits_kill9_storm_mixed_grants_vouchers_autotopups_and_refusals_stay_exact(
         let refs: HashSet<&str> = events.iter().map(|(_, e)| e.reference.as_str()).collect();
         let now = Utc::now() - chrono::Duration::seconds(5);
         let due_open = expiring_open(&events, now);
+        let lacking = |ids: Vec<&str>| -> String {
+            let n = ids.iter().filter(|i| !refs.contains(*i)).count();
+            let some: Vec<&&str> = ids.iter().filter(|i| !refs.contains(*i)).take(5).collect();
+            format!("{n} (e.g. {some:?})")
+        };
+        missing = format!(
+            "{} entries; planned grants without an entry: {}; debits without an entry: {}; \
+             voucher grants without an entry: {}; top-up requests unpaid: {}; open grants past \
+             their expiry: {} {:?}; top-up requests on the topic: {}",
+            events.len(),
+            lacking(planned.keys().map(|(_, g)| g.as_str()).collect()),
+            lacking(distinct_debits.iter().copied().collect()),
+            lacking(voucher_grants.keys().map(String::as_str).collect()),
+            lacking(requests.iter().map(|r| r.request_id.as_str()).collect()),
+            due_open.len(),
+            due_open.iter().take(5).collect::<Vec<_>>(),
+            requests.len(),
+        );
         let done = planned.keys().all(|(_, g)| refs.contains(g.as_str()))
             && distinct_debits.iter().all(|d| refs.contains(d))
             && voucher_grants.keys().all(|g| refs.contains(g.as_str()))
             && requests
                 .iter()
                 .all(|r| refs.contains(r.request_id.as_str()))
-            && due_open == 0;
+            && due_open.is_empty();
         if done && events.len() == last {
             break (events, requests);
         }
@@ -563,8 +585,12 @@ fn credits_kill9_storm_mixed_grants_vouchers_autotopups_and_refusals_stay_exact(
     assert!(expiries > 0, "no grant expired during the run");
 }
 
-/// Open grants whose expiry is before `now`, as the latest entry of each account shows.
-fn expiring_open(events: &[(i32, BalanceEvent)], now: DateTime<Utc>) -> usize {
+/// Open grants whose expiry is before `now`, as the latest entry of each account shows:
+/// (account, grant id, expires at).
+fn expiring_open(
+    events: &[(i32, BalanceEvent)],
+    now: DateTime<Utc>,
+) -> Vec<(String, String, DateTime<Utc>)> {
     let mut last: HashMap<&str, &BalanceEvent> = HashMap::new();
     for (_, e) in events {
         let l = last.entry(e.account_id.as_str()).or_insert(e);
@@ -573,7 +599,11 @@ fn expiring_open(events: &[(i32, BalanceEvent)], now: DateTime<Utc>) -> usize {
         }
     }
     last.values()
-        .flat_map(|e| &e.grants)
-        .filter(|g| g.expires_at.is_some_and(|t| t < now))
-        .count()
+        .flat_map(|e| e.grants.iter().map(move |g| (e, g)))
+        .filter_map(|(e, g)| {
+            g.expires_at
+                .filter(|t| *t < now)
+                .map(|t| (e.account_id.clone(), g.grant_id.clone(), t))
+        })
+        .collect()
 }

@@ -365,8 +365,17 @@ impl LedgerPartition {
             );
             return self.refuse_grant(g, r);
         }
+        // A voucher redemption was decided (and answered "granted") by the voucher stage
+        // from the request's time; if the ledger's clock has passed the credits' expiry by
+        // the time it reads the grant (the voucher stage lagged), the grant is applied and
+        // expires at once below: a decided redemption is never refused here.
+        let late_voucher = match (g.expires_at, self.clock) {
+            (Some(exp), Some(clock)) if exp <= clock && g.kind == GrantKind::Voucher => Some(clock),
+            _ => None,
+        };
         if let (Some(exp), Some(clock)) = (g.expires_at, self.clock)
             && exp <= clock
+            && late_voucher.is_none()
         {
             let r = Rejection::new(
                 RejectReason::AlreadyExpired,
@@ -408,10 +417,10 @@ impl LedgerPartition {
             amount: g.amount,
             occurred_at: g.occurred_at,
             lines: Vec::new(),
-            source,
+            source: source.clone(),
             change,
         });
-        let fx = match applied {
+        let mut fx = match applied {
             Ok(fx) => fx,
             Err(r) => return self.refuse_grant(g, r),
         };
@@ -450,6 +459,9 @@ impl LedgerPartition {
         );
         self.put_grant_mark(&key, mark);
         self.forget_refusal(&key);
+        if let Some(clock) = late_voucher {
+            self.due(&g.account_id, clock, &source, &mut fx);
+        }
         let mut answer = self.grant_answer(g, Verdict::Applied, None, message);
         if let Some(a) = answer.answer.as_mut() {
             a.entry = Some(entry);

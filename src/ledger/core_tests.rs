@@ -349,6 +349,59 @@ fn a_used_up_grant_does_not_expire() {
 }
 
 #[test]
+fn a_voucher_grant_read_after_its_expiry_is_applied_and_expires_at_once() {
+    // The voucher stage decided the redemption on day 4 (credits valid to day 5); the
+    // ledger reads the grant after its clock reached day 6. A top-up so late is refused;
+    // a decided redemption is not: its entry, then its expiry entry, in one effect.
+    let mut l = LedgerPartition::new(LedgerRules::default());
+    applied(l.apply_debit(&debit("dc_1", "a", d("1")), 1, src("d", 0)));
+    applied(l.apply_grant(
+        &termed("soon", "b", Category::Paid, 50, Some(6), "1"),
+        src("g", 0),
+    ));
+    let fx = l.tick(day(6), src("g", 1));
+    assert_eq!(
+        fx.entries.len(),
+        1,
+        "another account's expiry moved the clock"
+    );
+    let mut v = grant("vch", "a", GrantKind::Voucher, d("3"));
+    v.voucher = Some("VCH-****".into());
+    v.occurred_at = day(4);
+    v.expires_at = Some(day(5));
+    let fx = l.apply_grant(&v, src("g", 2));
+    assert!(fx.refused.is_none(), "{fx:?}");
+    assert_eq!(fx.answer.as_ref().unwrap().verdict, Verdict::Applied);
+    let kinds: Vec<(EntryKind, Decimal, Decimal)> = fx
+        .entries
+        .iter()
+        .map(|e| (e.kind, e.amount, e.balance_after))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EntryKind::Voucher, d("3"), d("2")),
+            (EntryKind::Expiry, d("-2"), d("0"))
+        ],
+        "the overdraft of 1 repaid, the other 2 forfeited"
+    );
+    assert_eq!(fx.entries[1].occurred_at, day(5));
+    let s = l.grant_status("a", "vch");
+    assert_eq!((s.state, s.forfeited), (GrantState::Expired, Some(d("2"))));
+    assert!(l.tick(day(7), src("g", 3)).entries.is_empty(), "once");
+    assert!(
+        l.apply_grant(&v, src("g", 4)).duplicate,
+        "a re-send changes nothing"
+    );
+    let mut t = grant("late-topup", "a", GrantKind::Topup, d("20"));
+    t.expires_at = Some(day(5));
+    assert_eq!(
+        refused(l.apply_grant(&t, src("g", 5))),
+        RejectReason::AlreadyExpired
+    );
+}
+
+#[test]
 fn a_negative_adjustment_draws_like_a_debit_and_cannot_carry_terms() {
     let mut l = LedgerPartition::new(LedgerRules::default());
     applied(l.apply_grant(

@@ -41,7 +41,13 @@ impl LedgerPartition {
     }
 
     /// Expiries, then warnings, of one account at clock `now`.
-    fn due(&mut self, account: &str, now: DateTime<Utc>, source: &EntrySource, fx: &mut Effects) {
+    pub(super) fn due(
+        &mut self,
+        account: &str,
+        now: DateTime<Utc>,
+        source: &EntrySource,
+        fx: &mut Effects,
+    ) {
         let Some(state) = self.accounts.get(account) else {
             return;
         };

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use usage_aggregator::debit::Debit;
 use usage_aggregator::ledger::client;
+use usage_aggregator::ledger::core::EntryKind;
 use usage_aggregator::ledger::grant::{Grant, GrantKind};
 use usage_aggregator::ledger::voucher::{self, VoucherOutcome, VoucherRequest, VoucherResult};
 
@@ -385,6 +386,111 @@ fn voucher_race_fifty_accounts_exactly_three_win_in_log_order() {
         "the code never appears in clear: {list}"
     );
     assert!(!env.log("ledger.log").contains("RACE-2026-ABCD"));
+}
+
+#[test]
+fn a_redemption_decided_after_its_credits_expired_is_granted_then_forfeited() {
+    // The voucher stage decides from the request's time; when it lags so that the credits
+    // of a redemption have expired by the ledger's clock, the redemption still stands
+    // (answered granted) and the ledger applies it and forfeits it at once, never refuses.
+    let mut env = ledger_env("vlate");
+    env.spawn("ledger", "ledger.log");
+    let cfg = env.cfg.clone();
+    let acct = format!("{}-acct", env.name);
+    let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let out = env.cli(&[
+        "vouchers",
+        "create",
+        "LATE-2026-WXYZ",
+        "--credits",
+        "3",
+        "--valid-from",
+        &hour_ago,
+        "--credits-valid-for",
+        "10s",
+    ]);
+    assert!(out.contains("created"), "{out}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p = client::producer(&cfg).unwrap();
+    // Move the clock of the account's partition: a grant expiring 2 s from now, expired.
+    let mut g = Grant::new(
+        "moves-the-clock",
+        GrantKind::Adjustment,
+        acct.clone(),
+        Decimal::ONE,
+        chrono::Utc::now(),
+    );
+    g.reason = Some("goodwill".into());
+    g.category = Some(usage_aggregator::ledger::funding::Category::Promotional);
+    g.expires_at = Some(chrono::Utc::now() + chrono::Duration::seconds(2));
+    rt.block_on(client::send_grant(&cfg, &p, &g)).unwrap();
+    env.wait_for(
+        "the clock past the first expiry",
+        Duration::from_secs(60),
+        || {
+            balance_events(&env)
+                .iter()
+                .any(|(_, e)| e.kind == EntryKind::Expiry && e.reference == "moves-the-clock")
+        },
+    );
+    // A redemption requested 30 s ago: its credits expired 20 s ago.
+    let requested_at = chrono::Utc::now() - chrono::Duration::seconds(30);
+    let code = voucher::normalize_code("LATE-2026-WXYZ").unwrap();
+    let req = VoucherRequest::Redeem {
+        request_id: "late-1".into(),
+        requested_at,
+        code_hash: voucher::code_hash(&code),
+        masked: voucher::mask(&code),
+        account_id: acct.clone(),
+    };
+    let r = rt.block_on(async {
+        let follower = client::ResultFollower::start(&cfg).unwrap();
+        follower
+            .request(&cfg, &p, &req, Duration::from_secs(60))
+            .await
+            .unwrap()
+    });
+    assert_eq!(r.outcome, VoucherOutcome::Granted, "{r:?}");
+    let grant_id = r.grant_id.clone().unwrap();
+    let mine =
+        |env: &TestEnv| -> Vec<(EntryKind, Decimal, Decimal, chrono::DateTime<chrono::Utc>)> {
+            balance_events(env)
+                .into_iter()
+                .filter(|(_, e)| e.reference == grant_id)
+                .map(|(_, e)| (e.kind, e.amount, e.balance_after, e.occurred_at))
+                .collect()
+        };
+    env.wait_for(
+        "the voucher's entry and its expiry",
+        Duration::from_secs(60),
+        || mine(&env).len() == 2,
+    );
+    let expired_at = requested_at + chrono::Duration::seconds(10);
+    let got = mine(&env);
+    assert_eq!(
+        got,
+        [
+            (
+                EntryKind::Voucher,
+                Decimal::from(3),
+                Decimal::from(3),
+                requested_at
+            ),
+            (
+                EntryKind::Expiry,
+                Decimal::from(-3),
+                Decimal::ZERO,
+                expired_at
+            ),
+        ],
+        "applied, then forfeited whole, dated its expiry"
+    );
+    let dead = read_all(&env, &cfg.topics.dead_letter);
+    assert!(
+        dead.iter()
+            .all(|(_, _, _, v)| !String::from_utf8_lossy(v).contains("already_expired")),
+        "nothing refused"
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::debit::{Debit, DebitKind};
 use crate::health::Health;
 use crate::metrics::METRICS;
+use crate::rollup::dedupe::{MAX_PRESIZED, churn_capacity};
 use crate::stage::{Changelog, InputMsg, Outputs, Positions, Processor, Stage, StageSpec};
 
 /// An alert event on the alerts topic. Its id is deterministic: a replay repeats it exactly.
@@ -94,8 +95,19 @@ impl SpendAlerts {
         }
     }
 
+    /// Sizes the memory of counted debits for its steady state on its first entry
+    /// ([`churn_capacity`]): it then never grows while it churns at its capacity.
+    fn size_seen(&mut self) {
+        if self.seen.capacity() == 0 {
+            self.seen.reserve(churn_capacity(self.seen_capacity));
+            self.seen_order
+                .reserve(self.seen_capacity.min(MAX_PRESIZED) + 1);
+        }
+    }
+
     /// Counts one debit; returns the alerts it raises.
     pub fn record(&mut self, d: &Debit) -> Vec<SpendAlert> {
+        self.size_seen();
         let h = digest(&d.debit_id);
         if !self.seen.insert(h) {
             return Vec::new();
@@ -297,6 +309,33 @@ mod tests {
             components: Default::default(),
             correction: None,
         }
+    }
+
+    #[test]
+    fn the_memory_of_counted_debits_never_grows_while_it_churns() {
+        let mut a = SpendAlerts::new(Thresholds::default());
+        a.seen_capacity = 2_000;
+        let at = "2026-03-01T10:05:00Z";
+        a.record(&debit("0", "acct", "1", at, DebitKind::ModelCall));
+        let sized = (a.seen.capacity(), a.seen_order.capacity());
+        for i in 1..40_000 {
+            a.record(&debit(
+                &i.to_string(),
+                "acct",
+                "1",
+                at,
+                DebitKind::ModelCall,
+            ));
+        }
+        assert_eq!(a.seen.len(), 2_000);
+        // `capacity()` is entries + spare room: tombstones lower it until an in-place
+        // rehash; a grown table would show more.
+        assert!(
+            a.seen.capacity() <= sized.0 && a.seen_order.capacity() == sized.1,
+            "sized once, at the first debit: {sized:?}, now ({}, {})",
+            a.seen.capacity(),
+            a.seen_order.capacity()
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Change, DebitDigest, LedgerPartition, debit_digest};
 use crate::ledger::state::{AccountState, Closed, ClosedBy, GrantMark, RefusalMark};
+use crate::rollup::dedupe::{MAX_PRESIZED, churn_capacity};
 
 const ACCOUNT_PREFIX: &[u8] = b"a/";
 const GRANT_PREFIX: &[u8] = b"g/";
@@ -113,7 +114,18 @@ impl LedgerPartition {
         }
     }
 
+    /// Sizes the debit memory for its steady state on its first entry
+    /// ([`churn_capacity`]): it then never grows while it churns at `debit_horizon`.
+    fn size_debit_memory(&mut self) {
+        if self.debits.capacity() == 0 {
+            let bound = usize::try_from(self.rules.debit_horizon).unwrap_or(usize::MAX);
+            self.debits.reserve(churn_capacity(bound));
+            self.debit_order.reserve(bound.min(MAX_PRESIZED) + 1);
+        }
+    }
+
     pub(super) fn remember_debit(&mut self, digest: DebitDigest, offset: i64, hash: u64) {
+        self.size_debit_memory();
         self.debits.insert(digest, (offset, hash));
         self.debit_order.push_back(digest);
         self.changes
@@ -235,6 +247,7 @@ impl LedgerPartition {
             Some(v) => {
                 let m: DebitMark =
                     serde_json::from_slice(v).map_err(|e| format!("debit mark: {e}"))?;
+                self.size_debit_memory();
                 self.debits.insert(digest, (m.offset, m.hash));
             }
             None => {
@@ -254,7 +267,9 @@ impl LedgerPartition {
             .map(|(digest, (o, _))| (*o, *digest))
             .collect();
         order.sort();
-        self.debit_order = order.into_iter().map(|(_, digest)| digest).collect();
+        self.debit_order.clear();
+        self.debit_order
+            .extend(order.into_iter().map(|(_, digest)| digest));
         let mut refusals: Vec<(u64, String)> = self
             .refusals
             .iter()

@@ -8,7 +8,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use crate::rollup::dedupe::PassThroughHasher;
+use crate::rollup::dedupe::{MAX_PRESIZED, PassThroughHasher, churn_capacity};
 
 /// Ids of the last `cap` rows of one output partition (hashed: ~40 B each). The set is keyed
 /// by the ids' xxh3 hashes as they are, without hashing them again with SipHash (`insert`
@@ -28,8 +28,13 @@ impl RecentIds {
         }
     }
 
-    /// True if new (and remembers it, forgetting the oldest beyond `cap`).
+    /// True if new (and remembers it, forgetting the oldest beyond `cap`). The first id
+    /// sizes the memory for churning at `cap` ([`churn_capacity`]): it never grows after.
     pub fn insert(&mut self, id: &str) -> bool {
+        if self.set.capacity() == 0 {
+            self.set.reserve(churn_capacity(self.cap));
+            self.order.reserve(self.cap.min(MAX_PRESIZED) + 1);
+        }
         let h = crate::event::id_hash(id);
         if !self.set.insert(h) {
             return false;
@@ -239,6 +244,25 @@ mod tests {
             "unknown watermark: trust clickhouse"
         );
         assert_eq!(c.held_up_to, 500);
+    }
+
+    #[test]
+    fn the_recent_ids_never_grow_while_they_churn() {
+        let mut r = RecentIds::new(2_000);
+        r.insert("id-0");
+        let sized = (r.set.capacity(), r.order.capacity());
+        for i in 1..40_000 {
+            assert!(r.insert(&format!("id-{i}")));
+        }
+        assert_eq!(r.len(), 2_000);
+        // `capacity()` is entries + spare room: tombstones lower it until an in-place
+        // rehash; a grown table would show more.
+        assert!(
+            r.set.capacity() <= sized.0 && r.order.capacity() == sized.1,
+            "sized once, at the first id: {sized:?}, now ({}, {})",
+            r.set.capacity(),
+            r.order.capacity()
+        );
     }
 
     #[test]

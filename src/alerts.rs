@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::debit::{Debit, DebitKind};
 use crate::health::Health;
 use crate::metrics::METRICS;
-use crate::rollup::dedupe::{MAX_PRESIZED, churn_capacity};
+use crate::rollup::dedupe::{churn_capacity, due_for_steady_size, queue_capacity};
 use crate::stage::{Changelog, InputMsg, Outputs, Positions, Processor, Stage, StageSpec};
 
 /// An alert event on the alerts topic. Its id is deterministic: a replay repeats it exactly.
@@ -70,6 +70,8 @@ pub struct SpendAlerts {
     /// not grow RSS by ~130 MB while it fills (issue 25's soak).
     seen: HashSet<u128>,
     seen_order: VecDeque<u128>,
+    /// `seen` and `seen_order` were given their steady size.
+    seen_sized: bool,
     newest_hour: i64,
     seen_capacity: usize,
     tracked: state::Tracked,
@@ -95,13 +97,16 @@ impl SpendAlerts {
         }
     }
 
-    /// Sizes the memory of counted debits for its steady state on its first entry
-    /// ([`churn_capacity`]): it then never grows while it churns at its capacity.
+    /// Reserves the memory of counted debits' steady size once it holds 1/16 of its
+    /// capacity ([`due_for_steady_size`]): from then on it never grows while it churns.
     fn size_seen(&mut self) {
-        if self.seen.capacity() == 0 {
-            self.seen.reserve(churn_capacity(self.seen_capacity));
+        if due_for_steady_size(self.seen.len(), self.seen_capacity, self.seen_sized) {
+            self.seen_sized = true;
+            let len = self.seen.len();
+            self.seen
+                .reserve(churn_capacity(self.seen_capacity).saturating_sub(len));
             self.seen_order
-                .reserve(self.seen_capacity.min(MAX_PRESIZED) + 1);
+                .reserve(queue_capacity(self.seen_capacity).saturating_sub(self.seen_order.len()));
         }
     }
 
@@ -316,9 +321,7 @@ mod tests {
         let mut a = SpendAlerts::new(Thresholds::default());
         a.seen_capacity = 2_000;
         let at = "2026-03-01T10:05:00Z";
-        a.record(&debit("0", "acct", "1", at, DebitKind::ModelCall));
-        let sized = (a.seen.capacity(), a.seen_order.capacity());
-        for i in 1..40_000 {
+        let record = |a: &mut SpendAlerts, i: usize| {
             a.record(&debit(
                 &i.to_string(),
                 "acct",
@@ -326,13 +329,25 @@ mod tests {
                 at,
                 DebitKind::ModelCall,
             ));
+        };
+        for i in 0..125 {
+            record(&mut a, i);
+        }
+        assert!(a.seen.capacity() < 1_000, "small while it is small");
+        for i in 125..2_000 {
+            record(&mut a, i);
+        }
+        let sized = (a.seen.capacity(), a.seen_order.capacity());
+        assert!(sized.0 >= 4_000, "{sized:?}");
+        for i in 2_000..40_000 {
+            record(&mut a, i);
         }
         assert_eq!(a.seen.len(), 2_000);
         // `capacity()` is entries + spare room: tombstones lower it until an in-place
         // rehash; a grown table would show more.
         assert!(
             a.seen.capacity() <= sized.0 && a.seen_order.capacity() == sized.1,
-            "sized once, at the first debit: {sized:?}, now ({}, {})",
+            "sized once: {sized:?}, now ({}, {})",
             a.seen.capacity(),
             a.seen_order.capacity()
         );

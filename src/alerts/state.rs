@@ -129,9 +129,6 @@ impl SpendAlerts {
 
     /// The changelog was read to its end: the debit-id memory is replayed chunk by chunk.
     pub(super) fn restored(&mut self) {
-        if !self.tracked.restoring.is_empty() {
-            self.size_seen();
-        }
         let t = &mut self.tracked;
         for (n, ids) in std::mem::take(&mut t.restoring) {
             for id in ids {

@@ -135,6 +135,8 @@ pub struct LedgerPartition {
     debits: HashMap<DebitDigest, (i64, u64), xxhash_rust::xxh3::Xxh3Builder>,
     /// The digests of `debits` in offset order (16 B a debit: the offset is the map's).
     debit_order: VecDeque<DebitDigest>,
+    /// `debits` and `debit_order` were given their steady size.
+    debits_sized: bool,
     /// During a restore: debit marks of the format keyed by the id (`d/<id>`), to be
     /// re-keyed by digest when the restore ends.
     legacy_debits: HashMap<DebitDigest, String>,

@@ -46,27 +46,38 @@ fn debit_ids_are_forgotten_beyond_the_horizon_with_a_tombstone() {
 
 #[test]
 fn the_debit_memory_never_grows_while_it_churns() {
-    // Sized at its first entry for churning at the horizon (rollup::dedupe::churn_capacity):
-    // without that, the table doubles some way into the churn (docs/design.md).
+    // Its steady size is reserved once it holds 1/16 of the horizon
+    // (rollup::dedupe::due_for_steady_size): without that, the table doubles some way
+    // into the churn (docs/design.md).
     let mut l = LedgerPartition::new(LedgerRules {
         debit_horizon: 2_000,
         ..Default::default()
     });
-    applied(l.apply_debit(&debit("dc_0", "a", d("1")), 0, src("d", 0)));
-    let sized = (l.debits.capacity(), l.debit_order.capacity());
-    for i in 1..40_000 {
+    let debit_at = |l: &mut LedgerPartition, i: i64| {
         let id = format!("dc_{i}");
         applied(l.apply_debit(&debit(&id, "a", d("1")), i as u64, src("d", i)));
         if i % 1_000 == 0 {
             l.take_changes();
         }
+    };
+    for i in 0..125 {
+        debit_at(&mut l, i);
+    }
+    assert!(l.debits.capacity() < 1_000, "small while it is small");
+    for i in 125..2_000 {
+        debit_at(&mut l, i);
+    }
+    let sized = (l.debits.capacity(), l.debit_order.capacity());
+    assert!(sized.0 >= 4_000, "{sized:?}");
+    for i in 2_000..40_000 {
+        debit_at(&mut l, i);
     }
     assert_eq!(l.remembered_debits(), 2_001, "offsets o-2000..=o");
     // `capacity()` is entries + spare room: tombstones lower it until an in-place rehash;
     // a grown table would show more.
     assert!(
         l.debits.capacity() <= sized.0 && l.debit_order.capacity() == sized.1,
-        "sized once, at the first debit: {sized:?}, now ({}, {})",
+        "sized once: {sized:?}, now ({}, {})",
         l.debits.capacity(),
         l.debit_order.capacity()
     );

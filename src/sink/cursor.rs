@@ -8,7 +8,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use crate::rollup::dedupe::{MAX_PRESIZED, PassThroughHasher, churn_capacity};
+use crate::rollup::dedupe::{
+    PassThroughHasher, churn_capacity, due_for_steady_size, queue_capacity,
+};
 
 /// Ids of the last `cap` rows of one output partition (hashed: ~40 B each). The set is keyed
 /// by the ids' xxh3 hashes as they are, without hashing them again with SipHash (`insert`
@@ -17,6 +19,8 @@ pub struct RecentIds {
     cap: usize,
     set: HashSet<u64, BuildHasherDefault<PassThroughHasher>>,
     order: VecDeque<u64>,
+    /// `set` and `order` were given their steady size.
+    sized: bool,
 }
 
 impl RecentIds {
@@ -25,15 +29,21 @@ impl RecentIds {
             cap,
             set: HashSet::default(),
             order: VecDeque::new(),
+            sized: false,
         }
     }
 
-    /// True if new (and remembers it, forgetting the oldest beyond `cap`). The first id
-    /// sizes the memory for churning at `cap` ([`churn_capacity`]): it never grows after.
+    /// True if new (and remembers it, forgetting the oldest beyond `cap`). Once it holds
+    /// 1/16 of `cap` it reserves its steady size ([`due_for_steady_size`]) and never grows
+    /// after.
     pub fn insert(&mut self, id: &str) -> bool {
-        if self.set.capacity() == 0 {
-            self.set.reserve(churn_capacity(self.cap));
-            self.order.reserve(self.cap.min(MAX_PRESIZED) + 1);
+        if due_for_steady_size(self.set.len(), self.cap, self.sized) {
+            self.sized = true;
+            let len = self.set.len();
+            self.set
+                .reserve(churn_capacity(self.cap).saturating_sub(len));
+            self.order
+                .reserve(queue_capacity(self.cap).saturating_sub(self.order.len()));
         }
         let h = crate::event::id_hash(id);
         if !self.set.insert(h) {
@@ -249,9 +259,16 @@ mod tests {
     #[test]
     fn the_recent_ids_never_grow_while_they_churn() {
         let mut r = RecentIds::new(2_000);
-        r.insert("id-0");
+        for i in 0..125 {
+            assert!(r.insert(&format!("id-{i}")));
+        }
+        assert!(r.set.capacity() < 1_000, "small while it is small");
+        for i in 125..2_000 {
+            assert!(r.insert(&format!("id-{i}")));
+        }
         let sized = (r.set.capacity(), r.order.capacity());
-        for i in 1..40_000 {
+        assert!(sized.0 >= 4_000, "{sized:?}");
+        for i in 2_000..40_000 {
             assert!(r.insert(&format!("id-{i}")));
         }
         assert_eq!(r.len(), 2_000);
@@ -259,7 +276,7 @@ mod tests {
         // rehash; a grown table would show more.
         assert!(
             r.set.capacity() <= sized.0 && r.order.capacity() == sized.1,
-            "sized once, at the first id: {sized:?}, now ({}, {})",
+            "sized once: {sized:?}, now ({}, {})",
             r.set.capacity(),
             r.order.capacity()
         );

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Change, DebitDigest, LedgerPartition, debit_digest};
 use crate::ledger::state::{AccountState, Closed, ClosedBy, GrantMark, RefusalMark};
-use crate::rollup::dedupe::{MAX_PRESIZED, churn_capacity};
+use crate::rollup::dedupe::{churn_capacity, due_for_steady_size, queue_capacity};
 
 const ACCOUNT_PREFIX: &[u8] = b"a/";
 const GRANT_PREFIX: &[u8] = b"g/";
@@ -114,13 +114,17 @@ impl LedgerPartition {
         }
     }
 
-    /// Sizes the debit memory for its steady state on its first entry
-    /// ([`churn_capacity`]): it then never grows while it churns at `debit_horizon`.
+    /// Reserves the debit memory's steady size once it holds 1/16 of `debit_horizon`
+    /// ([`due_for_steady_size`]): from then on it never grows while it churns.
     fn size_debit_memory(&mut self) {
-        if self.debits.capacity() == 0 {
-            let bound = usize::try_from(self.rules.debit_horizon).unwrap_or(usize::MAX);
-            self.debits.reserve(churn_capacity(bound));
-            self.debit_order.reserve(bound.min(MAX_PRESIZED) + 1);
+        let bound = usize::try_from(self.rules.debit_horizon).unwrap_or(usize::MAX);
+        if due_for_steady_size(self.debits.len(), bound, self.debits_sized) {
+            self.debits_sized = true;
+            let len = self.debits.len();
+            self.debits
+                .reserve(churn_capacity(bound).saturating_sub(len));
+            self.debit_order
+                .reserve(queue_capacity(bound).saturating_sub(self.debit_order.len()));
         }
     }
 

@@ -53,8 +53,9 @@ pub fn queue_capacity(bound: usize) -> usize {
 /// True when a churning memory holding `len` entries of at most `bound`, not yet given its
 /// steady size (`sized`), should reserve it ([`churn_capacity`], [`queue_capacity`]): once
 /// it holds 1/16 of its bound. Below that it grows as usual, so a quiet partition or a short
-/// run does not write a table of the full size across (the page faults cost ~0.2-0.3 CPU s
-/// per 1M events in a 300k-event cold drain of all stages); a memory that got that far is
+/// run does not write a table of the full size across (reserved at the first entry, the page
+/// faults cost the ledger and alerts +0.3-0.9 CPU s per 1M events in a 300k-event cold
+/// drain of all stages, docs/performance.md); a memory that got that far is
 /// filling, and takes its steady size in one step while it is still small to copy.
 pub fn due_for_steady_size(len: usize, bound: usize, sized: bool) -> bool {
     !sized && len >= bound / 16

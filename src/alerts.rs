@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::debit::{Debit, DebitKind};
 use crate::health::Health;
 use crate::metrics::METRICS;
-use crate::rollup::dedupe::{churn_capacity, due_for_steady_size, queue_capacity};
+use crate::rollup::dedupe::SteadySize;
 use crate::stage::{Changelog, InputMsg, Outputs, Positions, Processor, Stage, StageSpec};
 
 /// An alert event on the alerts topic. Its id is deterministic: a replay repeats it exactly.
@@ -70,8 +70,8 @@ pub struct SpendAlerts {
     /// not grow RSS by ~130 MB while it fills (issue 25's soak).
     seen: HashSet<u128>,
     seen_order: VecDeque<u128>,
-    /// `seen` and `seen_order` were given their steady size.
-    seen_sized: bool,
+    /// When `seen` and `seen_order` take their steady size.
+    seen_sized: SteadySize,
     newest_hour: i64,
     seen_capacity: usize,
     tracked: state::Tracked,
@@ -98,15 +98,12 @@ impl SpendAlerts {
     }
 
     /// Reserves the memory of counted debits' steady size once it holds 1/16 of its
-    /// capacity ([`due_for_steady_size`]): from then on it never grows while it churns.
+    /// capacity ([`SteadySize`]): from then on it never grows while it churns.
     fn size_seen(&mut self) {
-        if due_for_steady_size(self.seen.len(), self.seen_capacity, self.seen_sized) {
-            self.seen_sized = true;
-            let len = self.seen.len();
-            self.seen
-                .reserve(churn_capacity(self.seen_capacity).saturating_sub(len));
-            self.seen_order
-                .reserve(queue_capacity(self.seen_capacity).saturating_sub(self.seen_order.len()));
+        let lens = (self.seen.len(), self.seen_order.len());
+        if let Some((table, queue)) = self.seen_sized.due(lens.0, lens.1, self.seen_capacity) {
+            self.seen.reserve(table);
+            self.seen_order.reserve(queue);
         }
     }
 

@@ -135,8 +135,8 @@ pub struct LedgerPartition {
     debits: HashMap<DebitDigest, (i64, u64), xxhash_rust::xxh3::Xxh3Builder>,
     /// The digests of `debits` in offset order (16 B a debit: the offset is the map's).
     debit_order: VecDeque<DebitDigest>,
-    /// `debits` and `debit_order` were given their steady size.
-    debits_sized: bool,
+    /// When `debits` and `debit_order` take their steady size.
+    debits_sized: crate::rollup::dedupe::SteadySize,
     /// During a restore: debit marks of the format keyed by the id (`d/<id>`), to be
     /// re-keyed by digest when the restore ends.
     legacy_debits: HashMap<DebitDigest, String>,
@@ -367,17 +367,16 @@ impl LedgerPartition {
             );
             return self.refuse_grant(g, r);
         }
-        // A voucher redemption was decided (and answered "granted") by the voucher stage
-        // from the request's time; if the ledger's clock has passed the credits' expiry by
-        // the time it reads the grant (the voucher stage lagged), the grant is applied and
-        // expires at once below: a decided redemption is never refused here.
-        let late_voucher = match (g.expires_at, self.clock) {
-            (Some(exp), Some(clock)) if exp <= clock && g.kind == GrantKind::Voucher => Some(clock),
+        // A grant whose expiry the partition's clock has passed is refused, except a voucher
+        // grant: the voucher stage decided that redemption (and answered "granted") from the
+        // request's time; read late (the voucher stage lagged), it is applied and expires at
+        // once below: a decided redemption is never refused here.
+        let past_clock = match (g.expires_at, self.clock) {
+            (Some(exp), Some(clock)) if exp <= clock => Some((exp, clock)),
             _ => None,
         };
-        if let (Some(exp), Some(clock)) = (g.expires_at, self.clock)
-            && exp <= clock
-            && late_voucher.is_none()
+        if let Some((exp, clock)) = past_clock
+            && g.kind != GrantKind::Voucher
         {
             let r = Rejection::new(
                 RejectReason::AlreadyExpired,
@@ -461,7 +460,7 @@ impl LedgerPartition {
         );
         self.put_grant_mark(&key, mark);
         self.forget_refusal(&key);
-        if let Some(clock) = late_voucher {
+        if let Some((_, clock)) = past_clock {
             self.due(&g.account_id, clock, &source, &mut fx);
         }
         let mut answer = self.grant_answer(g, Verdict::Applied, None, message);

@@ -47,7 +47,7 @@ fn debit_ids_are_forgotten_beyond_the_horizon_with_a_tombstone() {
 #[test]
 fn the_debit_memory_never_grows_while_it_churns() {
     // Its steady size is reserved once it holds 1/16 of the horizon
-    // (rollup::dedupe::due_for_steady_size): without that, the table doubles some way
+    // (rollup::dedupe::SteadySize): without that, the table doubles some way
     // into the churn (docs/design.md).
     let mut l = LedgerPartition::new(LedgerRules {
         debit_horizon: 2_000,

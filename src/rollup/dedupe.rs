@@ -29,36 +29,48 @@ impl Hasher for PassThroughHasher {
 
 pub type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<PassThroughHasher>>;
 
-/// Largest bound [`churn_capacity`] reserves for; a larger memory grows past it as it fills.
+/// Largest bound [`SteadySize`] reserves for; a larger memory grows past it as it fills.
 pub const MAX_PRESIZED: usize = 1 << 20;
 
-/// The capacity to reserve for a hash table that churns at `bound` entries (one insert and
-/// one removal per message once full): twice the bound, capped at 2 x [`MAX_PRESIZED`].
+/// When a churning memory (a hash table of at most `bound` entries plus its expiry queue,
+/// one in and one out per message once full) takes its steady size: the table twice the
+/// bound, the queue the bound (capped at [`MAX_PRESIZED`]), once the table holds 1/16 of
+/// the bound.
 ///
-/// Rust's `HashMap` (hashbrown) leaves tombstones on removal and, when they use up its
-/// spare room, rehashes in place only while at most half its capacity is in use, else it
-/// doubles. A table sized only for `bound` therefore doubles once, some 100 000 inserts
-/// after it fills (at a debits partition's rate, ~27 minutes into a run); reserved at twice
-/// the bound it never grows (docs/design.md, "When a bounded memory reaches its steady
-/// size").
-pub fn churn_capacity(bound: usize) -> usize {
-    bound.min(MAX_PRESIZED).saturating_mul(2)
+/// Why twice: Rust's `HashMap` (hashbrown) leaves tombstones on removal and, when they use
+/// up its spare room, rehashes in place only while at most half its capacity is in use,
+/// else it doubles. A table sized only for `bound` therefore doubles once, some 100 000
+/// inserts after it fills (at a debits partition's rate, ~27 minutes into a run); reserved
+/// at twice the bound it never grows (docs/design.md, "When a bounded memory reaches its
+/// steady size"). Why at 1/16: below that it grows as usual, so a quiet partition or a
+/// short run does not write a table of the full size across (reserved at the first entry,
+/// the page faults cost the ledger and alerts +0.3-0.9 CPU s per 1M events in a 300k-event
+/// cold drain of all stages, docs/performance.md); a memory that got that far is filling,
+/// and takes its steady size in one step while it is still small to copy.
+#[derive(Debug, Default)]
+pub struct SteadySize {
+    reserved: bool,
 }
 
-/// The capacity to reserve for the expiry queue of a memory bounded at `bound` entries.
-pub fn queue_capacity(bound: usize) -> usize {
-    bound.min(MAX_PRESIZED) + 1
-}
-
-/// True when a churning memory holding `len` entries of at most `bound`, not yet given its
-/// steady size (`sized`), should reserve it ([`churn_capacity`], [`queue_capacity`]): once
-/// it holds 1/16 of its bound. Below that it grows as usual, so a quiet partition or a short
-/// run does not write a table of the full size across (reserved at the first entry, the page
-/// faults cost the ledger and alerts +0.3-0.9 CPU s per 1M events in a 300k-event cold
-/// drain of all stages, docs/performance.md); a memory that got that far is
-/// filling, and takes its steady size in one step while it is still small to copy.
-pub fn due_for_steady_size(len: usize, bound: usize, sized: bool) -> bool {
-    !sized && len >= bound / 16
+impl SteadySize {
+    /// The first time the table holds `table_len >= bound / 16` entries: how many entries
+    /// to `reserve` beyond the current ones, (table, queue); `None` before and after.
+    pub fn due(
+        &mut self,
+        table_len: usize,
+        queue_len: usize,
+        bound: usize,
+    ) -> Option<(usize, usize)> {
+        if self.reserved || table_len < bound / 16 {
+            return None;
+        }
+        self.reserved = true;
+        let bound = bound.min(MAX_PRESIZED);
+        Some((
+            bound.saturating_mul(2).saturating_sub(table_len),
+            (bound + 1).saturating_sub(queue_len),
+        ))
+    }
 }
 
 /// What the memory says about an event id.

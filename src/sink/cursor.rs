@@ -8,9 +8,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use crate::rollup::dedupe::{
-    PassThroughHasher, churn_capacity, due_for_steady_size, queue_capacity,
-};
+use crate::rollup::dedupe::{PassThroughHasher, SteadySize};
 
 /// Ids of the last `cap` rows of one output partition (hashed: ~40 B each). The set is keyed
 /// by the ids' xxh3 hashes as they are, without hashing them again with SipHash (`insert`
@@ -19,8 +17,8 @@ pub struct RecentIds {
     cap: usize,
     set: HashSet<u64, BuildHasherDefault<PassThroughHasher>>,
     order: VecDeque<u64>,
-    /// `set` and `order` were given their steady size.
-    sized: bool,
+    /// When `set` and `order` take their steady size.
+    sized: SteadySize,
 }
 
 impl RecentIds {
@@ -29,21 +27,17 @@ impl RecentIds {
             cap,
             set: HashSet::default(),
             order: VecDeque::new(),
-            sized: false,
+            sized: SteadySize::default(),
         }
     }
 
     /// True if new (and remembers it, forgetting the oldest beyond `cap`). Once it holds
-    /// 1/16 of `cap` it reserves its steady size ([`due_for_steady_size`]) and never grows
+    /// 1/16 of `cap` it reserves its steady size ([`SteadySize`]) and never grows
     /// after.
     pub fn insert(&mut self, id: &str) -> bool {
-        if due_for_steady_size(self.set.len(), self.cap, self.sized) {
-            self.sized = true;
-            let len = self.set.len();
-            self.set
-                .reserve(churn_capacity(self.cap).saturating_sub(len));
-            self.order
-                .reserve(queue_capacity(self.cap).saturating_sub(self.order.len()));
+        if let Some((table, queue)) = self.sized.due(self.set.len(), self.order.len(), self.cap) {
+            self.set.reserve(table);
+            self.order.reserve(queue);
         }
         let h = crate::event::id_hash(id);
         if !self.set.insert(h) {

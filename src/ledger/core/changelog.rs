@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Change, DebitDigest, LedgerPartition, debit_digest};
 use crate::ledger::state::{AccountState, Closed, ClosedBy, GrantMark, RefusalMark};
-use crate::rollup::dedupe::{churn_capacity, due_for_steady_size, queue_capacity};
 
 const ACCOUNT_PREFIX: &[u8] = b"a/";
 const GRANT_PREFIX: &[u8] = b"g/";
@@ -115,16 +114,13 @@ impl LedgerPartition {
     }
 
     /// Reserves the debit memory's steady size once it holds 1/16 of `debit_horizon`
-    /// ([`due_for_steady_size`]): from then on it never grows while it churns.
+    /// ([`crate::rollup::dedupe::SteadySize`]): from then on it never grows while it churns.
     fn size_debit_memory(&mut self) {
         let bound = usize::try_from(self.rules.debit_horizon).unwrap_or(usize::MAX);
-        if due_for_steady_size(self.debits.len(), bound, self.debits_sized) {
-            self.debits_sized = true;
-            let len = self.debits.len();
-            self.debits
-                .reserve(churn_capacity(bound).saturating_sub(len));
-            self.debit_order
-                .reserve(queue_capacity(bound).saturating_sub(self.debit_order.len()));
+        let lens = (self.debits.len(), self.debit_order.len());
+        if let Some((table, queue)) = self.debits_sized.due(lens.0, lens.1, bound) {
+            self.debits.reserve(table);
+            self.debit_order.reserve(queue);
         }
     }
 

@@ -24,7 +24,9 @@ use crate::debit::{Debit, DebitKind};
 use crate::health::Health;
 use crate::metrics::METRICS;
 use crate::rollup::dedupe::SteadySize;
-use crate::stage::{Changelog, InputMsg, Outputs, Positions, Processor, Stage, StageSpec};
+use crate::stage::{
+    Changelog, Guarantee, InputMsg, Outputs, Positions, Processor, Stage, StageSpec,
+};
 
 /// An alert event on the alerts topic. Its id is deterministic: a replay repeats it exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,7 +273,9 @@ pub fn run_with(
         name: "alerts",
         group_id: cfg.kafka.alerts_group_id.clone(),
         inputs: vec![cfg.topics.debits.clone()],
-        changelog: cfg.topics.alerts_state.clone(),
+        guarantee: Guarantee::Transactional {
+            changelog: cfg.topics.alerts_state.clone(),
+        },
         commit_interval: COMMIT_INTERVAL,
         max_batch: usize::MAX,
         punctuate_every: None,

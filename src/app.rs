@@ -1,5 +1,5 @@
 //! Wiring: the whole topology of `run` on one screen. Catalog and plans feeds -> rating pipeline
-//! (thread) -> output topics; ClickHouse sink (task), spend alerts (thread) and the credits
+//! (thread) -> output topics; ClickHouse sink (thread), spend alerts (thread) and the credits
 //! ledger and vouchers (threads) read those topics; the HTTP server reports on all of them. One shutdown token: SIGTERM/SIGINT, or any
 //! stage ending on its own, cancels it; each stage then drains within `pipeline.drain_timeout`.
 
@@ -19,7 +19,7 @@ use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::ledger::view::follow::SharedLedgerView;
 use crate::pipeline::Pipeline;
-use crate::sink::{self, Sink};
+use crate::sink;
 use stages::Stages;
 
 /// Which stages this process runs.
@@ -164,8 +164,8 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         })?;
     }
     if with_sink {
-        let sink = Sink::new(&cfg, health.clone())?;
-        stages.task("sink", move |stop| sink.run(stop));
+        let (c, h, rt) = (cfg.clone(), health.clone(), tokio::runtime::Handle::current());
+        stages.thread("sink", move |stop| sink::run(&c, h, rt, &stop))?;
     }
 
     let h = health.clone();

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::METRICS;
-use crate::stage::{Stage, StageError, StageSpec};
+use crate::stage::{Guarantee, Stage, StageError, StageSpec};
 use core::LedgerRules;
 use grant::GrantRules;
 use processors::{LedgerProcessor, VoucherProcessor};
@@ -111,7 +111,9 @@ fn spec(
         name,
         group_id: group.to_string(),
         inputs,
-        changelog: changelog.to_string(),
+        guarantee: Guarantee::Transactional {
+            changelog: changelog.to_string(),
+        },
         commit_interval: cfg.ledger.commit_interval,
         max_batch: cfg.ledger.max_batch,
         punctuate_every,

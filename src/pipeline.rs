@@ -27,7 +27,7 @@ use crate::plans::PlansHandle;
 use crate::rating::PricingHandle;
 use crate::rollup::{OpenExecutionView, Output, PartitionRollup, RollupConfig};
 use crate::stage::{
-    ChangeSink, Changelog, InputMsg, Outputs, Positions, Processor, Record, Stage, StageError,
+    ChangeSink, Changelog, Guarantee, InputMsg, Outputs, Positions, Processor, Record, Stage, StageError,
     StageSpec,
 };
 use emit::Emitter;
@@ -270,7 +270,9 @@ impl Pipeline {
             name: "pipeline",
             group_id: cfg.kafka.group_id.clone(),
             inputs: vec![cfg.topics.usage_events.clone()],
-            changelog: cfg.topics.state.clone(),
+            guarantee: Guarantee::Transactional {
+                changelog: cfg.topics.state.clone(),
+            },
             commit_interval: cfg.pipeline.checkpoint_interval,
             max_batch: usize::MAX,
             punctuate_every: Some(MARKER_EVERY),

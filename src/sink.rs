@@ -1,15 +1,17 @@
 //! ClickHouse sink: the committed output topics (one per table, see [`tables`]) in, as its
-//! own consumer group; batched RowBinary inserts out, each row exactly once.
+//! own consumer group; batched RowBinary inserts out, each row exactly once. A stage on the
+//! stage runtime ([`crate::stage`]) under [`Guarantee::StoreThenOffsets`]: ClickHouse is its
+//! store (docs/design.md, "The sink and the stage runtime").
 //!
 //! Exactly once without merges: every row keeps its output-topic partition and offset. When a
-//! partition is assigned (the stage runtime's rule: restore, then assign; see
-//! docs/design.md "The sink and the stage runtime"), the sink asks ClickHouse for the highest offset it holds and the
-//! ids of recent rows ([`cursor`]); older messages are skipped, and a repeated id (a replay of
-//! the rating pipeline) is not inserted again. Offsets are committed only after the insert
-//! succeeded ([`insert`]: transient faults retried forever, refused rows dead-lettered).
+//! partition is assigned ([`Processor::resume`], before the runtime assigns it), the sink asks
+//! ClickHouse for the highest offset it holds and the ids of recent rows ([`cursor`]); older
+//! messages are skipped, and a repeated id (a replay of the rating pipeline) is not inserted
+//! again. The runtime commits offsets only after the insert succeeded ([`Processor::flush`];
+//! [`insert`]: transient faults retried forever, refused rows dead-lettered).
 //!
-//! This file is the loop: one generic pass over the tables' [`table::Lane`]s; it never names
-//! a table.
+//! This file is the processor: one generic pass over the tables' [`table::Lane`]s; it never
+//! names a table.
 
 pub mod cursor;
 pub mod errors;
@@ -23,23 +25,22 @@ pub mod tables;
 #[cfg(test)]
 mod tests_line_scan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClickHouseConfig, Config};
 use crate::health::{Health, now_ms};
-use crate::kafka;
 use crate::metrics::METRICS;
 use crate::rejection::{DeadLetter, RejectReason, Rejection};
-use crate::stage::{Positions, StageContext};
+use crate::stage::{
+    Changelog, Guarantee, InputMsg, InputPartitions, Outputs, Positions, Processor, Stage,
+    StageSpec,
+};
 use cursor::{Cursor, Resumed};
 use insert::{FIRST_BACKOFF, Inserter, next_backoff};
 use rows::Source;
@@ -81,44 +82,65 @@ pub fn client(cfg: &ClickHouseConfig) -> anyhow::Result<clickhouse::Client> {
     Ok(c)
 }
 
-/// The sink task: one loop over every table's lane.
+/// Runs the sink on the stage runtime until `stop` is cancelled (a thread's body; `rt` runs
+/// the ClickHouse client's futures).
+pub fn run(
+    cfg: &Config,
+    health: Arc<Health>,
+    rt: Handle,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let sink = Sink::new(cfg, health, rt, stop.clone())?;
+    Stage::new(cfg, spec(cfg), sink)?.run(stop)?;
+    Ok(())
+}
+
+/// The sink's stage: every table's topic, resumed in the tables' order (usage lines and
+/// debits first); ClickHouse is the store ([`Guarantee::StoreThenOffsets`]); the ClickHouse
+/// ping every 2 s is its punctuation. Not judged by the stall watchdog (no `health`): it
+/// waits out a ClickHouse outage by design.
+pub fn spec(cfg: &Config) -> StageSpec {
+    StageSpec {
+        name: STAGE,
+        group_id: cfg.kafka.sink_group_id.clone(),
+        inputs: tables::lanes(&cfg.topics)
+            .iter()
+            .map(|l| l.topic().to_string())
+            .collect(),
+        guarantee: Guarantee::StoreThenOffsets,
+        commit_interval: cfg.sink.batch_age,
+        max_batch: usize::MAX,
+        punctuate_every: Some(PING_EVERY),
+        consumer: vec![("queued.max.messages.kbytes", "65536".into())],
+        health: None,
+    }
+}
+
+/// How often the sink asks ClickHouse `SELECT 1` for its readiness.
+const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// The sink's processor: one pass over every table's lane; ClickHouse is its state.
 pub struct Sink {
     cfg: Config,
-    consumer: Arc<StreamConsumer<StageContext>>,
-    producer: FutureProducer,
+    rt: Handle,
+    stop: CancellationToken,
     health: Arc<Health>,
     inserter: Inserter,
     lanes: Vec<Box<dyn Lane>>,
-    /// Resume cursor per (lane index, output partition), loaded when first seen.
+    /// Resume cursor per (lane index, output partition), loaded at assignment.
     cursors: HashMap<(usize, i32), Cursor>,
-    /// Messages read per lane since its last write (`usage_agg_stage_input_messages_total`).
-    read: Vec<u64>,
-    /// Assigned partitions whose resume point is not loaded yet (topic, partition).
-    unresumed: Vec<(String, i32)>,
 }
 
 /// The sink's name in the stage runtime's metrics (`usage_agg_stage_*{stage="sink"}`).
 const STAGE: &str = "sink";
 
 impl Sink {
-    pub fn new(cfg: &Config, health: Arc<Health>) -> anyhow::Result<Sink> {
-        let mut c = kafka::group_config(
-            cfg,
-            &cfg.kafka.sink_group_id,
-            "sink",
-            &[
-                ("statistics.interval.ms", "1000"),
-                ("queued.max.messages.kbytes", "65536"),
-            ],
-        );
-        // Eager assignors only: `StageContext` revokes everything, then assigns whole.
-        c.set("partition.assignment.strategy", "range,roundrobin");
-        let consumer: StreamConsumer<StageContext> =
-            c.create_with_context(StageContext::new(STAGE))?;
-        let lanes = tables::lanes(&cfg.topics);
-        let lanes_len = lanes.len();
-        let topics: Vec<&str> = lanes.iter().map(|l| l.topic()).collect();
-        consumer.subscribe(&topics)?;
+    pub fn new(
+        cfg: &Config,
+        health: Arc<Health>,
+        rt: Handle,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Sink> {
         health.sink_enabled.store(true, Ordering::Relaxed);
         Ok(Sink {
             inserter: Inserter {
@@ -127,14 +149,12 @@ impl Sink {
                 health: health.clone(),
                 max_backoff: cfg.sink.max_backoff,
             },
-            producer: kafka::producer_config(cfg).create()?,
             cfg: cfg.clone(),
-            consumer: Arc::new(consumer),
+            rt,
+            stop,
             health,
-            lanes,
+            lanes: tables::lanes(&cfg.topics),
             cursors: HashMap::new(),
-            read: vec![0; lanes_len],
-            unresumed: Vec::new(),
         })
     }
 
@@ -142,209 +162,55 @@ impl Sink {
         self.lanes.iter().position(|l| l.topic() == topic)
     }
 
-    /// Runs until the token is cancelled; flushes and commits on the way out.
-    pub async fn run(mut self, stop: CancellationToken) -> anyhow::Result<()> {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut last_ping = Instant::now() - Duration::from_secs(60);
-        let consumer = self.consumer.clone();
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                m = consumer.recv() => {
-                    match m {
-                        Ok(m) => {
-                            self.rebalance().await?;
-                            self.accept(&m).await;
-                        }
-                        // Fatal (e.g. `FencedInstanceId` after the group coordinator's node
-                        // was SIGKILLed): this consumer never delivers again; the process
-                        // exits and its supervisor restarts it from the committed offsets.
-                        Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
-                            anyhow::bail!("sink consumer failed for good: {e}")
-                        }
-                        Err(e) => tracing::warn!(error = %e, "sink consumer error"),
-                    }
-                }
-                _ = tick.tick() => {
-                    self.rebalance().await?;
-                    if last_ping.elapsed() > Duration::from_secs(2) {
-                        let r = self.inserter.ch.query("SELECT 1").execute().await;
-                        self.health.clickhouse(
-                            r.map_err(|e| errors::describe(&self.cfg.clickhouse, &e)),
-                        );
-                        last_ping = Instant::now();
-                        self.update_lag();
-                    }
-                }
-            }
-            self.flush_due(false).await?;
-        }
-        self.flush_due(true).await?;
-        Ok(())
+    fn until_stopped<F: Future>(&self, fut: F) -> Option<F::Output> {
+        until_stopped(&self.rt, &self.stop, self.cfg.pipeline.drain_timeout, fut)
     }
 
-    /// The stage runtime's rebalance rule (`crate::stage`), with ClickHouse as the state: a
-    /// revocation forgets every cursor and buffered row (not committed, so the next owner
-    /// reads them again); an assignment first loads each partition's resume point from
-    /// ClickHouse (retried while it is down), then assigns at the group's committed offsets.
-    async fn rebalance(&mut self) -> anyhow::Result<()> {
-        if !self.consumer.context().flagged.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let pending = self.consumer.context().take();
-        if pending.revoked {
-            for ((lane, p), _) in std::mem::take(&mut self.cursors) {
-                self.lanes[lane].drop_partition(p);
-                METRICS
-                    .stage
-                    .consumer_lag
-                    .with_label_values(&[STAGE, &p.to_string()])
-                    .set(0);
-            }
-            self.read.iter_mut().for_each(|n| *n = 0);
-            self.consumer.context().clear_lag();
-        }
-        let assigned: Option<Vec<(String, i32)>> = pending.assign.map(|tpl| {
-            tpl.elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect()
-        });
-        if let Some(mut parts) = assigned {
-            // In the tables' order (usage lines and debits first), partition by partition.
-            parts.sort_by_key(|(t, p)| (self.lane_of(t).unwrap_or(usize::MAX), *p));
-            self.unresumed = parts.clone();
-            for (topic, p) in &parts {
-                if let Some(lane) = self.lane_of(topic) {
-                    let started = Instant::now();
-                    self.cursor(lane, *p).await;
-                    self.unresumed.retain(|(t, q)| (t, q) != (topic, p));
-                    METRICS
-                        .stage
-                        .restore_seconds
-                        .with_label_values(&[STAGE])
-                        .observe(started.elapsed().as_secs_f64());
-                }
-            }
-            let mut tpl = TopicPartitionList::new();
-            for (topic, p) in &parts {
-                tpl.add_partition(topic, *p);
-            }
-            self.consumer.assign(&tpl)?;
-            tracing::info!(
-                stage = STAGE,
-                partitions = tpl.count(),
-                "partitions assigned"
-            );
-        }
-        Ok(())
-    }
-
-    /// Lag per (topic, partition) under the sink's names, per partition number (summed
-    /// over the topics) under the stage runtime's, and in all into [`Health`].
-    fn update_lag(&self) {
-        let ctx = self.consumer.context();
-        let mut total = 0;
-        let mut owned: BTreeMap<i32, Positions> = BTreeMap::new();
-        for ((lane, p), c) in &self.cursors {
-            let topic = self.lanes[*lane].topic();
-            owned
-                .entry(*p)
-                .or_default()
-                .insert(topic.to_string(), c.next);
-            if let Some(lag) = ctx.topic_lag(topic, *p, c.next) {
-                total += lag;
-                METRICS
-                    .sink_lag
-                    .with_label_values(&[topic, &p.to_string()])
-                    .set(lag);
-            }
-        }
-        for (p, pos) in &owned {
-            METRICS
-                .stage
-                .consumer_lag
-                .with_label_values(&[STAGE, &p.to_string()])
-                .set(ctx.lag(*p, pos));
-        }
-        self.health.sink_lag.store(total, Ordering::Relaxed);
-    }
-
-    /// The lag of the partitions whose resume point is not known yet (assigned, waiting for
-    /// ClickHouse): each one's high watermark minus the group's committed offset (or its low
-    /// watermark when nothing is committed), per partition and summed into [`Health`].
-    fn waiting_lag(&self) {
-        let c = &self.consumer;
-        let t = Duration::from_secs(5);
-        let mut total = 0;
-        for (topic, p) in &self.unresumed {
-            let lag = tokio::task::block_in_place(|| {
-                let (lo, hi) = c.fetch_watermarks(topic, *p, t).ok()?;
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(topic, *p);
-                let committed = c.committed_offsets(tpl, t).ok()?;
-                let from = match committed.find_partition(topic, *p)?.offset() {
-                    Offset::Offset(o) => o,
-                    _ => lo,
-                };
-                Some(waiting(hi, from))
-            });
-            if let Some(lag) = lag {
-                total += lag;
-                METRICS
-                    .sink_lag
-                    .with_label_values(&[topic, &p.to_string()])
-                    .set(lag);
-            }
-        }
-        self.health.sink_lag.store(total, Ordering::Relaxed);
-    }
-
-    /// The partition's cursor, loaded from ClickHouse when first seen (retried until
-    /// ClickHouse answers).
-    async fn cursor(&mut self, lane: usize, p: i32) -> &mut Cursor {
-        if !self.cursors.contains_key(&(lane, p)) {
-            let cursor = self.load_cursor(lane, p).await;
-            self.cursors.insert((lane, p), cursor);
-        }
-        self.cursors.get_mut(&(lane, p)).expect("inserted")
-    }
-
-    async fn load_cursor(&self, lane: usize, p: i32) -> Cursor {
+    /// Reads what ClickHouse holds of partition `p` of lane `lane` (retried while it is
+    /// down, the waiting lag reported between tries) into the partition's cursor.
+    fn load_cursor(
+        &self,
+        lane: usize,
+        p: i32,
+        inputs: &InputPartitions<'_>,
+    ) -> Result<Cursor, String> {
         let l = &self.lanes[lane];
         let window = self.cfg.sink.dedupe_window_rows;
         let mut backoff = FIRST_BACKOFF;
         let held = loop {
-            match cursor::held(&self.inserter.ch, l.name(), l.id_sql(), p, window).await {
-                Ok(h) => break h,
-                Err(e) => {
-                    let why = errors::describe(&self.cfg.clickhouse, &e);
-                    tracing::warn!(
-                        table = l.name(),
-                        partition = p,
-                        "cannot read resume point from clickhouse; retrying: {why}"
-                    );
-                    self.health.clickhouse(Err(why));
-                    // Counted and measured here too: while the resume point cannot be read,
-                    // nothing is inserted, and the rows wait in Kafka (SinkInsertRetries,
-                    // SinkLag).
-                    METRICS.sink_retries.with_label_values(&[l.name()]).inc();
-                    self.waiting_lag();
-                    tokio::time::sleep(backoff).await;
-                    backoff = next_backoff(backoff, self.cfg.sink.max_backoff);
-                }
+            let read = cursor::held(&self.inserter.ch, l.name(), l.id_sql(), p, window);
+            let e = match self.until_stopped(read) {
+                Some(Ok(h)) => break h,
+                Some(Err(e)) => e,
+                None => return Err("stopping while ClickHouse was read".into()),
+            };
+            let why = errors::describe(&self.cfg.clickhouse, &e);
+            tracing::warn!(
+                table = l.name(),
+                partition = p,
+                "cannot read resume point from clickhouse; retrying: {why}"
+            );
+            self.health.clickhouse(Err(why));
+            // Counted and measured here too: while the resume point cannot be read, nothing
+            // is inserted, and the rows wait in Kafka (SinkInsertRetries, SinkLag).
+            METRICS.sink_retries.with_label_values(&[l.name()]).inc();
+            let mut total = 0;
+            for (topic, q, lag) in inputs.waiting() {
+                total += lag;
+                METRICS
+                    .sink_lag
+                    .with_label_values(&[&topic, &q.to_string()])
+                    .set(lag);
             }
+            self.health.sink_lag.store(total, Ordering::Relaxed);
+            if self.stop.is_cancelled() {
+                return Err("stopping while ClickHouse was unreachable".into());
+            }
+            std::thread::sleep(backoff);
+            backoff = next_backoff(backoff, self.cfg.sink.max_backoff);
         };
-        let topic = l.topic().to_string();
-        let consumer = self.consumer.clone();
-        let high = tokio::task::block_in_place(|| {
-            consumer
-                .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                .map(|(_, h)| h)
-        })
-        .ok();
-        let (cursor, resumed) = Cursor::resume(held, high, window);
+        let topic = l.topic();
+        let (cursor, resumed) = Cursor::resume(held, inputs.high_watermark(topic, p), window);
         if let Resumed::Recreated {
             high_watermark,
             held,
@@ -365,41 +231,11 @@ impl Sink {
             recent = cursor.recent.len(),
             "sink partition resumed from clickhouse"
         );
-        cursor
-    }
-
-    /// Offers one message to its table: skipped if ClickHouse holds it, dropped if its id
-    /// was seen, dead-lettered if it cannot become a row, else buffered.
-    async fn accept(&mut self, m: &BorrowedMessage<'_>) {
-        let Some(lane) = self.lane_of(m.topic()) else {
-            return;
-        };
-        let (p, o) = (m.partition(), m.offset());
-        if !self.cursor(lane, p).await.admit(o) {
-            return;
-        }
-        let payload = m.payload().unwrap_or_default();
-        let src = Source {
-            partition: p,
-            offset: o,
-            ingested_at: (now_ms() / 1000) as u32,
-        };
-        self.read[lane] += 1;
-        let cursor = self.cursors.get_mut(&(lane, p)).expect("cursor loaded");
-        match self.lanes[lane].accept(cursor, payload, src, Instant::now()) {
-            Ok(Accepted::Buffered) => {}
-            Ok(Accepted::Duplicate) => {
-                METRICS
-                    .sink_duplicates
-                    .with_label_values(&[self.lanes[lane].name()])
-                    .inc();
-            }
-            Err(e) => self.reject(lane, p, o, payload, &e.to_string()).await,
-        }
+        Ok(cursor)
     }
 
     /// Sends an output message the sink cannot store to the dead-letter topic.
-    async fn reject(&self, lane: usize, p: i32, o: i64, bytes: &[u8], why: &str) {
+    fn reject(&self, lane: usize, p: i32, o: i64, bytes: &[u8], why: &str, out: &mut Outputs) {
         let l = &self.lanes[lane];
         METRICS
             .events_rejected
@@ -423,42 +259,21 @@ impl Sink {
             o,
         );
         let payload = serde_json::to_vec(&dl).expect("dead letter serializes");
-        let key = dl.id();
-        if let Err((e, _)) = self
-            .producer
-            .send(
-                FutureRecord::to(&self.cfg.topics.dead_letter)
-                    .key(&key)
-                    .payload(&payload),
-                Duration::from_secs(30),
-            )
-            .await
-        {
-            tracing::error!(error = %e, "cannot dead-letter a refused row");
-        }
+        out.send(&self.cfg.topics.dead_letter, dl.id().as_bytes(), &payload);
     }
 
-    /// Writes every table whose batch is due (all of them when `force`).
-    async fn flush_due(&mut self, force: bool) -> anyhow::Result<()> {
-        let now = Instant::now();
-        for lane in 0..self.lanes.len() {
-            if self.lanes[lane].is_due(&self.cfg.sink, now, force) {
-                self.write(lane).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Inserts a table's batch, dead-letters what ClickHouse refused, then commits every
-    /// offset read from the table's topic so far (inserted or skipped).
-    async fn write(&mut self, lane: usize) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let written = self.lanes[lane].write(&self.inserter).await;
+    /// Inserts a table's batch (dead-lettering what ClickHouse refused); false if the
+    /// process stopped first (nothing of it is committed).
+    fn write(&mut self, lane: usize, out: &mut Outputs) -> bool {
+        let grace = self.cfg.pipeline.drain_timeout;
+        let write = self.lanes[lane].write(&self.inserter);
+        let Some(written) = until_stopped(&self.rt, &self.stop, grace, write) else {
+            return false;
+        };
         let name = self.lanes[lane].name();
         if let Some(w) = written {
             for r in &w.refused {
-                self.reject(lane, r.partition, r.offset, &r.row, &r.error)
-                    .await;
+                self.reject(lane, r.partition, r.offset, &r.row, &r.error, out);
             }
             METRICS
                 .sink_insert_latency
@@ -474,38 +289,141 @@ impl Sink {
                 .inc_by(w.rows as u64);
             METRICS.sink_last_insert.set(now_ms() as f64 / 1000.0);
         }
-        let topic = self.lanes[lane].topic();
-        let mut tpl = TopicPartitionList::new();
-        for ((l, p), c) in &self.cursors {
-            if *l == lane && c.next > 0 {
-                tpl.add_partition_offset(topic, *p, Offset::Offset(c.next))?;
-            }
-        }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
-        {
-            tracing::warn!(error = %e, "sink offset commit failed; resume uses clickhouse offsets");
-        }
-        self.health
-            .sink_last_progress_ms
-            .store(now_ms(), Ordering::Relaxed);
-        let m = &METRICS.stage;
-        m.input_messages
-            .with_label_values(&[STAGE])
-            .inc_by(std::mem::take(&mut self.read[lane]));
-        m.commit_seconds
-            .with_label_values(&[STAGE])
-            .observe(started.elapsed().as_secs_f64());
-        m.last_commit
-            .with_label_values(&[STAGE])
-            .set(now_ms() as f64 / 1000.0);
-        Ok(())
+        true
     }
 }
 
-/// Messages waiting in a partition read from `from` up to the high watermark `hi`.
-fn waiting(hi: i64, from: i64) -> i64 {
-    (hi - from).max(0)
+impl Processor for Sink {
+    /// Offers one message to its table: skipped if ClickHouse holds it, dropped if its id
+    /// was seen, dead-lettered if it cannot become a row, else buffered.
+    fn process(&mut self, msg: &InputMsg<'_>, out: &mut Outputs<'_>) {
+        let Some(lane) = self.lane_of(msg.topic) else {
+            return;
+        };
+        let (p, o) = (msg.partition, msg.offset);
+        let Some(cursor) = self.cursors.get_mut(&(lane, p)) else {
+            return; // not resumed: the process is stopping
+        };
+        if !cursor.admit(o) {
+            return;
+        }
+        let src = Source {
+            partition: p,
+            offset: o,
+            ingested_at: (now_ms() / 1000) as u32,
+        };
+        match self.lanes[lane].accept(cursor, msg.payload, src, Instant::now()) {
+            Ok(Accepted::Buffered) => {}
+            Ok(Accepted::Duplicate) => {
+                METRICS
+                    .sink_duplicates
+                    .with_label_values(&[self.lanes[lane].name()])
+                    .inc();
+            }
+            Err(e) => self.reject(lane, p, o, msg.payload, &e.to_string(), out),
+        }
+    }
+
+    /// ClickHouse's readiness (`SELECT 1`).
+    fn punctuate(&mut self, _now_ms: u64, _out: &mut Outputs<'_>) {
+        let ping = self.inserter.ch.query("SELECT 1").execute();
+        if let Some(r) = self.until_stopped(ping) {
+            let r = r.map_err(|e| errors::describe(&self.cfg.clickhouse, &e));
+            self.health.clickhouse(r);
+        }
+    }
+
+    /// Never called: the state is ClickHouse's, not a changelog.
+    fn changes(&mut self, _partition: i32, _log: &mut Changelog<'_>) {}
+
+    fn restore(&mut self, _: i32, _: &[u8], _: Option<&[u8]>) -> Result<(), String> {
+        Err("the ClickHouse sink has no changelog".into())
+    }
+
+    fn restored(&mut self, _: i32, _: &Positions) -> Result<(), String> {
+        Err("the ClickHouse sink has no changelog".into())
+    }
+
+    /// A revocation forgets the partition's cursors and buffered rows (not committed, so the
+    /// next owner reads them again).
+    fn drop_partition(&mut self, partition: i32) {
+        for l in &mut self.lanes {
+            l.drop_partition(partition);
+        }
+        self.cursors.retain(|(_, p), _| *p != partition);
+    }
+
+    /// The partition's cursor, loaded from ClickHouse (retried until ClickHouse answers).
+    fn resume(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        inputs: &InputPartitions<'_>,
+    ) -> Result<i64, String> {
+        let lane = self
+            .lane_of(topic)
+            .ok_or_else(|| format!("no table is written from topic {topic}"))?;
+        let cursor = self.load_cursor(lane, partition, inputs)?;
+        let next = cursor.next;
+        self.cursors.insert((lane, partition), cursor);
+        Ok(next)
+    }
+
+    /// Writes every table whose batch is due (all of them when `force`); names every offset
+    /// read from a written table's topic so far (inserted or skipped).
+    fn flush(&mut self, force: bool, out: &mut Outputs<'_>) -> Vec<(String, i32, i64)> {
+        let now = Instant::now();
+        let mut stored = Vec::new();
+        for lane in 0..self.lanes.len() {
+            if !self.lanes[lane].is_due(&self.cfg.sink, now, force) {
+                continue;
+            }
+            if !self.write(lane, out) {
+                break;
+            }
+            let topic = self.lanes[lane].topic();
+            for ((l, p), c) in &self.cursors {
+                if *l == lane && c.next > 0 {
+                    stored.push((topic.to_string(), *p, c.next));
+                }
+            }
+            self.health
+                .sink_last_progress_ms
+                .store(now_ms(), Ordering::Relaxed);
+        }
+        stored
+    }
+
+    /// Lag per (topic, partition) under the sink's names, in all into [`Health`].
+    fn lag(&mut self, lags: &[(&str, i32, Option<i64>)]) {
+        let mut total = 0;
+        for (topic, p, lag) in lags {
+            if let Some(lag) = lag {
+                total += lag;
+                METRICS
+                    .sink_lag
+                    .with_label_values(&[*topic, &p.to_string()])
+                    .set(*lag);
+            }
+        }
+        self.health.sink_lag.store(total, Ordering::Relaxed);
+    }
+}
+
+/// Runs `fut` on `rt` to its end, or, once `stop` is cancelled, for at most `grace` more
+/// (`None`: given up; what it had not written is read again on restart).
+fn until_stopped<F: Future>(
+    rt: &Handle,
+    stop: &CancellationToken,
+    grace: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    rt.block_on(async move {
+        tokio::select! {
+            out = fut => Some(out),
+            _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => None,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -538,11 +456,5 @@ mod tests {
         );
         // No unprefixed series (this test process never configures unprefixed topics).
         assert!(!topics.contains(&"debits".to_string()), "{topics:?}");
-    }
-
-    #[test]
-    fn waiting_rows_count_from_the_committed_offset() {
-        assert_eq!(waiting(1200, 200), 1000);
-        assert_eq!(waiting(5, 7), 0);
     }
 }

@@ -1,7 +1,11 @@
 //! The exactly-once stage runtime every stage runs on (rating pipeline, spend alerts, credits
-//! ledger, vouchers): co-partitioned input topics in (consumer group, `read_committed`); a
-//! [`Processor`]'s outputs, its changelog records and the input offsets out, all in one Kafka
-//! transaction per `commit_interval`.
+//! ledger, vouchers, ClickHouse sink): input topics in (consumer group, `read_committed`); a
+//! [`Processor`] per stage; its work made durable as its [`Guarantee`] says. Transactional
+//! (every stage but the sink): co-partitioned inputs; the outputs, the changelog records and
+//! the input offsets out, all in one Kafka transaction per `commit_interval`. Store then
+//! offsets (the sink, [`store`]): the processor writes to its own idempotent store, then the
+//! runtime commits the input offsets; on assignment the store says where each partition
+//! resumes. Both share the consuming, the rebalance rule, the lag and the metrics below.
 //!
 //! Kafka Streams' design. A processor sees one record and its [`Outputs`]; the runtime owns
 //! consuming (bursts of up to [`BURST`] messages per wake-up), the transaction (begun with
@@ -28,6 +32,7 @@ mod error;
 pub mod processor;
 mod replay;
 pub mod restore;
+mod store;
 mod txn;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,9 +58,11 @@ pub use crate::kafka::ReaderContext;
 pub use context::StageContext;
 pub use error::StageError;
 pub use processor::{
-    ChangeSink, Changelog, CompactedLog, InputMsg, OFFSETS_KEY, Outputs, Processor, StageSpec,
+    ChangeSink, Changelog, CompactedLog, Guarantee, InputMsg, OFFSETS_KEY, Outputs, Processor,
+    StageSpec,
 };
 pub use restore::{Agreement, Positions, agree};
+pub use store::InputPartitions;
 pub use txn::Record;
 
 /// Input messages handled per wake-up at most (then the loop commits, punctuates and
@@ -117,7 +124,11 @@ impl<P: Processor> Stage<P> {
             cc.create_with_context(StageContext::new(spec.name))?;
         let reader: kafka::Reader = kafka::reader_config(cfg).create_with_context(ReaderContext)?;
         replay::check_partitions(&reader, &spec)?;
-        let producer = Arc::new(txn::producer(cfg, spec.name, &txn_id)?);
+        let transactional = spec.changelog().is_some();
+        let producer = Arc::new(match transactional {
+            true => txn::producer(cfg, spec.name, &txn_id)?,
+            false => txn::plain_producer(cfg, spec.name)?,
+        });
         let topics: Vec<&str> = spec.inputs.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         if let Some(h) = &spec.health {
@@ -133,17 +144,28 @@ impl<P: Processor> Stage<P> {
             reader,
             owned: BTreeMap::new(),
             touched: BTreeSet::new(),
-            txn: Txn::default(),
+            txn: Txn {
+                plain: !transactional,
+                ..Txn::default()
+            },
             reinits: Reinits::default(),
         })
     }
 
-    /// Runs until `stop` is cancelled; the open transaction is committed on the way out.
+    /// Runs until `stop` is cancelled; the open transaction is committed (the store
+    /// flushed) on the way out.
     pub fn run(mut self, stop: &CancellationToken) -> Result<(), StageError> {
         let mut punctuated = Instant::now();
         let mut reported = Instant::now();
         while !stop.is_cancelled() {
-            self.rebalance()?;
+            if let Err(e) = self.rebalance() {
+                if !stop.is_cancelled() {
+                    return Err(e);
+                }
+                // A restore or resume given up because the process is stopping.
+                tracing::warn!(stage = self.spec.name, error = %e, "assignment abandoned: stopping");
+                return Ok(());
+            }
             let n = self.consume()?;
             if n > 0
                 && let Some(h) = &self.spec.health
@@ -160,7 +182,9 @@ impl<P: Processor> Stage<P> {
                 };
                 self.processor.punctuate(now_ms(), &mut out);
             }
-            if self.commit_due() {
+            if self.txn.plain {
+                self.flush_store(false)?;
+            } else if self.commit_due() {
                 self.commit()?;
             }
             if reported.elapsed() >= Duration::from_secs(1) {
@@ -168,7 +192,9 @@ impl<P: Processor> Stage<P> {
                 self.report_lag();
             }
         }
-        if self.txn.since.is_some() {
+        if self.txn.plain {
+            self.flush_store(true)?;
+        } else if self.txn.since.is_some() {
             self.commit()?;
         }
         tracing::info!(stage = self.spec.name, "stage stopped");
@@ -182,7 +208,9 @@ impl<P: Processor> Stage<P> {
     /// again, and the process's supervisor restarts it from the last commit.
     fn consume(&mut self) -> Result<usize, StageError> {
         let mut wait = Duration::from_millis(100);
-        if let Some(since) = self.txn.since {
+        if !self.txn.plain
+            && let Some(since) = self.txn.since
+        {
             wait = wait
                 .min((since + self.spec.commit_interval).saturating_duration_since(Instant::now()));
         }
@@ -228,7 +256,9 @@ impl<P: Processor> Stage<P> {
             };
             self.processor.process(&input, &mut out);
             n += 1;
-            if self.consumer.context().flagged.load(Ordering::Acquire) || self.commit_due() {
+            if self.consumer.context().flagged.load(Ordering::Acquire)
+                || (!self.txn.plain && self.commit_due())
+            {
                 break;
             }
         }
@@ -272,7 +302,7 @@ impl<P: Processor> Stage<P> {
                     producer: &self.producer,
                     txn: &mut self.txn,
                 },
-                topic: &self.spec.changelog,
+                topic: self.spec.changelog().unwrap_or_default(),
                 partition: *p,
                 records: 0,
                 bytes: 0,
@@ -419,11 +449,13 @@ impl<P: Processor> Stage<P> {
     }
 
     fn count_abort(&mut self) {
-        METRICS
-            .stage
-            .transactions
-            .with_label_values(&[self.spec.name, "aborted"])
-            .inc();
+        if !self.txn.plain {
+            METRICS
+                .stage
+                .transactions
+                .with_label_values(&[self.spec.name, "aborted"])
+                .inc();
+        }
         self.txn.reset();
         self.touched.clear();
         self.processor.aborted();
@@ -480,8 +512,10 @@ impl<P: Processor> Stage<P> {
                 h.stage_lag(self.spec.name, 0);
             }
         }
-        if let Some(tpl) = pending.assign {
-            self.assign_restored(&tpl)?;
+        match pending.assign {
+            Some(tpl) if self.txn.plain => self.assign_resumed(&tpl)?,
+            Some(tpl) => self.assign_restored(&tpl)?,
+            None => {}
         }
         Ok(())
     }
@@ -527,8 +561,17 @@ impl<P: Processor> Stage<P> {
         Ok(())
     }
 
-    /// Lag per owned partition into the metrics, their sum into [`crate::health::Health`].
-    fn report_lag(&self) {
+    /// Lag per owned partition into the metrics, their sum into [`crate::health::Health`],
+    /// each input partition's to the processor.
+    fn report_lag(&mut self) {
+        let ctx = self.consumer.context();
+        let per_topic: Vec<(&str, i32, Option<i64>)> = self
+            .owned
+            .iter()
+            .flat_map(|(p, pos)| pos.iter().map(|(t, next)| (t.as_str(), *p, *next)))
+            .map(|(t, p, next)| (t, p, ctx.topic_lag(t, p, next)))
+            .collect();
+        self.processor.lag(&per_topic);
         let mut total = 0;
         for (p, pos) in &self.owned {
             let lag = self.consumer.context().lag(*p, pos);

@@ -1,7 +1,7 @@
 //! The runtime's contract with a stage: what a [`Processor`] sees (one input message), where
 //! it sends (its [`Outputs`], inside the open transaction), what it writes to its changelog
-//! before each commit ([`Changelog`]), and what it must do on restore; the [`StageSpec`] of a
-//! stage.
+//! before each commit ([`Changelog`]) or to its own store ([`Processor::flush`]), and what it
+//! must do on restore; the [`StageSpec`] of a stage and its [`Guarantee`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use rdkafka::message::BorrowedHeaders;
 
 use super::restore::Positions;
+use super::store::InputPartitions;
 use super::txn::{Record, StageProducer, Txn};
 use crate::health::Health;
 
@@ -27,10 +28,12 @@ pub struct InputMsg<'a> {
     pub headers: Option<&'a BorrowedHeaders>,
 }
 
-/// Where a processor sends: every message goes into the stage's open Kafka transaction (the
-/// runtime begins one with the first message after a commit). A message that cannot be
-/// queued marks the transaction failed: it is aborted at the next commit and every owned
-/// partition is restored, so the processor never handles a send error itself.
+/// Where a processor sends. Under [`Guarantee::Transactional`] every message goes into the
+/// stage's open Kafka transaction (the runtime begins one with the first message after a
+/// commit); a message that cannot be queued marks the transaction failed: it is aborted at the
+/// next commit and every owned partition is restored, so the processor never handles a send
+/// error itself. Under [`Guarantee::StoreThenOffsets`] messages are sent at least once: the
+/// runtime waits for their acknowledgements before it commits the input offsets.
 pub struct Outputs<'a> {
     pub(super) producer: &'a StageProducer,
     pub(super) txn: &'a mut Txn,
@@ -144,12 +147,20 @@ impl Changelog<'_> {
 
 /// A stage's logic: deterministic given its inputs, state per input partition number.
 ///
-/// The runtime calls, in order: [`Processor::restore`] for every changelog record of an
-/// assigned partition, then [`Processor::restored`]; [`Processor::process`] for each input
-/// message at or after the restored positions; [`Processor::punctuate`] between batches;
-/// [`Processor::changes`] for each partition that had input, right before a commit; then
-/// [`Processor::committed`], or [`Processor::aborted`] followed by a restore of every owned
-/// partition.
+/// Under [`Guarantee::Transactional`] the runtime calls, in order: [`Processor::restore`] for
+/// every changelog record of an assigned partition, then [`Processor::restored`];
+/// [`Processor::process`] for each input message at or after the restored positions;
+/// [`Processor::punctuate`] between batches; [`Processor::changes`] for each partition that
+/// had input, right before a commit; then [`Processor::committed`], or
+/// [`Processor::aborted`] followed by a restore of every owned partition.
+///
+/// Under [`Guarantee::StoreThenOffsets`] the state is the processor's own store:
+/// [`Processor::resume`] for every assigned input partition (instead of a changelog read);
+/// [`Processor::process`] and [`Processor::punctuate`] as above; [`Processor::flush`] after
+/// every batch (the processor writes what is due and names the input positions now
+/// stored), then [`Processor::committed`] once those offsets are committed;
+/// [`Processor::changes`], [`Processor::restore`] and [`Processor::restored`] are never
+/// called.
 pub trait Processor: Send {
     /// Handles one input message; what it sends goes into the open transaction.
     fn process(&mut self, msg: &InputMsg<'_>, out: &mut Outputs<'_>);
@@ -171,22 +182,63 @@ pub trait Processor: Send {
     /// The open transaction was aborted; every owned partition is restored next (drop
     /// anything counted since the last commit).
     fn aborted(&mut self) {}
+    /// [`Guarantee::StoreThenOffsets`]: where input `topic`'s `partition` resumes, read from
+    /// the stage's own store when the partition is assigned, before it is. It may wait for
+    /// the store (`inputs` measures the lag of what waits meanwhile); an error ends the
+    /// stage. Returns the next offset to process: older messages are skipped.
+    fn resume(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        _inputs: &InputPartitions<'_>,
+    ) -> Result<i64, String> {
+        Err(format!(
+            "{topic}/{partition}: this stage has no store of its own to resume from"
+        ))
+    }
+    /// [`Guarantee::StoreThenOffsets`]: writes to the store what is due (everything when
+    /// `force`) and returns the input positions it now holds, as (topic, partition, next
+    /// offset): the runtime commits them once the outputs sent are acknowledged. Called after
+    /// every batch; an empty answer commits nothing.
+    fn flush(&mut self, _force: bool, _out: &mut Outputs<'_>) -> Vec<(String, i32, i64)> {
+        Vec::new()
+    }
+    /// Once a second: the lag of each owned input partition as (topic, partition, messages
+    /// behind its high watermark; `None` before librdkafka's statistics have seen it).
+    fn lag(&mut self, _lags: &[(&str, i32, Option<i64>)]) {}
+}
+
+/// How a stage makes its work durable: what its "exactly once" rests on.
+#[derive(Debug, Clone)]
+pub enum Guarantee {
+    /// Kafka Streams' exactly-once (EOS v2): the outputs, the changelog of what changed and
+    /// the input offsets in one Kafka transaction per `commit_interval`; inputs
+    /// co-partitioned; the state restored from `changelog` (compacted, as many partitions as
+    /// the inputs) on assignment.
+    Transactional { changelog: String },
+    /// Kafka Connect's sink contract: the processor writes to a store of its own when its
+    /// batches are due ([`Processor::flush`], idempotent: the store knows what it holds), then
+    /// the runtime commits the input offsets it names (a failed commit is harmless: the
+    /// resume point is the store's, [`Processor::resume`]). Inputs need not be
+    /// co-partitioned; no transaction, no changelog.
+    StoreThenOffsets,
 }
 
 /// What a stage reads and writes, and how often it commits.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
-    /// Short name: `pipeline`, `alerts`, `ledger`, `vouchers`: the `stage` label of the
+    /// Short name: `pipeline`, `alerts`, `ledger`, `vouchers`, `sink`: the `stage` label of the
     /// `usage_agg_stage_*` metrics, the suffix of `group.instance.id` and of
     /// `transactional.id`.
     pub name: &'static str,
     pub group_id: String,
-    /// Co-partitioned input topics (same partition count, same keying).
+    /// Input topics: co-partitioned (same partition count, same keying) under
+    /// [`Guarantee::Transactional`]; any under [`Guarantee::StoreThenOffsets`], where they are
+    /// resumed in this order at assignment.
     pub inputs: Vec<String>,
-    /// Compacted changelog, as many partitions as the inputs.
-    pub changelog: String,
+    pub guarantee: Guarantee,
     /// A transaction commits this long after it began (its first message), or earlier at
-    /// `max_batch` input messages.
+    /// `max_batch` input messages ([`Guarantee::Transactional`]; a store decides itself).
     pub commit_interval: Duration,
     pub max_batch: usize,
     /// [`Processor::punctuate`] runs this often; `None`: never.
@@ -195,4 +247,14 @@ pub struct StageSpec {
     pub consumer: Vec<(&'static str, String)>,
     /// Progress and lag are reported here (readiness), when given.
     pub health: Option<Arc<Health>>,
+}
+
+impl StageSpec {
+    /// The changelog topic of a [`Guarantee::Transactional`] stage.
+    pub fn changelog(&self) -> Option<&str> {
+        match &self.guarantee {
+            Guarantee::Transactional { changelog } => Some(changelog),
+            Guarantee::StoreThenOffsets => None,
+        }
+    }
 }

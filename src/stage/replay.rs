@@ -1,7 +1,7 @@
 //! Restoring a partition's state: changelog partition `p` read to its end into the
 //! processor, its positions checked against the group's stable committed offsets (the pure
 //! rule is [`super::restore::agree`]); and the check, at start, that the inputs and the
-//! changelog exist with equal partition counts.
+//! changelog exist, with equal partition counts for a transactional stage.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ impl<P: Processor> Stage<P> {
     /// positions it names once they agree with the group's committed offsets.
     pub(super) fn restore(&mut self, p: i32) -> Result<Positions, StageError> {
         let started = Instant::now();
-        let changelog = self.spec.changelog.clone();
+        let changelog = self.spec.changelog().unwrap_or_default().to_string();
         let err = |why: String| StageError::Restore {
             topic: changelog.clone(),
             partition: p,
@@ -30,7 +30,7 @@ impl<P: Processor> Stage<P> {
         };
         self.processor.drop_partition(p);
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.spec.changelog, p, Offset::Beginning)?;
+        tpl.add_partition_offset(&changelog, p, Offset::Beginning)?;
         self.reader.assign(&tpl)?;
         // Patience runs while nothing is read (a stalled broker) or while the changelog is
         // behind the group's committed offsets; a long changelog read never exhausts it.
@@ -134,7 +134,8 @@ impl<P: Processor> Stage<P> {
 /// same partition count.
 pub(super) fn check_partitions(reader: &kafka::Reader, spec: &StageSpec) -> Result<(), StageError> {
     let mut counts = Vec::new();
-    for t in spec.inputs.iter().chain([&spec.changelog]) {
+    let topics = spec.inputs.iter().map(String::as_str).chain(spec.changelog());
+    for t in topics {
         let deadline = Instant::now() + Duration::from_secs(30);
         let n = loop {
             let n = match reader.fetch_metadata(Some(t), Duration::from_secs(10)) {
@@ -160,9 +161,10 @@ pub(super) fn check_partitions(reader: &kafka::Reader, spec: &StageSpec) -> Resu
                 "topic {t} does not exist; run `usage-aggregator setup`"
             )));
         }
-        counts.push((t.clone(), n));
+        counts.push((t.to_string(), n));
     }
-    if counts.iter().any(|(_, n)| *n != counts[0].1) {
+    let co_partitioned = spec.changelog().is_some();
+    if co_partitioned && counts.iter().any(|(_, n)| *n != counts[0].1) {
         return Err(StageError::Setup(format!(
             "the {} stage needs equal partition counts (co-partitioning), found {counts:?}",
             spec.name

@@ -60,13 +60,7 @@ pub fn producer(
 ) -> Result<StageProducer, StageError> {
     let mut c = kafka::transactional_producer_config(cfg, stage);
     c.set("transactional.id", txn_id);
-    let ctx = StageProducerContext {
-        started: Instant::now(),
-        failed: AtomicU64::new(0),
-        latency: METRICS.stage.produce_latency.with_label_values(&[stage]),
-        errors: METRICS.stage.produce_errors.with_label_values(&[stage]),
-    };
-    let p: StageProducer = c.create_with_context(ctx)?;
+    let p: StageProducer = c.create_with_context(context(stage))?;
     let started = Instant::now();
     let timeout = cfg
         .pipeline
@@ -80,6 +74,21 @@ pub fn producer(
     .map_err(|f| StageError::Kafka(f.into_error()))?;
     tracing::info!(stage, transactional_id = %txn_id, init_ms = started.elapsed().as_millis() as u64, "transactional producer ready");
     Ok(p)
+}
+
+/// The producer of a [`super::Guarantee::StoreThenOffsets`] stage: no transactions, the
+/// shared producer settings, the same acknowledgement series.
+pub fn plain_producer(cfg: &Config, stage: &'static str) -> Result<StageProducer, StageError> {
+    Ok(kafka::producer_config(cfg).create_with_context(context(stage))?)
+}
+
+fn context(stage: &'static str) -> StageProducerContext {
+    StageProducerContext {
+        started: Instant::now(),
+        failed: AtomicU64::new(0),
+        latency: METRICS.stage.produce_latency.with_label_values(&[stage]),
+        errors: METRICS.stage.produce_errors.with_label_values(&[stage]),
+    }
 }
 
 /// One output message.
@@ -105,6 +114,9 @@ pub struct Txn {
     pub since: Option<Instant>,
     /// Input messages handled in it.
     pub inputs: u64,
+    /// No Kafka transaction ([`super::Guarantee::StoreThenOffsets`]): messages are sent as
+    /// they come, at least once.
+    pub plain: bool,
 }
 
 impl Txn {
@@ -120,7 +132,7 @@ impl Txn {
             return;
         }
         self.touch();
-        if !self.open {
+        if !self.open && !self.plain {
             if let Err(e) = producer.begin_transaction() {
                 tracing::warn!(error = %e, "begin_transaction failed; the transaction is abandoned and the stage resumes from the last commit");
                 self.failed = Some(e);
@@ -147,7 +159,10 @@ impl Txn {
 
     /// The interval is over (committed or aborted).
     pub fn reset(&mut self) {
-        *self = Txn::default();
+        *self = Txn {
+            plain: self.plain,
+            ..Txn::default()
+        };
     }
 }
 

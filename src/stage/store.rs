@@ -108,7 +108,8 @@ impl<P: Processor> Stage<P> {
         tracing::info!(
             stage = self.spec.name,
             partitions = parts.len(),
-            "partitions resumed from the store and assigned"
+            resumed_from = "store",
+            "partitions assigned"
         );
         Ok(())
     }

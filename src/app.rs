@@ -164,7 +164,11 @@ pub async fn run(cfg: Config, role: Role) -> anyhow::Result<()> {
         })?;
     }
     if with_sink {
-        let (c, h, rt) = (cfg.clone(), health.clone(), tokio::runtime::Handle::current());
+        let (c, h, rt) = (
+            cfg.clone(),
+            health.clone(),
+            tokio::runtime::Handle::current(),
+        );
         stages.thread("sink", move |stop| sink::run(&c, h, rt, &stop))?;
     }
 

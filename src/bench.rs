@@ -90,12 +90,12 @@ pub struct BenchReport {
     pub cpu_s_per_million_events: f64,
     pub clickhouse_rows: u64,
     pub clickhouse_rows_per_s: f64,
-    /// CPU seconds of the sink's threads (`tokio-rt-worker`) from start to caught up.
+    /// CPU seconds of the sink's threads (`sink` and `tokio-rt-worker`) from start to caught up.
     pub sink_cpu_s: f64,
     /// Rows inserted per CPU second of the sink's threads (the "rows/s per core" target).
     pub clickhouse_rows_per_sink_cpu_s: f64,
     /// CPU seconds per million events by thread group from start to caught up (stage
-    /// threads by name, `tokio-rt-worker` = sink, `librdkafka` = every client's threads).
+    /// threads by name, `sink` + `tokio-rt-worker` = sink, `librdkafka` = every client's threads).
     pub thread_cpu_s_per_million: std::collections::BTreeMap<String, f64>,
     pub live_rate_events_per_s: f64,
     pub live_events: u64,

@@ -27,8 +27,8 @@ use crate::plans::PlansHandle;
 use crate::rating::PricingHandle;
 use crate::rollup::{OpenExecutionView, Output, PartitionRollup, RollupConfig};
 use crate::stage::{
-    ChangeSink, Changelog, Guarantee, InputMsg, Outputs, Positions, Processor, Record, Stage, StageError,
-    StageSpec,
+    ChangeSink, Changelog, Guarantee, InputMsg, Outputs, Positions, Processor, Record, Stage,
+    StageError, StageSpec,
 };
 use emit::Emitter;
 

@@ -154,12 +154,13 @@ impl Fleet {
             .fold((0.0, 0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1, a.2 + s.2))
     }
 
-    /// CPU seconds of the instances' async runtime threads (`tokio-rt-worker`), where the
-    /// ClickHouse sink runs (with the HTTP server, which is idle in a bench).
+    /// CPU seconds of the ClickHouse sink: its stage thread (`sink`) and the async runtime's
+    /// threads (`tokio-rt-worker`), where its ClickHouse client's connections run (with the
+    /// HTTP server, which is idle in a bench).
     pub fn sink_cpu_s(&self) -> f64 {
         self.pids
             .iter()
-            .map(|p| thread_cpu_s(*p, "tokio-rt-worker"))
+            .map(|p| thread_cpu_s(*p, "sink") + thread_cpu_s(*p, "tokio-rt-worker"))
             .sum()
     }
 
@@ -192,8 +193,8 @@ impl Fleet {
 }
 
 /// CPU seconds of every thread of `pid`, by thread group: the stage threads by their own
-/// name (`pipeline`, `ledger`, `vouchers`, `alerts`), `tokio-rt-worker` (the sink and the
-/// idle HTTP server), `librdkafka` (every `rdk:` thread: the clients' broker, main and
+/// name (`pipeline`, `ledger`, `vouchers`, `alerts`, `sink`), `tokio-rt-worker` (the sink's
+/// ClickHouse connections and the idle HTTP server), `librdkafka` (every `rdk:` thread: the clients' broker, main and
 /// producer threads of all stages), the rest by name.
 pub fn threads_cpu_s(pid: u32) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();

@@ -134,7 +134,11 @@ impl<P: Processor> Stage<P> {
 /// same partition count.
 pub(super) fn check_partitions(reader: &kafka::Reader, spec: &StageSpec) -> Result<(), StageError> {
     let mut counts = Vec::new();
-    let topics = spec.inputs.iter().map(String::as_str).chain(spec.changelog());
+    let topics = spec
+        .inputs
+        .iter()
+        .map(String::as_str)
+        .chain(spec.changelog());
     for t in topics {
         let deadline = Instant::now() + Duration::from_secs(30);
         let n = loop {

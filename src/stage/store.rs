@@ -84,16 +84,19 @@ impl<P: Processor> Stage<P> {
                 consumer: &self.consumer,
                 waiting: &waiting,
             };
-            let next = self
-                .processor
-                .resume(topic, *p, &inputs)
-                .map_err(|why| StageError::Restore {
-                    topic: topic.clone(),
-                    partition: *p,
-                    why,
-                })?;
+            let next =
+                self.processor
+                    .resume(topic, *p, &inputs)
+                    .map_err(|why| StageError::Restore {
+                        topic: topic.clone(),
+                        partition: *p,
+                        why,
+                    })?;
             waiting.retain(|(t, q)| (t, q) != (topic, p));
-            self.owned.entry(*p).or_default().insert(topic.clone(), next);
+            self.owned
+                .entry(*p)
+                .or_default()
+                .insert(topic.clone(), next);
             METRICS
                 .stage
                 .restore_seconds

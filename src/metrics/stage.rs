@@ -43,7 +43,7 @@ impl StageMetrics {
         StageMetrics {
             input_messages: cv(
                 "usage_agg_stage_input_messages_total",
-                "Input messages of a stage's committed transactions (added at each commit).",
+                "Input messages of a stage's committed transactions, or of its store writes (the sink), added at each commit.",
                 &["stage"],
             ),
             transactions: cv(
@@ -53,18 +53,18 @@ impl StageMetrics {
             ),
             commit_seconds: hv(
                 "usage_agg_stage_commit_seconds",
-                "Time to write the changelog, send the offsets and commit one transaction.",
+                "Time to write the changelog, send the offsets and commit one transaction (the sink: its due inserts and the offset commit).",
             ),
             restore_seconds: hv(
                 "usage_agg_stage_restore_seconds",
-                "Time to restore one assigned partition from the changelog.",
+                "Time to restore one assigned partition from the changelog (the sink: its resume point from ClickHouse).",
             ),
             last_commit: reg(
                 r,
                 GaugeVec::new(
                     Opts::new(
                         "usage_agg_stage_last_commit_timestamp_seconds",
-                        "Unix time of a stage's last committed transaction.",
+                        "Unix time of a stage's last committed transaction (the sink: its last offset commit after an insert).",
                     ),
                     &["stage"],
                 )

@@ -80,7 +80,7 @@ impl Followed {
             topic,
             partition,
             offset,
-            execution_ids: execution_ids(&payload).into_iter().map(Arc::from).collect(),
+            execution_ids: execution_ids(&payload).into_boxed_slice(),
             key,
             payload,
         }

@@ -10,9 +10,10 @@
 //! it reads the gap from the tail (or Kafka) and is queued again, so no message is missed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
+use memchr::memmem::Finder;
 use tokio::sync::mpsc;
 
 use super::{FollowError, Followed, Follower, Positions, State, Tail};
@@ -63,13 +64,20 @@ impl KeySubscribers {
     }
 }
 
+/// `"execution_id":"`, the start of the member [`execution_ids`] looks for.
+const KEY: &[u8] = b"\"execution_id\":\"";
+
+/// The searcher of [`KEY`], built once: `memmem::find_iter` builds one per call, which was
+/// 17 % of the follower thread's samples in a cold drain (docs/performance.md).
+static KEY_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
+
 /// The execution ids a message names: the value of every `"execution_id":"..."` member in
-/// its (compact) JSON. The top-level one is among them; a nested one (say a dimension of
-/// that name) only sends the message to a stream that then finds it is not its own.
-pub fn execution_ids(payload: &[u8]) -> Vec<Box<str>> {
-    const KEY: &[u8] = b"\"execution_id\":\"";
-    let mut out: Vec<Box<str>> = Vec::new();
-    for at in memchr::memmem::find_iter(payload, KEY) {
+/// its (compact) JSON, each once, in order. The top-level one is among them; a nested one
+/// (say a dimension of that name) only sends the message to a stream that then finds it is
+/// not its own.
+pub fn execution_ids(payload: &[u8]) -> Vec<Arc<str>> {
+    let mut out: Vec<Arc<str>> = Vec::new();
+    for at in KEY_FINDER.find_iter(payload) {
         let rest = &payload[at + KEY.len()..];
         // The string's end: the first quote not escaped.
         let mut end = None;
@@ -86,17 +94,20 @@ pub fn execution_ids(payload: &[u8]) -> Vec<Box<str>> {
         }
         let Some(end) = end else { continue };
         let raw = &rest[..end];
-        let id: Option<Box<str>> = if raw.contains(&b'\\') {
-            serde_json::from_slice::<String>(&payload[at + KEY.len() - 1..at + KEY.len() + end + 1])
-                .ok()
-                .map(Into::into)
+        let unescaped;
+        let id: Option<&str> = if raw.contains(&b'\\') {
+            unescaped = serde_json::from_slice::<String>(
+                &payload[at + KEY.len() - 1..at + KEY.len() + end + 1],
+            )
+            .ok();
+            unescaped.as_deref()
         } else {
-            std::str::from_utf8(raw).ok().map(Into::into)
+            std::str::from_utf8(raw).ok()
         };
         if let Some(id) = id
-            && !out.contains(&id)
+            && !out.iter().any(|x| &**x == id)
         {
-            out.push(id);
+            out.push(Arc::from(id));
         }
     }
     out
@@ -276,7 +287,7 @@ mod tests {
         let ids = |s: &str| -> Vec<String> {
             execution_ids(s.as_bytes())
                 .into_iter()
-                .map(String::from)
+                .map(|id| id.to_string())
                 .collect()
         };
         assert_eq!(

@@ -3,6 +3,7 @@
 
 pub mod components;
 pub(crate) mod cursor;
+pub mod escape;
 pub mod json;
 pub mod scan;
 

@@ -18,7 +18,7 @@ use super::{BreakdownLine, Components, Debit, LineKind, PricedLine, PricedUnit};
 pub(crate) fn string(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
     let bytes = s.as_bytes();
-    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !super::escape::needs_escape(bytes) {
         // The common case (ids, names): nothing to escape.
         buf.extend_from_slice(bytes);
         buf.push(b'"');

@@ -11,6 +11,7 @@
 pub mod emit;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -64,6 +65,43 @@ pub struct PipelineProcessor {
     emitter: Emitter,
     /// Reused output list of one event.
     out: Vec<Output>,
+    progress: Arc<CommitProgress>,
+}
+
+/// How far the pipeline's work is committed: input messages handled, and how many of them
+/// committed transactions hold. A trace lookup that finds nothing waits until what was
+/// handled before it is committed (src/http/executions.rs): a closed execution's debit is
+/// in the open transaction until then, however slow the commit.
+#[derive(Debug, Default)]
+pub struct CommitProgress {
+    handled: AtomicU64,
+    committed: AtomicU64,
+}
+
+impl CommitProgress {
+    /// Input messages handled so far: a mark for [`CommitProgress::committed_up_to`].
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Acquire)
+    }
+
+    /// True once every message handled when `mark` was taken is in a committed transaction
+    /// (after an abort they are handled again, and counted again, before the next commit).
+    pub fn committed_up_to(&self, mark: u64) -> bool {
+        self.committed.load(Ordering::Acquire) >= mark
+    }
+
+    fn handle_one(&self) {
+        self.handled.fetch_add(1, Ordering::Release);
+    }
+
+    /// A transaction committed: everything handled is in it or an earlier one. Also after
+    /// an abort: what was handled is handled again (here after the restore, or by the
+    /// partition's next owner after a revocation), so nothing of it stays pending here; a
+    /// lookup during the re-handling falls back to its settle time.
+    fn commit(&self) {
+        let handled = self.handled.load(Ordering::Acquire);
+        self.committed.store(handled, Ordering::Release);
+    }
 }
 
 impl PipelineProcessor {
@@ -76,6 +114,7 @@ impl PipelineProcessor {
             parts: Arc::default(),
             emitter: Emitter::new(cfg.topics.clone()),
             out: Vec::with_capacity(16),
+            progress: Arc::default(),
         })
     }
 
@@ -84,6 +123,7 @@ impl PipelineProcessor {
         EngineHandle {
             parts: self.parts.clone(),
             plans: self.pricing.plans.clone(),
+            progress: self.progress.clone(),
         }
     }
 
@@ -125,6 +165,8 @@ impl Processor for PipelineProcessor {
             now_ms(),
             &mut self.out,
         );
+        // Under the lock: a lookup that no longer sees an execution open sees this count.
+        self.progress.handle_one();
         drop(parts);
         self.emitter.counts.event(outcome);
         for output in self.out.drain(..) {
@@ -202,11 +244,13 @@ impl Processor for PipelineProcessor {
     }
 
     fn committed(&mut self) {
+        self.progress.commit();
         self.emitter.counts.flush();
         self.update_gauges();
     }
 
     fn aborted(&mut self) {
+        self.progress.commit();
         self.emitter.counts = emit::Counts::default();
     }
 }
@@ -216,9 +260,15 @@ impl Processor for PipelineProcessor {
 pub struct EngineHandle {
     parts: Parts,
     plans: PlansHandle,
+    progress: Arc<CommitProgress>,
 }
 
 impl EngineHandle {
+    /// How far this instance's pipeline has committed what it handled.
+    pub fn progress(&self) -> &CommitProgress {
+        &self.progress
+    }
+
     /// The running cost of an execution open on this instance (see
     /// [`PartitionRollup::running_cost`]).
     pub fn running_cost(&self, execution_id: &str, account_id: Option<&str>) -> Option<Debit> {
@@ -301,5 +351,29 @@ impl Pipeline {
     /// on its own thread.
     pub fn run(self, stop: CancellationToken) -> Result<(), PipelineError> {
         Ok(self.stage.run(&stop)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommitProgress;
+
+    #[test]
+    fn a_mark_is_committed_once_a_commit_follows_it() {
+        let p = CommitProgress::default();
+        assert!(p.committed_up_to(p.handled()), "nothing handled");
+        p.handle_one();
+        p.handle_one();
+        let mark = p.handled();
+        assert!(!p.committed_up_to(mark), "handled, not committed");
+        p.commit();
+        assert!(p.committed_up_to(mark));
+        // Handled, then a later commit: the earlier mark is covered too.
+        p.handle_one();
+        let mark = p.handled();
+        p.handle_one();
+        assert!(!p.committed_up_to(mark));
+        p.commit();
+        assert!(p.committed_up_to(mark));
     }
 }

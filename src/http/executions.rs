@@ -85,6 +85,8 @@ async fn trace_of(
         .engine
         .get()
         .and_then(|e| e.open_execution(&account, id));
+    // Taken after the live lookup: if the execution had closed, its finish is counted.
+    let mark = Handled::mark(api);
     timing.span("live", t);
     let t = Instant::now();
     let read =
@@ -95,13 +97,13 @@ async fn trace_of(
     // its calls) still in the pipeline's open transaction, or not even sent yet (outputs go
     // out with the transaction). Until a pipeline transaction has surely passed, wait until
     // the follower has read what was written before, then look again.
-    let until = Instant::now() + settle(api);
+    let wait = Wait::new(api);
     loop {
         let missing = live.is_none()
             && committed
                 .as_ref()
                 .is_ok_and(|c| c.lines.is_empty() && c.debits.is_empty());
-        if !missing || Instant::now() >= until {
+        if !missing || !wait.again(Instant::now(), mark.pending(api)) {
             break;
         }
         let p = api.follower.partition_of(&account).map_err(unavailable)?;
@@ -121,13 +123,59 @@ async fn trace_of(
 /// How long a lookup waits for the follower to read what was written before it.
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How long past its settle time a lookup that finds nothing waits for this instance's
+/// pipeline to commit what it had handled: a commit slower than that is a stalled pipeline
+/// (`/readyz` says so), and the lookup answers what it found.
+const SLOW_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a lookup that finds nothing keeps looking: two pipeline transactions and a
-/// margin, at least 1 s, so an execution that closed just before is found also when a
-/// commit is slow (an unknown id's 404 waits this long).
+/// margin, at least 1 s (an unknown id's 404 waits this long), and, on an instance running
+/// the pipeline, until what it had handled when the lookup began is committed (at most
+/// [`SLOW_COMMIT_WAIT`] more): an execution that closed just before is found also when a
+/// commit is slow.
 fn settle(api: &TracesApi) -> std::time::Duration {
     let two_commits = api.follower.config().pipeline.checkpoint_interval * 2
         + std::time::Duration::from_millis(300);
     two_commits.max(std::time::Duration::from_secs(1))
+}
+
+/// The deadlines of a lookup that found nothing ([`settle`]).
+struct Wait {
+    settle_until: Instant,
+    cap: Instant,
+}
+
+impl Wait {
+    fn new(api: &TracesApi) -> Wait {
+        let settle_until = Instant::now() + settle(api);
+        Wait {
+            settle_until,
+            cap: settle_until + SLOW_COMMIT_WAIT,
+        }
+    }
+
+    /// Look again at `now`? Until the settle time, and after it while this instance's
+    /// pipeline has not committed what it had handled (`pending`), never past the cap.
+    fn again(&self, now: Instant, pending: bool) -> bool {
+        now < self.cap && (now < self.settle_until || pending)
+    }
+}
+
+/// What this instance's pipeline had handled when a lookup began (`None`: no pipeline here).
+struct Handled(Option<u64>);
+
+impl Handled {
+    fn mark(api: &TracesApi) -> Handled {
+        Handled(api.engine.get().map(|e| e.progress().handled()))
+    }
+
+    /// True while part of it is not committed yet.
+    fn pending(&self, api: &TracesApi) -> bool {
+        match (self.0, api.engine.get()) {
+            (Some(mark), Some(e)) => !e.progress().committed_up_to(mark),
+            _ => false,
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -141,6 +189,8 @@ async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
     if let Some(d) = api.engine.get().and_then(|e| e.running_cost(id, None)) {
         return Ok(d.account_id);
     }
+    // After the lookup of open executions, as in `trace_of`.
+    let mark = Handled::mark(api);
     api.follower.ensure_started().await.map_err(unavailable)?;
     let mut accounts = api.follower.accounts_of(id).await;
     // The tail names it (its index answers at once): no ClickHouse scan. An id reused by
@@ -177,8 +227,8 @@ async fn account_of(api: &TracesApi, id: &str) -> Result<String, ApiError> {
         }
     }
     // Closed a moment ago: its first committed message may still be on its way.
-    let until = Instant::now() + settle(api);
-    while accounts.is_empty() && Instant::now() < until {
+    let wait = Wait::new(api);
+    while accounts.is_empty() && wait.again(Instant::now(), mark.pending(api)) {
         api.follower
             .sync(None, SYNC_WAIT)
             .await
@@ -330,5 +380,33 @@ pub async fn list(
     match run.await {
         Ok(page) => Json(page).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_lookup_waits_past_settle_only_while_the_pipeline_has_not_committed() {
+        let t0 = Instant::now();
+        let w = Wait {
+            settle_until: t0 + Duration::from_secs(1),
+            cap: t0 + Duration::from_secs(11),
+        };
+        assert!(w.again(t0, false), "before the settle time");
+        assert!(
+            !w.again(t0 + Duration::from_secs(2), false),
+            "after it, with nothing pending"
+        );
+        assert!(
+            w.again(t0 + Duration::from_secs(2), true),
+            "after it, while a slow commit is pending"
+        );
+        assert!(
+            !w.again(t0 + Duration::from_secs(11), true),
+            "never past the cap"
+        );
     }
 }

@@ -360,9 +360,6 @@ impl<P: Processor> Stage<P> {
             Ok(()) => {
                 let m = &METRICS.stage;
                 let stage = [self.spec.name];
-                m.input_messages
-                    .with_label_values(&stage)
-                    .inc_by(self.txn.inputs);
                 m.changelog_records
                     .with_label_values(&stage)
                     .inc_by(records);
@@ -370,14 +367,7 @@ impl<P: Processor> Stage<P> {
                 m.transactions
                     .with_label_values(&[self.spec.name, "committed"])
                     .inc();
-                m.commit_seconds
-                    .with_label_values(&stage)
-                    .observe(started.elapsed().as_secs_f64());
-                m.last_commit
-                    .with_label_values(&stage)
-                    .set(now_ms() as f64 / 1000.0);
-                self.txn.reset();
-                self.processor.committed();
+                self.record_commit(started);
                 Ok(())
             }
             Err(TxnFailure::Abort(e)) => {
@@ -386,6 +376,24 @@ impl<P: Processor> Stage<P> {
             }
             Err(TxnFailure::Fatal(e)) => self.recover(e),
         }
+    }
+
+    /// A commit (either guarantee's) that began at `started` succeeded: its input messages,
+    /// its duration and its time into the stage's series; the interval starts over.
+    fn record_commit(&mut self, started: Instant) {
+        let m = &METRICS.stage;
+        let stage = [self.spec.name];
+        m.input_messages
+            .with_label_values(&stage)
+            .inc_by(self.txn.inputs);
+        m.commit_seconds
+            .with_label_values(&stage)
+            .observe(started.elapsed().as_secs_f64());
+        m.last_commit
+            .with_label_values(&stage)
+            .set(now_ms() as f64 / 1000.0);
+        self.txn.reset();
+        self.processor.committed();
     }
 
     /// Aborts the open transaction (its outputs never become visible) and restores every

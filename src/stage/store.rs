@@ -13,7 +13,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Outputs, Processor, Stage, StageContext, StageError};
-use crate::health::now_ms;
 use crate::kafka;
 use crate::metrics::METRICS;
 
@@ -143,19 +142,7 @@ impl<P: Processor> Stage<P> {
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::warn!(stage = self.spec.name, error = %e, "offset commit failed; the store's resume point stands");
         }
-        let m = &METRICS.stage;
-        let stage = [self.spec.name];
-        m.input_messages
-            .with_label_values(&stage)
-            .inc_by(self.txn.inputs);
-        m.commit_seconds
-            .with_label_values(&stage)
-            .observe(started.elapsed().as_secs_f64());
-        m.last_commit
-            .with_label_values(&stage)
-            .set(now_ms() as f64 / 1000.0);
-        self.txn.reset();
-        self.processor.committed();
+        self.record_commit(started);
         Ok(())
     }
 }

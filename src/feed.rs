@@ -10,12 +10,12 @@ use arc_swap::ArcSwap;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka;
+use crate::kafka::acked::{AckContext, AckedProducer, send_acked};
 
 /// Reference data built from a compacted topic's messages.
 pub trait FeedState: Clone + Default + Send + Sync + 'static {
@@ -46,15 +46,17 @@ pub async fn publish(
     topic: &str,
     records: &[(String, Vec<u8>)],
 ) -> anyhow::Result<usize> {
-    let producer: FutureProducer = kafka::producer_config(cfg).create()?;
+    let producer: AckedProducer = kafka::producer_config(cfg).create_with_context(AckContext)?;
     for (key, payload) in records {
-        producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("cannot publish {key} to {topic}: {e}"))?;
+        send_acked(
+            &producer,
+            topic,
+            key.as_bytes(),
+            payload,
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot publish {key} to {topic}: {e}"))?;
     }
     Ok(records.len())
 }

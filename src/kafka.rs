@@ -1,8 +1,10 @@
 //! Kafka plumbing shared by every stage: client configuration from [`Config`], topic
 //! creation for `setup`, and a few blocking helpers.
 
+pub mod acked;
 pub mod acls;
 pub mod partitioner;
+pub mod polled;
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use crate::config::Config;
 
@@ -189,17 +191,18 @@ pub fn transactional_producer_config(cfg: &Config, stage: &str) -> ClientConfig 
     c
 }
 
-/// Waits until every message queued on a [`ThreadedProducer`] is acknowledged (its polling
-/// thread serves the delivery reports), or until `deadline`; true when none is in flight.
+/// Waits until every message queued on a producer is acknowledged (a
+/// [`polled::PolledProducer`]'s thread serves the delivery reports), or until `deadline`;
+/// true when none is in flight.
 ///
 /// Call it before `commit_transaction` or `flush`: rdkafka's `flush` (which
 /// `commit_transaction` starts with) polls in slices of up to 100 ms that last their whole
-/// length, and on a `ThreadedProducer` the reports go to the polling thread, so any flush
+/// length, and the reports go to the producer's event thread, so any flush
 /// with a message in flight took at least 100 ms. Measured on the pipeline: every
 /// `exactly_once` checkpoint took ~100 ms whatever its interval, which bounded debit latency
 /// and stalled a 100 ms checkpoint interval.
 pub fn await_in_flight<C: ProducerContext + 'static>(
-    producer: &ThreadedProducer<C>,
+    producer: &BaseProducer<C>,
     deadline: Instant,
 ) -> bool {
     while producer.in_flight_count() > 0 {
@@ -228,7 +231,7 @@ pub fn instance_id(cfg: &Config) -> Option<String> {
 /// Sends one record, waiting while the producer queue is full (backpressure: the caller's
 /// loop, and so consumption, pauses). Any other error is returned (the record was not queued).
 pub fn send_with_backpressure<C: ProducerContext>(
-    producer: &ThreadedProducer<C>,
+    producer: &BaseProducer<C>,
     mut rec: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
 ) -> Result<(), KafkaError> {
     let mut paused = false;

@@ -21,7 +21,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{BenchEnv, BenchReport};
@@ -97,7 +97,7 @@ fn copy(env: &BenchEnv, events: u64, out: &str) -> anyhow::Result<Copied> {
         ],
     )
     .create()?;
-    let producer: ThreadedProducer<DefaultProducerContext> =
+    let producer: crate::kafka::polled::PolledProducer<DefaultProducerContext> =
         kafka::transactional_producer_config(&env.cfg, "copier").create()?;
     let timeout = env
         .cfg

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer};
 
 use crate::config::Config;
 use crate::kafka;
 
 /// A fast producer for preloading events, with backpressure on a full queue.
 pub struct Loader {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: crate::kafka::polled::PolledProducer<DefaultProducerContext>,
 }
 
 impl Loader {

@@ -22,7 +22,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -32,6 +31,7 @@ use super::error::{ApiError, ApiJson, ApiPath};
 use crate::alerts::view::follow::SharedAlertsView;
 use crate::config::Config;
 use crate::http::params::Params;
+use crate::kafka::acked::AckedProducer;
 use crate::ledger::answer::{LedgerAnswer, Verdict};
 use crate::ledger::client::{self, ClientError, LedgerFollower, ResultFollower};
 use crate::ledger::command::Request;
@@ -42,7 +42,7 @@ use crate::ledger::voucher::{self, VoucherOutcome, VoucherRequest, VoucherResult
 /// What the ledger endpoints need.
 pub struct LedgerApi {
     pub(super) cfg: Config,
-    pub(super) producer: FutureProducer,
+    pub(super) producer: AckedProducer,
     /// Started on first use (each waits for its results topic to be readable).
     vouchers: tokio::sync::OnceCell<ResultFollower>,
     answers: tokio::sync::OnceCell<LedgerFollower>,

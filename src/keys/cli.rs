@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use clap::Subcommand;
-use rdkafka::producer::FutureRecord;
 
 use super::store::KeyStore;
 use super::{KEY_PREFIX, KeyRecord};
@@ -166,15 +165,15 @@ async fn read(cfg: &Config) -> anyhow::Result<KeyStore> {
 async fn publish(cfg: &Config, r: &KeyRecord) -> anyhow::Result<()> {
     let producer = crate::ledger::client::producer(cfg)?;
     let payload = serde_json::to_vec(r)?;
-    producer
-        .send(
-            FutureRecord::to(&cfg.topics.api_keys)
-                .key(&r.key_id)
-                .payload(&payload),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .with_context(|| format!("cannot write to {} (topics.api_keys)", cfg.topics.api_keys))?;
+    let topic = &cfg.topics.api_keys;
+    crate::kafka::acked::send_acked(
+        &producer,
+        topic,
+        r.key_id.as_bytes(),
+        &payload,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| format!("cannot write to {} (topics.api_keys)", cfg.topics.api_keys))?;
     Ok(())
 }

@@ -11,11 +11,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rust_decimal::Decimal;
 
 use crate::config::Config;
 use crate::kafka;
+use crate::kafka::acked::{AckContext, AckedProducer, send_acked};
 use crate::ledger::command::Request;
 use crate::ledger::grant::{
     Grant, GrantKind, GrantRules, Terms, check_account, check_amount, check_terms, parse_amount,
@@ -67,8 +67,8 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
 }
 
 /// A producer for requests.
-pub fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
-    producer_config(cfg).create()
+pub fn producer(cfg: &Config) -> Result<AckedProducer, KafkaError> {
+    producer_config(cfg).create_with_context(AckContext)
 }
 
 /// A grant as a caller gives it (CLI arguments, HTTP body): texts, checked by
@@ -132,29 +132,26 @@ pub fn instant_after(d: Duration) -> Result<DateTime<Utc>, String> {
 }
 
 async fn send(
-    p: &FutureProducer,
+    p: &AckedProducer,
     topic: &str,
     key: &str,
     payload: &[u8],
 ) -> Result<(), ClientError> {
-    p.send(
-        FutureRecord::to(topic).key(key).payload(payload),
-        Duration::from_secs(30),
-    )
-    .await
-    .map_err(|(e, _)| ClientError::Kafka(e))?;
+    send_acked(p, topic, key.as_bytes(), payload, Duration::from_secs(30))
+        .await
+        .map_err(ClientError::Kafka)?;
     Ok(())
 }
 
 /// Sends a grant to `credit_grants`, keyed by account (waits for the acknowledgement).
-pub async fn send_grant(cfg: &Config, p: &FutureProducer, g: &Grant) -> Result<(), ClientError> {
+pub async fn send_grant(cfg: &Config, p: &AckedProducer, g: &Grant) -> Result<(), ClientError> {
     send(p, &cfg.topics.credit_grants, &g.account_id, &g.encode()).await
 }
 
 /// Sends a ledger command to `credit_grants`, keyed by its account.
 pub async fn send_command(
     cfg: &Config,
-    p: &FutureProducer,
+    p: &AckedProducer,
     req: &Request,
 ) -> Result<(), ClientError> {
     let account = req.account_id().unwrap_or_default();
@@ -164,7 +161,7 @@ pub async fn send_command(
 /// Sends a voucher command, keyed by its code hash.
 pub async fn send_voucher_request(
     cfg: &Config,
-    p: &FutureProducer,
+    p: &AckedProducer,
     req: &VoucherRequest,
 ) -> Result<(), ClientError> {
     send(

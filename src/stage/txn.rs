@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::error::StageError;
 use crate::config::Config;
@@ -48,7 +48,7 @@ impl ProducerContext for StageProducerContext {
 }
 
 /// A stage's transactional producer.
-pub type StageProducer = ThreadedProducer<StageProducerContext>;
+pub type StageProducer = kafka::polled::PolledProducer<StageProducerContext>;
 
 /// Creates the producer with `transactional.id` = `txn_id` and initialises its transactions:
 /// this fences a previous incarnation with the same id and aborts its open transaction, so

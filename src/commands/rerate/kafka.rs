@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer};
 use serde::de::DeserializeOwned;
 use usage_aggregator::config::Config;
 use usage_aggregator::debit::Debit;
@@ -21,7 +21,7 @@ pub fn transactional_id(cfg: &Config) -> String {
     format!("{}-rerate", cfg.kafka.group_id)
 }
 
-pub type TxnProducer = ThreadedProducer<DefaultProducerContext>;
+pub type TxnProducer = kafka::polled::PolledProducer<DefaultProducerContext>;
 
 /// The transactional producer, initialised (fencing earlier runs).
 pub fn producer(cfg: &Config) -> anyhow::Result<TxnProducer> {

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ClientError, send_command, send_grant, send_voucher_request};
 use crate::config::Config;
 use crate::kafka;
+use crate::kafka::acked::AckedProducer;
 use crate::ledger::answer::LedgerAnswer;
 use crate::ledger::command::Request;
 use crate::ledger::grant::Grant;
@@ -146,7 +146,7 @@ impl Follower<VoucherResult> {
     pub async fn request(
         &self,
         cfg: &Config,
-        p: &FutureProducer,
+        p: &AckedProducer,
         req: &VoucherRequest,
         timeout: Duration,
     ) -> Result<VoucherResult, ClientError> {
@@ -162,7 +162,7 @@ impl Follower<LedgerAnswer> {
     pub async fn grant(
         &self,
         cfg: &Config,
-        p: &FutureProducer,
+        p: &AckedProducer,
         g: &Grant,
         timeout: Duration,
     ) -> Result<LedgerAnswer, ClientError> {
@@ -178,7 +178,7 @@ impl Follower<LedgerAnswer> {
     pub async fn command(
         &self,
         cfg: &Config,
-        p: &FutureProducer,
+        p: &AckedProducer,
         req: &Request,
         timeout: Duration,
     ) -> Result<LedgerAnswer, ClientError> {

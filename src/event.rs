@@ -192,7 +192,7 @@ fn raw_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de str>, 
 /// The fast path: the payload split by [`scan::object`], or `None` when the splitter declines
 /// (or a key is not a contract field), leaving the decision to serde.
 fn fast_fields(payload: &[u8]) -> Option<Wire<'_>> {
-    let text = simdutf8::basic::from_utf8(payload).ok()?;
+    let text = std::str::from_utf8(payload).ok()?;
     let mut f = Wire::default();
     let mut seen = 0u16;
     scan::each_member(text, true, |key, value| {

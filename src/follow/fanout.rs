@@ -102,7 +102,7 @@ pub fn execution_ids(payload: &[u8]) -> Vec<Arc<str>> {
             .ok();
             unescaped.as_deref()
         } else {
-            simdutf8::basic::from_utf8(raw).ok()
+            std::str::from_utf8(raw).ok()
         };
         if let Some(id) = id
             && !out.iter().any(|x| &**x == id)

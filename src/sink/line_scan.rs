@@ -29,7 +29,7 @@ pub fn transaction_row(bytes: &[u8], src: Source) -> Result<(String, Transaction
 
 /// The row of a priced line in the encoder's layout, or `None` (the serde path decides).
 pub fn scan(bytes: &[u8], src: Source) -> Option<(String, TransactionRow)> {
-    let text = simdutf8::basic::from_utf8(bytes).ok()?;
+    let text = std::str::from_utf8(bytes).ok()?;
     let mut c = Cur::new(text);
     c.lit(b"{\"event_id\":")?;
     let event_id = c.str()?;

@@ -1,7 +1,8 @@
 //! Core benchmarks on a realistic mix (about 70% model calls with token quantities, 25% tool
 //! calls, 5% finishes; executions of 1 to 50 calls; 1% duplicates; 0.5% bad events):
 //! decode + validate, pricing lookup, the whole rollup (decode + price + rollup + close),
-//! and debit encoding. Criterion prints events/s (throughput in elements).
+//! debit encoding, and the sink's ledger rows from the ledger's balance entries for those
+//! debits. Criterion prints events/s (throughput in elements; rows/s for the ledger rows).
 
 use std::hint::black_box;
 
@@ -106,8 +107,58 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    for (name, topup) in [("ledger_row_overdraft", false), ("ledger_row_funded", true)] {
+        let entries = balance_entries(&debits, topup);
+        g.throughput(Throughput::Elements(entries.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for (i, e) in entries.iter().enumerate() {
+                    let src = usage_aggregator::sink::rows::Source {
+                        partition: 0,
+                        offset: i as i64,
+                        ingested_at: 0,
+                    };
+                    black_box(
+                        usage_aggregator::sink::ledger_rows::ledger_row(black_box(e), src).unwrap(),
+                    );
+                }
+            })
+        });
+    }
     g.finish();
 }
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// Balance entries as the ledger writes them for the workload's debits: each account first
+/// tops up 1,000 credits (an open grant, a funding line per debit), or not (overdraft only,
+/// the shape of `bench`'s runs).
+fn balance_entries(debits: &[usage_aggregator::debit::Debit], topup: bool) -> Vec<Vec<u8>> {
+    use usage_aggregator::ledger::core::{EntrySource, LedgerPartition};
+    use usage_aggregator::ledger::grant::{Grant, GrantKind};
+    let mut ledger = LedgerPartition::new(Default::default());
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, d) in debits.iter().enumerate() {
+        let src = |o: usize| EntrySource {
+            topic: "debits".into(),
+            partition: 0,
+            offset: o as i64,
+        };
+        if topup && seen.insert(d.account_id.clone()) {
+            let g = Grant::new(
+                format!("pay-{}", d.account_id),
+                GrantKind::Topup,
+                d.account_id.clone(),
+                rust_decimal::Decimal::from(1000),
+                d.last_event_at,
+            );
+            ledger.apply_grant(&g, src(i));
+        }
+        for e in ledger.apply_debit(d, i as u64, src(i)).entries {
+            out.push(serde_json::to_vec(&e).unwrap());
+        }
+    }
+    out
+}

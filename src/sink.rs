@@ -23,6 +23,8 @@ pub mod rows;
 pub mod table;
 pub mod tables;
 #[cfg(test)]
+mod tests_ledger_rows;
+#[cfg(test)]
 mod tests_line_scan;
 
 use std::collections::HashMap;

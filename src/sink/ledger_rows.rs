@@ -132,11 +132,13 @@ pub struct LedgerRow {
     pub ingested_at: u32,
 }
 
-fn secs(t: chrono::DateTime<chrono::Utc>) -> u32 {
+/// Seconds since the epoch for a `DateTime` column, clamped to its `u32` range.
+pub(super) fn secs(t: chrono::DateTime<chrono::Utc>) -> u32 {
     t.timestamp().clamp(0, i64::from(u32::MAX)) as u32
 }
 
-fn scaled(values: impl Iterator<Item = Decimal>) -> Result<Vec<i128>, RowError> {
+/// Each credits amount scaled to [`DEBIT_SCALE`] for a `Decimal128` column.
+pub(super) fn scaled(values: impl Iterator<Item = Decimal>) -> Result<Vec<i128>, RowError> {
     values
         .map(|d| to_scaled_i128(d, DEBIT_SCALE).map_err(RowError::from))
         .collect()

@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 
-use super::ledger_rows::{LedgerRow, ledger_row};
+use super::ledger_rows::{LedgerRow, ledger_row, scaled, secs};
 use super::rows::{RowError, Source};
 use crate::ledger::core::{BalanceEvent, EntryKind, EntryLine, EntrySource, GrantTerms, GrantView};
 use crate::ledger::funding::{Category, FundingCategory, FundingLine};
@@ -20,15 +20,6 @@ const SRC: Source = Source {
     offset: 41,
     ingested_at: 1_772_323_200,
 };
-
-fn secs(t: DateTime<Utc>) -> u32 {
-    t.timestamp().clamp(0, i64::from(u32::MAX)) as u32
-}
-
-fn scaled(v: impl Iterator<Item = Decimal>) -> Result<Vec<i128>, RowError> {
-    v.map(|d| to_scaled_i128(d, DEBIT_SCALE).map_err(RowError::from))
-        .collect()
-}
 
 /// The reference: the whole [`BalanceEvent`] by serde, then the row (the sink's code before
 /// its own decoder).
